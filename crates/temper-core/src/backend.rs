@@ -1,0 +1,128 @@
+//! The interface model code is written against. One implementation per device: the CPU
+//! reference ([`crate::CpuBackend`]) now, CUDA next. Buffers are flat arrays in the backend's
+//! compute precision; shapes travel as explicit sizes, llm.c style, and every method
+//! documents the layout it expects. Index arrays (token ids, positions, `cu_seqlens`,
+//! targets) are host slices: a device backend uploads them.
+
+use crate::Result;
+
+/// A general matrix product `C = alpha * op(A) op(B) + beta * C`, all row-major.
+/// `op(A)` is (m, k): A is stored (m, k), or (k, m) when `ta`. `op(B)` is (k, n): B is stored
+/// (k, n), or (n, k) when `tb`. `y = x W^T` for a linear layer is `Gemm::nt(tokens, out, in)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Gemm {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub ta: bool,
+    pub tb: bool,
+    pub alpha: f32,
+    pub beta: f32,
+}
+
+impl Gemm {
+    /// C (m,n) = A (m,k) B (k,n)
+    pub fn nn(m: usize, n: usize, k: usize) -> Self {
+        Gemm { m, n, k, ta: false, tb: false, alpha: 1.0, beta: 0.0 }
+    }
+    /// C (m,n) = A (m,k) B^T, B stored (n,k)
+    pub fn nt(m: usize, n: usize, k: usize) -> Self {
+        Gemm { m, n, k, ta: false, tb: true, alpha: 1.0, beta: 0.0 }
+    }
+    /// C (m,n) = A^T B, A stored (k,m), B stored (k,n)
+    pub fn tn(m: usize, n: usize, k: usize) -> Self {
+        Gemm { m, n, k, ta: true, tb: false, alpha: 1.0, beta: 0.0 }
+    }
+    pub fn alpha(mut self, alpha: f32) -> Self {
+        self.alpha = alpha;
+        self
+    }
+    /// `beta = 1` accumulates into C.
+    pub fn beta(mut self, beta: f32) -> Self {
+        self.beta = beta;
+        self
+    }
+}
+
+/// One AdamW update (decoupled weight decay, bias-corrected), as `torch.optim.AdamW` does it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWStep {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// 1 for the first update.
+    pub step: u64,
+}
+
+pub trait Backend: Send + Sync + 'static {
+    /// A flat array on the device, in the backend's compute precision.
+    type Buf: Send + Sync;
+
+    fn name(&self) -> &'static str;
+
+    // ---- memory ----
+    /// A zero-filled buffer of `n` elements.
+    fn zeros(&self, n: usize) -> Result<Self::Buf>;
+    fn upload(&self, host: &[f32]) -> Result<Self::Buf>;
+    fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
+    fn len(&self, buf: &Self::Buf) -> usize;
+    /// dst = src (same length).
+    fn copy(&self, dst: &mut Self::Buf, src: &Self::Buf) -> Result<()>;
+    /// Peak bytes this backend has held at once.
+    fn peak_bytes(&self) -> usize;
+
+    // ---- linear algebra ----
+    fn matmul(&self, c: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf, g: Gemm) -> Result<()>;
+
+    // ---- elementwise ----
+    /// y += alpha * x
+    fn axpy(&self, y: &mut Self::Buf, alpha: f32, x: &Self::Buf) -> Result<()>;
+    /// y *= alpha
+    fn scale(&self, y: &mut Self::Buf, alpha: f32) -> Result<()>;
+    /// y (rows, c) += bias (c), broadcast over rows.
+    fn add_bias(&self, y: &mut Self::Buf, bias: &Self::Buf, c: usize) -> Result<()>;
+    /// Sum of squares, accumulated in f64 (for gradient-norm clipping).
+    fn sum_squares(&self, x: &Self::Buf) -> Result<f64>;
+    /// Inverted dropout: y = x * keep / (1 - p), keep drawn from a counter-based hash of
+    /// (seed, index), so the same seed gives the same mask on every device and on recompute.
+    /// Backward is the same call on dy.
+    fn dropout(&self, y: &mut Self::Buf, x: &Self::Buf, p: f32, seed: u64) -> Result<()>;
+
+    // ---- layers ----
+    /// out (N, c) = table[ids[i]] with table (V, c).
+    fn embedding_forward(&self, out: &mut Self::Buf, ids: &[u32], table: &Self::Buf, c: usize) -> Result<()>;
+    /// y (N, c) = x * rstd * w; rstd (N) = 1/sqrt(mean(x^2) + eps).
+    fn rmsnorm_forward(&self, y: &mut Self::Buf, rstd: &mut Self::Buf, x: &Self::Buf, w: &Self::Buf, c: usize, eps: f32) -> Result<()>;
+    /// dx (N, c) written (not accumulated) from dy, x, w, rstd. The weight is frozen: no dw.
+    fn rmsnorm_backward(&self, dx: &mut Self::Buf, dy: &Self::Buf, x: &Self::Buf, w: &Self::Buf, rstd: &Self::Buf, c: usize) -> Result<()>;
+    /// Rotates x (N, h, d) in place, rotate_half layout: element i pairs with i + d/2.
+    /// cos, sin are (P, d/2) tables indexed by pos (N).
+    fn rope_forward(&self, x: &mut Self::Buf, pos: &[u32], cos: &Self::Buf, sin: &Self::Buf, h: usize, d: usize) -> Result<()>;
+    /// The inverse rotation, applied in place to dx (N, h, d).
+    fn rope_backward(&self, dx: &mut Self::Buf, pos: &[u32], cos: &Self::Buf, sin: &Self::Buf, h: usize, d: usize) -> Result<()>;
+    /// Causal attention within each sequence of a varlen batch.
+    /// q (N, hq, d), k and v (N, hkv, d), cu_seqlens (S+1) token offsets with cu[0]=0, cu[S]=N;
+    /// query head j reads kv head j / (hq/hkv). Writes out (N, hq, d) and lse (N, hq), the
+    /// log-sum-exp of each query's scaled scores (scale 1/sqrt(d)), kept for backward.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_forward(&self, out: &mut Self::Buf, lse: &mut Self::Buf, q: &Self::Buf, k: &Self::Buf, v: &Self::Buf, cu_seqlens: &[u32], hq: usize, hkv: usize, d: usize) -> Result<()>;
+    /// Writes dq (N, hq, d), dk and dv (N, hkv, d).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(&self, dq: &mut Self::Buf, dk: &mut Self::Buf, dv: &mut Self::Buf, dout: &Self::Buf, q: &Self::Buf, k: &Self::Buf, v: &Self::Buf, out: &Self::Buf, lse: &Self::Buf, cu_seqlens: &[u32], hq: usize, hkv: usize, d: usize) -> Result<()>;
+    /// h = silu(gate) * up, all (N, f).
+    fn swiglu_forward(&self, h: &mut Self::Buf, gate: &Self::Buf, up: &Self::Buf) -> Result<()>;
+    /// Writes dgate and dup from dh.
+    fn swiglu_backward(&self, dgate: &mut Self::Buf, dup: &mut Self::Buf, dh: &Self::Buf, gate: &Self::Buf, up: &Self::Buf) -> Result<()>;
+    /// The LM head fused with cross-entropy, chunked over tokens so full logits never exist.
+    /// x (N, c), w (V, c), targets (N) with -100 = no loss. Returns each token's loss (N,
+    /// 0 where ignored) on the host. When `dx` is given, writes dx (N, c) =
+    /// grad_scale * d(sum of token losses)/dx. `chunk` tokens are processed at a time.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_cross_entropy(&self, dx: Option<&mut Self::Buf>, x: &Self::Buf, w: &Self::Buf, targets: &[i32], c: usize, v: usize, grad_scale: f32, chunk: usize) -> Result<Vec<f32>>;
+
+    // ---- optimizer ----
+    /// One AdamW step over param, with its grad and the two moment buffers.
+    fn adamw(&self, param: &mut Self::Buf, grad: &Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, s: AdamWStep) -> Result<()>;
+}

@@ -1,0 +1,184 @@
+//! The CPU reference: every op as plain loops (rayon across rows, the `gemm` crate for
+//! matrix products), generic over [`Float`] so gradient checks run in f64.
+//! [`CpuBackend`] runs them in f32.
+
+pub mod adamw;
+pub mod attention;
+pub mod cross_entropy;
+pub mod elementwise;
+pub mod embedding;
+pub mod matmul;
+pub mod rmsnorm;
+pub mod rope;
+pub mod swiglu;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::backend::{AdamWStep, Backend, Gemm};
+use crate::error::check_len;
+use crate::{Float, Result};
+
+/// The CPU backend: buffers are `Vec<f32>`.
+#[derive(Default)]
+pub struct CpuBackend {
+    live_bytes: AtomicUsize,
+    peak_bytes: AtomicUsize,
+}
+
+impl CpuBackend {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn track(&self, n: usize) {
+        let bytes = n * std::mem::size_of::<f32>();
+        let live = self.live_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.peak_bytes.fetch_max(live, Ordering::Relaxed);
+    }
+}
+
+/// A CPU buffer. Dropping it returns its bytes to the accounting of the backend that made it
+/// only approximately (the peak is what matters); the live count is informative.
+pub type CpuBuf = Vec<f32>;
+
+impl Backend for CpuBackend {
+    type Buf = CpuBuf;
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn zeros(&self, n: usize) -> Result<CpuBuf> {
+        self.track(n);
+        Ok(vec![0.0; n])
+    }
+
+    fn upload(&self, host: &[f32]) -> Result<CpuBuf> {
+        self.track(host.len());
+        Ok(host.to_vec())
+    }
+
+    fn download(&self, buf: &CpuBuf) -> Result<Vec<f32>> {
+        Ok(buf.clone())
+    }
+
+    fn len(&self, buf: &CpuBuf) -> usize {
+        buf.len()
+    }
+
+    fn copy(&self, dst: &mut CpuBuf, src: &CpuBuf) -> Result<()> {
+        check_len("copy", "dst", dst.len(), src.len())?;
+        dst.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn peak_bytes(&self) -> usize {
+        self.peak_bytes.load(Ordering::Relaxed)
+    }
+
+    fn matmul(&self, c: &mut CpuBuf, a: &CpuBuf, b: &CpuBuf, g: Gemm) -> Result<()> {
+        check_len("matmul", "a", a.len(), g.m * g.k)?;
+        check_len("matmul", "b", b.len(), g.k * g.n)?;
+        check_len("matmul", "c", c.len(), g.m * g.n)?;
+        matmul::matmul(c, a, b, g);
+        Ok(())
+    }
+
+    fn axpy(&self, y: &mut CpuBuf, alpha: f32, x: &CpuBuf) -> Result<()> {
+        check_len("axpy", "x", x.len(), y.len())?;
+        elementwise::axpy(y, alpha, x);
+        Ok(())
+    }
+
+    fn scale(&self, y: &mut CpuBuf, alpha: f32) -> Result<()> {
+        elementwise::scale(y, alpha);
+        Ok(())
+    }
+
+    fn add_bias(&self, y: &mut CpuBuf, bias: &CpuBuf, c: usize) -> Result<()> {
+        check_len("add_bias", "bias", bias.len(), c)?;
+        elementwise::add_bias(y, bias);
+        Ok(())
+    }
+
+    fn sum_squares(&self, x: &CpuBuf) -> Result<f64> {
+        Ok(elementwise::sum_squares(x))
+    }
+
+    fn dropout(&self, y: &mut CpuBuf, x: &CpuBuf, p: f32, seed: u64) -> Result<()> {
+        check_len("dropout", "x", x.len(), y.len())?;
+        elementwise::dropout(y, x, p, seed);
+        Ok(())
+    }
+
+    fn embedding_forward(&self, out: &mut CpuBuf, ids: &[u32], table: &CpuBuf, c: usize) -> Result<()> {
+        check_len("embedding_forward", "out", out.len(), ids.len() * c)?;
+        embedding::embedding_forward(out, ids, table, c)
+    }
+
+    fn rmsnorm_forward(&self, y: &mut CpuBuf, rstd: &mut CpuBuf, x: &CpuBuf, w: &CpuBuf, c: usize, eps: f32) -> Result<()> {
+        check_len("rmsnorm_forward", "w", w.len(), c)?;
+        check_len("rmsnorm_forward", "y", y.len(), x.len())?;
+        check_len("rmsnorm_forward", "rstd", rstd.len(), x.len() / c)?;
+        rmsnorm::rmsnorm_forward(y, rstd, x, w, c, eps as f64);
+        Ok(())
+    }
+
+    fn rmsnorm_backward(&self, dx: &mut CpuBuf, dy: &CpuBuf, x: &CpuBuf, w: &CpuBuf, rstd: &CpuBuf, c: usize) -> Result<()> {
+        check_len("rmsnorm_backward", "dy", dy.len(), x.len())?;
+        check_len("rmsnorm_backward", "dx", dx.len(), x.len())?;
+        rmsnorm::rmsnorm_backward(dx, dy, x, w, rstd, c);
+        Ok(())
+    }
+
+    fn rope_forward(&self, x: &mut CpuBuf, pos: &[u32], cos: &CpuBuf, sin: &CpuBuf, h: usize, d: usize) -> Result<()> {
+        check_len("rope_forward", "x", x.len(), pos.len() * h * d)?;
+        rope::rope_forward(x, pos, cos, sin, h, d)
+    }
+
+    fn rope_backward(&self, dx: &mut CpuBuf, pos: &[u32], cos: &CpuBuf, sin: &CpuBuf, h: usize, d: usize) -> Result<()> {
+        check_len("rope_backward", "dx", dx.len(), pos.len() * h * d)?;
+        rope::rope_backward(dx, pos, cos, sin, h, d)
+    }
+
+    fn attention_forward(&self, out: &mut CpuBuf, lse: &mut CpuBuf, q: &CpuBuf, k: &CpuBuf, v: &CpuBuf, cu_seqlens: &[u32], hq: usize, hkv: usize, d: usize) -> Result<()> {
+        attention::attention_forward(out, lse, q, k, v, cu_seqlens, hq, hkv, d)
+    }
+
+    fn attention_backward(&self, dq: &mut CpuBuf, dk: &mut CpuBuf, dv: &mut CpuBuf, dout: &CpuBuf, q: &CpuBuf, k: &CpuBuf, v: &CpuBuf, out: &CpuBuf, lse: &CpuBuf, cu_seqlens: &[u32], hq: usize, hkv: usize, d: usize) -> Result<()> {
+        attention::attention_backward(dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, hq, hkv, d)
+    }
+
+    fn swiglu_forward(&self, h: &mut CpuBuf, gate: &CpuBuf, up: &CpuBuf) -> Result<()> {
+        check_len("swiglu_forward", "up", up.len(), gate.len())?;
+        check_len("swiglu_forward", "h", h.len(), gate.len())?;
+        swiglu::swiglu_forward(h, gate, up);
+        Ok(())
+    }
+
+    fn swiglu_backward(&self, dgate: &mut CpuBuf, dup: &mut CpuBuf, dh: &CpuBuf, gate: &CpuBuf, up: &CpuBuf) -> Result<()> {
+        check_len("swiglu_backward", "dh", dh.len(), gate.len())?;
+        swiglu::swiglu_backward(dgate, dup, dh, gate, up);
+        Ok(())
+    }
+
+    fn linear_cross_entropy(&self, dx: Option<&mut CpuBuf>, x: &CpuBuf, w: &CpuBuf, targets: &[i32], c: usize, v: usize, grad_scale: f32, chunk: usize) -> Result<Vec<f32>> {
+        check_len("linear_cross_entropy", "x", x.len(), targets.len() * c)?;
+        check_len("linear_cross_entropy", "w", w.len(), v * c)?;
+        cross_entropy::linear_cross_entropy(dx.map(|d| d.as_mut_slice()), x, w, targets, c, v, grad_scale, chunk)
+    }
+
+    fn adamw(&self, param: &mut CpuBuf, grad: &CpuBuf, m: &mut CpuBuf, v: &mut CpuBuf, s: AdamWStep) -> Result<()> {
+        check_len("adamw", "grad", grad.len(), param.len())?;
+        check_len("adamw", "m", m.len(), param.len())?;
+        check_len("adamw", "v", v.len(), param.len())?;
+        adamw::adamw(param, grad, m, v, s);
+        Ok(())
+    }
+}
+
+/// Converts an f64 constant to the kernel's element type.
+#[inline]
+pub(crate) fn lit<T: Float>(x: f64) -> T {
+    T::from_f64c(x)
+}

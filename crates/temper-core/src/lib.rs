@@ -1,0 +1,16 @@
+//! temper-core: the [`Backend`] interface that model code is written against, and the CPU
+//! reference implementation of every op (plain loops, rayon and the `gemm` crate).
+//!
+//! Model code calls only [`Backend`] methods. Each method has a CPU twin in [`cpu`], written
+//! generically over [`Float`] so tests can run it in f64 for finite-difference checks.
+
+pub mod backend;
+pub mod cpu;
+pub mod error;
+pub mod float;
+pub mod rope;
+
+pub use backend::{AdamWStep, Backend, Gemm};
+pub use cpu::CpuBackend;
+pub use error::{CoreError, Result};
+pub use float::Float;
