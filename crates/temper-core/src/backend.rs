@@ -23,15 +23,39 @@ pub struct Gemm {
 impl Gemm {
     /// C (m,n) = A (m,k) B (k,n)
     pub fn nn(m: usize, n: usize, k: usize) -> Self {
-        Gemm { m, n, k, ta: false, tb: false, alpha: 1.0, beta: 0.0 }
+        Gemm {
+            m,
+            n,
+            k,
+            ta: false,
+            tb: false,
+            alpha: 1.0,
+            beta: 0.0,
+        }
     }
     /// C (m,n) = A (m,k) B^T, B stored (n,k)
     pub fn nt(m: usize, n: usize, k: usize) -> Self {
-        Gemm { m, n, k, ta: false, tb: true, alpha: 1.0, beta: 0.0 }
+        Gemm {
+            m,
+            n,
+            k,
+            ta: false,
+            tb: true,
+            alpha: 1.0,
+            beta: 0.0,
+        }
     }
     /// C (m,n) = A^T B, A stored (k,m), B stored (k,n)
     pub fn tn(m: usize, n: usize, k: usize) -> Self {
-        Gemm { m, n, k, ta: true, tb: false, alpha: 1.0, beta: 0.0 }
+        Gemm {
+            m,
+            n,
+            k,
+            ta: true,
+            tb: false,
+            alpha: 1.0,
+            beta: 0.0,
+        }
     }
     pub fn alpha(mut self, alpha: f32) -> Self {
         self.alpha = alpha;
@@ -68,6 +92,8 @@ pub trait Backend: Send + Sync + 'static {
     fn upload(&self, host: &[f32]) -> Result<Self::Buf>;
     fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
     fn len(&self, buf: &Self::Buf) -> usize;
+    /// Sets every element to `value`.
+    fn fill(&self, buf: &mut Self::Buf, value: f32) -> Result<()>;
     /// dst = src (same length).
     fn copy(&self, dst: &mut Self::Buf, src: &Self::Buf) -> Result<()>;
     /// Peak bytes this backend has held at once.
@@ -92,37 +118,125 @@ pub trait Backend: Send + Sync + 'static {
 
     // ---- layers ----
     /// out (N, c) = table[ids[i]] with table (V, c).
-    fn embedding_forward(&self, out: &mut Self::Buf, ids: &[u32], table: &Self::Buf, c: usize) -> Result<()>;
+    fn embedding_forward(
+        &self,
+        out: &mut Self::Buf,
+        ids: &[u32],
+        table: &Self::Buf,
+        c: usize,
+    ) -> Result<()>;
     /// y (N, c) = x * rstd * w; rstd (N) = 1/sqrt(mean(x^2) + eps).
-    fn rmsnorm_forward(&self, y: &mut Self::Buf, rstd: &mut Self::Buf, x: &Self::Buf, w: &Self::Buf, c: usize, eps: f32) -> Result<()>;
+    fn rmsnorm_forward(
+        &self,
+        y: &mut Self::Buf,
+        rstd: &mut Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        c: usize,
+        eps: f32,
+    ) -> Result<()>;
     /// dx (N, c) written (not accumulated) from dy, x, w, rstd. The weight is frozen: no dw.
-    fn rmsnorm_backward(&self, dx: &mut Self::Buf, dy: &Self::Buf, x: &Self::Buf, w: &Self::Buf, rstd: &Self::Buf, c: usize) -> Result<()>;
+    fn rmsnorm_backward(
+        &self,
+        dx: &mut Self::Buf,
+        dy: &Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        rstd: &Self::Buf,
+        c: usize,
+    ) -> Result<()>;
     /// Rotates x (N, h, d) in place, rotate_half layout: element i pairs with i + d/2.
     /// cos, sin are (P, d/2) tables indexed by pos (N).
-    fn rope_forward(&self, x: &mut Self::Buf, pos: &[u32], cos: &Self::Buf, sin: &Self::Buf, h: usize, d: usize) -> Result<()>;
+    fn rope_forward(
+        &self,
+        x: &mut Self::Buf,
+        pos: &[u32],
+        cos: &Self::Buf,
+        sin: &Self::Buf,
+        h: usize,
+        d: usize,
+    ) -> Result<()>;
     /// The inverse rotation, applied in place to dx (N, h, d).
-    fn rope_backward(&self, dx: &mut Self::Buf, pos: &[u32], cos: &Self::Buf, sin: &Self::Buf, h: usize, d: usize) -> Result<()>;
+    fn rope_backward(
+        &self,
+        dx: &mut Self::Buf,
+        pos: &[u32],
+        cos: &Self::Buf,
+        sin: &Self::Buf,
+        h: usize,
+        d: usize,
+    ) -> Result<()>;
     /// Causal attention within each sequence of a varlen batch.
     /// q (N, hq, d), k and v (N, hkv, d), cu_seqlens (S+1) token offsets with cu[0]=0, cu[S]=N;
     /// query head j reads kv head j / (hq/hkv). Writes out (N, hq, d) and lse (N, hq), the
     /// log-sum-exp of each query's scaled scores (scale 1/sqrt(d)), kept for backward.
     #[allow(clippy::too_many_arguments)]
-    fn attention_forward(&self, out: &mut Self::Buf, lse: &mut Self::Buf, q: &Self::Buf, k: &Self::Buf, v: &Self::Buf, cu_seqlens: &[u32], hq: usize, hkv: usize, d: usize) -> Result<()>;
+    fn attention_forward(
+        &self,
+        out: &mut Self::Buf,
+        lse: &mut Self::Buf,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        cu_seqlens: &[u32],
+        hq: usize,
+        hkv: usize,
+        d: usize,
+    ) -> Result<()>;
     /// Writes dq (N, hq, d), dk and dv (N, hkv, d).
     #[allow(clippy::too_many_arguments)]
-    fn attention_backward(&self, dq: &mut Self::Buf, dk: &mut Self::Buf, dv: &mut Self::Buf, dout: &Self::Buf, q: &Self::Buf, k: &Self::Buf, v: &Self::Buf, out: &Self::Buf, lse: &Self::Buf, cu_seqlens: &[u32], hq: usize, hkv: usize, d: usize) -> Result<()>;
+    fn attention_backward(
+        &self,
+        dq: &mut Self::Buf,
+        dk: &mut Self::Buf,
+        dv: &mut Self::Buf,
+        dout: &Self::Buf,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        out: &Self::Buf,
+        lse: &Self::Buf,
+        cu_seqlens: &[u32],
+        hq: usize,
+        hkv: usize,
+        d: usize,
+    ) -> Result<()>;
     /// h = silu(gate) * up, all (N, f).
     fn swiglu_forward(&self, h: &mut Self::Buf, gate: &Self::Buf, up: &Self::Buf) -> Result<()>;
     /// Writes dgate and dup from dh.
-    fn swiglu_backward(&self, dgate: &mut Self::Buf, dup: &mut Self::Buf, dh: &Self::Buf, gate: &Self::Buf, up: &Self::Buf) -> Result<()>;
+    fn swiglu_backward(
+        &self,
+        dgate: &mut Self::Buf,
+        dup: &mut Self::Buf,
+        dh: &Self::Buf,
+        gate: &Self::Buf,
+        up: &Self::Buf,
+    ) -> Result<()>;
     /// The LM head fused with cross-entropy, chunked over tokens so full logits never exist.
     /// x (N, c), w (V, c), targets (N) with -100 = no loss. Returns each token's loss (N,
     /// 0 where ignored) on the host. When `dx` is given, writes dx (N, c) =
     /// grad_scale * d(sum of token losses)/dx. `chunk` tokens are processed at a time.
     #[allow(clippy::too_many_arguments)]
-    fn linear_cross_entropy(&self, dx: Option<&mut Self::Buf>, x: &Self::Buf, w: &Self::Buf, targets: &[i32], c: usize, v: usize, grad_scale: f32, chunk: usize) -> Result<Vec<f32>>;
+    fn linear_cross_entropy(
+        &self,
+        dx: Option<&mut Self::Buf>,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        targets: &[i32],
+        c: usize,
+        v: usize,
+        grad_scale: f32,
+        chunk: usize,
+    ) -> Result<Vec<f32>>;
 
     // ---- optimizer ----
     /// One AdamW step over param, with its grad and the two moment buffers.
-    fn adamw(&self, param: &mut Self::Buf, grad: &Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, s: AdamWStep) -> Result<()>;
+    fn adamw(
+        &self,
+        param: &mut Self::Buf,
+        grad: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        s: AdamWStep,
+    ) -> Result<()>;
 }

@@ -38,7 +38,11 @@ pub fn inv_freq(head_dim: usize, theta: f64, scaling: Option<&RopeScaling>) -> V
         }) => {
             let pi = std::f32::consts::PI;
             let old_ctx = *original_max_position_embeddings as f32;
-            let (factor, lo, hi) = (*factor as f32, *low_freq_factor as f32, *high_freq_factor as f32);
+            let (factor, lo, hi) = (
+                *factor as f32,
+                *low_freq_factor as f32,
+                *high_freq_factor as f32,
+            );
             let low_freq_wavelen = old_ctx / lo;
             let high_freq_wavelen = old_ctx / hi;
             base.iter()

@@ -1,4 +1,80 @@
 //! AdamW as torch.optim.AdamW (decoupled weight decay, bias correction).
+//!
+//! Follows torch's `_single_tensor_adam` with `decoupled_weight_decay` (the CPU default,
+//! non-foreach, non-amsgrad) operation by operation: scalars are computed in f64 as Python
+//! does, tensors in f32, and each tensor op rounds as torch's CPU kernel does (`lerp_` for
+//! the first moment, `addcmul_` and `addcdiv_` with the scalar multiplied first).
+use rayon::prelude::*;
+
 use crate::backend::AdamWStep;
 
-pub fn adamw(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], s: AdamWStep) { todo!() }
+/// Elements per rayon task.
+const PAR_CHUNK: usize = 1 << 14;
+
+/// The f64 a Python config would hold for this f32: its shortest decimal form re-read as
+/// f64 (0.9f32 -> 0.9, not 0.899999976...), so the f64 scalar arithmetic matches torch's.
+fn as_python_float(x: f32) -> f64 {
+    x.to_string().parse().unwrap_or(x as f64)
+}
+
+/// One AdamW step:
+/// p *= 1 - lr wd; m = lerp(m, g, 1 - b1); v = v b2 + (1 - b2) g g;
+/// p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps).
+pub fn adamw(
+    param: &mut [f32], // (n)
+    grad: &[f32],      // (n)
+    m: &mut [f32],     // (n) first moment
+    v: &mut [f32],     // (n) second moment
+    s: AdamWStep,
+) {
+    let n = param.len();
+    assert!(
+        grad.len() == n && m.len() == n && v.len() == n,
+        "adamw: param, grad, m and v differ in length"
+    );
+    assert!(s.step >= 1, "adamw: step counts from 1");
+    let lr = as_python_float(s.lr);
+    let (b1, b2) = (as_python_float(s.beta1), as_python_float(s.beta2));
+    let (eps, wd) = (as_python_float(s.eps), as_python_float(s.weight_decay));
+    // Python: beta ** step with a float step, i.e. C pow().
+    let step = s.step as f64;
+
+    let decay = (1.0 - lr * wd) as f32;
+    let w1 = (1.0 - b1) as f32; // lerp weight
+    let b2f = b2 as f32;
+    let one_minus_b2 = (1.0 - b2) as f32;
+    let bc1 = 1.0 - b1.powf(step);
+    let bc2 = 1.0 - b2.powf(step);
+    let neg_step_size = (-(lr / bc1)) as f32;
+    let bc2_sqrt = bc2.sqrt() as f32;
+    let eps = eps as f32;
+    let apply_decay = wd != 0.0;
+
+    let kernel = |p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]| {
+        for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+            if apply_decay {
+                *p *= decay;
+            }
+            // torch lerp: weight < 0.5 uses self + w (end - self), else end - (end - self)(1 - w)
+            *m = if w1.abs() < 0.5 {
+                *m + w1 * (g - *m)
+            } else {
+                g - (g - *m) * (1.0 - w1)
+            };
+            *v *= b2f;
+            *v += one_minus_b2 * g * g;
+            let denom = v.sqrt() / bc2_sqrt + eps;
+            *p += neg_step_size * *m / denom;
+        }
+    };
+    if n <= PAR_CHUNK {
+        kernel(param, grad, m, v);
+    } else {
+        param
+            .par_chunks_mut(PAR_CHUNK)
+            .zip(grad.par_chunks(PAR_CHUNK))
+            .zip(m.par_chunks_mut(PAR_CHUNK))
+            .zip(v.par_chunks_mut(PAR_CHUNK))
+            .for_each(|(((p, g), m), v)| kernel(p, g, m, v));
+    }
+}

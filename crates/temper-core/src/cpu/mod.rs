@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::backend::{AdamWStep, Backend, Gemm};
 use crate::error::check_len;
-use crate::{Float, Result};
+use crate::{CoreError, Float, Result};
 
 /// The CPU backend: buffers are `Vec<f32>`.
 #[derive(Default)]
@@ -66,6 +66,11 @@ impl Backend for CpuBackend {
         buf.len()
     }
 
+    fn fill(&self, buf: &mut CpuBuf, value: f32) -> Result<()> {
+        buf.fill(value);
+        Ok(())
+    }
+
     fn copy(&self, dst: &mut CpuBuf, src: &CpuBuf) -> Result<()> {
         check_len("copy", "dst", dst.len(), src.len())?;
         dst.copy_from_slice(src);
@@ -97,6 +102,7 @@ impl Backend for CpuBackend {
 
     fn add_bias(&self, y: &mut CpuBuf, bias: &CpuBuf, c: usize) -> Result<()> {
         check_len("add_bias", "bias", bias.len(), c)?;
+        check_rows("add_bias", "y", y.len(), c)?;
         elementwise::add_bias(y, bias);
         Ok(())
     }
@@ -107,16 +113,37 @@ impl Backend for CpuBackend {
 
     fn dropout(&self, y: &mut CpuBuf, x: &CpuBuf, p: f32, seed: u64) -> Result<()> {
         check_len("dropout", "x", x.len(), y.len())?;
+        if !(0.0..=1.0).contains(&p) {
+            return Err(CoreError::Invalid {
+                op: "dropout",
+                msg: format!("p = {p} is not in [0, 1]"),
+            });
+        }
         elementwise::dropout(y, x, p, seed);
         Ok(())
     }
 
-    fn embedding_forward(&self, out: &mut CpuBuf, ids: &[u32], table: &CpuBuf, c: usize) -> Result<()> {
+    fn embedding_forward(
+        &self,
+        out: &mut CpuBuf,
+        ids: &[u32],
+        table: &CpuBuf,
+        c: usize,
+    ) -> Result<()> {
         check_len("embedding_forward", "out", out.len(), ids.len() * c)?;
         embedding::embedding_forward(out, ids, table, c)
     }
 
-    fn rmsnorm_forward(&self, y: &mut CpuBuf, rstd: &mut CpuBuf, x: &CpuBuf, w: &CpuBuf, c: usize, eps: f32) -> Result<()> {
+    fn rmsnorm_forward(
+        &self,
+        y: &mut CpuBuf,
+        rstd: &mut CpuBuf,
+        x: &CpuBuf,
+        w: &CpuBuf,
+        c: usize,
+        eps: f32,
+    ) -> Result<()> {
+        check_rows("rmsnorm_forward", "x", x.len(), c)?;
         check_len("rmsnorm_forward", "w", w.len(), c)?;
         check_len("rmsnorm_forward", "y", y.len(), x.len())?;
         check_len("rmsnorm_forward", "rstd", rstd.len(), x.len() / c)?;
@@ -124,28 +151,81 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn rmsnorm_backward(&self, dx: &mut CpuBuf, dy: &CpuBuf, x: &CpuBuf, w: &CpuBuf, rstd: &CpuBuf, c: usize) -> Result<()> {
+    fn rmsnorm_backward(
+        &self,
+        dx: &mut CpuBuf,
+        dy: &CpuBuf,
+        x: &CpuBuf,
+        w: &CpuBuf,
+        rstd: &CpuBuf,
+        c: usize,
+    ) -> Result<()> {
+        check_rows("rmsnorm_backward", "x", x.len(), c)?;
+        check_len("rmsnorm_backward", "w", w.len(), c)?;
+        check_len("rmsnorm_backward", "rstd", rstd.len(), x.len() / c)?;
         check_len("rmsnorm_backward", "dy", dy.len(), x.len())?;
         check_len("rmsnorm_backward", "dx", dx.len(), x.len())?;
         rmsnorm::rmsnorm_backward(dx, dy, x, w, rstd, c);
         Ok(())
     }
 
-    fn rope_forward(&self, x: &mut CpuBuf, pos: &[u32], cos: &CpuBuf, sin: &CpuBuf, h: usize, d: usize) -> Result<()> {
+    fn rope_forward(
+        &self,
+        x: &mut CpuBuf,
+        pos: &[u32],
+        cos: &CpuBuf,
+        sin: &CpuBuf,
+        h: usize,
+        d: usize,
+    ) -> Result<()> {
         check_len("rope_forward", "x", x.len(), pos.len() * h * d)?;
         rope::rope_forward(x, pos, cos, sin, h, d)
     }
 
-    fn rope_backward(&self, dx: &mut CpuBuf, pos: &[u32], cos: &CpuBuf, sin: &CpuBuf, h: usize, d: usize) -> Result<()> {
+    fn rope_backward(
+        &self,
+        dx: &mut CpuBuf,
+        pos: &[u32],
+        cos: &CpuBuf,
+        sin: &CpuBuf,
+        h: usize,
+        d: usize,
+    ) -> Result<()> {
         check_len("rope_backward", "dx", dx.len(), pos.len() * h * d)?;
         rope::rope_backward(dx, pos, cos, sin, h, d)
     }
 
-    fn attention_forward(&self, out: &mut CpuBuf, lse: &mut CpuBuf, q: &CpuBuf, k: &CpuBuf, v: &CpuBuf, cu_seqlens: &[u32], hq: usize, hkv: usize, d: usize) -> Result<()> {
+    fn attention_forward(
+        &self,
+        out: &mut CpuBuf,
+        lse: &mut CpuBuf,
+        q: &CpuBuf,
+        k: &CpuBuf,
+        v: &CpuBuf,
+        cu_seqlens: &[u32],
+        hq: usize,
+        hkv: usize,
+        d: usize,
+    ) -> Result<()> {
         attention::attention_forward(out, lse, q, k, v, cu_seqlens, hq, hkv, d)
     }
 
-    fn attention_backward(&self, dq: &mut CpuBuf, dk: &mut CpuBuf, dv: &mut CpuBuf, dout: &CpuBuf, q: &CpuBuf, k: &CpuBuf, v: &CpuBuf, out: &CpuBuf, lse: &CpuBuf, cu_seqlens: &[u32], hq: usize, hkv: usize, d: usize) -> Result<()> {
+    fn attention_backward(
+        &self,
+        dq: &mut CpuBuf,
+        dk: &mut CpuBuf,
+        dv: &mut CpuBuf,
+        dout: &CpuBuf,
+        q: &CpuBuf,
+        k: &CpuBuf,
+        v: &CpuBuf,
+        out: &CpuBuf,
+        lse: &CpuBuf,
+        cu_seqlens: &[u32],
+        hq: usize,
+        hkv: usize,
+        d: usize,
+    ) -> Result<()> {
         attention::attention_backward(dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, hq, hkv, d)
     }
 
@@ -156,24 +236,78 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn swiglu_backward(&self, dgate: &mut CpuBuf, dup: &mut CpuBuf, dh: &CpuBuf, gate: &CpuBuf, up: &CpuBuf) -> Result<()> {
+    fn swiglu_backward(
+        &self,
+        dgate: &mut CpuBuf,
+        dup: &mut CpuBuf,
+        dh: &CpuBuf,
+        gate: &CpuBuf,
+        up: &CpuBuf,
+    ) -> Result<()> {
         check_len("swiglu_backward", "dh", dh.len(), gate.len())?;
+        check_len("swiglu_backward", "up", up.len(), gate.len())?;
+        check_len("swiglu_backward", "dgate", dgate.len(), gate.len())?;
+        check_len("swiglu_backward", "dup", dup.len(), gate.len())?;
         swiglu::swiglu_backward(dgate, dup, dh, gate, up);
         Ok(())
     }
 
-    fn linear_cross_entropy(&self, dx: Option<&mut CpuBuf>, x: &CpuBuf, w: &CpuBuf, targets: &[i32], c: usize, v: usize, grad_scale: f32, chunk: usize) -> Result<Vec<f32>> {
+    fn linear_cross_entropy(
+        &self,
+        dx: Option<&mut CpuBuf>,
+        x: &CpuBuf,
+        w: &CpuBuf,
+        targets: &[i32],
+        c: usize,
+        v: usize,
+        grad_scale: f32,
+        chunk: usize,
+    ) -> Result<Vec<f32>> {
         check_len("linear_cross_entropy", "x", x.len(), targets.len() * c)?;
         check_len("linear_cross_entropy", "w", w.len(), v * c)?;
-        cross_entropy::linear_cross_entropy(dx.map(|d| d.as_mut_slice()), x, w, targets, c, v, grad_scale, chunk)
+        cross_entropy::linear_cross_entropy(
+            dx.map(|d| d.as_mut_slice()),
+            x,
+            w,
+            targets,
+            c,
+            v,
+            grad_scale,
+            chunk,
+        )
     }
 
-    fn adamw(&self, param: &mut CpuBuf, grad: &CpuBuf, m: &mut CpuBuf, v: &mut CpuBuf, s: AdamWStep) -> Result<()> {
+    fn adamw(
+        &self,
+        param: &mut CpuBuf,
+        grad: &CpuBuf,
+        m: &mut CpuBuf,
+        v: &mut CpuBuf,
+        s: AdamWStep,
+    ) -> Result<()> {
         check_len("adamw", "grad", grad.len(), param.len())?;
         check_len("adamw", "m", m.len(), param.len())?;
         check_len("adamw", "v", v.len(), param.len())?;
+        if s.step == 0 {
+            return Err(CoreError::Invalid {
+                op: "adamw",
+                msg: "step counts from 1, got 0".into(),
+            });
+        }
         adamw::adamw(param, grad, m, v, s);
         Ok(())
+    }
+}
+
+/// Checks that a (rows, c) buffer of `len` elements has a positive width and whole rows.
+fn check_rows(op: &'static str, name: &'static str, len: usize, c: usize) -> Result<()> {
+    if c > 0 && len % c == 0 {
+        Ok(())
+    } else {
+        Err(CoreError::Invalid {
+            op,
+            msg: format!("`{name}` holds {len} elements, not a whole number of rows of width {c}"),
+        })
     }
 }
 

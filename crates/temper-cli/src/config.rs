@@ -1,0 +1,291 @@
+//! `temper train`'s configuration in two steps: [`TrainFile`] mirrors the YAML file (every key
+//! optional, defaults filled by serde), then [`TrainFile::resolve`] checks it and produces the
+//! settings the trainer runs with. Unknown keys are errors with a suggestion.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Deserialize;
+use serde_yaml::{Mapping, Value};
+use temper_model::adapter::parse_targets;
+use temper_model::{Checkpointing, LoraConfig};
+use temper_train::{AdamWConfig, ScheduleKind, TrainSettings};
+
+use crate::keys::{suggest, TRAIN_KEYS};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainFile {
+    pub model: Option<PathBuf>,
+    pub data: Option<OneOrMany>,
+    #[serde(default = "d_output")]
+    pub output_dir: PathBuf,
+    #[serde(default = "d_device")]
+    pub device: String,
+    #[serde(default = "d_r")]
+    pub lora_r: usize,
+    #[serde(default = "d_alpha")]
+    pub lora_alpha: f32,
+    #[serde(default = "d_dropout")]
+    pub lora_dropout: f32,
+    #[serde(default)]
+    pub use_rslora: bool,
+    #[serde(default = "d_targets")]
+    pub target_modules: serde_json::Value,
+    #[serde(default = "d_lr")]
+    pub learning_rate: f64,
+    #[serde(default = "d_sched")]
+    pub lr_scheduler_type: String,
+    pub warmup_steps: Option<u64>,
+    #[serde(default)]
+    pub warmup_ratio: f64,
+    #[serde(default = "d_epochs")]
+    pub num_train_epochs: f64,
+    pub max_steps: Option<i64>,
+    #[serde(default = "d_bs")]
+    pub per_device_train_batch_size: usize,
+    #[serde(default = "d_one")]
+    pub gradient_accumulation_steps: usize,
+    #[serde(default = "d_seq")]
+    pub max_seq_len: usize,
+    #[serde(default = "d_true")]
+    pub packing: bool,
+    #[serde(default = "d_seed")]
+    pub seed: u64,
+    #[serde(default)]
+    pub weight_decay: f32,
+    #[serde(default = "d_b1")]
+    pub adam_beta1: f32,
+    #[serde(default = "d_b2")]
+    pub adam_beta2: f32,
+    #[serde(default = "d_eps")]
+    pub adam_epsilon: f32,
+    #[serde(default = "d_clip")]
+    pub max_grad_norm: f64,
+    #[serde(default = "d_true")]
+    pub gradient_checkpointing: bool,
+    #[serde(default)]
+    pub save_steps: u64,
+    #[serde(default = "d_one_u")]
+    pub logging_steps: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(PathBuf),
+    Many(Vec<PathBuf>),
+}
+
+fn d_output() -> PathBuf {
+    "output".into()
+}
+fn d_device() -> String {
+    "auto".into()
+}
+fn d_r() -> usize {
+    16
+}
+fn d_alpha() -> f32 {
+    32.0
+}
+fn d_dropout() -> f32 {
+    0.05
+}
+fn d_targets() -> serde_json::Value {
+    serde_json::Value::String("all-linear".into())
+}
+fn d_lr() -> f64 {
+    2e-4
+}
+fn d_sched() -> String {
+    "linear".into()
+}
+fn d_epochs() -> f64 {
+    1.0
+}
+fn d_bs() -> usize {
+    4
+}
+fn d_one() -> usize {
+    1
+}
+fn d_one_u() -> u64 {
+    1
+}
+fn d_seq() -> usize {
+    1024
+}
+fn d_true() -> bool {
+    true
+}
+fn d_seed() -> u64 {
+    42
+}
+fn d_b1() -> f32 {
+    0.9
+}
+fn d_b2() -> f32 {
+    0.999
+}
+fn d_eps() -> f32 {
+    1e-8
+}
+fn d_clip() -> f64 {
+    1.0
+}
+
+/// Everything `temper train` needs, resolved.
+pub struct TrainPlan {
+    pub model_dir: PathBuf,
+    pub data: Vec<PathBuf>,
+    pub device: String,
+    pub max_seq_len: usize,
+    pub packing: bool,
+    pub logging_steps: u64,
+    pub settings: TrainSettings,
+}
+
+/// Reads the YAML file, applies `--key value` overrides, and checks every key.
+pub fn load(path: Option<&Path>, overrides: &[(String, String)]) -> Result<(TrainFile, PathBuf)> {
+    let (mut map, base) = match path {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let value: Value = serde_yaml::from_str(&text)
+                .with_context(|| format!("{}: not valid YAML", p.display()))?;
+            let map = match value {
+                Value::Mapping(m) => m,
+                Value::Null => Mapping::new(),
+                _ => bail!("{}: expected a mapping of `key: value` lines", p.display()),
+            };
+            let base = p.parent().map(Path::to_path_buf).unwrap_or_default();
+            (map, base)
+        }
+        None => (Mapping::new(), PathBuf::new()),
+    };
+    for (k, v) in overrides {
+        let value: Value = serde_yaml::from_str(v).unwrap_or_else(|_| Value::String(v.clone()));
+        map.insert(Value::String(k.clone()), value);
+    }
+    let origin = path
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "command line".into());
+    for key in map.keys() {
+        let name = key
+            .as_str()
+            .ok_or_else(|| anyhow!("{origin}: key {key:?} is not a string"))?;
+        if !TRAIN_KEYS.iter().any(|k| k.name == name) {
+            let hint = suggest(name)
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_default();
+            bail!("{origin}: unknown key `{name}`{hint} (`temper train --help` lists every key)");
+        }
+    }
+    let file: TrainFile = serde_yaml::from_value(Value::Mapping(map))
+        .with_context(|| format!("{origin}: a key has a value of the wrong type"))?;
+    Ok((file, base))
+}
+
+fn rel(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+impl TrainFile {
+    /// Checks values and turns the file into a plan. `base` is the YAML file's folder.
+    pub fn resolve(self, base: &Path, resume: Option<Option<PathBuf>>) -> Result<TrainPlan> {
+        let model_dir = rel(
+            base,
+            &self
+                .model
+                .ok_or_else(|| anyhow!("`model` is required: a Hugging Face model folder"))?,
+        );
+        let data = match self
+            .data
+            .ok_or_else(|| anyhow!("`data` is required: a JSONL file or a list of them"))?
+        {
+            OneOrMany::One(p) => vec![rel(base, &p)],
+            OneOrMany::Many(v) => v.iter().map(|p| rel(base, p)).collect(),
+        };
+        let targets =
+            parse_targets(&self.target_modules).map_err(|e| anyhow!("target_modules: {e}"))?;
+        if self.lora_r == 0 {
+            bail!("lora_r must be at least 1");
+        }
+        if !(0.0..1.0).contains(&self.lora_dropout) {
+            bail!("lora_dropout must be in [0, 1), got {}", self.lora_dropout);
+        }
+        if self.learning_rate <= 0.0 || !self.learning_rate.is_finite() {
+            bail!("learning_rate must be positive, got {}", self.learning_rate);
+        }
+        let schedule = ScheduleKind::parse(&self.lr_scheduler_type).ok_or_else(|| {
+            anyhow!(
+                "lr_scheduler_type `{}` is not one of constant, linear, cosine",
+                self.lr_scheduler_type
+            )
+        })?;
+        if self.max_seq_len < 2 {
+            bail!("max_seq_len must be at least 2");
+        }
+        let output_dir = rel(base, &self.output_dir);
+        let resume_from = match resume {
+            None => None,
+            Some(Some(p)) => Some(p),
+            Some(None) => Some(temper_train::checkpoint::latest(&output_dir)?.ok_or_else(
+                || {
+                    anyhow!(
+                        "--resume: no checkpoint-<step> folder with trainer_state.json in {}",
+                        output_dir.display()
+                    )
+                },
+            )?),
+        };
+        let settings = TrainSettings {
+            lora: LoraConfig {
+                r: self.lora_r,
+                alpha: self.lora_alpha,
+                dropout: self.lora_dropout,
+                use_rslora: self.use_rslora,
+                targets,
+            },
+            learning_rate: self.learning_rate,
+            schedule,
+            warmup_steps: self.warmup_steps,
+            warmup_ratio: self.warmup_ratio,
+            max_steps: self.max_steps.filter(|&n| n > 0).map(|n| n as u64),
+            epochs: self.num_train_epochs,
+            micro_batch_size: self.per_device_train_batch_size,
+            grad_accum: self.gradient_accumulation_steps,
+            seed: self.seed,
+            adamw: AdamWConfig {
+                beta1: self.adam_beta1,
+                beta2: self.adam_beta2,
+                eps: self.adam_epsilon,
+                weight_decay: self.weight_decay,
+            },
+            max_grad_norm: self.max_grad_norm,
+            checkpointing: if self.gradient_checkpointing {
+                Checkpointing::EveryLayer
+            } else {
+                Checkpointing::Off
+            },
+            save_steps: self.save_steps,
+            output_dir,
+            base_model: model_dir.display().to_string(),
+            resume_from,
+        };
+        Ok(TrainPlan {
+            model_dir,
+            data,
+            device: self.device,
+            max_seq_len: self.max_seq_len,
+            packing: self.packing,
+            logging_steps: self.logging_steps.max(1),
+            settings,
+        })
+    }
+}

@@ -1,0 +1,192 @@
+//! Every key `temper train` reads from its YAML file (or `--key value`), with its default and
+//! meaning. This table drives the help text and the unknown-key check, so the two never drift.
+
+pub struct Key {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub help: &'static str,
+}
+
+pub const TRAIN_KEYS: &[Key] = &[
+    Key {
+        name: "model",
+        default: "(required)",
+        help: "Hugging Face model folder (config.json, *.safetensors, tokenizer.json)",
+    },
+    Key {
+        name: "data",
+        default: "(required)",
+        help:
+            "JSONL file, or a list of them: rows with `text`, `prompt`/`completion`, or `messages`",
+    },
+    Key {
+        name: "output_dir",
+        default: "output",
+        help: "where the adapter, checkpoints and metrics.jsonl are written",
+    },
+    Key {
+        name: "device",
+        default: "auto",
+        help: "auto | cpu | cuda",
+    },
+    Key {
+        name: "lora_r",
+        default: "16",
+        help: "LoRA rank",
+    },
+    Key {
+        name: "lora_alpha",
+        default: "32",
+        help: "LoRA alpha; the update is scaled by alpha/r (alpha/sqrt(r) with use_rslora)",
+    },
+    Key {
+        name: "lora_dropout",
+        default: "0.05",
+        help: "dropout on the LoRA input while training",
+    },
+    Key {
+        name: "use_rslora",
+        default: "false",
+        help: "rank-stabilised scaling alpha/sqrt(r)",
+    },
+    Key {
+        name: "target_modules",
+        default: "all-linear",
+        help:
+            "list of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, or all-linear",
+    },
+    Key {
+        name: "learning_rate",
+        default: "2e-4",
+        help: "peak learning rate",
+    },
+    Key {
+        name: "lr_scheduler_type",
+        default: "linear",
+        help: "constant | linear | cosine (all with linear warmup)",
+    },
+    Key {
+        name: "warmup_steps",
+        default: "(from warmup_ratio)",
+        help: "optimizer steps of linear warmup",
+    },
+    Key {
+        name: "warmup_ratio",
+        default: "0.0",
+        help: "warmup as a fraction of all steps, when warmup_steps is not set",
+    },
+    Key {
+        name: "num_train_epochs",
+        default: "1",
+        help: "passes over the data (fractions allowed), unless max_steps is set",
+    },
+    Key {
+        name: "max_steps",
+        default: "(from epochs)",
+        help: "optimizer steps to take; overrides num_train_epochs",
+    },
+    Key {
+        name: "per_device_train_batch_size",
+        default: "4",
+        help: "packed rows per micro-batch",
+    },
+    Key {
+        name: "gradient_accumulation_steps",
+        default: "1",
+        help: "micro-batches per optimizer step",
+    },
+    Key {
+        name: "max_seq_len",
+        default: "1024",
+        help: "tokens per packed row; longer samples are truncated",
+    },
+    Key {
+        name: "packing",
+        default: "true",
+        help: "pack several samples into each row (they never attend to each other)",
+    },
+    Key {
+        name: "seed",
+        default: "42",
+        help: "seeds LoRA initialisation, data order and dropout",
+    },
+    Key {
+        name: "weight_decay",
+        default: "0.0",
+        help: "AdamW decoupled weight decay",
+    },
+    Key {
+        name: "adam_beta1",
+        default: "0.9",
+        help: "AdamW beta1",
+    },
+    Key {
+        name: "adam_beta2",
+        default: "0.999",
+        help: "AdamW beta2",
+    },
+    Key {
+        name: "adam_epsilon",
+        default: "1e-8",
+        help: "AdamW epsilon",
+    },
+    Key {
+        name: "max_grad_norm",
+        default: "1.0",
+        help: "clip the global gradient norm to this (0 = no clipping)",
+    },
+    Key {
+        name: "gradient_checkpointing",
+        default: "true",
+        help: "keep only each layer's input and recompute the layer in backward",
+    },
+    Key {
+        name: "save_steps",
+        default: "0",
+        help: "write a checkpoint every N optimizer steps (0 = only at the end)",
+    },
+    Key {
+        name: "logging_steps",
+        default: "1",
+        help: "print a log line every N steps when not on a terminal",
+    },
+];
+
+/// The help text listing every key.
+pub fn train_keys_help() -> String {
+    let mut s = String::from(
+        "CONFIG KEYS (YAML file or --key value; paths are relative to the YAML file's folder):\n",
+    );
+    for k in TRAIN_KEYS {
+        s.push_str(&format!(
+            "  {:<29} {}  [default: {}]\n",
+            k.name, k.help, k.default
+        ));
+    }
+    s
+}
+
+/// The known key nearest to `unknown`, for "did you mean" messages.
+pub fn suggest(unknown: &str) -> Option<&'static str> {
+    TRAIN_KEYS
+        .iter()
+        .map(|k| (edit_distance(unknown, k.name), k.name))
+        .filter(|(d, name)| *d <= 3.max(name.len() / 3))
+        .min()
+        .map(|(_, n)| n)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        let mut cur = vec![i; b.len() + 1];
+        for j in 1..=b.len() {
+            let sub = prev[j - 1] + usize::from(a[i - 1] != b[j - 1]);
+            cur[j] = sub.min(prev[j] + 1).min(cur[j - 1] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}

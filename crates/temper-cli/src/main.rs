@@ -1,0 +1,129 @@
+//! `temper`: LoRA fine-tuning of Llama-family models in one binary.
+
+mod commands;
+mod config;
+mod dataset;
+mod device;
+mod keys;
+mod progress;
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "temper",
+    version,
+    about = "LoRA fine-tuning of Llama-family models, in one binary"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a LoRA adapter (supervised fine-tuning). Writes a PEFT adapter to output_dir.
+    #[command(after_long_help = keys::train_keys_help(), after_help = "Run `temper train --help` to list every config key.")]
+    Train {
+        /// YAML file of config keys.
+        config: Option<PathBuf>,
+        /// Continue from the newest checkpoint in output_dir, or from the folder given.
+        #[arg(long, num_args = 0..=1, default_missing_value = "")]
+        resume: Option<String>,
+        /// Device: auto | cpu | cuda (overrides the `device` key).
+        #[arg(long)]
+        device: Option<String>,
+        /// Any config key as `--key value`, e.g. `--max_steps 100 --learning_rate 1e-4`.
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "--KEY VALUE"
+        )]
+        overrides: Vec<String>,
+    },
+    /// Mean loss of a model (and adapter) over a JSONL file, and each row's loss.
+    Eval {
+        #[arg(long)]
+        model: PathBuf,
+        /// A PEFT adapter folder (written by temper or by PEFT).
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        #[arg(long)]
+        data: PathBuf,
+        /// Print {"mean_loss": .., "rows": [{"loss": .., "tokens": ..}, ..]} for scripts.
+        #[arg(long)]
+        json: bool,
+        /// Truncate rows to this many tokens.
+        #[arg(long)]
+        max_seq_len: Option<usize>,
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
+}
+
+/// `--key value` pairs from the trailing arguments.
+fn parse_overrides(args: &[String]) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let Some(key) = a.strip_prefix("--") else {
+            bail!("unexpected argument `{a}`: config keys are given as `--key value`");
+        };
+        let (key, value) = match key.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => match it.next() {
+                Some(v) => (key.to_string(), v.clone()),
+                None => bail!("`--{key}` needs a value"),
+            },
+        };
+        out.push((key.replace('-', "_"), value));
+    }
+    Ok(out)
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Train {
+            config,
+            resume,
+            device,
+            overrides,
+        } => {
+            let mut overrides = parse_overrides(&overrides)?;
+            if let Some(d) = device {
+                overrides.push(("device".into(), d));
+            }
+            let resume = resume.map(|r| {
+                if r.is_empty() {
+                    None
+                } else {
+                    Some(PathBuf::from(r))
+                }
+            });
+            commands::train::run(commands::train::TrainArgs {
+                config,
+                overrides,
+                resume,
+            })
+        }
+        Command::Eval {
+            model,
+            adapter,
+            data,
+            json,
+            max_seq_len,
+            device,
+        } => commands::eval::run(commands::eval::EvalArgs {
+            model,
+            adapter,
+            data,
+            json,
+            device,
+            max_seq_len,
+        }),
+    }
+}

@@ -1,0 +1,269 @@
+//! Finite-difference gradient checks in f64 for every op with a backward: each backward is
+//! fed R = dL/d(out) for a random linear functional L = sum(R * out), and its result is
+//! compared element by element with central differences of L.
+mod common;
+
+use common::*;
+use temper_core::cpu::{
+    attention, cross_entropy, elementwise, matmul::matmul, rmsnorm, rope, swiglu,
+};
+use temper_core::Gemm;
+
+#[test]
+fn rmsnorm_backward_matches_finite_differences() {
+    let mut rng = rng(1);
+    let (n, c, eps) = (5, 13, 1e-5);
+    let x = uniform(&mut rng, n * c, 1.0);
+    let w = uniform(&mut rng, c, 1.5);
+    let r = uniform(&mut rng, n * c, 1.0);
+    let forward = |x: &[f64]| {
+        let (mut y, mut rstd) = (vec![0.0; n * c], vec![0.0; n]);
+        rmsnorm::rmsnorm_forward(&mut y, &mut rstd, x, &w, c, eps);
+        (y, rstd)
+    };
+    let (_, rstd) = forward(&x);
+    let mut dx = vec![f64::NAN; n * c];
+    rmsnorm::rmsnorm_backward(&mut dx, &r, &x, &w, &rstd, c);
+    grad_check("rmsnorm dx", &x, &dx, &r, |x| forward(x).0);
+}
+
+#[test]
+fn rope_backward_matches_finite_differences() {
+    let mut rng = rng(2);
+    let (n, h, d, positions) = (7, 3, 10, 9);
+    // Arbitrary angles: the backward must be the transpose whatever the table holds.
+    let angles = uniform(&mut rng, positions * d / 2, 3.0);
+    let cos: Vec<f64> = angles.iter().map(|a| a.cos()).collect();
+    let sin: Vec<f64> = angles.iter().map(|a| a.sin()).collect();
+    let pos: Vec<u32> = vec![0, 8, 3, 3, 5, 1, 7];
+    let x = uniform(&mut rng, n * h * d, 1.0);
+    let r = uniform(&mut rng, n * h * d, 1.0);
+    let mut dx = r.clone();
+    rope::rope_backward(&mut dx, &pos, &cos, &sin, h, d).unwrap();
+    grad_check("rope dx", &x, &dx, &r, |x| {
+        let mut y = x.to_vec();
+        rope::rope_forward(&mut y, &pos, &cos, &sin, h, d).unwrap();
+        y
+    });
+}
+
+#[test]
+fn swiglu_backward_matches_finite_differences() {
+    let mut rng = rng(3);
+    let n = 300;
+    let gate = uniform(&mut rng, n, 6.0);
+    let up = uniform(&mut rng, n, 2.0);
+    let r = uniform(&mut rng, n, 1.0);
+    let forward = |g: &[f64], u: &[f64]| {
+        let mut h = vec![0.0; n];
+        swiglu::swiglu_forward(&mut h, g, u);
+        h
+    };
+    let (mut dgate, mut dup) = (vec![f64::NAN; n], vec![f64::NAN; n]);
+    swiglu::swiglu_backward(&mut dgate, &mut dup, &r, &gate, &up);
+    grad_check("swiglu dgate", &gate, &dgate, &r, |g| forward(g, &up));
+    grad_check("swiglu dup", &up, &dup, &r, |u| forward(&gate, u));
+}
+
+#[test]
+fn dropout_backward_is_the_same_mask() {
+    let mut rng = rng(4);
+    let (n, p, seed) = (1000, 0.3, 42);
+    let x = uniform(&mut rng, n, 1.0);
+    let r = uniform(&mut rng, n, 1.0);
+    let mut dx = vec![f64::NAN; n];
+    elementwise::dropout(&mut dx, &r, p, seed);
+    assert!(
+        dx.contains(&0.0) && dx.iter().any(|&v| v != 0.0),
+        "the mask keeps some and drops some"
+    );
+    grad_check("dropout dx", &x, &dx, &r, |x| {
+        let mut y = vec![0.0; n];
+        elementwise::dropout(&mut y, x, p, seed);
+        y
+    });
+}
+
+/// The gradients of C = alpha op(A) op(B), computed with matmul itself through the transpose
+/// flags, as model code does in its backward: returns (dA, dB) in A's and B's stored layouts.
+fn matmul_grads(dc: &[f64], a: &[f64], b: &[f64], g: Gemm) -> (Vec<f64>, Vec<f64>) {
+    let Gemm {
+        m,
+        n,
+        k,
+        ta,
+        tb,
+        alpha,
+        ..
+    } = g;
+    let mut da = vec![f64::NAN; m * k];
+    let mut db = vec![f64::NAN; k * n];
+    let gemm = |m, n, k, ta, tb| Gemm {
+        m,
+        n,
+        k,
+        ta,
+        tb,
+        alpha,
+        beta: 0.0,
+    };
+    if ta {
+        // dA stored (k, m) = op(B) dC^T
+        matmul(&mut da, b, dc, gemm(k, m, n, tb, true));
+    } else {
+        // dA (m, k) = dC op(B)^T
+        matmul(&mut da, dc, b, gemm(m, k, n, false, !tb));
+    }
+    if tb {
+        // dB stored (n, k) = dC^T op(A)
+        matmul(&mut db, dc, a, gemm(n, k, m, true, ta));
+    } else {
+        // dB (k, n) = op(A)^T dC
+        matmul(&mut db, a, dc, gemm(k, n, m, !ta, false));
+    }
+    (da, db)
+}
+
+#[test]
+fn matmul_gradients_through_transpose_flags() {
+    let mut rng = rng(5);
+    let (m, n, k) = (5, 7, 3);
+    for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+        let g = Gemm {
+            m,
+            n,
+            k,
+            ta,
+            tb,
+            alpha: 0.7,
+            beta: 0.0,
+        };
+        let a = uniform(&mut rng, m * k, 1.0);
+        let b = uniform(&mut rng, k * n, 1.0);
+        let r = uniform(&mut rng, m * n, 1.0);
+        let forward = |a: &[f64], b: &[f64]| {
+            let mut c = vec![f64::NAN; m * n];
+            matmul(&mut c, a, b, g);
+            c
+        };
+        let (da, db) = matmul_grads(&r, &a, &b, g);
+        grad_check(&format!("matmul ta={ta} tb={tb} dA"), &a, &da, &r, |a| {
+            forward(a, &b)
+        });
+        grad_check(&format!("matmul ta={ta} tb={tb} dB"), &b, &db, &r, |b| {
+            forward(&a, b)
+        });
+    }
+}
+
+#[test]
+fn attention_backward_matches_finite_differences() {
+    let mut rng = rng(6);
+    // GQA 6 query heads over 2 kv heads; sequences of length 1 and lengths not multiples of
+    // 8; d = 12 exercises both the 8-wide and the remainder part of the dot products.
+    let (hq, hkv, d) = (6, 2, 12);
+    let cu = cu_seqlens(&[1, 5, 11, 1, 3]);
+    let n = *cu.last().unwrap() as usize;
+    let q = uniform(&mut rng, n * hq * d, 1.0);
+    let k = uniform(&mut rng, n * hkv * d, 1.0);
+    let v = uniform(&mut rng, n * hkv * d, 1.0);
+    let r = uniform(&mut rng, n * hq * d, 1.0);
+    let forward = |q: &[f64], k: &[f64], v: &[f64]| {
+        let (mut out, mut lse) = (vec![f64::NAN; n * hq * d], vec![f64::NAN; n * hq]);
+        attention::attention_forward(&mut out, &mut lse, q, k, v, &cu, hq, hkv, d).unwrap();
+        (out, lse)
+    };
+    let (out, lse) = forward(&q, &k, &v);
+    let mut dq = vec![f64::NAN; q.len()];
+    let mut dk = vec![f64::NAN; k.len()];
+    let mut dv = vec![f64::NAN; v.len()];
+    attention::attention_backward(
+        &mut dq, &mut dk, &mut dv, &r, &q, &k, &v, &out, &lse, &cu, hq, hkv, d,
+    )
+    .unwrap();
+    grad_check("attention dq", &q, &dq, &r, |q| forward(q, &k, &v).0);
+    grad_check("attention dk", &k, &dk, &r, |k| forward(&q, k, &v).0);
+    grad_check("attention dv", &v, &dv, &r, |v| forward(&q, &k, v).0);
+}
+
+#[test]
+fn attention_backward_without_gqa_and_odd_head_dim() {
+    let mut rng = rng(7);
+    let (hq, hkv, d) = (2, 2, 5);
+    let cu = cu_seqlens(&[9, 1, 2]);
+    let n = *cu.last().unwrap() as usize;
+    let q = uniform(&mut rng, n * hq * d, 1.5);
+    let k = uniform(&mut rng, n * hkv * d, 1.5);
+    let v = uniform(&mut rng, n * hkv * d, 1.0);
+    let r = uniform(&mut rng, n * hq * d, 1.0);
+    let forward = |q: &[f64], k: &[f64], v: &[f64]| {
+        let (mut out, mut lse) = (vec![0.0; n * hq * d], vec![0.0; n * hq]);
+        attention::attention_forward(&mut out, &mut lse, q, k, v, &cu, hq, hkv, d).unwrap();
+        (out, lse)
+    };
+    let (out, lse) = forward(&q, &k, &v);
+    let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
+    attention::attention_backward(
+        &mut dq, &mut dk, &mut dv, &r, &q, &k, &v, &out, &lse, &cu, hq, hkv, d,
+    )
+    .unwrap();
+    grad_check("attention(mha) dq", &q, &dq, &r, |q| forward(q, &k, &v).0);
+    grad_check("attention(mha) dk", &k, &dk, &r, |k| forward(&q, k, &v).0);
+    grad_check("attention(mha) dv", &v, &dv, &r, |v| forward(&q, &k, v).0);
+}
+
+#[test]
+fn attention_backward_long_sequence() {
+    // 70 and 130 tokens span two and three 64-token tiles.
+    let mut rng = rng(9);
+    let (hq, hkv, d) = (2, 1, 3);
+    let cu = cu_seqlens(&[70, 2, 130]);
+    let n = *cu.last().unwrap() as usize;
+    let q = uniform(&mut rng, n * hq * d, 1.5);
+    let k = uniform(&mut rng, n * hkv * d, 1.5);
+    let v = uniform(&mut rng, n * hkv * d, 1.0);
+    let r = uniform(&mut rng, n * hq * d, 1.0);
+    let forward = |q: &[f64], k: &[f64], v: &[f64]| {
+        let (mut out, mut lse) = (vec![0.0; n * hq * d], vec![0.0; n * hq]);
+        attention::attention_forward(&mut out, &mut lse, q, k, v, &cu, hq, hkv, d).unwrap();
+        (out, lse)
+    };
+    let (out, lse) = forward(&q, &k, &v);
+    let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
+    attention::attention_backward(
+        &mut dq, &mut dk, &mut dv, &r, &q, &k, &v, &out, &lse, &cu, hq, hkv, d,
+    )
+    .unwrap();
+    grad_check("attention(long) dq", &q, &dq, &r, |q| forward(q, &k, &v).0);
+    grad_check("attention(long) dk", &k, &dk, &r, |k| forward(&q, k, &v).0);
+    grad_check("attention(long) dv", &v, &dv, &r, |v| forward(&q, &k, v).0);
+}
+
+#[test]
+fn linear_cross_entropy_dx_matches_finite_differences() {
+    let mut rng = rng(8);
+    let (n, c, v) = (11, 7, 13);
+    let x = uniform(&mut rng, n * c, 1.0);
+    let w = uniform(&mut rng, v * c, 1.0);
+    // -100 and -1 are both ignored; the chunk of 4 does not divide 11.
+    let targets: Vec<i32> = vec![3, -100, 12, 0, 5, -1, 7, 7, -100, 1, 9];
+    let (grad_scale, chunk) = (0.37f32, 4);
+    // L = grad_scale * sum of token losses: r = grad_scale on every token.
+    let r = vec![grad_scale as f64; n];
+    let losses = |x: &[f64]| {
+        cross_entropy::linear_cross_entropy_t::<f64>(None, x, &w, &targets, c, v, 1.0, chunk)
+            .unwrap()
+    };
+    let mut dx = vec![f64::NAN; n * c];
+    cross_entropy::linear_cross_entropy_t(Some(&mut dx), &x, &w, &targets, c, v, grad_scale, chunk)
+        .unwrap();
+    for (i, &t) in targets.iter().enumerate() {
+        if t < 0 {
+            assert!(
+                dx[i * c..(i + 1) * c].iter().all(|&g| g == 0.0),
+                "ignored token {i} has a gradient"
+            );
+        }
+    }
+    grad_check("linear_cross_entropy dx", &x, &dx, &r, losses);
+}

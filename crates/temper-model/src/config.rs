@@ -1,0 +1,224 @@
+//! config.json -> [`ModelConfig`]: a serde struct mirroring the file, then the resolved
+//! numbers the model code uses, with transformers' defaults filled in.
+
+use std::path::Path;
+
+use serde::Deserialize;
+use temper_core::rope::RopeScaling;
+
+use crate::error::{io_err, ModelError, Result};
+
+/// The architectures temper runs: decoder-only, pre-norm, RoPE, SwiGLU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    Llama,
+    Mistral,
+    Qwen2,
+}
+
+/// config.json as Hugging Face writes it (the fields temper reads).
+#[derive(Debug, Deserialize)]
+struct ConfigFile {
+    model_type: Option<String>,
+    architectures: Option<Vec<String>>,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    vocab_size: usize,
+    rms_norm_eps: Option<f64>,
+    rope_theta: Option<f64>,
+    rope_scaling: Option<serde_json::Value>,
+    /// transformers 5 may nest rope settings here.
+    rope_parameters: Option<serde_json::Value>,
+    max_position_embeddings: Option<usize>,
+    tie_word_embeddings: Option<bool>,
+    attention_bias: Option<bool>,
+    hidden_act: Option<String>,
+    sliding_window: Option<serde_json::Value>,
+    bos_token_id: Option<serde_json::Value>,
+    eos_token_id: Option<serde_json::Value>,
+}
+
+/// The resolved configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    pub model_type: String,
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab: usize,
+    pub rms_eps: f32,
+    pub rope_theta: f64,
+    pub rope_scaling: Option<RopeScaling>,
+    pub max_positions: usize,
+    pub tie_embeddings: bool,
+    /// q/k/v projections carry a bias (Qwen2).
+    pub qkv_bias: bool,
+    pub eos_token_ids: Vec<u32>,
+    pub bos_token_id: Option<u32>,
+}
+
+impl ModelConfig {
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+        Self::from_json(&text, &path)
+    }
+
+    pub fn from_json(text: &str, path: &Path) -> Result<Self> {
+        let f: ConfigFile = serde_json::from_str(text).map_err(|source| ModelError::Json {
+            path: path.to_path_buf(),
+            what: "a model config",
+            source,
+        })?;
+        let bad = |msg: String| ModelError::Config {
+            path: path.to_path_buf(),
+            msg,
+        };
+        let model_type = f
+            .model_type
+            .clone()
+            .or_else(|| {
+                f.architectures
+                    .as_ref()
+                    .and_then(|a| a.first())
+                    .map(|a| a.to_lowercase())
+            })
+            .unwrap_or_default();
+        let arch = match model_type.as_str() {
+            "llama" => Arch::Llama,
+            "mistral" => Arch::Mistral,
+            "qwen2" => Arch::Qwen2,
+            other => {
+                return Err(bad(format!(
+                    "model_type `{other}` is not supported; temper runs llama, mistral and qwen2"
+                )))
+            }
+        };
+        if let Some(act) = &f.hidden_act {
+            if act != "silu" {
+                return Err(bad(format!(
+                    "hidden_act `{act}` is not supported; temper's MLP is SwiGLU (silu)"
+                )));
+            }
+        }
+        if arch == Arch::Mistral {
+            if let Some(w) = f.sliding_window.as_ref().and_then(|v| v.as_u64()) {
+                let max = f.max_position_embeddings.unwrap_or(0) as u64;
+                if w < max {
+                    // Training sequences longer than the window would need a windowed mask.
+                    eprintln!(
+                        "note: {}: sliding_window {w} is not applied; keep max_seq_len <= {w}",
+                        path.display()
+                    );
+                }
+            }
+        }
+        let heads = f.num_attention_heads;
+        let kv_heads = f.num_key_value_heads.unwrap_or(heads);
+        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
+            return Err(bad(format!(
+                "num_attention_heads {heads} must be a positive multiple of num_key_value_heads {kv_heads}"
+            )));
+        }
+        let head_dim = f.head_dim.unwrap_or(f.hidden_size / heads);
+        if head_dim % 2 != 0 {
+            return Err(bad(format!("head_dim {head_dim} must be even for RoPE")));
+        }
+        // transformers 5 keeps rope settings in `rope_parameters`; older files use rope_theta + rope_scaling.
+        let rope_params = f.rope_parameters.as_ref();
+        let rope_theta = f
+            .rope_theta
+            .or_else(|| {
+                rope_params
+                    .and_then(|p| p.get("rope_theta"))
+                    .and_then(|v| v.as_f64())
+            })
+            .unwrap_or(10000.0);
+        let scaling_json = f.rope_scaling.as_ref().or(rope_params);
+        let rope_scaling = match scaling_json {
+            None => None,
+            Some(v) => parse_rope_scaling(v).map_err(bad)?,
+        };
+        let default_qkv_bias = arch == Arch::Qwen2;
+        let ids = |v: &Option<serde_json::Value>| -> Vec<u32> {
+            match v {
+                Some(serde_json::Value::Number(n)) => {
+                    n.as_u64().map(|x| vec![x as u32]).unwrap_or_default()
+                }
+                Some(serde_json::Value::Array(a)) => a
+                    .iter()
+                    .filter_map(|x| x.as_u64())
+                    .map(|x| x as u32)
+                    .collect(),
+                _ => vec![],
+            }
+        };
+        Ok(ModelConfig {
+            arch,
+            model_type,
+            hidden: f.hidden_size,
+            intermediate: f.intermediate_size,
+            layers: f.num_hidden_layers,
+            heads,
+            kv_heads,
+            head_dim,
+            vocab: f.vocab_size,
+            rms_eps: f.rms_norm_eps.unwrap_or(1e-6) as f32,
+            rope_theta,
+            rope_scaling,
+            max_positions: f.max_position_embeddings.unwrap_or(2048),
+            tie_embeddings: f.tie_word_embeddings.unwrap_or(false),
+            qkv_bias: f.attention_bias.unwrap_or(default_qkv_bias),
+            eos_token_ids: ids(&f.eos_token_id),
+            bos_token_id: ids(&f.bos_token_id).first().copied(),
+        })
+    }
+
+    /// Width of the query projection output.
+    pub fn q_dim(&self) -> usize {
+        self.heads * self.head_dim
+    }
+    /// Width of the key and value projection outputs.
+    pub fn kv_dim(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+}
+
+fn parse_rope_scaling(v: &serde_json::Value) -> std::result::Result<Option<RopeScaling>, String> {
+    if v.is_null() {
+        return Ok(None);
+    }
+    let kind = v
+        .get("rope_type")
+        .or_else(|| v.get("type"))
+        .and_then(|t| t.as_str())
+        .unwrap_or("default");
+    let num = |key: &str| -> std::result::Result<f64, String> {
+        v.get(key)
+            .and_then(|x| x.as_f64())
+            .ok_or_else(|| format!("rope_scaling of type `{kind}` needs a number `{key}`"))
+    };
+    match kind {
+        "default" => Ok(None),
+        "linear" => Ok(Some(RopeScaling::Linear {
+            factor: num("factor")?,
+        })),
+        "llama3" => Ok(Some(RopeScaling::Llama3 {
+            factor: num("factor")?,
+            low_freq_factor: num("low_freq_factor")?,
+            high_freq_factor: num("high_freq_factor")?,
+            original_max_position_embeddings: num("original_max_position_embeddings")?,
+        })),
+        other => Err(format!(
+            "rope_scaling type `{other}` is not supported; temper runs default, linear and llama3"
+        )),
+    }
+}

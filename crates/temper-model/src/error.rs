@@ -1,0 +1,48 @@
+use std::path::PathBuf;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ModelError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not valid JSON for {what}: {source}")]
+    Json {
+        path: PathBuf,
+        what: &'static str,
+        source: serde_json::Error,
+    },
+    #[error("{path}: {msg}")]
+    Config { path: PathBuf, msg: String },
+    #[error("{path}: not a readable safetensors file: {msg}")]
+    Safetensors { path: PathBuf, msg: String },
+    #[error("{dir}: no tensor named `{name}` in the model's safetensors files{hint}")]
+    MissingTensor {
+        dir: PathBuf,
+        name: String,
+        hint: String,
+    },
+    #[error("tensor `{name}` has shape {got:?}, expected {expected:?} (from config.json)")]
+    Shape {
+        name: String,
+        got: Vec<usize>,
+        expected: Vec<usize>,
+    },
+    #[error("tensor `{name}` is stored as {dtype}; temper reads F32, BF16 and F16 here")]
+    Dtype { name: String, dtype: String },
+    #[error("adapter: {0}")]
+    Adapter(String),
+    #[error(transparent)]
+    Core(#[from] temper_core::CoreError),
+}
+
+pub type Result<T> = std::result::Result<T, ModelError>;
+
+pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
+    move |source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}

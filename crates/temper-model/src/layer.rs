@@ -1,0 +1,280 @@
+//! One decoder layer (pre-norm attention + pre-norm SwiGLU MLP), forward and backward.
+//!
+//! forward:
+//!   xn1 = rmsnorm(x, w1);  q, k, v = xn1 Wq^T, xn1 Wk^T, xn1 Wv^T (+ bias, + LoRA)
+//!   q, k = rope(q), rope(k);  att = attention(q, k, v);  x2 = x + att Wo^T
+//!   xn2 = rmsnorm(x2, w2);  g, u = xn2 Wg^T, xn2 Wu^T;  h = silu(g) * u;  out = x2 + h Wd^T
+//! backward walks the same lines bottom-up.
+
+use temper_core::Backend;
+
+use crate::error::Result;
+use crate::linear::{linear_backward, linear_forward, LoraMut, LoraRef, LoraSaved};
+use crate::lora::{LoraParams, Target};
+use crate::model::{Model, StepCtx, TokenBatch};
+
+/// Everything a layer's backward reads, for N tokens. With gradient checkpointing this is
+/// rebuilt from the layer's input just before its backward.
+pub struct LayerActs<B: Backend> {
+    pub xn1: B::Buf,   // (N, C)
+    pub rstd1: B::Buf, // (N)
+    pub q: B::Buf,     // (N, Hq*D) after RoPE
+    pub k: B::Buf,     // (N, Hkv*D) after RoPE
+    pub v: B::Buf,     // (N, Hkv*D)
+    pub att: B::Buf,   // (N, Hq*D)
+    pub lse: B::Buf,   // (N, Hq)
+    pub x2: B::Buf,    // (N, C)
+    pub xn2: B::Buf,   // (N, C)
+    pub rstd2: B::Buf, // (N)
+    pub g: B::Buf,     // (N, F)
+    pub u: B::Buf,     // (N, F)
+    pub h: B::Buf,     // (N, F)
+    /// Per target (indexed by [`Target::index`]).
+    pub lora: Vec<Option<LoraSaved<B>>>,
+}
+
+impl<B: Backend> Model<B> {
+    fn lora_ref<'a>(
+        &self,
+        lora: Option<&'a LoraParams<B>>,
+        layer: usize,
+        t: Target,
+        ctx: &StepCtx,
+    ) -> Option<LoraRef<'a, B>> {
+        let lora = lora?;
+        let (a, b) = lora.get(layer, t)?;
+        Some(LoraRef {
+            a,
+            b,
+            scale: lora.config.scale(),
+            dropout: if ctx.training {
+                lora.config.dropout
+            } else {
+                0.0
+            },
+            seed: ctx.dropout_seed(layer, t),
+        })
+    }
+
+    /// Runs layer `l` on x (N, C), writing out (N, C), and returns what backward needs.
+    pub fn layer_forward(
+        &self,
+        l: usize,
+        x: &B::Buf,
+        out: &mut B::Buf,
+        lora: Option<&LoraParams<B>>,
+        batch: &TokenBatch<'_>,
+        ctx: &StepCtx,
+    ) -> Result<LayerActs<B>> {
+        let be = &*self.be;
+        let cfg = &self.cfg;
+        let w = &self.weights.layers[l];
+        let n = batch.len();
+        let (c, f, d) = (cfg.hidden, cfg.intermediate, cfg.head_dim);
+        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+        let mut saved: Vec<Option<LoraSaved<B>>> = (0..7).map(|_| None).collect();
+        let mut lin = |t: Target, y: &mut B::Buf, input: &B::Buf| -> Result<()> {
+            saved[t.index()] =
+                linear_forward(be, y, input, w.linear(t), n, self.lora_ref(lora, l, t, ctx))?;
+            Ok(())
+        };
+
+        let mut xn1 = be.zeros(n * c)?;
+        let mut rstd1 = be.zeros(n)?;
+        be.rmsnorm_forward(&mut xn1, &mut rstd1, x, &w.input_norm, c, cfg.rms_eps)?;
+        let mut q = be.zeros(n * qd)?;
+        let mut k = be.zeros(n * kvd)?;
+        let mut v = be.zeros(n * kvd)?;
+        lin(Target::Q, &mut q, &xn1)?;
+        lin(Target::K, &mut k, &xn1)?;
+        lin(Target::V, &mut v, &xn1)?;
+        be.rope_forward(
+            &mut q,
+            batch.positions,
+            &self.rope_cos,
+            &self.rope_sin,
+            cfg.heads,
+            d,
+        )?;
+        be.rope_forward(
+            &mut k,
+            batch.positions,
+            &self.rope_cos,
+            &self.rope_sin,
+            cfg.kv_heads,
+            d,
+        )?;
+        let mut att = be.zeros(n * qd)?;
+        let mut lse = be.zeros(n * cfg.heads)?;
+        be.attention_forward(
+            &mut att,
+            &mut lse,
+            &q,
+            &k,
+            &v,
+            batch.cu_seqlens,
+            cfg.heads,
+            cfg.kv_heads,
+            d,
+        )?;
+        let mut x2 = be.zeros(n * c)?;
+        lin(Target::O, &mut x2, &att)?;
+        be.axpy(&mut x2, 1.0, x)?;
+
+        let mut xn2 = be.zeros(n * c)?;
+        let mut rstd2 = be.zeros(n)?;
+        be.rmsnorm_forward(&mut xn2, &mut rstd2, &x2, &w.post_attn_norm, c, cfg.rms_eps)?;
+        let mut g = be.zeros(n * f)?;
+        let mut u = be.zeros(n * f)?;
+        lin(Target::Gate, &mut g, &xn2)?;
+        lin(Target::Up, &mut u, &xn2)?;
+        let mut h = be.zeros(n * f)?;
+        be.swiglu_forward(&mut h, &g, &u)?;
+        lin(Target::Down, out, &h)?;
+        be.axpy(out, 1.0, &x2)?;
+
+        Ok(LayerActs {
+            xn1,
+            rstd1,
+            q,
+            k,
+            v,
+            att,
+            lse,
+            x2,
+            xn2,
+            rstd2,
+            g,
+            u,
+            h,
+            lora: saved,
+        })
+    }
+
+    /// Backward of layer `l`: from dout (N, C) writes dx (N, C) when asked for, and adds the
+    /// layer's LoRA gradients into `lora`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn layer_backward(
+        &self,
+        l: usize,
+        x: &B::Buf,
+        acts: &LayerActs<B>,
+        dout: &B::Buf,
+        dx: Option<&mut B::Buf>,
+        lora: &mut LoraParams<B>,
+        batch: &TokenBatch<'_>,
+        ctx: &StepCtx,
+    ) -> Result<()> {
+        let be = &*self.be;
+        let cfg = &self.cfg;
+        let w = &self.weights.layers[l];
+        let n = batch.len();
+        let (c, f, d) = (cfg.hidden, cfg.intermediate, cfg.head_dim);
+        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+        let scale = lora.config.scale();
+        let dropout = if ctx.training {
+            lora.config.dropout
+        } else {
+            0.0
+        };
+        let mut lin_bwd = |t: Target,
+                           dxin: Option<&mut B::Buf>,
+                           accumulate: bool,
+                           dy: &B::Buf,
+                           input: &B::Buf|
+         -> Result<()> {
+            let adapter = match (lora.get_mut(l, t), acts.lora[t.index()].as_ref()) {
+                (Some((a, b)), Some(saved)) => Some((
+                    LoraMut {
+                        a,
+                        b,
+                        scale,
+                        dropout,
+                        seed: ctx.dropout_seed(l, t),
+                    },
+                    saved,
+                )),
+                _ => None,
+            };
+            linear_backward(be, dxin, accumulate, dy, input, w.linear(t), n, adapter)
+        };
+
+        // out = x2 + down(h)
+        let mut dh = be.zeros(n * f)?;
+        lin_bwd(Target::Down, Some(&mut dh), false, dout, &acts.h)?;
+        // h = silu(g) * u
+        let mut dg = be.zeros(n * f)?;
+        let mut du = be.zeros(n * f)?;
+        be.swiglu_backward(&mut dg, &mut du, &dh, &acts.g, &acts.u)?;
+        drop(dh);
+        // g, u = gate(xn2), up(xn2)
+        let mut dxn2 = be.zeros(n * c)?;
+        lin_bwd(Target::Gate, Some(&mut dxn2), false, &dg, &acts.xn2)?;
+        lin_bwd(Target::Up, Some(&mut dxn2), true, &du, &acts.xn2)?;
+        drop((dg, du));
+        // xn2 = rmsnorm(x2); x2 also flows straight to out
+        let mut dx2 = be.zeros(n * c)?;
+        be.rmsnorm_backward(&mut dx2, &dxn2, &acts.x2, &w.post_attn_norm, &acts.rstd2, c)?;
+        be.axpy(&mut dx2, 1.0, dout)?;
+        drop(dxn2);
+
+        // x2 = x + o(att)
+        let mut datt = be.zeros(n * qd)?;
+        lin_bwd(Target::O, Some(&mut datt), false, &dx2, &acts.att)?;
+        // att = attention(q, k, v)
+        let mut dq = be.zeros(n * qd)?;
+        let mut dk = be.zeros(n * kvd)?;
+        let mut dv = be.zeros(n * kvd)?;
+        be.attention_backward(
+            &mut dq,
+            &mut dk,
+            &mut dv,
+            &datt,
+            &acts.q,
+            &acts.k,
+            &acts.v,
+            &acts.att,
+            &acts.lse,
+            batch.cu_seqlens,
+            cfg.heads,
+            cfg.kv_heads,
+            d,
+        )?;
+        drop(datt);
+        // q, k = rope(q), rope(k)
+        be.rope_backward(
+            &mut dq,
+            batch.positions,
+            &self.rope_cos,
+            &self.rope_sin,
+            cfg.heads,
+            d,
+        )?;
+        be.rope_backward(
+            &mut dk,
+            batch.positions,
+            &self.rope_cos,
+            &self.rope_sin,
+            cfg.kv_heads,
+            d,
+        )?;
+        // q, k, v = proj(xn1); xn1 = rmsnorm(x); x also flows straight to x2
+        match dx {
+            Some(dx) => {
+                let mut dxn1 = be.zeros(n * c)?;
+                lin_bwd(Target::Q, Some(&mut dxn1), false, &dq, &acts.xn1)?;
+                lin_bwd(Target::K, Some(&mut dxn1), true, &dk, &acts.xn1)?;
+                lin_bwd(Target::V, Some(&mut dxn1), true, &dv, &acts.xn1)?;
+                be.rmsnorm_backward(dx, &dxn1, x, &w.input_norm, &acts.rstd1, c)?;
+                be.axpy(dx, 1.0, &dx2)?;
+            }
+            None => {
+                // The first layer's input is the frozen embedding: only LoRA grads are needed.
+                lin_bwd(Target::Q, None, false, &dq, &acts.xn1)?;
+                lin_bwd(Target::K, None, false, &dk, &acts.xn1)?;
+                lin_bwd(Target::V, None, false, &dv, &acts.xn1)?;
+            }
+        }
+        Ok(())
+    }
+}

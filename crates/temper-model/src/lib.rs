@@ -1,0 +1,18 @@
+//! temper-model: Hugging Face model folders -> a Llama-family model on a [`Backend`], its
+//! forward and backward written by hand, and LoRA adapters in PEFT's format.
+
+pub mod adapter;
+pub mod config;
+pub mod error;
+pub mod layer;
+pub mod linear;
+pub mod lora;
+pub mod model;
+pub mod safetensors_dir;
+pub mod weights;
+
+pub use config::{Arch, ModelConfig};
+pub use error::{ModelError, Result};
+pub use lora::{LoraConfig, LoraParams, Target};
+pub use model::{Checkpointing, Model, StepCtx, TokenBatch};
+pub use temper_core::Backend;

@@ -1,0 +1,226 @@
+//! LoRA adapters as PEFT defines them: `y = W x + s * B(A dropout(x))`, s = alpha / r
+//! (rsLoRA: alpha / sqrt(r)); A (r, in) ~ U(-1/sqrt(in), 1/sqrt(in)) (kaiming-uniform,
+//! a = sqrt(5)), B (out, r) = 0.
+
+use std::fmt;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use temper_core::Backend;
+
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+
+/// The seven linear layers of a Llama-family block that can carry an adapter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Target {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl Target {
+    pub const ALL: [Target; 7] = [
+        Target::Q,
+        Target::K,
+        Target::V,
+        Target::O,
+        Target::Gate,
+        Target::Up,
+        Target::Down,
+    ];
+
+    /// The module name PEFT's `target_modules` uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Q => "q_proj",
+            Target::K => "k_proj",
+            Target::V => "v_proj",
+            Target::O => "o_proj",
+            Target::Gate => "gate_proj",
+            Target::Up => "up_proj",
+            Target::Down => "down_proj",
+        }
+    }
+
+    /// Path inside a decoder layer.
+    pub fn path(self) -> &'static str {
+        match self {
+            Target::Q => "self_attn.q_proj",
+            Target::K => "self_attn.k_proj",
+            Target::V => "self_attn.v_proj",
+            Target::O => "self_attn.o_proj",
+            Target::Gate => "mlp.gate_proj",
+            Target::Up => "mlp.up_proj",
+            Target::Down => "mlp.down_proj",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Target> {
+        Target::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    /// (in_features, out_features) of this linear layer.
+    pub fn dims(self, cfg: &ModelConfig) -> (usize, usize) {
+        match self {
+            Target::Q => (cfg.hidden, cfg.q_dim()),
+            Target::K | Target::V => (cfg.hidden, cfg.kv_dim()),
+            Target::O => (cfg.q_dim(), cfg.hidden),
+            Target::Gate | Target::Up => (cfg.hidden, cfg.intermediate),
+            Target::Down => (cfg.intermediate, cfg.hidden),
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The adapter's hyperparameters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoraConfig {
+    pub r: usize,
+    pub alpha: f32,
+    pub dropout: f32,
+    pub use_rslora: bool,
+    pub targets: Vec<Target>,
+}
+
+impl LoraConfig {
+    /// The factor `s` in `y = W x + s * B A x`.
+    pub fn scale(&self) -> f32 {
+        if self.use_rslora {
+            self.alpha / (self.r as f32).sqrt()
+        } else {
+            self.alpha / self.r as f32
+        }
+    }
+}
+
+/// One trainable tensor: its PEFT key, shape, value and gradient.
+pub struct Param<B: Backend> {
+    pub key: String,
+    pub shape: [usize; 2],
+    pub value: B::Buf,
+    pub grad: B::Buf,
+}
+
+/// All LoRA tensors of a model, in PEFT's key order (layer, then target, A before B).
+pub struct LoraParams<B: Backend> {
+    pub config: LoraConfig,
+    pub params: Vec<Param<B>>,
+    /// [layer][target] -> index of lora_A in `params` (lora_B is the next one).
+    slots: Vec<[Option<usize>; 7]>,
+}
+
+/// PEFT's key for a LoRA tensor of a causal LM.
+pub fn peft_key(layer: usize, target: Target, which: char) -> String {
+    format!(
+        "base_model.model.model.layers.{layer}.{}.lora_{which}.weight",
+        target.path()
+    )
+}
+
+impl<B: Backend> LoraParams<B> {
+    /// Fresh adapters: A kaiming-uniform from `seed`, B zero, exactly PEFT's scheme.
+    pub fn init(be: &B, cfg: &ModelConfig, lora: &LoraConfig, seed: u64) -> Result<Self> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        Self::build(be, cfg, lora, |key, shape, is_a| {
+            if is_a {
+                let bound = 1.0 / (shape[1] as f32).sqrt();
+                Ok((0..shape[0] * shape[1])
+                    .map(|_| rng.random_range(-bound..bound))
+                    .collect())
+            } else {
+                let _ = key;
+                Ok(vec![0.0; shape[0] * shape[1]])
+            }
+        })
+    }
+
+    /// Builds the parameter list, asking `fill(key, shape, is_a)` for each tensor's values.
+    pub fn build(
+        be: &B,
+        cfg: &ModelConfig,
+        lora: &LoraConfig,
+        mut fill: impl FnMut(&str, [usize; 2], bool) -> Result<Vec<f32>>,
+    ) -> Result<Self> {
+        if lora.r == 0 {
+            return Err(ModelError::Adapter("LoRA rank r must be at least 1".into()));
+        }
+        if lora.targets.is_empty() {
+            return Err(ModelError::Adapter(
+                "no target modules: name at least one of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj".into(),
+            ));
+        }
+        let mut params = Vec::new();
+        let mut slots = vec![[None; 7]; cfg.layers];
+        for (layer, slot) in slots.iter_mut().enumerate() {
+            for t in Target::ALL {
+                if !lora.targets.contains(&t) {
+                    continue;
+                }
+                let (d_in, d_out) = t.dims(cfg);
+                slot[t.index()] = Some(params.len());
+                for (which, shape) in [('A', [lora.r, d_in]), ('B', [d_out, lora.r])] {
+                    let key = peft_key(layer, t, which);
+                    let host = fill(&key, shape, which == 'A')?;
+                    if host.len() != shape[0] * shape[1] {
+                        return Err(ModelError::Adapter(format!(
+                            "`{key}` has {} values, expected {:?}",
+                            host.len(),
+                            shape
+                        )));
+                    }
+                    params.push(Param {
+                        value: be.upload(&host)?,
+                        grad: be.zeros(host.len())?,
+                        key,
+                        shape,
+                    });
+                }
+            }
+        }
+        Ok(LoraParams {
+            config: lora.clone(),
+            params,
+            slots,
+        })
+    }
+
+    /// (A, B) of a layer's target, if it has an adapter.
+    pub fn get(&self, layer: usize, t: Target) -> Option<(&Param<B>, &Param<B>)> {
+        let i = self.slots.get(layer)?[t.index()]?;
+        Some((&self.params[i], &self.params[i + 1]))
+    }
+
+    /// Mutable (A, B) of a layer's target.
+    pub fn get_mut(&mut self, layer: usize, t: Target) -> Option<(&mut Param<B>, &mut Param<B>)> {
+        let i = self.slots.get(layer)?[t.index()]?;
+        let (left, right) = self.params.split_at_mut(i + 1);
+        Some((&mut left[i], &mut right[0]))
+    }
+
+    /// Sets every gradient to zero.
+    pub fn zero_grads(&mut self, be: &B) -> Result<()> {
+        for p in &mut self.params {
+            be.fill(&mut p.grad, 0.0)?;
+        }
+        Ok(())
+    }
+
+    /// Number of trainable values.
+    pub fn numel(&self) -> usize {
+        self.params.iter().map(|p| p.shape[0] * p.shape[1]).sum()
+    }
+}

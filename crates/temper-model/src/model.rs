@@ -1,0 +1,265 @@
+//! The whole model: embedding -> decoder layers -> final norm -> LM head fused with the loss,
+//! and the backward that walks it in reverse, with optional gradient checkpointing.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use temper_core::{rope, Backend, Gemm};
+
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+use crate::layer::LayerActs;
+use crate::lora::{LoraParams, Target};
+use crate::weights::Weights;
+
+/// A flat, varlen batch of N tokens: sequences laid end to end, no padding.
+#[derive(Clone, Copy, Debug)]
+pub struct TokenBatch<'a> {
+    pub ids: &'a [u32],       // (N)
+    pub positions: &'a [u32], // (N), restarting at 0 for each sequence
+    /// (S+1) offsets of the sequences in the batch.
+    pub cu_seqlens: &'a [u32],
+    /// (N) the token each position must predict, -100 where no loss is taken.
+    pub targets: &'a [i32],
+}
+
+impl TokenBatch<'_> {
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+/// Per-step settings shared by forward and backward.
+#[derive(Clone, Copy, Debug)]
+pub struct StepCtx {
+    /// Dropout is active only when training.
+    pub training: bool,
+    /// Seeds this step's dropout masks; recompute uses the same masks.
+    pub seed: u64,
+}
+
+impl StepCtx {
+    pub fn eval() -> Self {
+        StepCtx {
+            training: false,
+            seed: 0,
+        }
+    }
+
+    /// A distinct dropout seed for each (step, layer, target).
+    pub fn dropout_seed(&self, layer: usize, t: Target) -> u64 {
+        let mut z = self.seed
+            ^ ((layer as u64) << 8 | t.index() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// When to keep activations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Checkpointing {
+    /// Keep every layer's activations (fastest, most memory).
+    Off,
+    /// Keep each layer's input and recompute the layer before its backward.
+    EveryLayer,
+}
+
+pub struct Model<B: Backend> {
+    pub be: Arc<B>,
+    pub cfg: ModelConfig,
+    pub weights: Weights<B>,
+    /// (P, D/2) RoPE tables for positions 0..P.
+    pub rope_cos: B::Buf,
+    pub rope_sin: B::Buf,
+    /// Tokens per chunk of the fused LM head + loss.
+    pub loss_chunk: usize,
+}
+
+impl<B: Backend> Model<B> {
+    /// Loads config.json and the safetensors weights of a Hugging Face folder.
+    pub fn load(be: Arc<B>, dir: &Path) -> Result<Self> {
+        let cfg = ModelConfig::from_dir(dir)?;
+        let weights = Weights::load(&*be, &cfg, dir)?;
+        Self::from_parts(be, cfg, weights)
+    }
+
+    pub fn from_parts(be: Arc<B>, cfg: ModelConfig, weights: Weights<B>) -> Result<Self> {
+        let inv_freq = rope::inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling.as_ref());
+        let (cos, sin) = rope::tables(&inv_freq, cfg.max_positions.max(1));
+        Ok(Model {
+            rope_cos: be.upload(&cos)?,
+            rope_sin: be.upload(&sin)?,
+            be,
+            cfg,
+            weights,
+            loss_chunk: 1024,
+        })
+    }
+
+    fn check_batch(&self, batch: &TokenBatch<'_>) -> Result<()> {
+        let n = batch.len();
+        let bad =
+            |msg: String| ModelError::Core(temper_core::CoreError::Invalid { op: "batch", msg });
+        if batch.positions.len() != n || batch.targets.len() != n {
+            return Err(bad(format!(
+                "{n} ids but {} positions and {} targets",
+                batch.positions.len(),
+                batch.targets.len()
+            )));
+        }
+        if let Some(&p) = batch.positions.iter().max() {
+            if p as usize >= self.cfg.max_positions {
+                return Err(bad(format!(
+                    "position {p} is beyond max_position_embeddings {} of config.json; lower max_seq_len",
+                    self.cfg.max_positions
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Embedding lookup: (N, C).
+    fn embed(&self, batch: &TokenBatch<'_>) -> Result<B::Buf> {
+        let mut x = self.be.zeros(batch.len() * self.cfg.hidden)?;
+        self.be
+            .embedding_forward(&mut x, batch.ids, &self.weights.embed, self.cfg.hidden)?;
+        Ok(x)
+    }
+
+    /// Runs all layers and the final norm. Returns the normed hidden states (N, C).
+    fn trunk(&self, lora: Option<&LoraParams<B>>, batch: &TokenBatch<'_>) -> Result<B::Buf> {
+        self.check_batch(batch)?;
+        let ctx = StepCtx::eval();
+        let (n, c) = (batch.len(), self.cfg.hidden);
+        let mut x = self.embed(batch)?;
+        for l in 0..self.cfg.layers {
+            let mut out = self.be.zeros(n * c)?;
+            self.layer_forward(l, &x, &mut out, lora, batch, &ctx)?;
+            x = out;
+        }
+        let mut xf = self.be.zeros(n * c)?;
+        let mut rstd = self.be.zeros(n)?;
+        self.be.rmsnorm_forward(
+            &mut xf,
+            &mut rstd,
+            &x,
+            &self.weights.final_norm,
+            c,
+            self.cfg.rms_eps,
+        )?;
+        Ok(xf)
+    }
+
+    /// Full logits (N, V). Only for small batches: tests, generation.
+    pub fn logits(&self, lora: Option<&LoraParams<B>>, batch: &TokenBatch<'_>) -> Result<Vec<f32>> {
+        let xf = self.trunk(lora, batch)?;
+        let (n, c, v) = (batch.len(), self.cfg.hidden, self.cfg.vocab);
+        let mut logits = self.be.zeros(n * v)?;
+        self.be
+            .matmul(&mut logits, &xf, self.weights.head(), Gemm::nt(n, v, c))?;
+        Ok(self.be.download(&logits)?)
+    }
+
+    /// Each token's loss (N), 0 where the target is -100. No gradients.
+    pub fn token_losses(
+        &self,
+        lora: Option<&LoraParams<B>>,
+        batch: &TokenBatch<'_>,
+    ) -> Result<Vec<f32>> {
+        let xf = self.trunk(lora, batch)?;
+        let (c, v) = (self.cfg.hidden, self.cfg.vocab);
+        Ok(self.be.linear_cross_entropy(
+            None,
+            &xf,
+            self.weights.head(),
+            batch.targets,
+            c,
+            v,
+            1.0,
+            self.loss_chunk,
+        )?)
+    }
+
+    /// Forward and backward of one micro-batch. LoRA gradients of `grad_scale * sum of token
+    /// losses` are ADDED to `lora`'s grads (so micro-batches accumulate). Returns each token's
+    /// loss (N).
+    pub fn forward_backward(
+        &self,
+        lora: &mut LoraParams<B>,
+        batch: &TokenBatch<'_>,
+        grad_scale: f32,
+        ckpt: Checkpointing,
+        ctx: &StepCtx,
+    ) -> Result<Vec<f32>> {
+        self.check_batch(batch)?;
+        let be = &*self.be;
+        let (n, c, v) = (batch.len(), self.cfg.hidden, self.cfg.vocab);
+        let layers = self.cfg.layers;
+
+        // Forward, keeping each layer's input and (without checkpointing) its activations.
+        let mut inputs: Vec<B::Buf> = Vec::with_capacity(layers);
+        let mut kept: Vec<LayerActs<B>> = Vec::new();
+        let mut x = self.embed(batch)?;
+        for l in 0..layers {
+            let mut out = be.zeros(n * c)?;
+            let acts = self.layer_forward(l, &x, &mut out, Some(lora), batch, ctx)?;
+            if ckpt == Checkpointing::Off {
+                kept.push(acts);
+            }
+            inputs.push(std::mem::replace(&mut x, out));
+        }
+
+        // Final norm, then the LM head fused with the loss and its first backward step.
+        let mut xf = be.zeros(n * c)?;
+        let mut rstd = be.zeros(n)?;
+        be.rmsnorm_forward(
+            &mut xf,
+            &mut rstd,
+            &x,
+            &self.weights.final_norm,
+            c,
+            self.cfg.rms_eps,
+        )?;
+        let mut dxf = be.zeros(n * c)?;
+        let losses = be.linear_cross_entropy(
+            Some(&mut dxf),
+            &xf,
+            self.weights.head(),
+            batch.targets,
+            c,
+            v,
+            grad_scale,
+            self.loss_chunk,
+        )?;
+        drop(xf);
+        let mut dx = be.zeros(n * c)?;
+        be.rmsnorm_backward(&mut dx, &dxf, &x, &self.weights.final_norm, &rstd, c)?;
+        drop((dxf, x));
+
+        // Backward, layer by layer in reverse.
+        for l in (0..layers).rev() {
+            let x_in = inputs
+                .pop()
+                .ok_or_else(|| ModelError::Adapter("internal: layer inputs exhausted".into()))?;
+            let acts = match kept.pop() {
+                Some(a) => a,
+                None => {
+                    let mut scratch = be.zeros(n * c)?;
+                    self.layer_forward(l, &x_in, &mut scratch, Some(lora), batch, ctx)?
+                }
+            };
+            if l > 0 {
+                let mut dx_in = be.zeros(n * c)?;
+                self.layer_backward(l, &x_in, &acts, &dx, Some(&mut dx_in), lora, batch, ctx)?;
+                dx = dx_in;
+            } else {
+                self.layer_backward(l, &x_in, &acts, &dx, None, lora, batch, ctx)?;
+            }
+        }
+        Ok(losses)
+    }
+}

@@ -1,0 +1,177 @@
+//! Reading tensors from a Hugging Face folder: `model.safetensors`, or shards listed in
+//! `model.safetensors.index.json`. Files are memory-mapped; a tensor is converted to f32 only
+//! when asked for.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::{io_err, ModelError, Result};
+
+/// The safetensors files of one folder, mapped into memory.
+pub struct SafetensorsDir {
+    dir: PathBuf,
+    files: Vec<(PathBuf, Mmap)>,
+    /// tensor name -> index into `files`
+    index: HashMap<String, usize>,
+}
+
+/// A tensor read to the host in f32.
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl SafetensorsDir {
+    /// Opens `model.safetensors`, or the shards of `model.safetensors.index.json`, or, for an
+    /// adapter folder, the file name given.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let index_path = dir.join("model.safetensors.index.json");
+        let single = dir.join("model.safetensors");
+        let names: Vec<PathBuf> = if index_path.exists() {
+            let text = std::fs::read_to_string(&index_path).map_err(io_err(&index_path))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|source| ModelError::Json {
+                    path: index_path.clone(),
+                    what: "a safetensors index",
+                    source,
+                })?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| ModelError::Config {
+                    path: index_path.clone(),
+                    msg: "has no `weight_map` object".into(),
+                })?;
+            let mut shards: Vec<String> = map
+                .values()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect();
+            shards.sort();
+            shards.dedup();
+            shards.into_iter().map(|s| dir.join(s)).collect()
+        } else if single.exists() {
+            vec![single]
+        } else {
+            return Err(ModelError::Config {
+                path: dir.to_path_buf(),
+                msg: "no model.safetensors or model.safetensors.index.json here; \
+                      temper reads Hugging Face folders saved with safe_serialization"
+                    .into(),
+            });
+        };
+        Self::open_files(dir, &names)
+    }
+
+    /// Opens the given files of a folder.
+    pub fn open_files(dir: &Path, paths: &[PathBuf]) -> Result<Self> {
+        let mut files = Vec::new();
+        let mut index = HashMap::new();
+        for path in paths {
+            let file = File::open(path).map_err(io_err(path))?;
+            // SAFETY: the file is opened read-only; temper never writes model files it has
+            // mapped, and a concurrent external writer is outside what we support.
+            let mmap = unsafe { Mmap::map(&file) }.map_err(io_err(path))?;
+            let st = SafeTensors::deserialize(&mmap).map_err(|e| ModelError::Safetensors {
+                path: path.clone(),
+                msg: e.to_string(),
+            })?;
+            for name in st.names() {
+                index.insert(name.to_string(), files.len());
+            }
+            files.push((path.clone(), mmap));
+        }
+        Ok(SafetensorsDir {
+            dir: dir.to_path_buf(),
+            files,
+            index,
+        })
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.index.keys().map(String::as_str)
+    }
+
+    /// Reads `name`, converting F32 / BF16 / F16 to f32.
+    pub fn read(&self, name: &str) -> Result<HostTensor> {
+        let &fi = self
+            .index
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                dir: self.dir.clone(),
+                name: name.to_string(),
+                hint: self.hint(name),
+            })?;
+        let (path, mmap) = &self.files[fi];
+        let st = SafeTensors::deserialize(mmap).map_err(|e| ModelError::Safetensors {
+            path: path.clone(),
+            msg: e.to_string(),
+        })?;
+        let view = st.tensor(name).map_err(|e| ModelError::Safetensors {
+            path: path.clone(),
+            msg: e.to_string(),
+        })?;
+        let bytes = view.data();
+        let data: Vec<f32> = match view.dtype() {
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::BF16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(ModelError::Dtype {
+                    name: name.to_string(),
+                    dtype: format!("{other:?}"),
+                })
+            }
+        };
+        Ok(HostTensor {
+            shape: view.shape().to_vec(),
+            data,
+        })
+    }
+
+    /// Reads `name` and checks its shape.
+    pub fn read_shaped(&self, name: &str, expected: &[usize]) -> Result<HostTensor> {
+        let t = self.read(name)?;
+        if t.shape != expected {
+            return Err(ModelError::Shape {
+                name: name.to_string(),
+                got: t.shape,
+                expected: expected.to_vec(),
+            });
+        }
+        Ok(t)
+    }
+
+    fn hint(&self, name: &str) -> String {
+        let leaf = name.rsplit('.').nth(1).unwrap_or(name);
+        let mut near: Vec<&str> = self
+            .index
+            .keys()
+            .filter(|k| k.contains(leaf))
+            .map(String::as_str)
+            .collect();
+        near.sort();
+        near.truncate(3);
+        if near.is_empty() {
+            String::new()
+        } else {
+            format!(" (similar names present: {})", near.join(", "))
+        }
+    }
+}

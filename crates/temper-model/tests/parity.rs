@@ -1,0 +1,249 @@
+//! Parity with transformers + PEFT: fixtures made by scripts/make_parity_fixtures.py (tiny
+//! random Llama with GQA and llama3 rope scaling, a Qwen2 with q/k/v bias and tied
+//! embeddings, an rsLoRA case) hold logits, the loss, every LoRA gradient and the LoRA
+//! tensors after one AdamW step. temper on the CPU must match them within 1e-4 relative.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use safetensors::{Dtype, SafeTensors};
+use temper_core::{AdamWStep, Backend, CpuBackend};
+use temper_model::{adapter, Checkpointing, Model, StepCtx, TokenBatch};
+
+/// Relative error used throughout: max |got - want| / max |want| over a tensor.
+const TOL: f64 = 1e-4;
+
+fn fixture_dir(case: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/parity")
+        .join(case)
+}
+
+struct Expected {
+    bytes: Vec<u8>,
+}
+
+impl Expected {
+    fn open(dir: &Path) -> Self {
+        let bytes =
+            std::fs::read(dir.join("expected.safetensors")).expect("fixture expected.safetensors");
+        Expected { bytes }
+    }
+    fn f32(&self, name: &str) -> Vec<f32> {
+        let st = SafeTensors::deserialize(&self.bytes).expect("valid safetensors");
+        let t = st
+            .tensor(name)
+            .unwrap_or_else(|_| panic!("fixture lacks {name}"));
+        assert_eq!(t.dtype(), Dtype::F32, "{name}");
+        t.data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    }
+    fn i64(&self, name: &str) -> Vec<i64> {
+        let st = SafeTensors::deserialize(&self.bytes).expect("valid safetensors");
+        let t = st
+            .tensor(name)
+            .unwrap_or_else(|_| panic!("fixture lacks {name}"));
+        assert_eq!(t.dtype(), Dtype::I64, "{name}");
+        t.data()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
+            .collect()
+    }
+}
+
+/// max |got - want| / max |want|
+fn rel_err(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(0f64, |m, &x| m.max(x.abs() as f64));
+    let diff = got
+        .iter()
+        .zip(want)
+        .fold(0f64, |m, (&a, &b)| m.max((a as f64 - b as f64).abs()));
+    diff / scale.max(1e-30)
+}
+
+/// The fixture's sequences laid end to end as one varlen batch, with targets shifted inside
+/// each sequence.
+struct Packed {
+    ids: Vec<u32>,
+    positions: Vec<u32>,
+    cu: Vec<u32>,
+    targets: Vec<i32>,
+    seq_lens: Vec<usize>,
+}
+
+fn packed_batch(exp: &Expected, n_seqs: usize) -> Packed {
+    let mut p = Packed {
+        ids: vec![],
+        positions: vec![],
+        cu: vec![0],
+        targets: vec![],
+        seq_lens: vec![],
+    };
+    for i in 0..n_seqs {
+        let ids = exp.i64(&format!("input_ids.{i}"));
+        let labels = exp.i64(&format!("labels.{i}"));
+        for (t, &id) in ids.iter().enumerate() {
+            p.ids.push(id as u32);
+            p.positions.push(t as u32);
+            p.targets.push(if t + 1 < labels.len() {
+                labels[t + 1] as i32
+            } else {
+                -100
+            });
+        }
+        p.cu.push(p.ids.len() as u32);
+        p.seq_lens.push(ids.len());
+    }
+    p
+}
+
+struct CaseResult {
+    worst_logits: f64,
+    loss_err: f64,
+    worst_grad: f64,
+    worst_step: f64,
+    worst_seq_loss: f64,
+}
+
+fn run_case(case: &str, ckpt: Checkpointing) -> CaseResult {
+    let dir = fixture_dir(case);
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).expect("case.json"))
+            .expect("json");
+    let n_seqs = info["seq_lens"].as_array().expect("seq_lens").len();
+    let exp = Expected::open(&dir);
+    let be = Arc::new(CpuBackend::new());
+    let model = Model::load(be.clone(), &dir.join("model")).expect("model loads");
+    let mut lora = adapter::load(&*be, &model.cfg, &dir.join("adapter")).expect("adapter loads");
+    let p = packed_batch(&exp, n_seqs);
+    let batch = TokenBatch {
+        ids: &p.ids,
+        positions: &p.positions,
+        cu_seqlens: &p.cu,
+        targets: &p.targets,
+    };
+
+    // Logits, per sequence.
+    let v = model.cfg.vocab;
+    let logits = model.logits(Some(&lora), &batch).expect("logits");
+    let mut worst_logits = 0f64;
+    for i in 0..n_seqs {
+        let (a, b) = (p.cu[i] as usize, p.cu[i + 1] as usize);
+        let want = exp.f32(&format!("logits.{i}"));
+        worst_logits = worst_logits.max(rel_err(&logits[a * v..b * v], &want));
+    }
+
+    // Loss and gradients: the loss is the mean over every counted token of the batch.
+    let loss_tokens = p.targets.iter().filter(|&&t| t >= 0).count();
+    let losses = model
+        .forward_backward(
+            &mut lora,
+            &batch,
+            1.0 / loss_tokens as f32,
+            ckpt,
+            &StepCtx {
+                training: true,
+                seed: 7,
+            },
+        )
+        .expect("forward_backward");
+    let loss: f64 = losses.iter().map(|&x| x as f64).sum::<f64>() / loss_tokens as f64;
+    let want_loss = exp.f32("loss")[0] as f64;
+    let loss_err = (loss - want_loss).abs() / want_loss.abs();
+
+    // Packed and unpacked give the same per-sequence loss: HF ran each sequence alone.
+    let want_seq = exp.f32("per_sequence_loss");
+    let mut worst_seq_loss = 0f64;
+    for i in 0..n_seqs {
+        let (a, b) = (p.cu[i] as usize, p.cu[i + 1] as usize);
+        let n = p.targets[a..b].iter().filter(|&&t| t >= 0).count();
+        let l: f64 = losses[a..b].iter().map(|&x| x as f64).sum::<f64>() / n as f64;
+        worst_seq_loss =
+            worst_seq_loss.max((l - want_seq[i] as f64).abs() / want_seq[i].abs() as f64);
+    }
+
+    let mut worst_grad = 0f64;
+    for prm in &lora.params {
+        let got = be.download(&prm.grad).expect("download");
+        let e = rel_err(&got, &exp.f32(&format!("grad.{}", prm.key)));
+        assert!(e <= TOL, "{case}: grad of {} off by {e:.2e}", prm.key);
+        worst_grad = worst_grad.max(e);
+    }
+
+    // One AdamW step with the fixture's settings.
+    let o = &info["optimizer"];
+    let step = AdamWStep {
+        lr: o["lr"].as_f64().expect("lr") as f32,
+        beta1: o["betas"][0].as_f64().expect("beta1") as f32,
+        beta2: o["betas"][1].as_f64().expect("beta2") as f32,
+        eps: o["eps"].as_f64().expect("eps") as f32,
+        weight_decay: o["weight_decay"].as_f64().expect("wd") as f32,
+        step: 1,
+    };
+    let mut worst_step = 0f64;
+    for prm in &mut lora.params {
+        let mut m = be.zeros(be.len(&prm.value)).expect("zeros");
+        let mut v2 = be.zeros(be.len(&prm.value)).expect("zeros");
+        be.adamw(&mut prm.value, &prm.grad, &mut m, &mut v2, step)
+            .expect("adamw");
+        let got = be.download(&prm.value).expect("download");
+        let e = rel_err(&got, &exp.f32(&format!("after_step.{}", prm.key)));
+        worst_step = worst_step.max(e);
+    }
+    CaseResult {
+        worst_logits,
+        loss_err,
+        worst_grad,
+        worst_step,
+        worst_seq_loss,
+    }
+}
+
+fn check(case: &str) {
+    for ckpt in [Checkpointing::Off, Checkpointing::EveryLayer] {
+        let r = run_case(case, ckpt);
+        println!(
+            "{case} ({ckpt:?}): logits {:.2e}, loss {:.2e}, per-sequence loss {:.2e}, grads {:.2e}, after AdamW {:.2e}",
+            r.worst_logits, r.loss_err, r.worst_seq_loss, r.worst_grad, r.worst_step
+        );
+        assert!(
+            r.worst_logits <= TOL,
+            "{case}: logits off by {:.2e}",
+            r.worst_logits
+        );
+        assert!(r.loss_err <= TOL, "{case}: loss off by {:.2e}", r.loss_err);
+        assert!(
+            r.worst_seq_loss <= TOL,
+            "{case}: per-sequence loss off by {:.2e}",
+            r.worst_seq_loss
+        );
+        assert!(
+            r.worst_grad <= TOL,
+            "{case}: grads off by {:.2e}",
+            r.worst_grad
+        );
+        assert!(
+            r.worst_step <= TOL,
+            "{case}: AdamW step off by {:.2e}",
+            r.worst_step
+        );
+    }
+}
+
+#[test]
+fn llama_gqa_with_llama3_rope_matches_transformers_and_peft() {
+    check("llama_gqa");
+}
+
+#[test]
+fn qwen2_with_qkv_bias_and_tied_embeddings_matches_transformers_and_peft() {
+    check("qwen2");
+}
+
+#[test]
+fn rslora_on_a_subset_of_modules_matches_peft() {
+    check("llama_rslora");
+}

@@ -1,0 +1,34 @@
+use std::path::PathBuf;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Model(#[from] temper_model::ModelError),
+    #[error(transparent)]
+    Core(#[from] temper_core::CoreError),
+    #[error(transparent)]
+    Data(#[from] temper_data::DataError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {msg}")]
+    Checkpoint { path: PathBuf, msg: String },
+    #[error("{0}")]
+    Config(String),
+    #[error(
+        "loss is {loss} at step {step}: training diverged; lower learning_rate or check the data"
+    )]
+    NonFinite { step: u64, loss: f64 },
+}
+
+pub type Result<T> = std::result::Result<T, TrainError>;
+
+pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
