@@ -46,7 +46,7 @@ impl Observer for Progress {
                 bar.set_message(msg);
             }
             None => {
-                if r.step % self.logging_steps == 0 || r.step == r.total_steps {
+                if r.step.is_multiple_of(self.logging_steps) || r.step == r.total_steps {
                     eprintln!("step {}/{} {msg}", r.step, r.total_steps);
                 }
             }

@@ -5,7 +5,6 @@
 //! generically over [`Float`] so tests can run it in f64 for finite-difference checks.
 
 // The workspace's rust-version (1.85) predates `usize::is_multiple_of` (1.87).
-#![allow(clippy::manual_is_multiple_of)]
 
 pub mod backend;
 pub mod cpu;

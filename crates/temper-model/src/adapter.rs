@@ -243,7 +243,7 @@ pub fn load<B: Backend>(be: &B, cfg: &ModelConfig, dir: &Path) -> Result<LoraPar
             msg: "missing: an adapter folder needs adapter_model.safetensors (adapter_model.bin is not read; re-save with safe_serialization=True)".into(),
         });
     }
-    let st = SafetensorsDir::open_files(dir, &[path.clone()])?;
+    let st = SafetensorsDir::open_files(dir, std::slice::from_ref(&path))?;
     // PEFT writes keys without the adapter name; some tools keep `.default`.
     let lookup: HashMap<String, String> = st
         .names()

@@ -123,13 +123,13 @@ impl ModelConfig {
         }
         let heads = f.num_attention_heads;
         let kv_heads = f.num_key_value_heads.unwrap_or(heads);
-        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
+        if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
             return Err(bad(format!(
                 "num_attention_heads {heads} must be a positive multiple of num_key_value_heads {kv_heads}"
             )));
         }
         let head_dim = f.head_dim.unwrap_or(f.hidden_size / heads);
-        if head_dim % 2 != 0 {
+        if !head_dim.is_multiple_of(2) {
             return Err(bad(format!("head_dim {head_dim} must be even for RoPE")));
         }
         // transformers 5 keeps rope settings in `rope_parameters`; older files use rope_theta + rope_scaling.

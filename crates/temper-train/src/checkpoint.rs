@@ -146,7 +146,7 @@ pub fn load<B: Backend>(
     let lora = adapter::load(be, cfg, dir)?;
     let mut opt = AdamW::new(be, &lora, opt_config)?;
     let opt_path = dir.join(OPTIMIZER_FILE);
-    let st = SafetensorsDir::open_files(dir, &[opt_path.clone()])?;
+    let st = SafetensorsDir::open_files(dir, std::slice::from_ref(&opt_path))?;
     for (i, p) in lora.params.iter().enumerate() {
         let shape = p.shape.to_vec();
         opt.m[i] = be.upload(&st.read_shaped(&format!("exp_avg.{}", p.key), &shape)?.data)?;

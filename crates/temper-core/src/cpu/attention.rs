@@ -90,13 +90,13 @@ fn validate<T>(
             format!("hq {hq}, hkv {hkv} and d {d} must be positive"),
         ));
     }
-    if hq % hkv != 0 {
+    if !hq.is_multiple_of(hkv) {
         return Err(invalid(
             op,
             format!("hq {hq} is not a multiple of hkv {hkv}"),
         ));
     }
-    if q.len() % (hq * d) != 0 {
+    if !q.len().is_multiple_of(hq * d) {
         return Err(invalid(
             op,
             format!(

@@ -49,7 +49,7 @@ pub fn add_bias<T: Float>(
         return;
     }
     assert!(
-        c > 0 && y.len() % c == 0,
+        c > 0 && y.len().is_multiple_of(c),
         "add_bias: y ({}) is not a whole number of rows of {c}",
         y.len()
     );

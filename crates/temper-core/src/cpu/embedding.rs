@@ -13,7 +13,7 @@ pub fn embedding_forward<T: Float>(
     c: usize,
 ) -> Result<()> {
     const OP: &str = "embedding_forward";
-    if c == 0 || table.len() % c != 0 {
+    if c == 0 || !table.len().is_multiple_of(c) {
         return Err(CoreError::Invalid {
             op: OP,
             msg: format!(

@@ -301,7 +301,7 @@ impl Backend for CpuBackend {
 
 /// Checks that a (rows, c) buffer of `len` elements has a positive width and whole rows.
 fn check_rows(op: &'static str, name: &'static str, len: usize, c: usize) -> Result<()> {
-    if c > 0 && len % c == 0 {
+    if c > 0 && len.is_multiple_of(c) {
         Ok(())
     } else {
         Err(CoreError::Invalid {

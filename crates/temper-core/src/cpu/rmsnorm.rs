@@ -20,7 +20,7 @@ pub fn rmsnorm_forward<T: Float>(
     eps: f64,
 ) {
     assert!(
-        c > 0 && x.len() % c == 0,
+        c > 0 && x.len().is_multiple_of(c),
         "rmsnorm_forward: x ({}) is not a whole number of rows of {c}",
         x.len()
     );
@@ -55,7 +55,7 @@ pub fn rmsnorm_backward<T: Float>(
     c: usize,
 ) {
     assert!(
-        c > 0 && x.len() % c == 0,
+        c > 0 && x.len().is_multiple_of(c),
         "rmsnorm_backward: x ({}) is not a whole number of rows of {c}",
         x.len()
     );

@@ -14,7 +14,7 @@ fn validate<T>(
     h: usize,
     d: usize,
 ) -> Result<()> {
-    if d == 0 || d % 2 != 0 || h == 0 {
+    if d == 0 || !d.is_multiple_of(2) || h == 0 {
         return Err(CoreError::Invalid {
             op,
             msg: format!("head_dim {d} must be even and positive, heads {h} positive"),
@@ -22,7 +22,7 @@ fn validate<T>(
     }
     check_len(op, "x", x.len(), pos.len() * h * d)?;
     let half = d / 2;
-    if cos.len() % half != 0 {
+    if !cos.len().is_multiple_of(half) {
         return Err(CoreError::Invalid {
             op,
             msg: format!(
