@@ -157,12 +157,11 @@ fn run_case(case: &str, ckpt: Checkpointing) -> CaseResult {
     // Packed and unpacked give the same per-sequence loss: HF ran each sequence alone.
     let want_seq = exp.f32("per_sequence_loss");
     let mut worst_seq_loss = 0f64;
-    for i in 0..n_seqs {
-        let (a, b) = (p.cu[i] as usize, p.cu[i + 1] as usize);
+    for (w, &want) in p.cu.windows(2).zip(&want_seq) {
+        let (a, b) = (w[0] as usize, w[1] as usize);
         let n = p.targets[a..b].iter().filter(|&&t| t >= 0).count();
         let l: f64 = losses[a..b].iter().map(|&x| x as f64).sum::<f64>() / n as f64;
-        worst_seq_loss =
-            worst_seq_loss.max((l - want_seq[i] as f64).abs() / want_seq[i].abs() as f64);
+        worst_seq_loss = worst_seq_loss.max((l - want as f64).abs() / want.abs() as f64);
     }
 
     let mut worst_grad = 0f64;
