@@ -299,18 +299,19 @@ fn attention_rejects_bad_input() {
     assert!(fwd(&[0, 5], 4, 3, &kv).is_err(), "hq not a multiple of hkv");
     assert!(fwd(&[0, 5], 4, 2, &kv[1..]).is_err(), "short k");
     let be = CpuBackend::new();
-    let (mut dq, mut dk, mut dv) = (q.clone(), kv.clone(), kv.clone());
-    let lse = vec![0.0f32; n * hq];
+    let (mut dq, mut dk, mut dv) = (be.buf(q.clone()), be.buf(kv.clone()), be.buf(kv.clone()));
+    let lse = be.buf(vec![0.0f32; n * hq]);
+    let (qb, kvb) = (be.buf(q.clone()), be.buf(kv.clone()));
     let err = be
         .attention_backward(
             &mut dq,
             &mut dk,
             &mut dv,
-            &q,
-            &q,
-            &kv,
-            &kv,
-            &q,
+            &qb,
+            &qb,
+            &kvb,
+            &kvb,
+            &qb,
             &lse,
             &[0, 3, 4],
             hq,
@@ -397,12 +398,12 @@ fn cross_entropy_f32_large_vocab() {
     let targets = vec![8002, 0, -100, 4001, 17];
     let (ref_loss, ref_dx) = naive_cross_entropy(&x, &w, &targets, c, v, 1.0 / 4.0);
     let be = CpuBackend::new();
-    let mut dx = vec![f32::NAN; n * c];
+    let mut dx = be.buf(vec![f32::NAN; n * c]);
     let loss = be
         .linear_cross_entropy(
             Some(&mut dx),
-            &to_f32(&x),
-            &to_f32(&w),
+            &be.buf(to_f32(&x)),
+            &be.buf(to_f32(&w)),
             &targets,
             c,
             v,
@@ -416,7 +417,16 @@ fn cross_entropy_f32_large_vocab() {
     assert!(dx[2 * c..3 * c].iter().all(|&g| g == 0.0));
     // Same numbers chunk by chunk or all at once (up to matmul blocking).
     let whole = be
-        .linear_cross_entropy(None, &to_f32(&x), &to_f32(&w), &targets, c, v, 0.25, 64)
+        .linear_cross_entropy(
+            None,
+            &be.buf(to_f32(&x)),
+            &be.buf(to_f32(&w)),
+            &targets,
+            c,
+            v,
+            0.25,
+            64,
+        )
         .unwrap();
     assert_close(
         "chunked vs whole",
@@ -467,20 +477,27 @@ fn rmsnorm_matches_formula() {
             expected[i * c + j] = row[j] * r * w[j];
         }
     }
-    let (mut y, mut rstd) = (vec![0.0f32; n * c], vec![0.0f32; n]);
-    CpuBackend::new()
-        .rmsnorm_forward(&mut y, &mut rstd, &to_f32(&x), &to_f32(&w), c, eps as f32)
-        .unwrap();
+    let be = CpuBackend::new();
+    let (mut y, mut rstd) = (be.buf(vec![0.0f32; n * c]), be.buf(vec![0.0f32; n]));
+    be.rmsnorm_forward(
+        &mut y,
+        &mut rstd,
+        &be.buf(to_f32(&x)),
+        &be.buf(to_f32(&w)),
+        c,
+        eps as f32,
+    )
+    .unwrap();
     assert_close("rmsnorm f32", &f32_to_f64(&y), &expected, 1e-6, 1.0);
     let (mut y, mut rstd) = (vec![0.0f64; n * c], vec![0.0f64; n]);
     rmsnorm::rmsnorm_forward(&mut y, &mut rstd, &x, &w, c, eps);
     assert_close("rmsnorm f64", &y, &expected, 1e-14, 1.0);
-    assert!(CpuBackend::new()
+    assert!(be
         .rmsnorm_forward(
-            &mut vec![0.0; 10],
-            &mut vec![0.0; 3],
-            &vec![0.0; 10],
-            &vec![0.0; 3],
+            &mut be.buf(vec![0.0; 10]),
+            &mut be.buf(vec![0.0; 3]),
+            &be.buf(vec![0.0; 10]),
+            &be.buf(vec![0.0; 3]),
             3,
             1e-5
         )
@@ -629,8 +646,9 @@ fn elementwise_ops() {
     let mut b = vec![1.0f64; 12];
     elementwise::add_bias(&mut b, &[0.5, 1.0, 2.0]);
     assert_eq!(b, [1.5, 2.0, 3.0].repeat(4));
-    assert!(CpuBackend::new()
-        .add_bias(&mut vec![0.0; 10], &vec![0.0; 3], 3)
+    let be = CpuBackend::new();
+    assert!(be
+        .add_bias(&mut be.buf(vec![0.0; 10]), &be.buf(vec![0.0; 3]), 3)
         .is_err());
 
     let x32 = to_f32(&x);
@@ -691,7 +709,8 @@ fn dropout_mask_statistics_and_determinism() {
     let mut y = vec![0.0f32; n];
     elementwise::dropout(&mut y, &x, 0.0, 99);
     assert_eq!(y, x, "p = 0 is the identity");
-    assert!(CpuBackend::new().dropout(&mut y, &x, 1.5, 0).is_err());
+    let be = CpuBackend::new();
+    assert!(be.dropout(&mut be.buf(y), &be.buf(x), 1.5, 0).is_err());
 }
 
 #[test]
@@ -727,13 +746,18 @@ fn adamw_two_steps_by_hand() {
         weight_decay: 0.1,
         step,
     };
-    let (mut p, mut m, mut v) = (vec![0.5f32], vec![0.0f32], vec![0.0f32]);
     let be = CpuBackend::new();
+    let (mut p, mut m, mut v) = (
+        be.buf(vec![0.5f32]),
+        be.buf(vec![0.0f32]),
+        be.buf(vec![0.0f32]),
+    );
 
     // Step 1: p = 0.5 (1 - 0.001) = 0.4995; m = 0.1 * 0.2 = 0.02; v = 0.001 * 0.04 = 4e-5;
     // bc1 = 0.1, bc2 = 0.001: denom = sqrt(4e-5) / sqrt(0.001) + 1e-8 = 0.2 + 1e-8;
     // p = 0.4995 - (0.01 / 0.1) * 0.02 / (0.2 + 1e-8) = 0.4895000005.
-    be.adamw(&mut p, &vec![0.2], &mut m, &mut v, s(1)).unwrap();
+    be.adamw(&mut p, &be.buf(vec![0.2]), &mut m, &mut v, s(1))
+        .unwrap();
     let close = |got: f32, want: f64, what: &str| {
         assert!(
             (got as f64 - want).abs() <= 1e-6 * want.abs(),
@@ -747,7 +771,8 @@ fn adamw_two_steps_by_hand() {
     // Step 2: p = 0.4895000005 * 0.999 = 0.4890105004995; m = 0.9 * 0.02 + 0.1 * -0.1 = 0.008;
     // v = 0.999 * 4e-5 + 0.001 * 0.01 = 4.996e-5; bc1 = 0.19, bc2 = 0.001999;
     // p -= (0.01 / 0.19) * 0.008 / (sqrt(4.996e-5 / 0.001999) + 1e-8) = 0.48634713027...
-    be.adamw(&mut p, &vec![-0.1], &mut m, &mut v, s(2)).unwrap();
+    be.adamw(&mut p, &be.buf(vec![-0.1]), &mut m, &mut v, s(2))
+        .unwrap();
     close(m[0], 0.008, "m2");
     close(v[0], 4.996e-5, "v2");
     let p2 = 0.4890105004995
@@ -756,7 +781,8 @@ fn adamw_two_steps_by_hand() {
     close(p[0], p2, "p2");
 
     assert!(
-        be.adamw(&mut p, &vec![0.0], &mut m, &mut v, s(0)).is_err(),
+        be.adamw(&mut p, &be.buf(vec![0.0]), &mut m, &mut v, s(0))
+            .is_err(),
         "step 0"
     );
 }

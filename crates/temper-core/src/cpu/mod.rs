@@ -12,17 +12,25 @@ pub mod rmsnorm;
 pub mod rope;
 pub mod swiglu;
 
+use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use crate::backend::{AdamWStep, Backend, Gemm};
 use crate::error::check_len;
 use crate::{CoreError, Float, Result};
 
-/// The CPU backend: buffers are `Vec<f32>`.
+/// The CPU backend: buffers are [`CpuBuf`]s of f32.
 #[derive(Default)]
 pub struct CpuBackend {
-    live_bytes: AtomicUsize,
-    peak_bytes: AtomicUsize,
+    accounting: Arc<Accounting>,
+}
+
+/// Bytes held by live buffers, and the most ever held at once.
+#[derive(Default)]
+struct Accounting {
+    live: AtomicUsize,
+    peak: AtomicUsize,
 }
 
 impl CpuBackend {
@@ -30,16 +38,43 @@ impl CpuBackend {
         Self::default()
     }
 
-    fn track(&self, n: usize) {
-        let bytes = n * std::mem::size_of::<f32>();
-        let live = self.live_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        self.peak_bytes.fetch_max(live, Ordering::Relaxed);
+    /// Wraps host values as a counted buffer.
+    pub fn buf(&self, data: Vec<f32>) -> CpuBuf {
+        let bytes = data.len() * std::mem::size_of::<f32>();
+        let live = self.accounting.live.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.accounting.peak.fetch_max(live, Ordering::Relaxed);
+        CpuBuf {
+            data,
+            accounting: self.accounting.clone(),
+        }
     }
 }
 
-/// A CPU buffer. Dropping it returns its bytes to the accounting of the backend that made it
-/// only approximately (the peak is what matters); the live count is informative.
-pub type CpuBuf = Vec<f32>;
+/// A CPU buffer: f32 values, counted by the backend that made it until dropped.
+pub struct CpuBuf {
+    data: Vec<f32>,
+    accounting: Arc<Accounting>,
+}
+
+impl Drop for CpuBuf {
+    fn drop(&mut self) {
+        let bytes = self.data.len() * std::mem::size_of::<f32>();
+        self.accounting.live.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
+impl Deref for CpuBuf {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.data
+    }
+}
+
+impl DerefMut for CpuBuf {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.data
+    }
+}
 
 impl Backend for CpuBackend {
     type Buf = CpuBuf;
@@ -49,17 +84,15 @@ impl Backend for CpuBackend {
     }
 
     fn zeros(&self, n: usize) -> Result<CpuBuf> {
-        self.track(n);
-        Ok(vec![0.0; n])
+        Ok(self.buf(vec![0.0; n]))
     }
 
     fn upload(&self, host: &[f32]) -> Result<CpuBuf> {
-        self.track(host.len());
-        Ok(host.to_vec())
+        Ok(self.buf(host.to_vec()))
     }
 
     fn download(&self, buf: &CpuBuf) -> Result<Vec<f32>> {
-        Ok(buf.clone())
+        Ok(buf.data.clone())
     }
 
     fn len(&self, buf: &CpuBuf) -> usize {
@@ -78,7 +111,7 @@ impl Backend for CpuBackend {
     }
 
     fn peak_bytes(&self) -> usize {
-        self.peak_bytes.load(Ordering::Relaxed)
+        self.accounting.peak.load(Ordering::Relaxed)
     }
 
     fn matmul(&self, c: &mut CpuBuf, a: &CpuBuf, b: &CpuBuf, g: Gemm) -> Result<()> {
@@ -266,7 +299,7 @@ impl Backend for CpuBackend {
         check_len("linear_cross_entropy", "x", x.len(), targets.len() * c)?;
         check_len("linear_cross_entropy", "w", w.len(), v * c)?;
         cross_entropy::linear_cross_entropy(
-            dx.map(|d| d.as_mut_slice()),
+            dx.map(|d| &mut d[..]),
             x,
             w,
             targets,
