@@ -64,14 +64,19 @@ enum Command {
     },
 }
 
-/// `--key value` pairs from the trailing arguments.
-fn parse_overrides(args: &[String]) -> Result<Vec<(String, String)>> {
+/// `--key value` pairs from the trailing arguments. `--resume [DIR]` may stand among them.
+fn parse_overrides(args: &[String], resume: &mut Option<String>) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
-    let mut it = args.iter();
+    let mut it = args.iter().peekable();
     while let Some(a) = it.next() {
         let Some(key) = a.strip_prefix("--") else {
             bail!("unexpected argument `{a}`: config keys are given as `--key value`");
         };
+        if key == "resume" {
+            let dir = it.next_if(|v| !v.starts_with("--")).cloned();
+            *resume = Some(dir.unwrap_or_default());
+            continue;
+        }
         let (key, value) = match key.split_once('=') {
             Some((k, v)) => (k.to_string(), v.to_string()),
             None => match it.next() {
@@ -93,7 +98,8 @@ fn main() -> Result<()> {
             device,
             overrides,
         } => {
-            let mut overrides = parse_overrides(&overrides)?;
+            let mut resume = resume;
+            let mut overrides = parse_overrides(&overrides, &mut resume)?;
             if let Some(d) = device {
                 overrides.push(("device".into(), d));
             }
