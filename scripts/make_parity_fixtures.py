@@ -188,9 +188,11 @@ def peft_key(param_name):
 
 def make_case(name, case, out_root):
     out = out_root / name
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    # Replace only what this script writes; anything else in the folder stays.
+    for sub in ("model", "adapter"):
+        if (out / sub).exists():
+            shutil.rmtree(out / sub)
+    out.mkdir(parents=True, exist_ok=True)
 
     model = build_model(case)
     model.save_pretrained(out / "model", safe_serialization=True)

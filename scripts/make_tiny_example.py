@@ -32,8 +32,9 @@ What it writes:
 
 The base model is briefly pretrained, so that it is not noise and LoRA has
 something to build on: full fine-tuning in float32 on the CPU (AdamW, lr 3e-3
-with warm-up and cosine decay, PRETRAIN_STEPS steps of 32 rows, 2 threads, a few
-minutes), on PLAIN-TEXT renderings ("Q: ...\\nA: ...<|endoftext|>", no ChatML) of a
+with warm-up and cosine decay, PRETRAIN_STEPS = 480 steps of 32 rows, 2 threads:
+about 30 s on an idle 2-core machine, ~300k tokens; final train loss ~0.45), on
+PLAIN-TEXT renderings ("Q: ...\\nA: ...<|endoftext|>", no ChatML) of a
 DIFFERENT, separately seeded split holding only the arithmetic and colour tasks.
 So the base knows digits, arithmetic and colours in a Q/A format; a LoRA trained
 on train.jsonl must teach it the chat format and the reverse / count / words
@@ -344,10 +345,11 @@ def main():
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
     out = args.out
-    if out.exists():
-        shutil.rmtree(out)
-    (out / "data").mkdir(parents=True)
-    (out / "model").mkdir(parents=True)
+    # Replace only what this script owns; other files here (e.g. train.yaml) stay.
+    for sub in ("data", "model"):
+        if (out / sub).exists():
+            shutil.rmtree(out / sub)
+        (out / sub).mkdir(parents=True)
 
     train = chat_rows(2000, 1234)
     evalr = chat_rows(100, 5678)

@@ -116,7 +116,7 @@ fn resuming_from_a_checkpoint_equals_an_unbroken_run() {
     // Stop after 3 of 6 steps: the schedule still plans 6.
     first.max_steps = Some(6);
     let stop_early = StopAfter(3);
-    let _ = train_until(&model, &data, &first, stop_early);
+    train_until(&model, &data, &first, stop_early);
     let ckpt = broken.path().join("checkpoint-3");
     assert!(ckpt.join("trainer_state.json").exists());
     let mut second = settings(broken.path(), 6);
