@@ -62,6 +62,8 @@ enum Command {
         #[arg(long, default_value = "auto")]
         device: String,
     },
+    /// Generate text from a model (and adapter) with a KV cache, streaming it to stdout.
+    Generate(commands::generate::GenerateArgs),
 }
 
 /// `--key value` pairs from the trailing arguments. `--resume [DIR]` may stand among them.
@@ -131,5 +133,6 @@ fn main() -> Result<()> {
             device,
             max_seq_len,
         }),
+        Command::Generate(args) => commands::generate::run(args),
     }
 }

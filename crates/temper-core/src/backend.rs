@@ -201,6 +201,54 @@ pub trait Backend: Send + Sync + 'static {
         hkv: usize,
         d: usize,
     ) -> Result<()>;
+    /// Attention of n new queries of one sequence against its KV cache (generation).
+    /// q (n, hq, d) at positions past..past+n; k_cache and v_cache (cap, hkv, d) hold the
+    /// keys and values of positions 0..past+n in their first rows (the new ones included);
+    /// query i sees keys 0..=past+i, scale 1/sqrt(d), query head j reads kv head j/(hq/hkv).
+    /// Writes out (n, hq, d): the last n rows of [`Backend::attention_forward`] over the
+    /// whole sequence. No lse: there is no backward.
+    ///
+    /// The default goes through the host with the CPU kernel; device backends override it.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_decode(
+        &self,
+        out: &mut Self::Buf,
+        q: &Self::Buf,
+        k_cache: &Self::Buf,
+        v_cache: &Self::Buf,
+        past: usize,
+        hq: usize,
+        hkv: usize,
+        d: usize,
+    ) -> Result<()> {
+        let mut host = self.download(out)?;
+        let (q, k, v) = (
+            self.download(q)?,
+            self.download(k_cache)?,
+            self.download(v_cache)?,
+        );
+        crate::cpu::attention_cache::attention_decode(&mut host, &q, &k, &v, past, hq, hkv, d)?;
+        *out = self.upload(&host)?;
+        Ok(())
+    }
+    /// dst[dst_off..dst_off+len] = src[src_off..src_off+len], e.g. appending a token's keys
+    /// to a KV cache (cap, hkv, d) at row `past`, or taking the last row of (N, c).
+    ///
+    /// The default goes through the host; device backends override it with a memcpy.
+    fn copy_range(
+        &self,
+        dst: &mut Self::Buf,
+        dst_off: usize,
+        src: &Self::Buf,
+        src_off: usize,
+        len: usize,
+    ) -> Result<()> {
+        let mut host = self.download(dst)?;
+        let src = self.download(src)?;
+        crate::cpu::attention_cache::copy_range(&mut host, dst_off, &src, src_off, len)?;
+        *dst = self.upload(&host)?;
+        Ok(())
+    }
     /// h = silu(gate) * up, all (N, f).
     fn swiglu_forward(&self, h: &mut Self::Buf, gate: &Self::Buf, up: &Self::Buf) -> Result<()>;
     /// Writes dgate and dup from dh.

@@ -4,6 +4,7 @@
 
 pub mod adamw;
 pub mod attention;
+pub mod attention_cache;
 pub mod cross_entropy;
 pub mod elementwise;
 pub mod embedding;
@@ -260,6 +261,31 @@ impl Backend for CpuBackend {
         d: usize,
     ) -> Result<()> {
         attention::attention_backward(dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, hq, hkv, d)
+    }
+
+    fn attention_decode(
+        &self,
+        out: &mut CpuBuf,
+        q: &CpuBuf,
+        k_cache: &CpuBuf,
+        v_cache: &CpuBuf,
+        past: usize,
+        hq: usize,
+        hkv: usize,
+        d: usize,
+    ) -> Result<()> {
+        attention_cache::attention_decode(out, q, k_cache, v_cache, past, hq, hkv, d)
+    }
+
+    fn copy_range(
+        &self,
+        dst: &mut CpuBuf,
+        dst_off: usize,
+        src: &CpuBuf,
+        src_off: usize,
+        len: usize,
+    ) -> Result<()> {
+        attention_cache::copy_range(dst, dst_off, src, src_off, len)
     }
 
     fn swiglu_forward(&self, h: &mut CpuBuf, gate: &CpuBuf, up: &CpuBuf) -> Result<()> {

@@ -1,0 +1,167 @@
+//! `temper generate` end to end on the embedded default (examples/tiny).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use temper_data::Tokenizer;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn tiny() -> String {
+    repo().join("examples/tiny/model").display().to_string()
+}
+
+fn temper(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_temper"))
+        .args(args)
+        .output()
+        .expect("temper runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn chat_generation_prints_text_and_the_rate() {
+    let m = tiny();
+    let o = temper(&[
+        "generate",
+        "--model",
+        &m,
+        "--prompt",
+        "What is 3 plus 4?",
+        "--chat",
+        "--max-new-tokens",
+        "16",
+        "--device",
+        "cpu",
+    ]);
+    assert!(o.status.success(), "generate failed:\n{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.trim().chars().any(char::is_alphanumeric),
+        "no text: {text:?}"
+    );
+    assert!(
+        !text.contains("<|im_end|>") && !text.contains("<|endoftext|>"),
+        "{text:?}"
+    );
+    assert!(stderr(&o).contains("tokens/s"), "{}", stderr(&o));
+}
+
+/// The CLI's greedy chat output is transformers' greedy output (fixture made by
+/// scripts/make_generate_fixtures.py), rendered, encoded, generated and decoded by temper.
+#[test]
+fn greedy_chat_output_equals_transformers() {
+    let fixture: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("tests/fixtures/generate/tiny.json"))
+            .expect("fixture"),
+    )
+    .expect("json");
+    let tok = Tokenizer::from_dir(&repo().join("examples/tiny/model")).expect("tokenizer");
+    let m = tiny();
+    let mut checked = 0;
+    for case in fixture["cases"].as_array().expect("cases") {
+        let Some(messages) = case["messages"].as_array() else {
+            continue;
+        };
+        if case["model"] != "examples/tiny/model" || messages.len() != 1 {
+            continue;
+        }
+        let prompt = messages[0]["content"].as_str().expect("content");
+        let ids: Vec<u32> = case["generated_ids"]
+            .as_array()
+            .expect("ids")
+            .iter()
+            .map(|x| x.as_u64().expect("id") as u32)
+            .collect();
+        let want = format!("{}\n", tok.decode(&ids, true).expect("decode"));
+        let max = case["max_new_tokens"].to_string();
+        let o = temper(&[
+            "generate",
+            "--model",
+            &m,
+            "--prompt",
+            prompt,
+            "--chat",
+            "--max-new-tokens",
+            &max,
+            "--device",
+            "cpu",
+        ]);
+        assert!(o.status.success(), "generate failed:\n{}", stderr(&o));
+        assert_eq!(stdout(&o), want, "{}", case["name"]);
+        checked += 1;
+    }
+    assert!(checked >= 3, "only {checked} chat cases");
+}
+
+#[test]
+fn a_seeded_sampling_run_repeats() {
+    let m = tiny();
+    let run = |seed: &str| {
+        let o = temper(&[
+            "generate",
+            "--model",
+            &m,
+            "--prompt",
+            "Q: What is 83 times 47?\nA:",
+            "--max-new-tokens",
+            "20",
+            "--temperature",
+            "1.5",
+            "--top-p",
+            "0.98",
+            "--seed",
+            seed,
+            "--device",
+            "cpu",
+        ]);
+        assert!(o.status.success(), "generate failed:\n{}", stderr(&o));
+        stdout(&o)
+    };
+    let a = run("3");
+    assert_eq!(a, run("3"));
+    assert!(
+        ["4", "5", "6"].iter().any(|s| run(s) != a),
+        "every seed gave {a:?}"
+    );
+}
+
+#[test]
+fn bad_settings_are_refused_with_the_reason() {
+    let m = tiny();
+    let o = temper(&[
+        "generate", "--model", &m, "--prompt", "hi", "--top-p", "1.5",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("top_p 1.5 is not in [0, 1]"),
+        "{}",
+        stderr(&o)
+    );
+    let o = temper(&[
+        "generate", "--model", &m, "--prompt", "hi", "--system", "be brief",
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--chat"), "{}", stderr(&o));
+    let missing = repo().join("no/such/adapter").display().to_string();
+    let o = temper(&[
+        "generate",
+        "--model",
+        &m,
+        "--prompt",
+        "hi",
+        "--adapter",
+        &missing,
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("no/such/adapter"), "{}", stderr(&o));
+}

@@ -1,0 +1,121 @@
+//! Attention of new queries against a KV cache: the decode-time twin of
+//! [`super::attention::attention_forward`] for one sequence.
+//!
+//! The cache holds the keys and values of positions 0..past+n of one sequence, token-major
+//! (cap, hkv, d), so appending a token's keys is one contiguous copy. The n new queries sit
+//! at positions past..past+n; query i sees keys 0..=past+i, which is exactly what causal
+//! attention over the whole sequence gives its last n rows. With past = 0 it is the prefill
+//! of a prompt. rayon runs one (query, head) row per task; each row owns its output, so
+//! results do not depend on scheduling.
+use rayon::prelude::*;
+
+use crate::cpu::lit;
+use crate::error::check_len;
+use crate::{CoreError, Float, Result};
+
+fn invalid(msg: String) -> CoreError {
+    CoreError::Invalid {
+        op: "attention_decode",
+        msg,
+    }
+}
+
+/// Writes out (n, hq, d) = softmax(scale q k^T + causal mask) v for n queries at positions
+/// past..past+n, with k and v read from the first past+n rows of the caches (scale
+/// 1/sqrt(d)); query head j reads kv head j / (hq/hkv). The caches may be longer than
+/// past+n (their capacity); rows beyond are not read.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_decode<T: Float>(
+    out: &mut [T], // (n, hq, d)
+    q: &[T],       // (n, hq, d)
+    k_cache: &[T], // (cap, hkv, d), rows 0..past+n filled
+    v_cache: &[T], // (cap, hkv, d), rows 0..past+n filled
+    past: usize,
+    hq: usize,
+    hkv: usize,
+    d: usize,
+) -> Result<()> {
+    const OP: &str = "attention_decode";
+    if hq == 0 || hkv == 0 || d == 0 {
+        return Err(invalid(format!(
+            "hq {hq}, hkv {hkv} and d {d} must be positive"
+        )));
+    }
+    if !hq.is_multiple_of(hkv) {
+        return Err(invalid(format!("hq {hq} is not a multiple of hkv {hkv}")));
+    }
+    if !q.len().is_multiple_of(hq * d) {
+        return Err(invalid(format!(
+            "q holds {} elements, not a whole number of tokens of hq*d = {}",
+            q.len(),
+            hq * d
+        )));
+    }
+    let n = q.len() / (hq * d);
+    check_len(OP, "out", out.len(), n * hq * d)?;
+    check_len(OP, "v_cache", v_cache.len(), k_cache.len())?;
+    let row = hkv * d;
+    if !k_cache.len().is_multiple_of(row) || k_cache.len() / row < past + n {
+        return Err(invalid(format!(
+            "the cache holds {} elements, fewer than past + n = {} tokens of hkv*d = {row}",
+            k_cache.len(),
+            past + n
+        )));
+    }
+    let group = hq / hkv;
+    let scale = T::one() / lit::<T>(d as f64).sqrt();
+    out.par_chunks_mut(d)
+        .enumerate()
+        .for_each_init(Vec::new, |s, (r, out_r)| {
+            let (i, j) = (r / hq, r % hq);
+            let g = j / group;
+            let q_r = &q[r * d..(r + 1) * d]; // (d)
+            let keys = past + i + 1;
+            // s (keys) = scale * q_r . k_t
+            s.clear();
+            s.extend((0..keys).map(|t| {
+                let k_t = &k_cache[(t * hkv + g) * d..][..d];
+                scale * q_r.iter().zip(k_t).map(|(&a, &b)| a * b).sum::<T>()
+            }));
+            let max = s.iter().fold(T::neg_infinity(), |m, &x| m.max(x));
+            let mut sum = T::zero();
+            for x in s.iter_mut() {
+                *x = (*x - max).exp();
+                sum += *x;
+            }
+            let inv = T::one() / sum;
+            // out_r (d) = sum_t p_t v_t
+            out_r.fill(T::zero());
+            for (t, &p) in s.iter().enumerate() {
+                let p = p * inv;
+                let v_t = &v_cache[(t * hkv + g) * d..][..d];
+                for (o, &v) in out_r.iter_mut().zip(v_t) {
+                    *o += p * v;
+                }
+            }
+        });
+    Ok(())
+}
+
+/// dst[dst_off..dst_off + len] = src[src_off..src_off + len].
+pub fn copy_range<T: Copy>(
+    dst: &mut [T],
+    dst_off: usize,
+    src: &[T],
+    src_off: usize,
+    len: usize,
+) -> Result<()> {
+    let fits = |off: usize, total: usize| off.checked_add(len).is_some_and(|end| end <= total);
+    if !fits(dst_off, dst.len()) || !fits(src_off, src.len()) {
+        return Err(CoreError::Invalid {
+            op: "copy_range",
+            msg: format!(
+                "{len} elements from offset {src_off} of {} into offset {dst_off} of {}",
+                src.len(),
+                dst.len()
+            ),
+        });
+    }
+    dst[dst_off..dst_off + len].copy_from_slice(&src[src_off..src_off + len]);
+    Ok(())
+}

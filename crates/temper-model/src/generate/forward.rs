@@ -1,0 +1,176 @@
+//! The inference forward with a KV cache: new tokens only, keys and values of earlier
+//! positions read from the cache. The same ops as [`Model::layer_forward`] (LoRA through the
+//! same `linear_forward`, unmerged), with cache-based attention and nothing kept for backward.
+//!
+//! per layer, for the n new tokens at positions past..past+n:
+//!   xn1 = rmsnorm(x);  q, k, v = proj(xn1) (+ LoRA);  q, k = rope(q), rope(k)
+//!   cache[past..past+n] = k, v;  att = attention_decode(q, cache, past);  x2 = x + o(att)
+//!   xn2 = rmsnorm(x2);  out = x2 + down(silu(gate(xn2)) * up(xn2))
+
+use temper_core::{Backend, CoreError, Gemm};
+
+use crate::error::{ModelError, Result};
+use crate::generate::KvCache;
+use crate::linear::{linear_forward, LoraRef};
+use crate::lora::{LoraParams, Target};
+use crate::model::Model;
+
+fn invalid(msg: String) -> ModelError {
+    ModelError::Core(CoreError::Invalid {
+        op: "forward_cached",
+        msg,
+    })
+}
+
+impl<B: Backend> Model<B> {
+    /// Runs `ids` (n) at positions cache.len()..cache.len()+n, appends their keys and values
+    /// to `cache`, and returns the logits (V) of the last of them.
+    pub fn forward_cached(
+        &self,
+        lora: Option<&LoraParams<B>>,
+        ids: &[u32], // (n)
+        cache: &mut KvCache<B>,
+    ) -> Result<Vec<f32>> {
+        let be = &*self.be;
+        let (n, c, v) = (ids.len(), self.cfg.hidden, self.cfg.vocab);
+        let past = cache.len();
+        if n == 0 {
+            return Err(invalid("no tokens to run".into()));
+        }
+        if past + n > cache.capacity() {
+            return Err(invalid(format!(
+                "{past} cached + {n} new positions exceed the cache's capacity {}",
+                cache.capacity()
+            )));
+        }
+        if past + n > self.cfg.max_positions {
+            return Err(invalid(format!(
+                "{past} cached + {n} new positions exceed max_position_embeddings {} of config.json",
+                self.cfg.max_positions
+            )));
+        }
+        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= v) {
+            return Err(invalid(format!(
+                "token id {bad} is outside the vocabulary of {v}"
+            )));
+        }
+        let positions: Vec<u32> = (past..past + n).map(|p| p as u32).collect(); // (n)
+
+        let mut x = be.zeros(n * c)?; // (n, C)
+        be.embedding_forward(&mut x, ids, &self.weights.embed, c)?;
+        for l in 0..self.cfg.layers {
+            let mut out = be.zeros(n * c)?; // (n, C)
+            self.layer_cached(l, &x, &mut out, lora, &positions, cache)?;
+            x = out;
+        }
+        cache.advance(n);
+
+        // Only the last token's logits are needed: final norm and head on its row alone.
+        let mut last = be.zeros(c)?; // (1, C)
+        be.copy_range(&mut last, 0, &x, (n - 1) * c, c)?;
+        let mut xf = be.zeros(c)?; // (1, C)
+        let mut rstd = be.zeros(1)?;
+        be.rmsnorm_forward(
+            &mut xf,
+            &mut rstd,
+            &last,
+            &self.weights.final_norm,
+            c,
+            self.cfg.rms_eps,
+        )?;
+        let mut logits = be.zeros(v)?; // (1, V)
+        be.matmul(&mut logits, &xf, self.weights.head(), Gemm::nt(1, v, c))?;
+        Ok(be.download(&logits)?)
+    }
+
+    /// Layer `l` on the new tokens x (n, C), writing out (n, C) and their k, v into the cache
+    /// at rows past..past+n (the cache's length is advanced by the caller, after all layers).
+    fn layer_cached(
+        &self,
+        l: usize,
+        x: &B::Buf,
+        out: &mut B::Buf,
+        lora: Option<&LoraParams<B>>,
+        positions: &[u32], // (n)
+        cache: &mut KvCache<B>,
+    ) -> Result<()> {
+        let be = &*self.be;
+        let cfg = &self.cfg;
+        let w = &self.weights.layers[l];
+        let n = positions.len();
+        let past = cache.len();
+        let (c, f, d) = (cfg.hidden, cfg.intermediate, cfg.head_dim);
+        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+        let lin = |t: Target, y: &mut B::Buf, input: &B::Buf| -> Result<()> {
+            let adapter = lora.and_then(|p| {
+                p.get(l, t).map(|(a, b)| LoraRef {
+                    a,
+                    b,
+                    scale: p.config.scale(),
+                    dropout: 0.0,
+                    seed: 0,
+                })
+            });
+            linear_forward(be, y, input, w.linear(t), n, adapter)?;
+            Ok(())
+        };
+
+        let mut xn1 = be.zeros(n * c)?; // (n, C)
+        let mut rstd = be.zeros(n)?; // (n)
+        be.rmsnorm_forward(&mut xn1, &mut rstd, x, &w.input_norm, c, cfg.rms_eps)?;
+        let mut q = be.zeros(n * qd)?; // (n, Hq*D)
+        let mut k = be.zeros(n * kvd)?; // (n, Hkv*D)
+        let mut v = be.zeros(n * kvd)?; // (n, Hkv*D)
+        lin(Target::Q, &mut q, &xn1)?;
+        lin(Target::K, &mut k, &xn1)?;
+        lin(Target::V, &mut v, &xn1)?;
+        drop(xn1);
+        be.rope_forward(
+            &mut q,
+            positions,
+            &self.rope_cos,
+            &self.rope_sin,
+            cfg.heads,
+            d,
+        )?;
+        be.rope_forward(
+            &mut k,
+            positions,
+            &self.rope_cos,
+            &self.rope_sin,
+            cfg.kv_heads,
+            d,
+        )?;
+        be.copy_range(&mut cache.k[l], past * kvd, &k, 0, n * kvd)?;
+        be.copy_range(&mut cache.v[l], past * kvd, &v, 0, n * kvd)?;
+        drop((k, v));
+        let mut att = be.zeros(n * qd)?; // (n, Hq*D)
+        be.attention_decode(
+            &mut att,
+            &q,
+            &cache.k[l],
+            &cache.v[l],
+            past,
+            cfg.heads,
+            cfg.kv_heads,
+            d,
+        )?;
+        drop(q);
+        let mut x2 = be.zeros(n * c)?; // (n, C)
+        lin(Target::O, &mut x2, &att)?;
+        be.axpy(&mut x2, 1.0, x)?;
+        drop(att);
+
+        let mut xn2 = be.zeros(n * c)?; // (n, C)
+        be.rmsnorm_forward(&mut xn2, &mut rstd, &x2, &w.post_attn_norm, c, cfg.rms_eps)?;
+        let mut g = be.zeros(n * f)?; // (n, F)
+        let mut u = be.zeros(n * f)?; // (n, F)
+        lin(Target::Gate, &mut g, &xn2)?;
+        lin(Target::Up, &mut u, &xn2)?;
+        let mut h = be.zeros(n * f)?; // (n, F)
+        be.swiglu_forward(&mut h, &g, &u)?;
+        lin(Target::Down, out, &h)?;
+        be.axpy(out, 1.0, &x2)?;
+        Ok(())
+    }
+}
