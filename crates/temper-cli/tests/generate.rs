@@ -165,3 +165,48 @@ fn bad_settings_are_refused_with_the_reason() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("no/such/adapter"), "{}", stderr(&o));
 }
+
+/// `temper generate --chat` on SmolLM2-135M-Instruct prints transformers' greedy text for
+/// each chat of tests/fixtures/generate/smollm2.json: the GGUF's chat template (with its
+/// default system message), the tokenizer and the model together. Needs TEMPER_SMOLLM2 (a
+/// model folder of the GGUF dequantised to float32). Run with `--ignored`.
+#[test]
+#[ignore = "needs TEMPER_SMOLLM2 (SmolLM2-135M-Instruct as an f32 model folder)"]
+fn smollm2_chat_output_equals_transformers() {
+    let Some(dir) = std::env::var_os("TEMPER_SMOLLM2") else {
+        panic!("set TEMPER_SMOLLM2 to SmolLM2-135M-Instruct as an f32 model folder");
+    };
+    let dir = PathBuf::from(dir);
+    let tok = Tokenizer::from_dir(&dir).expect("tokenizer");
+    let fixture: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("tests/fixtures/generate/smollm2.json"))
+            .expect("fixture"),
+    )
+    .expect("json");
+    let model = dir.display().to_string();
+    for case in fixture["cases"].as_array().expect("cases") {
+        let messages = case["messages"].as_array().expect("messages");
+        let content = |i: usize| messages[i]["content"].as_str().expect("content");
+        let mut args = vec!["generate", "--model", &model, "--chat", "--device", "cpu"];
+        let (system, prompt) = match messages.len() {
+            1 => (None, content(0)),
+            _ => (Some(content(0)), content(1)),
+        };
+        args.extend(["--prompt", prompt]);
+        if let Some(s) = system {
+            args.extend(["--system", s]);
+        }
+        let max = case["max_new_tokens"].to_string();
+        args.extend(["--max-new-tokens", &max]);
+        let ids: Vec<u32> = case["generated_ids"]
+            .as_array()
+            .expect("ids")
+            .iter()
+            .map(|x| x.as_u64().expect("id") as u32)
+            .collect();
+        let o = temper(&args);
+        assert!(o.status.success(), "generate failed:\n{}", stderr(&o));
+        let want = format!("{}\n", tok.decode(&ids, true).expect("decode"));
+        assert_eq!(stdout(&o), want, "{}", case["name"]);
+    }
+}

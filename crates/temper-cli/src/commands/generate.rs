@@ -54,6 +54,9 @@ pub struct GenerateArgs {
     /// Device: auto | cpu | cuda.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Do not stop at EOS or end-of-turn tokens: always generate max_new_tokens (benchmarks).
+    #[arg(long)]
+    pub ignore_eos: bool,
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
@@ -105,6 +108,9 @@ fn run_on<B: Backend>(be: Arc<B>, args: GenerateArgs) -> Result<()> {
     };
     stop_ids.sort_unstable();
     stop_ids.dedup();
+    if args.ignore_eos {
+        stop_ids.clear();
+    }
     if prompt_ids.is_empty() {
         bail!("the prompt encodes to no tokens");
     }
