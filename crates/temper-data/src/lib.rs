@@ -9,22 +9,34 @@
 //! ([`IGNORE_INDEX`]) means "no loss"; the shift happens once, in [`Batch`].
 
 mod batch;
+mod cache;
+mod columnar;
 mod error;
+mod format;
 mod pack;
+mod pipeline;
+mod prefix_masks;
 mod pyjson;
 mod rows;
 mod shuffle;
+mod source;
 mod template;
 mod tokenize;
 mod tokenizer;
 
 pub use batch::Batch;
 pub use error::{DataError, Result};
-pub use pack::{pack, unpacked, PackedRow};
+pub use format::{to_row, DatasetFormat};
+pub use pack::{pack, pack_with, unpacked, Overflow, PackedRow};
+pub use pipeline::{prepare, DataConfig, Prepared, Stats, TemplateChoice};
 pub use rows::{parse_row, read_jsonl, Message, Row};
 pub use shuffle::shuffled_order;
-pub use template::ChatTemplate;
-pub use tokenize::{tokenize_row, tokenize_rows, Example, TokenizeOptions};
+pub use source::{data_files, read_records, Origin, Record};
+pub use template::{ChatTemplate, CHATML_TEMPLATE};
+pub use tokenize::{
+    common_prefix_length, no_generation_markers, tokenize_row, tokenize_rows, tokenize_sft,
+    AssistantMasks, Example, SftOptions, TokenizeOptions,
+};
 pub use tokenizer::Tokenizer;
 
 /// The label that contributes no loss (PyTorch's `CrossEntropyLoss(ignore_index=-100)`).

@@ -30,34 +30,66 @@ impl PackedRow {
     }
 }
 
+/// What packing does with an example longer than `max_seq_len` (TRL's
+/// `packing_strategy`: `bfd` truncates, `bfd_split` splits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum Overflow {
+    /// Drop the tail.
+    #[default]
+    Truncate,
+    /// Cut into pieces of `max_seq_len` tokens (the last one shorter); each piece is
+    /// packed as a sequence of its own.
+    Split,
+}
+
 /// Packs examples best-fit-decreasing: longest first, each into the fullest row that
 /// still has room, else a new row. Examples longer than `max_seq_len` are truncated
 /// (their tail is dropped); empty examples are skipped. Rows are not padded, so each
 /// has at most `max_seq_len` tokens. The result depends only on the input (ties keep
-/// input order).
+/// input order), and equals TRL's `pack_dataset(strategy="bfd")` on one batch.
 pub fn pack(examples: &[Example], max_seq_len: usize) -> Vec<PackedRow> {
+    pack_with(examples, max_seq_len, Overflow::Truncate)
+}
+
+/// [`pack`] with a choice of what happens to over-long examples.
+pub fn pack_with(examples: &[Example], max_seq_len: usize, overflow: Overflow) -> Vec<PackedRow> {
     if max_seq_len == 0 {
         return Vec::new();
     }
-    let len = |e: &Example| e.input_ids.len().min(max_seq_len);
-    let mut order: Vec<usize> = (0..examples.len())
-        .filter(|&i| len(&examples[i]) > 0)
-        .collect();
+    // (example, token range) of every piece to pack.
+    let mut pieces: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
+    for (i, e) in examples.iter().enumerate() {
+        let n = e.input_ids.len();
+        match overflow {
+            Overflow::Truncate if n > 0 => pieces.push((i, 0..n.min(max_seq_len))),
+            Overflow::Split => {
+                let mut s = 0;
+                while s < n {
+                    pieces.push((i, s..(s + max_seq_len).min(n)));
+                    s += max_seq_len;
+                }
+            }
+            Overflow::Truncate => {}
+        }
+    }
     // Stable sort: equal lengths stay in input order.
-    order.sort_by_key(|&i| std::cmp::Reverse(len(&examples[i])));
+    let mut order: Vec<usize> = (0..pieces.len()).collect();
+    order.sort_by_key(|&p| std::cmp::Reverse(pieces[p].1.len()));
 
     let mut rows: Vec<PackedRow> = Vec::new();
-    // Free space -> rows with exactly that much free space (the best fit is the
-    // smallest key >= the example's length).
-    let mut by_free: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
-    for i in order {
+    // Free space -> rows with exactly that much free space, oldest first (the best fit
+    // is the smallest key >= the piece's length).
+    let mut by_free: std::collections::BTreeMap<usize, std::collections::VecDeque<usize>> =
+        Default::default();
+    for p in order {
+        let (i, ref range) = pieces[p];
         let e = &examples[i];
-        let n = len(e);
+        let n = range.len();
         let fit = by_free.range(n..).next().map(|(&free, _)| free);
         let row = match fit {
             Some(free) => {
                 let bucket = by_free.get_mut(&free).expect("key just found");
-                let row = bucket.remove(0);
+                let row = bucket.pop_front().expect("buckets are never empty");
                 if bucket.is_empty() {
                     by_free.remove(&free);
                 }
@@ -68,10 +100,10 @@ pub fn pack(examples: &[Example], max_seq_len: usize) -> Vec<PackedRow> {
                 rows.len() - 1
             }
         };
-        rows[row].push(&e.input_ids[..n], &e.labels[..n]);
+        rows[row].push(&e.input_ids[range.clone()], &e.labels[range.clone()]);
         let free = max_seq_len - rows[row].len();
         if free > 0 {
-            by_free.entry(free).or_default().push(row);
+            by_free.entry(free).or_default().push_back(row);
         }
     }
     rows

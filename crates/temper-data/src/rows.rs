@@ -1,23 +1,28 @@
-//! Dataset rows and the JSONL reader.
+//! Dataset rows: the shapes TRL's SFTTrainer accepts, parsed from one JSON object.
 //!
-//! One JSON object a line, in one of the shapes TRL's SFTTrainer accepts:
-//! `{"text": ..}`, `{"prompt": .., "completion": ..}`, `{"messages": [{"role", "content"}, ..]}`,
-//! and the conversational prompt/completion `{"prompt": [messages], "completion": [messages]}`
-//! (read as one conversation). Other keys on a line are ignored.
+//! `{"text": ..}`, `{"prompt": "..", "completion": ".."}`, `{"messages": [{"role", "content"}, ..]}`
+//! and the conversational prompt/completion `{"prompt": [messages], "completion": [messages]}`.
+//! Other keys on a row are ignored. Mappings from other layouts (alpaca, sharegpt) are in
+//! [`crate::format`]; the files they come from are read by [`crate::source`].
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::error::{DataError, Result};
+use crate::source::read_records;
 
-/// One chat turn. Keys other than `role` and `content` (e.g. `name`, `tool_calls`) are
-/// not kept, so templates never see them.
+/// One chat turn. Keys other than `role` and `content` (`name`, `tool_calls`,
+/// `tool_call_id`, `reasoning_content`, ...) are kept in `extra` and handed to the chat
+/// template as they are. A `null` content (an assistant turn that only calls tools) is
+/// read as the empty string.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     pub role: String,
     pub content: String,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 impl Message {
@@ -25,6 +30,7 @@ impl Message {
         Message {
             role: role.into(),
             content: content.into(),
+            extra: Map::new(),
         }
     }
 }
@@ -34,43 +40,42 @@ impl Message {
 pub enum Row {
     /// Plain text: every token is trained.
     Text(String),
-    /// Only the completion is trained.
+    /// Plain prompt and completion: with completion-only loss, only the completion (and
+    /// its EOS) is trained.
     PromptCompletion { prompt: String, completion: String },
-    /// A conversation rendered with the chat template: only assistant turns are trained.
+    /// A conversation split into prompt turns and completion turns (TRL's conversational
+    /// prompt-completion): with completion-only loss, only what the completion adds to
+    /// the prompt rendered with the generation prompt is trained.
+    Conversation {
+        prompt: Vec<Message>,
+        completion: Vec<Message>,
+    },
+    /// A conversation rendered with the chat template.
     Messages(Vec<Message>),
+}
+
+impl Row {
+    /// True for rows rendered with a chat template.
+    pub fn is_conversational(&self) -> bool {
+        matches!(self, Row::Conversation { .. } | Row::Messages(_))
+    }
 }
 
 /// Reads a JSONL dataset. Blank lines are skipped; any other line that is not one of
 /// the shapes above is an error naming the file, the 1-based line and what was expected.
 pub fn read_jsonl(path: &Path) -> Result<Vec<Row>> {
-    let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let mut rows = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let bad = |message: String| DataError::BadLine {
-            path: path.to_path_buf(),
-            line: i + 1,
-            message,
-        };
-        let value: Value = serde_json::from_str(line).map_err(|e| bad(json_error(&e)))?;
-        rows.push(parse_row(&value).map_err(bad)?);
-    }
-    Ok(rows)
-}
-
-/// serde_json's message without its " at line 1 column N" tail (every line is line 1
-/// to it), with the column kept.
-fn json_error(e: &serde_json::Error) -> String {
-    let full = e.to_string();
-    let msg = full
-        .rsplit_once(" at line ")
-        .map_or(full.as_str(), |(m, _)| m);
-    format!("invalid JSON at column {}: {msg}", e.column())
+    read_records(path)?
+        .into_iter()
+        .map(|r| {
+            r.value
+                .and_then(|v| parse_row(&v))
+                .map_err(|message| DataError::BadLine {
+                    path: r.origin.path.to_path_buf(),
+                    line: r.origin.line,
+                    message,
+                })
+        })
+        .collect()
 }
 
 /// Turns one parsed JSON object into a [`Row`]; the error says which field is wrong
@@ -90,9 +95,10 @@ pub fn parse_row(value: &Value) -> std::result::Result<Row, String> {
             })
         }
         (Some(p @ Value::Array(_)), Some(c @ Value::Array(_))) => {
-            let mut messages = parse_messages(p, "prompt")?;
-            messages.extend(parse_messages(c, "completion")?);
-            return Ok(Row::Messages(messages));
+            return Ok(Row::Conversation {
+                prompt: parse_messages(p, "prompt")?,
+                completion: parse_messages(c, "completion")?,
+            });
         }
         (Some(p), Some(c)) => {
             return Err(format!(
@@ -116,14 +122,18 @@ pub fn parse_row(value: &Value) -> std::result::Result<Row, String> {
             let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
             Err(format!(
                 "expected a \"text\", \"prompt\" + \"completion\", or \"messages\" field; \
-                 found keys [{}]",
+                 found keys [{}] (alpaca and sharegpt rows need `dataset_format`)",
                 keys.join(", ")
             ))
         }
     }
 }
 
-fn parse_messages(value: &Value, field: &str) -> std::result::Result<Vec<Message>, String> {
+/// A list of `{"role", "content", ...}` objects. `field` names the list in errors.
+pub(crate) fn parse_messages(
+    value: &Value,
+    field: &str,
+) -> std::result::Result<Vec<Message>, String> {
     let Some(list) = value.as_array() else {
         return Err(format!(
             "\"{field}\" must be a list of {{\"role\", \"content\"}} objects, got {}",
@@ -133,27 +143,49 @@ fn parse_messages(value: &Value, field: &str) -> std::result::Result<Vec<Message
     list.iter()
         .enumerate()
         .map(|(i, m)| {
-            let get = |key: &str| match m.get(key) {
-                Some(Value::String(s)) => Ok(s.clone()),
-                Some(other) => Err(format!(
-                    "{field}[{i}].{key} must be a string, got {}",
-                    json_kind(other)
-                )),
-                None if m.is_object() => Err(format!("{field}[{i}] has no \"{key}\"")),
-                None => Err(format!(
+            let Some(obj) = m.as_object() else {
+                return Err(format!(
                     "{field}[{i}] must be an object with \"role\" and \"content\", got {}",
                     json_kind(m)
-                )),
+                ));
             };
+            let role = match obj.get("role") {
+                Some(Value::String(s)) => s.clone(),
+                Some(other) => {
+                    return Err(format!(
+                        "{field}[{i}].role must be a string, got {}",
+                        json_kind(other)
+                    ))
+                }
+                None => return Err(format!("{field}[{i}] has no \"role\"")),
+            };
+            let content = match obj.get("content") {
+                Some(Value::String(s)) => s.clone(),
+                // An assistant turn that only calls tools.
+                Some(Value::Null) | None if obj.contains_key("tool_calls") => String::new(),
+                Some(other) => {
+                    return Err(format!(
+                        "{field}[{i}].content must be a string, got {}",
+                        json_kind(other)
+                    ))
+                }
+                None => return Err(format!("{field}[{i}] has no \"content\"")),
+            };
+            let extra = obj
+                .iter()
+                .filter(|(k, _)| k.as_str() != "role" && k.as_str() != "content")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
             Ok(Message {
-                role: get("role")?,
-                content: get("content")?,
+                role,
+                content,
+                extra,
             })
         })
         .collect()
 }
 
-fn json_kind(v: &Value) -> &'static str {
+pub(crate) fn json_kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

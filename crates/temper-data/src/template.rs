@@ -6,8 +6,15 @@
 //! filter, and passes `messages`, `tools=None`, `documents=None`, `add_generation_prompt`
 //! and the special tokens (`bos_token`, `eos_token`, ...) as variables. Python string and
 //! dict methods (`.strip()`, `.startswith()`, `.items()`, ...) come from
-//! `minijinja-contrib`'s pycompat layer. Not supported: the `{% generation %}` tag.
+//! `minijinja-contrib`'s pycompat layer.
+//!
+//! `{% generation %}...{% endgeneration %}` (transformers' `AssistantTracker`) is
+//! supported by rewriting the tags into a filter block (`{% filter .. %}`, same
+//! whitespace control) whose filter wraps its body in two Unicode noncharacters;
+//! [`ChatTemplate::render_tracked`] removes them and returns the byte ranges they
+//! enclosed.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use minijinja::value::{Enumerator, Object, Value};
@@ -17,12 +24,27 @@ use crate::error::{DataError, Result};
 use crate::rows::Message;
 
 const NAME: &str = "chat_template";
+const GEN_FILTER: &str = "__temper_generation";
+/// U+FDD0 and U+FDD1 are Unicode noncharacters: never part of interchanged text.
+const GEN_OPEN: char = '\u{FDD0}';
+const GEN_CLOSE: char = '\u{FDD1}';
+
+/// A ChatML template (`<|im_start|>role\ncontent<|im_end|>\n`) whose assistant turns,
+/// with their `<|im_end|>`, are generation blocks. Used only when the config asks for it.
+pub const CHATML_TEMPLATE: &str = "{%- for message in messages %}\
+{{- '<|im_start|>' + message['role'] + '\\n' }}\
+{%- if message['role'] == 'assistant' %}\
+{%- generation %}{{- message['content'] + '<|im_end|>' }}{%- endgeneration %}{{- '\\n' }}\
+{%- else %}{{- message['content'] + '<|im_end|>' + '\\n' }}{%- endif %}\
+{%- endfor %}\
+{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}";
 
 /// A compiled chat template plus the special-token strings it may refer to.
 #[derive(Clone)]
 pub struct ChatTemplate {
     env: Environment<'static>,
     source: String,
+    has_generation: bool,
     /// (variable name, value): bos_token, eos_token, pad_token, unk_token, ...
     vars: Vec<(String, String)>,
 }
@@ -55,7 +77,11 @@ impl ChatTemplate {
             strftime(fmt, &now)
         });
         env.add_filter("tojson", crate::pyjson::tojson);
-        env.add_template_owned(NAME, source.to_string())
+        env.add_filter(GEN_FILTER, |body: String| -> String {
+            format!("{GEN_OPEN}{body}{GEN_CLOSE}")
+        });
+        let (rewritten, has_generation) = rewrite_generation_tags(source);
+        env.add_template_owned(NAME, rewritten)
             .map_err(|e| DataError::Template(format!("cannot compile: {e:#}")))?;
         let mut vars = Vec::new();
         if let Some(b) = bos {
@@ -67,6 +93,7 @@ impl ChatTemplate {
         Ok(ChatTemplate {
             env,
             source: source.to_string(),
+            has_generation,
             vars,
         })
     }
@@ -83,9 +110,49 @@ impl ChatTemplate {
         &self.source
     }
 
+    /// True when the template has `{% generation %}` blocks (as TRL's
+    /// `has_generation_markers`, whitespace-control variants included).
+    pub fn has_generation_markers(&self) -> bool {
+        self.has_generation
+    }
+
     /// Renders a conversation. A template error, including `raise_exception(...)`,
     /// is returned as [`DataError::Template`] with the template's message.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        Ok(self.render_tracked(messages, add_generation_prompt)?.0)
+    }
+
+    /// Renders a conversation and returns the byte ranges of the output that
+    /// `{% generation %}` blocks produced, in order (empty without such blocks).
+    pub fn render_tracked(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<(String, Vec<Range<usize>>)> {
+        let raw = self.render_raw(messages, add_generation_prompt)?;
+        if !self.has_generation {
+            return Ok((raw, Vec::new()));
+        }
+        let mut out = String::with_capacity(raw.len());
+        let mut open: Vec<usize> = Vec::new();
+        let mut spans = Vec::new();
+        for c in raw.chars() {
+            match c {
+                GEN_OPEN => open.push(out.len()),
+                GEN_CLOSE => {
+                    if let Some(start) = open.pop() {
+                        if open.is_empty() {
+                            spans.push(start..out.len());
+                        }
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        Ok((out, spans))
+    }
+
+    fn render_raw(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
         let tmpl = self
             .env
             .get_template(NAME)
@@ -133,8 +200,70 @@ fn raise_exception(msg: String) -> std::result::Result<Value, Error> {
     ))
 }
 
+/// Rewrites `{% generation %}` / `{% endgeneration %}` (with any `-`/`+` whitespace
+/// control) into `{% filter __temper_generation %}` / `{% endfilter %}`. Returns the new
+/// source and whether any tag was found.
+fn rewrite_generation_tags(source: &str) -> (String, bool) {
+    let mut out = String::with_capacity(source.len());
+    let mut found = false;
+    let mut rest = source;
+    while let Some(k) = rest.find("{%") {
+        out.push_str(&rest[..k]);
+        let tag = &rest[k..];
+        let Some(end) = tag.find("%}") else {
+            out.push_str(tag);
+            return (out, found);
+        };
+        let inner = &tag[2..end];
+        let (lead, body) = match inner.chars().next() {
+            Some(c @ ('-' | '+')) => (c.to_string(), &inner[1..]),
+            _ => (String::new(), inner),
+        };
+        let (body, trail) = match body.trim_end().chars().last() {
+            Some(c @ ('-' | '+')) => {
+                let t = body.trim_end();
+                (&t[..t.len() - 1], c.to_string())
+            }
+            _ => (body, String::new()),
+        };
+        match body.trim() {
+            "generation" => {
+                found = true;
+                out.push_str(&format!("{{%{lead} filter {GEN_FILTER} {trail}%}}"));
+            }
+            "endgeneration" => out.push_str(&format!("{{%{lead} endfilter {trail}%}}")),
+            _ => out.push_str(&tag[..end + 2]),
+        }
+        rest = &tag[end + 2..];
+    }
+    out.push_str(rest);
+    (out, found)
+}
+
+/// A JSON value of a message's extra keys as a Jinja value.
+fn json_to_value(v: &serde_json::Value) -> Value {
+    use serde_json::Value as J;
+    match v {
+        J::Null => Value::from(()),
+        J::Bool(b) => Value::from(*b),
+        J::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => Value::from(i),
+            (None, Some(f)) => Value::from(f),
+            _ => Value::from(n.to_string()),
+        },
+        J::String(s) => Value::from(s.as_str()),
+        J::Array(a) => Value::from(a.iter().map(json_to_value).collect::<Vec<_>>()),
+        J::Object(o) => Value::from(
+            o.iter()
+                .map(|(k, v)| (k.clone(), json_to_value(v)))
+                .collect::<std::collections::BTreeMap<_, _>>(),
+        ),
+    }
+}
+
 /// A message as a Jinja mapping whose keys iterate in Python's insertion order
-/// (`role`, then `content`), so `message | tojson` matches transformers.
+/// (`role`, `content`, then any other keys of the row), so `message | tojson` matches
+/// transformers.
 #[derive(Debug)]
 struct MessageObj(Message);
 
@@ -143,12 +272,17 @@ impl Object for MessageObj {
         match key.as_str()? {
             "role" => Some(Value::from(self.0.role.as_str())),
             "content" => Some(Value::from(self.0.content.as_str())),
-            _ => None,
+            other => self.0.extra.get(other).map(json_to_value),
         }
     }
 
     fn enumerate(self: &Arc<Self>) -> Enumerator {
-        Enumerator::Str(&["role", "content"])
+        if self.0.extra.is_empty() {
+            return Enumerator::Str(&["role", "content"]);
+        }
+        let mut keys = vec![Value::from("role"), Value::from("content")];
+        keys.extend(self.0.extra.keys().map(|k| Value::from(k.as_str())));
+        Enumerator::Values(keys)
     }
 }
 

@@ -1,10 +1,30 @@
-//! Rows to token ids and loss labels.
+//! Rows to token ids and loss labels, as TRL 1.16's SFTTrainer prepares them.
+//!
+//! - `Text`: `tokenizer(text + eos)` (the eos string appended unless the text already
+//!   ends with it), every token trained.
+//! - `PromptCompletion`: `tokenizer(prompt + completion + eos)`; with completion-only
+//!   loss the first `common_prefix_length(tokenizer(prompt), those ids)` tokens get -100.
+//! - `Conversation`: the chat template renders `prompt` with the generation prompt and
+//!   `prompt + completion` without; the completion starts where their tokens diverge.
+//! - `Messages`: the rendered conversation, tokenised without special tokens (the
+//!   template writes BOS itself).
+//!
+//! With assistant-only loss, only tokens overlapping the output of `{% generation %}`
+//! blocks are trained (transformers' `return_assistant_tokens_mask`), or, with
+//! [`AssistantMasks::Prefix`], the spans [`crate::prefix_masks`] finds. A token is
+//! trained when every applicable mask says so.
+//!
+//! Differences from TRL (deliberate): a leading double BOS (the text already began with
+//! the BOS string) is collapsed to one; no EOS string is appended when the tokenizer's
+//! post-processor already appends EOS; an example whose assistant mask is empty is an
+//! error naming the row, as in TRL.
 
 use std::ops::Range;
 
 use rayon::prelude::*;
 
 use crate::error::{DataError, Result};
+use crate::prefix_masks::assistant_spans;
 use crate::rows::{Message, Row};
 use crate::template::ChatTemplate;
 use crate::tokenizer::Tokenizer;
@@ -26,10 +46,47 @@ impl Example {
     }
 }
 
+/// How assistant-only loss finds the assistant tokens of a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum AssistantMasks {
+    /// Every token of a conversation is trained (TRL's `assistant_only_loss=False`).
+    #[default]
+    Off,
+    /// From the template's `{% generation %}` blocks; a template without them is an
+    /// error (TRL's `assistant_only_loss=True`).
+    Generation,
+    /// From rendering prefixes of the conversation; works with templates that have no
+    /// generation blocks (temper's own method).
+    Prefix,
+}
+
+/// What is trained, in TRL's terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SftOptions {
+    /// Mask the prompt of prompt/completion rows (TRL's default for such rows).
+    pub completion_only_loss: bool,
+    /// Mask everything but assistant turns of conversations.
+    pub assistant_masks: AssistantMasks,
+    /// Append the eos string to text rows and completions (TRL always does).
+    pub append_eos: bool,
+}
+
+impl Default for SftOptions {
+    fn default() -> Self {
+        SftOptions {
+            completion_only_loss: true,
+            assistant_masks: AssistantMasks::Off,
+            append_eos: true,
+        }
+    }
+}
+
+/// The options of [`tokenize_row`], kept for callers that score rows as training used
+/// to render them: completion-only prompt/completion rows and assistant-only
+/// conversations (prefix method).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenizeOptions {
-    /// Append the tokenizer's eos token to `Text` and `PromptCompletion` rows (unless
-    /// it is already the last token). Conversations end as their template says.
+    /// Append the tokenizer's eos to `Text` and `PromptCompletion` rows.
     pub append_eos: bool,
     /// Keep at most this many tokens (the tail is dropped).
     pub max_seq_len: Option<usize>,
@@ -44,31 +101,19 @@ impl Default for TokenizeOptions {
     }
 }
 
-/// Tokenises one row and marks which tokens are trained.
-///
-/// - `Text`: `encode(text, add_special_tokens=true)` (+ eos), every token trained.
-/// - `PromptCompletion`: as TRL's SFTTrainer: the ids are `encode(prompt + completion,
-///   true)` (+ eos), and the first `len(encode(prompt, true))` of them get -100. Unlike
-///   TRL, tokens a post-processor appends to the prompt (an eos) are not counted as
-///   prompt, and when a token merges across the prompt/completion boundary (the joint
-///   ids do not start with the prompt's) the mask comes from byte offsets: a token is
-///   trained when it starts inside the completion. (We do not concatenate
-///   `encode(prompt) ++ encode(completion)`: the joint ids are what the model sees
-///   when it is given the same text at inference.)
-/// - `Messages`: rendered with the chat template and tokenised without special tokens
-///   (the template writes BOS itself); only assistant turns, each with the marker that
-///   closes it (`<|im_end|>`, `<|eot_id|>`, eos), are trained. See [`assistant_spans`].
-///
-/// A leading double BOS (the text already began with the BOS string and the
-/// post-processor added another) is collapsed to one.
+/// [`tokenize_sft`] with completion-only loss and (for conversations) prefix assistant
+/// masks, then truncated.
 pub fn tokenize_row(tok: &Tokenizer, row: &Row, opts: &TokenizeOptions) -> Result<Example> {
-    let mut ex = match row {
-        Row::Text(text) => tokenize_text(tok, text, opts)?,
-        Row::PromptCompletion { prompt, completion } => {
-            tokenize_prompt_completion(tok, prompt, completion, opts)?
-        }
-        Row::Messages(messages) => tokenize_messages(tok, messages)?,
+    let sft = SftOptions {
+        completion_only_loss: true,
+        assistant_masks: if row.is_conversational() {
+            AssistantMasks::Prefix
+        } else {
+            AssistantMasks::Off
+        },
+        append_eos: opts.append_eos,
     };
+    let mut ex = tokenize_sft(tok, row, &sft)?;
     if let Some(n) = opts.max_seq_len {
         ex.input_ids.truncate(n);
         ex.labels.truncate(n);
@@ -93,19 +138,122 @@ pub fn tokenize_rows(
         .collect()
 }
 
-fn eos_for_append(tok: &Tokenizer) -> Result<u32> {
-    tok.eos_id().ok_or_else(|| {
+/// Tokenises one row and labels it as TRL's SFTTrainer does (see the module docs).
+pub fn tokenize_sft(tok: &Tokenizer, row: &Row, opts: &SftOptions) -> Result<Example> {
+    if opts.assistant_masks != AssistantMasks::Off && !row.is_conversational() {
+        return Err(DataError::Row(
+            "assistant-only loss needs conversational rows (\"messages\", or prompt and \
+             completion as message lists), but this row is plain text"
+                .into(),
+        ));
+    }
+    let ex = match row {
+        Row::Text(text) => {
+            let text = with_eos(tok, text, opts)?;
+            let ids = tok.encode(&text, true)?;
+            let labels = ids.iter().map(|&id| id as i32).collect();
+            collapse_double_bos(
+                tok,
+                Example {
+                    input_ids: ids,
+                    labels,
+                },
+            )
+        }
+        Row::PromptCompletion { prompt, completion } => {
+            let completion = with_eos(tok, completion, opts)?;
+            let prompt_ids = tok.encode(prompt, true)?;
+            let ids = tok.encode(&format!("{prompt}{completion}"), true)?;
+            let n = if opts.completion_only_loss {
+                common_prefix_length(&prompt_ids, &ids)
+            } else {
+                0
+            };
+            let labels = label(&ids, |t| t >= n);
+            collapse_double_bos(
+                tok,
+                Example {
+                    input_ids: ids,
+                    labels,
+                },
+            )
+        }
+        Row::Conversation { prompt, completion } => {
+            let tpl = template(tok)?;
+            let prompt_ids = tok.encode(&tpl.render(prompt, true)?, false)?;
+            let all: Vec<Message> = prompt.iter().chain(completion).cloned().collect();
+            let (ids, assistant) = render_and_mask(tok, tpl, &all, opts.assistant_masks)?;
+            let n = if opts.completion_only_loss {
+                common_prefix_length(&prompt_ids, &ids)
+            } else {
+                0
+            };
+            let labels = label(&ids, |t| t >= n && assistant.as_ref().is_none_or(|m| m[t]));
+            Example {
+                input_ids: ids,
+                labels,
+            }
+        }
+        Row::Messages(messages) => {
+            let tpl = template(tok)?;
+            let (ids, assistant) = render_and_mask(tok, tpl, messages, opts.assistant_masks)?;
+            let labels = label(&ids, |t| assistant.as_ref().is_none_or(|m| m[t]));
+            Example {
+                input_ids: ids,
+                labels,
+            }
+        }
+    };
+    Ok(ex)
+}
+
+fn template(tok: &Tokenizer) -> Result<&ChatTemplate> {
+    tok.chat_template()
+        .ok_or_else(|| DataError::NoChatTemplate {
+            dir: tok.dir().to_path_buf(),
+        })
+}
+
+fn label(ids: &[u32], trained: impl Fn(usize) -> bool) -> Vec<i32> {
+    ids.iter()
+        .enumerate()
+        .map(|(t, &id)| if trained(t) { id as i32 } else { IGNORE_INDEX })
+        .collect()
+}
+
+/// TRL's `common_prefix_length`: where the prompt's ids and the full ids diverge.
+pub fn common_prefix_length(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// `text + eos_token` unless `append_eos` is off, the text already ends with it, or the
+/// tokenizer's post-processor appends EOS itself (`add_eos_token`; TRL would then give
+/// two EOS, which nobody wants).
+fn with_eos<'a>(
+    tok: &Tokenizer,
+    text: &'a str,
+    opts: &SftOptions,
+) -> Result<std::borrow::Cow<'a, str>> {
+    if !opts.append_eos {
+        return Ok(text.into());
+    }
+    let eos = tok.eos_token().ok_or_else(|| {
         DataError::Row(format!(
-            "append_eos needs an eos token, but {} sets no \"eos_token\" found in \
-             tokenizer.json's vocabulary",
+            "appending EOS needs an eos token, but {} sets no \"eos_token\"",
             tok.dir().join("tokenizer_config.json").display()
         ))
+    })?;
+    let post_processor_adds_eos = tok.encode("", true)?.last() == tok.eos_id().as_ref();
+    Ok(if text.ends_with(eos) || post_processor_adds_eos {
+        text.into()
+    } else {
+        format!("{text}{eos}").into()
     })
 }
 
 /// Removes a leading double BOS (the text began with the BOS string and the
 /// post-processor added another).
-fn collapse_double_bos(tok: &Tokenizer, ex: &mut Example) {
+fn collapse_double_bos(tok: &Tokenizer, mut ex: Example) -> Example {
     if let (Some(b), Some(&x), Some(&y)) = (tok.bos_id(), ex.input_ids.first(), ex.input_ids.get(1))
     {
         if x == b && y == b {
@@ -113,247 +261,74 @@ fn collapse_double_bos(tok: &Tokenizer, ex: &mut Example) {
             ex.labels.remove(0);
         }
     }
+    ex
 }
 
-/// Appends a trained eos unless `append_eos` is off or eos is already last.
-fn push_eos(tok: &Tokenizer, ex: &mut Example, opts: &TokenizeOptions) -> Result<()> {
-    if opts.append_eos {
-        let eos = eos_for_append(tok)?;
-        if ex.input_ids.last() != Some(&eos) {
-            ex.input_ids.push(eos);
-            ex.labels.push(eos as i32);
-        }
-    }
-    Ok(())
-}
-
-fn tokenize_text(tok: &Tokenizer, text: &str, opts: &TokenizeOptions) -> Result<Example> {
-    let input_ids = tok.encode(text, true)?;
-    let labels = input_ids.iter().map(|&id| id as i32).collect();
-    let mut ex = Example { input_ids, labels };
-    collapse_double_bos(tok, &mut ex);
-    push_eos(tok, &mut ex, opts)?;
-    Ok(ex)
-}
-
-fn tokenize_prompt_completion(
-    tok: &Tokenizer,
-    prompt: &str,
-    completion: &str,
-    opts: &TokenizeOptions,
-) -> Result<Example> {
-    let p = tok.encoding(prompt, true)?;
-    let j = tok.encoding(&format!("{prompt}{completion}"), true)?;
-    let (pm, jm) = (p.get_special_tokens_mask(), j.get_special_tokens_mask());
-    // The prompt's tokens up to its last text token: tokens a post-processor appends
-    // (an eos) come after the completion in the joint encoding.
-    let n_prompt = match pm.iter().rposition(|&m| m == 0) {
-        Some(k) => k + 1,
-        None => jm.iter().take_while(|&&m| m == 1).count(),
-    };
-    let ids = j.get_ids();
-    let trained: Vec<bool> = if ids.len() >= n_prompt && ids[..n_prompt] == p.get_ids()[..n_prompt]
-    {
-        (0..ids.len()).map(|t| t >= n_prompt).collect()
-    } else {
-        // A token merged across the boundary: label by byte offsets instead. Text
-        // tokens starting in the completion are trained; post-processor tokens are
-        // trained when they come after the last text token.
-        let last_text = jm.iter().rposition(|&m| m == 0);
-        j.get_offsets()
-            .iter()
-            .zip(jm)
-            .enumerate()
-            .map(|(t, (&(start, _), &m))| {
-                if m == 0 {
-                    start >= prompt.len()
-                } else {
-                    last_text.is_some_and(|k| t > k)
-                }
-            })
-            .collect()
-    };
-    let labels = ids
-        .iter()
-        .zip(&trained)
-        .map(|(&id, &tr)| if tr { id as i32 } else { IGNORE_INDEX })
-        .collect();
-    let mut ex = Example {
-        input_ids: ids.to_vec(),
-        labels,
-    };
-    collapse_double_bos(tok, &mut ex);
-    push_eos(tok, &mut ex, opts)?;
-    Ok(ex)
-}
-
-fn tokenize_messages(tok: &Tokenizer, messages: &[Message]) -> Result<Example> {
-    let tpl = tok
-        .chat_template()
-        .ok_or_else(|| DataError::NoChatTemplate {
-            dir: tok.dir().to_path_buf(),
-        })?;
-    let full = tpl.render(messages, false)?;
-    let spans = assistant_spans(tok, tpl, messages, &full)?;
-    label_spans(tok, &full, &spans)
-}
-
-/// Byte ranges of `full` (the whole rendered conversation) that are trained: one per
-/// assistant message, in order.
-///
-/// For assistant message `i`, its span is what rendering `messages[..=i]` adds to
-/// rendering `messages[..i]` with `add_generation_prompt=true`: the assistant's text and
-/// its end-of-turn marker. Whitespace the template writes after that marker (ChatML's
-/// `"\n"` after `<|im_end|>`) is not trained. When the template ignores
-/// `add_generation_prompt`, the difference also holds the assistant header; the span
-/// then starts where the message's (stripped) content does.
-///
-/// When the prefixes do not line up with the full rendering (templates that render
-/// earlier turns differently, e.g. dropping reasoning), or a prefix fails to render,
-/// the span is found by searching for the message's (stripped) content after the
-/// previous span, plus the special token that directly follows it.
-fn assistant_spans(
+/// Renders a conversation, tokenises it without special tokens, and (unless masks are
+/// off) marks the tokens that overlap an assistant span.
+fn render_and_mask(
     tok: &Tokenizer,
     tpl: &ChatTemplate,
     messages: &[Message],
-    full: &str,
-) -> Result<Vec<Range<usize>>> {
-    let mut spans = Vec::new();
-    let mut cursor = 0usize;
-    for (i, m) in messages.iter().enumerate() {
-        if m.role != "assistant" {
-            continue;
-        }
-        let by_prefix = match (
-            tpl.render(&messages[..i], true),
-            tpl.render(&messages[..=i], false),
-        ) {
-            (Ok(before), Ok(through))
-                if through.starts_with(&before)
-                    && full.starts_with(&through)
-                    && before.len() >= cursor =>
-            {
-                let mut span = trim_after_marker(tok, full, before.len()..through.len());
-                // A template that ignores add_generation_prompt leaves the assistant
-                // header in the difference: start at the content instead.
-                if tpl.render(&messages[..i], false).ok().as_deref() == Some(before.as_str()) {
-                    let needle = m.content.trim();
-                    if let Some(k) = full[span.clone()]
-                        .find(needle)
-                        .filter(|_| !needle.is_empty())
-                    {
-                        span.start += k;
-                    }
-                }
-                Some(span)
+    masks: AssistantMasks,
+) -> Result<(Vec<u32>, Option<Vec<bool>>)> {
+    let (full, spans) = match masks {
+        AssistantMasks::Off => (tpl.render(messages, false)?, Vec::new()),
+        AssistantMasks::Generation => {
+            if !tpl.has_generation_markers() {
+                return Err(no_generation_markers());
             }
-            _ => None,
-        };
-        let span = match by_prefix {
-            Some(s) => s,
-            None => locate_by_content(tok, full, cursor, &m.content).ok_or_else(|| {
-                DataError::Row(format!(
-                    "cannot locate assistant message {i} in the rendered conversation: \
-                     the chat template renders prefixes of the conversation differently \
-                     and the message's content was not found after position {cursor}"
-                ))
-            })?,
-        };
-        cursor = span.end;
-        spans.push(span);
-    }
-    Ok(spans)
-}
-
-/// Drops trailing whitespace from a span when what precedes it is a special token.
-fn trim_after_marker(tok: &Tokenizer, full: &str, span: Range<usize>) -> Range<usize> {
-    let s = &full[span.clone()];
-    let t = s.trim_end();
-    if t.len() < s.len() && tok.special_texts().iter().any(|m| t.ends_with(m.as_str())) {
-        span.start..span.start + t.len()
-    } else {
-        span
-    }
-}
-
-fn locate_by_content(
-    tok: &Tokenizer,
-    full: &str,
-    from: usize,
-    content: &str,
-) -> Option<Range<usize>> {
-    let needle = content.trim();
-    if needle.is_empty() {
-        return None;
-    }
-    let start = from + full.get(from..)?.find(needle)?;
-    let mut end = start + needle.len();
-    let rest = &full[end..];
-    let after_ws = rest.trim_start();
-    if let Some(m) = tok
-        .special_texts()
-        .iter()
-        .find(|m| after_ws.starts_with(m.as_str()))
-    {
-        end += rest.len() - after_ws.len() + m.len();
-    }
-    Some(start..end)
-}
-
-/// Tokenises `full` without special tokens and labels the tokens inside `spans`.
-///
-/// First piece by piece (untrained text, span, untrained text, ...), which labels
-/// exactly; that is kept only when it equals tokenising `full` in one go (the ids the
-/// model sees must not depend on where the spans are). Otherwise the whole text's
-/// tokens are labelled by their byte offsets: a token is trained when it starts
-/// inside a span.
-fn label_spans(tok: &Tokenizer, full: &str, spans: &[Range<usize>]) -> Result<Example> {
-    let mut pieces: Vec<(Range<usize>, bool)> = Vec::new();
-    let mut pos = 0;
-    for s in spans {
-        if s.start > pos {
-            pieces.push((pos..s.start, false));
+            tpl.render_tracked(messages, false)?
         }
-        if s.end > s.start {
-            pieces.push((s.clone(), true));
+        AssistantMasks::Prefix => {
+            let full = tpl.render(messages, false)?;
+            let spans = assistant_spans(tok, tpl, messages, &full)?;
+            (full, spans)
         }
-        pos = pos.max(s.end);
+    };
+    let enc = tok.encoding(&full, false)?;
+    let ids = enc.get_ids().to_vec();
+    if masks == AssistantMasks::Off {
+        return Ok((ids, None));
     }
-    if pos < full.len() {
-        pieces.push((pos..full.len(), false));
+    let mask = overlap_mask(enc.get_offsets(), &spans);
+    if !mask.iter().any(|&m| m) {
+        return Err(DataError::Row(
+            "assistant-only loss: this conversation has no assistant tokens (no assistant \
+             turn, or the template's {% generation %} blocks produced nothing)"
+                .into(),
+        ));
     }
-    let mut ids = Vec::new();
-    let mut labels = Vec::new();
-    for (range, trained) in pieces {
-        let piece = tok.encode(&full[range], false)?;
-        labels.extend(
-            piece
-                .iter()
-                .map(|&id| if trained { id as i32 } else { IGNORE_INDEX }),
-        );
-        ids.extend(piece);
+    Ok((ids, Some(mask)))
+}
+
+/// The error for assistant-only loss with a template that has no generation blocks.
+pub fn no_generation_markers() -> DataError {
+    DataError::Template(
+        "assistant_only_loss needs a chat template with {% generation %} ... \
+         {% endgeneration %} around each assistant turn, and this one has none (TRL \
+         refuses it too). Use a template that has them (`chat_template: FILE.jinja`, or \
+         `chat_template: chatml` for a ChatML model), or set `assistant_masks: prefix` to \
+         find assistant turns by rendering prefixes of each conversation"
+            .into(),
+    )
+}
+
+/// transformers' rule: a token is in the mask when its byte range overlaps a span.
+/// `spans` are sorted and disjoint.
+pub(crate) fn overlap_mask(offsets: &[(usize, usize)], spans: &[Range<usize>]) -> Vec<bool> {
+    let mut mask = vec![false; offsets.len()];
+    let mut k = 0;
+    for (t, &(start, end)) in offsets.iter().enumerate() {
+        while k < spans.len() && start >= spans[k].end {
+            k += 1;
+        }
+        if k == spans.len() {
+            break;
+        }
+        if end > spans[k].start {
+            mask[t] = true;
+        }
     }
-    let whole = tok.encoding(full, false)?;
-    if whole.get_ids() == ids.as_slice() {
-        return Ok(Example {
-            input_ids: ids,
-            labels,
-        });
-    }
-    let ids = whole.get_ids().to_vec();
-    let labels = ids
-        .iter()
-        .zip(whole.get_offsets())
-        .map(|(&id, &(start, _))| {
-            if spans.iter().any(|s| s.contains(&start)) {
-                id as i32
-            } else {
-                IGNORE_INDEX
-            }
-        })
-        .collect();
-    Ok(Example {
-        input_ids: ids,
-        labels,
-    })
+    mask
 }

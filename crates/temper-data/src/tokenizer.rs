@@ -192,6 +192,10 @@ impl Tokenizer {
         self.bos.as_ref().map(|s| s.text.as_str())
     }
 
+    pub fn pad_token(&self) -> Option<&str> {
+        self.pad.as_ref().map(|s| s.text.as_str())
+    }
+
     pub fn eos_token(&self) -> Option<&str> {
         self.eos.as_ref().map(|s| s.text.as_str())
     }

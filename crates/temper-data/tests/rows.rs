@@ -37,10 +37,10 @@ fn reads_all_row_shapes() {
                 Message::new("user", "hi"),
                 Message::new("assistant", "yo")
             ]),
-            Row::Messages(vec![
-                Message::new("user", "q"),
-                Message::new("assistant", "a")
-            ]),
+            Row::Conversation {
+                prompt: vec![Message::new("user", "q")],
+                completion: vec![Message::new("assistant", "a")]
+            },
         ]
     );
 }

@@ -242,8 +242,9 @@ fn a_merge_across_the_boundary_falls_back_to_offsets() {
     ];
     let ex = tokenize_row(&tok, &Row::Messages(msgs), &opts()).unwrap();
     assert_eq!(ex.input_ids, whole);
-    // " world" starts in the user's text, so it is not trained; " again" is.
-    assert_eq!(trained_runs(&tok, &ex), vec![" again"]);
+    // As transformers' assistant masks: " world" overlaps the assistant's text, so it is
+    // trained.
+    assert_eq!(trained_runs(&tok, &ex), vec![" world again"]);
 }
 
 #[test]
@@ -277,7 +278,8 @@ fn prompt_completion_merge_across_boundary() {
     let mut expected = tok.encode("hello world again", true).unwrap();
     expected.push(tok.eos_id().unwrap());
     assert_eq!(ex.input_ids, expected);
-    assert_eq!(trained_runs(&tok, &ex), vec![" again</s>"]);
+    // As TRL: the completion starts where the prompt's ids and the joint ids diverge.
+    assert_eq!(trained_runs(&tok, &ex), vec![" world again</s>"]);
 }
 
 #[test]

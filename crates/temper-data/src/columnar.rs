@@ -1,0 +1,56 @@
+//! Parquet files (what `datasets` pushes to the Hub and `Dataset.to_parquet` writes),
+//! read row by row into JSON through the `parquet` crate's record API. Built with
+//! snappy only (pyarrow's default codec); files compressed otherwise are an error that
+//! says so. Arrow IPC files (`save_to_disk` folders) are not read yet.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use parquet::file::reader::{FileReader, SerializedFileReader};
+
+use crate::error::{DataError, Result};
+use crate::source::{Origin, Record};
+
+pub(crate) fn read_parquet(path: &Path) -> Result<Vec<Record>> {
+    let bad = |message: String| DataError::Config {
+        path: path.to_path_buf(),
+        message,
+    };
+    let file = std::fs::File::open(path).map_err(|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let reader =
+        SerializedFileReader::new(file).map_err(|e| bad(format!("not a parquet file: {e}")))?;
+    let rows = reader
+        .get_row_iter(None)
+        .map_err(|e| bad(format!("cannot read rows: {e}")))?;
+    let shared: Arc<Path> = Arc::from(path);
+    let mut out = Vec::new();
+    for (i, row) in rows.enumerate() {
+        let row = row.map_err(|e| {
+            bad(format!(
+                "row {}: {e} (temper reads snappy-compressed or uncompressed parquet)",
+                i + 1
+            ))
+        })?;
+        out.push(Record {
+            origin: Origin {
+                path: shared.clone(),
+                line: i + 1,
+                is_line: false,
+            },
+            value: Ok(row.to_json_value()),
+        });
+    }
+    Ok(out)
+}
+
+pub(crate) fn read_arrow(path: &Path) -> Result<Vec<Record>> {
+    Err(DataError::Config {
+        path: path.to_path_buf(),
+        message: "arrow files (a `datasets` save_to_disk folder) are not read yet: export the \
+                  dataset with `Dataset.to_parquet(...)` or `Dataset.to_json(...)`"
+            .into(),
+    })
+}
