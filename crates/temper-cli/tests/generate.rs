@@ -210,3 +210,53 @@ fn smollm2_chat_output_equals_transformers() {
         assert_eq!(stdout(&o), want, "{}", case["name"]);
     }
 }
+
+/// A briefly trained adapter, loaded by `generate --adapter`, changes the greedy output.
+#[test]
+fn a_trained_adapter_changes_the_output() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let dir = out.path().display().to_string();
+    let cfg = repo()
+        .join("examples/tiny/train.yaml")
+        .display()
+        .to_string();
+    let o = temper(&[
+        "train",
+        &cfg,
+        "--max_steps",
+        "10",
+        "--save_steps",
+        "1000",
+        "--output_dir",
+        &dir,
+        "--device",
+        "cpu",
+    ]);
+    assert!(o.status.success(), "train failed:\n{}", stderr(&o));
+    let m = tiny();
+    let run = |adapter: Option<&str>| {
+        let mut args = vec![
+            "generate",
+            "--model",
+            &m,
+            "--prompt",
+            "Write 342 in words.",
+            "--chat",
+            "--max-new-tokens",
+            "24",
+            "--device",
+            "cpu",
+        ];
+        if let Some(a) = adapter {
+            args.extend(["--adapter", a]);
+        }
+        let o = temper(&args);
+        assert!(o.status.success(), "generate failed:\n{}", stderr(&o));
+        stdout(&o)
+    };
+    let (base, tuned) = (run(None), run(Some(&dir)));
+    assert_ne!(
+        base, tuned,
+        "the adapter left the output unchanged: {base:?}"
+    );
+}
