@@ -1,24 +1,42 @@
 //! `--device auto|cpu|cuda`: which backend runs the command.
 
-use anyhow::{bail, Result};
+use std::sync::Arc;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+use anyhow::{bail, Result};
+use temper_core::cuda::unavailable_reason;
+use temper_core::CudaBackend;
+
 pub enum DeviceChoice {
     Cpu,
+    Cuda(Arc<CudaBackend>),
 }
 
-/// Resolves the user's choice. This build runs on the CPU; `cuda` is refused with the reason
-/// and `auto` says once why it picked the CPU.
+/// Resolves the user's choice. `cuda` fails with the reason when no GPU can be used; `auto`
+/// takes the GPU when there is one and otherwise says why it runs on the CPU.
 pub fn resolve(choice: &str) -> Result<DeviceChoice> {
     match choice {
         "cpu" => Ok(DeviceChoice::Cpu),
+        "cuda" => match CudaBackend::new(0) {
+            Ok(be) => {
+                eprintln!("device: cuda ({})", be.device_name());
+                Ok(DeviceChoice::Cuda(Arc::new(be)))
+            }
+            Err(e) => bail!("--device cuda: {e}"),
+        },
         "auto" => {
-            eprintln!("device: cpu (this build of temper has no CUDA backend yet)");
+            let reason = match unavailable_reason() {
+                Some(reason) => reason,
+                None => match CudaBackend::new(0) {
+                    Ok(be) => {
+                        eprintln!("device: cuda ({})", be.device_name());
+                        return Ok(DeviceChoice::Cuda(Arc::new(be)));
+                    }
+                    Err(e) => e.to_string(),
+                },
+            };
+            eprintln!("device: cpu ({reason})");
             Ok(DeviceChoice::Cpu)
         }
-        "cuda" => bail!(
-            "--device cuda: this build of temper has no CUDA backend yet; use --device cpu or auto"
-        ),
         other => bail!("--device `{other}` is not one of auto, cpu, cuda"),
     }
 }

@@ -8,11 +8,14 @@
 
 pub mod backend;
 pub mod cpu;
+pub mod cuda;
 pub mod error;
 pub mod float;
+pub mod memory;
 pub mod rope;
 
 pub use backend::{AdamWStep, Backend, Gemm};
 pub use cpu::CpuBackend;
+pub use cuda::CudaBackend;
 pub use error::{CoreError, Result};
 pub use float::Float;

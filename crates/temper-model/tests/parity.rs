@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use safetensors::{Dtype, SafeTensors};
-use temper_core::{AdamWStep, Backend, CpuBackend};
+use temper_core::{AdamWStep, Backend, CpuBackend, CudaBackend};
 use temper_model::{adapter, Checkpointing, Model, StepCtx, TokenBatch};
 
 /// Relative error used throughout: max |got - want| / max |want| over a tensor.
@@ -108,14 +108,13 @@ struct CaseResult {
     worst_seq_loss: f64,
 }
 
-fn run_case(case: &str, ckpt: Checkpointing) -> CaseResult {
+fn run_case<B: Backend>(be: Arc<B>, case: &str, ckpt: Checkpointing) -> CaseResult {
     let dir = fixture_dir(case);
     let info: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).expect("case.json"))
             .expect("json");
     let n_seqs = info["seq_lens"].as_array().expect("seq_lens").len();
     let exp = Expected::open(&dir);
-    let be = Arc::new(CpuBackend::new());
     let model = Model::load(be.clone(), &dir.join("model")).expect("model loads");
     let mut lora = adapter::load(&*be, &model.cfg, &dir.join("adapter")).expect("adapter loads");
     let p = packed_batch(&exp, n_seqs);
@@ -202,11 +201,15 @@ fn run_case(case: &str, ckpt: Checkpointing) -> CaseResult {
 }
 
 fn check(case: &str) {
+    check_on(Arc::new(CpuBackend::new()), case);
+}
+
+fn check_on<B: Backend>(be: Arc<B>, case: &str) {
     for ckpt in [Checkpointing::Off, Checkpointing::EveryLayer] {
-        let r = run_case(case, ckpt);
+        let r = run_case(be.clone(), case, ckpt);
         println!(
-            "{case} ({ckpt:?}): logits {:.2e}, loss {:.2e}, per-sequence loss {:.2e}, grads {:.2e}, after AdamW {:.2e}",
-            r.worst_logits, r.loss_err, r.worst_seq_loss, r.worst_grad, r.worst_step
+            "{case} on {} ({ckpt:?}): logits {:.2e}, loss {:.2e}, per-sequence loss {:.2e}, grads {:.2e}, after AdamW {:.2e}",
+            be.name(), r.worst_logits, r.loss_err, r.worst_seq_loss, r.worst_grad, r.worst_step
         );
         assert!(
             r.worst_logits <= TOL,
@@ -245,4 +248,26 @@ fn qwen2_with_qkv_bias_and_tied_embeddings_matches_transformers_and_peft() {
 #[test]
 fn rslora_on_a_subset_of_modules_matches_peft() {
     check("llama_rslora");
+}
+
+fn cuda() -> Arc<CudaBackend> {
+    Arc::new(CudaBackend::new(0).unwrap_or_else(|e| panic!("CUDA backend: {e}")))
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test -- --ignored"]
+fn cuda_llama_gqa_matches_transformers_and_peft() {
+    check_on(cuda(), "llama_gqa");
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test -- --ignored"]
+fn cuda_qwen2_matches_transformers_and_peft() {
+    check_on(cuda(), "qwen2");
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test -- --ignored"]
+fn cuda_rslora_matches_peft() {
+    check_on(cuda(), "llama_rslora");
 }

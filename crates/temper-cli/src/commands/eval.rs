@@ -43,6 +43,7 @@ const EVAL_BATCH_TOKENS: usize = 4096;
 pub fn run(args: EvalArgs) -> Result<()> {
     match device::resolve(&args.device)? {
         DeviceChoice::Cpu => run_on(Arc::new(CpuBackend::new()), args),
+        DeviceChoice::Cuda(be) => run_on(be, args),
     }
 }
 

@@ -62,6 +62,7 @@ pub struct GenerateArgs {
 pub fn run(args: GenerateArgs) -> Result<()> {
     match device::resolve(&args.device)? {
         DeviceChoice::Cpu => run_on(Arc::new(CpuBackend::new()), args),
+        DeviceChoice::Cuda(be) => run_on(be, args),
     }
 }
 

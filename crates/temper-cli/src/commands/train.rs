@@ -26,6 +26,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let plan = file.resolve(&base, args.resume)?;
     match device::resolve(&plan.device)? {
         DeviceChoice::Cpu => run_on(Arc::new(CpuBackend::new()), plan),
+        DeviceChoice::Cuda(be) => run_on(be, plan),
     }
 }
 

@@ -14,10 +14,10 @@ pub mod rope;
 pub mod swiglu;
 
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::backend::{AdamWStep, Backend, Gemm};
+use crate::memory::Accounting;
 use crate::error::check_len;
 use crate::{CoreError, Float, Result};
 
@@ -27,13 +27,6 @@ pub struct CpuBackend {
     accounting: Arc<Accounting>,
 }
 
-/// Bytes held by live buffers, and the most ever held at once.
-#[derive(Default)]
-struct Accounting {
-    live: AtomicUsize,
-    peak: AtomicUsize,
-}
-
 impl CpuBackend {
     pub fn new() -> Self {
         Self::default()
@@ -41,9 +34,7 @@ impl CpuBackend {
 
     /// Wraps host values as a counted buffer.
     pub fn buf(&self, data: Vec<f32>) -> CpuBuf {
-        let bytes = data.len() * std::mem::size_of::<f32>();
-        let live = self.accounting.live.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        self.accounting.peak.fetch_max(live, Ordering::Relaxed);
+        self.accounting.add(data.len() * std::mem::size_of::<f32>());
         CpuBuf {
             data,
             accounting: self.accounting.clone(),
@@ -59,8 +50,7 @@ pub struct CpuBuf {
 
 impl Drop for CpuBuf {
     fn drop(&mut self) {
-        let bytes = self.data.len() * std::mem::size_of::<f32>();
-        self.accounting.live.fetch_sub(bytes, Ordering::Relaxed);
+        self.accounting.sub(self.data.len() * std::mem::size_of::<f32>());
     }
 }
 
@@ -112,7 +102,7 @@ impl Backend for CpuBackend {
     }
 
     fn peak_bytes(&self) -> usize {
-        self.accounting.peak.load(Ordering::Relaxed)
+        self.accounting.peak()
     }
 
     fn matmul(&self, c: &mut CpuBuf, a: &CpuBuf, b: &CpuBuf, g: Gemm) -> Result<()> {

@@ -1,0 +1,29 @@
+//! Every CUDA kernel compiles with NVRTC for every supported architecture (sm_75 T4 to
+//! sm_90 H100/H200). Needs only libnvrtc, not a GPU: `scripts/test.sh` installs it from the
+//! package registry, so a kernel that does not compile fails CI on machines without GPUs.
+
+use temper_core::cuda::compile::{compile_uncached, nvrtc_present, nvrtc_version, ARCHS, SOURCES};
+
+#[test]
+fn every_kernel_compiles_for_every_supported_arch() {
+    assert!(
+        nvrtc_present(),
+        "libnvrtc.so could not be loaded: run the tests through scripts/test.sh, which installs \
+         NVRTC from PyPI (nvidia-cuda-nvrtc) and puts it on LD_LIBRARY_PATH"
+    );
+    let (major, minor) = nvrtc_version().expect("nvrtc version");
+    let mut compiled = 0;
+    for (_, arch) in ARCHS {
+        for (name, source) in SOURCES {
+            let ptx = compile_uncached(name, source, arch).unwrap_or_else(|e| panic!("{e}"));
+            // The PTX names the target and defines every extern "C" kernel of the source.
+            assert!(ptx.contains(&format!(".target sm_{}", &arch["compute_".len()..])), "{name} {arch}");
+            for line in source.lines().filter(|l| l.starts_with("extern \"C\" __global__ void ")) {
+                let kernel = line["extern \"C\" __global__ void ".len()..].split('(').next().unwrap_or_default();
+                assert!(ptx.contains(&format!(".entry {kernel}(")), "{name} for {arch} lacks {kernel}");
+            }
+            compiled += 1;
+        }
+    }
+    println!("NVRTC {major}.{minor}: {compiled} kernel sources compiled for {} architectures", ARCHS.len());
+}
