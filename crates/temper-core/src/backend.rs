@@ -80,6 +80,47 @@ pub struct AdamWStep {
     pub step: u64,
 }
 
+/// [`Backend::attention_decode`] through the host: download, the CPU kernel, upload. The
+/// trait's default, public so that tests can run it on any backend.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_decode_via_host<B: Backend + ?Sized>(
+    be: &B,
+    out: &mut B::Buf,
+    q: &B::Buf,
+    k_cache: &B::Buf,
+    v_cache: &B::Buf,
+    past: usize,
+    hq: usize,
+    hkv: usize,
+    d: usize,
+) -> Result<()> {
+    let mut host = be.download(out)?;
+    let (q, k, v) = (
+        be.download(q)?,
+        be.download(k_cache)?,
+        be.download(v_cache)?,
+    );
+    crate::cpu::attention_cache::attention_decode(&mut host, &q, &k, &v, past, hq, hkv, d)?;
+    *out = be.upload(&host)?;
+    Ok(())
+}
+
+/// [`Backend::copy_range`] through the host; the trait's default.
+pub fn copy_range_via_host<B: Backend + ?Sized>(
+    be: &B,
+    dst: &mut B::Buf,
+    dst_off: usize,
+    src: &B::Buf,
+    src_off: usize,
+    len: usize,
+) -> Result<()> {
+    let mut host = be.download(dst)?;
+    let src = be.download(src)?;
+    crate::cpu::attention_cache::copy_range(&mut host, dst_off, &src, src_off, len)?;
+    *dst = be.upload(&host)?;
+    Ok(())
+}
+
 pub trait Backend: Send + Sync + 'static {
     /// A flat array on the device, in the backend's compute precision.
     type Buf: Send + Sync;
@@ -221,15 +262,7 @@ pub trait Backend: Send + Sync + 'static {
         hkv: usize,
         d: usize,
     ) -> Result<()> {
-        let mut host = self.download(out)?;
-        let (q, k, v) = (
-            self.download(q)?,
-            self.download(k_cache)?,
-            self.download(v_cache)?,
-        );
-        crate::cpu::attention_cache::attention_decode(&mut host, &q, &k, &v, past, hq, hkv, d)?;
-        *out = self.upload(&host)?;
-        Ok(())
+        attention_decode_via_host(self, out, q, k_cache, v_cache, past, hq, hkv, d)
     }
     /// dst[dst_off..dst_off+len] = src[src_off..src_off+len], e.g. appending a token's keys
     /// to a KV cache (cap, hkv, d) at row `past`, or taking the last row of (N, c).
@@ -243,11 +276,7 @@ pub trait Backend: Send + Sync + 'static {
         src_off: usize,
         len: usize,
     ) -> Result<()> {
-        let mut host = self.download(dst)?;
-        let src = self.download(src)?;
-        crate::cpu::attention_cache::copy_range(&mut host, dst_off, &src, src_off, len)?;
-        *dst = self.upload(&host)?;
-        Ok(())
+        copy_range_via_host(self, dst, dst_off, src, src_off, len)
     }
     /// h = silu(gate) * up, all (N, f).
     fn swiglu_forward(&self, h: &mut Self::Buf, gate: &Self::Buf, up: &Self::Buf) -> Result<()>;

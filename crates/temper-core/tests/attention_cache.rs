@@ -5,6 +5,7 @@
 mod common;
 
 use common::{rng, to_f32, uniform};
+use temper_core::backend::{attention_decode_via_host, copy_range_via_host};
 use temper_core::cpu::{attention, attention_cache};
 use temper_core::{Backend, CpuBackend};
 
@@ -125,4 +126,41 @@ fn copy_range_copies_and_checks_bounds() {
     assert!(attention_cache::copy_range(&mut dst, 4, &[1.0; 4], 0, 3).is_err());
     assert!(attention_cache::copy_range(&mut dst, 0, &[1.0; 4], 2, 3).is_err());
     assert!(attention_cache::copy_range(&mut dst, usize::MAX, &[1.0; 4], 0, 1).is_err());
+}
+
+/// The trait's default implementations (through the host, what a device backend gets until
+/// it overrides them) give exactly the CPU backend's results.
+#[test]
+fn host_defaults_equal_the_cpu_backend() {
+    let be = CpuBackend::new();
+    let mut r = rng(13);
+    let (past, n, cap) = (17, 3, 24);
+    let q = be
+        .upload(&to_f32(&uniform(&mut r, n * HQ * D, 1.5)))
+        .unwrap();
+    let k = be
+        .upload(&to_f32(&uniform(&mut r, cap * HKV * D, 1.5)))
+        .unwrap();
+    let v = be
+        .upload(&to_f32(&uniform(&mut r, cap * HKV * D, 1.0)))
+        .unwrap();
+    let mut want = be.zeros(n * HQ * D).unwrap();
+    be.attention_decode(&mut want, &q, &k, &v, past, HQ, HKV, D)
+        .unwrap();
+    let mut got = be.zeros(n * HQ * D).unwrap();
+    attention_decode_via_host(&be, &mut got, &q, &k, &v, past, HQ, HKV, D).unwrap();
+    assert_eq!(be.download(&got).unwrap(), be.download(&want).unwrap());
+    assert!(attention_decode_via_host(&be, &mut got, &q, &k, &v, cap, HQ, HKV, D).is_err());
+
+    let mut a = be.upload(&[0.0; 8]).unwrap();
+    let mut b = be.upload(&[0.0; 8]).unwrap();
+    let src = be.upload(&[1.0, 2.0, 3.0, 4.0, 5.0]).unwrap();
+    be.copy_range(&mut a, 3, &src, 1, 4).unwrap();
+    copy_range_via_host(&be, &mut b, 3, &src, 1, 4).unwrap();
+    assert_eq!(be.download(&b).unwrap(), be.download(&a).unwrap());
+    assert_eq!(
+        be.download(&b).unwrap(),
+        [0.0, 0.0, 0.0, 2.0, 3.0, 4.0, 5.0, 0.0]
+    );
+    assert!(copy_range_via_host(&be, &mut b, 5, &src, 0, 4).is_err());
 }
