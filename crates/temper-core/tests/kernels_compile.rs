@@ -17,13 +17,28 @@ fn every_kernel_compiles_for_every_supported_arch() {
         for (name, source) in SOURCES {
             let ptx = compile_uncached(name, source, arch).unwrap_or_else(|e| panic!("{e}"));
             // The PTX names the target and defines every extern "C" kernel of the source.
-            assert!(ptx.contains(&format!(".target sm_{}", &arch["compute_".len()..])), "{name} {arch}");
-            for line in source.lines().filter(|l| l.starts_with("extern \"C\" __global__ void ")) {
-                let kernel = line["extern \"C\" __global__ void ".len()..].split('(').next().unwrap_or_default();
-                assert!(ptx.contains(&format!(".entry {kernel}(")), "{name} for {arch} lacks {kernel}");
+            assert!(
+                ptx.contains(&format!(".target sm_{}", &arch["compute_".len()..])),
+                "{name} {arch}"
+            );
+            for line in source
+                .lines()
+                .filter(|l| l.starts_with("extern \"C\" __global__ void "))
+            {
+                let kernel = line["extern \"C\" __global__ void ".len()..]
+                    .split('(')
+                    .next()
+                    .unwrap_or_default();
+                assert!(
+                    ptx.contains(&format!(".entry {kernel}(")),
+                    "{name} for {arch} lacks {kernel}"
+                );
             }
             compiled += 1;
         }
     }
-    println!("NVRTC {major}.{minor}: {compiled} kernel sources compiled for {} architectures", ARCHS.len());
+    println!(
+        "NVRTC {major}.{minor}: {compiled} kernel sources compiled for {} architectures",
+        ARCHS.len()
+    );
 }

@@ -17,8 +17,8 @@ use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
 use crate::backend::{AdamWStep, Backend, Gemm};
-use crate::memory::Accounting;
 use crate::error::check_len;
+use crate::memory::Accounting;
 use crate::{CoreError, Float, Result};
 
 /// The CPU backend: buffers are [`CpuBuf`]s of f32.
@@ -50,7 +50,8 @@ pub struct CpuBuf {
 
 impl Drop for CpuBuf {
     fn drop(&mut self) {
-        self.accounting.sub(self.data.len() * std::mem::size_of::<f32>());
+        self.accounting
+            .sub(self.data.len() * std::mem::size_of::<f32>());
     }
 }
 

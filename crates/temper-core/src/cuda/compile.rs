@@ -13,10 +13,16 @@ const COMMON: &str = include_str!("../../kernels/common.cuh");
 
 /// Every kernel source, by file name.
 pub const SOURCES: &[(&str, &str)] = &[
-    ("elementwise.cu", include_str!("../../kernels/elementwise.cu")),
+    (
+        "elementwise.cu",
+        include_str!("../../kernels/elementwise.cu"),
+    ),
     ("layers.cu", include_str!("../../kernels/layers.cu")),
     ("attention.cu", include_str!("../../kernels/attention.cu")),
-    ("cross_entropy.cu", include_str!("../../kernels/cross_entropy.cu")),
+    (
+        "cross_entropy.cu",
+        include_str!("../../kernels/cross_entropy.cu"),
+    ),
 ];
 
 /// The virtual architectures temper compiles for, oldest first (T4 .. H100/H200).
@@ -42,7 +48,9 @@ pub fn arch_for(major: i32, minor: i32) -> Result<&'static str> {
 /// The source as NVRTC sees it: `#include "common.cuh"` replaced by the header's text, since
 /// no include path is handed to NVRTC.
 pub fn expand(source: &str) -> String {
-    source.replace("#include \"common.cuh\"", COMMON).replace("#pragma once", "")
+    source
+        .replace("#include \"common.cuh\"", COMMON)
+        .replace("#pragma once", "")
 }
 
 /// NVRTC's version, part of the cache key.
@@ -52,7 +60,9 @@ pub fn nvrtc_version() -> Result<(i32, i32)> {
     // SAFETY: nvrtcVersion writes two ints through valid pointers.
     let status = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
     if status != cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS {
-        return Err(CoreError::Device(format!("nvrtcVersion failed: {status:?}")));
+        return Err(CoreError::Device(format!(
+            "nvrtcVersion failed: {status:?}"
+        )));
     }
     Ok((major, minor))
 }
@@ -90,7 +100,11 @@ pub fn compile(name: &str, source: &str, arch: &'static str) -> Result<Ptx> {
     let (major, minor) = nvrtc_version()?;
     let mut h = DefaultHasher::new();
     (expand(source), arch, major, minor).hash(&mut h);
-    let key = format!("{}-{arch}-nvrtc{major}.{minor}-{:016x}.ptx", name.trim_end_matches(".cu"), h.finish());
+    let key = format!(
+        "{}-{arch}-nvrtc{major}.{minor}-{:016x}.ptx",
+        name.trim_end_matches(".cu"),
+        h.finish()
+    );
     let cached = cache_dir().map(|d| d.join(&key));
     if let Some(path) = &cached {
         if let Ok(text) = std::fs::read_to_string(path) {

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublas::{CudaBlas, Gemm as _, GemmConfig};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig,
+    PushKernelArg,
 };
 
 use crate::backend::{AdamWStep, Backend, Gemm};
@@ -76,7 +77,10 @@ pub fn unavailable_reason() -> Option<String> {
     // SAFETY: these only try to dlopen the libraries.
     let checks: [(&str, bool); 3] = unsafe {
         [
-            ("libcuda.so (the NVIDIA driver)", cudarc::driver::sys::is_culib_present()),
+            (
+                "libcuda.so (the NVIDIA driver)",
+                cudarc::driver::sys::is_culib_present(),
+            ),
             ("libnvrtc.so", cudarc::nvrtc::sys::is_culib_present()),
             ("libcublas.so", cudarc::cublas::sys::is_culib_present()),
         ]
@@ -112,9 +116,14 @@ const ROW_THREADS: u32 = 256;
 
 /// For each token, the first token of its sequence and one past its last; checks cu_seqlens.
 fn token_bounds(cu: &[u32], n: usize) -> Result<(Vec<u32>, Vec<u32>)> {
-    let bad = |msg: String| CoreError::Invalid { op: "attention", msg };
+    let bad = |msg: String| CoreError::Invalid {
+        op: "attention",
+        msg,
+    };
     if cu.first() != Some(&0) || cu.last().map(|&x| x as usize) != Some(n) {
-        return Err(bad(format!("cu_seqlens must start at 0 and end at {n}, got {cu:?}")));
+        return Err(bad(format!(
+            "cu_seqlens must start at 0 and end at {n}, got {cu:?}"
+        )));
     }
     let mut starts = vec![0u32; n];
     let mut ends = vec![0u32; n];
@@ -137,7 +146,9 @@ impl CudaBackend {
             return Err(CoreError::Device(reason));
         }
         let ctx = CudaContext::new(ordinal).map_err(dev_err("creating the CUDA context"))?;
-        let (major, minor) = ctx.compute_capability().map_err(dev_err("compute capability"))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(dev_err("compute capability"))?;
         let device_name = ctx.name().map_err(dev_err("device name"))?;
         let arch = compile::arch_for(major, minor)?;
         let stream = ctx.default_stream();
@@ -145,7 +156,9 @@ impl CudaBackend {
         let mut modules = std::collections::HashMap::new();
         for (name, src) in compile::SOURCES {
             let ptx = compile::compile(name, src, arch)?;
-            let module = ctx.load_module(ptx).map_err(dev_err("loading a kernel module"))?;
+            let module = ctx
+                .load_module(ptx)
+                .map_err(dev_err("loading a kernel module"))?;
             modules.insert(*name, module);
         }
         let f = |module: &str, name: &str| -> Result<CudaFunction> {
@@ -208,15 +221,29 @@ impl CudaBackend {
     }
 
     fn upload_u32(&self, host: &[u32]) -> Result<CudaSlice<u32>> {
-        self.stream.clone_htod(host).map_err(dev_err("upload indices"))
+        self.stream
+            .clone_htod(host)
+            .map_err(dev_err("upload indices"))
     }
 
     /// Row-major C = alpha op(A) op(B) + beta C through column-major cuBLAS: C^T = op(B)^T op(A)^T.
-    fn gemm<A: DevicePtr<f32>, B: DevicePtr<f32>, C: DevicePtrMut<f32>>(&self, c: &mut C, a: &A, b: &B, g: Gemm) -> Result<()> {
+    fn gemm<A: DevicePtr<f32>, B: DevicePtr<f32>, C: DevicePtrMut<f32>>(
+        &self,
+        c: &mut C,
+        a: &A,
+        b: &B,
+        g: Gemm,
+    ) -> Result<()> {
         if g.m == 0 || g.n == 0 {
             return Ok(());
         }
-        let op = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
+        let op = |t: bool| {
+            if t {
+                cublasOperation_t::CUBLAS_OP_T
+            } else {
+                cublasOperation_t::CUBLAS_OP_N
+            }
+        };
         let cfg = GemmConfig {
             transa: op(g.tb),
             transb: op(g.ta),
@@ -252,7 +279,10 @@ impl Backend for CudaBackend {
     }
 
     fn zeros(&self, n: usize) -> Result<CudaBuf> {
-        let data = self.stream.alloc_zeros::<f32>(n).map_err(dev_err("alloc"))?;
+        let data = self
+            .stream
+            .alloc_zeros::<f32>(n)
+            .map_err(dev_err("alloc"))?;
         Ok(self.wrap(data, n))
     }
 
@@ -262,7 +292,9 @@ impl Backend for CudaBackend {
     }
 
     fn download(&self, buf: &CudaBuf) -> Result<Vec<f32>> {
-        self.stream.clone_dtoh(&buf.data).map_err(dev_err("download"))
+        self.stream
+            .clone_dtoh(&buf.data)
+            .map_err(dev_err("download"))
     }
 
     fn len(&self, buf: &CudaBuf) -> usize {
@@ -271,12 +303,22 @@ impl Backend for CudaBackend {
 
     fn fill(&self, buf: &mut CudaBuf, value: f32) -> Result<()> {
         let n = buf.len as u64;
-        launch!(self, self.k.fill, grid_stride(buf.len), "fill", &mut buf.data, &value, &n)
+        launch!(
+            self,
+            self.k.fill,
+            grid_stride(buf.len),
+            "fill",
+            &mut buf.data,
+            &value,
+            &n
+        )
     }
 
     fn copy(&self, dst: &mut CudaBuf, src: &CudaBuf) -> Result<()> {
         check_len("copy", "dst", dst.len, src.len)?;
-        self.stream.memcpy_dtod(&src.data, &mut dst.data).map_err(dev_err("copy"))
+        self.stream
+            .memcpy_dtod(&src.data, &mut dst.data)
+            .map_err(dev_err("copy"))
     }
 
     fn peak_bytes(&self) -> usize {
@@ -293,27 +335,67 @@ impl Backend for CudaBackend {
     fn axpy(&self, y: &mut CudaBuf, alpha: f32, x: &CudaBuf) -> Result<()> {
         check_len("axpy", "x", x.len, y.len)?;
         let n = y.len as u64;
-        launch!(self, self.k.axpy, grid_stride(y.len), "axpy", &mut y.data, &alpha, &x.data, &n)
+        launch!(
+            self,
+            self.k.axpy,
+            grid_stride(y.len),
+            "axpy",
+            &mut y.data,
+            &alpha,
+            &x.data,
+            &n
+        )
     }
 
     fn scale(&self, y: &mut CudaBuf, alpha: f32) -> Result<()> {
         let n = y.len as u64;
-        launch!(self, self.k.scale, grid_stride(y.len), "scale", &mut y.data, &alpha, &n)
+        launch!(
+            self,
+            self.k.scale,
+            grid_stride(y.len),
+            "scale",
+            &mut y.data,
+            &alpha,
+            &n
+        )
     }
 
     fn add_bias(&self, y: &mut CudaBuf, bias: &CudaBuf, c: usize) -> Result<()> {
         check_len("add_bias", "bias", bias.len, c)?;
-        if c == 0 || y.len % c != 0 {
-            return Err(CoreError::Invalid { op: "add_bias", msg: format!("{} values are not whole rows of {c}", y.len) });
+        if c == 0 || !y.len.is_multiple_of(c) {
+            return Err(CoreError::Invalid {
+                op: "add_bias",
+                msg: format!("{} values are not whole rows of {c}", y.len),
+            });
         }
         let (n, c32) = (y.len as u64, c as u32);
-        launch!(self, self.k.add_bias, grid_stride(y.len), "add_bias", &mut y.data, &bias.data, &n, &c32)
+        launch!(
+            self,
+            self.k.add_bias,
+            grid_stride(y.len),
+            "add_bias",
+            &mut y.data,
+            &bias.data,
+            &n,
+            &c32
+        )
     }
 
     fn sum_squares(&self, x: &CudaBuf) -> Result<f64> {
-        let mut out = self.stream.alloc_zeros::<f64>(1).map_err(dev_err("alloc"))?;
+        let mut out = self
+            .stream
+            .alloc_zeros::<f64>(1)
+            .map_err(dev_err("alloc"))?;
         let n = x.len as u64;
-        launch!(self, self.k.sum_squares, grid_stride(x.len), "sum_squares", &mut out, &x.data, &n)?;
+        launch!(
+            self,
+            self.k.sum_squares,
+            grid_stride(x.len),
+            "sum_squares",
+            &mut out,
+            &x.data,
+            &n
+        )?;
         let host = self.stream.clone_dtoh(&out).map_err(dev_err("download"))?;
         Ok(host[0])
     }
@@ -321,7 +403,10 @@ impl Backend for CudaBackend {
     fn dropout(&self, y: &mut CudaBuf, x: &CudaBuf, p: f32, seed: u64) -> Result<()> {
         check_len("dropout", "x", x.len, y.len)?;
         if !(0.0..=1.0).contains(&p) {
-            return Err(CoreError::Invalid { op: "dropout", msg: format!("p must be in [0, 1], got {p}") });
+            return Err(CoreError::Invalid {
+                op: "dropout",
+                msg: format!("p must be in [0, 1], got {p}"),
+            });
         }
         if p == 0.0 {
             return self.copy(y, x);
@@ -330,25 +415,66 @@ impl Backend for CudaBackend {
             return self.fill(y, 0.0);
         }
         let n = y.len as u64;
-        launch!(self, self.k.dropout, grid_stride(y.len), "dropout", &mut y.data, &x.data, &p, &seed, &n)
+        launch!(
+            self,
+            self.k.dropout,
+            grid_stride(y.len),
+            "dropout",
+            &mut y.data,
+            &x.data,
+            &p,
+            &seed,
+            &n
+        )
     }
 
-    fn embedding_forward(&self, out: &mut CudaBuf, ids: &[u32], table: &CudaBuf, c: usize) -> Result<()> {
+    fn embedding_forward(
+        &self,
+        out: &mut CudaBuf,
+        ids: &[u32],
+        table: &CudaBuf,
+        c: usize,
+    ) -> Result<()> {
         check_len("embedding_forward", "out", out.len, ids.len() * c)?;
-        let v = if c == 0 { 0 } else { table.len / c };
+        let v = table.len.checked_div(c).unwrap_or(0);
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= v) {
-            return Err(CoreError::Invalid { op: "embedding_forward", msg: format!("token id {bad} is outside the vocabulary of {v}") });
+            return Err(CoreError::Invalid {
+                op: "embedding_forward",
+                msg: format!("token id {bad} is outside the vocabulary of {v}"),
+            });
         }
         if ids.is_empty() {
             return Ok(());
         }
         let ids_d = self.upload_u32(ids)?;
         let (n, c32) = (ids.len() as u32, c as u32);
-        let cfg = LaunchConfig { grid_dim: (n, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
-        launch!(self, self.k.embedding_forward, cfg, "embedding_forward", &mut out.data, &ids_d, &table.data, &n, &c32)
+        let cfg = LaunchConfig {
+            grid_dim: (n, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        launch!(
+            self,
+            self.k.embedding_forward,
+            cfg,
+            "embedding_forward",
+            &mut out.data,
+            &ids_d,
+            &table.data,
+            &n,
+            &c32
+        )
     }
 
-    fn rmsnorm_forward(&self, y: &mut CudaBuf, rstd: &mut CudaBuf, x: &CudaBuf, w: &CudaBuf, c: usize, eps: f32) -> Result<()> {
+    fn rmsnorm_forward(
+        &self,
+        y: &mut CudaBuf,
+        rstd: &mut CudaBuf,
+        x: &CudaBuf,
+        w: &CudaBuf,
+        c: usize,
+        eps: f32,
+    ) -> Result<()> {
         check_len("rmsnorm_forward", "w", w.len, c)?;
         check_len("rmsnorm_forward", "y", y.len, x.len)?;
         check_len("rmsnorm_forward", "rstd", rstd.len, x.len / c.max(1))?;
@@ -357,11 +483,34 @@ impl Backend for CudaBackend {
             return Ok(());
         }
         let c32 = c as u32;
-        let cfg = LaunchConfig { grid_dim: (rows, 1, 1), block_dim: (ROW_THREADS, 1, 1), shared_mem_bytes: 0 };
-        launch!(self, self.k.rmsnorm_forward, cfg, "rmsnorm_forward", &mut y.data, &mut rstd.data, &x.data, &w.data, &c32, &eps)
+        let cfg = LaunchConfig {
+            grid_dim: (rows, 1, 1),
+            block_dim: (ROW_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        launch!(
+            self,
+            self.k.rmsnorm_forward,
+            cfg,
+            "rmsnorm_forward",
+            &mut y.data,
+            &mut rstd.data,
+            &x.data,
+            &w.data,
+            &c32,
+            &eps
+        )
     }
 
-    fn rmsnorm_backward(&self, dx: &mut CudaBuf, dy: &CudaBuf, x: &CudaBuf, w: &CudaBuf, rstd: &CudaBuf, c: usize) -> Result<()> {
+    fn rmsnorm_backward(
+        &self,
+        dx: &mut CudaBuf,
+        dy: &CudaBuf,
+        x: &CudaBuf,
+        w: &CudaBuf,
+        rstd: &CudaBuf,
+        c: usize,
+    ) -> Result<()> {
         check_len("rmsnorm_backward", "dy", dy.len, x.len)?;
         check_len("rmsnorm_backward", "dx", dx.len, x.len)?;
         check_len("rmsnorm_backward", "w", w.len, c)?;
@@ -370,19 +519,61 @@ impl Backend for CudaBackend {
             return Ok(());
         }
         let c32 = c as u32;
-        let cfg = LaunchConfig { grid_dim: (rows, 1, 1), block_dim: (ROW_THREADS, 1, 1), shared_mem_bytes: 0 };
-        launch!(self, self.k.rmsnorm_backward, cfg, "rmsnorm_backward", &mut dx.data, &dy.data, &x.data, &w.data, &rstd.data, &c32)
+        let cfg = LaunchConfig {
+            grid_dim: (rows, 1, 1),
+            block_dim: (ROW_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        launch!(
+            self,
+            self.k.rmsnorm_backward,
+            cfg,
+            "rmsnorm_backward",
+            &mut dx.data,
+            &dy.data,
+            &x.data,
+            &w.data,
+            &rstd.data,
+            &c32
+        )
     }
 
-    fn rope_forward(&self, x: &mut CudaBuf, pos: &[u32], cos: &CudaBuf, sin: &CudaBuf, h: usize, d: usize) -> Result<()> {
+    fn rope_forward(
+        &self,
+        x: &mut CudaBuf,
+        pos: &[u32],
+        cos: &CudaBuf,
+        sin: &CudaBuf,
+        h: usize,
+        d: usize,
+    ) -> Result<()> {
         self.rope(x, pos, cos, sin, h, d, 1.0)
     }
 
-    fn rope_backward(&self, dx: &mut CudaBuf, pos: &[u32], cos: &CudaBuf, sin: &CudaBuf, h: usize, d: usize) -> Result<()> {
+    fn rope_backward(
+        &self,
+        dx: &mut CudaBuf,
+        pos: &[u32],
+        cos: &CudaBuf,
+        sin: &CudaBuf,
+        h: usize,
+        d: usize,
+    ) -> Result<()> {
         self.rope(dx, pos, cos, sin, h, d, -1.0)
     }
 
-    fn attention_forward(&self, out: &mut CudaBuf, lse: &mut CudaBuf, q: &CudaBuf, k: &CudaBuf, v: &CudaBuf, cu_seqlens: &[u32], hq: usize, hkv: usize, d: usize) -> Result<()> {
+    fn attention_forward(
+        &self,
+        out: &mut CudaBuf,
+        lse: &mut CudaBuf,
+        q: &CudaBuf,
+        k: &CudaBuf,
+        v: &CudaBuf,
+        cu_seqlens: &[u32],
+        hq: usize,
+        hkv: usize,
+        d: usize,
+    ) -> Result<()> {
         let n = self.check_attention(q, k, v, hq, hkv, d)?;
         check_len("attention_forward", "out", out.len, q.len)?;
         check_len("attention_forward", "lse", lse.len, n * hq)?;
@@ -398,12 +589,49 @@ impl Backend for CudaBackend {
             block_dim: (ATTN_THREADS, 1, 1),
             shared_mem_bytes: (d as u32 + ATTN_THREADS + 32) * 4,
         };
-        launch!(self, self.k.attention_forward, cfg, "attention_forward", &mut out.data, &mut lse.data, &q.data, &k.data, &v.data, &starts_d, &hq32, &hkv32, &d32, &scale)
+        launch!(
+            self,
+            self.k.attention_forward,
+            cfg,
+            "attention_forward",
+            &mut out.data,
+            &mut lse.data,
+            &q.data,
+            &k.data,
+            &v.data,
+            &starts_d,
+            &hq32,
+            &hkv32,
+            &d32,
+            &scale
+        )
     }
 
-    fn attention_backward(&self, dq: &mut CudaBuf, dk: &mut CudaBuf, dv: &mut CudaBuf, dout: &CudaBuf, q: &CudaBuf, k: &CudaBuf, v: &CudaBuf, out: &CudaBuf, lse: &CudaBuf, cu_seqlens: &[u32], hq: usize, hkv: usize, d: usize) -> Result<()> {
+    fn attention_backward(
+        &self,
+        dq: &mut CudaBuf,
+        dk: &mut CudaBuf,
+        dv: &mut CudaBuf,
+        dout: &CudaBuf,
+        q: &CudaBuf,
+        k: &CudaBuf,
+        v: &CudaBuf,
+        out: &CudaBuf,
+        lse: &CudaBuf,
+        cu_seqlens: &[u32],
+        hq: usize,
+        hkv: usize,
+        d: usize,
+    ) -> Result<()> {
         let n = self.check_attention(q, k, v, hq, hkv, d)?;
-        for (name, len, want) in [("dq", dq.len, q.len), ("dk", dk.len, k.len), ("dv", dv.len, v.len), ("dout", dout.len, q.len), ("out", out.len, q.len), ("lse", lse.len, n * hq)] {
+        for (name, len, want) in [
+            ("dq", dq.len, q.len),
+            ("dk", dk.len, k.len),
+            ("dv", dv.len, v.len),
+            ("dout", dout.len, q.len),
+            ("out", out.len, q.len),
+            ("lse", lse.len, n * hq),
+        ] {
             check_len("attention_backward", name, len, want)?;
         }
         let (starts, ends) = token_bounds(cu_seqlens, n)?;
@@ -415,38 +643,129 @@ impl Backend for CudaBackend {
         let scale = 1.0 / (d as f32).sqrt();
         let (hq32, hkv32, d32) = (hq as u32, hkv as u32, d as u32);
         let mut dsum = self.zeros(n * hq)?;
-        let cfg = LaunchConfig { grid_dim: (n as u32, hq32, 1), block_dim: (32, 1, 1), shared_mem_bytes: 0 };
-        launch!(self, self.k.attention_backward_dot, cfg, "attention_backward_dot", &mut dsum.data, &dout.data, &out.data, &hq32, &d32)?;
+        let cfg = LaunchConfig {
+            grid_dim: (n as u32, hq32, 1),
+            block_dim: (32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        launch!(
+            self,
+            self.k.attention_backward_dot,
+            cfg,
+            "attention_backward_dot",
+            &mut dsum.data,
+            &dout.data,
+            &out.data,
+            &hq32,
+            &d32
+        )?;
         let cfg = LaunchConfig {
             grid_dim: (n as u32, hq32, 1),
             block_dim: (ATTN_THREADS, 1, 1),
             shared_mem_bytes: (2 * d as u32 + ATTN_THREADS) * 4,
         };
-        launch!(self, self.k.attention_backward_dq, cfg, "attention_backward_dq", &mut dq.data, &dout.data, &q.data, &k.data, &v.data, &lse.data, &dsum.data, &starts_d, &hq32, &hkv32, &d32, &scale)?;
+        launch!(
+            self,
+            self.k.attention_backward_dq,
+            cfg,
+            "attention_backward_dq",
+            &mut dq.data,
+            &dout.data,
+            &q.data,
+            &k.data,
+            &v.data,
+            &lse.data,
+            &dsum.data,
+            &starts_d,
+            &hq32,
+            &hkv32,
+            &d32,
+            &scale
+        )?;
         let cfg = LaunchConfig {
             grid_dim: (n as u32, hkv32, 1),
             block_dim: (ATTN_THREADS, 1, 1),
             shared_mem_bytes: (2 * d as u32 + 2 * ATTN_THREADS) * 4,
         };
-        launch!(self, self.k.attention_backward_dkv, cfg, "attention_backward_dkv", &mut dk.data, &mut dv.data, &dout.data, &q.data, &k.data, &v.data, &lse.data, &dsum.data, &ends_d, &hq32, &hkv32, &d32, &scale)
+        launch!(
+            self,
+            self.k.attention_backward_dkv,
+            cfg,
+            "attention_backward_dkv",
+            &mut dk.data,
+            &mut dv.data,
+            &dout.data,
+            &q.data,
+            &k.data,
+            &v.data,
+            &lse.data,
+            &dsum.data,
+            &ends_d,
+            &hq32,
+            &hkv32,
+            &d32,
+            &scale
+        )
     }
 
     fn swiglu_forward(&self, h: &mut CudaBuf, gate: &CudaBuf, up: &CudaBuf) -> Result<()> {
         check_len("swiglu_forward", "up", up.len, gate.len)?;
         check_len("swiglu_forward", "h", h.len, gate.len)?;
         let n = h.len as u64;
-        launch!(self, self.k.swiglu_forward, grid_stride(h.len), "swiglu_forward", &mut h.data, &gate.data, &up.data, &n)
+        launch!(
+            self,
+            self.k.swiglu_forward,
+            grid_stride(h.len),
+            "swiglu_forward",
+            &mut h.data,
+            &gate.data,
+            &up.data,
+            &n
+        )
     }
 
-    fn swiglu_backward(&self, dgate: &mut CudaBuf, dup: &mut CudaBuf, dh: &CudaBuf, gate: &CudaBuf, up: &CudaBuf) -> Result<()> {
-        for (name, len) in [("dh", dh.len), ("up", up.len), ("dgate", dgate.len), ("dup", dup.len)] {
+    fn swiglu_backward(
+        &self,
+        dgate: &mut CudaBuf,
+        dup: &mut CudaBuf,
+        dh: &CudaBuf,
+        gate: &CudaBuf,
+        up: &CudaBuf,
+    ) -> Result<()> {
+        for (name, len) in [
+            ("dh", dh.len),
+            ("up", up.len),
+            ("dgate", dgate.len),
+            ("dup", dup.len),
+        ] {
             check_len("swiglu_backward", name, len, gate.len)?;
         }
         let n = gate.len as u64;
-        launch!(self, self.k.swiglu_backward, grid_stride(gate.len), "swiglu_backward", &mut dgate.data, &mut dup.data, &dh.data, &gate.data, &up.data, &n)
+        launch!(
+            self,
+            self.k.swiglu_backward,
+            grid_stride(gate.len),
+            "swiglu_backward",
+            &mut dgate.data,
+            &mut dup.data,
+            &dh.data,
+            &gate.data,
+            &up.data,
+            &n
+        )
     }
 
-    fn linear_cross_entropy(&self, mut dx: Option<&mut CudaBuf>, x: &CudaBuf, w: &CudaBuf, targets: &[i32], c: usize, v: usize, grad_scale: f32, chunk: usize) -> Result<Vec<f32>> {
+    fn linear_cross_entropy(
+        &self,
+        mut dx: Option<&mut CudaBuf>,
+        x: &CudaBuf,
+        w: &CudaBuf,
+        targets: &[i32],
+        c: usize,
+        v: usize,
+        grad_scale: f32,
+        chunk: usize,
+    ) -> Result<Vec<f32>> {
         let n = targets.len();
         check_len("linear_cross_entropy", "x", x.len, n * c)?;
         check_len("linear_cross_entropy", "w", w.len, v * c)?;
@@ -454,80 +773,195 @@ impl Backend for CudaBackend {
             check_len("linear_cross_entropy", "dx", dx.len, n * c)?;
         }
         if let Some(&bad) = targets.iter().find(|&&t| t >= v as i32) {
-            return Err(CoreError::Invalid { op: "linear_cross_entropy", msg: format!("target {bad} is outside the vocabulary of {v}") });
+            return Err(CoreError::Invalid {
+                op: "linear_cross_entropy",
+                msg: format!("target {bad} is outside the vocabulary of {v}"),
+            });
         }
         if n == 0 {
             return Ok(vec![]);
         }
         // Any negative target is ignored, as on the CPU.
-        let clean: Vec<i32> = targets.iter().map(|&t| if t < 0 { -1 } else { t }).collect();
-        let targets_d = self.stream.clone_htod(&clean).map_err(dev_err("upload targets"))?;
+        let clean: Vec<i32> = targets
+            .iter()
+            .map(|&t| if t < 0 { -1 } else { t })
+            .collect();
+        let targets_d = self
+            .stream
+            .clone_htod(&clean)
+            .map_err(dev_err("upload targets"))?;
         let chunk = chunk.clamp(1, n);
-        let mut logits = self.stream.alloc_zeros::<f32>(chunk * v).map_err(dev_err("alloc logits"))?;
-        let mut loss = self.stream.alloc_zeros::<f32>(n).map_err(dev_err("alloc loss"))?;
+        let mut logits = self
+            .stream
+            .alloc_zeros::<f32>(chunk * v)
+            .map_err(dev_err("alloc logits"))?;
+        let mut loss = self
+            .stream
+            .alloc_zeros::<f32>(n)
+            .map_err(dev_err("alloc loss"))?;
         let (v32, write) = (v as u32, i32::from(dx.is_some()));
         for a in (0..n).step_by(chunk) {
             let b = (a + chunk).min(n);
             let rows = b - a;
             let mut lview = logits.slice_mut(0..rows * v);
             // logits (rows, V) = x[a..b] (rows, c) W^T
-            self.gemm(&mut lview, &x.data.slice(a * c..b * c), &w.data, Gemm::nt(rows, v, c))?;
-            let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (ROW_THREADS, 1, 1), shared_mem_bytes: 0 };
+            self.gemm(
+                &mut lview,
+                &x.data.slice(a * c..b * c),
+                &w.data,
+                Gemm::nt(rows, v, c),
+            )?;
+            let cfg = LaunchConfig {
+                grid_dim: (rows as u32, 1, 1),
+                block_dim: (ROW_THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
             let mut loss_view = loss.slice_mut(a..b);
             let target_view = targets_d.slice(a..b);
-            launch!(self, self.k.cross_entropy_rows, cfg, "cross_entropy_rows", &mut lview, &mut loss_view, &target_view, &v32, &grad_scale, &write)?;
-            drop(loss_view);
+            launch!(
+                self,
+                self.k.cross_entropy_rows,
+                cfg,
+                "cross_entropy_rows",
+                &mut lview,
+                &mut loss_view,
+                &target_view,
+                &v32,
+                &grad_scale,
+                &write
+            )?;
             if let Some(dx) = dx.as_deref_mut() {
                 // dx[a..b] (rows, c) = dlogits (rows, V) W (V, c)
-                self.gemm(&mut dx.data.slice_mut(a * c..b * c), &lview, &w.data, Gemm::nn(rows, c, v))?;
+                self.gemm(
+                    &mut dx.data.slice_mut(a * c..b * c),
+                    &lview,
+                    &w.data,
+                    Gemm::nn(rows, c, v),
+                )?;
             }
         }
-        self.stream.clone_dtoh(&loss).map_err(dev_err("download losses"))
+        self.stream
+            .clone_dtoh(&loss)
+            .map_err(dev_err("download losses"))
     }
 
-    fn adamw(&self, param: &mut CudaBuf, grad: &CudaBuf, m: &mut CudaBuf, v: &mut CudaBuf, s: AdamWStep) -> Result<()> {
+    fn adamw(
+        &self,
+        param: &mut CudaBuf,
+        grad: &CudaBuf,
+        m: &mut CudaBuf,
+        v: &mut CudaBuf,
+        s: AdamWStep,
+    ) -> Result<()> {
         check_len("adamw", "grad", grad.len, param.len)?;
         check_len("adamw", "m", m.len, param.len)?;
         check_len("adamw", "v", v.len, param.len)?;
         if s.step == 0 {
-            return Err(CoreError::Invalid { op: "adamw", msg: "step counts from 1".into() });
+            return Err(CoreError::Invalid {
+                op: "adamw",
+                msg: "step counts from 1".into(),
+            });
         }
         let c = crate::cpu::adamw::Scalars::new(s);
         let n = param.len as u64;
-        launch!(self, self.k.adamw, grid_stride(param.len), "adamw", &mut param.data, &grad.data, &mut m.data, &mut v.data,
-            &c.decay, &c.w1, &c.b2, &c.one_minus_b2, &c.neg_step_size, &c.bc2_sqrt, &c.eps, &c.apply_decay, &n)
+        launch!(
+            self,
+            self.k.adamw,
+            grid_stride(param.len),
+            "adamw",
+            &mut param.data,
+            &grad.data,
+            &mut m.data,
+            &mut v.data,
+            &c.decay,
+            &c.w1,
+            &c.b2,
+            &c.one_minus_b2,
+            &c.neg_step_size,
+            &c.bc2_sqrt,
+            &c.eps,
+            &c.apply_decay,
+            &n
+        )
     }
 }
 
 impl CudaBackend {
     #[allow(clippy::too_many_arguments)]
-    fn rope(&self, x: &mut CudaBuf, pos: &[u32], cos: &CudaBuf, sin: &CudaBuf, h: usize, d: usize, sign: f32) -> Result<()> {
+    fn rope(
+        &self,
+        x: &mut CudaBuf,
+        pos: &[u32],
+        cos: &CudaBuf,
+        sin: &CudaBuf,
+        h: usize,
+        d: usize,
+        sign: f32,
+    ) -> Result<()> {
         check_len("rope", "x", x.len, pos.len() * h * d)?;
-        if d == 0 || d % 2 != 0 {
-            return Err(CoreError::Invalid { op: "rope", msg: format!("head dim {d} must be even") });
+        if d == 0 || !d.is_multiple_of(2) {
+            return Err(CoreError::Invalid {
+                op: "rope",
+                msg: format!("head dim {d} must be even"),
+            });
         }
         let rows = cos.len / (d / 2);
         if let Some(&p) = pos.iter().find(|&&p| p as usize >= rows) {
-            return Err(CoreError::Invalid { op: "rope", msg: format!("position {p} is beyond the {rows} rows of the RoPE table") });
+            return Err(CoreError::Invalid {
+                op: "rope",
+                msg: format!("position {p} is beyond the {rows} rows of the RoPE table"),
+            });
         }
         if pos.is_empty() {
             return Ok(());
         }
         let pos_d = self.upload_u32(pos)?;
         let (n, h32, d32) = (pos.len() as u32, h as u32, d as u32);
-        launch!(self, self.k.rope, grid_stride(pos.len() * h * d / 2), "rope", &mut x.data, &pos_d, &cos.data, &sin.data, &n, &h32, &d32, &sign)
+        launch!(
+            self,
+            self.k.rope,
+            grid_stride(pos.len() * h * d / 2),
+            "rope",
+            &mut x.data,
+            &pos_d,
+            &cos.data,
+            &sin.data,
+            &n,
+            &h32,
+            &d32,
+            &sign
+        )
     }
 
-    fn check_attention(&self, q: &CudaBuf, k: &CudaBuf, v: &CudaBuf, hq: usize, hkv: usize, d: usize) -> Result<usize> {
-        let bad = |msg: String| CoreError::Invalid { op: "attention", msg };
-        if hq == 0 || hkv == 0 || hq % hkv != 0 {
-            return Err(bad(format!("{hq} query heads are not a multiple of {hkv} kv heads")));
+    fn check_attention(
+        &self,
+        q: &CudaBuf,
+        k: &CudaBuf,
+        v: &CudaBuf,
+        hq: usize,
+        hkv: usize,
+        d: usize,
+    ) -> Result<usize> {
+        let bad = |msg: String| CoreError::Invalid {
+            op: "attention",
+            msg,
+        };
+        if hq == 0 || hkv == 0 || !hq.is_multiple_of(hkv) {
+            return Err(bad(format!(
+                "{hq} query heads are not a multiple of {hkv} kv heads"
+            )));
         }
         if d == 0 || d > 4 * ATTN_THREADS as usize {
-            return Err(bad(format!("head dim {d} is outside 1..={}", 4 * ATTN_THREADS)));
+            return Err(bad(format!(
+                "head dim {d} is outside 1..={}",
+                4 * ATTN_THREADS
+            )));
         }
-        if q.len % (hq * d) != 0 {
-            return Err(bad(format!("q holds {} values, not whole tokens of {hq} x {d}", q.len)));
+        if !q.len.is_multiple_of(hq * d) {
+            return Err(bad(format!(
+                "q holds {} values, not whole tokens of {hq} x {d}",
+                q.len
+            )));
         }
         let n = q.len / (hq * d);
         check_len("attention", "k", k.len, n * hkv * d)?;
