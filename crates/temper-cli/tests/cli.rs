@@ -178,14 +178,28 @@ fn help_documents_every_config_key() {
 
 #[test]
 fn device_cuda_without_a_usable_gpu_says_why() {
-    let o = temper(&["eval", "--model", "missing-model", "--data", "y", "--device", "cuda"]);
+    let o = temper(&[
+        "eval",
+        "--model",
+        "missing-model",
+        "--data",
+        "y",
+        "--device",
+        "cuda",
+    ]);
     assert!(!o.status.success());
     let t = text(&o);
     match temper_core::cuda::unavailable_reason() {
         // No driver or library here: the error names it and LD_LIBRARY_PATH.
-        Some(_) => assert!(t.contains("--device cuda") && t.contains("LD_LIBRARY_PATH"), "{t}"),
+        Some(_) => assert!(
+            t.contains("--device cuda") && t.contains("LD_LIBRARY_PATH"),
+            "{t}"
+        ),
         // A GPU machine: the device starts and the missing model is what fails.
-        None => assert!(t.contains("device: cuda") && t.contains("missing-model"), "{t}"),
+        None => assert!(
+            t.contains("device: cuda") && t.contains("missing-model"),
+            "{t}"
+        ),
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod adapter;
 pub mod config;
 pub mod error;
+pub mod init;
 pub mod generate;
 pub mod layer;
 pub mod linear;

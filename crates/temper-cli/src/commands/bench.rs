@@ -1,0 +1,132 @@
+//! `temper bench --model DIR [--seq N] [--batch B] [--steps S] [--lora-r R]`: times LoRA
+//! training steps on random tokens, as the peers' benchmark scripts do, and prints one JSON
+//! line: median step time, tokens/s, and peak device memory.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use temper_core::{Backend, CpuBackend};
+use temper_model::{Checkpointing, LoraConfig, LoraParams, Model, StepCtx, Target, TokenBatch};
+use temper_train::{AdamW, AdamWConfig};
+
+use crate::device::{self, DeviceChoice};
+
+pub struct BenchArgs {
+    pub model: PathBuf,
+    pub seq: usize,
+    pub batch: usize,
+    pub steps: usize,
+    pub lora_r: usize,
+    pub checkpointing: bool,
+    pub device: String,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    match device::resolve(&args.device)? {
+        DeviceChoice::Cpu => run_on(Arc::new(CpuBackend::new()), &args, None),
+        DeviceChoice::Cuda(be) => {
+            let sync = be.clone();
+            run_on(
+                be,
+                &args,
+                Some(Box::new(move || sync.synchronize().map_err(Into::into))),
+            )
+        }
+    }
+}
+
+type Sync = Box<dyn Fn() -> Result<()>>;
+
+fn run_on<B: Backend>(be: Arc<B>, args: &BenchArgs, sync: Option<Sync>) -> Result<()> {
+    let t0 = Instant::now();
+    let model = Model::load(be.clone(), &args.model)
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let lora_cfg = LoraConfig {
+        r: args.lora_r,
+        alpha: 2.0 * args.lora_r as f32,
+        dropout: 0.0,
+        use_rslora: false,
+        targets: Target::ALL.to_vec(),
+    };
+    let mut lora = LoraParams::init(&*be, &model.cfg, &lora_cfg, 0)?;
+    let mut opt = AdamW::new(&*be, &lora, AdamWConfig::default())?;
+    let ckpt = if args.checkpointing {
+        Checkpointing::EveryLayer
+    } else {
+        Checkpointing::Off
+    };
+    let (seq, batch) = (args.seq, args.batch);
+    let n = seq * batch;
+    let positions: Vec<u32> = (0..n).map(|i| (i % seq) as u32).collect();
+    let cu: Vec<u32> = (0..=batch).map(|b| (b * seq) as u32).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let mut times = Vec::with_capacity(args.steps);
+    let mut losses = Vec::with_capacity(args.steps);
+    for step in 0..args.steps {
+        let ids: Vec<u32> = (0..n)
+            .map(|_| rng.random_range(0..model.cfg.vocab as u32))
+            .collect();
+        // labels = input ids, shifted inside each row
+        let targets: Vec<i32> = (0..n)
+            .map(|i| {
+                if (i + 1) % seq == 0 {
+                    -100
+                } else {
+                    ids[i + 1] as i32
+                }
+            })
+            .collect();
+        let tb = TokenBatch {
+            ids: &ids,
+            positions: &positions,
+            cu_seqlens: &cu,
+            targets: &targets,
+        };
+        let counted = targets.iter().filter(|&&t| t >= 0).count();
+        let t = Instant::now();
+        let token_losses = model.forward_backward(
+            &mut lora,
+            &tb,
+            1.0 / counted as f32,
+            ckpt,
+            &StepCtx {
+                training: true,
+                seed: step as u64,
+            },
+        )?;
+        opt.update(&*be, &mut lora, 2e-4)?;
+        lora.zero_grads(&*be)?;
+        if let Some(sync) = &sync {
+            sync()?;
+        }
+        times.push(t.elapsed().as_secs_f64());
+        losses.push(token_losses.iter().map(|&x| x as f64).sum::<f64>() / counted as f64);
+    }
+    // The first steps include kernel compilation and allocator warm-up.
+    let mut steady: Vec<f64> = times.iter().copied().skip(times.len().min(3)).collect();
+    if steady.is_empty() {
+        steady = times.clone();
+    }
+    steady.sort_by(f64::total_cmp);
+    let median = steady[steady.len() / 2];
+    let report = serde_json::json!({
+        "case": format!("temper-{}", be.name()),
+        "seq": seq,
+        "batch": batch,
+        "lora_r": args.lora_r,
+        "trainable": lora.numel(),
+        "step_s_median": median,
+        "tokens_per_s": n as f64 / median,
+        "peak_gib": be.peak_bytes() as f64 / (1u64 << 30) as f64,
+        "load_s": load_s,
+        "loss_first": losses.first(),
+        "loss_last": losses.last(),
+    });
+    println!("{report}");
+    Ok(())
+}
