@@ -5,6 +5,7 @@ mod config;
 mod dataset;
 mod device;
 mod keys;
+mod model_source;
 mod progress;
 
 use std::path::PathBuf;
@@ -64,6 +65,17 @@ enum Command {
     },
     /// Generate text from a model (and adapter) with a KV cache, streaming it to stdout.
     Generate(commands::generate::GenerateArgs),
+    /// Convert a llama.cpp GGUF file (llama, qwen2) to a Hugging Face model folder.
+    ImportGguf {
+        /// The .gguf file.
+        gguf: PathBuf,
+        /// The folder to write (created if needed).
+        #[arg(long)]
+        out: PathBuf,
+        /// Weights dtype: bfloat16 | float16 | float32.
+        #[arg(long, default_value = "bfloat16")]
+        dtype: String,
+    },
     /// Write a random-weight Hugging Face model folder of a named shape (for benchmarks).
     InitModel {
         /// tiny | llama2-7b | llama3-8b
@@ -182,5 +194,8 @@ fn main() -> Result<()> {
             max_seq_len,
         }),
         Command::Generate(args) => commands::generate::run(args),
+        Command::ImportGguf { gguf, out, dtype } => {
+            commands::import_gguf::run(commands::import_gguf::ImportGgufArgs { gguf, out, dtype })
+        }
     }
 }

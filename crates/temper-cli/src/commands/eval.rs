@@ -40,7 +40,8 @@ struct Report {
 /// Tokens per forward pass when evaluating several rows together.
 const EVAL_BATCH_TOKENS: usize = 4096;
 
-pub fn run(args: EvalArgs) -> Result<()> {
+pub fn run(mut args: EvalArgs) -> Result<()> {
+    args.model = crate::model_source::resolve(&args.model)?;
     match device::resolve(&args.device)? {
         DeviceChoice::Cpu => run_on(Arc::new(CpuBackend::new()), args),
         DeviceChoice::Cuda(be) => run_on(be, args),

@@ -23,7 +23,8 @@ pub struct TrainArgs {
 
 pub fn run(args: TrainArgs) -> Result<()> {
     let (file, base) = config::load(args.config.as_deref(), &args.overrides)?;
-    let plan = file.resolve(&base, args.resume)?;
+    let mut plan = file.resolve(&base, args.resume)?;
+    plan.model_dir = crate::model_source::resolve(&plan.model_dir)?;
     match device::resolve(&plan.device)? {
         DeviceChoice::Cpu => run_on(Arc::new(CpuBackend::new()), plan),
         DeviceChoice::Cuda(be) => run_on(be, plan),

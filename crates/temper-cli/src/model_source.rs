@@ -1,0 +1,109 @@
+//! `--model` as a Hugging Face folder or a GGUF file. A GGUF file is imported once, in f32,
+//! into a cache folder keyed by its size, modification time and a hash of its bytes, and the
+//! folder is used from then on.
+//!
+//! The cache is `$TEMPER_CACHE/gguf`, else `$XDG_CACHE_HOME/temper/gguf`, else
+//! `~/.cache/temper/gguf`.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use anyhow::{Context, Result};
+use temper_gguf::{import, GgufFile, OutDtype};
+
+/// True for a file that starts with the GGUF magic.
+fn is_gguf(path: &Path) -> bool {
+    if !path.is_file() {
+        return false;
+    }
+    let mut magic = [0u8; 4];
+    File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && &magic == b"GGUF"
+}
+
+fn cache_root() -> PathBuf {
+    if let Some(d) = std::env::var_os("TEMPER_CACHE") {
+        return PathBuf::from(d).join("gguf");
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("temper").join("gguf");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".cache").join("temper").join("gguf"),
+        None => std::env::temp_dir().join("temper-cache").join("gguf"),
+    }
+}
+
+/// FNV-1a (64-bit) of the file's bytes: cheap, stable across builds, enough to tell files apart.
+fn fnv1a(path: &Path) -> Result<u64> {
+    let mut f = File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            return Ok(h);
+        }
+        for &b in &buf[..n] {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// The folder to load for `model`: `model` itself unless it is a GGUF file, in which case the
+/// cached f32 import of it (made now if absent).
+pub fn resolve(model: &Path) -> Result<PathBuf> {
+    if !is_gguf(model) {
+        return Ok(model.to_path_buf());
+    }
+    let meta = std::fs::metadata(model).with_context(|| format!("reading {}", model.display()))?;
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let hash = fnv1a(model)?;
+    let stem = model
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let name = format!("{stem}-{}-{mtime}-{hash:016x}-f32", meta.len());
+    let dir = cache_root().join(&name);
+    if dir.join("model.safetensors").is_file() && dir.join("config.json").is_file() {
+        eprintln!(
+            "model: {} (imported earlier into {})",
+            model.display(),
+            dir.display()
+        );
+        return Ok(dir);
+    }
+    eprintln!(
+        "model: importing {} into {} (once; float32)",
+        model.display(),
+        dir.display()
+    );
+    // Imported beside the final folder and renamed, so a half-written import is never used.
+    let partial = cache_root().join(format!("{name}.partial-{}", std::process::id()));
+    let file = GgufFile::open(model)?;
+    import(&file, &partial, OutDtype::F32)
+        .with_context(|| format!("importing {}", model.display()))?;
+    match std::fs::rename(&partial, &dir) {
+        Ok(()) => {}
+        // Another process finished the same import first: use its folder.
+        Err(_) if dir.join("model.safetensors").is_file() => {
+            let _ = std::fs::remove_dir_all(&partial);
+        }
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("moving {} to {}", partial.display(), dir.display()))
+        }
+    }
+    Ok(dir)
+}
