@@ -18,6 +18,22 @@ use crate::keys::{suggest, TRAIN_KEYS};
 pub struct TrainFile {
     pub model: Option<PathBuf>,
     pub data: Option<OneOrMany>,
+    pub eval_data: Option<OneOrMany>,
+    #[serde(default)]
+    pub eval_split: f64,
+    #[serde(default = "d_format")]
+    pub dataset_format: String,
+    pub chat_template: Option<String>,
+    pub completion_only_loss: Option<bool>,
+    #[serde(default)]
+    pub assistant_only_loss: bool,
+    #[serde(default = "d_masks")]
+    pub assistant_masks: String,
+    #[serde(default = "d_packing_strategy")]
+    pub packing_strategy: String,
+    #[serde(default)]
+    pub skip_bad_rows: bool,
+    pub dataset_cache_dir: Option<String>,
     #[serde(default = "d_output")]
     pub output_dir: PathBuf,
     #[serde(default = "d_device")]
@@ -77,6 +93,15 @@ pub enum OneOrMany {
     Many(Vec<PathBuf>),
 }
 
+fn d_format() -> String {
+    "auto".into()
+}
+fn d_masks() -> String {
+    "generation".into()
+}
+fn d_packing_strategy() -> String {
+    "bfd".into()
+}
 fn d_output() -> PathBuf {
     "output".into()
 }
@@ -138,7 +163,7 @@ fn d_clip() -> f64 {
 /// Everything `temper train` needs, resolved.
 pub struct TrainPlan {
     pub model_dir: PathBuf,
-    pub data: Vec<PathBuf>,
+    pub data: temper_data::DataConfig,
     pub device: String,
     pub max_seq_len: usize,
     pub packing: bool,
@@ -211,6 +236,29 @@ impl TrainFile {
             OneOrMany::One(p) => vec![rel(base, &p)],
             OneOrMany::Many(v) => v.iter().map(|p| rel(base, p)).collect(),
         };
+        let data = crate::dataset::resolve(
+            crate::dataset::DataKeys {
+                train: data,
+                eval: match &self.eval_data {
+                    None => Vec::new(),
+                    Some(OneOrMany::One(p)) => vec![rel(base, p)],
+                    Some(OneOrMany::Many(v)) => v.iter().map(|p| rel(base, p)).collect(),
+                },
+                eval_split: self.eval_split,
+                dataset_format: &self.dataset_format,
+                chat_template: self.chat_template.as_deref(),
+                completion_only_loss: self.completion_only_loss,
+                assistant_only_loss: self.assistant_only_loss,
+                assistant_masks: &self.assistant_masks,
+                packing_strategy: &self.packing_strategy,
+                skip_bad_rows: self.skip_bad_rows,
+                cache_dir: self.dataset_cache_dir.as_deref(),
+                max_seq_len: self.max_seq_len,
+                packing: self.packing,
+                seed: self.seed,
+            },
+            base,
+        )?;
         let targets =
             parse_targets(&self.target_modules).map_err(|e| anyhow!("target_modules: {e}"))?;
         if self.lora_r == 0 {

@@ -17,7 +17,57 @@ pub const TRAIN_KEYS: &[Key] = &[
         name: "data",
         default: "(required)",
         help:
-            "JSONL file, or a list of them: rows with `text`, `prompt`/`completion`, or `messages`",
+            "dataset file(s) or folder(s) (.jsonl, .json, .parquet): rows with `text`, `prompt`/`completion`, or `messages`",
+    },
+    Key {
+        name: "eval_data",
+        default: "(none)",
+        help: "evaluation file(s) or folder(s), read like `data`",
+    },
+    Key {
+        name: "eval_split",
+        default: "0.0",
+        help: "fraction of the training rows held out for evaluation when eval_data is not set",
+    },
+    Key {
+        name: "dataset_format",
+        default: "auto",
+        help: "auto (text, prompt/completion, messages, sharegpt from/value) | alpaca | sharegpt",
+    },
+    Key {
+        name: "chat_template",
+        default: "(the tokenizer's)",
+        help: "chatml, a .jinja file, or Jinja source: replaces the tokenizer's chat template",
+    },
+    Key {
+        name: "completion_only_loss",
+        default: "true",
+        help: "train only the completion of prompt/completion rows (as TRL)",
+    },
+    Key {
+        name: "assistant_only_loss",
+        default: "false",
+        help: "train only assistant turns of conversations (as TRL; false trains every token)",
+    },
+    Key {
+        name: "assistant_masks",
+        default: "generation",
+        help: "generation: from the template's {% generation %} blocks (else an error) | prefix: by rendering prefixes",
+    },
+    Key {
+        name: "packing_strategy",
+        default: "bfd",
+        help: "bfd: truncate samples longer than max_seq_len | bfd_split: split them into pieces",
+    },
+    Key {
+        name: "skip_bad_rows",
+        default: "false",
+        help: "skip and count malformed rows instead of stopping at the first",
+    },
+    Key {
+        name: "dataset_cache_dir",
+        default: "~/.cache/temper/data",
+        help: "where tokenised datasets are cached (keyed by data, tokenizer, template, settings); none = off",
     },
     Key {
         name: "output_dir",
