@@ -5,6 +5,7 @@ mod config;
 mod dataset;
 mod device;
 mod keys;
+mod model_source;
 mod progress;
 
 use std::path::PathBuf;
@@ -84,6 +85,45 @@ enum Command {
     },
     /// Generate text from a model (and adapter) with a KV cache, streaming it to stdout.
     Generate(commands::generate::GenerateArgs),
+    /// Convert a llama.cpp GGUF file (llama, qwen2) to a Hugging Face model folder.
+    ImportGguf {
+        /// The .gguf file.
+        gguf: PathBuf,
+        /// The folder to write (created if needed).
+        #[arg(long)]
+        out: PathBuf,
+        /// Weights dtype: bfloat16 | float16 | float32.
+        #[arg(long, default_value = "bfloat16")]
+        dtype: String,
+    },
+    /// Write a random-weight Hugging Face model folder of a named shape (for benchmarks).
+    InitModel {
+        /// tiny | llama2-7b | llama3-8b
+        #[arg(long)]
+        shape: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Time LoRA training steps on random tokens (all 7 linear kinds); prints one JSON line.
+    Bench {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value_t = 1024)]
+        seq: usize,
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        #[arg(long, default_value_t = 16)]
+        lora_r: usize,
+        /// Keep every activation instead of recomputing each layer in backward.
+        #[arg(long)]
+        no_checkpointing: bool,
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
 }
 
 /// `--key value` pairs from the trailing arguments. `--resume [DIR]` may stand among them.
@@ -114,6 +154,26 @@ fn parse_overrides(args: &[String], resume: &mut Option<String>) -> Result<Vec<(
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::InitModel { shape, out, seed } => {
+            commands::init_model::run(commands::init_model::InitModelArgs { shape, out, seed })
+        }
+        Command::Bench {
+            model,
+            seq,
+            batch,
+            steps,
+            lora_r,
+            no_checkpointing,
+            device,
+        } => commands::bench::run(commands::bench::BenchArgs {
+            model,
+            seq,
+            batch,
+            steps,
+            lora_r,
+            checkpointing: !no_checkpointing,
+            device,
+        }),
         Command::Train {
             config,
             resume,
@@ -169,5 +229,8 @@ fn main() -> Result<()> {
             max_seq_len,
         }),
         Command::Generate(args) => commands::generate::run(args),
+        Command::ImportGguf { gguf, out, dtype } => {
+            commands::import_gguf::run(commands::import_gguf::ImportGgufArgs { gguf, out, dtype })
+        }
     }
 }

@@ -1,4 +1,7 @@
+pub mod bench;
 pub mod eval;
 pub mod generate;
+pub mod import_gguf;
+pub mod init_model;
 pub mod preprocess;
 pub mod train;
