@@ -104,9 +104,6 @@ fn home() -> Result<PathBuf> {
 
 pub struct Prepared {
     pub rows: Vec<PackedRow>,
-    pub samples: usize,
-    pub tokens: usize,
-    pub trained_tokens: usize,
     pub inner: temper_data::Prepared,
 }
 
@@ -125,9 +122,6 @@ pub fn prepare(
     eprint!("{}", summary(&cfg, &p));
     Ok(Prepared {
         rows: p.train.clone(),
-        samples: p.train_stats.sequences,
-        tokens: p.train_stats.tokens,
-        trained_tokens: p.train_stats.trained_tokens,
         inner: p,
     })
 }

@@ -48,14 +48,6 @@ fn run_on<B: Backend>(be: Arc<B>, plan: config::TrainPlan) -> Result<()> {
         cfg.vocab,
         t0.elapsed().as_secs_f64()
     );
-    eprintln!(
-        "data: {} samples, {} tokens ({} trained) -> {} rows of at most {} tokens",
-        data.samples,
-        data.tokens,
-        data.trained_tokens,
-        data.rows.len(),
-        plan.max_seq_len
-    );
     let s = &plan.settings;
     eprintln!(
         "lora: r {} alpha {} dropout {} on {} ({})",
