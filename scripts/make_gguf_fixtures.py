@@ -19,6 +19,11 @@ Writes under ``tests/fixtures/gguf/``:
       merges among them), saved with different ``tokenizer.ggml.pre`` values and
       ``add_bos_token`` settings; the ids are what
       ``AutoTokenizer.from_pretrained(dir, gguf_file=...)(text)["input_ids"]`` gives.
+  tiny_llama.gguf, tiny_qwen2.gguf + tiny_models.json
+      Tiny random models (mixed tensor types, GQA; llama with an output.weight, qwen2 tied
+      with q/k/v biases) on the qwen2 small vocabulary, and transformers' per-row loss of
+      ``AutoModelForCausalLM.from_pretrained(dir, gguf_file=..., dtype=float32)`` on random
+      ids: the conversion (names, Q/K un-permutation, config) checked with no download.
   smollm2_tokens.json
       The same strings encoded by transformers' tokenizer for the full SmolLM2 GGUF.
   smollm2_losses.json
@@ -254,10 +259,88 @@ def make_smollm2(smollm2: Path) -> None:
     print("smollm2 losses:", [round(r["loss"], 5) for r in rows])
 
 
+def make_tiny_models(rng: np.random.Generator) -> None:
+    """Tiny random llama and qwen2 GGUFs (mixed tensor types, GQA, untied / tied head) and
+    transformers' per-row loss for them: a conversion check that needs no download."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(2)
+    r = GGUFReader(OUT / "tok_qwen2.gguf")
+    tokens = r.fields["tokenizer.ggml.tokens"].contents()
+    types = r.fields["tokenizer.ggml.token_type"].contents()
+    merges = r.fields["tokenizer.ggml.merges"].contents()
+    vocab, hidden, inter, layers, heads, kv_heads = len(tokens), 64, 96, 2, 4, 2
+    head_dim = hidden // heads
+    rows_out = []
+    for arch, tied in [("llama", False), ("qwen2", True)]:
+        path = OUT / f"tiny_{arch}.gguf"
+        w = GGUFWriter(path, arch=arch)
+        w.add_context_length(128)
+        w.add_block_count(layers)
+        w.add_embedding_length(hidden)
+        w.add_feed_forward_length(inter)
+        w.add_head_count(heads)
+        w.add_head_count_kv(kv_heads)
+        w.add_rope_freq_base(5000.0)
+        w.add_layer_norm_rms_eps(1e-6)
+        if arch == "llama":
+            w.add_rope_dimension_count(head_dim)
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("qwen2" if arch == "qwen2" else "llama-bpe")
+        w.add_token_list(tokens)
+        w.add_token_types(types)
+        w.add_token_merges(merges)
+        w.add_bos_token_id(1)
+        w.add_eos_token_id(2)
+
+        def lin(name, out_f, in_f, qt, std=0.08):
+            x = (rng.standard_normal((out_f, in_f)) * std).astype(np.float32)
+            if qt == T.F16:
+                w.add_tensor(name, x.astype(np.float16))
+            elif qt == T.F32:
+                w.add_tensor(name, x)
+            else:
+                w.add_tensor(name, quants.quantize(x, qt), raw_dtype=qt)
+
+        lin("token_embd.weight", vocab, hidden, T.Q8_0, 0.5)
+        for i in range(layers):
+            b = f"blk.{i}"
+            w.add_tensor(f"{b}.attn_norm.weight", (1 + 0.1 * rng.standard_normal(hidden)).astype(np.float32))
+            # q/k larger so attention (and RoPE, and the Q/K row order) matters.
+            lin(f"{b}.attn_q.weight", heads * head_dim, hidden, T.Q5_1, 0.3)
+            lin(f"{b}.attn_k.weight", kv_heads * head_dim, hidden, T.Q4_0, 0.3)
+            lin(f"{b}.attn_v.weight", kv_heads * head_dim, hidden, T.Q8_0)
+            if arch == "qwen2":
+                for n, d in [("attn_q", heads * head_dim), ("attn_k", kv_heads * head_dim), ("attn_v", kv_heads * head_dim)]:
+                    w.add_tensor(f"{b}.{n}.bias", (0.1 * rng.standard_normal(d)).astype(np.float32))
+            lin(f"{b}.attn_output.weight", hidden, heads * head_dim, T.F16)
+            w.add_tensor(f"{b}.ffn_norm.weight", (1 + 0.1 * rng.standard_normal(hidden)).astype(np.float32))
+            lin(f"{b}.ffn_gate.weight", inter, hidden, T.Q4_1)
+            lin(f"{b}.ffn_up.weight", inter, hidden, T.Q5_0)
+            lin(f"{b}.ffn_down.weight", hidden, inter, T.Q8_0)
+        w.add_tensor("output_norm.weight", (1 + 0.1 * rng.standard_normal(hidden)).astype(np.float32))
+        if not tied:
+            lin("output.weight", vocab, hidden, T.F16, 0.3)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+
+        model = AutoModelForCausalLM.from_pretrained(str(OUT), gguf_file=path.name, dtype=torch.float32)
+        model.eval()
+        seqs = [rng.integers(0, vocab, size=n).tolist() for n in (5, 17, 40)]
+        with torch.no_grad():
+            losses = [model(input_ids=torch.tensor([s]), labels=torch.tensor([s])).loss.item() for s in seqs]
+        rows_out.append({"file": path.name, "arch": arch, "tied": tied, "ids": seqs, "loss": losses})
+        print(arch, "losses", [round(x, 5) for x in losses])
+    (OUT / "tiny_models.json").write_text(json.dumps({"dtype": "float32", "models": rows_out}, indent=1) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smollm2", type=Path, help="SmolLM2-135M-Instruct.Q4_1.gguf (for the tokenizer and loss fixtures)")
-    ap.add_argument("--only", choices=["quants", "tokenizers", "smollm2"], help="make one part only")
+    ap.add_argument("--only", choices=["quants", "tokenizers", "tiny", "smollm2"], help="make one part only")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(20261129)
@@ -267,6 +350,8 @@ def main() -> None:
         raise SystemExit("--smollm2 FILE is needed for the tokenizer and SmolLM2 fixtures")
     if args.only in (None, "tokenizers"):
         make_small_tokenizers(args.smollm2)
+    if args.only in (None, "tiny"):
+        make_tiny_models(rng)
     if args.only in (None, "smollm2"):
         make_smollm2(args.smollm2)
 
