@@ -59,6 +59,10 @@ fn fnv1a(path: &Path) -> Result<u64> {
 /// The folder to load for `model`: `model` itself unless it is a GGUF file, in which case the
 /// cached f32 import of it (made now if absent).
 pub fn resolve(model: &Path) -> Result<PathBuf> {
+    resolve_in(model, &cache_root())
+}
+
+fn resolve_in(model: &Path, cache: &Path) -> Result<PathBuf> {
     if !is_gguf(model) {
         return Ok(model.to_path_buf());
     }
@@ -75,7 +79,7 @@ pub fn resolve(model: &Path) -> Result<PathBuf> {
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".into());
     let name = format!("{stem}-{}-{mtime}-{hash:016x}-f32", meta.len());
-    let dir = cache_root().join(&name);
+    let dir = cache.join(&name);
     if dir.join("model.safetensors").is_file() && dir.join("config.json").is_file() {
         eprintln!(
             "model: {} (imported earlier into {})",
@@ -90,7 +94,7 @@ pub fn resolve(model: &Path) -> Result<PathBuf> {
         dir.display()
     );
     // Imported beside the final folder and renamed, so a half-written import is never used.
-    let partial = cache_root().join(format!("{name}.partial-{}", std::process::id()));
+    let partial = cache.join(format!("{name}.partial-{}", std::process::id()));
     let file = GgufFile::open(model)?;
     import(&file, &partial, OutDtype::F32)
         .with_context(|| format!("importing {}", model.display()))?;
@@ -106,4 +110,38 @@ pub fn resolve(model: &Path) -> Result<PathBuf> {
         }
     }
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gguf_is_imported_once_and_a_folder_passes_through() {
+        let gguf =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gguf/tiny_qwen2.gguf");
+        let cache = tempfile::tempdir().unwrap();
+        let dir = resolve_in(&gguf, cache.path()).unwrap();
+        assert!(dir.starts_with(cache.path()));
+        assert!(dir.join("config.json").is_file() && dir.join("tokenizer.json").is_file());
+        let written = std::fs::metadata(dir.join("model.safetensors"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        // The second call reuses the folder (same name, file not rewritten).
+        let again = resolve_in(&gguf, cache.path()).unwrap();
+        assert_eq!(again, dir);
+        let after = std::fs::metadata(dir.join("model.safetensors"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        assert_eq!(written, after);
+        // Only the finished folder is left in the cache.
+        assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 1);
+        // A folder is returned as it is.
+        assert_eq!(
+            resolve_in(cache.path(), cache.path()).unwrap(),
+            cache.path()
+        );
+    }
 }
