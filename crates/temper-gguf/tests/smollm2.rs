@@ -119,9 +119,6 @@ fn smollm2_import_tokenizer_and_loss_parity() {
 
 /// `temper eval`'s own numbers: `Model::token_losses` (the fused, chunked cross-entropy).
 #[test]
-#[ignore = "temper-core's CPU cross-entropy sums exp() sequentially in f32 \
-            (cpu/cross_entropy.rs), ~2e-4 low on SmolLM2's 49,152 vocabulary; \
-            un-ignore when it accumulates in f64"]
 fn smollm2_eval_token_losses_parity() {
     let Some(gguf) = common::smollm2_gguf() else {
         return;
