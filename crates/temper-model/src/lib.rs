@@ -4,8 +4,8 @@
 pub mod adapter;
 pub mod config;
 pub mod error;
-pub mod init;
 pub mod generate;
+pub mod init;
 pub mod layer;
 pub mod linear;
 pub mod lora;
