@@ -141,17 +141,24 @@ impl<B: Backend> Model<B> {
             self.layer_forward(l, &x, &mut out, lora, batch, &ctx)?;
             x = out;
         }
+        Ok(self.final_norm(&x)?.0)
+    }
+
+    /// The final RMSNorm of the last layer's output x (N, C): (normed (N, C), rstd (N)).
+    fn final_norm(&self, x: &B::Buf) -> Result<(B::Buf, B::Buf)> {
+        let c = self.cfg.hidden;
+        let n = self.be.len(x) / c;
         let mut xf = self.be.zeros(n * c)?;
         let mut rstd = self.be.zeros(n)?;
         self.be.rmsnorm_forward(
             &mut xf,
             &mut rstd,
-            &x,
+            x,
             &self.weights.final_norm,
             c,
             self.cfg.rms_eps,
         )?;
-        Ok(xf)
+        Ok((xf, rstd))
     }
 
     /// Full logits (N, V). Only for small batches: tests, generation.
@@ -214,16 +221,7 @@ impl<B: Backend> Model<B> {
         }
 
         // Final norm, then the LM head fused with the loss and its first backward step.
-        let mut xf = be.zeros(n * c)?;
-        let mut rstd = be.zeros(n)?;
-        be.rmsnorm_forward(
-            &mut xf,
-            &mut rstd,
-            &x,
-            &self.weights.final_norm,
-            c,
-            self.cfg.rms_eps,
-        )?;
+        let (xf, rstd) = self.final_norm(&x)?;
         let mut dxf = be.zeros(n * c)?;
         let losses = be.linear_cross_entropy(
             Some(&mut dxf),

@@ -109,6 +109,15 @@ fn grid_stride(n: usize) -> LaunchConfig {
     }
 }
 
+/// One block of ROW_THREADS per row.
+fn per_row(rows: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows, 1, 1),
+        block_dim: (ROW_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
 /// Threads per block of the attention kernels; head_dim may be up to 4 times this.
 const ATTN_THREADS: u32 = 128;
 /// Threads per block of row kernels (RMSNorm, cross-entropy rows).
@@ -483,11 +492,7 @@ impl Backend for CudaBackend {
             return Ok(());
         }
         let c32 = c as u32;
-        let cfg = LaunchConfig {
-            grid_dim: (rows, 1, 1),
-            block_dim: (ROW_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = per_row(rows);
         launch!(
             self,
             self.k.rmsnorm_forward,
@@ -519,11 +524,7 @@ impl Backend for CudaBackend {
             return Ok(());
         }
         let c32 = c as u32;
-        let cfg = LaunchConfig {
-            grid_dim: (rows, 1, 1),
-            block_dim: (ROW_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = per_row(rows);
         launch!(
             self,
             self.k.rmsnorm_backward,
@@ -811,11 +812,7 @@ impl Backend for CudaBackend {
                 &w.data,
                 Gemm::nt(rows, v, c),
             )?;
-            let cfg = LaunchConfig {
-                grid_dim: (rows as u32, 1, 1),
-                block_dim: (ROW_THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let cfg = per_row(rows as u32);
             let mut loss_view = loss.slice_mut(a..b);
             let target_view = targets_d.slice(a..b);
             launch!(
