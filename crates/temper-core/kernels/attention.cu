@@ -14,34 +14,31 @@ __device__ __forceinline__ float dot(const float* a, const float* b, unsigned in
     return s;
 }
 
-// grid (N, hq), block T threads, shared: d + T + 32 floats
-extern "C" __global__ void attention_forward_f32(float* out, float* lse, const float* q, const float* k,
-                                                 const float* v, const unsigned int* starts, unsigned int hq,
-                                                 unsigned int hkv, unsigned int d, float scale) {
-    extern __shared__ float smem[];
-    float* qs = smem;            // (d)
-    float* ps = smem + d;        // (T) scores, then probabilities
+// One query row against keys first..=last of kv head g: writes the output row and, when
+// lse_out is not null, the row's log-sum-exp. Shared: d + T + 32 floats.
+__device__ void attention_row(float* orow, float* lse_out, const float* qrow, const float* k, const float* v,
+                              unsigned int first, unsigned int last, unsigned int g, unsigned int hkv,
+                              unsigned int d, float scale, float* smem) {
+    float* qs = smem;                  // (d)
+    float* ps = smem + d;              // (T) scores, then probabilities
     float* scratch = ps + blockDim.x;  // (32)
-    const unsigned int t = blockIdx.x, h = blockIdx.y, T = blockDim.x, tid = threadIdx.x;
-    const unsigned int g = h / (hq / hkv);
-    const float* qrow = q + ((unsigned long long)t * hq + h) * d;
+    const unsigned int T = blockDim.x, tid = threadIdx.x;
     for (unsigned int i = tid; i < d; i += T) qs[i] = qrow[i];
     __syncthreads();
     float m = -INFINITY, l = 0.0f, acc[MAX_SLOTS];
     for (int r = 0; r < MAX_SLOTS; ++r) acc[r] = 0.0f;
-    const unsigned int start = starts[t];
-    for (unsigned int j0 = start; j0 <= t; j0 += T) {
+    for (unsigned int j0 = first; j0 <= last; j0 += T) {
         const unsigned int j = j0 + tid;
         float s = -INFINITY;
-        if (j <= t) s = dot(qs, k + ((unsigned long long)j * hkv + g) * d, d) * scale;
+        if (j <= last) s = dot(qs, k + ((unsigned long long)j * hkv + g) * d, d) * scale;
         const float tile_max = block_max(s, scratch);
         const float new_m = fmaxf(m, tile_max);
         const float corr = m == -INFINITY ? 0.0f : expf(m - new_m);
-        const float p = j <= t ? expf(s - new_m) : 0.0f;
+        const float p = j <= last ? expf(s - new_m) : 0.0f;
         ps[tid] = p;
         const float tile_sum = block_sum(p, scratch);  // syncs, so ps is visible
         l = l * corr + tile_sum;
-        const unsigned int len = min(T, t + 1 - j0);
+        const unsigned int len = min(T, last + 1 - j0);
         for (int r = 0; r < MAX_SLOTS; ++r) {
             const unsigned int dim = tid + r * T;
             if (dim >= d) break;
@@ -53,12 +50,33 @@ extern "C" __global__ void attention_forward_f32(float* out, float* lse, const f
         m = new_m;
         __syncthreads();
     }
-    float* orow = out + ((unsigned long long)t * hq + h) * d;
     for (int r = 0; r < MAX_SLOTS; ++r) {
         const unsigned int dim = tid + r * T;
         if (dim < d) orow[dim] = acc[r] / l;
     }
-    if (tid == 0) lse[(unsigned long long)t * hq + h] = m + logf(l);
+    if (tid == 0 && lse_out) *lse_out = m + logf(l);
+}
+
+// grid (N, hq), block T threads, shared: d + T + 32 floats
+extern "C" __global__ void attention_forward_f32(float* out, float* lse, const float* q, const float* k,
+                                                 const float* v, const unsigned int* starts, unsigned int hq,
+                                                 unsigned int hkv, unsigned int d, float scale) {
+    extern __shared__ float smem[];
+    const unsigned int t = blockIdx.x, h = blockIdx.y;
+    const unsigned long long row = (unsigned long long)t * hq + h;
+    attention_row(out + row * d, lse + row, q + row * d, k, v, starts[t], t, h / (hq / hkv), hkv, d, scale, smem);
+}
+
+// Generation: n new queries of one sequence at positions past..past+n against the KV cache
+// (cap, hkv, d) whose first past+n rows are filled. grid (n, hq), block T, shared as above.
+extern "C" __global__ void attention_decode_f32(float* out, const float* q, const float* k_cache,
+                                                const float* v_cache, unsigned int past, unsigned int hq,
+                                                unsigned int hkv, unsigned int d, float scale) {
+    extern __shared__ float smem[];
+    const unsigned int i = blockIdx.x, h = blockIdx.y;
+    const unsigned long long row = (unsigned long long)i * hq + h;
+    attention_row(out + row * d, nullptr, q + row * d, k_cache, v_cache, 0, past + i, h / (hq / hkv), hkv, d, scale,
+                  smem);
 }
 
 // D (N, hq) = sum over d of dout * out. grid (N, hq), block 32.

@@ -444,3 +444,54 @@ fn adamw_steps() {
         1e-5,
     );
 }
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test -- --ignored"]
+fn attention_decode_and_copy_range() {
+    let mut p = Pair::new(7);
+    // GQA 6/2, head dim 40; 3 new queries after 150 cached positions, in a cache of 170 rows.
+    let (hq, hkv, d, past, n, cap) = (6, 2, 40, 150, 3, 170);
+    let q = p.random(n * hq * d, 1.0);
+    let mut k = p.random(cap * hkv * d, 1.0);
+    let mut v = p.random(cap * hkv * d, 1.0);
+    // Rows past the filled ones hold NaN: they must never be read.
+    for x in k[(past + n) * hkv * d..]
+        .iter_mut()
+        .chain(v[(past + n) * hkv * d..].iter_mut())
+    {
+        *x = f32::NAN;
+    }
+    let ((qc, qg), (kc, kg), (vc, vg)) = (p.up(&q), p.up(&k), p.up(&v));
+    let (mut oc, mut og) = p.up(&vec![0.0; n * hq * d]);
+    p.cpu
+        .attention_decode(&mut oc, &qc, &kc, &vc, past, hq, hkv, d)
+        .expect("cpu");
+    p.gpu
+        .attention_decode(&mut og, &qg, &kg, &vg, past, hq, hkv, d)
+        .expect("gpu");
+    assert_twins(
+        "attention_decode",
+        &p.gpu.download(&og).expect("dl"),
+        &oc,
+        1e-5,
+        1e-4,
+    );
+    assert!(p
+        .gpu
+        .attention_decode(&mut og, &qg, &kg, &vg, cap - 1, hq, hkv, d)
+        .is_err());
+
+    let src = p.random(1001, 1.0);
+    let dst = p.random(777, 1.0);
+    let ((sc, sg), (mut dc, mut dg)) = (p.up(&src), p.up(&dst));
+    p.cpu.copy_range(&mut dc, 13, &sc, 500, 300).expect("cpu");
+    p.gpu.copy_range(&mut dg, 13, &sg, 500, 300).expect("gpu");
+    assert_twins(
+        "copy_range",
+        &p.gpu.download(&dg).expect("dl"),
+        &dc,
+        0.0,
+        0.0,
+    );
+    assert!(p.gpu.copy_range(&mut dg, 600, &sg, 0, 300).is_err());
+}

@@ -48,6 +48,7 @@ struct Kernels {
     rmsnorm_backward: CudaFunction,
     rope: CudaFunction,
     attention_forward: CudaFunction,
+    attention_decode: CudaFunction,
     attention_backward_dot: CudaFunction,
     attention_backward_dq: CudaFunction,
     attention_backward_dkv: CudaFunction,
@@ -190,6 +191,7 @@ impl CudaBackend {
             rmsnorm_backward: f("layers.cu", "rmsnorm_backward_f32")?,
             rope: f("layers.cu", "rope_f32")?,
             attention_forward: f("attention.cu", "attention_forward_f32")?,
+            attention_decode: f("attention.cu", "attention_decode_f32")?,
             attention_backward_dot: f("attention.cu", "attention_backward_dot_f32")?,
             attention_backward_dq: f("attention.cu", "attention_backward_dq_f32")?,
             attention_backward_dkv: f("attention.cu", "attention_backward_dkv_f32")?,
@@ -707,6 +709,95 @@ impl Backend for CudaBackend {
             &d32,
             &scale
         )
+    }
+
+    fn attention_decode(
+        &self,
+        out: &mut CudaBuf,
+        q: &CudaBuf,
+        k_cache: &CudaBuf,
+        v_cache: &CudaBuf,
+        past: usize,
+        hq: usize,
+        hkv: usize,
+        d: usize,
+    ) -> Result<()> {
+        let bad = |msg: String| CoreError::Invalid {
+            op: "attention_decode",
+            msg,
+        };
+        if hq == 0 || hkv == 0 || !hq.is_multiple_of(hkv) {
+            return Err(bad(format!(
+                "{hq} query heads are not a multiple of {hkv} kv heads"
+            )));
+        }
+        if d == 0 || d > 4 * ATTN_THREADS as usize || !q.len.is_multiple_of(hq * d) {
+            return Err(bad(format!(
+                "q holds {} values, not whole rows of {hq} x {d}",
+                q.len
+            )));
+        }
+        let n = q.len / (hq * d);
+        check_len("attention_decode", "out", out.len, q.len)?;
+        check_len("attention_decode", "v_cache", v_cache.len, k_cache.len)?;
+        let cap = k_cache.len / (hkv * d);
+        if past + n > cap {
+            return Err(bad(format!(
+                "{past} cached + {n} new positions exceed the cache's {cap} rows"
+            )));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let scale = 1.0 / (d as f32).sqrt();
+        let (past32, hq32, hkv32, d32) = (past as u32, hq as u32, hkv as u32, d as u32);
+        let cfg = LaunchConfig {
+            grid_dim: (n as u32, hq32, 1),
+            block_dim: (ATTN_THREADS, 1, 1),
+            shared_mem_bytes: (d as u32 + ATTN_THREADS + 32) * 4,
+        };
+        launch!(
+            self,
+            self.k.attention_decode,
+            cfg,
+            "attention_decode",
+            &mut out.data,
+            &q.data,
+            &k_cache.data,
+            &v_cache.data,
+            &past32,
+            &hq32,
+            &hkv32,
+            &d32,
+            &scale
+        )
+    }
+
+    fn copy_range(
+        &self,
+        dst: &mut CudaBuf,
+        dst_off: usize,
+        src: &CudaBuf,
+        src_off: usize,
+        len: usize,
+    ) -> Result<()> {
+        if dst_off + len > dst.len || src_off + len > src.len {
+            return Err(CoreError::Invalid {
+                op: "copy_range",
+                msg: format!(
+                    "{len} values from {src_off} of {} into {dst_off} of {} run past an end",
+                    src.len, dst.len
+                ),
+            });
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let from = src.data.slice(src_off..src_off + len);
+        let mut to = dst.data.slice_mut(dst_off..dst_off + len);
+        self.stream
+            .memcpy_dtod(&from, &mut to)
+            .map_err(dev_err("copy_range"))
     }
 
     fn swiglu_forward(&self, h: &mut CudaBuf, gate: &CudaBuf, up: &CudaBuf) -> Result<()> {
