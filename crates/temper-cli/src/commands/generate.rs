@@ -1,4 +1,4 @@
-//! `temper generate --model DIR [--adapter DIR] --prompt TEXT [--chat] ...`: text from a model
+//! `temper generate --model DIR|FILE.gguf [--adapter DIR] --prompt TEXT [--chat] ...`: text from a model
 //! (and a LoRA adapter, applied unmerged), with a KV cache, streamed to stdout token by token.
 //!
 //! The prompt is encoded as `tokenizer(text)` encodes it in transformers (special tokens such
@@ -25,7 +25,8 @@ use crate::device::{self, DeviceChoice};
 
 #[derive(clap::Args, Debug)]
 pub struct GenerateArgs {
-    /// A Hugging Face model folder (config.json, safetensors, tokenizer.json).
+    /// A Hugging Face model folder (config.json, safetensors, tokenizer.json), or a GGUF
+    /// file (imported once, in float32, into a cache folder).
     #[arg(long)]
     pub model: PathBuf,
     /// A PEFT LoRA adapter folder (written by temper or by PEFT), applied unmerged.
@@ -59,7 +60,10 @@ pub struct GenerateArgs {
     pub ignore_eos: bool,
 }
 
-pub fn run(args: GenerateArgs) -> Result<()> {
+pub fn run(mut args: GenerateArgs) -> Result<()> {
+    // Bad sampling settings are refused before a GGUF --model is imported.
+    sampling_of(&args).validate()?;
+    args.model = crate::model_source::resolve(&args.model)?;
     match device::resolve(&args.device)? {
         DeviceChoice::Cpu => run_on(Arc::new(CpuBackend::new()), args),
         DeviceChoice::Cuda(be) => run_on(be, args),
@@ -67,11 +71,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
 }
 
 fn run_on<B: Backend>(be: Arc<B>, args: GenerateArgs) -> Result<()> {
-    let sampling = Sampling {
-        temperature: args.temperature,
-        top_p: args.top_p,
-    };
-    sampling.validate()?;
+    let sampling = sampling_of(&args);
     let model = Model::load(be.clone(), &args.model)
         .with_context(|| format!("loading model {}", args.model.display()))?;
     let tok = Tokenizer::from_dir(&args.model)
@@ -175,6 +175,13 @@ fn run_on<B: Backend>(be: Arc<B>, args: GenerateArgs) -> Result<()> {
         be.name()
     );
     Ok(())
+}
+
+fn sampling_of(args: &GenerateArgs) -> Sampling {
+    Sampling {
+        temperature: args.temperature,
+        top_p: args.top_p,
+    }
 }
 
 fn write_flush(w: &mut impl Write, text: &str) -> Result<()> {

