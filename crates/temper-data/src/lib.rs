@@ -13,6 +13,7 @@ mod cache;
 mod columnar;
 mod error;
 mod format;
+pub mod hub;
 mod pack;
 mod pipeline;
 mod prefix_masks;

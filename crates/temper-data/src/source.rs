@@ -2,7 +2,8 @@
 //!
 //! Accepted: `.jsonl` (one object a line), `.json` (a list of objects, or an object
 //! whose `"data"` is one), `.parquet`, and folders of them (read in name order,
-//! recursively). A Hugging Face `save_to_disk` folder (`state.json` +
+//! recursively), or a Hub dataset id (`owner/name`) found in the local Hugging Face cache
+//! (see [`crate::hub`]). A Hugging Face `save_to_disk` folder (`state.json` +
 //! `data-*.arrow`) is read through its arrow files.
 
 use std::fmt;
@@ -44,6 +45,14 @@ pub struct Record {
 /// path, recursively; hidden files and `*.json` metadata of `save_to_disk` folders are
 /// skipped).
 pub fn data_files(path: &Path) -> Result<Vec<PathBuf>> {
+    if !path.exists() && crate::hub::looks_like_hub_id(path) {
+        let cache = crate::hub::hub_cache_dir().ok_or_else(|| DataError::Config {
+            path: path.to_path_buf(),
+            message: "no such file; as a Hub dataset id it needs HF_HUB_CACHE, HF_HOME or HOME to find the local cache".into(),
+        })?;
+        let id = path.to_string_lossy();
+        return data_files(&crate::hub::resolve_in(&cache, &id)?);
+    }
     let meta = std::fs::metadata(path).map_err(|source| DataError::Io {
         path: path.to_path_buf(),
         source,
