@@ -217,3 +217,34 @@ fn a_missing_model_folder_is_named_in_the_error() {
     assert!(!o.status.success());
     assert!(text(&o).contains("/nonexistent/model"), "{}", text(&o));
 }
+
+#[test]
+fn an_eval_split_is_scored_after_training() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let cfg = repo().join("examples/tiny/train.yaml");
+    let dir = out.path().to_str().expect("utf8");
+    let o = temper(&[
+        "train",
+        cfg.to_str().expect("utf8"),
+        "--output_dir",
+        dir,
+        "--max_steps",
+        "4",
+        "--eval_split",
+        "0.05",
+        "--dataset_cache_dir",
+        "none",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("eval: loss"), "{}", text(&o));
+    let metrics = std::fs::read_to_string(out.path().join("metrics.jsonl")).expect("metrics");
+    let last: serde_json::Value =
+        serde_json::from_str(metrics.lines().last().expect("a line")).expect("json");
+    let loss = last["eval_loss"].as_f64().expect("eval_loss");
+    assert!(loss.is_finite() && loss > 0.0, "{last}");
+    // 5% of 2,000 rows, all assistant-only: some trained tokens were scored.
+    assert!(
+        last["eval_tokens"].as_u64().expect("tokens") > 100,
+        "{last}"
+    );
+}

@@ -1,13 +1,14 @@
 //! `temper train CONFIG.yaml [--key value ...]`
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use temper_core::{Backend, CpuBackend};
-use temper_data::Tokenizer;
-use temper_model::Model;
+use temper_data::{Batch, PackedRow, Tokenizer};
+use temper_model::{LoraParams, Model, TokenBatch};
 
 use crate::config;
 use crate::dataset::prepare;
@@ -78,6 +79,23 @@ fn run_on<B: Backend>(be: Arc<B>, plan: config::TrainPlan) -> Result<()> {
         summary.last_loss.unwrap_or(f64::NAN)
     );
     eprintln!("adapter: {}", summary.adapter_dir.display());
+    if !data.inner.eval.is_empty() {
+        let (loss, tokens) = eval_loss(&model, &lora, &data.inner.eval, s.micro_batch_size)?;
+        eprintln!(
+            "eval: loss {loss:.4} (perplexity {:.3}) over {tokens} tokens of {} rows",
+            loss.exp(),
+            data.inner.eval.len()
+        );
+        let line =
+            serde_json::json!({"step": summary.steps, "eval_loss": loss, "eval_tokens": tokens});
+        let path = s.output_dir.join("metrics.jsonl");
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        writeln!(f, "{line}").with_context(|| format!("writing {}", path.display()))?;
+    }
     eprintln!(
         "peak memory: {:.1} MiB resident; {} backend peak {:.1} MiB",
         device::peak_rss_bytes().map(mib).unwrap_or(f64::NAN),
@@ -85,4 +103,36 @@ fn run_on<B: Backend>(be: Arc<B>, plan: config::TrainPlan) -> Result<()> {
         mib(be.peak_bytes() as u64)
     );
     Ok(())
+}
+
+/// Mean loss per loss token of the trained model over the eval rows, `rows_per_batch` packed
+/// rows at a time: (loss, loss tokens).
+fn eval_loss<B: Backend>(
+    model: &Model<B>,
+    lora: &LoraParams<B>,
+    rows: &[PackedRow],
+    rows_per_batch: usize,
+) -> Result<(f64, usize)> {
+    let (mut sum, mut count) = (0f64, 0usize);
+    for chunk in rows.chunks(rows_per_batch.max(1)) {
+        let refs: Vec<&PackedRow> = chunk.iter().collect();
+        let b = Batch::from_rows(&refs);
+        let tb = TokenBatch {
+            ids: &b.input_ids,
+            positions: &b.position_ids,
+            cu_seqlens: &b.cu_seqlens,
+            targets: &b.targets,
+        };
+        let losses = model.token_losses(Some(lora), &tb)?;
+        sum += losses.iter().map(|&x| x as f64).sum::<f64>();
+        count += b.loss_tokens();
+    }
+    Ok((
+        if count > 0 {
+            sum / count as f64
+        } else {
+            f64::NAN
+        },
+        count,
+    ))
 }
