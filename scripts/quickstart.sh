@@ -6,6 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build --release --bin temper
+# temper finds the CUDA libraries at run time; the usual install puts them here.
+if [ -d /usr/local/cuda/lib64 ]; then
+    export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+fi
 temper=target/release/temper
 art=target/artifacts
 gguf=$art/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
