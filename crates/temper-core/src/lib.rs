@@ -7,6 +7,7 @@
 // The workspace's rust-version (1.85) predates `usize::is_multiple_of` (1.87).
 
 pub mod backend;
+pub mod checks;
 pub mod cpu;
 pub mod cuda;
 pub mod error;

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use crate::cpu::lit;
 use crate::cpu::matmul::{gemm_strided, Strided};
 use crate::error::check_len;
-use crate::{CoreError, Float, Result};
+use crate::{Float, Result};
 
 /// Tokens per tile.
 const BLOCK: usize = 64;
@@ -70,75 +70,6 @@ fn head_rows(t0: usize, rows: usize, head: usize, heads: usize, d: usize) -> Str
     }
 }
 
-fn invalid(op: &'static str, msg: String) -> CoreError {
-    CoreError::Invalid { op, msg }
-}
-
-/// Checks head counts and cu_seqlens (cu[0] = 0, non-decreasing, cu[S] = N with N the
-/// number of tokens in q). Returns the group size hq/hkv and N.
-fn validate<T>(
-    op: &'static str,
-    q: &[T],
-    cu_seqlens: &[u32],
-    hq: usize,
-    hkv: usize,
-    d: usize,
-) -> Result<(usize, usize)> {
-    if hq == 0 || hkv == 0 || d == 0 {
-        return Err(invalid(
-            op,
-            format!("hq {hq}, hkv {hkv} and d {d} must be positive"),
-        ));
-    }
-    if !hq.is_multiple_of(hkv) {
-        return Err(invalid(
-            op,
-            format!("hq {hq} is not a multiple of hkv {hkv}"),
-        ));
-    }
-    if !q.len().is_multiple_of(hq * d) {
-        return Err(invalid(
-            op,
-            format!(
-                "q holds {} elements, not a whole number of tokens of hq*d = {}",
-                q.len(),
-                hq * d
-            ),
-        ));
-    }
-    let n = q.len() / (hq * d);
-    match cu_seqlens {
-        [] => {
-            return Err(invalid(
-                op,
-                "cu_seqlens is empty (it needs S+1 offsets)".into(),
-            ))
-        }
-        [first, ..] if *first != 0 => {
-            return Err(invalid(op, format!("cu_seqlens[0] = {first}, expected 0")))
-        }
-        [.., last] if *last as usize != n => {
-            return Err(invalid(
-                op,
-                format!("cu_seqlens ends at {last} but q holds {n} tokens"),
-            ))
-        }
-        _ => {}
-    }
-    if let Some(s) = cu_seqlens.windows(2).position(|w| w[1] < w[0]) {
-        return Err(invalid(
-            op,
-            format!(
-                "cu_seqlens decreases at {}: {} > {}",
-                s + 1,
-                cu_seqlens[s],
-                cu_seqlens[s + 1]
-            ),
-        ));
-    }
-    Ok((hq / hkv, n))
-}
-
 /// Writes out (N, hq, d) = softmax(scale q k^T + causal mask) v per sequence and query head,
 /// and lse (N, hq) = log-sum-exp of the scaled scores over the allowed keys.
 #[allow(clippy::too_many_arguments)]
@@ -154,7 +85,7 @@ pub fn attention_forward<T: Float>(
     d: usize,
 ) -> Result<()> {
     const OP: &str = "attention_forward";
-    let (group, n) = validate(OP, q, cu_seqlens, hq, hkv, d)?;
+    let (group, n) = crate::checks::attention(OP, q.len(), cu_seqlens, hq, hkv, d)?;
     check_len(OP, "k", k.len(), n * hkv * d)?;
     check_len(OP, "v", v.len(), n * hkv * d)?;
     check_len(OP, "out", out.len(), n * hq * d)?;
@@ -234,7 +165,7 @@ pub fn attention_backward<T: Float>(
     d: usize,
 ) -> Result<()> {
     const OP: &str = "attention_backward";
-    let (group, n) = validate(OP, q, cu_seqlens, hq, hkv, d)?;
+    let (group, n) = crate::checks::attention(OP, q.len(), cu_seqlens, hq, hkv, d)?;
     check_len(OP, "k", k.len(), n * hkv * d)?;
     check_len(OP, "v", v.len(), n * hkv * d)?;
     check_len(OP, "out", out.len(), n * hq * d)?;

@@ -124,29 +124,18 @@ const ATTN_THREADS: u32 = 128;
 /// Threads per block of row kernels (RMSNorm, cross-entropy rows).
 const ROW_THREADS: u32 = 256;
 
-/// For each token, the first token of its sequence and one past its last; checks cu_seqlens.
-fn token_bounds(cu: &[u32], n: usize) -> Result<(Vec<u32>, Vec<u32>)> {
-    let bad = |msg: String| CoreError::Invalid {
-        op: "attention",
-        msg,
-    };
-    if cu.first() != Some(&0) || cu.last().map(|&x| x as usize) != Some(n) {
-        return Err(bad(format!(
-            "cu_seqlens must start at 0 and end at {n}, got {cu:?}"
-        )));
-    }
+/// For each token, the first token of its sequence and one past its last. cu_seqlens was
+/// checked by [`crate::checks::attention`].
+fn token_bounds(cu: &[u32], n: usize) -> (Vec<u32>, Vec<u32>) {
     let mut starts = vec![0u32; n];
     let mut ends = vec![0u32; n];
     for w in cu.windows(2) {
-        if w[1] < w[0] {
-            return Err(bad(format!("cu_seqlens must not decrease: {cu:?}")));
-        }
         for t in w[0]..w[1] {
             starts[t as usize] = w[0];
             ends[t as usize] = w[1];
         }
     }
-    Ok((starts, ends))
+    (starts, ends)
 }
 
 impl CudaBackend {
@@ -577,10 +566,10 @@ impl Backend for CudaBackend {
         hkv: usize,
         d: usize,
     ) -> Result<()> {
-        let n = self.check_attention(q, k, v, hq, hkv, d)?;
+        let n = self.check_attention("attention_forward", q, k, v, cu_seqlens, hq, hkv, d)?;
         check_len("attention_forward", "out", out.len, q.len)?;
         check_len("attention_forward", "lse", lse.len, n * hq)?;
-        let (starts, _) = token_bounds(cu_seqlens, n)?;
+        let (starts, _) = token_bounds(cu_seqlens, n);
         if n == 0 {
             return Ok(());
         }
@@ -626,7 +615,7 @@ impl Backend for CudaBackend {
         hkv: usize,
         d: usize,
     ) -> Result<()> {
-        let n = self.check_attention(q, k, v, hq, hkv, d)?;
+        let n = self.check_attention("attention_backward", q, k, v, cu_seqlens, hq, hkv, d)?;
         for (name, len, want) in [
             ("dq", dq.len, q.len),
             ("dk", dk.len, k.len),
@@ -637,7 +626,7 @@ impl Backend for CudaBackend {
         ] {
             check_len("attention_backward", name, len, want)?;
         }
-        let (starts, ends) = token_bounds(cu_seqlens, n)?;
+        let (starts, ends) = token_bounds(cu_seqlens, n);
         if n == 0 {
             return Ok(());
         }
@@ -1021,39 +1010,28 @@ impl CudaBackend {
         )
     }
 
+    /// The shared checks, plus this kernel's head-dim limit and the k/v lengths.
+    #[allow(clippy::too_many_arguments)]
     fn check_attention(
         &self,
+        op: &'static str,
         q: &CudaBuf,
         k: &CudaBuf,
         v: &CudaBuf,
+        cu_seqlens: &[u32],
         hq: usize,
         hkv: usize,
         d: usize,
     ) -> Result<usize> {
-        let bad = |msg: String| CoreError::Invalid {
-            op: "attention",
-            msg,
-        };
-        if hq == 0 || hkv == 0 || !hq.is_multiple_of(hkv) {
-            return Err(bad(format!(
-                "{hq} query heads are not a multiple of {hkv} kv heads"
-            )));
+        let (_, n) = crate::checks::attention(op, q.len, cu_seqlens, hq, hkv, d)?;
+        if d > 4 * ATTN_THREADS as usize {
+            return Err(CoreError::Invalid {
+                op,
+                msg: format!("head dim {d} is above {}", 4 * ATTN_THREADS),
+            });
         }
-        if d == 0 || d > 4 * ATTN_THREADS as usize {
-            return Err(bad(format!(
-                "head dim {d} is outside 1..={}",
-                4 * ATTN_THREADS
-            )));
-        }
-        if !q.len.is_multiple_of(hq * d) {
-            return Err(bad(format!(
-                "q holds {} values, not whole tokens of {hq} x {d}",
-                q.len
-            )));
-        }
-        let n = q.len / (hq * d);
-        check_len("attention", "k", k.len, n * hkv * d)?;
-        check_len("attention", "v", v.len, n * hkv * d)?;
+        check_len(op, "k", k.len, n * hkv * d)?;
+        check_len(op, "v", v.len, n * hkv * d)?;
         Ok(n)
     }
 }
