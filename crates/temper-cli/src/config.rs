@@ -84,6 +84,8 @@ pub struct TrainFile {
     pub save_steps: u64,
     #[serde(default = "d_one_u")]
     pub logging_steps: u64,
+    /// Refuse to start when the predicted peak is above this: "24GiB", "16000MiB", bytes.
+    pub max_memory: Option<serde_yaml::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -168,6 +170,8 @@ pub struct TrainPlan {
     pub max_seq_len: usize,
     pub packing: bool,
     pub logging_steps: u64,
+    /// Bytes, from `max_memory`.
+    pub max_memory: Option<u64>,
     pub settings: TrainSettings,
 }
 
@@ -333,7 +337,39 @@ impl TrainFile {
             max_seq_len: self.max_seq_len,
             packing: self.packing,
             logging_steps: self.logging_steps.max(1),
+            max_memory: match &self.max_memory {
+                None => None,
+                Some(Value::String(text)) => Some(parse_bytes(text)?),
+                Some(Value::Number(n)) => Some(parse_bytes(&n.to_string())?),
+                Some(other) => bail!("max_memory must be a size like 22GiB, got {other:?}"),
+            },
             settings,
         })
     }
+}
+
+/// "24GiB", "512MiB", "2.5GB", "1000000": a size in bytes.
+pub fn parse_bytes(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num.trim().parse().map_err(|_| {
+        anyhow!("max_memory `{text}` is not a size like 24GiB, 512MiB or a number of bytes")
+    })?;
+    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        other => {
+            bail!("max_memory `{text}`: unknown unit `{other}` (use B, KiB, MiB, GiB, KB, MB, GB)")
+        }
+    };
+    if !(value >= 0.0) || !value.is_finite() {
+        bail!("max_memory `{text}` must be a positive size");
+    }
+    Ok((value * scale) as u64)
 }

@@ -196,6 +196,11 @@ pub const TRAIN_KEYS: &[Key] = &[
         help: "write a checkpoint every N optimizer steps (0 = only at the end)",
     },
     Key {
+        name: "max_memory",
+        default: "(no limit)",
+        help: "refuse to start when the predicted peak memory is above this, e.g. 22GiB (see temper plan)",
+    },
+    Key {
         name: "logging_steps",
         default: "1",
         help: "print a log line every N steps when not on a terminal",

@@ -96,6 +96,18 @@ enum Command {
         #[arg(long, default_value = "bfloat16")]
         dtype: String,
     },
+    /// Predicted peak memory of a training run, from config.json and the settings alone.
+    Plan {
+        /// YAML file of config keys (as for `temper train`).
+        config: PathBuf,
+        /// Any config key as `--key value`.
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "--KEY VALUE"
+        )]
+        overrides: Vec<String>,
+    },
     /// Write a random-weight Hugging Face model folder of a named shape (for benchmarks).
     InitModel {
         /// tiny | llama2-7b | llama3-8b
@@ -154,6 +166,11 @@ fn parse_overrides(args: &[String], resume: &mut Option<String>) -> Result<Vec<(
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Plan { config, overrides } => {
+            let mut resume = None;
+            let overrides = parse_overrides(&overrides, &mut resume)?;
+            commands::plan::run(commands::plan::PlanArgs { config, overrides })
+        }
         Command::InitModel { shape, out, seed } => {
             commands::init_model::run(commands::init_model::InitModelArgs { shape, out, seed })
         }

@@ -10,6 +10,7 @@ pub mod layer;
 pub mod linear;
 pub mod lora;
 pub mod model;
+pub mod plan;
 pub mod safetensors_dir;
 pub mod weights;
 

@@ -33,6 +33,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
 }
 
 fn run_on<B: Backend>(be: Arc<B>, plan: config::TrainPlan) -> Result<()> {
+    let (_, predicted) = crate::commands::plan::predict(&plan)?;
+    eprintln!("memory: {}", crate::commands::plan::describe(&predicted));
+    crate::commands::plan::check(&plan, &predicted)?;
     let t0 = Instant::now();
     let model = Model::load(be.clone(), &plan.model_dir)
         .with_context(|| format!("loading model {}", plan.model_dir.display()))?;

@@ -1,0 +1,92 @@
+//! `temper plan CONFIG.yaml [--key value ...]`: the predicted peak memory of a training run,
+//! from config.json and the settings alone (no weights read, no GPU needed), and the
+//! `max_memory` check `temper train` makes before it starts.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use temper_model::plan::{plan, MemoryPlan};
+use temper_model::ModelConfig;
+
+use crate::config::{self, TrainPlan};
+
+pub struct PlanArgs {
+    pub config: PathBuf,
+    pub overrides: Vec<(String, String)>,
+}
+
+/// Tokens per fused LM-head chunk (the model's default).
+const LOSS_CHUNK: usize = 1024;
+
+/// The prediction for a resolved training plan: micro-batches of at most
+/// per_device_train_batch_size rows of max_seq_len tokens.
+pub fn predict(p: &TrainPlan) -> Result<(ModelConfig, MemoryPlan)> {
+    let cfg = ModelConfig::from_dir(&p.model_dir)?;
+    let tokens = p.settings.micro_batch_size * p.max_seq_len;
+    let m = plan(
+        &cfg,
+        &p.settings.lora,
+        tokens,
+        p.settings.checkpointing,
+        LOSS_CHUNK,
+    );
+    Ok((cfg, m))
+}
+
+/// "1.23 GiB" or "45.6 MiB".
+fn size(bytes: usize) -> String {
+    let mib = bytes as f64 / (1u64 << 20) as f64;
+    if mib >= 1024.0 {
+        format!("{:.2} GiB", mib / 1024.0)
+    } else {
+        format!("{mib:.1} MiB")
+    }
+}
+
+pub fn describe(m: &MemoryPlan) -> String {
+    format!(
+        "predicted peak {} = weights {} + LoRA and AdamW {} + activations {}",
+        size(m.total()),
+        size(m.weights),
+        size(m.lora_and_optimizer),
+        size(m.activations)
+    )
+}
+
+/// Refuses a plan above `max_memory`, saying what would shrink it.
+pub fn check(p: &TrainPlan, m: &MemoryPlan) -> Result<()> {
+    if let Some(limit) = p.max_memory {
+        if m.total() as u64 > limit {
+            bail!(
+                "{}, above max_memory {}: lower per_device_train_batch_size or max_seq_len \
+                 (raising gradient_accumulation_steps keeps the effective batch){}",
+                describe(m),
+                size(limit as usize),
+                if p.settings.checkpointing == temper_model::Checkpointing::Off {
+                    ", or turn gradient_checkpointing on"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn run(args: PlanArgs) -> Result<()> {
+    let (file, base) = config::load(Some(&args.config), &args.overrides)?;
+    let mut p = file.resolve(&base, None)?;
+    p.model_dir = crate::model_source::resolve(&p.model_dir)?;
+    let (cfg, m) = predict(&p)?;
+    println!(
+        "model: {} layers, hidden {}, vocab {}; micro-batch {} x {} tokens; checkpointing {:?}",
+        cfg.layers,
+        cfg.hidden,
+        cfg.vocab,
+        p.settings.micro_batch_size,
+        p.max_seq_len,
+        p.settings.checkpointing
+    );
+    println!("{}", describe(&m));
+    check(&p, &m)
+}

@@ -1,0 +1,114 @@
+//! Peak memory of a training run, predicted from the shapes alone (no device needed), for
+//! `temper plan` and `max_memory`. Counts what the backends allocate (f32 storage on both
+//! today): frozen weights and RoPE tables, LoRA values, gradients and AdamW moments, and the
+//! largest set of activations alive at once, which is the backward of one layer.
+
+use crate::config::ModelConfig;
+use crate::lora::{LoraConfig, Target};
+use crate::model::Checkpointing;
+
+/// Bytes per stored value (the backends store f32).
+const BYTES: usize = 4;
+
+/// The predicted peak, by part, in bytes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemoryPlan {
+    pub weights: usize,
+    pub lora_and_optimizer: usize,
+    pub activations: usize,
+}
+
+impl MemoryPlan {
+    pub fn total(&self) -> usize {
+        self.weights + self.lora_and_optimizer + self.activations
+    }
+}
+
+/// Every frozen value: embeddings, head (unless tied), layers, norms, RoPE tables.
+pub fn weight_values(cfg: &ModelConfig) -> usize {
+    let (c, v) = (cfg.hidden, cfg.vocab);
+    let per_layer: usize = Target::ALL
+        .iter()
+        .map(|t| {
+            let (i, o) = t.dims(cfg);
+            let bias = if cfg.qkv_bias && matches!(t, Target::Q | Target::K | Target::V) {
+                o
+            } else {
+                0
+            };
+            i * o + bias
+        })
+        .sum::<usize>()
+        + 2 * c;
+    let head = if cfg.tie_embeddings { 0 } else { v * c };
+    let rope = cfg.max_positions.max(1) * cfg.head_dim; // cos and sin, (P, d/2) each
+    v * c + head + cfg.layers * per_layer + c + rope
+}
+
+/// LoRA values of one layer.
+fn lora_values_per_layer(cfg: &ModelConfig, lora: &LoraConfig) -> usize {
+    lora.targets
+        .iter()
+        .map(|t| {
+            let (i, o) = t.dims(cfg);
+            lora.r * (i + o)
+        })
+        .sum()
+}
+
+/// Activations of one layer's forward for n tokens (what [`crate::layer::LayerActs`] holds).
+fn layer_acts(cfg: &ModelConfig, lora: &LoraConfig, n: usize, training: bool) -> usize {
+    let (c, f) = (cfg.hidden, cfg.intermediate);
+    let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+    let base = n * (3 * c + 2 + 2 * qd + 2 * kvd + cfg.heads + 3 * f);
+    let lora_saved: usize = lora
+        .targets
+        .iter()
+        .map(|t| {
+            let (i, _) = t.dims(cfg);
+            n * lora.r
+                + if training && lora.dropout > 0.0 {
+                    n * i
+                } else {
+                    0
+                }
+        })
+        .sum();
+    base + lora_saved
+}
+
+/// The temporaries of one layer's backward at their peak (the MLP part: dh, dg, du, dxn2,
+/// dx2, plus the next layer's gradient and a LoRA scratch).
+fn layer_backward_scratch(cfg: &ModelConfig, lora: &LoraConfig, n: usize) -> usize {
+    let (c, f) = (cfg.hidden, cfg.intermediate);
+    let widest = cfg.intermediate.max(cfg.hidden).max(cfg.q_dim());
+    n * (3 * f + 4 * c) + n * lora.r + n * widest
+}
+
+/// The predicted peak for micro-batches of `tokens` tokens.
+pub fn plan(
+    cfg: &ModelConfig,
+    lora: &LoraConfig,
+    tokens: usize,
+    ckpt: Checkpointing,
+    loss_chunk: usize,
+) -> MemoryPlan {
+    let n = tokens;
+    let c = cfg.hidden;
+    let lora_values = cfg.layers * lora_values_per_layer(cfg, lora);
+    // value, gradient, and AdamW's two moments
+    let lora_and_optimizer = 4 * lora_values * BYTES;
+    let kept = match ckpt {
+        // every layer's input, and the layer being recomputed
+        Checkpointing::EveryLayer => cfg.layers * n * c + layer_acts(cfg, lora, n, true),
+        Checkpointing::Off => cfg.layers * (n * c + layer_acts(cfg, lora, n, true)),
+    };
+    // final norm output, its gradient and rstd, the logits chunk, the running gradient
+    let head = 3 * n * c + n + loss_chunk.min(n) * cfg.vocab + n;
+    let activations = (kept + layer_backward_scratch(cfg, lora, n) + head) * BYTES;
+    MemoryPlan {
+        weights: weight_values(cfg) * BYTES,
+        lora_and_optimizer,
+        activations,
+    }
+}

@@ -1,0 +1,87 @@
+//! The memory plan against the CPU backend's measured peak for the same step: the plan must
+//! not under-predict, and must stay within 1.5x of what was really allocated.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use temper_core::{Backend, CpuBackend};
+use temper_model::plan::plan;
+use temper_model::{Checkpointing, LoraConfig, LoraParams, Model, StepCtx, Target, TokenBatch};
+
+fn measured_and_predicted(ckpt: Checkpointing, dropout: f32) -> (usize, usize) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tiny/model");
+    let be = Arc::new(CpuBackend::new());
+    let model = Model::load(be.clone(), &dir).expect("model");
+    let lora_cfg = LoraConfig {
+        r: 16,
+        alpha: 32.0,
+        dropout,
+        use_rslora: false,
+        targets: Target::ALL.to_vec(),
+    };
+    let mut lora = LoraParams::init(&*be, &model.cfg, &lora_cfg, 1).expect("lora");
+    // AdamW's two moments, as the trainer allocates them.
+    let moments: Vec<_> = lora
+        .params
+        .iter()
+        .flat_map(|p| [be.zeros(be.len(&p.value)), be.zeros(be.len(&p.value))])
+        .collect();
+    let (rows, seq) = (4, 256);
+    let n = rows * seq;
+    let ids: Vec<u32> = (0..n)
+        .map(|i| (i * 7919 % model.cfg.vocab) as u32)
+        .collect();
+    let positions: Vec<u32> = (0..n).map(|i| (i % seq) as u32).collect();
+    let cu: Vec<u32> = (0..=rows).map(|r| (r * seq) as u32).collect();
+    let targets: Vec<i32> = (0..n)
+        .map(|i| {
+            if (i + 1) % seq == 0 {
+                -100
+            } else {
+                ids[i + 1] as i32
+            }
+        })
+        .collect();
+    let batch = TokenBatch {
+        ids: &ids,
+        positions: &positions,
+        cu_seqlens: &cu,
+        targets: &targets,
+    };
+    model
+        .forward_backward(
+            &mut lora,
+            &batch,
+            1.0 / n as f32,
+            ckpt,
+            &StepCtx {
+                training: true,
+                seed: 3,
+            },
+        )
+        .expect("step");
+    drop(moments);
+    let predicted = plan(&model.cfg, &lora_cfg, n, ckpt, model.loss_chunk).total();
+    (be.peak_bytes(), predicted)
+}
+
+#[test]
+fn the_plan_bounds_the_measured_peak_closely() {
+    for (ckpt, dropout) in [
+        (Checkpointing::EveryLayer, 0.0),
+        (Checkpointing::EveryLayer, 0.1),
+        (Checkpointing::Off, 0.0),
+    ] {
+        let (measured, predicted) = measured_and_predicted(ckpt, dropout);
+        let ratio = predicted as f64 / measured as f64;
+        println!("{ckpt:?} dropout {dropout}: measured {measured} bytes, predicted {predicted} ({ratio:.3}x)");
+        assert!(
+            predicted >= measured,
+            "{ckpt:?}: the plan under-predicts: {predicted} < {measured}"
+        );
+        assert!(
+            ratio <= 1.5,
+            "{ckpt:?}: the plan is {ratio:.2}x the measured peak"
+        );
+    }
+}
