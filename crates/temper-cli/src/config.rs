@@ -368,7 +368,7 @@ pub fn parse_bytes(text: &str) -> Result<u64> {
             bail!("max_memory `{text}`: unknown unit `{other}` (use B, KiB, MiB, GiB, KB, MB, GB)")
         }
     };
-    if !(value >= 0.0) || !value.is_finite() {
+    if value.is_nan() || value < 0.0 || !value.is_finite() {
         bail!("max_memory `{text}` must be a positive size");
     }
     Ok((value * scale) as u64)
