@@ -248,3 +248,33 @@ fn an_eval_split_is_scored_after_training() {
         "{last}"
     );
 }
+
+#[test]
+fn plan_predicts_memory_and_max_memory_refuses_what_does_not_fit() {
+    let cfg = repo().join("examples/tiny/train.yaml");
+    let cfg = cfg.to_str().expect("utf8");
+    let o = temper(&["plan", cfg, "--max_memory", "1GiB"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("predicted peak"), "{}", text(&o));
+    let o = temper(&["plan", cfg, "--max_memory", "1MiB"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("above max_memory 1.0 MiB"),
+        "{}",
+        text(&o)
+    );
+    let o = temper(&["plan", cfg, "--max_memory", "lots"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("not a size"), "{}", text(&o));
+    // train checks before it loads anything.
+    let o = temper(&[
+        "train",
+        cfg,
+        "--max_memory",
+        "1MiB",
+        "--output_dir",
+        "/nonexistent/never-written",
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("above max_memory"), "{}", text(&o));
+}
