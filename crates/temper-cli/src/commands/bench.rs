@@ -25,7 +25,8 @@ pub struct BenchArgs {
     pub device: String,
 }
 
-pub fn run(args: BenchArgs) -> Result<()> {
+pub fn run(mut args: BenchArgs) -> Result<()> {
+    args.model = crate::model_source::resolve(&args.model)?;
     match device::resolve(&args.device)? {
         DeviceChoice::Cpu => run_on(Arc::new(CpuBackend::new()), &args, None),
         DeviceChoice::Cuda(be) => {
