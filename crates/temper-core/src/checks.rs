@@ -1,6 +1,7 @@
 //! Input checks shared by the backends, so the CPU and CUDA twins refuse the same inputs with
 //! the same messages.
 
+use crate::error::check_len;
 use crate::{CoreError, Result};
 
 fn invalid(op: &'static str, msg: String) -> CoreError {
@@ -70,4 +71,76 @@ pub fn attention(
         ));
     }
     Ok((hq / hkv, n))
+}
+
+/// Embedding's inputs: a table of whole rows of width c, out sized for the ids, every id
+/// inside the vocabulary (all checked before anything is written). Returns the vocab size.
+pub fn embedding(
+    op: &'static str,
+    out_len: usize,
+    ids: &[u32],
+    table_len: usize,
+    c: usize,
+) -> Result<usize> {
+    if c == 0 || !table_len.is_multiple_of(c) {
+        return Err(CoreError::Invalid {
+            op,
+            msg: format!(
+                "table of {table_len} elements is not a whole number of rows of width {c}"
+            ),
+        });
+    }
+    check_len(op, "out", out_len, ids.len() * c)?;
+    let vocab = table_len / c;
+    if let Some((i, &id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
+        return Err(CoreError::Invalid {
+            op,
+            msg: format!("token id {id} at position {i} is out of range for vocab size {vocab}"),
+        });
+    }
+    Ok(vocab)
+}
+
+/// RoPE's inputs: an even, positive head dim, x sized (N, h, d), cos/sin tables of whole
+/// rows of d/2, and every position inside the tables.
+pub fn rope(
+    op: &'static str,
+    x_len: usize,
+    pos: &[u32],
+    cos_len: usize,
+    sin_len: usize,
+    h: usize,
+    d: usize,
+) -> Result<()> {
+    if d == 0 || !d.is_multiple_of(2) || h == 0 {
+        return Err(CoreError::Invalid {
+            op,
+            msg: format!("head_dim {d} must be even and positive, heads {h} positive"),
+        });
+    }
+    check_len(op, "x", x_len, pos.len() * h * d)?;
+    let half = d / 2;
+    if !cos_len.is_multiple_of(half) {
+        return Err(CoreError::Invalid {
+            op,
+            msg: format!(
+                "cos table of {cos_len} elements is not a whole number of rows of d/2 = {half}"
+            ),
+        });
+    }
+    check_len(op, "sin", sin_len, cos_len)?;
+    let positions = cos_len / half;
+    if let Some((t, &p)) = pos
+        .iter()
+        .enumerate()
+        .find(|(_, &p)| p as usize >= positions)
+    {
+        return Err(CoreError::Invalid {
+            op,
+            msg: format!(
+                "position {p} of token {t} is beyond the {positions} rows of the cos/sin tables"
+            ),
+        });
+    }
+    Ok(())
 }

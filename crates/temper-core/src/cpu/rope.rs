@@ -1,52 +1,7 @@
 //! Rotary embedding, rotate_half layout.
 use rayon::prelude::*;
 
-use crate::error::check_len;
-use crate::{CoreError, Float, Result};
-
-/// Checks shapes and every position against the table before anything is rotated.
-fn validate<T>(
-    op: &'static str,
-    x: &[T],
-    pos: &[u32],
-    cos: &[T],
-    sin: &[T],
-    h: usize,
-    d: usize,
-) -> Result<()> {
-    if d == 0 || !d.is_multiple_of(2) || h == 0 {
-        return Err(CoreError::Invalid {
-            op,
-            msg: format!("head_dim {d} must be even and positive, heads {h} positive"),
-        });
-    }
-    check_len(op, "x", x.len(), pos.len() * h * d)?;
-    let half = d / 2;
-    if !cos.len().is_multiple_of(half) {
-        return Err(CoreError::Invalid {
-            op,
-            msg: format!(
-                "cos table of {} elements is not a whole number of rows of d/2 = {half}",
-                cos.len()
-            ),
-        });
-    }
-    check_len(op, "sin", sin.len(), cos.len())?;
-    let positions = cos.len() / half;
-    if let Some((t, &p)) = pos
-        .iter()
-        .enumerate()
-        .find(|(_, &p)| p as usize >= positions)
-    {
-        return Err(CoreError::Invalid {
-            op,
-            msg: format!(
-                "position {p} of token {t} is beyond the {positions} rows of the cos/sin tables"
-            ),
-        });
-    }
-    Ok(())
-}
+use crate::{Float, Result};
 
 /// Rotates every head of every token by angle `sign * pos * inv_freq`: sign +1 is the forward
 /// rotation, -1 its transpose (= inverse), which is the backward.
@@ -93,7 +48,7 @@ pub fn rope_forward<T: Float>(
     h: usize,
     d: usize,
 ) -> Result<()> {
-    validate("rope_forward", x, pos, cos, sin, h, d)?;
+    crate::checks::rope("rope_forward", x.len(), pos, cos.len(), sin.len(), h, d)?;
     rotate(x, pos, cos, sin, h, d, false);
     Ok(())
 }
@@ -108,7 +63,7 @@ pub fn rope_backward<T: Float>(
     h: usize,
     d: usize,
 ) -> Result<()> {
-    validate("rope_backward", dx, pos, cos, sin, h, d)?;
+    crate::checks::rope("rope_backward", dx.len(), pos, cos.len(), sin.len(), h, d)?;
     rotate(dx, pos, cos, sin, h, d, true);
     Ok(())
 }

@@ -435,14 +435,7 @@ impl Backend for CudaBackend {
         table: &CudaBuf,
         c: usize,
     ) -> Result<()> {
-        check_len("embedding_forward", "out", out.len, ids.len() * c)?;
-        let v = table.len.checked_div(c).unwrap_or(0);
-        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= v) {
-            return Err(CoreError::Invalid {
-                op: "embedding_forward",
-                msg: format!("token id {bad} is outside the vocabulary of {v}"),
-            });
-        }
+        crate::checks::embedding("embedding_forward", out.len, ids, table.len, c)?;
         if ids.is_empty() {
             return Ok(());
         }
@@ -975,20 +968,12 @@ impl CudaBackend {
         d: usize,
         sign: f32,
     ) -> Result<()> {
-        check_len("rope", "x", x.len, pos.len() * h * d)?;
-        if d == 0 || !d.is_multiple_of(2) {
-            return Err(CoreError::Invalid {
-                op: "rope",
-                msg: format!("head dim {d} must be even"),
-            });
-        }
-        let rows = cos.len / (d / 2);
-        if let Some(&p) = pos.iter().find(|&&p| p as usize >= rows) {
-            return Err(CoreError::Invalid {
-                op: "rope",
-                msg: format!("position {p} is beyond the {rows} rows of the RoPE table"),
-            });
-        }
+        let op = if sign > 0.0 {
+            "rope_forward"
+        } else {
+            "rope_backward"
+        };
+        crate::checks::rope(op, x.len, pos, cos.len, sin.len, h, d)?;
         if pos.is_empty() {
             return Ok(());
         }
