@@ -17,5 +17,5 @@ pub mod weights;
 pub use config::{Arch, ModelConfig};
 pub use error::{ModelError, Result};
 pub use lora::{LoraConfig, LoraParams, Target};
-pub use model::{Checkpointing, Model, StepCtx, TokenBatch};
+pub use model::{Checkpointing, LmRows, Model, StepCtx, TokenBatch};
 pub use temper_core::Backend;

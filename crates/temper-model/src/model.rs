@@ -32,6 +32,56 @@ impl TokenBatch<'_> {
     }
 }
 
+/// An owned batch of equal-length rows trained as a causal LM on their own tokens
+/// (`labels=input_ids`): what benchmarks and memory checks feed the model.
+pub struct LmRows {
+    pub ids: Vec<u32>,
+    pub positions: Vec<u32>,
+    pub cu_seqlens: Vec<u32>,
+    pub targets: Vec<i32>,
+}
+
+impl LmRows {
+    /// `ids` holds rows of `seq` tokens laid end to end; each row predicts its own next
+    /// token and its last token predicts nothing.
+    pub fn new(ids: Vec<u32>, seq: usize) -> Self {
+        let n = ids.len();
+        let seq = seq.max(1);
+        let targets = (0..n)
+            .map(|i| {
+                if (i + 1) % seq == 0 || i + 1 == n {
+                    -100
+                } else {
+                    ids[i + 1] as i32
+                }
+            })
+            .collect();
+        LmRows {
+            positions: (0..n).map(|i| (i % seq) as u32).collect(),
+            cu_seqlens: (0..n.div_ceil(seq))
+                .map(|r| (r * seq) as u32)
+                .chain([n as u32])
+                .collect(),
+            targets,
+            ids,
+        }
+    }
+
+    pub fn batch(&self) -> TokenBatch<'_> {
+        TokenBatch {
+            ids: &self.ids,
+            positions: &self.positions,
+            cu_seqlens: &self.cu_seqlens,
+            targets: &self.targets,
+        }
+    }
+
+    /// Tokens that carry a loss.
+    pub fn loss_tokens(&self) -> usize {
+        self.targets.iter().filter(|&&t| t >= 0).count()
+    }
+}
+
 /// Per-step settings shared by forward and backward.
 #[derive(Clone, Copy, Debug)]
 pub struct StepCtx {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use temper_core::{Backend, CpuBackend};
 use temper_model::plan::plan;
-use temper_model::{Checkpointing, LoraConfig, LoraParams, Model, StepCtx, Target, TokenBatch};
+use temper_model::{Checkpointing, LmRows, LoraConfig, LoraParams, Model, StepCtx, Target};
 
 fn measured_and_predicted(ckpt: Checkpointing, dropout: f32) -> (usize, usize) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tiny/model");
@@ -31,23 +31,8 @@ fn measured_and_predicted(ckpt: Checkpointing, dropout: f32) -> (usize, usize) {
     let ids: Vec<u32> = (0..n)
         .map(|i| (i * 7919 % model.cfg.vocab) as u32)
         .collect();
-    let positions: Vec<u32> = (0..n).map(|i| (i % seq) as u32).collect();
-    let cu: Vec<u32> = (0..=rows).map(|r| (r * seq) as u32).collect();
-    let targets: Vec<i32> = (0..n)
-        .map(|i| {
-            if (i + 1) % seq == 0 {
-                -100
-            } else {
-                ids[i + 1] as i32
-            }
-        })
-        .collect();
-    let batch = TokenBatch {
-        ids: &ids,
-        positions: &positions,
-        cu_seqlens: &cu,
-        targets: &targets,
-    };
+    let rows = LmRows::new(ids, seq);
+    let batch = rows.batch();
     model
         .forward_backward(
             &mut lora,

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use temper_core::{Backend, CpuBackend};
-use temper_model::{Checkpointing, LoraConfig, LoraParams, Model, StepCtx, Target, TokenBatch};
+use temper_model::{Checkpointing, LmRows, LoraConfig, LoraParams, Model, StepCtx, Target};
 use temper_train::{AdamW, AdamWConfig};
 
 use crate::device::{self, DeviceChoice};
@@ -63,8 +63,6 @@ fn run_on<B: Backend>(be: Arc<B>, args: &BenchArgs, sync: Option<Sync>) -> Resul
     };
     let (seq, batch) = (args.seq, args.batch);
     let n = seq * batch;
-    let positions: Vec<u32> = (0..n).map(|i| (i % seq) as u32).collect();
-    let cu: Vec<u32> = (0..=batch).map(|b| (b * seq) as u32).collect();
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let mut times = Vec::with_capacity(args.steps);
     let mut losses = Vec::with_capacity(args.steps);
@@ -72,23 +70,9 @@ fn run_on<B: Backend>(be: Arc<B>, args: &BenchArgs, sync: Option<Sync>) -> Resul
         let ids: Vec<u32> = (0..n)
             .map(|_| rng.random_range(0..model.cfg.vocab as u32))
             .collect();
-        // labels = input ids, shifted inside each row
-        let targets: Vec<i32> = (0..n)
-            .map(|i| {
-                if (i + 1) % seq == 0 {
-                    -100
-                } else {
-                    ids[i + 1] as i32
-                }
-            })
-            .collect();
-        let tb = TokenBatch {
-            ids: &ids,
-            positions: &positions,
-            cu_seqlens: &cu,
-            targets: &targets,
-        };
-        let counted = targets.iter().filter(|&&t| t >= 0).count();
+        let rows = LmRows::new(ids, seq);
+        let tb = rows.batch();
+        let counted = rows.loss_tokens();
         let t = Instant::now();
         let token_losses = model.forward_backward(
             &mut lora,
