@@ -31,7 +31,7 @@ fi
 for c in ${cases//,/ }; do
     IFS=: read -r quant seq batch <<<"$c"
     if [ "$quant" = bf16 ]; then
-        "$temper" bench --model "$dir" --seq "$seq" --batch "$batch" --steps "$steps" --device cuda | tee -a "$results"
+        "$temper" bench --model "$dir" --seq "$seq" --batch "$batch" --steps "$steps" --device cuda --dtype bfloat16 | tee -a "$results"
     else
         echo "{\"case\": \"temper-$quant\", \"seq\": $seq, \"batch\": $batch, \"error\": \"not supported yet\"}" | tee -a "$results"
     fi

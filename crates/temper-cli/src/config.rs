@@ -38,6 +38,8 @@ pub struct TrainFile {
     pub output_dir: PathBuf,
     #[serde(default = "d_device")]
     pub device: String,
+    #[serde(default = "d_dtype")]
+    pub dtype: String,
     #[serde(default = "d_r")]
     pub lora_r: usize,
     #[serde(default = "d_alpha")]
@@ -110,6 +112,9 @@ fn d_output() -> PathBuf {
 fn d_device() -> String {
     "auto".into()
 }
+fn d_dtype() -> String {
+    "auto".into()
+}
 fn d_r() -> usize {
     16
 }
@@ -167,6 +172,8 @@ pub struct TrainPlan {
     pub model_dir: PathBuf,
     pub data: temper_data::DataConfig,
     pub device: String,
+    /// Storage type of activations and frozen weights: auto | bfloat16 | float16 | float32.
+    pub dtype: String,
     pub max_seq_len: usize,
     pub packing: bool,
     pub logging_steps: u64,
@@ -334,6 +341,7 @@ impl TrainFile {
             model_dir,
             data,
             device: self.device,
+            dtype: self.dtype,
             max_seq_len: self.max_seq_len,
             packing: self.packing,
             logging_steps: self.logging_steps.max(1),

@@ -2,40 +2,65 @@
 
 use std::sync::Arc;
 
-use anyhow::{bail, Result};
-use temper_core::cuda::unavailable_reason;
-use temper_core::CudaBackend;
+use anyhow::{bail, Context, Result};
+use temper_core::cuda::{default_dtype, unavailable_reason};
+use temper_core::{CudaBackend, DType};
 
 pub enum DeviceChoice {
     Cpu,
     Cuda(Arc<CudaBackend>),
 }
 
+/// The storage type of activations and frozen weights: `auto` or a dtype name.
+fn parse_dtype(dtype: &str) -> Result<Option<DType>> {
+    if dtype == "auto" {
+        return Ok(None);
+    }
+    dtype
+        .parse::<DType>()
+        .map(Some)
+        .map_err(anyhow::Error::msg)
+        .context("dtype: use auto, bfloat16, float16 or float32")
+}
+
+fn start_cuda(dtype: Option<DType>) -> Result<CudaBackend> {
+    let dtype = match dtype {
+        Some(d) => d,
+        None => default_dtype(0)?,
+    };
+    let be = CudaBackend::with_dtype(0, dtype)?;
+    eprintln!("device: cuda ({}, {dtype})", be.device_name());
+    Ok(be)
+}
+
 /// Resolves the user's choice. `cuda` fails with the reason when no GPU can be used; `auto`
-/// takes the GPU when there is one and otherwise says why it runs on the CPU.
-pub fn resolve(choice: &str) -> Result<DeviceChoice> {
+/// takes the GPU when there is one and otherwise says why it runs on the CPU. `dtype` is
+/// `auto` (bfloat16 on GPUs from Ampere on, float32 otherwise) or a dtype name; the CPU
+/// backend always computes in float32.
+pub fn resolve(choice: &str, dtype: &str) -> Result<DeviceChoice> {
+    let dtype = parse_dtype(dtype)?;
+    let cpu = || {
+        if let Some(d) = dtype.filter(|&d| d != DType::F32) {
+            eprintln!("dtype: the CPU backend computes in float32 (not {d})");
+        }
+        Ok(DeviceChoice::Cpu)
+    };
     match choice {
-        "cpu" => Ok(DeviceChoice::Cpu),
-        "cuda" => match CudaBackend::new(0) {
-            Ok(be) => {
-                eprintln!("device: cuda ({})", be.device_name());
-                Ok(DeviceChoice::Cuda(Arc::new(be)))
-            }
+        "cpu" => cpu(),
+        "cuda" => match start_cuda(dtype) {
+            Ok(be) => Ok(DeviceChoice::Cuda(Arc::new(be))),
             Err(e) => bail!("--device cuda: {e}"),
         },
         "auto" => {
             let reason = match unavailable_reason() {
                 Some(reason) => reason,
-                None => match CudaBackend::new(0) {
-                    Ok(be) => {
-                        eprintln!("device: cuda ({})", be.device_name());
-                        return Ok(DeviceChoice::Cuda(Arc::new(be)));
-                    }
+                None => match start_cuda(dtype) {
+                    Ok(be) => return Ok(DeviceChoice::Cuda(Arc::new(be))),
                     Err(e) => e.to_string(),
                 },
             };
             eprintln!("device: cpu ({reason})");
-            Ok(DeviceChoice::Cpu)
+            cpu()
         }
         other => bail!("--device `{other}` is not one of auto, cpu, cuda"),
     }

@@ -80,6 +80,11 @@ pub const TRAIN_KEYS: &[Key] = &[
         help: "auto | cpu | cuda",
     },
     Key {
+        name: "dtype",
+        default: "auto",
+        help: "storage of activations and frozen weights on the GPU: auto (bfloat16 from Ampere on, float32 before) | bfloat16 | float16 | float32; LoRA weights, gradients and optimizer state stay float32",
+    },
+    Key {
         name: "lora_r",
         default: "16",
         help: "LoRA rank",

@@ -82,6 +82,9 @@ enum Command {
         max_seq_len: Option<usize>,
         #[arg(long, default_value = "auto")]
         device: String,
+        /// Storage of activations and weights on the GPU: auto | bfloat16 | float16 | float32.
+        #[arg(long, default_value = "auto")]
+        dtype: String,
     },
     /// Generate text from a model (and adapter) with a KV cache, streaming it to stdout.
     Generate(commands::generate::GenerateArgs),
@@ -135,6 +138,9 @@ enum Command {
         no_checkpointing: bool,
         #[arg(long, default_value = "auto")]
         device: String,
+        /// Storage of activations and weights on the GPU: auto | bfloat16 | float16 | float32.
+        #[arg(long, default_value = "auto")]
+        dtype: String,
     },
 }
 
@@ -182,6 +188,7 @@ fn main() -> Result<()> {
             lora_r,
             no_checkpointing,
             device,
+            dtype,
         } => commands::bench::run(commands::bench::BenchArgs {
             model,
             seq,
@@ -190,6 +197,7 @@ fn main() -> Result<()> {
             lora_r,
             checkpointing: !no_checkpointing,
             device,
+            dtype,
         }),
         Command::Train {
             config,
@@ -237,12 +245,14 @@ fn main() -> Result<()> {
             json,
             max_seq_len,
             device,
+            dtype,
         } => commands::eval::run(commands::eval::EvalArgs {
             model,
             adapter,
             data,
             json,
             device,
+            dtype,
             max_seq_len,
         }),
         Command::Generate(args) => commands::generate::run(args),

@@ -1,15 +1,17 @@
 // The per-row half of the fused LM head + cross-entropy (the GEMMs go to cuBLAS); twin of
-// src/cpu/cross_entropy.rs. One block per token of the chunk.
+// src/cpu/cross_entropy.rs. One block per token of the chunk. Logits are f32 whatever the
+// storage type; dlogits are written in the storage type of the next GEMM's operands.
 #include "common.cuh"
 
-// logits (rows, V) in, loss (rows) out; with write_grad, logits are overwritten by
-// dlogits = (softmax - onehot(target)) * grad_scale (0 for an ignored target).
-extern "C" __global__ void cross_entropy_rows_f32(float* logits, float* loss, const int* targets, unsigned int V,
-                                                  float grad_scale, int write_grad) {
+// logits (rows, V) in, loss (rows) out; with write_grad, dlogits (rows, V) =
+// (softmax - onehot(target)) * grad_scale (0 for an ignored target). dlogits may alias logits.
+template <typename TG>
+__device__ void cross_entropy_rows(const float* logits, TG* dlogits, float* loss, const int* targets, unsigned int V,
+                                   float grad_scale, int write_grad) {
     __shared__ float scratch[32];
     __shared__ float target_logit;
     const unsigned long long row = blockIdx.x;
-    float* lr = logits + row * V;
+    const float* lr = logits + row * V;
     const int target = targets[row];
     float m = -INFINITY;
     for (unsigned int j = threadIdx.x; j < V; j += blockDim.x) m = fmaxf(m, lr[j]);
@@ -22,8 +24,17 @@ extern "C" __global__ void cross_entropy_rows_f32(float* logits, float* loss, co
     __syncthreads();
     if (threadIdx.x == 0) loss[row] = target >= 0 ? lse - target_logit : 0.0f;
     if (!write_grad) return;
+    TG* dr = dlogits + row * V;
     for (unsigned int j = threadIdx.x; j < V; j += blockDim.x) {
         const float p = target >= 0 ? (expf(lr[j] - lse) - ((int)j == target ? 1.0f : 0.0f)) * grad_scale : 0.0f;
-        lr[j] = p;
+        dr[j] = from_f32<TG>(p);
     }
 }
+
+#define CROSS_ENTROPY(sfx, T)                                                                                 \
+    extern "C" __global__ void cross_entropy_rows_##sfx(const float* logits, T* dlogits, float* loss,           \
+                                                        const int* targets, unsigned int V, float grad_scale,  \
+                                                        int write_grad) {                                      \
+        cross_entropy_rows<T>(logits, dlogits, loss, targets, V, grad_scale, write_grad);                      \
+    }
+STORAGE_TYPES(CROSS_ENTROPY)

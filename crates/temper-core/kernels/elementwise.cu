@@ -1,39 +1,39 @@
-// Elementwise ops; twins of src/cpu/elementwise.rs and src/cpu/swiglu.rs.
+// Elementwise ops; twins of src/cpu/elementwise.rs and src/cpu/swiglu.rs. Each entry point
+// exists once per storage type (suffix _f32, _bf16, _f16); the math is f32.
 #include "common.cuh"
 
-extern "C" __global__ void fill_f32(float* y, float v, unsigned long long n) {
-    for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
-         i += (unsigned long long)gridDim.x * blockDim.x)
-        y[i] = v;
+template <typename T>
+__device__ void fill(T* y, float v, unsigned long long n) {
+    const T tv = from_f32<T>(v);
+    GRID_STRIDE(i, n) y[i] = tv;
 }
 
 // y += alpha * x
-extern "C" __global__ void axpy_f32(float* y, float alpha, const float* x, unsigned long long n) {
-    for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
-         i += (unsigned long long)gridDim.x * blockDim.x)
-        y[i] += alpha * x[i];
+template <typename T>
+__device__ void axpy(T* y, float alpha, const T* x, unsigned long long n) {
+    GRID_STRIDE(i, n) y[i] = from_f32<T>(to_f32(y[i]) + alpha * to_f32(x[i]));
 }
 
-extern "C" __global__ void scale_f32(float* y, float alpha, unsigned long long n) {
-    for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
-         i += (unsigned long long)gridDim.x * blockDim.x)
-        y[i] *= alpha;
+template <typename T>
+__device__ void scale(T* y, float alpha, unsigned long long n) {
+    GRID_STRIDE(i, n) y[i] = from_f32<T>(to_f32(y[i]) * alpha);
 }
 
 // y (rows, c) += bias (c)
-extern "C" __global__ void add_bias_f32(float* y, const float* bias, unsigned long long n, unsigned int c) {
-    for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
-         i += (unsigned long long)gridDim.x * blockDim.x)
-        y[i] += bias[i % c];
+template <typename T>
+__device__ void add_bias(T* y, const T* bias, unsigned long long n, unsigned int c) {
+    GRID_STRIDE(i, n) y[i] = from_f32<T>(to_f32(y[i]) + to_f32(bias[i % c]));
 }
 
 // out[0] += sum of x^2, each block's partial sum added in double.
-extern "C" __global__ void sum_squares_f32(double* out, const float* x, unsigned long long n) {
+template <typename T>
+__device__ void sum_squares(double* out, const T* x, unsigned long long n) {
     __shared__ float scratch[32];
     float acc = 0.0f;
-    for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
-         i += (unsigned long long)gridDim.x * blockDim.x)
-        acc += x[i] * x[i];
+    GRID_STRIDE(i, n) {
+        const float v = to_f32(x[i]);
+        acc += v * v;
+    }
     acc = block_sum(acc, scratch);
     if (threadIdx.x == 0) atomicAdd(out, (double)acc);
 }
@@ -47,42 +47,76 @@ __device__ __forceinline__ unsigned long long dropout_hash(unsigned long long se
 }
 
 // y = x * keep / (1 - p), keep iff the top 24 bits of the hash, times 2^-24, are >= p.
-extern "C" __global__ void dropout_f32(float* y, const float* x, float p, unsigned long long seed, unsigned long long n) {
-    const float scale = 1.0f / (1.0f - p);
-    for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
-         i += (unsigned long long)gridDim.x * blockDim.x) {
+template <typename T>
+__device__ void dropout(T* y, const T* x, float p, unsigned long long seed, unsigned long long n) {
+    const float s = 1.0f / (1.0f - p);
+    GRID_STRIDE(i, n) {
         const float u = (float)(dropout_hash(seed, i) >> 40) * (1.0f / 16777216.0f);
-        y[i] = u >= p ? x[i] * scale : 0.0f;
+        y[i] = from_f32<T>(u >= p ? to_f32(x[i]) * s : 0.0f);
     }
 }
 
 // h = silu(g) * u
-extern "C" __global__ void swiglu_forward_f32(float* h, const float* g, const float* u, unsigned long long n) {
-    for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
-         i += (unsigned long long)gridDim.x * blockDim.x) {
-        const float s = 1.0f / (1.0f + expf(-g[i]));
-        h[i] = g[i] * s * u[i];
+template <typename T>
+__device__ void swiglu_forward(T* h, const T* g, const T* u, unsigned long long n) {
+    GRID_STRIDE(i, n) {
+        const float gi = to_f32(g[i]);
+        const float s = 1.0f / (1.0f + expf(-gi));
+        h[i] = from_f32<T>(gi * s * to_f32(u[i]));
     }
 }
 
 // dgate = dh * u * s * (1 + g (1 - s)), dup = dh * g * s
-extern "C" __global__ void swiglu_backward_f32(float* dg, float* du, const float* dh, const float* g, const float* u,
-                                               unsigned long long n) {
-    for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
-         i += (unsigned long long)gridDim.x * blockDim.x) {
-        const float s = 1.0f / (1.0f + expf(-g[i]));
-        dg[i] = dh[i] * u[i] * s * (1.0f + g[i] * (1.0f - s));
-        du[i] = dh[i] * g[i] * s;
+template <typename T>
+__device__ void swiglu_backward(T* dg, T* du, const T* dh, const T* g, const T* u, unsigned long long n) {
+    GRID_STRIDE(i, n) {
+        const float gi = to_f32(g[i]), ui = to_f32(u[i]), dhi = to_f32(dh[i]);
+        const float s = 1.0f / (1.0f + expf(-gi));
+        dg[i] = from_f32<T>(dhi * ui * s * (1.0f + gi * (1.0f - s)));
+        du[i] = from_f32<T>(dhi * gi * s);
     }
 }
 
+#define ELEMENTWISE(sfx, T)                                                                                  \
+    extern "C" __global__ void fill_##sfx(T* y, float v, unsigned long long n) { fill<T>(y, v, n); }          \
+    extern "C" __global__ void axpy_##sfx(T* y, float alpha, const T* x, unsigned long long n) {              \
+        axpy<T>(y, alpha, x, n);                                                                             \
+    }                                                                                                        \
+    extern "C" __global__ void scale_##sfx(T* y, float alpha, unsigned long long n) { scale<T>(y, alpha, n); } \
+    extern "C" __global__ void add_bias_##sfx(T* y, const T* bias, unsigned long long n, unsigned int c) {     \
+        add_bias<T>(y, bias, n, c);                                                                          \
+    }                                                                                                        \
+    extern "C" __global__ void sum_squares_##sfx(double* out, const T* x, unsigned long long n) {            \
+        sum_squares<T>(out, x, n);                                                                           \
+    }                                                                                                        \
+    extern "C" __global__ void dropout_##sfx(T* y, const T* x, float p, unsigned long long seed,             \
+                                             unsigned long long n) {                                         \
+        dropout<T>(y, x, p, seed, n);                                                                        \
+    }                                                                                                        \
+    extern "C" __global__ void swiglu_forward_##sfx(T* h, const T* g, const T* u, unsigned long long n) {     \
+        swiglu_forward<T>(h, g, u, n);                                                                       \
+    }                                                                                                        \
+    extern "C" __global__ void swiglu_backward_##sfx(T* dg, T* du, const T* dh, const T* g, const T* u,      \
+                                                     unsigned long long n) {                                 \
+        swiglu_backward<T>(dg, du, dh, g, u, n);                                                             \
+    }
+STORAGE_TYPES(ELEMENTWISE)
+
+// y = x converted between storage types (round to nearest even).
+#define CAST_FROM(sfx_to, TO, sfx_from, FROM)                                                              \
+    extern "C" __global__ void cast_##sfx_from##_to_##sfx_to(TO* y, const FROM* x, unsigned long long n) {  \
+        GRID_STRIDE(i, n) y[i] = from_f32<TO>(to_f32(x[i]));                                               \
+    }
+#define CAST_TO(sfx, T) CAST_FROM(sfx, T, f32, float) CAST_FROM(sfx, T, bf16, bf16) CAST_FROM(sfx, T, f16, f16)
+STORAGE_TYPES(CAST_TO)
+
 // One AdamW step with the scalars computed on the host exactly as cpu::adamw does:
 // p *= decay; m = lerp(m, g, w1); v = v b2 + (1 - b2) g^2; p += neg_step * m / (sqrt(v)/bc2_sqrt + eps)
+// Parameters, gradients and moments are always f32.
 extern "C" __global__ void adamw_f32(float* p, const float* g, float* m, float* v, float decay, float w1, float b2,
                                      float one_minus_b2, float neg_step, float bc2_sqrt, float eps, int apply_decay,
                                      unsigned long long n) {
-    for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
-         i += (unsigned long long)gridDim.x * blockDim.x) {
+    GRID_STRIDE(i, n) {
         float pi = p[i];
         const float gi = g[i];
         if (apply_decay) pi *= decay;

@@ -1,62 +1,86 @@
-// Embedding, RMSNorm and RoPE; twins of src/cpu/{embedding,rmsnorm,rope}.rs.
+// Embedding, RMSNorm and RoPE; twins of src/cpu/{embedding,rmsnorm,rope}.rs. Each entry point
+// exists once per storage type of the activations and weights; rstd and the RoPE tables are f32.
 #include "common.cuh"
 
 // out (n, c) = table[ids] (V, c); ids were checked on the host.
-extern "C" __global__ void embedding_forward_f32(float* out, const unsigned int* ids, const float* table,
-                                                 unsigned int n, unsigned int c) {
+template <typename T>
+__device__ void embedding_forward(T* out, const unsigned int* ids, const T* table, unsigned int n, unsigned int c) {
     const unsigned int row = blockIdx.x;
     if (row >= n) return;
-    const float* src = table + (unsigned long long)ids[row] * c;
-    float* dst = out + (unsigned long long)row * c;
+    const T* src = table + (unsigned long long)ids[row] * c;
+    T* dst = out + (unsigned long long)row * c;
     for (unsigned int j = threadIdx.x; j < c; j += blockDim.x) dst[j] = src[j];
 }
 
 // One block per row: rstd = 1/sqrt(mean(x^2) + eps); y = x * rstd * w.
-extern "C" __global__ void rmsnorm_forward_f32(float* y, float* rstd, const float* x, const float* w,
-                                               unsigned int c, float eps) {
+template <typename T>
+__device__ void rmsnorm_forward(T* y, float* rstd, const T* x, const T* w, unsigned int c, float eps) {
     __shared__ float scratch[32];
     const unsigned long long row = blockIdx.x;
-    const float* xr = x + row * c;
+    const T* xr = x + row * c;
     float acc = 0.0f;
-    for (unsigned int j = threadIdx.x; j < c; j += blockDim.x) acc += xr[j] * xr[j];
+    for (unsigned int j = threadIdx.x; j < c; j += blockDim.x) {
+        const float v = to_f32(xr[j]);
+        acc += v * v;
+    }
     acc = block_sum(acc, scratch);
     const float r = rsqrtf(acc / (float)c + eps);
     if (threadIdx.x == 0) rstd[row] = r;
-    float* yr = y + row * c;
-    for (unsigned int j = threadIdx.x; j < c; j += blockDim.x) yr[j] = xr[j] * r * w[j];
+    T* yr = y + row * c;
+    for (unsigned int j = threadIdx.x; j < c; j += blockDim.x) yr[j] = from_f32<T>(to_f32(xr[j]) * r * to_f32(w[j]));
 }
 
 // dx = rstd * (dy*w) - x * rstd^3 * mean(dy*w*x)
-extern "C" __global__ void rmsnorm_backward_f32(float* dx, const float* dy, const float* x, const float* w,
-                                                const float* rstd, unsigned int c) {
+template <typename T>
+__device__ void rmsnorm_backward(T* dx, const T* dy, const T* x, const T* w, const float* rstd, unsigned int c) {
     __shared__ float scratch[32];
     const unsigned long long row = blockIdx.x;
-    const float* xr = x + row * c;
-    const float* dyr = dy + row * c;
+    const T* xr = x + row * c;
+    const T* dyr = dy + row * c;
     float acc = 0.0f;
-    for (unsigned int j = threadIdx.x; j < c; j += blockDim.x) acc += dyr[j] * w[j] * xr[j];
+    for (unsigned int j = threadIdx.x; j < c; j += blockDim.x) acc += to_f32(dyr[j]) * to_f32(w[j]) * to_f32(xr[j]);
     acc = block_sum(acc, scratch);
     const float r = rstd[row];
     const float coef = r * r * r * acc / (float)c;
-    float* dxr = dx + row * c;
-    for (unsigned int j = threadIdx.x; j < c; j += blockDim.x) dxr[j] = r * dyr[j] * w[j] - xr[j] * coef;
+    T* dxr = dx + row * c;
+    for (unsigned int j = threadIdx.x; j < c; j += blockDim.x)
+        dxr[j] = from_f32<T>(r * to_f32(dyr[j]) * to_f32(w[j]) - to_f32(xr[j]) * coef);
 }
 
 // x (n, h, d) rotated in place, rotate_half layout; cos/sin (P, d/2); sign -1 applies the inverse.
-extern "C" __global__ void rope_f32(float* x, const unsigned int* pos, const float* cos_t, const float* sin_t,
-                                    unsigned int n, unsigned int h, unsigned int d, float sign) {
+template <typename T>
+__device__ void rope(T* x, const unsigned int* pos, const float* cos_t, const float* sin_t, unsigned int n,
+                     unsigned int h, unsigned int d, float sign) {
     const unsigned int half = d / 2;
     const unsigned long long total = (unsigned long long)n * h * half;
-    for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < total;
-         i += (unsigned long long)gridDim.x * blockDim.x) {
+    GRID_STRIDE(i, total) {
         const unsigned int k = i % half;
         const unsigned long long th = i / half;  // token * h + head
         const unsigned int t = th / h;
         const unsigned long long base = th * d;
         const float c = cos_t[(unsigned long long)pos[t] * half + k];
         const float s = sign * sin_t[(unsigned long long)pos[t] * half + k];
-        const float x1 = x[base + k], x2 = x[base + k + half];
-        x[base + k] = x1 * c - x2 * s;
-        x[base + k + half] = x2 * c + x1 * s;
+        const float x1 = to_f32(x[base + k]), x2 = to_f32(x[base + k + half]);
+        x[base + k] = from_f32<T>(x1 * c - x2 * s);
+        x[base + k + half] = from_f32<T>(x2 * c + x1 * s);
     }
 }
+
+#define LAYERS(sfx, T)                                                                                           \
+    extern "C" __global__ void embedding_forward_##sfx(T* out, const unsigned int* ids, const T* table,            \
+                                                       unsigned int n, unsigned int c) {                         \
+        embedding_forward<T>(out, ids, table, n, c);                                                             \
+    }                                                                                                            \
+    extern "C" __global__ void rmsnorm_forward_##sfx(T* y, float* rstd, const T* x, const T* w, unsigned int c,    \
+                                                     float eps) {                                                \
+        rmsnorm_forward<T>(y, rstd, x, w, c, eps);                                                               \
+    }                                                                                                            \
+    extern "C" __global__ void rmsnorm_backward_##sfx(T* dx, const T* dy, const T* x, const T* w,                 \
+                                                      const float* rstd, unsigned int c) {                       \
+        rmsnorm_backward<T>(dx, dy, x, w, rstd, c);                                                              \
+    }                                                                                                            \
+    extern "C" __global__ void rope_##sfx(T* x, const unsigned int* pos, const float* cos_t, const float* sin_t,   \
+                                          unsigned int n, unsigned int h, unsigned int d, float sign) {          \
+        rope<T>(x, pos, cos_t, sin_t, n, h, d, sign);                                                            \
+    }
+STORAGE_TYPES(LAYERS)

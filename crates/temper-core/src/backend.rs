@@ -1,10 +1,15 @@
 //! The interface model code is written against. One implementation per device: the CPU
-//! reference ([`crate::CpuBackend`]) now, CUDA next. Buffers are flat arrays in the backend's
-//! compute precision; shapes travel as explicit sizes, llm.c style, and every method
-//! documents the layout it expects. Index arrays (token ids, positions, `cu_seqlens`,
-//! targets) are host slices: a device backend uploads them.
+//! reference ([`crate::CpuBackend`]) and CUDA ([`crate::CudaBackend`]). Buffers are flat
+//! arrays; shapes travel as explicit sizes, llm.c style, and every method documents the
+//! layout it expects. Index arrays (token ids, positions, `cu_seqlens`, targets) are host
+//! slices: a device backend uploads them.
+//!
+//! Each buffer has a storage type ([`DType`]). Activations and frozen weights use the
+//! backend's [`Backend::compute_dtype`] (`act_zeros`, `upload_frozen`); LoRA parameters,
+//! gradients, optimizer state, rstd and lse are f32 (`zeros`, `upload`). The CPU backend
+//! stores everything in f32. Ops compute in f32 and accept any mix of storage types.
 
-use crate::Result;
+use crate::{DType, Result};
 
 /// A general matrix product `C = alpha * op(A) op(B) + beta * C`, all row-major.
 /// `op(A)` is (m, k): A is stored (m, k), or (k, m) when `ta`. `op(B)` is (k, n): B is stored
@@ -101,7 +106,7 @@ pub fn attention_decode_via_host<B: Backend + ?Sized>(
         be.download(v_cache)?,
     );
     crate::cpu::attention_cache::attention_decode(&mut host, &q, &k, &v, past, hq, hkv, d)?;
-    *out = be.upload(&host)?;
+    *out = be.upload_as(&host, be.dtype(out))?;
     Ok(())
 }
 
@@ -117,20 +122,50 @@ pub fn copy_range_via_host<B: Backend + ?Sized>(
     let mut host = be.download(dst)?;
     let src = be.download(src)?;
     crate::cpu::attention_cache::copy_range(&mut host, dst_off, &src, src_off, len)?;
-    *dst = be.upload(&host)?;
+    *dst = be.upload_as(&host, be.dtype(dst))?;
     Ok(())
 }
 
 pub trait Backend: Send + Sync + 'static {
-    /// A flat array on the device, in the backend's compute precision.
+    /// A flat array on the device.
     type Buf: Send + Sync;
 
     fn name(&self) -> &'static str;
 
     // ---- memory ----
-    /// A zero-filled buffer of `n` elements.
+    /// A zero-filled f32 buffer of `n` elements.
     fn zeros(&self, n: usize) -> Result<Self::Buf>;
+    /// An f32 buffer holding `host`.
     fn upload(&self, host: &[f32]) -> Result<Self::Buf>;
+    /// The storage type of activations and frozen weights on this backend.
+    fn compute_dtype(&self) -> DType {
+        DType::F32
+    }
+    /// The storage type of `buf`.
+    fn dtype(&self, buf: &Self::Buf) -> DType {
+        let _ = buf;
+        DType::F32
+    }
+    /// A zero-filled buffer of `n` elements stored as `dtype` (backends without that type
+    /// store f32).
+    fn zeros_as(&self, n: usize, dtype: DType) -> Result<Self::Buf> {
+        let _ = dtype;
+        self.zeros(n)
+    }
+    /// `host` stored as `dtype` (rounded to nearest even).
+    fn upload_as(&self, host: &[f32], dtype: DType) -> Result<Self::Buf> {
+        let _ = dtype;
+        self.upload(host)
+    }
+    /// An activation buffer: `n` zeros in the compute dtype.
+    fn act_zeros(&self, n: usize) -> Result<Self::Buf> {
+        self.zeros_as(n, self.compute_dtype())
+    }
+    /// A frozen weight in the compute dtype.
+    fn upload_frozen(&self, host: &[f32]) -> Result<Self::Buf> {
+        self.upload_as(host, self.compute_dtype())
+    }
+    /// Values are converted to f32 whatever the storage type.
     fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
     fn len(&self, buf: &Self::Buf) -> usize;
     /// Sets every element to `value`.

@@ -1,24 +1,32 @@
 //! Every CUDA op against its CPU twin on fresh random inputs at awkward sizes (vocab 8003,
 //! lengths that are not multiples of the block sizes, odd head counts), reporting the worst
-//! element. These need an NVIDIA GPU: run them with `cargo test -- --ignored` there.
+//! element. Each runs once per storage type (f32, bf16, f16): activations are rounded to the
+//! type on both sides, so the comparison measures the op, and 16-bit outputs are held to a
+//! tolerance of a few units of their precision. These need an NVIDIA GPU: run them with
+//! `cargo test -- --ignored` there.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use temper_core::{AdamWStep, Backend, CpuBackend, CudaBackend, Gemm};
+use temper_core::{AdamWStep, Backend, CpuBackend, CudaBackend, DType, Gemm};
+
+const DTYPES: [DType; 3] = [DType::F32, DType::BF16, DType::F16];
 
 struct Pair {
     cpu: CpuBackend,
     gpu: CudaBackend,
     rng: ChaCha8Rng,
+    /// Storage type of the activations under test.
+    dt: DType,
 }
 
 impl Pair {
-    fn new(seed: u64) -> Self {
-        let gpu = CudaBackend::new(0).unwrap_or_else(|e| panic!("CUDA backend: {e}"));
+    fn new(seed: u64, dt: DType) -> Self {
+        let gpu = CudaBackend::with_dtype(0, dt).unwrap_or_else(|e| panic!("CUDA backend: {e}"));
         Pair {
             cpu: CpuBackend::new(),
             gpu,
             rng: ChaCha8Rng::seed_from_u64(seed),
+            dt,
         }
     }
     fn random(&mut self, n: usize, scale: f32) -> Vec<f32> {
@@ -26,11 +34,32 @@ impl Pair {
             .map(|_| self.rng.random_range(-scale..scale))
             .collect()
     }
+    /// An activation: stored as `dt` on the GPU, the same rounded values on the CPU.
     fn up(&self, x: &[f32]) -> (temper_core::cpu::CpuBuf, temper_core::cuda::CudaBuf) {
+        let rounded: Vec<f32> = x.iter().map(|&v| self.dt.round(v)).collect();
+        (
+            self.cpu.upload(&rounded).expect("cpu"),
+            self.gpu.upload_as(&rounded, self.dt).expect("gpu"),
+        )
+    }
+    /// A buffer that is f32 whatever the activations are (rstd, lse, RoPE tables).
+    fn up32(&self, x: &[f32]) -> (temper_core::cpu::CpuBuf, temper_core::cuda::CudaBuf) {
         (
             self.cpu.upload(x).expect("cpu"),
             self.gpu.upload(x).expect("gpu"),
         )
+    }
+    /// [`assert_twins`] with the tolerance widened to the storage type: for 16 bits, at
+    /// least 4 units of precision of the tensor's largest value plus 2 relative.
+    fn twins(&self, what: &str, gpu: &[f32], cpu: &[f32], atol: f32, rtol: f32) {
+        let (atol, rtol) = if self.dt == DType::F32 {
+            (atol, rtol)
+        } else {
+            let max = cpu.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let eps = self.dt.epsilon();
+            (atol.max(4.0 * eps * max), rtol.max(2.0 * eps))
+        };
+        assert_twins(&format!("{what} [{}]", self.dt), gpu, cpu, atol, rtol);
     }
 }
 
@@ -67,7 +96,13 @@ fn assert_twins(what: &str, gpu: &[f32], cpu: &[f32], atol: f32, rtol: f32) {
 #[test]
 #[ignore = "needs an NVIDIA GPU: cargo test -- --ignored"]
 fn matmul_all_transposes() {
-    let mut p = Pair::new(1);
+    for dt in DTYPES {
+        matmul_all_transposes_in(dt);
+    }
+}
+
+fn matmul_all_transposes_in(dt: DType) {
+    let mut p = Pair::new(1, dt);
     for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
         let (m, n, k) = (37, 53, 29);
         let a = p.random(m * k, 1.0);
@@ -85,7 +120,7 @@ fn matmul_all_transposes() {
         let ((ac, ag), (bc, bg), (mut cc, mut cg)) = (p.up(&a), p.up(&b), p.up(&c0));
         p.cpu.matmul(&mut cc, &ac, &bc, g).expect("cpu");
         p.gpu.matmul(&mut cg, &ag, &bg, g).expect("gpu");
-        assert_twins(
+        p.twins(
             &format!("matmul ta={ta} tb={tb}"),
             &p.gpu.download(&cg).expect("dl"),
             &cc,
@@ -98,7 +133,13 @@ fn matmul_all_transposes() {
 #[test]
 #[ignore = "needs an NVIDIA GPU: cargo test -- --ignored"]
 fn elementwise_ops() {
-    let mut p = Pair::new(2);
+    for dt in DTYPES {
+        elementwise_ops_in(dt);
+    }
+}
+
+fn elementwise_ops_in(dt: DType) {
+    let mut p = Pair::new(2, dt);
     let n = 10_007;
     let x = p.random(n, 2.0);
     let y0 = p.random(n, 2.0);
@@ -108,7 +149,7 @@ fn elementwise_ops() {
     p.gpu.axpy(&mut yg, 0.3, &xg).expect("gpu");
     p.cpu.scale(&mut yc, -1.5).expect("cpu");
     p.gpu.scale(&mut yg, -1.5).expect("gpu");
-    assert_twins(
+    p.twins(
         "axpy+scale",
         &p.gpu.download(&yg).expect("dl"),
         &yc,
@@ -120,7 +161,7 @@ fn elementwise_ops() {
     let (mut zc, mut zg) = p.up(&x[..7 * 1429]);
     p.cpu.add_bias(&mut zc, &bc, 7).expect("cpu");
     p.gpu.add_bias(&mut zg, &bg, 7).expect("gpu");
-    assert_twins(
+    p.twins(
         "add_bias",
         &p.gpu.download(&zg).expect("dl"),
         &zc,
@@ -139,7 +180,7 @@ fn elementwise_ops() {
         let (mut dc, mut dg) = p.up(&vec![f32::NAN; n]);
         p.cpu.dropout(&mut dc, &xc, prob, 99).expect("cpu");
         p.gpu.dropout(&mut dg, &xg, prob, 99).expect("gpu");
-        assert_twins(
+        p.twins(
             &format!("dropout p={prob}"),
             &p.gpu.download(&dg).expect("dl"),
             &dc,
@@ -154,7 +195,7 @@ fn elementwise_ops() {
     let (mut hc, mut hg) = p.up(&vec![0.0; n]);
     p.cpu.swiglu_forward(&mut hc, &gc, &uc).expect("cpu");
     p.gpu.swiglu_forward(&mut hg, &gg, &ug).expect("gpu");
-    assert_twins(
+    p.twins(
         "swiglu_forward",
         &p.gpu.download(&hg).expect("dl"),
         &hc,
@@ -169,14 +210,14 @@ fn elementwise_ops() {
     p.gpu
         .swiglu_backward(&mut dgg, &mut dug, &dhg, &gg, &ug)
         .expect("gpu");
-    assert_twins(
+    p.twins(
         "swiglu_backward dgate",
         &p.gpu.download(&dgg).expect("dl"),
         &dgc,
         1e-6,
         1e-5,
     );
-    assert_twins(
+    p.twins(
         "swiglu_backward dup",
         &p.gpu.download(&dug).expect("dl"),
         &duc,
@@ -191,7 +232,13 @@ fn elementwise_ops() {
 #[test]
 #[ignore = "needs an NVIDIA GPU: cargo test -- --ignored"]
 fn embedding_rmsnorm_rope() {
-    let mut p = Pair::new(3);
+    for dt in DTYPES {
+        embedding_rmsnorm_rope_in(dt);
+    }
+}
+
+fn embedding_rmsnorm_rope_in(dt: DType) {
+    let mut p = Pair::new(3, dt);
     let (v, c, n) = (8003, 67, 131);
     let table = p.random(v * c, 1.0);
     let ids: Vec<u32> = (0..n).map(|i| (i * 61 % v) as u32).collect();
@@ -199,7 +246,7 @@ fn embedding_rmsnorm_rope() {
     let (mut ec, mut eg) = p.up(&vec![0.0; n * c]);
     p.cpu.embedding_forward(&mut ec, &ids, &tc, c).expect("cpu");
     p.gpu.embedding_forward(&mut eg, &ids, &tg, c).expect("gpu");
-    assert_twins(
+    p.twins(
         "embedding",
         &p.gpu.download(&eg).expect("dl"),
         &ec,
@@ -216,21 +263,21 @@ fn embedding_rmsnorm_rope() {
     let dy = p.random(n * c, 1.0);
     let ((xc, xg), (wc, wg), (dyc, dyg)) = (p.up(&x), p.up(&w), p.up(&dy));
     let (mut yc, mut yg) = p.up(&vec![0.0; n * c]);
-    let (mut rc, mut rg) = p.up(&vec![0.0; n]);
+    let (mut rc, mut rg) = p.up32(&vec![0.0; n]);
     p.cpu
         .rmsnorm_forward(&mut yc, &mut rc, &xc, &wc, c, 1e-5)
         .expect("cpu");
     p.gpu
         .rmsnorm_forward(&mut yg, &mut rg, &xg, &wg, c, 1e-5)
         .expect("gpu");
-    assert_twins(
+    p.twins(
         "rmsnorm_forward",
         &p.gpu.download(&yg).expect("dl"),
         &yc,
         1e-5,
         1e-5,
     );
-    assert_twins(
+    p.twins(
         "rmsnorm rstd",
         &p.gpu.download(&rg).expect("dl"),
         &rc,
@@ -244,7 +291,7 @@ fn embedding_rmsnorm_rope() {
     p.gpu
         .rmsnorm_backward(&mut dxg, &dyg, &xg, &wg, &rg, c)
         .expect("gpu");
-    assert_twins(
+    p.twins(
         "rmsnorm_backward",
         &p.gpu.download(&dxg).expect("dl"),
         &dxc,
@@ -255,7 +302,7 @@ fn embedding_rmsnorm_rope() {
     let (h, d, positions) = (5, 22, 300);
     let inv = temper_core::rope::inv_freq(d, 10000.0, None);
     let (cos, sin) = temper_core::rope::tables(&inv, positions);
-    let ((cc, cg), (sc, sg)) = (p.up(&cos), p.up(&sin));
+    let ((cc, cg), (sc, sg)) = (p.up32(&cos), p.up32(&sin));
     let pos: Vec<u32> = (0..n).map(|i| (i * 7 % positions) as u32).collect();
     let q = p.random(n * h * d, 1.0);
     let (mut qc, mut qg) = p.up(&q);
@@ -265,7 +312,7 @@ fn embedding_rmsnorm_rope() {
     p.gpu
         .rope_forward(&mut qg, &pos, &cg, &sg, h, d)
         .expect("gpu");
-    assert_twins(
+    p.twins(
         "rope_forward",
         &p.gpu.download(&qg).expect("dl"),
         &qc,
@@ -278,7 +325,7 @@ fn embedding_rmsnorm_rope() {
     p.gpu
         .rope_backward(&mut qg, &pos, &cg, &sg, h, d)
         .expect("gpu");
-    assert_twins(
+    p.twins(
         "rope_backward",
         &p.gpu.download(&qg).expect("dl"),
         &qc,
@@ -290,7 +337,13 @@ fn embedding_rmsnorm_rope() {
 #[test]
 #[ignore = "needs an NVIDIA GPU: cargo test -- --ignored"]
 fn attention_forward_and_backward() {
-    let mut p = Pair::new(4);
+    for dt in DTYPES {
+        attention_forward_and_backward_in(dt);
+    }
+}
+
+fn attention_forward_and_backward_in(dt: DType) {
+    let mut p = Pair::new(4, dt);
     // GQA 6/2, head dim 40, sequences of 1, 130, 7 and 200 tokens (tiles of 128 split them).
     let (hq, hkv, d) = (6, 2, 40);
     let cu: Vec<u32> = vec![0, 1, 131, 138, 338];
@@ -301,21 +354,21 @@ fn attention_forward_and_backward() {
     let dout = p.random(n * hq * d, 1.0);
     let ((qc, qg), (kc, kg), (vc, vg), (doc, dog)) = (p.up(&q), p.up(&k), p.up(&v), p.up(&dout));
     let (mut oc, mut og) = p.up(&vec![0.0; n * hq * d]);
-    let (mut lc, mut lg) = p.up(&vec![0.0; n * hq]);
+    let (mut lc, mut lg) = p.up32(&vec![0.0; n * hq]);
     p.cpu
         .attention_forward(&mut oc, &mut lc, &qc, &kc, &vc, &cu, hq, hkv, d)
         .expect("cpu");
     p.gpu
         .attention_forward(&mut og, &mut lg, &qg, &kg, &vg, &cu, hq, hkv, d)
         .expect("gpu");
-    assert_twins(
+    p.twins(
         "attention out",
         &p.gpu.download(&og).expect("dl"),
         &oc,
         1e-5,
         1e-4,
     );
-    assert_twins(
+    p.twins(
         "attention lse",
         &p.gpu.download(&lg).expect("dl"),
         &lc,
@@ -335,21 +388,21 @@ fn attention_forward_and_backward() {
             &mut dqg, &mut dkg, &mut dvg, &dog, &qg, &kg, &vg, &og, &lg, &cu, hq, hkv, d,
         )
         .expect("gpu");
-    assert_twins(
+    p.twins(
         "attention dq",
         &p.gpu.download(&dqg).expect("dl"),
         &dqc,
         1e-5,
         1e-3,
     );
-    assert_twins(
+    p.twins(
         "attention dk",
         &p.gpu.download(&dkg).expect("dl"),
         &dkc,
         1e-5,
         1e-3,
     );
-    assert_twins(
+    p.twins(
         "attention dv",
         &p.gpu.download(&dvg).expect("dl"),
         &dvc,
@@ -361,7 +414,13 @@ fn attention_forward_and_backward() {
 #[test]
 #[ignore = "needs an NVIDIA GPU: cargo test -- --ignored"]
 fn fused_linear_cross_entropy() {
-    let mut p = Pair::new(5);
+    for dt in DTYPES {
+        fused_linear_cross_entropy_in(dt);
+    }
+}
+
+fn fused_linear_cross_entropy_in(dt: DType) {
+    let mut p = Pair::new(5, dt);
     let (n, c, v) = (45, 33, 8003);
     let x = p.random(n * c, 1.0);
     let w = p.random(v * c, 0.5);
@@ -384,8 +443,8 @@ fn fused_linear_cross_entropy() {
         .gpu
         .linear_cross_entropy(Some(&mut dg), &xg, &wg, &targets, c, v, 0.125, 16)
         .expect("gpu");
-    assert_twins("cross-entropy loss", &lg, &lc, 1e-5, 1e-5);
-    assert_twins(
+    p.twins("cross-entropy loss", &lg, &lc, 1e-5, 1e-5);
+    p.twins(
         "cross-entropy dx",
         &p.gpu.download(&dg).expect("dl"),
         &dc,
@@ -396,13 +455,14 @@ fn fused_linear_cross_entropy() {
         .gpu
         .linear_cross_entropy(None, &xg, &wg, &targets, c, v, 1.0, 7)
         .expect("gpu");
-    assert_twins("cross-entropy chunk 7 vs 16", &lg2, &lg, 1e-6, 1e-6);
+    p.twins("cross-entropy chunk 7 vs 16", &lg2, &lg, 1e-6, 1e-6);
 }
 
 #[test]
 #[ignore = "needs an NVIDIA GPU: cargo test -- --ignored"]
 fn adamw_steps() {
-    let mut p = Pair::new(6);
+    // Parameters, gradients and moments are f32 whatever the activations are.
+    let mut p = Pair::new(6, DType::F32);
     let n = 5003;
     let param = p.random(n, 1.0);
     let (mut pc, mut pg) = p.up(&param);
@@ -422,21 +482,21 @@ fn adamw_steps() {
         p.cpu.adamw(&mut pc, &gc, &mut mc, &mut vc, s).expect("cpu");
         p.gpu.adamw(&mut pg, &gg, &mut mg, &mut vg, s).expect("gpu");
     }
-    assert_twins(
+    p.twins(
         "adamw param",
         &p.gpu.download(&pg).expect("dl"),
         &pc,
         1e-7,
         1e-5,
     );
-    assert_twins(
+    p.twins(
         "adamw m",
         &p.gpu.download(&mg).expect("dl"),
         &mc,
         1e-8,
         1e-5,
     );
-    assert_twins(
+    p.twins(
         "adamw v",
         &p.gpu.download(&vg).expect("dl"),
         &vc,
@@ -448,7 +508,13 @@ fn adamw_steps() {
 #[test]
 #[ignore = "needs an NVIDIA GPU: cargo test -- --ignored"]
 fn attention_decode_and_copy_range() {
-    let mut p = Pair::new(7);
+    for dt in DTYPES {
+        attention_decode_and_copy_range_in(dt);
+    }
+}
+
+fn attention_decode_and_copy_range_in(dt: DType) {
+    let mut p = Pair::new(7, dt);
     // GQA 6/2, head dim 40; 3 new queries after 150 cached positions, in a cache of 170 rows.
     let (hq, hkv, d, past, n, cap) = (6, 2, 40, 150, 3, 170);
     let q = p.random(n * hq * d, 1.0);
@@ -469,7 +535,7 @@ fn attention_decode_and_copy_range() {
     p.gpu
         .attention_decode(&mut og, &qg, &kg, &vg, past, hq, hkv, d)
         .expect("gpu");
-    assert_twins(
+    p.twins(
         "attention_decode",
         &p.gpu.download(&og).expect("dl"),
         &oc,
@@ -486,7 +552,7 @@ fn attention_decode_and_copy_range() {
     let ((sc, sg), (mut dc, mut dg)) = (p.up(&src), p.up(&dst));
     p.cpu.copy_range(&mut dc, 13, &sc, 500, 300).expect("cpu");
     p.gpu.copy_range(&mut dg, 13, &sg, 500, 300).expect("gpu");
-    assert_twins(
+    p.twins(
         "copy_range",
         &p.gpu.download(&dg).expect("dl"),
         &dc,

@@ -79,12 +79,12 @@ impl<B: Backend> Model<B> {
             Ok(())
         };
 
-        let mut xn1 = be.zeros(n * c)?;
+        let mut xn1 = be.act_zeros(n * c)?;
         let mut rstd1 = be.zeros(n)?;
         be.rmsnorm_forward(&mut xn1, &mut rstd1, x, &w.input_norm, c, cfg.rms_eps)?;
-        let mut q = be.zeros(n * qd)?;
-        let mut k = be.zeros(n * kvd)?;
-        let mut v = be.zeros(n * kvd)?;
+        let mut q = be.act_zeros(n * qd)?;
+        let mut k = be.act_zeros(n * kvd)?;
+        let mut v = be.act_zeros(n * kvd)?;
         lin(Target::Q, &mut q, &xn1)?;
         lin(Target::K, &mut k, &xn1)?;
         lin(Target::V, &mut v, &xn1)?;
@@ -104,7 +104,7 @@ impl<B: Backend> Model<B> {
             cfg.kv_heads,
             d,
         )?;
-        let mut att = be.zeros(n * qd)?;
+        let mut att = be.act_zeros(n * qd)?;
         let mut lse = be.zeros(n * cfg.heads)?;
         be.attention_forward(
             &mut att,
@@ -117,18 +117,18 @@ impl<B: Backend> Model<B> {
             cfg.kv_heads,
             d,
         )?;
-        let mut x2 = be.zeros(n * c)?;
+        let mut x2 = be.act_zeros(n * c)?;
         lin(Target::O, &mut x2, &att)?;
         be.axpy(&mut x2, 1.0, x)?;
 
-        let mut xn2 = be.zeros(n * c)?;
+        let mut xn2 = be.act_zeros(n * c)?;
         let mut rstd2 = be.zeros(n)?;
         be.rmsnorm_forward(&mut xn2, &mut rstd2, &x2, &w.post_attn_norm, c, cfg.rms_eps)?;
-        let mut g = be.zeros(n * f)?;
-        let mut u = be.zeros(n * f)?;
+        let mut g = be.act_zeros(n * f)?;
+        let mut u = be.act_zeros(n * f)?;
         lin(Target::Gate, &mut g, &xn2)?;
         lin(Target::Up, &mut u, &xn2)?;
-        let mut h = be.zeros(n * f)?;
+        let mut h = be.act_zeros(n * f)?;
         be.swiglu_forward(&mut h, &g, &u)?;
         lin(Target::Down, out, &h)?;
         be.axpy(out, 1.0, &x2)?;
@@ -200,31 +200,31 @@ impl<B: Backend> Model<B> {
         };
 
         // out = x2 + down(h)
-        let mut dh = be.zeros(n * f)?;
+        let mut dh = be.act_zeros(n * f)?;
         lin_bwd(Target::Down, Some(&mut dh), false, dout, &acts.h)?;
         // h = silu(g) * u
-        let mut dg = be.zeros(n * f)?;
-        let mut du = be.zeros(n * f)?;
+        let mut dg = be.act_zeros(n * f)?;
+        let mut du = be.act_zeros(n * f)?;
         be.swiglu_backward(&mut dg, &mut du, &dh, &acts.g, &acts.u)?;
         drop(dh);
         // g, u = gate(xn2), up(xn2)
-        let mut dxn2 = be.zeros(n * c)?;
+        let mut dxn2 = be.act_zeros(n * c)?;
         lin_bwd(Target::Gate, Some(&mut dxn2), false, &dg, &acts.xn2)?;
         lin_bwd(Target::Up, Some(&mut dxn2), true, &du, &acts.xn2)?;
         drop((dg, du));
         // xn2 = rmsnorm(x2); x2 also flows straight to out
-        let mut dx2 = be.zeros(n * c)?;
+        let mut dx2 = be.act_zeros(n * c)?;
         be.rmsnorm_backward(&mut dx2, &dxn2, &acts.x2, &w.post_attn_norm, &acts.rstd2, c)?;
         be.axpy(&mut dx2, 1.0, dout)?;
         drop(dxn2);
 
         // x2 = x + o(att)
-        let mut datt = be.zeros(n * qd)?;
+        let mut datt = be.act_zeros(n * qd)?;
         lin_bwd(Target::O, Some(&mut datt), false, &dx2, &acts.att)?;
         // att = attention(q, k, v)
-        let mut dq = be.zeros(n * qd)?;
-        let mut dk = be.zeros(n * kvd)?;
-        let mut dv = be.zeros(n * kvd)?;
+        let mut dq = be.act_zeros(n * qd)?;
+        let mut dk = be.act_zeros(n * kvd)?;
+        let mut dv = be.act_zeros(n * kvd)?;
         be.attention_backward(
             &mut dq,
             &mut dk,
@@ -261,7 +261,7 @@ impl<B: Backend> Model<B> {
         // q, k, v = proj(xn1); xn1 = rmsnorm(x); x also flows straight to x2
         match dx {
             Some(dx) => {
-                let mut dxn1 = be.zeros(n * c)?;
+                let mut dxn1 = be.act_zeros(n * c)?;
                 lin_bwd(Target::Q, Some(&mut dxn1), false, &dq, &acts.xn1)?;
                 lin_bwd(Target::K, Some(&mut dxn1), true, &dk, &acts.xn1)?;
                 lin_bwd(Target::V, Some(&mut dxn1), true, &dv, &acts.xn1)?;

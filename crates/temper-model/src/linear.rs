@@ -56,14 +56,14 @@ pub fn linear_forward<B: Backend>(
     };
     let r = lora.a.shape[0];
     let x_dropped = if lora.dropout > 0.0 {
-        let mut xd = be.zeros(n * d_in)?;
+        let mut xd = be.act_zeros(n * d_in)?;
         be.dropout(&mut xd, x, lora.dropout, lora.seed)?;
         Some(xd)
     } else {
         None
     };
     let x_in = x_dropped.as_ref().unwrap_or(x);
-    let mut xa = be.zeros(n * r)?; // (n, r)
+    let mut xa = be.act_zeros(n * r)?; // (n, r)
     be.matmul(&mut xa, x_in, &lora.a.value, Gemm::nt(n, r, d_in))?;
     be.matmul(
         y,
@@ -106,7 +106,7 @@ pub fn linear_backward<B: Backend>(
         Gemm::tn(d_out, r, n).alpha(s).beta(1.0),
     )?;
     // dxa (n, r) = s * dy B
-    let mut dxa = be.zeros(n * r)?;
+    let mut dxa = be.act_zeros(n * r)?;
     be.matmul(&mut dxa, dy, &lora.b.value, Gemm::nn(n, r, d_out).alpha(s))?;
     // dA (r, in) += dxa^T drop(x)
     let x_in = saved.x_dropped.as_ref().unwrap_or(x);
@@ -114,9 +114,9 @@ pub fn linear_backward<B: Backend>(
     if let Some(dx) = dx {
         if lora.dropout > 0.0 {
             // d drop(x) = dxa A, then through the same mask.
-            let mut dxd = be.zeros(n * d_in)?;
+            let mut dxd = be.act_zeros(n * d_in)?;
             be.matmul(&mut dxd, &dxa, &lora.a.value, Gemm::nn(n, d_in, r))?;
-            let mut masked = be.zeros(n * d_in)?;
+            let mut masked = be.act_zeros(n * d_in)?;
             be.dropout(&mut masked, &dxd, lora.dropout, lora.seed)?;
             be.axpy(dx, 1.0, &masked)?;
         } else {

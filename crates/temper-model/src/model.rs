@@ -174,7 +174,7 @@ impl<B: Backend> Model<B> {
 
     /// Embedding lookup: (N, C).
     fn embed(&self, batch: &TokenBatch<'_>) -> Result<B::Buf> {
-        let mut x = self.be.zeros(batch.len() * self.cfg.hidden)?;
+        let mut x = self.be.act_zeros(batch.len() * self.cfg.hidden)?;
         self.be
             .embedding_forward(&mut x, batch.ids, &self.weights.embed, self.cfg.hidden)?;
         Ok(x)
@@ -187,7 +187,7 @@ impl<B: Backend> Model<B> {
         let (n, c) = (batch.len(), self.cfg.hidden);
         let mut x = self.embed(batch)?;
         for l in 0..self.cfg.layers {
-            let mut out = self.be.zeros(n * c)?;
+            let mut out = self.be.act_zeros(n * c)?;
             self.layer_forward(l, &x, &mut out, lora, batch, &ctx)?;
             x = out;
         }
@@ -198,7 +198,7 @@ impl<B: Backend> Model<B> {
     fn final_norm(&self, x: &B::Buf) -> Result<(B::Buf, B::Buf)> {
         let c = self.cfg.hidden;
         let n = self.be.len(x) / c;
-        let mut xf = self.be.zeros(n * c)?;
+        let mut xf = self.be.act_zeros(n * c)?;
         let mut rstd = self.be.zeros(n)?;
         self.be.rmsnorm_forward(
             &mut xf,
@@ -262,7 +262,7 @@ impl<B: Backend> Model<B> {
         let mut kept: Vec<LayerActs<B>> = Vec::new();
         let mut x = self.embed(batch)?;
         for l in 0..layers {
-            let mut out = be.zeros(n * c)?;
+            let mut out = be.act_zeros(n * c)?;
             let acts = self.layer_forward(l, &x, &mut out, Some(lora), batch, ctx)?;
             if ckpt == Checkpointing::Off {
                 kept.push(acts);
@@ -272,7 +272,7 @@ impl<B: Backend> Model<B> {
 
         // Final norm, then the LM head fused with the loss and its first backward step.
         let (xf, rstd) = self.final_norm(&x)?;
-        let mut dxf = be.zeros(n * c)?;
+        let mut dxf = be.act_zeros(n * c)?;
         let losses = be.linear_cross_entropy(
             Some(&mut dxf),
             &xf,
@@ -284,7 +284,7 @@ impl<B: Backend> Model<B> {
             self.loss_chunk,
         )?;
         drop(xf);
-        let mut dx = be.zeros(n * c)?;
+        let mut dx = be.act_zeros(n * c)?;
         be.rmsnorm_backward(&mut dx, &dxf, &x, &self.weights.final_norm, &rstd, c)?;
         drop((dxf, x));
 
@@ -296,12 +296,12 @@ impl<B: Backend> Model<B> {
             let acts = match kept.pop() {
                 Some(a) => a,
                 None => {
-                    let mut scratch = be.zeros(n * c)?;
+                    let mut scratch = be.act_zeros(n * c)?;
                     self.layer_forward(l, &x_in, &mut scratch, Some(lora), batch, ctx)?
                 }
             };
             if l > 0 {
-                let mut dx_in = be.zeros(n * c)?;
+                let mut dx_in = be.act_zeros(n * c)?;
                 self.layer_backward(l, &x_in, &acts, &dx, Some(&mut dx_in), lora, batch, ctx)?;
                 dx = dx_in;
             } else {

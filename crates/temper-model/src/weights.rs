@@ -50,7 +50,7 @@ impl<B: Backend> Weights<B> {
         let (c, v) = (cfg.hidden, cfg.vocab);
         let get = |name: &str, shape: &[usize]| -> Result<B::Buf> {
             let t = st.read_shaped(name, shape)?;
-            Ok(be.upload(&t.data)?)
+            Ok(be.upload_frozen(&t.data)?)
         };
         let embed = get("model.embed_tokens.weight", &[v, c])?;
         let mut layers = Vec::with_capacity(cfg.layers);

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use safetensors::{Dtype, SafeTensors};
-use temper_core::{AdamWStep, Backend, CpuBackend, CudaBackend};
+use temper_core::{AdamWStep, Backend, CpuBackend, CudaBackend, DType};
 use temper_model::{adapter, Checkpointing, Model, StepCtx, TokenBatch};
 
 /// Relative error used throughout: max |got - want| / max |want| over a tensor.
@@ -167,7 +167,6 @@ fn run_case<B: Backend>(be: Arc<B>, case: &str, ckpt: Checkpointing) -> CaseResu
     for prm in &lora.params {
         let got = be.download(&prm.grad).expect("download");
         let e = rel_err(&got, &exp.f32(&format!("grad.{}", prm.key)));
-        assert!(e <= TOL, "{case}: grad of {} off by {e:.2e}", prm.key);
         worst_grad = worst_grad.max(e);
     }
 
@@ -200,35 +199,61 @@ fn run_case<B: Backend>(be: Arc<B>, case: &str, ckpt: Checkpointing) -> CaseResu
     }
 }
 
-fn check(case: &str) {
-    check_on(Arc::new(CpuBackend::new()), case);
+/// Relative tolerances: logits and losses, LoRA gradients, and the AdamW step (None: not
+/// compared).
+#[derive(Clone, Copy)]
+struct Tol {
+    outputs: f64,
+    grads: f64,
+    step: Option<f64>,
 }
 
-fn check_on<B: Backend>(be: Arc<B>, case: &str) {
+/// f32 storage matches the peer's f32 run to rounding.
+const F32: Tol = Tol {
+    outputs: TOL,
+    grads: TOL,
+    step: Some(TOL),
+};
+/// bf16 activations and weights against the peer's f32 run: logits and loss within 2e-2;
+/// gradients go through every layer's bf16 activations backward, so they get 5e-2. Adam's
+/// first step is lr * sign(grad) for each entry, so a gradient near zero that rounds the
+/// other way flips its entry by 2 lr: the step is checked in f32 only, where gradients match.
+const BF16: Tol = Tol {
+    outputs: 2e-2,
+    grads: 5e-2,
+    step: None,
+};
+
+fn check(case: &str) {
+    check_on(Arc::new(CpuBackend::new()), case, F32);
+}
+
+fn check_on<B: Backend>(be: Arc<B>, case: &str, tol: Tol) {
     for ckpt in [Checkpointing::Off, Checkpointing::EveryLayer] {
         let r = run_case(be.clone(), case, ckpt);
         println!(
-            "{case} on {} ({ckpt:?}): logits {:.2e}, loss {:.2e}, per-sequence loss {:.2e}, grads {:.2e}, after AdamW {:.2e}",
-            be.name(), r.worst_logits, r.loss_err, r.worst_seq_loss, r.worst_grad, r.worst_step
+            "{case} on {} in {} ({ckpt:?}): logits {:.2e}, loss {:.2e}, per-sequence loss {:.2e}, grads {:.2e}, after AdamW {:.2e}",
+            be.name(), be.compute_dtype(), r.worst_logits, r.loss_err, r.worst_seq_loss, r.worst_grad, r.worst_step
         );
+        let (tol, gtol, tol_step) = (tol.outputs, tol.grads, tol.step);
         assert!(
-            r.worst_logits <= TOL,
+            r.worst_logits <= tol,
             "{case}: logits off by {:.2e}",
             r.worst_logits
         );
-        assert!(r.loss_err <= TOL, "{case}: loss off by {:.2e}", r.loss_err);
+        assert!(r.loss_err <= tol, "{case}: loss off by {:.2e}", r.loss_err);
         assert!(
-            r.worst_seq_loss <= TOL,
+            r.worst_seq_loss <= tol,
             "{case}: per-sequence loss off by {:.2e}",
             r.worst_seq_loss
         );
         assert!(
-            r.worst_grad <= TOL,
+            r.worst_grad <= gtol,
             "{case}: grads off by {:.2e}",
             r.worst_grad
         );
         assert!(
-            r.worst_step <= TOL,
+            tol_step.is_none_or(|t| r.worst_step <= t),
             "{case}: AdamW step off by {:.2e}",
             r.worst_step
         );
@@ -250,24 +275,30 @@ fn rslora_on_a_subset_of_modules_matches_peft() {
     check("llama_rslora");
 }
 
-fn cuda() -> Arc<CudaBackend> {
-    Arc::new(CudaBackend::new(0).unwrap_or_else(|e| panic!("CUDA backend: {e}")))
+fn cuda(dt: DType) -> Arc<CudaBackend> {
+    Arc::new(CudaBackend::with_dtype(0, dt).unwrap_or_else(|e| panic!("CUDA backend: {e}")))
+}
+
+/// Each case on the GPU with f32 storage (to the peer's rounding) and with bf16.
+fn check_cuda(case: &str) {
+    check_on(cuda(DType::F32), case, F32);
+    check_on(cuda(DType::BF16), case, BF16);
 }
 
 #[test]
 #[ignore = "needs an NVIDIA GPU: cargo test -- --ignored"]
 fn cuda_llama_gqa_matches_transformers_and_peft() {
-    check_on(cuda(), "llama_gqa");
+    check_cuda("llama_gqa");
 }
 
 #[test]
 #[ignore = "needs an NVIDIA GPU: cargo test -- --ignored"]
 fn cuda_qwen2_matches_transformers_and_peft() {
-    check_on(cuda(), "qwen2");
+    check_cuda("qwen2");
 }
 
 #[test]
 #[ignore = "needs an NVIDIA GPU: cargo test -- --ignored"]
 fn cuda_rslora_matches_peft() {
-    check_on(cuda(), "llama_rslora");
+    check_cuda("llama_rslora");
 }

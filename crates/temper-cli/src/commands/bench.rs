@@ -23,11 +23,12 @@ pub struct BenchArgs {
     pub lora_r: usize,
     pub checkpointing: bool,
     pub device: String,
+    pub dtype: String,
 }
 
 pub fn run(mut args: BenchArgs) -> Result<()> {
     args.model = crate::model_source::resolve(&args.model)?;
-    match device::resolve(&args.device)? {
+    match device::resolve(&args.device, &args.dtype)? {
         DeviceChoice::Cpu => run_on(Arc::new(CpuBackend::new()), &args, None),
         DeviceChoice::Cuda(be) => {
             let sync = be.clone();
@@ -100,7 +101,7 @@ fn run_on<B: Backend>(be: Arc<B>, args: &BenchArgs, sync: Option<Sync>) -> Resul
     steady.sort_by(f64::total_cmp);
     let median = steady[steady.len() / 2];
     let report = serde_json::json!({
-        "case": format!("temper-{}", be.name()),
+        "case": format!("temper-{}-{}", be.name(), be.compute_dtype().suffix()),
         "seq": seq,
         "batch": batch,
         "lora_r": args.lora_r,

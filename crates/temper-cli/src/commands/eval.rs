@@ -22,6 +22,7 @@ pub struct EvalArgs {
     pub data: PathBuf,
     pub json: bool,
     pub device: String,
+    pub dtype: String,
     pub max_seq_len: Option<usize>,
 }
 
@@ -42,7 +43,7 @@ const EVAL_BATCH_TOKENS: usize = 4096;
 
 pub fn run(mut args: EvalArgs) -> Result<()> {
     args.model = crate::model_source::resolve(&args.model)?;
-    match device::resolve(&args.device)? {
+    match device::resolve(&args.device, &args.dtype)? {
         DeviceChoice::Cpu => run_on(Arc::new(CpuBackend::new()), args),
         DeviceChoice::Cuda(be) => run_on(be, args),
     }

@@ -55,6 +55,9 @@ pub struct GenerateArgs {
     /// Device: auto | cpu | cuda.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Storage of activations and weights on the GPU: auto | bfloat16 | float16 | float32.
+    #[arg(long, default_value = "auto")]
+    pub dtype: String,
     /// Do not stop at EOS or end-of-turn tokens: always generate max_new_tokens (benchmarks).
     #[arg(long)]
     pub ignore_eos: bool,
@@ -64,7 +67,7 @@ pub fn run(mut args: GenerateArgs) -> Result<()> {
     // Bad sampling settings are refused before a GGUF --model is imported.
     sampling_of(&args).validate()?;
     args.model = crate::model_source::resolve(&args.model)?;
-    match device::resolve(&args.device)? {
+    match device::resolve(&args.device, &args.dtype)? {
         DeviceChoice::Cpu => run_on(Arc::new(CpuBackend::new()), args),
         DeviceChoice::Cuda(be) => run_on(be, args),
     }

@@ -26,7 +26,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let (file, base) = config::load(args.config.as_deref(), &args.overrides)?;
     let mut plan = file.resolve(&base, args.resume)?;
     plan.model_dir = crate::model_source::resolve(&plan.model_dir)?;
-    match device::resolve(&plan.device)? {
+    match device::resolve(&plan.device, &plan.dtype)? {
         DeviceChoice::Cpu => run_on(Arc::new(CpuBackend::new()), plan),
         DeviceChoice::Cuda(be) => run_on(be, plan),
     }

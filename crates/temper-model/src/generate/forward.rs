@@ -56,19 +56,19 @@ impl<B: Backend> Model<B> {
         }
         let positions: Vec<u32> = (past..past + n).map(|p| p as u32).collect(); // (n)
 
-        let mut x = be.zeros(n * c)?; // (n, C)
+        let mut x = be.act_zeros(n * c)?; // (n, C)
         be.embedding_forward(&mut x, ids, &self.weights.embed, c)?;
         for l in 0..self.cfg.layers {
-            let mut out = be.zeros(n * c)?; // (n, C)
+            let mut out = be.act_zeros(n * c)?; // (n, C)
             self.layer_cached(l, &x, &mut out, lora, &positions, cache)?;
             x = out;
         }
         cache.advance(n);
 
         // Only the last token's logits are needed: final norm and head on its row alone.
-        let mut last = be.zeros(c)?; // (1, C)
+        let mut last = be.act_zeros(c)?; // (1, C)
         be.copy_range(&mut last, 0, &x, (n - 1) * c, c)?;
-        let mut xf = be.zeros(c)?; // (1, C)
+        let mut xf = be.act_zeros(c)?; // (1, C)
         let mut rstd = be.zeros(1)?;
         be.rmsnorm_forward(
             &mut xf,
@@ -115,12 +115,12 @@ impl<B: Backend> Model<B> {
             Ok(())
         };
 
-        let mut xn1 = be.zeros(n * c)?; // (n, C)
+        let mut xn1 = be.act_zeros(n * c)?; // (n, C)
         let mut rstd = be.zeros(n)?; // (n)
         be.rmsnorm_forward(&mut xn1, &mut rstd, x, &w.input_norm, c, cfg.rms_eps)?;
-        let mut q = be.zeros(n * qd)?; // (n, Hq*D)
-        let mut k = be.zeros(n * kvd)?; // (n, Hkv*D)
-        let mut v = be.zeros(n * kvd)?; // (n, Hkv*D)
+        let mut q = be.act_zeros(n * qd)?; // (n, Hq*D)
+        let mut k = be.act_zeros(n * kvd)?; // (n, Hkv*D)
+        let mut v = be.act_zeros(n * kvd)?; // (n, Hkv*D)
         lin(Target::Q, &mut q, &xn1)?;
         lin(Target::K, &mut k, &xn1)?;
         lin(Target::V, &mut v, &xn1)?;
@@ -144,7 +144,7 @@ impl<B: Backend> Model<B> {
         be.copy_range(&mut cache.k[l], past * kvd, &k, 0, n * kvd)?;
         be.copy_range(&mut cache.v[l], past * kvd, &v, 0, n * kvd)?;
         drop((k, v));
-        let mut att = be.zeros(n * qd)?; // (n, Hq*D)
+        let mut att = be.act_zeros(n * qd)?; // (n, Hq*D)
         be.attention_decode(
             &mut att,
             &q,
@@ -156,18 +156,18 @@ impl<B: Backend> Model<B> {
             d,
         )?;
         drop(q);
-        let mut x2 = be.zeros(n * c)?; // (n, C)
+        let mut x2 = be.act_zeros(n * c)?; // (n, C)
         lin(Target::O, &mut x2, &att)?;
         be.axpy(&mut x2, 1.0, x)?;
         drop(att);
 
-        let mut xn2 = be.zeros(n * c)?; // (n, C)
+        let mut xn2 = be.act_zeros(n * c)?; // (n, C)
         be.rmsnorm_forward(&mut xn2, &mut rstd, &x2, &w.post_attn_norm, c, cfg.rms_eps)?;
-        let mut g = be.zeros(n * f)?; // (n, F)
-        let mut u = be.zeros(n * f)?; // (n, F)
+        let mut g = be.act_zeros(n * f)?; // (n, F)
+        let mut u = be.act_zeros(n * f)?; // (n, F)
         lin(Target::Gate, &mut g, &xn2)?;
         lin(Target::Up, &mut u, &xn2)?;
-        let mut h = be.zeros(n * f)?; // (n, F)
+        let mut h = be.act_zeros(n * f)?; // (n, F)
         be.swiglu_forward(&mut h, &g, &u)?;
         lin(Target::Down, out, &h)?;
         be.axpy(out, 1.0, &x2)?;

@@ -24,8 +24,8 @@ impl<B: Backend> KvCache<B> {
         let mut k = Vec::with_capacity(cfg.layers);
         let mut v = Vec::with_capacity(cfg.layers);
         for _ in 0..cfg.layers {
-            k.push(be.zeros(capacity * row)?);
-            v.push(be.zeros(capacity * row)?);
+            k.push(be.act_zeros(capacity * row)?);
+            v.push(be.act_zeros(capacity * row)?);
         }
         Ok(KvCache {
             k,

@@ -1,0 +1,606 @@
+//! Causal varlen attention with GQA on CUDA (twin: src/cpu/attention.rs), in two paths
+//! chosen per sequence:
+//! - sequences shorter than [`GEMM_MIN_LEN`] (and runs of them) go to the direct kernels,
+//!   one block per (token, head);
+//! - longer ones go through cuBLAS: for a chunk of heads, S = scale Q K^T (f32), the
+//!   `attention_probs` row kernel turns S into P (causal mask; writes lse), then O = P V.
+//!   Backward recomputes P from the saved lse, then dV = P^T dO, dP = dO V^T,
+//!   dS = P (dP - D) scale (`attention_dscores`), dQ = dS K, dK = dS^T Q.
+//!
+//! The scores of a chunk take heads * L^2 * (4 + storage bytes); heads are chunked so this
+//! stays under [`SCORES_BUDGET`] bytes (at least one head at a time).
+
+use cudarc::driver::LaunchConfig;
+
+use super::gemm::{Operand, Shape};
+use super::{check_f32, launch, CudaBackend, CudaBuf, ROW_THREADS};
+use crate::error::check_len;
+use crate::{CoreError, DType, Result};
+
+/// Sequences at least this long take the GEMM path.
+const GEMM_MIN_LEN: usize = 128;
+/// Bytes of scores and probabilities held at once by the GEMM path.
+const SCORES_BUDGET: usize = 256 << 20;
+/// Threads per block of the direct kernels; head_dim may be up to 4 times this.
+const ATTN_THREADS: u32 = 128;
+
+/// For each token, the first token of its sequence and one past its last.
+fn token_bounds(cu: &[u32], n: usize) -> (Vec<u32>, Vec<u32>) {
+    let mut starts = vec![0u32; n];
+    let mut ends = vec![0u32; n];
+    for w in cu.windows(2) {
+        for t in w[0]..w[1] {
+            starts[t as usize] = w[0];
+            ends[t as usize] = w[1];
+        }
+    }
+    (starts, ends)
+}
+
+/// The work of one call: token ranges for the direct kernels, sequences for the GEMM path.
+struct Plan {
+    direct: Vec<(usize, usize)>,
+    gemm: Vec<(usize, usize)>,
+}
+
+fn plan(cu: &[u32], d: usize) -> Plan {
+    let mut p = Plan {
+        direct: vec![],
+        gemm: vec![],
+    };
+    let direct_ok = d <= 4 * ATTN_THREADS as usize;
+    for w in cu.windows(2) {
+        let (a, b) = (w[0] as usize, w[1] as usize);
+        if b == a {
+            continue;
+        }
+        if b - a >= GEMM_MIN_LEN || !direct_ok {
+            p.gemm.push((a, b));
+        } else if let Some(last) = p.direct.last_mut().filter(|r| r.1 == a) {
+            last.1 = b;
+        } else {
+            p.direct.push((a, b));
+        }
+    }
+    p
+}
+
+/// Geometry shared by the GEMM path's calls for one sequence and one chunk of kv heads.
+struct Chunk {
+    /// First token and length of the sequence.
+    a: usize,
+    len: usize,
+    /// Position within the GQA group: query head = kv head * group + g.
+    g: usize,
+    kv0: usize,
+    heads: usize,
+}
+
+impl CudaBackend {
+    fn chunk_heads(&self, len: usize, hkv: usize, dt: DType) -> usize {
+        let per_head = len * len * (4 + dt.size());
+        (SCORES_BUDGET / per_head.max(1)).clamp(1, hkv)
+    }
+
+    /// Strided operand: head `h0 + b * hstep` of rows a.. of x (N, heads, d).
+    fn heads_operand(
+        &self,
+        x: &CudaBuf,
+        a: usize,
+        heads: usize,
+        h0: usize,
+        hstep: usize,
+        d: usize,
+    ) -> Operand {
+        Operand {
+            ptr: self.ptr(x, (a * heads + h0) * d),
+            dtype: x.dtype,
+            ld: heads * d,
+            stride: hstep * d,
+        }
+    }
+
+    fn scores_operand(&self, s: &CudaBuf, len: usize) -> Operand {
+        Operand {
+            ptr: self.ptr(s, 0),
+            dtype: s.dtype,
+            ld: len,
+            stride: len * len,
+        }
+    }
+
+    /// S (heads, L, L) = scale Q K^T for the chunk.
+    #[allow(clippy::too_many_arguments)]
+    fn scores(
+        &self,
+        s: &CudaBuf,
+        q: &CudaBuf,
+        k: &CudaBuf,
+        c: &Chunk,
+        hq: usize,
+        hkv: usize,
+        d: usize,
+    ) -> Result<()> {
+        let group = hq / hkv;
+        self.gemm_raw(
+            Shape {
+                m: c.len,
+                n: c.len,
+                k: d,
+                ta: false,
+                tb: true,
+                alpha: 1.0 / (d as f32).sqrt(),
+                beta: 0.0,
+                batch: c.heads,
+            },
+            self.heads_operand(q, c.a, hq, c.kv0 * group + c.g, group, d),
+            self.heads_operand(k, c.a, hkv, c.kv0, 1, d),
+            self.scores_operand(s, c.len),
+        )
+    }
+
+    /// P from S: softmax with the causal mask (writing lse), or exp(S - lse) when `use_lse`.
+    #[allow(clippy::too_many_arguments)]
+    fn probs(
+        &self,
+        p: &mut CudaBuf,
+        lse: &CudaBuf,
+        s: &CudaBuf,
+        c: &Chunk,
+        hq: usize,
+        hkv: usize,
+        use_lse: bool,
+    ) -> Result<()> {
+        let group = hq / hkv;
+        let (len, tok0, hq32) = (c.len as u32, c.a as u32, hq as u32);
+        let (h0, hstep, flag) = (
+            (c.kv0 * group + c.g) as u32,
+            group as u32,
+            i32::from(use_lse),
+        );
+        let lse_ptr = self.ptr(lse, 0);
+        let cfg = LaunchConfig {
+            grid_dim: (len, c.heads as u32, 1),
+            block_dim: (ROW_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        launch!(
+            self,
+            self.kernel("attention_probs", p.dtype)?,
+            cfg,
+            "attention_probs",
+            &mut p.data,
+            &lse_ptr,
+            &s.data,
+            &len,
+            &tok0,
+            &hq32,
+            &h0,
+            &hstep,
+            &flag
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn attention_forward_impl(
+        &self,
+        out: &mut CudaBuf,
+        lse: &mut CudaBuf,
+        q: &CudaBuf,
+        k: &CudaBuf,
+        v: &CudaBuf,
+        cu_seqlens: &[u32],
+        hq: usize,
+        hkv: usize,
+        d: usize,
+    ) -> Result<()> {
+        let op = "attention_forward";
+        let n = self.check_attention(op, q, k, v, cu_seqlens, hq, hkv, d)?;
+        check_len(op, "out", out.len, q.len)?;
+        check_len(op, "lse", lse.len, n * hq)?;
+        check_f32(op, "lse", lse)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let dt = out.dtype;
+        let (q, k, v) = (
+            self.converted(q, dt)?,
+            self.converted(k, dt)?,
+            self.converted(v, dt)?,
+        );
+        let work = plan(cu_seqlens, d);
+        let scale = 1.0 / (d as f32).sqrt();
+        let (hq32, hkv32, d32) = (hq as u32, hkv as u32, d as u32);
+        if !work.direct.is_empty() {
+            let (starts, _) = token_bounds(cu_seqlens, n);
+            let starts_d = self.upload_u32(&starts)?;
+            for &(a, b) in &work.direct {
+                let tok0 = a as u32;
+                let cfg = LaunchConfig {
+                    grid_dim: ((b - a) as u32, hq32, 1),
+                    block_dim: (ATTN_THREADS, 1, 1),
+                    shared_mem_bytes: (d as u32 + ATTN_THREADS + 32) * 4,
+                };
+                launch!(
+                    self,
+                    self.kernel("attention_forward", dt)?,
+                    cfg,
+                    op,
+                    &mut out.data,
+                    &mut lse.data,
+                    &q.data,
+                    &k.data,
+                    &v.data,
+                    &starts_d,
+                    &tok0,
+                    &hq32,
+                    &hkv32,
+                    &d32,
+                    &scale
+                )?;
+            }
+        }
+        let Some(longest) = work.gemm.iter().map(|(a, b)| b - a).max() else {
+            return Ok(());
+        };
+        let group = hq / hkv;
+        let heads = self.chunk_heads(longest, hkv, dt);
+        let s = self.alloc(heads * longest * longest, DType::F32)?;
+        let mut p = self.alloc(heads * longest * longest, dt)?;
+        for &(a, b) in &work.gemm {
+            let len = b - a;
+            let heads = self.chunk_heads(len, hkv, dt);
+            for g in 0..group {
+                for kv0 in (0..hkv).step_by(heads) {
+                    let c = Chunk {
+                        a,
+                        len,
+                        g,
+                        kv0,
+                        heads: heads.min(hkv - kv0),
+                    };
+                    self.scores(&s, &q, &k, &c, hq, hkv, d)?;
+                    self.probs(&mut p, lse, &s, &c, hq, hkv, false)?;
+                    // O[h] (L, d) = P (L, L) V[kv] (L, d)
+                    self.gemm_raw(
+                        Shape {
+                            m: len,
+                            n: d,
+                            k: len,
+                            ta: false,
+                            tb: false,
+                            alpha: 1.0,
+                            beta: 0.0,
+                            batch: c.heads,
+                        },
+                        self.scores_operand(&p, len),
+                        self.heads_operand(&v, a, hkv, kv0, 1, d),
+                        self.heads_operand(out, a, hq, kv0 * group + g, group, d),
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn attention_backward_impl(
+        &self,
+        dq: &mut CudaBuf,
+        dk: &mut CudaBuf,
+        dv: &mut CudaBuf,
+        dout: &CudaBuf,
+        q: &CudaBuf,
+        k: &CudaBuf,
+        v: &CudaBuf,
+        out: &CudaBuf,
+        lse: &CudaBuf,
+        cu_seqlens: &[u32],
+        hq: usize,
+        hkv: usize,
+        d: usize,
+    ) -> Result<()> {
+        let op = "attention_backward";
+        let n = self.check_attention(op, q, k, v, cu_seqlens, hq, hkv, d)?;
+        for (name, len, want) in [
+            ("dq", dq.len, q.len),
+            ("dk", dk.len, k.len),
+            ("dv", dv.len, v.len),
+            ("dout", dout.len, q.len),
+            ("out", out.len, q.len),
+            ("lse", lse.len, n * hq),
+        ] {
+            check_len(op, name, len, want)?;
+        }
+        check_f32(op, "lse", lse)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let dt = dq.dtype;
+        if dk.dtype != dt || dv.dtype != dt {
+            return Err(CoreError::Invalid {
+                op,
+                msg: format!("dq is {dt} but dk is {} and dv {}", dk.dtype, dv.dtype),
+            });
+        }
+        let (dout, q, k, v, out) = (
+            self.converted(dout, dt)?,
+            self.converted(q, dt)?,
+            self.converted(k, dt)?,
+            self.converted(v, dt)?,
+            self.converted(out, dt)?,
+        );
+        let scale = 1.0 / (d as f32).sqrt();
+        let (hq32, hkv32, d32) = (hq as u32, hkv as u32, d as u32);
+        // D (N, hq) = rowsum(dO * O)
+        let mut dsum = self.alloc(n * hq, DType::F32)?;
+        let cfg = LaunchConfig {
+            grid_dim: (n as u32, hq32, 1),
+            block_dim: (32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        launch!(
+            self,
+            self.kernel("attention_backward_dot", dt)?,
+            cfg,
+            "attention_backward_dot",
+            &mut dsum.data,
+            &dout.data,
+            &out.data,
+            &hq32,
+            &d32
+        )?;
+        let work = plan(cu_seqlens, d);
+        if !work.direct.is_empty() {
+            let (starts, ends) = token_bounds(cu_seqlens, n);
+            let starts_d = self.upload_u32(&starts)?;
+            let ends_d = self.upload_u32(&ends)?;
+            for &(a, b) in &work.direct {
+                let tok0 = a as u32;
+                let cfg = LaunchConfig {
+                    grid_dim: ((b - a) as u32, hq32, 1),
+                    block_dim: (ATTN_THREADS, 1, 1),
+                    shared_mem_bytes: (2 * d as u32 + ATTN_THREADS) * 4,
+                };
+                launch!(
+                    self,
+                    self.kernel("attention_backward_dq", dt)?,
+                    cfg,
+                    "attention_backward_dq",
+                    &mut dq.data,
+                    &dout.data,
+                    &q.data,
+                    &k.data,
+                    &v.data,
+                    &lse.data,
+                    &dsum.data,
+                    &starts_d,
+                    &tok0,
+                    &hq32,
+                    &hkv32,
+                    &d32,
+                    &scale
+                )?;
+                let cfg = LaunchConfig {
+                    grid_dim: ((b - a) as u32, hkv32, 1),
+                    block_dim: (ATTN_THREADS, 1, 1),
+                    shared_mem_bytes: (2 * d as u32 + 2 * ATTN_THREADS) * 4,
+                };
+                launch!(
+                    self,
+                    self.kernel("attention_backward_dkv", dt)?,
+                    cfg,
+                    "attention_backward_dkv",
+                    &mut dk.data,
+                    &mut dv.data,
+                    &dout.data,
+                    &q.data,
+                    &k.data,
+                    &v.data,
+                    &lse.data,
+                    &dsum.data,
+                    &ends_d,
+                    &tok0,
+                    &hq32,
+                    &hkv32,
+                    &d32,
+                    &scale
+                )?;
+            }
+        }
+        let Some(longest) = work.gemm.iter().map(|(a, b)| b - a).max() else {
+            return Ok(());
+        };
+        let group = hq / hkv;
+        let heads = self.chunk_heads(longest, hkv, dt);
+        let s = self.alloc(heads * longest * longest, DType::F32)?;
+        let mut p = self.alloc(heads * longest * longest, dt)?;
+        for &(a, b) in &work.gemm {
+            let len = b - a;
+            let heads = self.chunk_heads(len, hkv, dt);
+            for g in 0..group {
+                // The group's query heads add into the same dK and dV.
+                let beta = if g == 0 { 0.0 } else { 1.0 };
+                for kv0 in (0..hkv).step_by(heads) {
+                    let c = Chunk {
+                        a,
+                        len,
+                        g,
+                        kv0,
+                        heads: heads.min(hkv - kv0),
+                    };
+                    let h0 = kv0 * group + g;
+                    let shape = |m, n, k, ta, tb, beta| Shape {
+                        m,
+                        n,
+                        k,
+                        ta,
+                        tb,
+                        alpha: 1.0,
+                        beta,
+                        batch: c.heads,
+                    };
+                    self.scores(&s, &q, &k, &c, hq, hkv, d)?;
+                    self.probs(&mut p, lse, &s, &c, hq, hkv, true)?;
+                    // dV[kv] (L, d) (+)= P^T (L, L) dO[h] (L, d)
+                    self.gemm_raw(
+                        shape(len, d, len, true, false, beta),
+                        self.scores_operand(&p, len),
+                        self.heads_operand(&dout, a, hq, h0, group, d),
+                        self.heads_operand(dv, a, hkv, kv0, 1, d),
+                    )?;
+                    // dP (L, L) = dO[h] V[kv]^T, over S
+                    self.gemm_raw(
+                        shape(len, len, d, false, true, 0.0),
+                        self.heads_operand(&dout, a, hq, h0, group, d),
+                        self.heads_operand(&v, a, hkv, kv0, 1, d),
+                        self.scores_operand(&s, len),
+                    )?;
+                    // dS = P (dP - D) scale, over P
+                    let (len32, tok0, h032, hstep) =
+                        (len as u32, a as u32, h0 as u32, group as u32);
+                    let cfg = LaunchConfig {
+                        grid_dim: (len32, c.heads as u32, 1),
+                        block_dim: (ROW_THREADS, 1, 1),
+                        shared_mem_bytes: 0,
+                    };
+                    launch!(
+                        self,
+                        self.kernel("attention_dscores", dt)?,
+                        cfg,
+                        "attention_dscores",
+                        &mut p.data,
+                        &s.data,
+                        &dsum.data,
+                        &len32,
+                        &tok0,
+                        &hq32,
+                        &h032,
+                        &hstep,
+                        &scale
+                    )?;
+                    // dQ[h] (L, d) = dS (L, L) K[kv] (L, d)
+                    self.gemm_raw(
+                        shape(len, d, len, false, false, 0.0),
+                        self.scores_operand(&p, len),
+                        self.heads_operand(&k, a, hkv, kv0, 1, d),
+                        self.heads_operand(dq, a, hq, h0, group, d),
+                    )?;
+                    // dK[kv] (L, d) (+)= dS^T (L, L) Q[h] (L, d)
+                    self.gemm_raw(
+                        shape(len, d, len, true, false, beta),
+                        self.scores_operand(&p, len),
+                        self.heads_operand(&q, a, hq, h0, group, d),
+                        self.heads_operand(dk, a, hkv, kv0, 1, d),
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn attention_decode_impl(
+        &self,
+        out: &mut CudaBuf,
+        q: &CudaBuf,
+        k_cache: &CudaBuf,
+        v_cache: &CudaBuf,
+        past: usize,
+        hq: usize,
+        hkv: usize,
+        d: usize,
+    ) -> Result<()> {
+        let bad = |msg: String| CoreError::Invalid {
+            op: "attention_decode",
+            msg,
+        };
+        if hq == 0 || hkv == 0 || !hq.is_multiple_of(hkv) {
+            return Err(bad(format!(
+                "{hq} query heads are not a multiple of {hkv} kv heads"
+            )));
+        }
+        if d == 0 || d > 4 * ATTN_THREADS as usize || !q.len.is_multiple_of(hq * d) {
+            return Err(bad(format!(
+                "q holds {} values, not whole rows of {hq} x {d} (head dim at most {})",
+                q.len,
+                4 * ATTN_THREADS
+            )));
+        }
+        let n = q.len / (hq * d);
+        check_len("attention_decode", "out", out.len, q.len)?;
+        check_len("attention_decode", "v_cache", v_cache.len, k_cache.len)?;
+        let cap = k_cache.len / (hkv * d);
+        if past + n > cap {
+            return Err(bad(format!(
+                "{past} cached + {n} new positions exceed the cache's {cap} rows"
+            )));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let dt = out.dtype;
+        let (q, k_cache, v_cache) = (
+            self.converted(q, dt)?,
+            self.converted(k_cache, dt)?,
+            self.converted(v_cache, dt)?,
+        );
+        let scale = 1.0 / (d as f32).sqrt();
+        let (past32, hq32, hkv32, d32) = (past as u32, hq as u32, hkv as u32, d as u32);
+        let cfg = LaunchConfig {
+            grid_dim: (n as u32, hq32, 1),
+            block_dim: (ATTN_THREADS, 1, 1),
+            shared_mem_bytes: (d as u32 + ATTN_THREADS + 32) * 4,
+        };
+        launch!(
+            self,
+            self.kernel("attention_decode", dt)?,
+            cfg,
+            "attention_decode",
+            &mut out.data,
+            &q.data,
+            &k_cache.data,
+            &v_cache.data,
+            &past32,
+            &hq32,
+            &hkv32,
+            &d32,
+            &scale
+        )
+    }
+
+    /// The shared checks plus the k/v lengths.
+    #[allow(clippy::too_many_arguments)]
+    fn check_attention(
+        &self,
+        op: &'static str,
+        q: &CudaBuf,
+        k: &CudaBuf,
+        v: &CudaBuf,
+        cu_seqlens: &[u32],
+        hq: usize,
+        hkv: usize,
+        d: usize,
+    ) -> Result<usize> {
+        let (_, n) = crate::checks::attention(op, q.len, cu_seqlens, hq, hkv, d)?;
+        check_len(op, "k", k.len, n * hkv * d)?;
+        check_len(op, "v", v.len, n * hkv * d)?;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_sequences_merge_into_direct_runs_and_long_ones_take_gemms() {
+        let p = plan(&[0, 5, 9, 9 + 300, 9 + 300 + 3, 9 + 300 + 7], 64);
+        assert_eq!(p.direct, vec![(0, 9), (309, 316)]);
+        assert_eq!(p.gemm, vec![(9, 309)]);
+        // Head dims beyond the direct kernels' reach always take the GEMM path.
+        let p = plan(&[0, 5], 1024);
+        assert!(p.direct.is_empty());
+        assert_eq!(p.gemm, vec![(0, 5)]);
+    }
+}
