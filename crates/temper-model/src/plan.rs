@@ -1,14 +1,21 @@
 //! Peak memory of a training run, predicted from the shapes alone (no device needed), for
-//! `temper plan` and `max_memory`. Counts what the backends allocate (f32 storage on both
-//! today): frozen weights and RoPE tables, LoRA values, gradients and AdamW moments, and the
-//! largest set of activations alive at once, which is the backward of one layer.
+//! `temper plan` and `max_memory`. Counts what the backends allocate: frozen weights and
+//! activations in the compute dtype, RoPE tables, LoRA values, gradients and AdamW moments in
+//! f32, and the largest set of activations alive at once, which is the backward of one layer
+//! (with the GPU attention's scores for sequences long enough to take cuBLAS).
+
+use temper_core::DType;
 
 use crate::config::ModelConfig;
 use crate::lora::{LoraConfig, Target};
 use crate::model::Checkpointing;
 
-/// Bytes per stored value (the backends store f32).
-const BYTES: usize = 4;
+/// Bytes per f32 value (LoRA, gradients, moments, logits).
+const F32: usize = 4;
+/// The GPU attention holds at most this many bytes of scores at once (one head at least).
+const SCORES_BUDGET: usize = 256 << 20;
+/// Sequences from this length on take the GEMM attention path.
+const GEMM_ATTENTION_MIN_LEN: usize = 128;
 
 /// The predicted peak, by part, in bytes.
 #[derive(Clone, Debug, PartialEq)]
@@ -85,29 +92,48 @@ fn layer_backward_scratch(cfg: &ModelConfig, lora: &LoraConfig, n: usize) -> usi
     n * (3 * f + 4 * c) + n * lora.r + n * widest
 }
 
-/// The predicted peak for micro-batches of `tokens` tokens.
+/// Scores and probabilities of the GPU attention for sequences of `seq` tokens.
+fn attention_scores(cfg: &ModelConfig, seq: usize, dtype: DType) -> usize {
+    if seq < GEMM_ATTENTION_MIN_LEN {
+        return 0;
+    }
+    let per_head = seq * seq * (F32 + dtype.size());
+    (SCORES_BUDGET / per_head).clamp(1, cfg.kv_heads.max(1)) * per_head
+}
+
+/// The predicted peak for micro-batches of `tokens` tokens in sequences of at most `seq`,
+/// with activations and frozen weights stored as `dtype`.
 pub fn plan(
     cfg: &ModelConfig,
     lora: &LoraConfig,
     tokens: usize,
+    seq: usize,
     ckpt: Checkpointing,
     loss_chunk: usize,
+    dtype: DType,
 ) -> MemoryPlan {
     let n = tokens;
     let c = cfg.hidden;
+    let bytes = dtype.size();
     let lora_values = cfg.layers * lora_values_per_layer(cfg, lora);
     // value, gradient, and AdamW's two moments
-    let lora_and_optimizer = 4 * lora_values * BYTES;
+    let lora_and_optimizer = 4 * lora_values * F32;
     let kept = match ckpt {
         // every layer's input, and the layer being recomputed
         Checkpointing::EveryLayer => cfg.layers * n * c + layer_acts(cfg, lora, n, true),
         Checkpointing::Off => cfg.layers * (n * c + layer_acts(cfg, lora, n, true)),
     };
-    // final norm output, its gradient and rstd, the logits chunk, the running gradient
-    let head = 3 * n * c + n + loss_chunk.min(n) * cfg.vocab + n;
-    let activations = (kept + layer_backward_scratch(cfg, lora, n) + head) * BYTES;
+    // final norm output, its gradient and rstd, the running gradient
+    let head = (3 * n * c + 2 * n) * bytes;
+    // the f32 logits chunk, and its gradient in the compute dtype when that is narrower
+    let chunk = loss_chunk.min(n) * cfg.vocab;
+    let logits = chunk * F32 + if bytes < F32 { chunk * bytes } else { 0 };
+    let activations = (kept + layer_backward_scratch(cfg, lora, n)) * bytes
+        + head
+        + logits
+        + attention_scores(cfg, seq.min(n), dtype);
     MemoryPlan {
-        weights: weight_values(cfg) * BYTES,
+        weights: weight_values(cfg) * bytes,
         lora_and_optimizer,
         activations,
     }

@@ -46,7 +46,16 @@ fn measured_and_predicted(ckpt: Checkpointing, dropout: f32) -> (usize, usize) {
         )
         .expect("step");
     drop(moments);
-    let predicted = plan(&model.cfg, &lora_cfg, n, ckpt, model.loss_chunk).total();
+    let predicted = plan(
+        &model.cfg,
+        &lora_cfg,
+        n,
+        seq,
+        ckpt,
+        model.loss_chunk,
+        temper_core::DType::F32,
+    )
+    .total();
     (be.peak_bytes(), predicted)
 }
 

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
+use temper_core::DType;
 use temper_model::plan::{plan, MemoryPlan};
 use temper_model::ModelConfig;
 
@@ -20,15 +21,17 @@ const LOSS_CHUNK: usize = 1024;
 
 /// The prediction for a resolved training plan: micro-batches of at most
 /// per_device_train_batch_size rows of max_seq_len tokens.
-pub fn predict(p: &TrainPlan) -> Result<(ModelConfig, MemoryPlan)> {
+pub fn predict(p: &TrainPlan, dtype: DType) -> Result<(ModelConfig, MemoryPlan)> {
     let cfg = ModelConfig::from_dir(&p.model_dir)?;
     let tokens = p.settings.micro_batch_size * p.max_seq_len;
     let m = plan(
         &cfg,
         &p.settings.lora,
         tokens,
+        p.max_seq_len,
         p.settings.checkpointing,
         LOSS_CHUNK,
+        dtype,
     );
     Ok((cfg, m))
 }
@@ -77,15 +80,25 @@ pub fn run(args: PlanArgs) -> Result<()> {
     let (file, base) = config::load(Some(&args.config), &args.overrides)?;
     let mut p = file.resolve(&base, None)?;
     p.model_dir = crate::model_source::resolve(&p.model_dir)?;
-    let (cfg, m) = predict(&p)?;
+    // No device is opened: `auto` is planned as a GPU from Ampere on would run it.
+    let dtype = match p.dtype.as_str() {
+        "auto" => DType::BF16,
+        d => d.parse::<DType>().map_err(anyhow::Error::msg)?,
+    };
+    let (cfg, m) = predict(&p, dtype)?;
     println!(
-        "model: {} layers, hidden {}, vocab {}; micro-batch {} x {} tokens; checkpointing {:?}",
+        "model: {} layers, hidden {}, vocab {}; micro-batch {} x {} tokens; checkpointing {:?}; {dtype}{}",
         cfg.layers,
         cfg.hidden,
         cfg.vocab,
         p.settings.micro_batch_size,
         p.max_seq_len,
-        p.settings.checkpointing
+        p.settings.checkpointing,
+        if p.dtype == "auto" {
+            " (dtype auto: bfloat16 on GPUs from Ampere on; the CPU and older GPUs use float32)"
+        } else {
+            ""
+        }
     );
     println!("{}", describe(&m));
     check(&p, &m)

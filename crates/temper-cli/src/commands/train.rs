@@ -33,7 +33,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
 }
 
 fn run_on<B: Backend>(be: Arc<B>, plan: config::TrainPlan) -> Result<()> {
-    let (_, predicted) = crate::commands::plan::predict(&plan)?;
+    let (_, predicted) = crate::commands::plan::predict(&plan, be.compute_dtype())?;
     eprintln!("memory: {}", crate::commands::plan::describe(&predicted));
     crate::commands::plan::check(&plan, &predicted)?;
     let t0 = Instant::now();

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use cudarc::driver::CudaSlice;
+use rayon::prelude::*;
 
 use crate::memory::Accounting;
 use crate::DType;
@@ -48,18 +49,22 @@ impl Drop for CudaBuf {
     }
 }
 
-/// Host values as the bytes of `dtype` (little-endian, rounded to nearest even).
+/// Host values as the bytes of `dtype` (little-endian, rounded to nearest even), converted
+/// in parallel.
 pub(super) fn encode(host: &[f32], dtype: DType) -> Vec<u8> {
-    let mut out = Vec::with_capacity(host.len() * dtype.size());
-    match dtype {
-        DType::F32 => host.iter().for_each(|v| out.extend(v.to_le_bytes())),
-        DType::BF16 => host
-            .iter()
-            .for_each(|&v| out.extend(half::bf16::from_f32(v).to_bits().to_le_bytes())),
-        DType::F16 => host
-            .iter()
-            .for_each(|&v| out.extend(half::f16::from_f32(v).to_bits().to_le_bytes())),
-    }
+    let size = dtype.size();
+    let mut out = vec![0u8; host.len() * size];
+    out.par_chunks_mut(size * 4096)
+        .zip(host.par_chunks(4096))
+        .for_each(|(dst, src)| {
+            for (d, &v) in dst.chunks_exact_mut(size).zip(src) {
+                match dtype {
+                    DType::F32 => d.copy_from_slice(&v.to_le_bytes()),
+                    DType::BF16 => d.copy_from_slice(&half::bf16::from_f32(v).to_le_bytes()),
+                    DType::F16 => d.copy_from_slice(&half::f16::from_f32(v).to_le_bytes()),
+                }
+            }
+        });
     out
 }
 
@@ -67,16 +72,16 @@ pub(super) fn encode(host: &[f32], dtype: DType) -> Vec<u8> {
 pub(super) fn decode(bytes: &[u8], dtype: DType) -> Vec<f32> {
     match dtype {
         DType::F32 => bytes
-            .chunks_exact(4)
+            .par_chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect(),
         DType::BF16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
+            .par_chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
             .collect(),
         DType::F16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
+            .par_chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
             .collect(),
     }
 }

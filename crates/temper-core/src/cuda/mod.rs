@@ -116,6 +116,9 @@ pub fn unavailable_reason() -> Option<String> {
 
 /// The storage type `auto` picks on GPU `ordinal`: bf16 from Ampere (8.0) on, f32 before.
 pub fn default_dtype(ordinal: usize) -> Result<DType> {
+    if let Some(reason) = unavailable_reason() {
+        return Err(CoreError::Device(reason));
+    }
     let ctx = CudaContext::new(ordinal).map_err(dev_err("creating the CUDA context"))?;
     let (major, _) = ctx
         .compute_capability()
