@@ -9,7 +9,7 @@
 //! gradients, optimizer state, rstd and lse are f32 (`zeros`, `upload`). The CPU backend
 //! stores everything in f32. Ops compute in f32 and accept any mix of storage types.
 
-use crate::{DType, Result};
+use crate::{DType, Quant4, Result};
 
 /// A general matrix product `C = alpha * op(A) op(B) + beta * C`, all row-major.
 /// `op(A)` is (m, k): A is stored (m, k), or (k, m) when `ta`. `op(B)` is (k, n): B is stored
@@ -129,6 +129,8 @@ pub fn copy_range_via_host<B: Backend + ?Sized>(
 pub trait Backend: Send + Sync + 'static {
     /// A flat array on the device.
     type Buf: Send + Sync;
+    /// A frozen 4-bit matrix on the device (codes and block scales).
+    type Quant: Send + Sync;
 
     fn name(&self) -> &'static str;
 
@@ -165,6 +167,10 @@ pub trait Backend: Send + Sync + 'static {
     fn upload_frozen(&self, host: &[f32]) -> Result<Self::Buf> {
         self.upload_as(host, self.compute_dtype())
     }
+    /// Copies a 4-bit matrix to the device (it is checked first).
+    fn upload_quant4(&self, q: &Quant4) -> Result<Self::Quant>;
+    /// out (numel) = the matrix's values, stored in out's type.
+    fn dequantize4(&self, out: &mut Self::Buf, q: &Self::Quant) -> Result<()>;
     /// Values are converted to f32 whatever the storage type.
     fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
     fn len(&self, buf: &Self::Buf) -> usize;

@@ -14,6 +14,7 @@ pub mod dtype;
 pub mod error;
 pub mod float;
 pub mod memory;
+pub mod quant4;
 pub mod rope;
 
 pub use backend::{AdamWStep, Backend, Gemm};
@@ -22,3 +23,4 @@ pub use cuda::CudaBackend;
 pub use dtype::DType;
 pub use error::{CoreError, Result};
 pub use float::Float;
+pub use quant4::{Absmax4, Quant4};

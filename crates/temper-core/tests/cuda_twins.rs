@@ -7,7 +7,7 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use temper_core::{AdamWStep, Backend, CpuBackend, CudaBackend, DType, Gemm};
+use temper_core::{Absmax4, AdamWStep, Backend, CpuBackend, CudaBackend, DType, Gemm, Quant4};
 
 const DTYPES: [DType; 3] = [DType::F32, DType::BF16, DType::F16];
 
@@ -560,4 +560,73 @@ fn attention_decode_and_copy_range_in(dt: DType) {
         0.0,
     );
     assert!(p.gpu.copy_range(&mut dg, 600, &sg, 0, 300).is_err());
+}
+
+/// A random 4-bit matrix: odd value count (a last partial block and a half-used last byte).
+fn random_quant4(p: &mut Pair, numel: usize, blocksize: usize, nested: bool) -> Quant4 {
+    let blocks = numel.div_ceil(blocksize);
+    let mut code = [0.0f32; 16];
+    for (i, c) in code.iter_mut().enumerate() {
+        *c = -1.0 + i as f32 * (2.0 / 15.0);
+    }
+    let bytes: Vec<u8> = (0..numel.div_ceil(2))
+        .map(|_| p.rng.random_range(0..=255u8))
+        .collect();
+    let absmax = if nested {
+        let mut map = Box::new([0.0f32; 256]);
+        for (i, m) in map.iter_mut().enumerate() {
+            *m = (i as f32 - 127.5) / 127.5;
+        }
+        Absmax4::Nested {
+            codes: (0..blocks).map(|_| p.rng.random_range(0..=255u8)).collect(),
+            map,
+            nested_absmax: p.random(blocks.div_ceil(256), 1.0),
+            nested_blocksize: 256,
+            offset: 0.37,
+        }
+    } else {
+        Absmax4::Plain(p.random(blocks, 2.0))
+    };
+    Quant4 {
+        code,
+        blocksize,
+        numel,
+        bytes,
+        absmax,
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test -- --ignored"]
+fn dequantize4_plain_and_nested() {
+    for dt in DTYPES {
+        let mut p = Pair::new(8, dt);
+        for (numel, blocksize, nested) in [
+            (64 * 513 + 37, 64, false),
+            (64 * 700 + 5, 64, true),
+            (4096 * 3 + 1, 4096, true),
+        ] {
+            let q = random_quant4(&mut p, numel, blocksize, nested);
+            let qc = p.cpu.upload_quant4(&q).expect("cpu");
+            let qg = p.gpu.upload_quant4(&q).expect("gpu");
+            let mut oc = p.cpu.zeros(numel).expect("cpu");
+            let mut og = p.gpu.zeros_as(numel, dt).expect("gpu");
+            p.cpu.dequantize4(&mut oc, &qc).expect("cpu");
+            p.gpu.dequantize4(&mut og, &qg).expect("gpu");
+            // The CPU result rounded to the storage type: the GPU must match it exactly.
+            let want: Vec<f32> = oc.iter().map(|&v| dt.round(v)).collect();
+            assert_twins(
+                &format!(
+                    "dequantize4 {numel} values, blocks of {blocksize}, nested {nested} [{dt}]"
+                ),
+                &p.gpu.download(&og).expect("dl"),
+                &want,
+                0.0,
+                0.0,
+            );
+        }
+        let mut bad = random_quant4(&mut p, 100, 64, false);
+        bad.bytes.pop();
+        assert!(p.gpu.upload_quant4(&bad).is_err());
+    }
 }

@@ -47,7 +47,7 @@ pub fn linear_forward<B: Backend>(
     lora: Option<LoraRef<'_, B>>,
 ) -> Result<Option<LoraSaved<B>>> {
     let (d_in, d_out) = (lin.d_in, lin.d_out);
-    be.matmul(y, x, &lin.w, Gemm::nt(n, d_out, d_in))?;
+    be.matmul(y, x, &*lin.weight(be)?, Gemm::nt(n, d_out, d_in))?;
     if let Some(bias) = &lin.bias {
         be.add_bias(y, bias, d_out)?;
     }
@@ -91,7 +91,12 @@ pub fn linear_backward<B: Backend>(
     let beta = if accumulate { 1.0 } else { 0.0 };
     let mut dx = dx;
     if let Some(dx) = dx.as_deref_mut() {
-        be.matmul(dx, dy, &lin.w, Gemm::nn(n, d_in, d_out).beta(beta))?;
+        be.matmul(
+            dx,
+            dy,
+            &*lin.weight(be)?,
+            Gemm::nn(n, d_in, d_out).beta(beta),
+        )?;
     }
     let Some((lora, saved)) = lora else {
         return Ok(());

@@ -1,5 +1,6 @@
 //! The frozen base weights of a Llama-family model, on a backend.
 
+use std::ops::Deref;
 use std::path::Path;
 
 use temper_core::Backend;
@@ -9,12 +10,49 @@ use crate::error::{ModelError, Result};
 use crate::lora::Target;
 use crate::safetensors_dir::SafetensorsDir;
 
+/// A frozen weight matrix: stored in the compute dtype, or in 4 bits and dequantised into a
+/// scratch buffer each time it is used.
+pub enum Frozen<B: Backend> {
+    Dense(B::Buf),
+    Quant4(B::Quant),
+}
+
+/// A weight ready for a GEMM: the stored buffer, or a dequantised copy dropped after use.
+pub enum WeightRef<'a, B: Backend> {
+    Stored(&'a B::Buf),
+    Dequantised(B::Buf),
+}
+
+impl<B: Backend> Deref for WeightRef<'_, B> {
+    type Target = B::Buf;
+    fn deref(&self) -> &B::Buf {
+        match self {
+            WeightRef::Stored(b) => b,
+            WeightRef::Dequantised(b) => b,
+        }
+    }
+}
+
 /// A frozen linear layer: W (out, in) and an optional bias (out).
 pub struct Linear<B: Backend> {
-    pub w: B::Buf,
+    pub w: Frozen<B>,
     pub bias: Option<B::Buf>,
     pub d_in: usize,
     pub d_out: usize,
+}
+
+impl<B: Backend> Linear<B> {
+    /// W (out, in) in the compute dtype.
+    pub fn weight(&self, be: &B) -> Result<WeightRef<'_, B>> {
+        Ok(match &self.w {
+            Frozen::Dense(w) => WeightRef::Stored(w),
+            Frozen::Quant4(q) => {
+                let mut w = be.act_zeros(self.d_out * self.d_in)?;
+                be.dequantize4(&mut w, q)?;
+                WeightRef::Dequantised(w)
+            }
+        })
+    }
 }
 
 /// One decoder layer's frozen weights.
@@ -68,7 +106,7 @@ impl<B: Backend> Weights<B> {
                     None
                 };
                 linears.push(Linear {
-                    w,
+                    w: Frozen::Dense(w),
                     bias,
                     d_in,
                     d_out,

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use crate::backend::{AdamWStep, Backend, Gemm};
 use crate::error::check_len;
 use crate::memory::Accounting;
-use crate::{CoreError, Float, Result};
+use crate::{CoreError, Float, Quant4, Result};
 
 /// The CPU backend: buffers are [`CpuBuf`]s of f32.
 #[derive(Default)]
@@ -55,6 +55,18 @@ impl Drop for CpuBuf {
     }
 }
 
+/// A 4-bit matrix held on the host, dequantised on use, counted until dropped.
+pub struct CpuQuant {
+    q: Quant4,
+    accounting: Arc<Accounting>,
+}
+
+impl Drop for CpuQuant {
+    fn drop(&mut self) {
+        self.accounting.sub(self.q.device_bytes());
+    }
+}
+
 impl Deref for CpuBuf {
     type Target = [f32];
     fn deref(&self) -> &[f32] {
@@ -70,6 +82,20 @@ impl DerefMut for CpuBuf {
 
 impl Backend for CpuBackend {
     type Buf = CpuBuf;
+    type Quant = CpuQuant;
+
+    fn upload_quant4(&self, q: &Quant4) -> Result<CpuQuant> {
+        q.validate()?;
+        self.accounting.add(q.device_bytes());
+        Ok(CpuQuant {
+            q: q.clone(),
+            accounting: self.accounting.clone(),
+        })
+    }
+
+    fn dequantize4(&self, out: &mut CpuBuf, q: &CpuQuant) -> Result<()> {
+        q.q.dequantize_into(out)
+    }
 
     fn name(&self) -> &'static str {
         "cpu"

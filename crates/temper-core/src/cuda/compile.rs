@@ -23,6 +23,7 @@ pub const SOURCES: &[(&str, &str)] = &[
         "cross_entropy.cu",
         include_str!("../../kernels/cross_entropy.cu"),
     ),
+    ("dequant.cu", include_str!("../../kernels/dequant.cu")),
 ];
 
 /// The virtual architectures temper compiles for, oldest first (T4 .. H100/H200).

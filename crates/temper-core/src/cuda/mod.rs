@@ -9,6 +9,7 @@ mod buffer;
 pub mod compile;
 mod gemm;
 mod ops;
+mod quant;
 
 use std::collections::HashMap;
 use std::ops::Deref;
@@ -18,6 +19,7 @@ use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig};
 
 pub use buffer::CudaBuf;
+pub use quant::CudaQuant;
 
 use crate::memory::Accounting;
 use crate::{CoreError, DType, Result};
@@ -62,6 +64,7 @@ const PER_TYPE: &[(&str, &[&str])] = &[
         ],
     ),
     ("cross_entropy.cu", &["cross_entropy_rows"]),
+    ("dequant.cu", &["dequant4"]),
 ];
 
 const DTYPES: [DType; 3] = [DType::F32, DType::BF16, DType::F16];
@@ -158,7 +161,7 @@ macro_rules! launch {
         // buffer sizes were checked by the calling method.
         unsafe { builder.launch($cfg) }
             .map(|_| ())
-            .map_err(|e| CoreError::Device(format!("{}: {e:?}", $op)))
+            .map_err(|e| $crate::CoreError::Device(format!("{}: {e:?}", $op)))
     }};
 }
 pub(crate) use launch;

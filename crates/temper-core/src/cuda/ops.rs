@@ -142,6 +142,15 @@ impl CudaBackend {
 
 impl Backend for CudaBackend {
     type Buf = CudaBuf;
+    type Quant = super::CudaQuant;
+
+    fn upload_quant4(&self, q: &crate::Quant4) -> Result<super::CudaQuant> {
+        self.upload_quant4_impl(q)
+    }
+
+    fn dequantize4(&self, out: &mut CudaBuf, q: &super::CudaQuant) -> Result<()> {
+        self.dequantize4_impl(out, q)
+    }
 
     fn name(&self) -> &'static str {
         "cuda"

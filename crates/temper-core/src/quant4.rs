@@ -1,0 +1,137 @@
+//! 4-bit blockwise-quantised frozen weights (bitsandbytes' NF4 / FP4 layout) as the backends
+//! hold them, and the CPU twin of the CUDA dequantisation kernel (`kernels/dequant.cu`).
+//! Quantising, and reading and writing bitsandbytes files, live in temper-quant.
+
+use crate::{CoreError, Result};
+
+/// The block scales of a 4-bit matrix.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Absmax4 {
+    /// (blocks,) f32.
+    Plain(Vec<f32>),
+    /// Double quantisation: absmax[i] = map[codes[i]] * nested_absmax[i / nested_blocksize]
+    /// + offset, all in f32.
+    Nested {
+        codes: Vec<u8>,
+        map: Box<[f32; 256]>,
+        nested_absmax: Vec<f32>,
+        nested_blocksize: usize,
+        offset: f32,
+    },
+}
+
+impl Absmax4 {
+    pub fn blocks(&self) -> usize {
+        match self {
+            Absmax4::Plain(a) => a.len(),
+            Absmax4::Nested { codes, .. } => codes.len(),
+        }
+    }
+
+    /// Block i's absmax in f32.
+    pub fn get(&self, i: usize) -> f32 {
+        match self {
+            Absmax4::Plain(a) => a[i],
+            Absmax4::Nested {
+                codes,
+                map,
+                nested_absmax,
+                nested_blocksize,
+                offset,
+            } => map[codes[i] as usize] * nested_absmax[i / nested_blocksize] + offset,
+        }
+    }
+
+    /// Bytes held (what a device copy takes).
+    pub fn bytes(&self) -> usize {
+        match self {
+            Absmax4::Plain(a) => 4 * a.len(),
+            Absmax4::Nested {
+                codes,
+                nested_absmax,
+                ..
+            } => codes.len() + 4 * nested_absmax.len() + 4 * 256,
+        }
+    }
+}
+
+/// A matrix of `numel` values in 4-bit codes: element 2j in the high nibble of byte j,
+/// 2j+1 in the low one; value = code[q] * absmax[i / blocksize].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Quant4 {
+    /// The 16 values the codes index (NF4 or FP4, bitsandbytes' `quant_map`).
+    pub code: [f32; 16],
+    pub blocksize: usize,
+    pub numel: usize,
+    /// (ceil(numel / 2),)
+    pub bytes: Vec<u8>,
+    pub absmax: Absmax4,
+}
+
+impl Quant4 {
+    /// Checks that the parts agree with each other.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(CoreError::Invalid { op: "quant4", msg });
+        if self.blocksize == 0 || !self.blocksize.is_multiple_of(2) {
+            return bad(format!(
+                "blocksize {} is not a positive even number",
+                self.blocksize
+            ));
+        }
+        if self.bytes.len() != self.numel.div_ceil(2) {
+            return bad(format!(
+                "{} packed bytes for {} values (expected {})",
+                self.bytes.len(),
+                self.numel,
+                self.numel.div_ceil(2)
+            ));
+        }
+        let blocks = self.numel.div_ceil(self.blocksize);
+        if self.absmax.blocks() != blocks {
+            return bad(format!(
+                "{} block scales for {} blocks of {}",
+                self.absmax.blocks(),
+                blocks,
+                self.blocksize
+            ));
+        }
+        if let Absmax4::Nested {
+            nested_absmax,
+            nested_blocksize,
+            ..
+        } = &self.absmax
+        {
+            if *nested_blocksize == 0 || nested_absmax.len() != blocks.div_ceil(*nested_blocksize) {
+                return bad(format!(
+                    "{} nested scales for {blocks} blocks in groups of {nested_blocksize}",
+                    nested_absmax.len()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes held on a device (codes and scales).
+    pub fn device_bytes(&self) -> usize {
+        self.bytes.len() + self.absmax.bytes() + 16 * 4
+    }
+
+    /// The values in f32, into `out` (numel,). The CPU twin of `dequant4_*`.
+    pub fn dequantize_into(&self, out: &mut [f32]) -> Result<()> {
+        crate::error::check_len("dequantize4", "out", out.len(), self.numel)?;
+        use rayon::prelude::*;
+        out.par_chunks_mut(self.blocksize)
+            .enumerate()
+            .for_each(|(b, block)| {
+                let a = self.absmax.get(b);
+                let base = b * self.blocksize; // even: blocksize is even
+                for (j, v) in block.iter_mut().enumerate() {
+                    let i = base + j;
+                    let byte = self.bytes[i / 2];
+                    let q = if i % 2 == 0 { byte >> 4 } else { byte & 15 };
+                    *v = self.code[q as usize] * a;
+                }
+            });
+        Ok(())
+    }
+}
