@@ -83,6 +83,8 @@ pub struct TrainFile {
     #[serde(default = "d_true")]
     pub gradient_checkpointing: bool,
     #[serde(default)]
+    pub checkpoint_offload: bool,
+    #[serde(default)]
     pub save_steps: u64,
     #[serde(default = "d_one_u")]
     pub logging_steps: u64,
@@ -327,7 +329,9 @@ impl TrainFile {
                 weight_decay: self.weight_decay,
             },
             max_grad_norm: self.max_grad_norm,
-            checkpointing: if self.gradient_checkpointing {
+            checkpointing: if self.gradient_checkpointing && self.checkpoint_offload {
+                Checkpointing::EveryLayerOnHost
+            } else if self.gradient_checkpointing {
                 Checkpointing::EveryLayer
             } else {
                 Checkpointing::Off

@@ -196,6 +196,11 @@ pub const TRAIN_KEYS: &[Key] = &[
         help: "keep only each layer's input and recompute the layer in backward",
     },
     Key {
+        name: "checkpoint_offload",
+        default: "false",
+        help: "with gradient_checkpointing, keep the layer inputs in pinned host memory instead of on the GPU (less device memory, two copies over PCIe per layer and step)",
+    },
+    Key {
         name: "save_steps",
         default: "0",
         help: "write a checkpoint every N optimizer steps (0 = only at the end)",

@@ -136,6 +136,9 @@ enum Command {
         /// Keep every activation instead of recomputing each layer in backward.
         #[arg(long)]
         no_checkpointing: bool,
+        /// Keep the checkpointed layer inputs in pinned host memory.
+        #[arg(long)]
+        checkpoint_offload: bool,
         #[arg(long, default_value = "auto")]
         device: String,
         /// Storage of activations and weights on the GPU: auto | bfloat16 | float16 | float32.
@@ -187,9 +190,11 @@ fn main() -> Result<()> {
             steps,
             lora_r,
             no_checkpointing,
+            checkpoint_offload,
             device,
             dtype,
         } => commands::bench::run(commands::bench::BenchArgs {
+            offload: checkpoint_offload,
             model,
             seq,
             batch,

@@ -131,6 +131,8 @@ pub trait Backend: Send + Sync + 'static {
     type Buf: Send + Sync;
     /// A frozen 4-bit matrix on the device (codes and block scales).
     type Quant: Send + Sync;
+    /// A buffer's copy in host memory (pinned on GPUs), for activations kept off the device.
+    type Host: Send + Sync;
 
     fn name(&self) -> &'static str;
 
@@ -167,6 +169,11 @@ pub trait Backend: Send + Sync + 'static {
     fn upload_frozen(&self, host: &[f32]) -> Result<Self::Buf> {
         self.upload_as(host, self.compute_dtype())
     }
+    /// Copies `buf` to host memory (queued on the device's stream: the copy may still be in
+    /// flight when this returns; [`Backend::restore_from_host`] is ordered after it).
+    fn park_on_host(&self, buf: &Self::Buf) -> Result<Self::Host>;
+    /// A device buffer holding the values `park_on_host` saved, in the same storage type.
+    fn restore_from_host(&self, host: &Self::Host) -> Result<Self::Buf>;
     /// Copies a 4-bit matrix to the device (it is checked first).
     fn upload_quant4(&self, q: &Quant4) -> Result<Self::Quant>;
     /// out (numel) = the matrix's values, stored in out's type.

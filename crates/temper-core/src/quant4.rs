@@ -128,7 +128,11 @@ impl Quant4 {
                 for (j, v) in block.iter_mut().enumerate() {
                     let i = base + j;
                     let byte = self.bytes[i / 2];
-                    let q = if i.is_multiple_of(2) { byte >> 4 } else { byte & 15 };
+                    let q = if i.is_multiple_of(2) {
+                        byte >> 4
+                    } else {
+                        byte & 15
+                    };
                     *v = self.code[q as usize] * a;
                 }
             });

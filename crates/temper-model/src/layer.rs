@@ -152,13 +152,14 @@ impl<B: Backend> Model<B> {
     }
 
     /// Backward of layer `l`: from dout (N, C) writes dx (N, C) when asked for, and adds the
-    /// layer's LoRA gradients into `lora`.
+    /// layer's LoRA gradients into `lora`. Takes the activations by value and frees each as
+    /// soon as the walk back has passed its last use, so one layer's backward peaks low.
     #[allow(clippy::too_many_arguments)]
     pub fn layer_backward(
         &self,
         l: usize,
         x: &B::Buf,
-        acts: &LayerActs<B>,
+        acts: LayerActs<B>,
         dout: &B::Buf,
         dx: Option<&mut B::Buf>,
         lora: &mut LoraParams<B>,
@@ -177,14 +178,31 @@ impl<B: Backend> Model<B> {
         } else {
             0.0
         };
+        let LayerActs {
+            xn1,
+            rstd1,
+            q,
+            k,
+            v,
+            att,
+            lse,
+            x2,
+            xn2,
+            rstd2,
+            g,
+            u,
+            h,
+            lora: mut saved,
+        } = acts;
         let mut lin_bwd = |t: Target,
                            dxin: Option<&mut B::Buf>,
                            accumulate: bool,
                            dy: &B::Buf,
                            input: &B::Buf|
          -> Result<()> {
-            let adapter = match (lora.get_mut(l, t), acts.lora[t.index()].as_ref()) {
-                (Some((a, b)), Some(saved)) => Some((
+            let kept = saved[t.index()].take();
+            let adapter = match (lora.get_mut(l, t), kept.as_ref()) {
+                (Some((a, b)), Some(kept)) => Some((
                     LoraMut {
                         a,
                         b,
@@ -192,7 +210,7 @@ impl<B: Backend> Model<B> {
                         dropout,
                         seed: ctx.dropout_seed(l, t),
                     },
-                    saved,
+                    kept,
                 )),
                 _ => None,
             };
@@ -201,26 +219,28 @@ impl<B: Backend> Model<B> {
 
         // out = x2 + down(h)
         let mut dh = be.act_zeros(n * f)?;
-        lin_bwd(Target::Down, Some(&mut dh), false, dout, &acts.h)?;
+        lin_bwd(Target::Down, Some(&mut dh), false, dout, &h)?;
+        drop(h);
         // h = silu(g) * u
         let mut dg = be.act_zeros(n * f)?;
         let mut du = be.act_zeros(n * f)?;
-        be.swiglu_backward(&mut dg, &mut du, &dh, &acts.g, &acts.u)?;
-        drop(dh);
+        be.swiglu_backward(&mut dg, &mut du, &dh, &g, &u)?;
+        drop((dh, g, u));
         // g, u = gate(xn2), up(xn2)
         let mut dxn2 = be.act_zeros(n * c)?;
-        lin_bwd(Target::Gate, Some(&mut dxn2), false, &dg, &acts.xn2)?;
-        lin_bwd(Target::Up, Some(&mut dxn2), true, &du, &acts.xn2)?;
-        drop((dg, du));
+        lin_bwd(Target::Gate, Some(&mut dxn2), false, &dg, &xn2)?;
+        drop(dg);
+        lin_bwd(Target::Up, Some(&mut dxn2), true, &du, &xn2)?;
+        drop((du, xn2));
         // xn2 = rmsnorm(x2); x2 also flows straight to out
         let mut dx2 = be.act_zeros(n * c)?;
-        be.rmsnorm_backward(&mut dx2, &dxn2, &acts.x2, &w.post_attn_norm, &acts.rstd2, c)?;
+        be.rmsnorm_backward(&mut dx2, &dxn2, &x2, &w.post_attn_norm, &rstd2, c)?;
         be.axpy(&mut dx2, 1.0, dout)?;
-        drop(dxn2);
+        drop((dxn2, x2, rstd2));
 
         // x2 = x + o(att)
         let mut datt = be.act_zeros(n * qd)?;
-        lin_bwd(Target::O, Some(&mut datt), false, &dx2, &acts.att)?;
+        lin_bwd(Target::O, Some(&mut datt), false, &dx2, &att)?;
         // att = attention(q, k, v)
         let mut dq = be.act_zeros(n * qd)?;
         let mut dk = be.act_zeros(n * kvd)?;
@@ -230,17 +250,17 @@ impl<B: Backend> Model<B> {
             &mut dk,
             &mut dv,
             &datt,
-            &acts.q,
-            &acts.k,
-            &acts.v,
-            &acts.att,
-            &acts.lse,
+            &q,
+            &k,
+            &v,
+            &att,
+            &lse,
             batch.cu_seqlens,
             cfg.heads,
             cfg.kv_heads,
             d,
         )?;
-        drop(datt);
+        drop((datt, q, k, v, att, lse));
         // q, k = rope(q), rope(k)
         be.rope_backward(
             &mut dq,
@@ -262,17 +282,17 @@ impl<B: Backend> Model<B> {
         match dx {
             Some(dx) => {
                 let mut dxn1 = be.act_zeros(n * c)?;
-                lin_bwd(Target::Q, Some(&mut dxn1), false, &dq, &acts.xn1)?;
-                lin_bwd(Target::K, Some(&mut dxn1), true, &dk, &acts.xn1)?;
-                lin_bwd(Target::V, Some(&mut dxn1), true, &dv, &acts.xn1)?;
-                be.rmsnorm_backward(dx, &dxn1, x, &w.input_norm, &acts.rstd1, c)?;
+                lin_bwd(Target::Q, Some(&mut dxn1), false, &dq, &xn1)?;
+                lin_bwd(Target::K, Some(&mut dxn1), true, &dk, &xn1)?;
+                lin_bwd(Target::V, Some(&mut dxn1), true, &dv, &xn1)?;
+                be.rmsnorm_backward(dx, &dxn1, x, &w.input_norm, &rstd1, c)?;
                 be.axpy(dx, 1.0, &dx2)?;
             }
             None => {
                 // The first layer's input is the frozen embedding: only LoRA grads are needed.
-                lin_bwd(Target::Q, None, false, &dq, &acts.xn1)?;
-                lin_bwd(Target::K, None, false, &dk, &acts.xn1)?;
-                lin_bwd(Target::V, None, false, &dv, &acts.xn1)?;
+                lin_bwd(Target::Q, None, false, &dq, &xn1)?;
+                lin_bwd(Target::K, None, false, &dk, &xn1)?;
+                lin_bwd(Target::V, None, false, &dv, &xn1)?;
             }
         }
         Ok(())

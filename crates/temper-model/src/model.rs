@@ -116,6 +116,21 @@ pub enum Checkpointing {
     Off,
     /// Keep each layer's input and recompute the layer before its backward.
     EveryLayer,
+    /// As EveryLayer, with the kept inputs in host memory (pinned on GPUs): a layer's input
+    /// comes back to the device just before its backward.
+    EveryLayerOnHost,
+}
+
+impl Checkpointing {
+    pub fn recomputes(self) -> bool {
+        self != Checkpointing::Off
+    }
+}
+
+/// A layer's input kept for backward, on the device or in host memory.
+enum Kept<B: Backend> {
+    Device(B::Buf),
+    Host(B::Host),
 }
 
 pub struct Model<B: Backend> {
@@ -258,7 +273,7 @@ impl<B: Backend> Model<B> {
         let layers = self.cfg.layers;
 
         // Forward, keeping each layer's input and (without checkpointing) its activations.
-        let mut inputs: Vec<B::Buf> = Vec::with_capacity(layers);
+        let mut inputs: Vec<Kept<B>> = Vec::with_capacity(layers);
         let mut kept: Vec<LayerActs<B>> = Vec::new();
         let mut x = self.embed(batch)?;
         for l in 0..layers {
@@ -267,7 +282,12 @@ impl<B: Backend> Model<B> {
             if ckpt == Checkpointing::Off {
                 kept.push(acts);
             }
-            inputs.push(std::mem::replace(&mut x, out));
+            let input = std::mem::replace(&mut x, out);
+            inputs.push(if ckpt == Checkpointing::EveryLayerOnHost {
+                Kept::Host(be.park_on_host(&input)?)
+            } else {
+                Kept::Device(input)
+            });
         }
 
         // Final norm, then the LM head fused with the loss and its first backward step.
@@ -290,9 +310,15 @@ impl<B: Backend> Model<B> {
 
         // Backward, layer by layer in reverse.
         for l in (0..layers).rev() {
-            let x_in = inputs
-                .pop()
-                .ok_or_else(|| ModelError::Adapter("internal: layer inputs exhausted".into()))?;
+            let x_in = match inputs.pop() {
+                Some(Kept::Device(b)) => b,
+                Some(Kept::Host(h)) => be.restore_from_host(&h)?,
+                None => {
+                    return Err(ModelError::Adapter(
+                        "internal: layer inputs exhausted".into(),
+                    ))
+                }
+            };
             let acts = match kept.pop() {
                 Some(a) => a,
                 None => {
@@ -302,10 +328,10 @@ impl<B: Backend> Model<B> {
             };
             if l > 0 {
                 let mut dx_in = be.act_zeros(n * c)?;
-                self.layer_backward(l, &x_in, &acts, &dx, Some(&mut dx_in), lora, batch, ctx)?;
+                self.layer_backward(l, &x_in, acts, &dx, Some(&mut dx_in), lora, batch, ctx)?;
                 dx = dx_in;
             } else {
-                self.layer_backward(l, &x_in, &acts, &dx, None, lora, batch, ctx)?;
+                self.layer_backward(l, &x_in, acts, &dx, None, lora, batch, ctx)?;
             }
         }
         Ok(losses)

@@ -84,12 +84,13 @@ fn layer_acts(cfg: &ModelConfig, lora: &LoraConfig, n: usize, training: bool) ->
     base + lora_saved
 }
 
-/// The temporaries of one layer's backward at their peak (the MLP part: dh, dg, du, dxn2,
-/// dx2, plus the next layer's gradient and a LoRA scratch).
+/// The temporaries of one layer's backward at their peak: at the SwiGLU backward, h is freed
+/// and dh, dg, du live (+2 F), beside the incoming gradient, the gradient being built and the
+/// layer input (3 C), a LoRA scratch and a dequantised or converted weight row block.
 fn layer_backward_scratch(cfg: &ModelConfig, lora: &LoraConfig, n: usize) -> usize {
     let (c, f) = (cfg.hidden, cfg.intermediate);
     let widest = cfg.intermediate.max(cfg.hidden).max(cfg.q_dim());
-    n * (3 * f + 4 * c) + n * lora.r + n * widest
+    n * (2 * f + 3 * c) + n * lora.r + n * widest
 }
 
 /// Scores and probabilities of the GPU attention for sequences of `seq` tokens.
@@ -121,6 +122,8 @@ pub fn plan(
     let kept = match ckpt {
         // every layer's input, and the layer being recomputed
         Checkpointing::EveryLayer => cfg.layers * n * c + layer_acts(cfg, lora, n, true),
+        // the layer's input back from the host, and the layer being recomputed
+        Checkpointing::EveryLayerOnHost => n * c + layer_acts(cfg, lora, n, true),
         Checkpointing::Off => cfg.layers * (n * c + layer_acts(cfg, lora, n, true)),
     };
     // final norm output, its gradient and rstd, the running gradient

@@ -229,7 +229,11 @@ fn check(case: &str) {
 }
 
 fn check_on<B: Backend>(be: Arc<B>, case: &str, tol: Tol) {
-    for ckpt in [Checkpointing::Off, Checkpointing::EveryLayer] {
+    for ckpt in [
+        Checkpointing::Off,
+        Checkpointing::EveryLayer,
+        Checkpointing::EveryLayerOnHost,
+    ] {
         let r = run_case(be.clone(), case, ckpt);
         println!(
             "{case} on {} in {} ({ckpt:?}): logits {:.2e}, loss {:.2e}, per-sequence loss {:.2e}, grads {:.2e}, after AdamW {:.2e}",

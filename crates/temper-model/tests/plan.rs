@@ -64,6 +64,7 @@ fn the_plan_bounds_the_measured_peak_closely() {
     for (ckpt, dropout) in [
         (Checkpointing::EveryLayer, 0.0),
         (Checkpointing::EveryLayer, 0.1),
+        (Checkpointing::EveryLayerOnHost, 0.0),
         (Checkpointing::Off, 0.0),
     ] {
         let (measured, predicted) = measured_and_predicted(ckpt, dropout);

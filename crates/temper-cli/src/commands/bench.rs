@@ -22,6 +22,8 @@ pub struct BenchArgs {
     pub steps: usize,
     pub lora_r: usize,
     pub checkpointing: bool,
+    /// Layer inputs kept in pinned host memory.
+    pub offload: bool,
     pub device: String,
     pub dtype: String,
 }
@@ -57,7 +59,9 @@ fn run_on<B: Backend>(be: Arc<B>, args: &BenchArgs, sync: Option<Sync>) -> Resul
     };
     let mut lora = LoraParams::init(&*be, &model.cfg, &lora_cfg, 0)?;
     let mut opt = AdamW::new(&*be, &lora, AdamWConfig::default())?;
-    let ckpt = if args.checkpointing {
+    let ckpt = if args.checkpointing && args.offload {
+        Checkpointing::EveryLayerOnHost
+    } else if args.checkpointing {
         Checkpointing::EveryLayer
     } else {
         Checkpointing::Off

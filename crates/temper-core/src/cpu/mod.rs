@@ -83,6 +83,16 @@ impl DerefMut for CpuBuf {
 impl Backend for CpuBackend {
     type Buf = CpuBuf;
     type Quant = CpuQuant;
+    /// Host memory is where CPU buffers live already: a copy, not counted as device memory.
+    type Host = Vec<f32>;
+
+    fn park_on_host(&self, buf: &CpuBuf) -> Result<Vec<f32>> {
+        Ok(buf.data.clone())
+    }
+
+    fn restore_from_host(&self, host: &Vec<f32>) -> Result<CpuBuf> {
+        Ok(self.buf(host.clone()))
+    }
 
     fn upload_quant4(&self, q: &Quant4) -> Result<CpuQuant> {
         q.validate()?;

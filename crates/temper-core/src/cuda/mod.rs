@@ -8,6 +8,7 @@ mod attention;
 mod buffer;
 pub mod compile;
 mod gemm;
+mod host;
 mod ops;
 mod quant;
 
@@ -19,6 +20,7 @@ use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig};
 
 pub use buffer::CudaBuf;
+pub use host::CudaHost;
 pub use quant::CudaQuant;
 
 use crate::memory::Accounting;
@@ -77,6 +79,7 @@ pub struct CudaBackend {
     accounting: Arc<Accounting>,
     device_name: String,
     compute_dtype: DType,
+    host_pool: host::HostPool,
     /// Held for cuBLAS for the backend's lifetime (counted in the accounting).
     _workspace: CudaBuf,
 }
@@ -270,6 +273,7 @@ impl CudaBackend {
             accounting,
             device_name,
             compute_dtype,
+            host_pool: host::HostPool::default(),
             _workspace: workspace,
         })
     }

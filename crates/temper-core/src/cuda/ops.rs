@@ -143,6 +143,15 @@ impl CudaBackend {
 impl Backend for CudaBackend {
     type Buf = CudaBuf;
     type Quant = super::CudaQuant;
+    type Host = super::CudaHost;
+
+    fn park_on_host(&self, buf: &CudaBuf) -> Result<super::CudaHost> {
+        self.park_on_host_impl(buf)
+    }
+
+    fn restore_from_host(&self, host: &super::CudaHost) -> Result<CudaBuf> {
+        self.restore_from_host_impl(host)
+    }
 
     fn upload_quant4(&self, q: &crate::Quant4) -> Result<super::CudaQuant> {
         self.upload_quant4_impl(q)
