@@ -72,6 +72,8 @@ pub struct TrainFile {
     pub seed: u64,
     #[serde(default)]
     pub weight_decay: f32,
+    #[serde(default = "d_optim")]
+    pub optim: String,
     #[serde(default = "d_b1")]
     pub adam_beta1: f32,
     #[serde(default = "d_b2")]
@@ -116,6 +118,9 @@ fn d_device() -> String {
 }
 fn d_dtype() -> String {
     "auto".into()
+}
+fn d_optim() -> String {
+    "adamw_torch".into()
 }
 fn d_r() -> usize {
     16
@@ -292,6 +297,16 @@ impl TrainFile {
         if self.max_seq_len < 2 {
             bail!("max_seq_len must be at least 2");
         }
+        let moments_on_host = match self.optim.as_str() {
+            "adamw_torch" | "adamw" => false,
+            "paged_adamw_32bit" => true,
+            "adamw_8bit" | "paged_adamw_8bit" => bail!(
+                "optim `{}`: 8-bit optimizer states are not supported yet; use adamw_torch or \
+                 paged_adamw_32bit (moments in host memory, no optimizer state on the GPU)",
+                self.optim
+            ),
+            other => bail!("optim `{other}` is not one of adamw_torch, paged_adamw_32bit"),
+        };
         let output_dir = rel(base, &self.output_dir);
         let resume_from = match resume {
             None => None,
@@ -327,6 +342,7 @@ impl TrainFile {
                 beta2: self.adam_beta2,
                 eps: self.adam_epsilon,
                 weight_decay: self.weight_decay,
+                on_host: moments_on_host,
             },
             max_grad_norm: self.max_grad_norm,
             checkpointing: if self.gradient_checkpointing && self.checkpoint_offload {

@@ -171,6 +171,11 @@ pub const TRAIN_KEYS: &[Key] = &[
         help: "AdamW decoupled weight decay",
     },
     Key {
+        name: "optim",
+        default: "adamw_torch",
+        help: "adamw_torch (moments on the device) | paged_adamw_32bit (moments in host memory, updated on the CPU: no optimizer state on the GPU)",
+    },
+    Key {
         name: "adam_beta1",
         default: "0.9",
         help: "AdamW beta1",

@@ -49,13 +49,10 @@ pub fn save<B: Backend>(
     adapter::save(be, lora, base_model, &tmp)?;
 
     let mut host: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    for ((p, m), v) in lora.params.iter().zip(&opt.m).zip(&opt.v) {
-        for (prefix, buf) in [("exp_avg", m), ("exp_avg_sq", v)] {
-            let bytes: Vec<u8> = be
-                .download(buf)?
-                .iter()
-                .flat_map(|x| x.to_le_bytes())
-                .collect();
+    for (i, p) in lora.params.iter().enumerate() {
+        let (m, v) = opt.moments_of(be, i)?;
+        for (prefix, values) in [("exp_avg", m), ("exp_avg_sq", v)] {
+            let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
             host.push((format!("{prefix}.{}", p.key), p.shape.to_vec(), bytes));
         }
     }
@@ -149,11 +146,11 @@ pub fn load<B: Backend>(
     let st = SafetensorsDir::open_files(dir, std::slice::from_ref(&opt_path))?;
     for (i, p) in lora.params.iter().enumerate() {
         let shape = p.shape.to_vec();
-        opt.m[i] = be.upload(&st.read_shaped(&format!("exp_avg.{}", p.key), &shape)?.data)?;
-        opt.v[i] = be.upload(
-            &st.read_shaped(&format!("exp_avg_sq.{}", p.key), &shape)?
-                .data,
-        )?;
+        let m = st.read_shaped(&format!("exp_avg.{}", p.key), &shape)?.data;
+        let v = st
+            .read_shaped(&format!("exp_avg_sq.{}", p.key), &shape)?
+            .data;
+        opt.set_moments(be, i, &m, &v)?;
     }
     opt.step = state.step;
     Ok(Restored { lora, opt, state })

@@ -1,6 +1,7 @@
 //! AdamW over the LoRA parameters (32-bit states), and gradient-norm clipping as
 //! `torch.nn.utils.clip_grad_norm_` does it.
 
+use rayon::prelude::*;
 use temper_core::{AdamWStep, Backend};
 use temper_model::LoraParams;
 
@@ -12,6 +13,8 @@ pub struct AdamWConfig {
     pub beta2: f32,
     pub eps: f32,
     pub weight_decay: f32,
+    /// Moments in host memory, updated on the CPU (`paged_adamw_32bit`).
+    pub on_host: bool,
 }
 
 impl Default for AdamWConfig {
@@ -22,21 +25,39 @@ impl Default for AdamWConfig {
             beta2: 0.999,
             eps: 1e-8,
             weight_decay: 0.0,
+            on_host: false,
         }
     }
 }
 
-/// First and second moments for every LoRA tensor, in the order of `LoraParams::params`.
+/// Where AdamW's moments live, in the order of `LoraParams::params`.
+pub enum Moments<B: Backend> {
+    /// On the device, updated there (`adamw_torch`).
+    Device { m: Vec<B::Buf>, v: Vec<B::Buf> },
+    /// In host memory beside a host copy of the parameters: the update runs on the CPU and
+    /// the new parameters are uploaded, so no optimizer state takes device memory
+    /// (`paged_adamw_32bit`).
+    Host {
+        m: Vec<Vec<f32>>,
+        v: Vec<Vec<f32>>,
+        params: Vec<Vec<f32>>,
+    },
+}
+
+/// AdamW with 32-bit moments for every LoRA tensor.
 pub struct AdamW<B: Backend> {
     pub config: AdamWConfig,
-    pub m: Vec<B::Buf>,
-    pub v: Vec<B::Buf>,
+    pub moments: Moments<B>,
     /// Number of updates taken.
     pub step: u64,
 }
 
 impl<B: Backend> AdamW<B> {
+    /// Moments on the device, or in host memory when `config.on_host`.
     pub fn new(be: &B, lora: &LoraParams<B>, config: AdamWConfig) -> Result<Self> {
+        if config.on_host {
+            return Self::new_on_host(be, lora, config);
+        }
         let mut m = Vec::with_capacity(lora.params.len());
         let mut v = Vec::with_capacity(lora.params.len());
         for p in &lora.params {
@@ -45,10 +66,50 @@ impl<B: Backend> AdamW<B> {
         }
         Ok(AdamW {
             config,
-            m,
-            v,
+            moments: Moments::Device { m, v },
             step: 0,
         })
+    }
+
+    /// Moments in host memory (see [`Moments::Host`]).
+    pub fn new_on_host(be: &B, lora: &LoraParams<B>, config: AdamWConfig) -> Result<Self> {
+        let mut params = Vec::with_capacity(lora.params.len());
+        for p in &lora.params {
+            params.push(be.download(&p.value)?);
+        }
+        let zeros = || params.iter().map(|p| vec![0.0; p.len()]).collect();
+        Ok(AdamW {
+            config,
+            moments: Moments::Host {
+                m: zeros(),
+                v: zeros(),
+                params,
+            },
+            step: 0,
+        })
+    }
+
+    /// Parameter i's first and second moments, on the host.
+    pub fn moments_of(&self, be: &B, i: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+        Ok(match &self.moments {
+            Moments::Device { m, v } => (be.download(&m[i])?, be.download(&v[i])?),
+            Moments::Host { m, v, .. } => (m[i].clone(), v[i].clone()),
+        })
+    }
+
+    /// Sets parameter i's moments (resuming from a checkpoint).
+    pub fn set_moments(&mut self, be: &B, i: usize, m1: &[f32], m2: &[f32]) -> Result<()> {
+        match &mut self.moments {
+            Moments::Device { m, v } => {
+                m[i] = be.upload(m1)?;
+                v[i] = be.upload(m2)?;
+            }
+            Moments::Host { m, v, .. } => {
+                m[i] = m1.to_vec();
+                v[i] = m2.to_vec();
+            }
+        }
+        Ok(())
     }
 
     /// One update of every parameter from its gradient.
@@ -62,8 +123,28 @@ impl<B: Backend> AdamW<B> {
             weight_decay: self.config.weight_decay,
             step: self.step,
         };
-        for ((p, m), v) in lora.params.iter_mut().zip(&mut self.m).zip(&mut self.v) {
-            be.adamw(&mut p.value, &p.grad, m, v, s)?;
+        match &mut self.moments {
+            Moments::Device { m, v } => {
+                for ((p, m), v) in lora.params.iter_mut().zip(m).zip(v) {
+                    be.adamw(&mut p.value, &p.grad, m, v, s)?;
+                }
+            }
+            Moments::Host { m, v, params } => {
+                let grads = lora
+                    .params
+                    .iter()
+                    .map(|p| be.download(&p.grad))
+                    .collect::<temper_core::Result<Vec<_>>>()?;
+                params
+                    .par_iter_mut()
+                    .zip(m.par_iter_mut())
+                    .zip(v.par_iter_mut())
+                    .zip(grads.par_iter())
+                    .for_each(|(((p, m), v), g)| temper_core::cpu::adamw::adamw(p, g, m, v, s));
+                for (p, host) in lora.params.iter_mut().zip(params.iter()) {
+                    p.value = be.upload(host)?;
+                }
+            }
         }
         Ok(())
     }
