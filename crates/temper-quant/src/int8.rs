@@ -8,7 +8,7 @@ use crate::error::{check_finite, QuantError, Result};
 
 /// bitsandbytes' `int8_vectorwise_dequant` constant: 1/127 as a Python float, rounded to f32
 /// when it multiplies the f32 tensor.
-const INV_127: f32 = 7.874_015_718_698_502e-3;
+const INV_127: f32 = 7.874_015_718_698_502e-3_f64 as f32;
 
 /// Row-wise int8 codes.
 #[derive(Clone, Debug, PartialEq)]

@@ -90,10 +90,10 @@ fn multi_row_sum<const L: usize, const NROWS: usize>(
             i += 1;
         }
         for j in 1..LEVELS {
-            for k in 0..NROWS {
-                let lower = acc[j - 1][k];
-                add(&mut acc[j][k], &lower);
-                acc[j - 1][k] = [0.0; L];
+            let (below, above) = acc.split_at_mut(j);
+            for (hi, lo) in above[0].iter_mut().zip(below[j - 1].iter_mut()) {
+                add(hi, lo);
+                *lo = [0.0; L];
             }
             if i & (level_mask << (j * level_power)) != 0 {
                 break;

@@ -30,7 +30,7 @@ impl Ops {
     }
 
     pub fn has(&self, name: &str) -> bool {
-        self.st().names().iter().any(|n| *n == name)
+        self.st().names().contains(&name)
     }
 
     pub fn dtype(&self, name: &str) -> Dtype {
