@@ -1,0 +1,169 @@
+//! LLM.int8 (Dettmers et al. 2022, arXiv:2208.07339) row-wise and column-wise absmax int8
+//! quantisation with outlier columns, bit-exact with bitsandbytes 0.50's
+//! `int8_vectorwise_quant` (its PyTorch reference op) and the column half of
+//! `int8_double_quant`. Inputs are float16 in bitsandbytes; here they come as f32 holding
+//! float16 values.
+
+use crate::error::{check_finite, QuantError, Result};
+
+/// bitsandbytes' `int8_vectorwise_dequant` constant: 1/127 as a Python float, rounded to f32
+/// when it multiplies the f32 tensor.
+const INV_127: f32 = 7.874_015_718_698_502e-3_f64 as f32;
+
+/// Row-wise int8 codes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Int8Rows {
+    /// (rows, cols) round(x * 127 / row_stats[r]); 0 for outliers, and with more than one
+    /// row for every element of an outlier column.
+    pub codes: Vec<i8>,
+    /// (rows,) absmax of each row, outliers left out.
+    pub row_stats: Vec<f32>,
+    /// Columns holding at least one |x| >= threshold, ascending (empty when threshold is 0).
+    pub outlier_cols: Vec<usize>,
+}
+
+/// Column-wise int8 codes (the second half of `int8_double_quant`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Int8Cols {
+    /// (rows, cols) round(f16(x * 127) / col_stats[c]); 0 for outliers.
+    pub codes: Vec<i8>,
+    /// (cols,) absmax of each column, outliers left out.
+    pub col_stats: Vec<f32>,
+}
+
+fn check_matrix(op: &'static str, values: &[f32], rows: usize, cols: usize) -> Result<()> {
+    check_finite(op, values)?;
+    if values.len() != rows * cols {
+        return Err(QuantError::Length {
+            op,
+            what: "the matrix",
+            got: values.len(),
+            expected: rows * cols,
+        });
+    }
+    Ok(())
+}
+
+fn check_threshold(op: &'static str, threshold: f32) -> Result<()> {
+    if threshold.is_finite() && threshold >= 0.0 {
+        Ok(())
+    } else {
+        Err(QuantError::Invalid {
+            op,
+            msg: format!(
+                "threshold {threshold}: use 0 (no outliers) or a positive value such as 6.0"
+            ),
+        })
+    }
+}
+
+/// Row-wise quantisation of `values` (rows, cols). With `threshold > 0`, values with
+/// |x| >= threshold are outliers: left out of the row absmax and coded 0, and with more than
+/// one row their whole columns are coded 0 (bitsandbytes keeps those columns in 16 bits).
+pub fn int8_vectorwise_quant(
+    values: &[f32],
+    rows: usize,
+    cols: usize,
+    threshold: f32,
+) -> Result<Int8Rows> {
+    const OP: &str = "int8_vectorwise_quant";
+    check_matrix(OP, values, rows, cols)?;
+    check_threshold(OP, threshold)?;
+    let is_outlier = |x: f32| threshold > 0.0 && x.abs() >= threshold;
+    let mut outlier = vec![false; cols];
+    for row in values.chunks_exact(cols) {
+        for (c, &x) in row.iter().enumerate() {
+            outlier[c] |= is_outlier(x);
+        }
+    }
+    let mut codes = vec![0i8; rows * cols];
+    let mut row_stats = vec![0.0f32; rows];
+    for ((row, out), stat) in values
+        .chunks_exact(cols)
+        .zip(codes.chunks_exact_mut(cols))
+        .zip(row_stats.iter_mut())
+    {
+        let kept = |x: f32| if is_outlier(x) { 0.0 } else { x };
+        *stat = row.iter().fold(0.0f32, |m, &x| m.max(kept(x).abs()));
+        // `127.0 / row_stats` in PyTorch is `row_stats.reciprocal() * 127.0`.
+        let scale = (1.0 / *stat) * 127.0;
+        for (o, &x) in out.iter_mut().zip(row) {
+            *o = round_to_i8(kept(x) * scale);
+        }
+        if rows > 1 {
+            for (o, _) in out.iter_mut().zip(&outlier).filter(|(_, &f)| f) {
+                *o = 0;
+            }
+        }
+    }
+    Ok(Int8Rows {
+        codes,
+        row_stats,
+        outlier_cols: (0..cols).filter(|&c| outlier[c]).collect(),
+    })
+}
+
+/// Column-wise quantisation of `values` (rows, cols) as `int8_double_quant` does it:
+/// outliers (|x| >= threshold > 0) are left out of the column absmax and coded 0;
+/// the others are `round(f16(x * 127) / col_stats[c])`.
+pub fn int8_colwise_quant(
+    values: &[f32],
+    rows: usize,
+    cols: usize,
+    threshold: f32,
+) -> Result<Int8Cols> {
+    const OP: &str = "int8_colwise_quant";
+    check_matrix(OP, values, rows, cols)?;
+    check_threshold(OP, threshold)?;
+    let kept = |x: f32| {
+        if threshold > 0.0 && x.abs() >= threshold {
+            0.0
+        } else {
+            x
+        }
+    };
+    let mut col_stats = vec![0.0f32; cols];
+    for row in values.chunks_exact(cols) {
+        for (s, &x) in col_stats.iter_mut().zip(row) {
+            *s = s.max(kept(x).abs());
+        }
+    }
+    let codes = values
+        .chunks_exact(cols)
+        .flat_map(|row| {
+            row.iter().zip(&col_stats).map(|(&x, &s)| {
+                // `A.mul(127.0)` stays float16, then divides as f32.
+                let x127 = half::f16::from_f32(kept(x) * 127.0).to_f32();
+                round_to_i8(x127 / s)
+            })
+        })
+        .collect();
+    Ok(Int8Cols { codes, col_stats })
+}
+
+/// Dequantises row-wise codes (rows, cols) to f32: `q * row_stats[r] * (1/127)`.
+pub fn int8_vectorwise_dequant(codes: &[i8], row_stats: &[f32], cols: usize) -> Result<Vec<f32>> {
+    const OP: &str = "int8_vectorwise_dequant";
+    if cols == 0 || codes.len() != row_stats.len() * cols {
+        return Err(QuantError::Length {
+            op: OP,
+            what: "the codes",
+            got: codes.len(),
+            expected: row_stats.len() * cols,
+        });
+    }
+    Ok(codes
+        .chunks_exact(cols)
+        .zip(row_stats)
+        .flat_map(|(row, &s)| row.iter().map(move |&q| q as f32 * s * INV_127))
+        .collect())
+}
+
+/// `torch.round` (half to even) then the cast to int8. A 0/0 (an all-zero row) gives 0.
+fn round_to_i8(x: f32) -> i8 {
+    if x.is_nan() {
+        0
+    } else {
+        x.round_ties_even().clamp(-128.0, 127.0) as i8
+    }
+}

@@ -1,0 +1,48 @@
+//! temper-quant: the quantised formats of QLoRA, bit-exact with bitsandbytes 0.50 (its CPU
+//! reference ops; `scripts/make_bnb_fixtures.py` makes the fixtures the tests check).
+//!
+//! - [`quantize_4bit`] / [`dequantize_4bit`]: NF4 and FP4 codes in blocks of 32..4096 (64 by
+//!   default) with an f32 absmax per block; [`double_quant`]: the absmax in 8 bits
+//!   (signed dynamic map, blocks of 256, mean offset).
+//! - [`quantize_blockwise`] / [`dequantize_blockwise`] with [`dynamic_map`]: the 8-bit
+//!   blockwise format of bitsandbytes' 8-bit optimizer states.
+//! - [`int8_vectorwise_quant`] / [`int8_colwise_quant`]: LLM.int8 absmax int8 with outlier
+//!   columns.
+//! - [`QuantState`]: one 4-bit weight in transformers + bitsandbytes' safetensors layout;
+//!   [`quantize_folder`] / [`load_4bit_folder`]: whole model folders.
+//!
+//! Every function here is the CPU twin of a kernel in `crates/temper-core/kernels/quant.cu`.
+//! Pure CPU: no CUDA dependency.
+
+mod blocks;
+pub mod blockwise8;
+pub mod codes;
+pub mod double_quant;
+pub mod dynamic_map;
+pub mod error;
+pub mod folder;
+pub mod fourbit;
+pub mod int8;
+pub mod pyjson;
+pub mod quant_state;
+pub mod torch_sum;
+
+pub use blockwise8::{
+    dequantize_blockwise, dequantize_blockwise_into, quantize_blockwise, Blockwise8,
+};
+pub use codes::{QuantType, FP4, NF4};
+pub use double_quant::{
+    double_quant, double_quant_with_offset, signed_map, unsigned_map, Nested, NESTED_BLOCKSIZE,
+};
+pub use dynamic_map::dynamic_map;
+pub use error::{QuantError, Result};
+pub use folder::{
+    is_quantized_linear, load_4bit_folder, quantization_config, quantize_folder, ComputeDtype,
+    QuantizeOptions, QuantizeSummary,
+};
+pub use fourbit::{dequantize_4bit, dequantize_4bit_into, quantize_4bit, Packed4};
+pub use int8::{
+    int8_colwise_quant, int8_vectorwise_dequant, int8_vectorwise_quant, Int8Cols, Int8Rows,
+};
+pub use quant_state::{Absmax, OwnedTensor, QuantState, TensorRef};
+pub use torch_sum::{torch_mean, torch_sum};
