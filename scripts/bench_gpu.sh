@@ -32,8 +32,13 @@ for c in ${cases//,/ }; do
     IFS=: read -r quant seq batch <<<"$c"
     if [ "$quant" = bf16 ]; then
         "$temper" bench --model "$dir" --seq "$seq" --batch "$batch" --steps "$steps" --device cuda --dtype bfloat16 | tee -a "$results"
+    elif [ "$quant" = nf4 ] || [ "$quant" = fp4 ]; then
+        # The seed's QLoRA recipe: 4-bit base with double quantisation, bf16 compute, paged
+        # AdamW; layer inputs kept in pinned host memory.
+        "$temper" bench --model "$dir" --seq "$seq" --batch "$batch" --steps "$steps" --device cuda --dtype bfloat16 \
+            --load-in-4bit "$quant" --double-quant --paged-optimizer --checkpoint-offload | tee -a "$results"
     else
-        echo "{\"case\": \"temper-$quant\", \"seq\": $seq, \"batch\": $batch, \"error\": \"not supported yet\"}" | tee -a "$results"
+        echo "{\"case\": \"temper-$quant\", \"seq\": $seq, \"batch\": $batch, \"error\": \"not supported\"}" | tee -a "$results"
     fi
     if [ -n "$peer" ]; then
         python3 "$peer" --shape "$peer_shape" --model-dir "$dir" --cases "$quant:$seq:$batch:all" --steps "$steps" | grep '^{' | tee -a "$results"

@@ -8,6 +8,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 use serde_yaml::{Mapping, Value};
 use temper_model::adapter::parse_targets;
+use temper_model::QuantType;
 use temper_model::{Checkpointing, LoraConfig};
 use temper_train::{AdamWConfig, ScheduleKind, TrainSettings};
 
@@ -40,6 +41,15 @@ pub struct TrainFile {
     pub device: String,
     #[serde(default = "d_dtype")]
     pub dtype: String,
+    #[serde(default)]
+    pub load_in_4bit: bool,
+    #[serde(default)]
+    pub load_in_8bit: bool,
+    #[serde(default = "d_quant_type")]
+    pub bnb_4bit_quant_type: String,
+    #[serde(default)]
+    pub bnb_4bit_use_double_quant: bool,
+    pub bnb_4bit_compute_dtype: Option<String>,
     #[serde(default = "d_r")]
     pub lora_r: usize,
     #[serde(default = "d_alpha")]
@@ -119,6 +129,9 @@ fn d_device() -> String {
 fn d_dtype() -> String {
     "auto".into()
 }
+fn d_quant_type() -> String {
+    "nf4".into()
+}
 fn d_optim() -> String {
     "adamw_torch".into()
 }
@@ -181,6 +194,8 @@ pub struct TrainPlan {
     pub device: String,
     /// Storage type of activations and frozen weights: auto | bfloat16 | float16 | float32.
     pub dtype: String,
+    /// How the frozen weights load (4-bit quantisation).
+    pub load: temper_model::LoadOptions,
     pub max_seq_len: usize,
     pub packing: bool,
     pub logging_steps: u64,
@@ -297,6 +312,30 @@ impl TrainFile {
         if self.max_seq_len < 2 {
             bail!("max_seq_len must be at least 2");
         }
+        if self.load_in_8bit {
+            bail!(
+                "load_in_8bit: 8-bit base weights are not supported yet; use load_in_4bit \
+                 (NF4 or FP4) or the bf16 weights as they are"
+            );
+        }
+        let quant_type = QuantType::parse(&self.bnb_4bit_quant_type).ok_or_else(|| {
+            anyhow!(
+                "bnb_4bit_quant_type `{}` is not one of nf4, fp4",
+                self.bnb_4bit_quant_type
+            )
+        })?;
+        let load = temper_model::LoadOptions {
+            quantize: self.load_in_4bit.then_some(temper_model::QuantizeOnLoad {
+                quant_type,
+                blocksize: 64,
+                double_quant: self.bnb_4bit_use_double_quant,
+            }),
+        };
+        // bitsandbytes' compute dtype is the dtype the GEMMs run in: temper's `dtype`.
+        let dtype = match (&self.bnb_4bit_compute_dtype, self.dtype.as_str()) {
+            (Some(c), "auto") => c.clone(),
+            _ => self.dtype.clone(),
+        };
         let moments_on_host = match self.optim.as_str() {
             "adamw_torch" | "adamw" => false,
             "paged_adamw_32bit" => true,
@@ -361,7 +400,8 @@ impl TrainFile {
             model_dir,
             data,
             device: self.device,
-            dtype: self.dtype,
+            dtype,
+            load,
             max_seq_len: self.max_seq_len,
             packing: self.packing,
             logging_steps: self.logging_steps.max(1),

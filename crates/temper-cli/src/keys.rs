@@ -85,6 +85,31 @@ pub const TRAIN_KEYS: &[Key] = &[
         help: "storage of activations and frozen weights on the GPU: auto (bfloat16 from Ampere on, float32 before) | bfloat16 | float16 | float32; LoRA weights, gradients and optimizer state stay float32",
     },
     Key {
+        name: "load_in_4bit",
+        default: "false",
+        help: "QLoRA: quantise the frozen linear layers to 4 bits while loading (bitsandbytes-compatible); a folder saved in 4 bits loads that way anyway",
+    },
+    Key {
+        name: "bnb_4bit_quant_type",
+        default: "nf4",
+        help: "nf4 | fp4",
+    },
+    Key {
+        name: "bnb_4bit_use_double_quant",
+        default: "false",
+        help: "quantise the 4-bit block scales too (saves about 0.37 bits per weight)",
+    },
+    Key {
+        name: "bnb_4bit_compute_dtype",
+        default: "none",
+        help: "bfloat16 | float16: the dtype the GEMMs run in (sets dtype when dtype is auto)",
+    },
+    Key {
+        name: "load_in_8bit",
+        default: "false",
+        help: "8-bit base weights (not supported yet: refused with a message)",
+    },
+    Key {
         name: "lora_r",
         default: "16",
         help: "LoRA rank",

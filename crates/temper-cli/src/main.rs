@@ -139,6 +139,15 @@ enum Command {
         /// Keep the checkpointed layer inputs in pinned host memory.
         #[arg(long)]
         checkpoint_offload: bool,
+        /// Quantise the frozen linear layers to 4 bits on load: nf4 | fp4.
+        #[arg(long)]
+        load_in_4bit: Option<String>,
+        /// With --load-in-4bit: quantise the block scales too.
+        #[arg(long)]
+        double_quant: bool,
+        /// AdamW moments in host memory (as paged_adamw_32bit).
+        #[arg(long)]
+        paged_optimizer: bool,
         #[arg(long, default_value = "auto")]
         device: String,
         /// Storage of activations and weights on the GPU: auto | bfloat16 | float16 | float32.
@@ -191,10 +200,26 @@ fn main() -> Result<()> {
             lora_r,
             no_checkpointing,
             checkpoint_offload,
+            load_in_4bit,
+            double_quant,
+            paged_optimizer,
             device,
             dtype,
         } => commands::bench::run(commands::bench::BenchArgs {
             offload: checkpoint_offload,
+            load: temper_model::LoadOptions {
+                quantize: match load_in_4bit {
+                    Some(t) => Some(temper_model::QuantizeOnLoad {
+                        quant_type: temper_model::QuantType::parse(&t).ok_or_else(|| {
+                            anyhow::anyhow!("--load-in-4bit `{t}`: use nf4 or fp4")
+                        })?,
+                        blocksize: 64,
+                        double_quant,
+                    }),
+                    None => None,
+                },
+            },
+            moments_on_host: paged_optimizer,
             model,
             seq,
             batch,

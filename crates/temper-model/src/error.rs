@@ -36,6 +36,8 @@ pub enum ModelError {
     Adapter(String),
     #[error(transparent)]
     Core(#[from] temper_core::CoreError),
+    #[error(transparent)]
+    Quant(#[from] temper_quant::QuantError),
 }
 
 pub type Result<T> = std::result::Result<T, ModelError>;

@@ -11,6 +11,7 @@ pub mod linear;
 pub mod lora;
 pub mod model;
 pub mod plan;
+pub mod quantized;
 pub mod safetensors_dir;
 pub mod weights;
 
@@ -18,4 +19,6 @@ pub use config::{Arch, ModelConfig};
 pub use error::{ModelError, Result};
 pub use lora::{LoraConfig, LoraParams, Target};
 pub use model::{Checkpointing, LmRows, Model, StepCtx, TokenBatch};
+pub use quantized::{LoadOptions, QuantizeOnLoad};
 pub use temper_core::Backend;
+pub use temper_quant::QuantType;

@@ -10,6 +10,7 @@ use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::layer::LayerActs;
 use crate::lora::{LoraParams, Target};
+use crate::quantized::LoadOptions;
 use crate::weights::Weights;
 
 /// A flat, varlen batch of N tokens: sequences laid end to end, no padding.
@@ -147,8 +148,14 @@ pub struct Model<B: Backend> {
 impl<B: Backend> Model<B> {
     /// Loads config.json and the safetensors weights of a Hugging Face folder.
     pub fn load(be: Arc<B>, dir: &Path) -> Result<Self> {
+        Self::load_with(be, dir, &LoadOptions::default())
+    }
+
+    /// Loads with the frozen linear layers quantised to 4 bits when `opts` asks (or when the
+    /// folder is saved in bitsandbytes' 4-bit layout).
+    pub fn load_with(be: Arc<B>, dir: &Path, opts: &LoadOptions) -> Result<Self> {
         let cfg = ModelConfig::from_dir(dir)?;
-        let weights = Weights::load(&*be, &cfg, dir)?;
+        let weights = Weights::load_with(&*be, &cfg, dir, opts)?;
         Self::from_parts(be, cfg, weights)
     }
 

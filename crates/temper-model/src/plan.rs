@@ -52,6 +52,27 @@ pub fn weight_values(cfg: &ModelConfig) -> usize {
     v * c + head + cfg.layers * per_layer + c + rope
 }
 
+/// Bytes of the frozen weights with the 7 linear kinds of every layer in 4 bits (codes, and
+/// f32 block scales or, with double quantisation, 8-bit ones with an f32 per 256 blocks);
+/// embeddings, head and norms stay in `dtype`.
+pub fn weight_bytes_4bit(cfg: &ModelConfig, dtype: DType, blocksize: usize, double: bool) -> usize {
+    let linear: usize = cfg.layers
+        * Target::ALL
+            .iter()
+            .map(|t| {
+                let (i, o) = t.dims(cfg);
+                i * o
+            })
+            .sum::<usize>();
+    let blocks = linear.div_ceil(blocksize.max(1));
+    let scales = if double {
+        blocks + 4 * blocks.div_ceil(256)
+    } else {
+        4 * blocks
+    };
+    (weight_values(cfg) - linear) * dtype.size() + linear.div_ceil(2) + scales
+}
+
 /// LoRA values of one layer.
 fn lora_values_per_layer(cfg: &ModelConfig, lora: &LoraConfig) -> usize {
     lora.targets

@@ -4,10 +4,12 @@ use std::ops::Deref;
 use std::path::Path;
 
 use temper_core::Backend;
+use temper_quant::QuantState;
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::lora::Target;
+use crate::quantized::{to_quant4, LoadOptions};
 use crate::safetensors_dir::SafetensorsDir;
 
 /// A frozen weight matrix: stored in the compute dtype, or in 4 bits and dequantised into a
@@ -82,9 +84,21 @@ impl<B: Backend> Weights<B> {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
-    /// Loads every tensor named by transformers' Llama / Mistral / Qwen2 layout.
+    /// Loads every tensor named by transformers' Llama / Mistral / Qwen2 layout, as stored.
     pub fn load(be: &B, cfg: &ModelConfig, dir: &Path) -> Result<Self> {
+        Self::load_with(be, cfg, dir, &LoadOptions::default())
+    }
+
+    /// Loads the weights, the linear layers in 4 bits when the folder is saved that way
+    /// (bitsandbytes layout) or `opts.quantize` asks for it. Quantising reads one tensor at a
+    /// time, so host memory stays near one weight in f32 beyond the mapped files.
+    pub fn load_with(be: &B, cfg: &ModelConfig, dir: &Path, opts: &LoadOptions) -> Result<Self> {
         let st = SafetensorsDir::open(dir)?;
+        let prequantized = if is_4bit_folder(dir)? {
+            Some(temper_quant::load_4bit_folder(dir)?)
+        } else {
+            None
+        };
         let (c, v) = (cfg.hidden, cfg.vocab);
         let get = |name: &str, shape: &[usize]| -> Result<B::Buf> {
             let t = st.read_shaped(name, shape)?;
@@ -97,7 +111,33 @@ impl<B: Backend> Weights<B> {
             let mut linears = Vec::with_capacity(7);
             for t in Target::ALL {
                 let (d_in, d_out) = t.dims(cfg);
-                let w = get(&format!("{p}.{}.weight", t.path()), &[d_out, d_in])?;
+                let name = format!("{p}.{}.weight", t.path());
+                let stored = prequantized.as_ref().and_then(|m| m.get(&name));
+                let w = match (stored, opts.quantize) {
+                    (Some(q), _) => {
+                        if q.shape != [d_out, d_in] {
+                            return Err(ModelError::Shape {
+                                name,
+                                got: q.shape.clone(),
+                                expected: vec![d_out, d_in],
+                            });
+                        }
+                        Frozen::Quant4(be.upload_quant4(&to_quant4(q))?)
+                    }
+                    (None, Some(spec)) => {
+                        let host = st.read_shaped(&name, &[d_out, d_in])?;
+                        let q = QuantState::quantize(
+                            &host.data,
+                            &[d_out, d_in],
+                            "bfloat16",
+                            spec.blocksize,
+                            spec.quant_type,
+                            spec.double_quant,
+                        )?;
+                        Frozen::Quant4(be.upload_quant4(&to_quant4(&q))?)
+                    }
+                    (None, None) => Frozen::Dense(get(&name, &[d_out, d_in])?),
+                };
                 let has_bias = cfg.qkv_bias && matches!(t, Target::Q | Target::K | Target::V);
                 let bias_name = format!("{p}.{}.bias", t.path());
                 let bias = if has_bias || st.contains(&bias_name) {
@@ -106,7 +146,7 @@ impl<B: Backend> Weights<B> {
                     None
                 };
                 linears.push(Linear {
-                    w: Frozen::Dense(w),
+                    w,
                     bias,
                     d_in,
                     d_out,
@@ -137,4 +177,21 @@ impl<B: Backend> Weights<B> {
             lm_head,
         })
     }
+}
+
+/// Whether config.json says the folder holds bitsandbytes 4-bit weights.
+fn is_4bit_folder(dir: &Path) -> Result<bool> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|source| ModelError::Json {
+            path: path.clone(),
+            what: "a model config",
+            source,
+        })?;
+    let q = &json["quantization_config"];
+    Ok(q["load_in_4bit"].as_bool() == Some(true) || q["_load_in_4bit"].as_bool() == Some(true))
 }

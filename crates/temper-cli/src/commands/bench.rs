@@ -26,6 +26,10 @@ pub struct BenchArgs {
     pub offload: bool,
     pub device: String,
     pub dtype: String,
+    /// Frozen linear layers quantised to 4 bits on load.
+    pub load: temper_model::LoadOptions,
+    /// AdamW moments in host memory (paged_adamw_32bit).
+    pub moments_on_host: bool,
 }
 
 pub fn run(mut args: BenchArgs) -> Result<()> {
@@ -34,11 +38,19 @@ pub fn run(mut args: BenchArgs) -> Result<()> {
         DeviceChoice::Cpu => run_on(Arc::new(CpuBackend::new()), &args, None),
         DeviceChoice::Cuda(be) => {
             let sync = be.clone();
-            run_on(
+            let driver = be.clone();
+            let r = run_on(
                 be,
                 &args,
                 Some(Box::new(move || sync.synchronize().map_err(Into::into))),
-            )
+            );
+            if let Ok((free, total)) = driver.driver_memory() {
+                eprintln!(
+                    "bench: the driver counts {:.2} GiB in use on this GPU (every process, CUDA context included)",
+                    (total - free) as f64 / (1u64 << 30) as f64
+                );
+            }
+            r
         }
     }
 }
@@ -47,7 +59,7 @@ type Sync = Box<dyn Fn() -> Result<()>>;
 
 fn run_on<B: Backend>(be: Arc<B>, args: &BenchArgs, sync: Option<Sync>) -> Result<()> {
     let t0 = Instant::now();
-    let model = Model::load(be.clone(), &args.model)
+    let model = Model::load_with(be.clone(), &args.model, &args.load)
         .with_context(|| format!("loading {}", args.model.display()))?;
     let load_s = t0.elapsed().as_secs_f64();
     let lora_cfg = LoraConfig {
@@ -58,7 +70,14 @@ fn run_on<B: Backend>(be: Arc<B>, args: &BenchArgs, sync: Option<Sync>) -> Resul
         targets: Target::ALL.to_vec(),
     };
     let mut lora = LoraParams::init(&*be, &model.cfg, &lora_cfg, 0)?;
-    let mut opt = AdamW::new(&*be, &lora, AdamWConfig::default())?;
+    let mut opt = AdamW::new(
+        &*be,
+        &lora,
+        AdamWConfig {
+            on_host: args.moments_on_host,
+            ..AdamWConfig::default()
+        },
+    )?;
     let ckpt = if args.checkpointing && args.offload {
         Checkpointing::EveryLayerOnHost
     } else if args.checkpointing {
@@ -105,7 +124,17 @@ fn run_on<B: Backend>(be: Arc<B>, args: &BenchArgs, sync: Option<Sync>) -> Resul
     steady.sort_by(f64::total_cmp);
     let median = steady[steady.len() / 2];
     let report = serde_json::json!({
-        "case": format!("temper-{}-{}", be.name(), be.compute_dtype().suffix()),
+        "case": format!(
+            "temper-{}-{}{}",
+            be.name(),
+            be.compute_dtype().suffix(),
+            match args.load.quantize {
+                Some(q) => format!("-{}{}", q.quant_type.name(), if q.double_quant { "-dq" } else { "" }),
+                None => String::new(),
+            }
+        ),
+        "checkpoint_offload": args.offload,
+        "optimizer_moments_on_host": args.moments_on_host,
         "seq": seq,
         "batch": batch,
         "lora_r": args.lora_r,

@@ -33,6 +33,18 @@ pub fn predict(p: &TrainPlan, dtype: DType) -> Result<(ModelConfig, MemoryPlan)>
         LOSS_CHUNK,
         dtype,
     );
+    let m = match p.load.quantize {
+        Some(q) => MemoryPlan {
+            weights: temper_model::plan::weight_bytes_4bit(
+                &cfg,
+                dtype,
+                q.blocksize,
+                q.double_quant,
+            ),
+            ..m
+        },
+        None => m,
+    };
     Ok((cfg, m))
 }
 

@@ -37,7 +37,7 @@ fn run_on<B: Backend>(be: Arc<B>, plan: config::TrainPlan) -> Result<()> {
     eprintln!("memory: {}", crate::commands::plan::describe(&predicted));
     crate::commands::plan::check(&plan, &predicted)?;
     let t0 = Instant::now();
-    let model = Model::load(be.clone(), &plan.model_dir)
+    let model = Model::load_with(be.clone(), &plan.model_dir, &plan.load)
         .with_context(|| format!("loading model {}", plan.model_dir.display()))?;
     let tok = Tokenizer::from_dir(&plan.model_dir)?;
     let data = prepare(&tok, &plan.data, plan.max_seq_len, plan.packing)?;
