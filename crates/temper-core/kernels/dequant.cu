@@ -6,6 +6,30 @@
 // (no fused multiply-add, so the CPU twin matches bit for bit).
 #include "common.cuh"
 
+// Eight values to out[0..8], out 16-byte aligned: one or two vector stores.
+__device__ __forceinline__ void store8(float* out, const float* v) {
+    reinterpret_cast<float4*>(out)[0] = make_float4(v[0], v[1], v[2], v[3]);
+    reinterpret_cast<float4*>(out)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+template <typename H>
+__device__ __forceinline__ void store8_16bit(H* out, const float* v) {
+    unsigned int w[4];
+    for (int k = 0; k < 4; ++k)
+        w[k] = (unsigned int)from_f32<H>(v[2 * k]).bits | ((unsigned int)from_f32<H>(v[2 * k + 1]).bits << 16);
+    reinterpret_cast<uint4*>(out)[0] = make_uint4(w[0], w[1], w[2], w[3]);
+}
+__device__ __forceinline__ void store8(bf16* out, const float* v) { store8_16bit(out, v); }
+__device__ __forceinline__ void store8(f16* out, const float* v) { store8_16bit(out, v); }
+
+__device__ __forceinline__ float block_absmax(unsigned long long b, const float* absmax, const unsigned char* codes,
+                                              const float* map, const float* nested, unsigned int nested_bs,
+                                              float offset) {
+    return absmax ? absmax[b] : __fadd_rn(__fmul_rn(map[codes[b]], nested[b / nested_bs]), offset);
+}
+
+// Each thread decodes 4 packed bytes (8 values, inside one block since blocksize is a
+// multiple of 8 on this path) and writes them with vector stores; a tail shorter than 8
+// values, or a blocksize that is not a multiple of 8, goes value pair by value pair.
 template <typename T>
 __device__ void dequant4(T* out, const unsigned char* packed, const float* code, const float* absmax,
                          const unsigned char* codes, const float* map, const float* nested, unsigned int nested_bs,
@@ -13,11 +37,25 @@ __device__ void dequant4(T* out, const unsigned char* packed, const float* code,
     __shared__ float code_s[16];
     if (threadIdx.x < 16) code_s[threadIdx.x] = code[threadIdx.x];
     __syncthreads();
-    const unsigned long long bytes = (n + 1) / 2;
-    GRID_STRIDE(j, bytes) {
-        const unsigned long long i = 2 * j;
-        const unsigned long long b = i / blocksize;
-        const float a = absmax ? absmax[b] : __fadd_rn(__fmul_rn(map[codes[b]], nested[b / nested_bs]), offset);
+    const bool vec = blocksize % 8 == 0;
+    const unsigned long long groups = vec ? n / 8 : 0;
+    GRID_STRIDE(g, groups) {
+        const unsigned long long i = 8 * g;
+        const float a = block_absmax(i / blocksize, absmax, codes, map, nested, nested_bs, offset);
+        const unsigned int word = reinterpret_cast<const unsigned int*>(packed)[g];
+        float v[8];
+        for (int k = 0; k < 4; ++k) {
+            const unsigned int byte = (word >> (8 * k)) & 255u;
+            v[2 * k] = code_s[byte >> 4] * a;
+            v[2 * k + 1] = code_s[byte & 15u] * a;
+        }
+        store8(out + i, v);
+    }
+    // The rest, two values per packed byte.
+    const unsigned long long first = groups * 4, bytes = (n + 1) / 2;
+    GRID_STRIDE(t, bytes - first) {
+        const unsigned long long j = first + t, i = 2 * j;
+        const float a = block_absmax(i / blocksize, absmax, codes, map, nested, nested_bs, offset);
         const unsigned char byte = packed[j];
         out[i] = from_f32<T>(code_s[byte >> 4] * a);
         if (i + 1 < n) out[i + 1] = from_f32<T>(code_s[byte & 15] * a);
