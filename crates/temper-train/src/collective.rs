@@ -101,6 +101,28 @@ impl<B: Backend, H: HostCollective> Collective<B> for H {
     }
 }
 
+/// A boxed host collective is one too, so callers can choose the implementation at run time.
+impl<H: HostCollective + ?Sized> HostCollective for Box<H> {
+    fn rank(&self) -> usize {
+        (**self).rank()
+    }
+    fn world(&self) -> usize {
+        (**self).world()
+    }
+    fn all_reduce_f64(&self, values: &mut [f64]) -> Result<()> {
+        (**self).all_reduce_f64(values)
+    }
+    fn all_reduce_f32(&self, values: &mut [f32]) -> Result<()> {
+        (**self).all_reduce_f32(values)
+    }
+    fn broadcast_bytes(&self, bytes: &mut Vec<u8>) -> Result<()> {
+        (**self).broadcast_bytes(bytes)
+    }
+    fn bucket_bytes(&self) -> usize {
+        (**self).bucket_bytes()
+    }
+}
+
 /// World 1: a single process; every collective leaves its input as it is.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Single;

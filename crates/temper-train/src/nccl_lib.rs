@@ -94,6 +94,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_missing_nccl_is_an_error_that_says_what_to_set_not_a_panic() {
+        match ensure_loadable() {
+            Ok(()) => assert!(loadable()),
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(msg.contains("LD_LIBRARY_PATH"), "{msg}");
+            }
+        }
+    }
+
+    #[test]
     fn the_link_points_at_the_library_and_can_be_remade() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let lib = tmp.path().join("libnccl.so.2");

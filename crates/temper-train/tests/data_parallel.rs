@@ -314,8 +314,8 @@ impl HostCollective for Faulty {
     }
 }
 
-fn faulty_on_rank_1(fault: Fault) -> impl Fn(InProcess) -> Box<dyn HostCollectiveBox> {
-    move |c| {
+fn faulty_on_rank_1(fault: Fault) -> impl Fn(InProcess) -> Box<dyn HostCollective> {
+    move |c| -> Box<dyn HostCollective> {
         if HostCollective::rank(&c) == 1 {
             Box::new(Faulty {
                 inner: c,
@@ -325,27 +325,6 @@ fn faulty_on_rank_1(fault: Fault) -> impl Fn(InProcess) -> Box<dyn HostCollectiv
         } else {
             Box::new(c)
         }
-    }
-}
-
-/// A boxed host collective is itself one (so ranks can differ in their wrapper).
-trait HostCollectiveBox: HostCollective {}
-impl<T: HostCollective> HostCollectiveBox for T {}
-impl HostCollective for Box<dyn HostCollectiveBox> {
-    fn rank(&self) -> usize {
-        HostCollective::rank(&**self)
-    }
-    fn world(&self) -> usize {
-        HostCollective::world(&**self)
-    }
-    fn all_reduce_f64(&self, v: &mut [f64]) -> temper_train::Result<()> {
-        HostCollective::all_reduce_f64(&**self, v)
-    }
-    fn all_reduce_f32(&self, v: &mut [f32]) -> temper_train::Result<()> {
-        HostCollective::all_reduce_f32(&**self, v)
-    }
-    fn broadcast_bytes(&self, b: &mut Vec<u8>) -> temper_train::Result<()> {
-        HostCollective::broadcast_bytes(&**self, b)
     }
 }
 
