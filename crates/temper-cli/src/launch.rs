@@ -9,6 +9,7 @@ use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -69,25 +70,25 @@ fn library_path() -> Option<OsString> {
     std::env::join_paths(paths).ok()
 }
 
+/// Writes a whole line with one `write` call: rank 0 shares our stderr, and a pipe keeps a
+/// single write of under 4 KiB in one piece.
+fn say(line: &str) {
+    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
+}
+
 /// Copies a rank's output to ours, each line prefixed.
 fn forward(rank: usize, from: impl std::io::Read + Send + 'static, to_stderr: bool) {
     std::thread::spawn(move || {
         for line in BufReader::new(from).lines() {
             let Ok(line) = line else { break };
-            if to_stderr {
-                let _ = writeln!(std::io::stderr().lock(), "[rank {rank}] {line}");
+            let text = format!("[rank {rank}] {line}\n");
+            let _ = if to_stderr {
+                std::io::stderr().write_all(text.as_bytes())
             } else {
-                let _ = writeln!(std::io::stdout().lock(), "[rank {rank}] {line}");
-            }
+                std::io::stdout().lock().write_all(text.as_bytes())
+            };
         }
     });
-}
-
-fn signal(child: &Child, sig: libc::c_int) {
-    // SAFETY: kill() on the pid of a child we started and have not yet reaped.
-    unsafe {
-        libc::kill(child.id() as libc::pid_t, sig);
-    }
 }
 
 /// Starts `n` ranks running this executable with `args`, and waits for them.
@@ -102,7 +103,9 @@ pub fn run(n: usize, args: &[OsString]) -> Result<()> {
     let port = free_port()?;
     let ld_path = library_path();
     interrupt::install();
-    eprintln!("launching {n} ranks on this host (MASTER_ADDR 127.0.0.1, MASTER_PORT {port})");
+    say(&format!(
+        "launching {n} ranks on this host (MASTER_ADDR 127.0.0.1, MASTER_PORT {port})"
+    ));
     let mut children: Vec<Child> = Vec::with_capacity(n);
     for rank in 0..n {
         let mut cmd = Command::new(&exe);
@@ -143,80 +146,113 @@ pub fn run(n: usize, args: &[OsString]) -> Result<()> {
         if let Some(err) = child.stderr.take() {
             forward(rank, err, true);
         }
-        eprintln!("started rank {rank} (pid {})", child.id());
+        say(&format!("started rank {rank} (pid {})", child.id()));
         children.push(child);
     }
     supervise(children)
 }
 
-/// Waits for every rank; on the first failure stops the rest.
-fn supervise(mut children: Vec<Child>) -> Result<()> {
+/// Whether a rank's end is a failure (a rank asked to stop by Ctrl-C exits 130 after
+/// saving, or dies of the SIGINT when it came before training began).
+fn failed(status: ExitStatus, interrupted: bool) -> bool {
+    let asked_to_stop = interrupted
+        && (status.code() == Some(interrupt::EXIT_CODE) || status.signal() == Some(libc::SIGINT));
+    !status.success() && !asked_to_stop
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill() on the pid of a child we started and that has not been reaped yet
+    // (callers only signal ranks whose exit has not been reported).
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+/// The rank that brought the job down: among the failures seen before the others were
+/// stopped, the first killed by a signal (a crash, the OOM killer: its peers then fail only
+/// because it vanished), else the first to fail.
+fn cause(failures: &[(usize, ExitStatus)]) -> Option<(usize, ExitStatus)> {
+    failures
+        .iter()
+        .find(|(_, s)| s.signal().is_some())
+        .or_else(|| failures.first())
+        .copied()
+}
+
+/// Waits for every rank. When one fails, the launcher lets 200 ms pass (its peers may fail
+/// too, having lost it), picks the cause, stops the rest (SIGTERM, then SIGKILL after 10 s)
+/// and fails naming it. Each rank is waited for on its own thread, so ranks are seen in the
+/// order they ended.
+fn supervise(children: Vec<Child>) -> Result<()> {
     let n = children.len();
+    let pids: Vec<u32> = children.iter().map(Child::id).collect();
+    let (tx, rx) = mpsc::channel();
+    for (rank, mut c) in children.into_iter().enumerate() {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send((rank, c.wait()));
+        });
+    }
+    drop(tx);
     let mut done: Vec<Option<ExitStatus>> = vec![None; n];
+    let mut failures: Vec<(usize, ExitStatus)> = Vec::new();
+    let mut first_failure: Option<Instant> = None;
+    let mut stopping_since: Option<Instant> = None;
     let mut passed_on = false;
+    let mut killed = false;
+    let running =
+        |done: &[Option<ExitStatus>]| (0..n).filter(|&r| done[r].is_none()).collect::<Vec<_>>();
     while done.iter().any(Option::is_none) {
         if interrupt::requested() && !passed_on {
             passed_on = true;
-            eprintln!(
-                "interrupt: asking every rank to stop after this step (Ctrl-C again kills them)"
-            );
-            for (c, d) in children.iter().zip(&done) {
-                if d.is_none() {
-                    signal(c, libc::SIGINT);
-                }
-            }
-            // From now on a second Ctrl-C kills the launcher; PR_SET_PDEATHSIG stops the ranks.
-        }
-        for (rank, c) in children.iter_mut().enumerate() {
-            if done[rank].is_some() {
-                continue;
-            }
-            let Some(status) = c.try_wait().context("waiting for a rank")? else {
-                continue;
-            };
-            done[rank] = Some(status);
-            // A rank asked to stop exits 130 after saving, or dies of the SIGINT when it
-            // arrived before training began.
-            let stopped_by_request = passed_on
-                && (status.code() == Some(interrupt::EXIT_CODE)
-                    || status.signal() == Some(libc::SIGINT));
-            if !status.success() && !stopped_by_request {
-                let pid = c.id();
-                for (c, d) in children.iter().zip(&done) {
-                    if d.is_none() {
-                        signal(c, libc::SIGTERM);
-                    }
-                }
-                // Let the others go, then report.
-                let deadline = Instant::now() + Duration::from_secs(10);
-                for (r, c) in children.iter_mut().enumerate() {
-                    if done[r].is_some() {
-                        continue;
-                    }
-                    while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                    if c.try_wait().ok().flatten().is_none() {
-                        let _ = c.kill();
-                        let _ = c.wait();
-                    }
-                }
-                bail!(
-                    "rank {rank} (pid {pid}) ended with {}; stopped the other {} rank(s){}",
-                    describe(status),
-                    n - 1,
-                    if status.code().is_some() {
-                        " (its own error is above)"
-                    } else {
-                        ""
-                    }
-                );
+            say("interrupt: asking every rank to stop after this step (Ctrl-C again kills them)");
+            for r in running(&done) {
+                signal(pids[r], libc::SIGINT);
             }
         }
-        std::thread::sleep(Duration::from_millis(50));
+        if let (Some(t), None) = (first_failure, stopping_since) {
+            if t.elapsed() > Duration::from_millis(200) {
+                stopping_since = Some(Instant::now());
+                for r in running(&done) {
+                    signal(pids[r], libc::SIGTERM);
+                }
+            }
+        }
+        if let Some(t) = stopping_since {
+            if !killed && t.elapsed() > Duration::from_secs(10) {
+                killed = true;
+                for r in running(&done) {
+                    signal(pids[r], libc::SIGKILL);
+                }
+            }
+        }
+        let (rank, status) = match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(got) => got,
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        let status = status.with_context(|| format!("waiting for rank {rank}"))?;
+        done[rank] = Some(status);
+        if stopping_since.is_none() && failed(status, passed_on) {
+            failures.push((rank, status));
+            first_failure.get_or_insert_with(Instant::now);
+        }
+    }
+    if let Some((rank, status)) = cause(&failures) {
+        bail!(
+            "rank {rank} (pid {}) ended with {}; stopped the other {} rank(s){}",
+            pids[rank],
+            describe(status),
+            n - 1,
+            if status.code().is_some() {
+                " (its own error is above)"
+            } else {
+                ""
+            }
+        );
     }
     if passed_on {
-        eprintln!("every rank stopped after the interrupt");
+        say("every rank stopped after the interrupt");
         std::process::exit(interrupt::EXIT_CODE);
     }
     Ok(())
@@ -233,6 +269,18 @@ fn stop_all(children: &mut [Child]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_killed_rank_is_the_cause_not_the_peer_that_lost_it() {
+        let exit1 = ExitStatus::from_raw(1 << 8);
+        let sigkill = ExitStatus::from_raw(9);
+        // Rank 0 was reported first (it saw its peer vanish), rank 1 was killed.
+        let c = cause(&[(0, exit1), (1, sigkill)]).expect("a cause");
+        assert_eq!(c.0, 1);
+        assert!(describe(c.1).contains("signal 9"));
+        assert_eq!(cause(&[(2, exit1), (0, exit1)]).map(|c| c.0), Some(2));
+        assert_eq!(cause(&[]), None);
+    }
 
     #[test]
     fn the_ranks_do_not_launch_again() {

@@ -7,6 +7,7 @@ pub mod error;
 pub mod grad_sync;
 pub mod in_process;
 pub mod nccl;
+pub mod nccl_cuda;
 pub mod nccl_lib;
 pub mod optimizer;
 pub mod rendezvous;

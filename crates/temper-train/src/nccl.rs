@@ -14,36 +14,28 @@ use std::time::{Duration, Instant};
 
 use cudarc::driver::sys as cu;
 use cudarc::nccl::{result as nccl, sys};
-use temper_core::Backend;
+use temper_core::{Backend, DType};
 
 use crate::collective::{Collective, HostCollective};
 use crate::error::{Result, TrainError};
 use crate::nccl_lib;
 use crate::tcp::Tcp;
 
-/// Element type of a device buffer, as NCCL sums it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DeviceDtype {
-    F32,
-    Bf16,
-    F16,
-}
-
 /// A device buffer as raw parts: its address, element count and element type.
 #[derive(Clone, Copy, Debug)]
 pub struct RawDeviceBuf {
     pub ptr: cu::CUdeviceptr,
     pub count: usize,
-    pub dtype: DeviceDtype,
+    pub dtype: DType,
 }
 
 /// What NCCL needs from a CUDA backend.
 ///
 /// # Safety
-/// `raw_buffer` must return the address of `count` elements of `dtype` that stay valid
-/// while `buf` is borrowed, on the device `cuda_ordinal` names, and any work the backend
-/// queued that touches them must be ordered on `raw_stream` (so NCCL, queued on the same
-/// stream, sees it finished).
+/// `with_raw_buffers` must pass `f` the addresses of `count` elements of `dtype` that stay
+/// valid while `f` runs, on the device `cuda_ordinal` names, with every earlier write to
+/// them ordered before work queued on `raw_stream`, and must order later uses of the
+/// buffers after the work `f` queues on that stream.
 pub unsafe trait NcclDevice: Backend {
     /// The CUDA device ordinal this backend computes on (LOCAL_RANK in a job).
     fn cuda_ordinal(&self) -> usize;
@@ -51,8 +43,13 @@ pub unsafe trait NcclDevice: Backend {
     fn bind_to_thread(&self) -> temper_core::Result<()>;
     /// The stream the backend's kernels run on.
     fn raw_stream(&self) -> cu::CUstream;
-    /// The device memory of a buffer NCCL may read and write.
-    fn raw_buffer(&self, buf: &mut Self::Buf) -> RawDeviceBuf;
+    /// Calls `f` with the device memory of `bufs`, which it may read and write on
+    /// `raw_stream`.
+    fn with_raw_buffers(
+        &self,
+        bufs: &mut [&mut Self::Buf],
+        f: &mut dyn FnMut(&[RawDeviceBuf]) -> Result<()>,
+    ) -> Result<()>;
 }
 
 /// A communicator handle. NCCL communicators may be used from any thread, one call at a
@@ -189,11 +186,11 @@ impl<B: NcclDevice> Drop for Nccl<B> {
     }
 }
 
-fn nccl_dtype(d: DeviceDtype) -> sys::ncclDataType_t {
+fn nccl_dtype(d: DType) -> sys::ncclDataType_t {
     match d {
-        DeviceDtype::F32 => sys::ncclDataType_t::ncclFloat32,
-        DeviceDtype::Bf16 => sys::ncclDataType_t::ncclBfloat16,
-        DeviceDtype::F16 => sys::ncclDataType_t::ncclFloat16,
+        DType::F32 => sys::ncclDataType_t::ncclFloat32,
+        DType::BF16 => sys::ncclDataType_t::ncclBfloat16,
+        DType::F16 => sys::ncclDataType_t::ncclFloat16,
     }
 }
 
@@ -217,28 +214,31 @@ impl<B: NcclDevice> Collective<B> for Nccl<B> {
         let stream = be.raw_stream();
         let fail =
             |call: &str, e: nccl::NcclError| dist(format!("rank {rank}: {call}: {}", describe(&e)));
-        nccl::group_start().map_err(|e| fail("ncclGroupStart", e))?;
-        for b in bufs.iter_mut() {
-            let raw = be.raw_buffer(b);
-            // SAFETY: NcclDevice promises `raw` is valid device memory ordered on `stream`;
-            // the sum is in place (send == receive buffer), which NCCL allows.
-            let r = unsafe {
-                nccl::all_reduce(
-                    raw.ptr as *const std::ffi::c_void,
-                    raw.ptr as *mut std::ffi::c_void,
-                    raw.count,
-                    nccl_dtype(raw.dtype),
-                    sys::ncclRedOp_t::ncclSum,
-                    comm.0,
-                    stream as sys::cudaStream_t,
-                )
-            };
-            if let Err(e) = r {
-                let _ = nccl::group_end();
-                return Err(fail("ncclAllReduce", e));
+        let raw_comm = comm.0;
+        be.with_raw_buffers(bufs, &mut |raws| {
+            nccl::group_start().map_err(|e| fail("ncclGroupStart", e))?;
+            for raw in raws {
+                // SAFETY: NcclDevice promises `raw` is valid device memory ordered on
+                // `stream`; the sum is in place (send == receive buffer), which NCCL allows.
+                let r = unsafe {
+                    nccl::all_reduce(
+                        raw.ptr as *const std::ffi::c_void,
+                        raw.ptr as *mut std::ffi::c_void,
+                        raw.count,
+                        nccl_dtype(raw.dtype),
+                        sys::ncclRedOp_t::ncclSum,
+                        raw_comm,
+                        stream as sys::cudaStream_t,
+                    )
+                };
+                if let Err(e) = r {
+                    let _ = nccl::group_end();
+                    return Err(fail("ncclAllReduce", e));
+                }
             }
-        }
-        nccl::group_end().map_err(|e| fail("ncclGroupEnd", e))?;
+            nccl::group_end().map_err(|e| fail("ncclGroupEnd", e))?;
+            Ok(())
+        })?;
         self.wait(&mut comm, stream, "the gradient all-reduce")
     }
     fn all_reduce_f64(&self, values: &mut [f64]) -> Result<()> {

@@ -53,14 +53,20 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
 }
 
-/// NCCL on the CUDA backend: needs `temper_train::NcclDevice` for `CudaBackend` (its stream
-/// and raw buffer addresses); until then, `dist_backend: tcp` sums gradients through the host.
+/// NCCL on the CUDA backend, with the rendezvous connections as its control plane.
 fn cuda_nccl(
-    _be: &CudaBackend,
-    _rank: &Rank,
-    _timeout: std::time::Duration,
+    be: &CudaBackend,
+    rank: &Rank,
+    timeout: std::time::Duration,
 ) -> Result<Box<dyn Collective<CudaBackend>>> {
-    bail!("dist_backend nccl: the CUDA backend does not yet give NCCL its stream and buffer addresses; use dist_backend: tcp (gradients summed through rank 0 over TCP)")
+    let ctrl = dist::join(rank, timeout)?;
+    let nccl = temper_train::Nccl::new(be, ctrl, timeout).with_context(|| {
+        format!(
+            "rank {}: starting NCCL on GPU {}",
+            rank.rank, rank.local_rank
+        )
+    })?;
+    Ok(Box::new(nccl))
 }
 
 /// Loads, prepares the data, joins the other ranks (`join` makes the collective), trains.
