@@ -102,6 +102,10 @@ pub struct TrainFile {
     pub logging_steps: u64,
     /// Refuse to start when the predicted peak is above this: "24GiB", "16000MiB", bytes.
     pub max_memory: Option<serde_yaml::Value>,
+    #[serde(default = "d_auto")]
+    pub dist_backend: String,
+    #[serde(default = "d_dist_timeout")]
+    pub dist_timeout: f64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,6 +138,12 @@ fn d_quant_type() -> String {
 }
 fn d_optim() -> String {
     "adamw_torch".into()
+}
+fn d_auto() -> String {
+    "auto".into()
+}
+fn d_dist_timeout() -> f64 {
+    300.0
 }
 fn d_r() -> usize {
     16
@@ -201,6 +211,9 @@ pub struct TrainPlan {
     pub logging_steps: u64,
     /// Bytes, from `max_memory`.
     pub max_memory: Option<u64>,
+    /// How ranks exchange gradients, and how long one waits for the others.
+    pub dist_backend: crate::dist::DistBackend,
+    pub dist_timeout: std::time::Duration,
     pub settings: TrainSettings,
 }
 
@@ -346,6 +359,13 @@ impl TrainFile {
             ),
             other => bail!("optim `{other}` is not one of adamw_torch, paged_adamw_32bit"),
         };
+        let dist_backend = crate::dist::DistBackend::parse(&self.dist_backend)?;
+        if !(self.dist_timeout > 0.0 && self.dist_timeout.is_finite()) {
+            bail!(
+                "dist_timeout must be a positive number of seconds, got {}",
+                self.dist_timeout
+            );
+        }
         let output_dir = rel(base, &self.output_dir);
         let resume_from = match resume {
             None => None,
@@ -405,6 +425,8 @@ impl TrainFile {
             max_seq_len: self.max_seq_len,
             packing: self.packing,
             logging_steps: self.logging_steps.max(1),
+            dist_backend,
+            dist_timeout: std::time::Duration::from_secs_f64(self.dist_timeout),
             max_memory: match &self.max_memory {
                 None => None,
                 Some(Value::String(text)) => Some(parse_bytes(text)?),

@@ -115,11 +115,24 @@ pub fn prepare(
     max_seq_len: usize,
     packing: bool,
 ) -> Result<Prepared> {
+    prepare_quietly(tok, cfg, max_seq_len, packing, false)
+}
+
+/// [`prepare`], printing the summary unless `quiet` (ranks other than 0).
+pub fn prepare_quietly(
+    tok: &Tokenizer,
+    cfg: &DataConfig,
+    max_seq_len: usize,
+    packing: bool,
+    quiet: bool,
+) -> Result<Prepared> {
     let mut cfg = cfg.clone();
     cfg.max_seq_len = max_seq_len;
     cfg.packing = packing;
     let p = temper_data::prepare(tok, &cfg).context("preparing the dataset")?;
-    eprint!("{}", summary(&cfg, &p));
+    if !quiet {
+        eprint!("{}", summary(&cfg, &p));
+    }
     Ok(Prepared {
         rows: p.train.clone(),
         inner: p,

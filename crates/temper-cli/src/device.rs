@@ -23,12 +23,12 @@ fn parse_dtype(dtype: &str) -> Result<Option<DType>> {
         .context("dtype: use auto, bfloat16, float16 or float32")
 }
 
-fn start_cuda(dtype: Option<DType>) -> Result<CudaBackend> {
+fn start_cuda(dtype: Option<DType>, ordinal: usize) -> Result<CudaBackend> {
     let dtype = match dtype {
         Some(d) => d,
-        None => default_dtype(0)?,
+        None => default_dtype(ordinal)?,
     };
-    let be = CudaBackend::with_dtype(0, dtype)?;
+    let be = CudaBackend::with_dtype(ordinal, dtype)?;
     eprintln!("device: cuda ({}, {dtype})", be.device_name());
     Ok(be)
 }
@@ -38,6 +38,11 @@ fn start_cuda(dtype: Option<DType>) -> Result<CudaBackend> {
 /// `auto` (bfloat16 on GPUs from Ampere on, float32 otherwise) or a dtype name; the CPU
 /// backend always computes in float32.
 pub fn resolve(choice: &str, dtype: &str) -> Result<DeviceChoice> {
+    resolve_on(choice, dtype, 0)
+}
+
+/// [`resolve`] on GPU `ordinal` (a rank's LOCAL_RANK).
+pub fn resolve_on(choice: &str, dtype: &str, ordinal: usize) -> Result<DeviceChoice> {
     let dtype = parse_dtype(dtype)?;
     let cpu = || {
         if let Some(d) = dtype.filter(|&d| d != DType::F32) {
@@ -47,14 +52,14 @@ pub fn resolve(choice: &str, dtype: &str) -> Result<DeviceChoice> {
     };
     match choice {
         "cpu" => cpu(),
-        "cuda" => match start_cuda(dtype) {
+        "cuda" => match start_cuda(dtype, ordinal) {
             Ok(be) => Ok(DeviceChoice::Cuda(Arc::new(be))),
             Err(e) => bail!("--device cuda: {e}"),
         },
         "auto" => {
             let reason = match unavailable_reason() {
                 Some(reason) => reason,
-                None => match start_cuda(dtype) {
+                None => match start_cuda(dtype, ordinal) {
                     Ok(be) => return Ok(DeviceChoice::Cuda(Arc::new(be))),
                     Err(e) => e.to_string(),
                 },

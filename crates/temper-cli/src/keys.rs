@@ -241,6 +241,16 @@ pub const TRAIN_KEYS: &[Key] = &[
         help: "refuse to start when the predicted peak memory is above this, e.g. 22GiB (see temper plan)",
     },
     Key {
+        name: "dist_backend",
+        default: "auto",
+        help: "with several ranks: nccl (GPU) | tcp (through rank 0; any device) | auto (nccl on cuda, tcp on cpu)",
+    },
+    Key {
+        name: "dist_timeout",
+        default: "300",
+        help: "seconds a rank waits for the others (rendezvous, each exchange) before failing",
+    },
+    Key {
         name: "logging_steps",
         default: "1",
         help: "print a log line every N steps when not on a terminal",

@@ -4,7 +4,10 @@ mod commands;
 mod config;
 mod dataset;
 mod device;
+mod dist;
+mod interrupt;
 mod keys;
+mod launch;
 mod model_source;
 mod progress;
 
@@ -37,6 +40,11 @@ enum Command {
         /// Device: auto | cpu | cuda (overrides the `device` key).
         #[arg(long)]
         device: Option<String>,
+        /// Start N ranks on this host (data parallel, one GPU each), as torchrun would.
+        /// Under a launcher that sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and
+        /// MASTER_PORT, leave it out: each process runs as the rank it is told.
+        #[arg(long, value_name = "N")]
+        nproc_per_node: Option<usize>,
         /// Any config key as `--key value`, e.g. `--max_steps 100 --learning_rate 1e-4`.
         #[arg(
             trailing_var_arg = true,
@@ -181,6 +189,18 @@ fn parse_overrides(args: &[String], resume: &mut Option<String>) -> Result<Vec<(
     Ok(out)
 }
 
+/// `--nproc-per-node N` given after the config keys lands among them: take it out.
+fn take_nproc(overrides: &mut Vec<(String, String)>, nproc: &mut Option<usize>) -> Result<()> {
+    if let Some(i) = overrides.iter().position(|(k, _)| k == "nproc_per_node") {
+        let (_, v) = overrides.remove(i);
+        *nproc = Some(
+            v.parse()
+                .map_err(|_| anyhow::anyhow!("--nproc-per-node `{v}` is not a number of ranks"))?,
+        );
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -233,10 +253,17 @@ fn main() -> Result<()> {
             config,
             resume,
             device,
+            nproc_per_node,
             overrides,
         } => {
             let mut resume = resume;
             let mut overrides = parse_overrides(&overrides, &mut resume)?;
+            let mut nproc = nproc_per_node;
+            take_nproc(&mut overrides, &mut nproc)?;
+            if let Some(n) = nproc {
+                let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+                return launch::run(n, &launch::rank_args(&args));
+            }
             if let Some(d) = device {
                 overrides.push(("device".into(), d));
             }

@@ -53,6 +53,10 @@ impl Observer for Progress {
         }
     }
 
+    fn stop_requested(&mut self) -> bool {
+        crate::interrupt::requested()
+    }
+
     fn on_save(&mut self, dir: &std::path::Path) {
         let line = format!("saved {}", dir.display());
         match &self.bar {

@@ -22,6 +22,9 @@ pub enum TrainError {
         "loss is {loss} at step {step}: training diverged; lower learning_rate or check the data"
     )]
     NonFinite { step: u64, loss: f64 },
+    /// A failure of data-parallel training: rendezvous, a lost or hung rank, NCCL.
+    #[error("{0}")]
+    Distributed(String),
 }
 
 pub type Result<T> = std::result::Result<T, TrainError>;

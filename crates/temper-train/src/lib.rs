@@ -1,12 +1,27 @@
-//! temper-train: optimizers, learning-rate schedules, the training loop, checkpoints and resume.
+//! temper-train: optimizers, learning-rate schedules, the training loop, checkpoints and resume,
+//! and data parallelism over ranks (threads, processes over TCP, or GPUs over NCCL).
 
 pub mod checkpoint;
+pub mod collective;
 pub mod error;
+pub mod grad_sync;
+pub mod in_process;
+pub mod nccl;
+pub mod nccl_cuda;
+pub mod nccl_lib;
 pub mod optimizer;
+pub mod rendezvous;
 pub mod schedule;
+pub mod shard;
+pub mod tcp;
 pub mod trainer;
 
+pub use collective::{Collective, HostCollective, Single};
 pub use error::{Result, TrainError};
+pub use in_process::InProcess;
+pub use nccl::{Nccl, NcclDevice};
 pub use optimizer::{AdamW, AdamWConfig};
+pub use rendezvous::RendezvousConfig;
 pub use schedule::{Schedule, ScheduleKind};
-pub use trainer::{train, Observer, Silent, StepReport, TrainSettings, TrainSummary};
+pub use tcp::Tcp;
+pub use trainer::{train, train_with, Observer, Silent, StepReport, TrainSettings, TrainSummary};

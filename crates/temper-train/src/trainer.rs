@@ -1,6 +1,11 @@
 //! The training loop: micro-batches -> forward/backward (gradients accumulate) -> clip ->
 //! AdamW -> schedule, with the loss normalised by the number of loss tokens of the whole
 //! optimizer step (all its micro-batches), not per micro-batch.
+//!
+//! Data parallel ([`train_with`]): each rank trains its slice of the step's rows
+//! ([`crate::shard`]), the loss tokens are counted over all ranks before backward, the
+//! gradients are summed over ranks before clipping, so every rank takes the step one process
+//! would take with the whole global batch. Only rank 0 writes files and reports progress.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -12,9 +17,12 @@ use temper_data::{shuffled_order, Batch, PackedRow};
 use temper_model::{adapter, Checkpointing, LoraConfig, LoraParams, Model, StepCtx, TokenBatch};
 
 use crate::checkpoint::{self, TrainerState};
+use crate::collective::{Collective, Single};
 use crate::error::{io_err, Result, TrainError};
+use crate::grad_sync::all_reduce_grads;
 use crate::optimizer::{clip_grad_norm, AdamW, AdamWConfig};
 use crate::schedule::{Schedule, ScheduleKind};
+use crate::shard::Shard;
 
 /// Resolved training settings (the CLI fills these from the YAML config).
 #[derive(Clone, Debug)]
@@ -27,8 +35,9 @@ pub struct TrainSettings {
     /// Optimizer steps; when None, `epochs` decides.
     pub max_steps: Option<u64>,
     pub epochs: f64,
-    /// Packed rows per micro-batch.
+    /// Packed rows per micro-batch (on each rank).
     pub micro_batch_size: usize,
+    /// Micro-batches per optimizer step (on each rank).
     pub grad_accum: usize,
     pub seed: u64,
     pub adamw: AdamWConfig,
@@ -52,18 +61,24 @@ pub struct StepReport {
     pub loss: f64,
     pub lr: f64,
     pub grad_norm: f64,
-    /// Tokens processed in this step, and loss tokens among them.
+    /// Tokens processed in this step (over all ranks), and loss tokens among them.
     pub tokens: usize,
     pub loss_tokens: usize,
     pub tokens_per_s: f64,
     pub elapsed_s: f64,
 }
 
-/// What the loop tells its caller (progress bars, logs).
+/// What the loop tells its caller (progress bars, logs). With several ranks, only rank 0's
+/// observer hears `on_start`, `on_step` and `on_save`; every rank's is asked
+/// `stop_requested`, and when any says yes all ranks stop after the same step.
 pub trait Observer {
     fn on_start(&mut self, _start_step: u64, _total_steps: u64) {}
     fn on_step(&mut self, _report: &StepReport) {}
     fn on_save(&mut self, _dir: &std::path::Path) {}
+    /// Asked after every step: true ends training there, with a checkpoint (e.g. on Ctrl-C).
+    fn stop_requested(&mut self) -> bool {
+        false
+    }
 }
 
 /// Observes nothing.
@@ -78,6 +93,8 @@ pub struct TrainSummary {
     pub tokens: usize,
     pub elapsed_s: f64,
     pub adapter_dir: PathBuf,
+    /// True when an observer asked to stop before the last step.
+    pub interrupted: bool,
 }
 
 /// Trains `settings.lora` adapters on `rows` and writes the adapter to `output_dir`.
@@ -87,8 +104,23 @@ pub fn train<B: Backend>(
     settings: &TrainSettings,
     observer: &mut dyn Observer,
 ) -> Result<(LoraParams<B>, TrainSummary)> {
+    train_with(model, rows, settings, observer, &Single)
+}
+
+/// [`train`] as one rank of a data-parallel job. Every rank passes the same `rows` and
+/// `settings`; `settings.micro_batch_size` and `grad_accum` are per rank, so one optimizer
+/// step takes `world × micro_batch_size × grad_accum` rows. Returns the same parameters on
+/// every rank; only rank 0 writes metrics, checkpoints and the adapter.
+pub fn train_with<B: Backend>(
+    model: &Model<B>,
+    rows: &[PackedRow],
+    settings: &TrainSettings,
+    observer: &mut dyn Observer,
+    coll: &dyn Collective<B>,
+) -> Result<(LoraParams<B>, TrainSummary)> {
     let be = &*model.be;
     let s = settings;
+    let lead = coll.rank() == 0;
     if rows.is_empty() {
         return Err(TrainError::Config(
             "the dataset produced no rows to train on".into(),
@@ -99,7 +131,13 @@ pub fn train<B: Backend>(
             "per_device_train_batch_size and gradient_accumulation_steps must be at least 1".into(),
         ));
     }
-    let rows_per_step = s.micro_batch_size * s.grad_accum;
+    let shard = Shard {
+        rank: coll.rank(),
+        world: coll.world(),
+        micro: s.micro_batch_size,
+        accum: s.grad_accum,
+    };
+    let rows_per_step = shard.rows_per_step();
     let steps_per_epoch = rows.len().div_ceil(rows_per_step) as u64;
     let total_steps = match s.max_steps {
         Some(n) if n > 0 => n,
@@ -114,14 +152,19 @@ pub fn train<B: Backend>(
         warmup_steps: warmup,
         total_steps,
     };
-    let fingerprint = format!(
+    let mut fingerprint = format!(
         "rows={} mbs={} accum={} seed={}",
         rows.len(),
         s.micro_batch_size,
         s.grad_accum,
         s.seed
     );
-    std::fs::create_dir_all(&s.output_dir).map_err(io_err(&s.output_dir))?;
+    if shard.world > 1 {
+        fingerprint.push_str(&format!(" world={}", shard.world));
+    }
+    if lead {
+        std::fs::create_dir_all(&s.output_dir).map_err(io_err(&s.output_dir))?;
+    }
 
     let (mut lora, mut opt, start_step) = match &s.resume_from {
         Some(dir) => {
@@ -151,15 +194,26 @@ pub fn train<B: Backend>(
             (lora, opt, 0)
         }
     };
+    if shard.world > 1 {
+        check_ranks_agree(be, coll, &lora, rows, &fingerprint, start_step, total_steps)?;
+    }
 
     let metrics_path = s.output_dir.join("metrics.jsonl");
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .map_err(io_err(&metrics_path))?;
+    let mut metrics = if lead {
+        Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&metrics_path)
+                .map_err(io_err(&metrics_path))?,
+        )
+    } else {
+        None
+    };
 
-    observer.on_start(start_step, total_steps);
+    if lead {
+        observer.on_start(start_step, total_steps);
+    }
     let started = Instant::now();
     let mut summary = TrainSummary {
         steps: 0,
@@ -168,6 +222,7 @@ pub fn train<B: Backend>(
         tokens: 0,
         elapsed_s: 0.0,
         adapter_dir: s.output_dir.clone(),
+        interrupted: false,
     };
     let mut order_epoch = u64::MAX;
     let mut order: Vec<usize> = Vec::new();
@@ -179,26 +234,34 @@ pub fn train<B: Backend>(
             order_epoch = epoch;
         }
         let i = (k % steps_per_epoch) as usize;
-        let picked = &order[i * rows_per_step..((i + 1) * rows_per_step).min(rows.len())];
-        let batches: Vec<Batch> = picked
+        let step_rows = &order[i * rows_per_step..((i + 1) * rows_per_step).min(rows.len())];
+        let batches: Vec<Batch> = shard
+            .mine(step_rows)
             .chunks(s.micro_batch_size)
             .map(|ids| {
                 let refs: Vec<&PackedRow> = ids.iter().map(|&j| &rows[j]).collect();
                 Batch::from_rows(&refs)
             })
             .collect();
-        let loss_tokens: usize = batches.iter().map(|b| b.loss_tokens()).sum();
-        let tokens: usize = batches.iter().map(|b| b.len()).sum();
+        // Loss tokens and tokens of the whole step, over all ranks: the loss is their mean.
+        let mut counts = [
+            batches.iter().map(|b| b.loss_tokens()).sum::<usize>() as f64,
+            batches.iter().map(|b| b.len()).sum::<usize>() as f64,
+        ];
+        coll.all_reduce_f64(&mut counts)?;
+        let (loss_tokens, tokens) = (counts[0] as usize, counts[1] as usize);
         let mut loss_sum = 0f64;
         if loss_tokens > 0 {
             let grad_scale = 1.0 / loss_tokens as f32;
-            for (mb, b) in batches.iter().enumerate() {
+            for (j, b) in batches.iter().enumerate() {
                 let tb = TokenBatch {
                     ids: &b.input_ids,
                     positions: &b.position_ids,
                     cu_seqlens: &b.cu_seqlens,
                     targets: &b.targets,
                 };
+                // Dropout is seeded by the global micro-batch index, as one process would.
+                let mb = shard.first_micro_batch() + j;
                 let ctx = StepCtx {
                     training: true,
                     seed: s.seed ^ (k << 20) ^ mb as u64,
@@ -208,6 +271,12 @@ pub fn train<B: Backend>(
                 loss_sum += losses.iter().map(|&x| x as f64).sum::<f64>();
             }
         }
+        all_reduce_grads(be, coll, &mut lora)?;
+        // One exchange decides the step for all ranks: the summed loss (NaN anywhere makes
+        // it NaN everywhere) and whether any rank was asked to stop.
+        let mut agree = [loss_sum, f64::from(u8::from(observer.stop_requested()))];
+        coll.all_reduce_f64(&mut agree)?;
+        let (loss_sum, stop) = (agree[0], agree[1] > 0.0);
         let loss = if loss_tokens > 0 {
             loss_sum / loss_tokens as f64
         } else {
@@ -236,16 +305,20 @@ pub fn train<B: Backend>(
             tokens_per_s: tokens as f64 / dt.max(1e-9),
             elapsed_s: started.elapsed().as_secs_f64(),
         };
-        let line = serde_json::to_string(&report).map_err(|e| TrainError::Config(e.to_string()))?;
-        writeln!(metrics, "{line}").map_err(io_err(&metrics_path))?;
-        observer.on_step(&report);
+        if let Some(m) = metrics.as_mut() {
+            let line =
+                serde_json::to_string(&report).map_err(|e| TrainError::Config(e.to_string()))?;
+            writeln!(m, "{line}").map_err(io_err(&metrics_path))?;
+            observer.on_step(&report);
+        }
         summary.first_loss.get_or_insert(loss);
         summary.last_loss = Some(loss);
         summary.steps += 1;
         summary.tokens += tokens;
 
         let done = k + 1 == total_steps;
-        if (s.save_steps > 0 && (k + 1) % s.save_steps == 0) || done {
+        summary.interrupted = stop && !done;
+        if lead && ((s.save_steps > 0 && (k + 1) % s.save_steps == 0) || done || stop) {
             let state = TrainerState {
                 step: k + 1,
                 total_steps,
@@ -255,8 +328,66 @@ pub fn train<B: Backend>(
             let dir = checkpoint::save(be, &s.output_dir, &lora, &opt, &state, &s.base_model)?;
             observer.on_save(&dir);
         }
+        if stop {
+            break;
+        }
     }
-    adapter::save(be, &lora, &s.base_model, &s.output_dir)?;
+    if lead {
+        adapter::save(be, &lora, &s.base_model, &s.output_dir)?;
+    }
     summary.elapsed_s = started.elapsed().as_secs_f64();
     Ok((lora, summary))
+}
+
+/// Before the first step: every rank must train the same parameters on the same rows.
+/// Rank 0's settings, a checksum of its rows and one of its parameters are broadcast and
+/// compared.
+fn check_ranks_agree<B: Backend>(
+    be: &B,
+    coll: &dyn Collective<B>,
+    lora: &LoraParams<B>,
+    rows: &[PackedRow],
+    fingerprint: &str,
+    start_step: u64,
+    total_steps: u64,
+) -> Result<()> {
+    // FNV-1a over 32-bit words: only equality matters here.
+    let fnv = |h: u64, w: u32| (h ^ u64::from(w)).wrapping_mul(0x0000_0100_0000_01b3);
+    let mut params = 0xcbf2_9ce4_8422_2325u64;
+    for p in &lora.params {
+        for x in be.download(&p.value)? {
+            params = fnv(params, x.to_bits());
+        }
+    }
+    let mut data = 0xcbf2_9ce4_8422_2325u64;
+    for r in rows {
+        data = fnv(data, r.len() as u32);
+        for (&id, &label) in r.input_ids.iter().zip(&r.labels) {
+            data = fnv(fnv(data, id), label as u32);
+        }
+    }
+    let mine = format!(
+        "{fingerprint} start={start_step} steps={total_steps} data={data:016x} lora={params:016x}"
+    );
+    let mut theirs = mine.clone().into_bytes();
+    coll.broadcast_bytes(&mut theirs)?;
+    let differs = theirs != mine.as_bytes();
+    // Every rank learns whether any differs, so all stop together.
+    let mut count = [f64::from(u8::from(differs))];
+    coll.all_reduce_f64(&mut count)?;
+    if differs {
+        return Err(TrainError::Distributed(format!(
+            "rank {} would train `{mine}` but rank 0 trains `{}`: every rank must run the same config, data and checkpoint",
+            coll.rank(),
+            String::from_utf8_lossy(&theirs)
+        )));
+    }
+    if count[0] > 0.0 {
+        return Err(TrainError::Distributed(format!(
+            "{} rank(s) would train other settings, data or parameters than rank {} (see their errors)",
+            count[0],
+            coll.rank()
+        )));
+    }
+    Ok(())
 }

@@ -5,14 +5,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
-use temper_core::{Backend, CpuBackend};
+use anyhow::{bail, Context, Result};
+use temper_core::{Backend, CpuBackend, CudaBackend};
 use temper_data::{Batch, PackedRow, Tokenizer};
 use temper_model::{LoraParams, Model, TokenBatch};
+use temper_train::Collective;
 
 use crate::config;
-use crate::dataset::prepare;
+use crate::dataset::prepare_quietly;
 use crate::device::{self, mib, DeviceChoice};
+use crate::dist::{self, DistBackend, Rank};
+use crate::interrupt;
 use crate::progress::Progress;
 
 pub struct TrainArgs {
@@ -26,53 +29,116 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let (file, base) = config::load(args.config.as_deref(), &args.overrides)?;
     let mut plan = file.resolve(&base, args.resume)?;
     plan.model_dir = crate::model_source::resolve(&plan.model_dir)?;
-    match device::resolve(&plan.device, &plan.dtype)? {
-        DeviceChoice::Cpu => run_on(Arc::new(CpuBackend::new()), plan),
-        DeviceChoice::Cuda(be) => run_on(be, plan),
+    let rank = dist::from_env()?;
+    let timeout = plan.dist_timeout;
+    match device::resolve_on(&plan.device, &plan.dtype, rank.local_rank)? {
+        DeviceChoice::Cpu => {
+            let backend = plan.dist_backend;
+            run_on(Arc::new(CpuBackend::new()), plan, &rank, |_| {
+                if backend == DistBackend::Nccl {
+                    bail!("dist_backend nccl needs --device cuda; on the CPU use dist_backend tcp (or auto)");
+                }
+                Ok(Box::new(dist::host_collective(&rank, timeout)?))
+            })
+        }
+        DeviceChoice::Cuda(be) => {
+            let backend = plan.dist_backend;
+            run_on(be, plan, &rank, |be| match (backend, rank.world) {
+                (DistBackend::Tcp, _) | (DistBackend::Auto, 1) => {
+                    Ok(Box::new(dist::host_collective(&rank, timeout)?))
+                }
+                (DistBackend::Nccl | DistBackend::Auto, _) => cuda_nccl(be, &rank, timeout),
+            })
+        }
     }
 }
 
-fn run_on<B: Backend>(be: Arc<B>, plan: config::TrainPlan) -> Result<()> {
+/// NCCL on the CUDA backend, with the rendezvous connections as its control plane.
+fn cuda_nccl(
+    be: &CudaBackend,
+    rank: &Rank,
+    timeout: std::time::Duration,
+) -> Result<Box<dyn Collective<CudaBackend>>> {
+    let ctrl = dist::join(rank, timeout)?;
+    let nccl = temper_train::Nccl::new(be, ctrl, timeout).with_context(|| {
+        format!(
+            "rank {}: starting NCCL on GPU {}",
+            rank.rank, rank.local_rank
+        )
+    })?;
+    Ok(Box::new(nccl))
+}
+
+/// Loads, prepares the data, joins the other ranks (`join` makes the collective), trains.
+fn run_on<B: Backend>(
+    be: Arc<B>,
+    plan: config::TrainPlan,
+    rank: &Rank,
+    join: impl FnOnce(&B) -> Result<Box<dyn Collective<B>>>,
+) -> Result<()> {
+    let lead = rank.is_lead();
     let (_, predicted) = crate::commands::plan::predict(&plan, be.compute_dtype())?;
-    eprintln!("memory: {}", crate::commands::plan::describe(&predicted));
+    if lead {
+        eprintln!("memory: {}", crate::commands::plan::describe(&predicted));
+    }
     crate::commands::plan::check(&plan, &predicted)?;
     let t0 = Instant::now();
     let model = Model::load_with(be.clone(), &plan.model_dir, &plan.load)
         .with_context(|| format!("loading model {}", plan.model_dir.display()))?;
     let tok = Tokenizer::from_dir(&plan.model_dir)?;
-    let data = prepare(&tok, &plan.data, plan.max_seq_len, plan.packing)?;
+    let data = prepare_quietly(&tok, &plan.data, plan.max_seq_len, plan.packing, !lead)?;
     let cfg = &model.cfg;
-    eprintln!(
-        "model: {} ({} layers, hidden {}, {} heads / {} kv heads, vocab {}) loaded in {:.1}s",
-        cfg.model_type,
-        cfg.layers,
-        cfg.hidden,
-        cfg.heads,
-        cfg.kv_heads,
-        cfg.vocab,
-        t0.elapsed().as_secs_f64()
-    );
     let s = &plan.settings;
-    eprintln!(
-        "lora: r {} alpha {} dropout {} on {} ({})",
-        s.lora.r,
-        s.lora.alpha,
-        s.lora.dropout,
-        s.lora
-            .targets
-            .iter()
-            .map(|t| t.name())
-            .collect::<Vec<_>>()
-            .join(", "),
-        if s.lora.use_rslora {
-            "rsLoRA"
-        } else {
-            "alpha/r"
-        }
-    );
+    if lead {
+        eprintln!(
+            "model: {} ({} layers, hidden {}, {} heads / {} kv heads, vocab {}) loaded in {:.1}s",
+            cfg.model_type,
+            cfg.layers,
+            cfg.hidden,
+            cfg.heads,
+            cfg.kv_heads,
+            cfg.vocab,
+            t0.elapsed().as_secs_f64()
+        );
+        eprintln!(
+            "lora: r {} alpha {} dropout {} on {} ({})",
+            s.lora.r,
+            s.lora.alpha,
+            s.lora.dropout,
+            s.lora
+                .targets
+                .iter()
+                .map(|t| t.name())
+                .collect::<Vec<_>>()
+                .join(", "),
+            if s.lora.use_rslora {
+                "rsLoRA"
+            } else {
+                "alpha/r"
+            }
+        );
+    }
+    // Joining comes after loading, so the wait covers only how far apart the ranks are.
+    let coll = join(&be)?;
+    if lead && rank.world > 1 {
+        eprintln!(
+            "data parallel: {} ranks, {} rows per step ({} per rank x {} micro-batches x {} ranks)",
+            rank.world,
+            rank.world * s.micro_batch_size * s.grad_accum,
+            s.micro_batch_size,
+            s.grad_accum,
+            rank.world
+        );
+    }
+    // From here the first Ctrl-C stops training after the step, with a checkpoint.
+    interrupt::install();
     let mut progress = Progress::new(plan.logging_steps);
-    let (lora, summary) = temper_train::train(&model, &data.rows, s, &mut progress)?;
+    let (lora, summary) = temper_train::train_with(&model, &data.rows, s, &mut progress, &*coll)?;
     drop(progress);
+    drop(coll);
+    if !lead {
+        return finish(summary.interrupted);
+    }
     eprintln!(
         "trained {} steps ({} trainable parameters) in {:.1}s; loss {:.4} -> {:.4}",
         summary.steps,
@@ -82,6 +148,13 @@ fn run_on<B: Backend>(be: Arc<B>, plan: config::TrainPlan) -> Result<()> {
         summary.last_loss.unwrap_or(f64::NAN)
     );
     eprintln!("adapter: {}", summary.adapter_dir.display());
+    if summary.interrupted {
+        eprintln!(
+            "interrupted: stopped after step {}; continue with `--resume`",
+            summary.steps
+        );
+        return finish(true);
+    }
     if !data.inner.eval.is_empty() {
         let (loss, tokens) = eval_loss(&model, &lora, &data.inner.eval, s.micro_batch_size)?;
         eprintln!(
@@ -105,6 +178,14 @@ fn run_on<B: Backend>(be: Arc<B>, plan: config::TrainPlan) -> Result<()> {
         be.name(),
         mib(be.peak_bytes() as u64)
     );
+    Ok(())
+}
+
+/// A run stopped by Ctrl-C exits with 130 once its checkpoint is written.
+fn finish(interrupted: bool) -> Result<()> {
+    if interrupted {
+        std::process::exit(interrupt::EXIT_CODE);
+    }
     Ok(())
 }
 
