@@ -1,32 +1,34 @@
-// 4-bit (NF4 / FP4) and 8-bit blockwise quantisation. Twins of crates/temper-quant (Rust,
-// CPU), which is bit-exact with bitsandbytes 0.50's reference ops; these kernels must give the
-// same bits as their twin on every input:
+// Quantisation on the device: 4-bit (NF4 / FP4) and 8-bit blockwise. Twins of crates/temper-quant
+// (Rust, CPU), which is bit-exact with bitsandbytes 0.50's reference ops; these kernels must give
+// the same bits as their twin on every input. Each kernel exists per storage type of its input /
+// output (suffix f32, bf16, f16); the twin takes the values converted to f32 (exact).
 //
-//   kernel                        CPU twin (temper_quant::)                   launch
-//   quantize_4bit_f32             quantize_4bit                                A
-//   dequantize_4bit_f32           dequantize_4bit_into                         B
-//   dequantize_4bit_bf16          dequantize_4bit_into, then bf16::from_f32    B
-//   dequantize_4bit_nested_f32    QuantState::dequantize_into (Absmax::Nested) B
-//   dequantize_4bit_nested_bf16   the same, then bf16::from_f32                B
-//   quantize_blockwise_f32        quantize_blockwise (offset 0);               A
-//                                 double_quant_with_offset (absmax, offset)
-//   dequantize_blockwise_f32      dequantize_blockwise_into                    B
+//   kernel                     CPU twin (temper_quant::)                              launch
+//   quantize_4bit_*            quantize_4bit                                          A
+//   quantize_blockwise_*       quantize_blockwise (offset 0),                         A
+//                              double_quant_with_offset (absmax, offset, f32 input)
+//   dequantize_blockwise_*     dequantize_blockwise_into, then the output cast        B
+//                              (half::bf16 / half::f16 from_f32, round to nearest even)
+//
+// 4-bit dequantisation is dequant.cu (dequant4_*), twin of temper_core::Quant4::dequantize_into,
+// which gives the same bits as temper_quant::QuantState::dequantize_into (temper-quant's
+// tests/core_quant4.rs checks it on bitsandbytes' fixtures).
 //
 //   A: one thread block per quantisation block, grid-stride over blocks: blockDim.x a
 //      multiple of 32 (256 suggested), any gridDim.x (e.g. min(blocks, 65535)).
-//   B: grid-stride over packed bytes / codes: any geometry (e.g. 256 threads,
-//      min(ceil(bytes / 256), 65535) blocks).
+//   B: grid-stride over elements: any geometry (e.g. 256 threads, min(ceil(n / 256), 65535)).
 //
-// Double quantisation on the device: compute offset = temper_quant::torch_mean(absmax) on the
-// host (PyTorch's summation order; the absmax are few), then quantize_blockwise_f32 over the
-// absmax with that offset and the signed dynamic map.
+// Double quantisation on the device: offset = temper_quant::torch_mean(absmax) on the host
+// (PyTorch's summation order; the absmax are few), then quantize_blockwise_f32 over the absmax
+// with that offset, blocksize 256 and the signed dynamic map.
 //
 // Bit-exactness rules: every multiply / add / divide uses the _rn intrinsics so NVRTC never
 // fuses them (the CPU rounds each one); full blocks scale by the correctly rounded 1/absmax,
 // the partial last block of a tensor divides by absmax (as bitsandbytes' CPU ops do); absmax
 // is clamped below at 1e-38 for scaling only. Code tables come in device memory: 16 floats
 // (temper_quant::NF4 / FP4, any order) or 256 sorted floats (temper_quant::dynamic_map).
-// No denormal flushing: compile without --use_fast_math / -ftz.
+// No denormal flushing: compile without --use_fast_math / -ftz. blocksize: a power of two,
+// 32..4096.
 #include "common.cuh"
 
 // Sorted thresholds of a 16-entry code: bounds[i] = (s[i] + s[i+1]) / 2 of the sorted values,
@@ -72,18 +74,10 @@ __device__ __forceinline__ float quant_scale(float x, float a, float r, bool par
     return fminf(fmaxf(s, -1.0f), 1.0f);
 }
 
-// f32 -> bf16 bits, round to nearest even, NaN kept quiet (half::bf16::from_f32).
-__device__ __forceinline__ unsigned short quant_f32_to_bf16(float f) {
-    unsigned int u = __float_as_uint(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (unsigned short)(u >> 16);
-}
-
 // x (n) -> absmax (ceil(n / blocksize)), packed (ceil(n / 2)): two codes per byte, element 2j
 // in the high nibble; an odd n pads the last low nibble with the code of 0. code: 16 floats.
-// blocksize: a power of two, 32..4096.
-extern "C" __global__ void quantize_4bit_f32(const float* __restrict__ x, const float* __restrict__ code, float* __restrict__ absmax, unsigned char* __restrict__ packed, unsigned long long n, unsigned int blocksize) {
+template <typename T>
+__device__ void quant_quantize_4bit(const T* __restrict__ x, const float* __restrict__ code, float* __restrict__ absmax, unsigned char* __restrict__ packed, unsigned long long n, unsigned int blocksize) {
     __shared__ float bounds[15];
     __shared__ unsigned char order[16];
     __shared__ float scratch[32];
@@ -95,79 +89,35 @@ extern "C" __global__ void quantize_4bit_f32(const float* __restrict__ x, const 
         const unsigned long long start = b * blocksize;
         const unsigned int len = (unsigned int)min((unsigned long long)blocksize, n - start);
         float m = 0.0f;
-        for (unsigned int i = threadIdx.x; i < len; i += blockDim.x) m = fmaxf(m, fabsf(x[start + i]));
+        for (unsigned int i = threadIdx.x; i < len; i += blockDim.x) m = fmaxf(m, fabsf(to_f32(x[start + i])));
         m = block_max(m, scratch);
         if (threadIdx.x == 0) absmax[b] = m;
         const float a = fmaxf(m, 1e-38f);
         const float r = __fdiv_rn(1.0f, a);
         const bool partial = len < blocksize;
         for (unsigned int j = threadIdx.x; j < (len + 1) / 2; j += blockDim.x) {
-            const unsigned char hi = quant_code16(bounds, order, quant_scale(x[start + 2 * j], a, r, partial));
+            const unsigned char hi = quant_code16(bounds, order, quant_scale(to_f32(x[start + 2 * j]), a, r, partial));
             const unsigned char lo = 2 * j + 1 < len
-                ? quant_code16(bounds, order, quant_scale(x[start + 2 * j + 1], a, r, partial))
+                ? quant_code16(bounds, order, quant_scale(to_f32(x[start + 2 * j + 1]), a, r, partial))
                 : pad;
             packed[start / 2 + j] = (unsigned char)((hi << 4) | lo);
         }
     }
 }
 
-// The f32 absmax of block blk: plain, or double-quantised (code256[q] * nested[blk / 256] + offset).
-__device__ __forceinline__ float quant_absmax(const float* absmax, const unsigned char* absmax_codes, const float* nested_absmax, const float* code256, float offset, unsigned long long blk) {
-    if (absmax_codes == nullptr) return absmax[blk];
-    return __fadd_rn(__fmul_rn(code256[absmax_codes[blk]], nested_absmax[blk >> 8]), offset);
-}
-
-// packed (ceil(n / 2)) -> out (n): code[q] * absmax[i / blocksize]. OUT is float or bf16 bits.
-template <bool BF16>
-__device__ void quant_dequantize_4bit(const unsigned char* __restrict__ packed, const float* __restrict__ absmax, const unsigned char* __restrict__ absmax_codes, const float* __restrict__ nested_absmax, const float* __restrict__ code256, float offset, const float* __restrict__ code, void* out, unsigned long long n, unsigned int blocksize) {
-    __shared__ float c[16];
-    for (unsigned int i = threadIdx.x; i < 16; i += blockDim.x) c[i] = code[i];
-    __syncthreads();
-    const int shift = __ffs(blocksize) - 1;  // blocksize is a power of two
-    const unsigned long long bytes = (n + 1) / 2;
-    for (unsigned long long j = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; j < bytes;
-         j += (unsigned long long)gridDim.x * blockDim.x) {
-        const unsigned char p = packed[j];
-        // 2j and 2j+1 share a block: blocksize is even.
-        const float a = quant_absmax(absmax, absmax_codes, nested_absmax, code256, offset, (2 * j) >> shift);
-        const float v0 = __fmul_rn(c[p >> 4], a), v1 = __fmul_rn(c[p & 15], a);
-        if (BF16) {
-            unsigned short* o = (unsigned short*)out;
-            o[2 * j] = quant_f32_to_bf16(v0);
-            if (2 * j + 1 < n) o[2 * j + 1] = quant_f32_to_bf16(v1);
-        } else {
-            float* o = (float*)out;
-            o[2 * j] = v0;
-            if (2 * j + 1 < n) o[2 * j + 1] = v1;
-        }
+#define QUANTIZE_4BIT(sfx, T)                                                                              \
+    extern "C" __global__ void quantize_4bit_##sfx(const T* x, const float* code, float* absmax,                \
+                                                   unsigned char* packed, unsigned long long n,                \
+                                                   unsigned int blocksize) {                                    \
+        quant_quantize_4bit<T>(x, code, absmax, packed, n, blocksize);                                          \
     }
-}
-
-// packed (ceil(n/2)), absmax (ceil(n/blocksize)) f32, code (16) -> out (n) f32.
-extern "C" __global__ void dequantize_4bit_f32(const unsigned char* __restrict__ packed, const float* __restrict__ absmax, const float* __restrict__ code, float* __restrict__ out, unsigned long long n, unsigned int blocksize) {
-    quant_dequantize_4bit<false>(packed, absmax, nullptr, nullptr, nullptr, 0.0f, code, out, n, blocksize);
-}
-
-// As dequantize_4bit_f32, out (n) bf16 bits.
-extern "C" __global__ void dequantize_4bit_bf16(const unsigned char* __restrict__ packed, const float* __restrict__ absmax, const float* __restrict__ code, unsigned short* __restrict__ out, unsigned long long n, unsigned int blocksize) {
-    quant_dequantize_4bit<true>(packed, absmax, nullptr, nullptr, nullptr, 0.0f, code, out, n, blocksize);
-}
-
-// Double-quantised absmax: absmax_codes (blocks) u8, nested_absmax (ceil(blocks/256)) f32,
-// code256 (256) the nested map, offset; out (n) f32.
-extern "C" __global__ void dequantize_4bit_nested_f32(const unsigned char* __restrict__ packed, const unsigned char* __restrict__ absmax_codes, const float* __restrict__ nested_absmax, const float* __restrict__ code256, float offset, const float* __restrict__ code, float* __restrict__ out, unsigned long long n, unsigned int blocksize) {
-    quant_dequantize_4bit<false>(packed, nullptr, absmax_codes, nested_absmax, code256, offset, code, out, n, blocksize);
-}
-
-// As dequantize_4bit_nested_f32, out (n) bf16 bits.
-extern "C" __global__ void dequantize_4bit_nested_bf16(const unsigned char* __restrict__ packed, const unsigned char* __restrict__ absmax_codes, const float* __restrict__ nested_absmax, const float* __restrict__ code256, float offset, const float* __restrict__ code, unsigned short* __restrict__ out, unsigned long long n, unsigned int blocksize) {
-    quant_dequantize_4bit<true>(packed, nullptr, absmax_codes, nested_absmax, code256, offset, code, out, n, blocksize);
-}
+STORAGE_TYPES(QUANTIZE_4BIT)
 
 // x (n) minus offset -> codes (n), absmax (ceil(n / blocksize)) with a sorted 256-entry code.
 // offset 0 for plain 8-bit blockwise quantisation (optimizer states); the absmax mean for
 // double quantisation (blocksize 256, the signed dynamic map).
-extern "C" __global__ void quantize_blockwise_f32(const float* __restrict__ x, float offset, const float* __restrict__ code256, float* __restrict__ absmax, unsigned char* __restrict__ codes, unsigned long long n, unsigned int blocksize) {
+template <typename T>
+__device__ void quant_quantize_blockwise(const T* __restrict__ x, float offset, const float* __restrict__ code256, float* __restrict__ absmax, unsigned char* __restrict__ codes, unsigned long long n, unsigned int blocksize) {
     __shared__ float bounds[255];
     __shared__ float scratch[32];
     for (unsigned int i = threadIdx.x; i < 255; i += blockDim.x)
@@ -179,24 +129,40 @@ extern "C" __global__ void quantize_blockwise_f32(const float* __restrict__ x, f
         const unsigned int len = (unsigned int)min((unsigned long long)blocksize, n - start);
         float m = 0.0f;
         for (unsigned int i = threadIdx.x; i < len; i += blockDim.x)
-            m = fmaxf(m, fabsf(__fsub_rn(x[start + i], offset)));
+            m = fmaxf(m, fabsf(__fsub_rn(to_f32(x[start + i]), offset)));
         m = block_max(m, scratch);
         if (threadIdx.x == 0) absmax[b] = m;
         const float a = fmaxf(m, 1e-38f);
         const float r = __fdiv_rn(1.0f, a);
         const bool partial = len < blocksize;
         for (unsigned int i = threadIdx.x; i < len; i += blockDim.x)
-            codes[start + i] = quant_code256(bounds, quant_scale(__fsub_rn(x[start + i], offset), a, r, partial));
+            codes[start + i] = quant_code256(bounds, quant_scale(__fsub_rn(to_f32(x[start + i]), offset), a, r, partial));
     }
 }
 
-// codes (n), absmax (ceil(n / blocksize)), code256 (256) -> out (n) f32: code256[q] * absmax.
-extern "C" __global__ void dequantize_blockwise_f32(const unsigned char* __restrict__ codes, const float* __restrict__ absmax, const float* __restrict__ code256, float* __restrict__ out, unsigned long long n, unsigned int blocksize) {
+#define QUANTIZE_BLOCKWISE(sfx, T)                                                                         \
+    extern "C" __global__ void quantize_blockwise_##sfx(const T* x, float offset, const float* code256,       \
+                                                        float* absmax, unsigned char* codes,                   \
+                                                        unsigned long long n, unsigned int blocksize) {        \
+        quant_quantize_blockwise<T>(x, offset, code256, absmax, codes, n, blocksize);                          \
+    }
+STORAGE_TYPES(QUANTIZE_BLOCKWISE)
+
+// codes (n), absmax (ceil(n / blocksize)), code256 (256) -> out (n): code256[q] * absmax in f32,
+// then stored as T.
+template <typename T>
+__device__ void quant_dequantize_blockwise(const unsigned char* __restrict__ codes, const float* __restrict__ absmax, const float* __restrict__ code256, T* __restrict__ out, unsigned long long n, unsigned int blocksize) {
     __shared__ float c[256];
     for (unsigned int i = threadIdx.x; i < 256; i += blockDim.x) c[i] = code256[i];
     __syncthreads();
     const int shift = __ffs(blocksize) - 1;  // blocksize is a power of two
-    for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
-         i += (unsigned long long)gridDim.x * blockDim.x)
-        out[i] = __fmul_rn(c[codes[i]], absmax[i >> shift]);
+    GRID_STRIDE(i, n) out[i] = from_f32<T>(__fmul_rn(c[codes[i]], absmax[i >> shift]));
 }
+
+#define DEQUANTIZE_BLOCKWISE(sfx, T)                                                                       \
+    extern "C" __global__ void dequantize_blockwise_##sfx(const unsigned char* codes, const float* absmax,     \
+                                                          const float* code256, T* out, unsigned long long n,  \
+                                                          unsigned int blocksize) {                            \
+        quant_dequantize_blockwise<T>(codes, absmax, code256, out, n, blocksize);                              \
+    }
+STORAGE_TYPES(DEQUANTIZE_BLOCKWISE)
