@@ -129,6 +129,8 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Quantise a model folder to 4 bits (NF4 / FP4) in bitsandbytes' layout, for QLoRA.
+    Quantize(commands::quantize::QuantizeArgs),
     /// Time LoRA training steps on random tokens (all 7 linear kinds); prints one JSON line.
     Bench {
         #[arg(long)]
@@ -313,6 +315,7 @@ fn main() -> Result<()> {
             max_seq_len,
         }),
         Command::Generate(args) => commands::generate::run(args),
+        Command::Quantize(args) => commands::quantize::run(args),
         Command::ImportGguf { gguf, out, dtype } => {
             commands::import_gguf::run(commands::import_gguf::ImportGgufArgs { gguf, out, dtype })
         }

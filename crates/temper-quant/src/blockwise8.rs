@@ -29,6 +29,12 @@ pub fn quantize_blockwise(
     const OP: &str = "quantize_blockwise";
     check_blocksize(OP, blocksize)?;
     check_finite(OP, values)?;
+    if !code.windows(2).all(|w| w[0] <= w[1]) {
+        return Err(QuantError::Invalid {
+            op: OP,
+            msg: "the code must be sorted ascending, as dynamic_map's is".into(),
+        });
+    }
     let table = Bucketizer::new(code);
     let mut codes = vec![0u8; values.len()];
     let mut absmax = vec![0.0f32; values.len().div_ceil(blocksize)];

@@ -117,8 +117,13 @@ impl<const N: usize> Bucketizer<N> {
         for (i, o) in order.iter_mut().enumerate() {
             *o = i as u8;
         }
-        // A stable sort: equal values keep their index order.
-        order.sort_by(|&a, &b| code[a as usize].total_cmp(&code[b as usize]));
+        // A stable sort: equal values (-0.0 and 0.0 too) keep their index order, as the
+        // insertion sort of quant.cu does.
+        order.sort_by(|&a, &b| {
+            code[a as usize]
+                .partial_cmp(&code[b as usize])
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
         let mut bounds = [f32::INFINITY; N];
         for i in 0..N - 1 {
             let lo = code[order[i] as usize];

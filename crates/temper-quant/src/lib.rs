@@ -11,8 +11,9 @@
 //! - [`QuantState`]: one 4-bit weight in transformers + bitsandbytes' safetensors layout;
 //!   [`quantize_folder`] / [`load_4bit_folder`]: whole model folders.
 //!
-//! Every function here is the CPU twin of a kernel in `crates/temper-core/kernels/quant.cu`.
-//! Pure CPU: no CUDA dependency.
+//! The 4-bit and 8-bit blockwise functions are the CPU twins of the kernels in
+//! `crates/temper-core/kernels/quant.cu` (its header lists the pairs). Pure CPU: no CUDA
+//! dependency.
 
 mod blocks;
 pub mod blockwise8;

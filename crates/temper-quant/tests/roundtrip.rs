@@ -210,6 +210,12 @@ fn bad_input_is_an_error() {
     let p = quantize_4bit(&x, 64, QuantType::Nf4).expect("quantize");
     assert!(dequantize_4bit(&p.bytes, &p.absmax, 101, 64, QuantType::Nf4).is_err());
     assert!(dequantize_4bit(&p.bytes, &p.absmax[..1], 100, 64, QuantType::Nf4).is_err());
+    let mut unsorted = *signed_map();
+    unsorted.swap(3, 200);
+    assert!(
+        quantize_blockwise(&x, &unsorted, 256).is_err(),
+        "unsorted code"
+    );
     assert!(
         int8_vectorwise_quant(&x, 10, 11, 6.0).is_err(),
         "100 != 10 x 11"

@@ -5,4 +5,5 @@ pub mod import_gguf;
 pub mod init_model;
 pub mod plan;
 pub mod preprocess;
+pub mod quantize;
 pub mod train;

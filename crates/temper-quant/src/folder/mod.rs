@@ -9,4 +9,6 @@ mod shards;
 
 pub use config::{quantization_config, ComputeDtype};
 pub use load::load_4bit_folder;
-pub use quantize::{is_quantized_linear, quantize_folder, QuantizeOptions, QuantizeSummary};
+pub use quantize::{
+    is_quantized_linear, quantize_folder, quantize_folder_with, QuantizeOptions, QuantizeSummary,
+};
