@@ -34,13 +34,15 @@ impl Default for AdamWConfig {
 pub enum Moments<B: Backend> {
     /// On the device, updated there (`adamw_torch`).
     Device { m: Vec<B::Buf>, v: Vec<B::Buf> },
-    /// In host memory beside a host copy of the parameters: the update runs on the CPU and
-    /// the new parameters are uploaded, so no optimizer state takes device memory
-    /// (`paged_adamw_32bit`).
+    /// In host memory beside a host copy of the parameters, every tensor one after another
+    /// (parameter i at `offsets[i]..offsets[i + 1]`): the gradients come over in one copy,
+    /// the CPU updates, and the parameters go back in one copy, so no optimizer state takes
+    /// device memory (`paged_adamw_32bit`).
     Host {
-        m: Vec<Vec<f32>>,
-        v: Vec<Vec<f32>>,
-        params: Vec<Vec<f32>>,
+        m: Vec<f32>,
+        v: Vec<f32>,
+        params: Vec<f32>,
+        offsets: Vec<usize>,
     },
 }
 
@@ -50,6 +52,17 @@ pub struct AdamW<B: Backend> {
     pub moments: Moments<B>,
     /// Number of updates taken.
     pub step: u64,
+}
+
+/// `x` cut at `offsets` into one mutable slice per parameter.
+fn split_mut<'a>(mut x: &'a mut [f32], offsets: &[usize]) -> Vec<&'a mut [f32]> {
+    let mut out = Vec::with_capacity(offsets.len().saturating_sub(1));
+    for w in offsets.windows(2) {
+        let (head, tail) = std::mem::take(&mut x).split_at_mut(w[1] - w[0]);
+        out.push(head);
+        x = tail;
+    }
+    out
 }
 
 impl<B: Backend> AdamW<B> {
@@ -73,17 +86,19 @@ impl<B: Backend> AdamW<B> {
 
     /// Moments in host memory (see [`Moments::Host`]).
     pub fn new_on_host(be: &B, lora: &LoraParams<B>, config: AdamWConfig) -> Result<Self> {
-        let mut params = Vec::with_capacity(lora.params.len());
+        let mut offsets = vec![0];
+        let mut params = Vec::new();
         for p in &lora.params {
-            params.push(be.download(&p.value)?);
+            params.extend(be.download(&p.value)?);
+            offsets.push(params.len());
         }
-        let zeros = || params.iter().map(|p| vec![0.0; p.len()]).collect();
         Ok(AdamW {
             config,
             moments: Moments::Host {
-                m: zeros(),
-                v: zeros(),
+                m: vec![0.0; params.len()],
+                v: vec![0.0; params.len()],
                 params,
+                offsets,
             },
             step: 0,
         })
@@ -93,7 +108,10 @@ impl<B: Backend> AdamW<B> {
     pub fn moments_of(&self, be: &B, i: usize) -> Result<(Vec<f32>, Vec<f32>)> {
         Ok(match &self.moments {
             Moments::Device { m, v } => (be.download(&m[i])?, be.download(&v[i])?),
-            Moments::Host { m, v, .. } => (m[i].clone(), v[i].clone()),
+            Moments::Host { m, v, offsets, .. } => {
+                let r = offsets[i]..offsets[i + 1];
+                (m[r.clone()].to_vec(), v[r].to_vec())
+            }
         })
     }
 
@@ -104,9 +122,10 @@ impl<B: Backend> AdamW<B> {
                 m[i] = be.upload(m1)?;
                 v[i] = be.upload(m2)?;
             }
-            Moments::Host { m, v, .. } => {
-                m[i] = m1.to_vec();
-                v[i] = m2.to_vec();
+            Moments::Host { m, v, offsets, .. } => {
+                let r = offsets[i]..offsets[i + 1];
+                m[r.clone()].copy_from_slice(m1);
+                v[r].copy_from_slice(m2);
             }
         }
         Ok(())
@@ -129,20 +148,31 @@ impl<B: Backend> AdamW<B> {
                     be.adamw(&mut p.value, &p.grad, m, v, s)?;
                 }
             }
-            Moments::Host { m, v, params } => {
-                let grads = lora
-                    .params
-                    .iter()
-                    .map(|p| be.download(&p.grad))
-                    .collect::<temper_core::Result<Vec<_>>>()?;
-                params
-                    .par_iter_mut()
-                    .zip(m.par_iter_mut())
-                    .zip(v.par_iter_mut())
-                    .zip(grads.par_iter())
-                    .for_each(|(((p, m), v), g)| temper_core::cpu::adamw::adamw(p, g, m, v, s));
-                for (p, host) in lora.params.iter_mut().zip(params.iter()) {
-                    p.value = be.upload(host)?;
+            Moments::Host {
+                m,
+                v,
+                params,
+                offsets,
+            } => {
+                // Gather the gradients on the device, then one copy to the host.
+                let mut flat = be.zeros(params.len())?;
+                for (p, &off) in lora.params.iter().zip(offsets.iter()) {
+                    be.copy_range(&mut flat, off, &p.grad, 0, be.len(&p.grad))?;
+                }
+                let grads = be.download(&flat)?;
+                split_mut(params, offsets)
+                    .into_par_iter()
+                    .zip(split_mut(m, offsets))
+                    .zip(split_mut(v, offsets))
+                    .zip(offsets.par_windows(2))
+                    .for_each(|(((p, m), v), r)| {
+                        temper_core::cpu::adamw::adamw(p, &grads[r[0]..r[1]], m, v, s)
+                    });
+                // One copy back, then scattered into the parameters.
+                let flat = be.upload(params)?;
+                for (p, &off) in lora.params.iter_mut().zip(offsets.iter()) {
+                    let n = be.len(&p.value);
+                    be.copy_range(&mut p.value, 0, &flat, off, n)?;
                 }
             }
         }
