@@ -354,7 +354,7 @@ impl TrainFile {
             "paged_adamw_32bit" => true,
             "adamw_8bit" | "paged_adamw_8bit" => bail!(
                 "optim `{}`: 8-bit optimizer states are not supported yet; use adamw_torch or \
-                 paged_adamw_32bit (moments in host memory, no optimizer state on the GPU)",
+                 paged_adamw_32bit (moments in pinned host memory the GPU updates in place)",
                 self.optim
             ),
             other => bail!("optim `{other}` is not one of adamw_torch, paged_adamw_32bit"),

@@ -198,7 +198,7 @@ pub const TRAIN_KEYS: &[Key] = &[
     Key {
         name: "optim",
         default: "adamw_torch",
-        help: "adamw_torch (moments on the device) | paged_adamw_32bit (moments in host memory, updated on the CPU: no optimizer state on the GPU)",
+        help: "adamw_torch (moments on the device) | paged_adamw_32bit (moments in pinned host memory that the GPU updates in place: no optimizer state in device memory)",
     },
     Key {
         name: "adam_beta1",

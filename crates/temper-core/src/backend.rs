@@ -133,6 +133,9 @@ pub trait Backend: Send + Sync + 'static {
     type Quant: Send + Sync;
     /// A buffer's copy in host memory (pinned on GPUs), for activations kept off the device.
     type Host: Send + Sync;
+    /// f32 values in host memory that the device reads and writes in place (pinned and mapped
+    /// on GPUs): optimizer state kept off the device.
+    type Mapped: Send + Sync;
 
     fn name(&self) -> &'static str;
 
@@ -174,6 +177,21 @@ pub trait Backend: Send + Sync + 'static {
     fn park_on_host(&self, buf: &Self::Buf) -> Result<Self::Host>;
     /// A device buffer holding the values `park_on_host` saved, in the same storage type.
     fn restore_from_host(&self, host: &Self::Host) -> Result<Self::Buf>;
+    /// `n` zeros in mapped host memory.
+    fn mapped_zeros(&self, n: usize) -> Result<Self::Mapped>;
+    /// The values of mapped memory (after every queued op that writes them).
+    fn mapped_read(&self, m: &Self::Mapped) -> Result<Vec<f32>>;
+    /// Overwrites mapped memory (after every queued op that uses it).
+    fn mapped_write(&self, m: &mut Self::Mapped, values: &[f32]) -> Result<()>;
+    /// [`Backend::adamw`] with both moments in mapped host memory.
+    fn adamw_mapped(
+        &self,
+        param: &mut Self::Buf,
+        grad: &Self::Buf,
+        m: &mut Self::Mapped,
+        v: &mut Self::Mapped,
+        s: AdamWStep,
+    ) -> Result<()>;
     /// Copies a 4-bit matrix to the device (it is checked first).
     fn upload_quant4(&self, q: &Quant4) -> Result<Self::Quant>;
     /// out (numel) = the matrix's values, stored in out's type.

@@ -468,6 +468,10 @@ fn adamw_steps() {
     let (mut pc, mut pg) = p.up(&param);
     let (mut mc, mut mg) = p.up(&vec![0.0; n]);
     let (mut vc, mut vg) = p.up(&vec![0.0; n]);
+    // The same steps with the moments in mapped host memory (paged_adamw_32bit).
+    let mut pm = p.gpu.upload(&param).expect("gpu");
+    let mut mm = p.gpu.mapped_zeros(n).expect("mapped");
+    let mut vm = p.gpu.mapped_zeros(n).expect("mapped");
     for step in 1..=3 {
         let grad = p.random(n, 0.1);
         let (gc, gg) = p.up(&grad);
@@ -481,6 +485,9 @@ fn adamw_steps() {
         };
         p.cpu.adamw(&mut pc, &gc, &mut mc, &mut vc, s).expect("cpu");
         p.gpu.adamw(&mut pg, &gg, &mut mg, &mut vg, s).expect("gpu");
+        p.gpu
+            .adamw_mapped(&mut pm, &gg, &mut mm, &mut vm, s)
+            .expect("gpu mapped");
     }
     p.twins(
         "adamw param",
@@ -499,6 +506,20 @@ fn adamw_steps() {
     p.twins(
         "adamw v",
         &p.gpu.download(&vg).expect("dl"),
+        &vc,
+        1e-10,
+        1e-5,
+    );
+    p.twins(
+        "adamw param, moments in mapped host memory",
+        &p.gpu.download(&pm).expect("dl"),
+        &pc,
+        1e-7,
+        1e-5,
+    );
+    p.twins(
+        "adamw v in mapped host memory",
+        &p.gpu.mapped_read(&vm).expect("read"),
         &vc,
         1e-10,
         1e-5,

@@ -1,7 +1,6 @@
 //! AdamW over the LoRA parameters (32-bit states), and gradient-norm clipping as
 //! `torch.nn.utils.clip_grad_norm_` does it.
 
-use rayon::prelude::*;
 use temper_core::{AdamWStep, Backend};
 use temper_model::LoraParams;
 
@@ -13,7 +12,7 @@ pub struct AdamWConfig {
     pub beta2: f32,
     pub eps: f32,
     pub weight_decay: f32,
-    /// Moments in host memory, updated on the CPU (`paged_adamw_32bit`).
+    /// Moments in mapped host memory, updated in place by the device (`paged_adamw_32bit`).
     pub on_host: bool,
 }
 
@@ -32,17 +31,14 @@ impl Default for AdamWConfig {
 
 /// Where AdamW's moments live, in the order of `LoraParams::params`.
 pub enum Moments<B: Backend> {
-    /// On the device, updated there (`adamw_torch`).
+    /// On the device (`adamw_torch`).
     Device { m: Vec<B::Buf>, v: Vec<B::Buf> },
-    /// In host memory beside a host copy of the parameters, every tensor one after another
-    /// (parameter i at `offsets[i]..offsets[i + 1]`): the gradients come over in one copy,
-    /// the CPU updates, and the parameters go back in one copy, so no optimizer state takes
-    /// device memory (`paged_adamw_32bit`).
+    /// In host memory mapped into the device's address space: the update kernel reads and
+    /// writes them over the bus, so no optimizer state takes device memory
+    /// (`paged_adamw_32bit`).
     Host {
-        m: Vec<f32>,
-        v: Vec<f32>,
-        params: Vec<f32>,
-        offsets: Vec<usize>,
+        m: Vec<B::Mapped>,
+        v: Vec<B::Mapped>,
     },
 }
 
@@ -54,52 +50,28 @@ pub struct AdamW<B: Backend> {
     pub step: u64,
 }
 
-/// `x` cut at `offsets` into one mutable slice per parameter.
-fn split_mut<'a>(mut x: &'a mut [f32], offsets: &[usize]) -> Vec<&'a mut [f32]> {
-    let mut out = Vec::with_capacity(offsets.len().saturating_sub(1));
-    for w in offsets.windows(2) {
-        let (head, tail) = std::mem::take(&mut x).split_at_mut(w[1] - w[0]);
-        out.push(head);
-        x = tail;
-    }
-    out
-}
-
 impl<B: Backend> AdamW<B> {
-    /// Moments on the device, or in host memory when `config.on_host`.
+    /// Moments on the device, or in mapped host memory when `config.on_host`.
     pub fn new(be: &B, lora: &LoraParams<B>, config: AdamWConfig) -> Result<Self> {
-        if config.on_host {
-            return Self::new_on_host(be, lora, config);
-        }
-        let mut m = Vec::with_capacity(lora.params.len());
-        let mut v = Vec::with_capacity(lora.params.len());
-        for p in &lora.params {
-            m.push(be.zeros(be.len(&p.value))?);
-            v.push(be.zeros(be.len(&p.value))?);
-        }
+        let n = lora.params.len();
+        let moments = if config.on_host {
+            let (mut m, mut v) = (Vec::with_capacity(n), Vec::with_capacity(n));
+            for p in &lora.params {
+                m.push(be.mapped_zeros(be.len(&p.value))?);
+                v.push(be.mapped_zeros(be.len(&p.value))?);
+            }
+            Moments::Host { m, v }
+        } else {
+            let (mut m, mut v) = (Vec::with_capacity(n), Vec::with_capacity(n));
+            for p in &lora.params {
+                m.push(be.zeros(be.len(&p.value))?);
+                v.push(be.zeros(be.len(&p.value))?);
+            }
+            Moments::Device { m, v }
+        };
         Ok(AdamW {
             config,
-            moments: Moments::Device { m, v },
-            step: 0,
-        })
-    }
-
-    /// Moments in host memory (see [`Moments::Host`]).
-    pub fn new_on_host(be: &B, lora: &LoraParams<B>, config: AdamWConfig) -> Result<Self> {
-        let mut offsets = vec![0];
-        let mut params = Vec::new();
-        for p in &lora.params {
-            params.extend(be.download(&p.value)?);
-            offsets.push(params.len());
-        }
-        Ok(AdamW {
-            config,
-            moments: Moments::Host {
-                m: vec![0.0; params.len()],
-                v: vec![0.0; params.len()],
-                params,
-                offsets,
-            },
+            moments,
             step: 0,
         })
     }
@@ -108,10 +80,7 @@ impl<B: Backend> AdamW<B> {
     pub fn moments_of(&self, be: &B, i: usize) -> Result<(Vec<f32>, Vec<f32>)> {
         Ok(match &self.moments {
             Moments::Device { m, v } => (be.download(&m[i])?, be.download(&v[i])?),
-            Moments::Host { m, v, offsets, .. } => {
-                let r = offsets[i]..offsets[i + 1];
-                (m[r.clone()].to_vec(), v[r].to_vec())
-            }
+            Moments::Host { m, v } => (be.mapped_read(&m[i])?, be.mapped_read(&v[i])?),
         })
     }
 
@@ -122,10 +91,9 @@ impl<B: Backend> AdamW<B> {
                 m[i] = be.upload(m1)?;
                 v[i] = be.upload(m2)?;
             }
-            Moments::Host { m, v, offsets, .. } => {
-                let r = offsets[i]..offsets[i + 1];
-                m[r.clone()].copy_from_slice(m1);
-                v[r].copy_from_slice(m2);
+            Moments::Host { m, v } => {
+                be.mapped_write(&mut m[i], m1)?;
+                be.mapped_write(&mut v[i], m2)?;
             }
         }
         Ok(())
@@ -148,31 +116,9 @@ impl<B: Backend> AdamW<B> {
                     be.adamw(&mut p.value, &p.grad, m, v, s)?;
                 }
             }
-            Moments::Host {
-                m,
-                v,
-                params,
-                offsets,
-            } => {
-                // Gather the gradients on the device, then one copy to the host.
-                let mut flat = be.zeros(params.len())?;
-                for (p, &off) in lora.params.iter().zip(offsets.iter()) {
-                    be.copy_range(&mut flat, off, &p.grad, 0, be.len(&p.grad))?;
-                }
-                let grads = be.download(&flat)?;
-                split_mut(params, offsets)
-                    .into_par_iter()
-                    .zip(split_mut(m, offsets))
-                    .zip(split_mut(v, offsets))
-                    .zip(offsets.par_windows(2))
-                    .for_each(|(((p, m), v), r)| {
-                        temper_core::cpu::adamw::adamw(p, &grads[r[0]..r[1]], m, v, s)
-                    });
-                // One copy back, then scattered into the parameters.
-                let flat = be.upload(params)?;
-                for (p, &off) in lora.params.iter_mut().zip(offsets.iter()) {
-                    let n = be.len(&p.value);
-                    be.copy_range(&mut p.value, 0, &flat, off, n)?;
+            Moments::Host { m, v } => {
+                for ((p, m), v) in lora.params.iter_mut().zip(m).zip(v) {
+                    be.adamw_mapped(&mut p.value, &p.grad, m, v, s)?;
                 }
             }
         }

@@ -85,6 +85,42 @@ impl Backend for CpuBackend {
     type Quant = CpuQuant;
     /// Host memory is where CPU buffers live already: a copy, not counted as device memory.
     type Host = Vec<f32>;
+    type Mapped = Vec<f32>;
+
+    fn mapped_zeros(&self, n: usize) -> Result<Vec<f32>> {
+        Ok(vec![0.0; n])
+    }
+
+    fn mapped_read(&self, m: &Vec<f32>) -> Result<Vec<f32>> {
+        Ok(m.clone())
+    }
+
+    fn mapped_write(&self, m: &mut Vec<f32>, values: &[f32]) -> Result<()> {
+        check_len("mapped_write", "values", values.len(), m.len())?;
+        m.copy_from_slice(values);
+        Ok(())
+    }
+
+    fn adamw_mapped(
+        &self,
+        param: &mut CpuBuf,
+        grad: &CpuBuf,
+        m: &mut Vec<f32>,
+        v: &mut Vec<f32>,
+        s: AdamWStep,
+    ) -> Result<()> {
+        check_len("adamw", "grad", grad.len(), param.len())?;
+        check_len("adamw", "m", m.len(), param.len())?;
+        check_len("adamw", "v", v.len(), param.len())?;
+        if s.step == 0 {
+            return Err(CoreError::Invalid {
+                op: "adamw",
+                msg: "step counts from 1".into(),
+            });
+        }
+        adamw::adamw(param, grad, m, v, s);
+        Ok(())
+    }
 
     fn park_on_host(&self, buf: &CpuBuf) -> Result<Vec<f32>> {
         Ok(buf.data.clone())

@@ -72,3 +72,63 @@ impl CudaBackend {
         Ok(out)
     }
 }
+
+/// f32 values in pinned host memory mapped into the device's address space: kernels read
+/// and write them over the bus, so they take no device memory (optimizer moments).
+pub struct CudaMapped {
+    data: PinnedHostSlice<f32>,
+    len: usize,
+    /// The device's address of the same memory.
+    device_ptr: u64,
+}
+
+impl CudaBackend {
+    pub(super) fn mapped_zeros_impl(&self, n: usize) -> Result<CudaMapped> {
+        use cudarc::driver::sys;
+        let flags = sys::CU_MEMHOSTALLOC_DEVICEMAP | sys::CU_MEMHOSTALLOC_PORTABLE;
+        // SAFETY: the memory is zeroed below before any use.
+        let mut data = unsafe { self.ctx.alloc_pinned_with_flags::<f32>(n.max(1), flags) }
+            .map_err(dev_err("alloc mapped host memory"))?;
+        let host = data.as_mut_ptr().map_err(dev_err("mapped host memory"))?;
+        // SAFETY: `host` points at n.max(1) f32 values just allocated.
+        unsafe { std::ptr::write_bytes(host, 0, n.max(1)) };
+        let mut device_ptr = 0u64;
+        // SAFETY: `host` was allocated with CU_MEMHOSTALLOC_DEVICEMAP in this context.
+        unsafe { sys::cuMemHostGetDevicePointer_v2(&mut device_ptr, host as *mut _, 0) }
+            .result()
+            .map_err(dev_err("device address of mapped host memory"))?;
+        Ok(CudaMapped {
+            data,
+            len: n,
+            device_ptr,
+        })
+    }
+
+    pub(super) fn mapped_read_impl(&self, m: &CudaMapped) -> Result<Vec<f32>> {
+        self.synchronize()?;
+        Ok(m.data
+            .as_slice()
+            .map_err(dev_err("read mapped memory"))?
+            .to_vec())
+    }
+
+    pub(super) fn mapped_write_impl(&self, m: &mut CudaMapped, values: &[f32]) -> Result<()> {
+        self.synchronize()?;
+        let len = m.len;
+        crate::error::check_len("mapped_write", "values", values.len(), len)?;
+        let dst = m
+            .data
+            .as_mut_slice()
+            .map_err(dev_err("write mapped memory"))?;
+        dst[..len].copy_from_slice(values);
+        Ok(())
+    }
+
+    pub(super) fn mapped_device_ptr(&self, m: &CudaMapped) -> u64 {
+        m.device_ptr
+    }
+
+    pub(super) fn mapped_len(&self, m: &CudaMapped) -> usize {
+        m.len
+    }
+}

@@ -20,7 +20,7 @@ use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig};
 
 pub use buffer::CudaBuf;
-pub use host::CudaHost;
+pub use host::{CudaHost, CudaMapped};
 pub use quant::CudaQuant;
 
 use crate::memory::Accounting;

@@ -144,6 +144,64 @@ impl Backend for CudaBackend {
     type Buf = CudaBuf;
     type Quant = super::CudaQuant;
     type Host = super::CudaHost;
+    type Mapped = super::CudaMapped;
+
+    fn mapped_zeros(&self, n: usize) -> Result<super::CudaMapped> {
+        self.mapped_zeros_impl(n)
+    }
+
+    fn mapped_read(&self, m: &super::CudaMapped) -> Result<Vec<f32>> {
+        let mut v = self.mapped_read_impl(m)?;
+        v.truncate(self.mapped_len(m));
+        Ok(v)
+    }
+
+    fn mapped_write(&self, m: &mut super::CudaMapped, values: &[f32]) -> Result<()> {
+        self.mapped_write_impl(m, values)
+    }
+
+    fn adamw_mapped(
+        &self,
+        param: &mut CudaBuf,
+        grad: &CudaBuf,
+        m: &mut super::CudaMapped,
+        v: &mut super::CudaMapped,
+        s: AdamWStep,
+    ) -> Result<()> {
+        check_len("adamw", "grad", grad.len, param.len)?;
+        check_len("adamw", "m", self.mapped_len(m), param.len)?;
+        check_len("adamw", "v", self.mapped_len(v), param.len)?;
+        check_f32("adamw", "param", param)?;
+        check_f32("adamw", "grad", grad)?;
+        if s.step == 0 {
+            return Err(CoreError::Invalid {
+                op: "adamw",
+                msg: "step counts from 1".into(),
+            });
+        }
+        let c = crate::cpu::adamw::Scalars::new(s);
+        let n = param.len as u64;
+        let (mp, vp) = (self.mapped_device_ptr(m), self.mapped_device_ptr(v));
+        launch!(
+            self,
+            self.kernel("adamw", DType::F32)?,
+            grid_stride(param.len),
+            "adamw",
+            &mut param.data,
+            &grad.data,
+            &mp,
+            &vp,
+            &c.decay,
+            &c.w1,
+            &c.b2,
+            &c.one_minus_b2,
+            &c.neg_step_size,
+            &c.bc2_sqrt,
+            &c.eps,
+            &c.apply_decay,
+            &n
+        )
+    }
 
     fn park_on_host(&self, buf: &CudaBuf) -> Result<super::CudaHost> {
         self.park_on_host_impl(buf)
