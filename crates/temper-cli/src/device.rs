@@ -35,7 +35,7 @@ fn start_cuda(dtype: Option<DType>, ordinal: usize) -> Result<CudaBackend> {
 
 /// Resolves the user's choice. `cuda` fails with the reason when no GPU can be used; `auto`
 /// takes the GPU when there is one and otherwise says why it runs on the CPU. `dtype` is
-/// `auto` (bfloat16 on GPUs from Ampere on, float32 otherwise) or a dtype name; the CPU
+/// `auto` (bfloat16 on GPUs from Ampere on, float16 with loss scaling on older ones) or a dtype name; the CPU
 /// backend always computes in float32.
 pub fn resolve(choice: &str, dtype: &str) -> Result<DeviceChoice> {
     resolve_on(choice, dtype, 0)

@@ -82,7 +82,7 @@ pub const TRAIN_KEYS: &[Key] = &[
     Key {
         name: "dtype",
         default: "auto",
-        help: "storage of activations and frozen weights on the GPU: auto (bfloat16 from Ampere on, float32 before) | bfloat16 | float16 | float32; LoRA weights, gradients and optimizer state stay float32",
+        help: "storage of activations and frozen weights on the GPU: auto (bfloat16 from Ampere on, float16 with dynamic loss scaling before) | bfloat16 | float16 | float32; LoRA weights, gradients and optimizer state stay float32",
     },
     Key {
         name: "load_in_4bit",

@@ -149,3 +149,29 @@ pub fn clip_grad_norm<B: Backend>(be: &B, lora: &mut LoraParams<B>, max_norm: f6
     }
     Ok(norm)
 }
+
+/// For loss-scaled gradients (all multiplied by `scale`): returns the norm of the true
+/// gradients, or None when any is not finite (the step must be skipped). When finite, the
+/// gradients are divided by `scale` and clipped to `max_norm` in one pass.
+pub fn unscale_and_clip<B: Backend>(
+    be: &B,
+    lora: &mut LoraParams<B>,
+    scale: f32,
+    max_norm: f64,
+) -> Result<Option<f64>> {
+    let scaled = grad_norm(be, lora)?;
+    if !scaled.is_finite() {
+        return Ok(None);
+    }
+    let norm = scaled / scale as f64;
+    let clip = if max_norm > 0.0 {
+        (max_norm / (norm + 1e-6)).min(1.0)
+    } else {
+        1.0
+    };
+    let factor = (clip / scale as f64) as f32;
+    for p in &mut lora.params {
+        be.scale(&mut p.grad, factor)?;
+    }
+    Ok(Some(norm))
+}

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use serde::Serialize;
-use temper_core::Backend;
+use temper_core::{Backend, DType};
 use temper_data::{shuffled_order, Batch, PackedRow};
 use temper_model::{adapter, Checkpointing, LoraConfig, LoraParams, Model, StepCtx, TokenBatch};
 
@@ -20,7 +20,8 @@ use crate::checkpoint::{self, TrainerState};
 use crate::collective::{Collective, Single};
 use crate::error::{io_err, Result, TrainError};
 use crate::grad_sync::all_reduce_grads;
-use crate::optimizer::{clip_grad_norm, AdamW, AdamWConfig};
+use crate::loss_scale::LossScaler;
+use crate::optimizer::{clip_grad_norm, unscale_and_clip, AdamW, AdamWConfig};
 use crate::schedule::{Schedule, ScheduleKind};
 use crate::shard::Shard;
 
@@ -66,6 +67,10 @@ pub struct StepReport {
     pub loss_tokens: usize,
     pub tokens_per_s: f64,
     pub elapsed_s: f64,
+    /// The float16 loss scale after this step (None without loss scaling); a step whose
+    /// gradients overflowed reports grad_norm inf and was not taken.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<f64>,
 }
 
 /// What the loop tells its caller (progress bars, logs). With several ranks, only rank 0's
@@ -224,6 +229,8 @@ pub fn train_with<B: Backend>(
         adapter_dir: s.output_dir.clone(),
         interrupted: false,
     };
+    // float16 activations train with dynamic loss scaling; bf16 and f32 need none.
+    let mut scaler = (be.compute_dtype() == DType::F16).then(LossScaler::default);
     let mut order_epoch = u64::MAX;
     let mut order: Vec<usize> = Vec::new();
     for k in start_step..total_steps {
@@ -252,7 +259,7 @@ pub fn train_with<B: Backend>(
         let (loss_tokens, tokens) = (counts[0] as usize, counts[1] as usize);
         let mut loss_sum = 0f64;
         if loss_tokens > 0 {
-            let grad_scale = 1.0 / loss_tokens as f32;
+            let grad_scale = scaler.as_ref().map_or(1.0, |sc| sc.scale) / loss_tokens as f32;
             for (j, b) in batches.iter().enumerate() {
                 let tb = TokenBatch {
                     ids: &b.input_ids,
@@ -285,9 +292,18 @@ pub fn train_with<B: Backend>(
         if !loss.is_finite() {
             return Err(TrainError::NonFinite { step: k + 1, loss });
         }
-        let norm = clip_grad_norm(be, &mut lora, s.max_grad_norm)?;
+        // With loss scaling, a step whose gradients overflowed is skipped (every rank sees
+        // the same summed gradients, so all skip together).
+        let (norm, take_step) = match scaler.as_mut() {
+            None => (clip_grad_norm(be, &mut lora, s.max_grad_norm)?, true),
+            Some(sc) => {
+                let norm = unscale_and_clip(be, &mut lora, sc.scale, s.max_grad_norm)?;
+                sc.update(norm.is_some());
+                (norm.unwrap_or(f64::INFINITY), norm.is_some())
+            }
+        };
         let lr = schedule.lr_at(k);
-        if loss_tokens > 0 {
+        if loss_tokens > 0 && take_step {
             opt.update(be, &mut lora, lr as f32)?;
         }
         lora.zero_grads(be)?;
@@ -303,6 +319,7 @@ pub fn train_with<B: Backend>(
             tokens,
             loss_tokens,
             tokens_per_s: tokens as f64 / dt.max(1e-9),
+            loss_scale: scaler.as_ref().map(|sc| sc.scale as f64),
             elapsed_s: started.elapsed().as_secs_f64(),
         };
         if let Some(m) = metrics.as_mut() {

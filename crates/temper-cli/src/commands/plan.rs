@@ -107,7 +107,7 @@ pub fn run(args: PlanArgs) -> Result<()> {
         p.max_seq_len,
         p.settings.checkpointing,
         if p.dtype == "auto" {
-            " (dtype auto: bfloat16 on GPUs from Ampere on; the CPU and older GPUs use float32)"
+            " (dtype auto: bfloat16 on GPUs from Ampere on; older GPUs float16, the CPU float32)"
         } else {
             ""
         }

@@ -120,7 +120,8 @@ pub fn unavailable_reason() -> Option<String> {
     }
 }
 
-/// The storage type `auto` picks on GPU `ordinal`: bf16 from Ampere (8.0) on, f32 before.
+/// The storage type `auto` picks on GPU `ordinal`: bf16 from Ampere (8.0) on, f16 before
+/// (trained with dynamic loss scaling).
 pub fn default_dtype(ordinal: usize) -> Result<DType> {
     if let Some(reason) = unavailable_reason() {
         return Err(CoreError::Device(reason));
@@ -129,7 +130,7 @@ pub fn default_dtype(ordinal: usize) -> Result<DType> {
     let (major, _) = ctx
         .compute_capability()
         .map_err(dev_err("compute capability"))?;
-    Ok(if major >= 8 { DType::BF16 } else { DType::F32 })
+    Ok(if major >= 8 { DType::BF16 } else { DType::F16 })
 }
 
 /// A grid-stride launch over n elements.
