@@ -204,6 +204,28 @@ impl<B: Backend> LoraParams<B> {
         Some((&self.params[i], &self.params[i + 1]))
     }
 
+    /// The first index in `params` of the tensors of layers `layer` and above, when those
+    /// tensors are exactly the tail of `params` (true for adapters made or loaded here, which
+    /// go layer by layer); None otherwise.
+    pub fn tail_from_layer(&self, layer: usize) -> Option<usize> {
+        let first = |slot: &[Option<usize>; 7]| slot.iter().flatten().min().copied();
+        let mut prev_end = 0;
+        for slot in &self.slots {
+            if let Some(f) = first(slot) {
+                if f < prev_end {
+                    return None;
+                }
+                prev_end = slot.iter().flatten().max().map_or(f, |m| m + 2);
+            }
+        }
+        self.slots
+            .iter()
+            .skip(layer)
+            .filter_map(first)
+            .min()
+            .or(Some(self.params.len()))
+    }
+
     /// Mutable (A, B) of a layer's target.
     pub fn get_mut(&mut self, layer: usize, t: Target) -> Option<(&mut Param<B>, &mut Param<B>)> {
         let i = self.slots.get(layer)?[t.index()]?;

@@ -274,6 +274,21 @@ impl<B: Backend> Model<B> {
         ckpt: Checkpointing,
         ctx: &StepCtx,
     ) -> Result<Vec<f32>> {
+        self.forward_backward_with(lora, batch, grad_scale, ckpt, ctx, &mut |_, _| Ok(()))
+    }
+
+    /// [`Model::forward_backward`], calling `layer_done(l, lora)` right after layer l's
+    /// backward has been queued: from then on this micro-batch adds nothing more to the LoRA
+    /// gradients of layers l and above (data parallelism starts summing them there).
+    pub fn forward_backward_with(
+        &self,
+        lora: &mut LoraParams<B>,
+        batch: &TokenBatch<'_>,
+        grad_scale: f32,
+        ckpt: Checkpointing,
+        ctx: &StepCtx,
+        layer_done: &mut dyn FnMut(usize, &mut LoraParams<B>) -> Result<()>,
+    ) -> Result<Vec<f32>> {
         self.check_batch(batch)?;
         let be = &*self.be;
         let (n, c, v) = (batch.len(), self.cfg.hidden, self.cfg.vocab);
@@ -340,6 +355,7 @@ impl<B: Backend> Model<B> {
             } else {
                 self.layer_backward(l, &x_in, acts, &dx, None, lora, batch, ctx)?;
             }
+            layer_done(l, lora)?;
         }
         Ok(losses)
     }

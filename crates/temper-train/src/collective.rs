@@ -31,6 +31,18 @@ pub trait Collective<B: Backend>: Send + Sync {
     /// Sums every buffer element-wise over all ranks, in place; afterwards every rank holds
     /// the same values. The buffers are one bucket: implementations may fuse them.
     fn all_reduce_bufs(&self, be: &B, bufs: &mut [&mut B::Buf]) -> Result<()>;
+    /// Starts summing a bucket, ordered after the work already queued on the backend; the
+    /// sum may run while the backend goes on with later work (the rest of backward), which
+    /// must not write these buffers. [`Collective::finish_all_reduces`] orders everything
+    /// after the sums. The default sums at once.
+    fn start_all_reduce_bufs(&self, be: &B, bufs: &mut [&mut B::Buf]) -> Result<()> {
+        self.all_reduce_bufs(be, bufs)
+    }
+    /// Waits for (orders the backend's later work after) every sum started so far.
+    fn finish_all_reduces(&self, be: &B) -> Result<()> {
+        let _ = be;
+        Ok(())
+    }
     /// Sums host values over all ranks, in place (f64 accumulation in rank order).
     fn all_reduce_f64(&self, values: &mut [f64]) -> Result<()>;
     /// Sums host values over all ranks, in place (f64 accumulation in rank order).

@@ -28,6 +28,77 @@ pub fn buckets(bytes: &[usize], cap: usize) -> Vec<Range<usize>> {
     out
 }
 
+/// Sums the gradients bucket by bucket while backward runs: a bucket starts as soon as the
+/// layers its tensors belong to are done (the last micro-batch of a step), so the sums of
+/// the last layers overlap the backward of the first ones. [`GradSync::finish`] starts what
+/// is left and waits for all of it.
+pub struct GradSync {
+    buckets: Vec<Range<usize>>,
+    /// Buckets started so far (they start in order, last tensors first).
+    started: usize,
+}
+
+impl GradSync {
+    pub fn new<B: Backend>(coll: &dyn Collective<B>, lora: &LoraParams<B>) -> Self {
+        let bytes: Vec<usize> = lora
+            .params
+            .iter()
+            .map(|p| p.shape[0] * p.shape[1] * 4)
+            .collect();
+        GradSync {
+            buckets: buckets(&bytes, coll.bucket_bytes()),
+            started: 0,
+        }
+    }
+
+    /// Layer `layer`'s backward is queued: starts every bucket within layers >= `layer`.
+    pub fn layer_done<B: Backend>(
+        &mut self,
+        be: &B,
+        coll: &dyn Collective<B>,
+        lora: &mut LoraParams<B>,
+        layer: usize,
+    ) -> Result<()> {
+        let Some(ready_from) = lora.tail_from_layer(layer) else {
+            return Ok(()); // tensors not in layer order: everything starts in finish()
+        };
+        while let Some(range) = self.buckets.get(self.started).cloned() {
+            if range.start < ready_from {
+                break;
+            }
+            self.start(be, coll, lora, range)?;
+        }
+        Ok(())
+    }
+
+    /// Starts the buckets not started yet and waits for every sum.
+    pub fn finish<B: Backend>(
+        &mut self,
+        be: &B,
+        coll: &dyn Collective<B>,
+        lora: &mut LoraParams<B>,
+    ) -> Result<()> {
+        while let Some(range) = self.buckets.get(self.started).cloned() {
+            self.start(be, coll, lora, range)?;
+        }
+        coll.finish_all_reduces(be)
+    }
+
+    fn start<B: Backend>(
+        &mut self,
+        be: &B,
+        coll: &dyn Collective<B>,
+        lora: &mut LoraParams<B>,
+        range: Range<usize>,
+    ) -> Result<()> {
+        let mut bufs: Vec<&mut B::Buf> =
+            lora.params[range].iter_mut().map(|p| &mut p.grad).collect();
+        coll.start_all_reduce_bufs(be, &mut bufs)?;
+        self.started += 1;
+        Ok(())
+    }
+}
+
 /// Replaces every rank's LoRA gradients by their sum over all ranks. At world 1 the host
 /// collectives return at once; NCCL still runs (a one-GPU test of the NCCL path).
 pub fn all_reduce_grads<B: Backend>(

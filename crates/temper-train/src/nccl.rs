@@ -58,12 +58,43 @@ struct Comm(sys::ncclComm_t);
 // SAFETY: see above; the pointer is only used under the mutex.
 unsafe impl Send for Comm {}
 
+/// A CUDA stream of NCCL's own, so gradient sums run beside the backend's kernels.
+struct CommStream(cu::CUstream);
+// SAFETY: CUDA streams may be used from any thread of the process.
+unsafe impl Send for CommStream {}
+unsafe impl Sync for CommStream {}
+
 /// One rank of an NCCL job.
 pub struct Nccl<B: NcclDevice> {
     comm: Mutex<Comm>,
+    /// Where started (overlapped) sums run; ordered against the backend's stream by events.
+    comm_stream: CommStream,
     ctrl: Tcp,
     timeout: Duration,
     _backend: PhantomData<fn() -> B>,
+}
+
+/// `waiter` waits (on the device) for the work queued so far on `signaller`.
+fn order_after(waiter: cu::CUstream, signaller: cu::CUstream) -> Result<()> {
+    let mut ev: cu::CUevent = std::ptr::null_mut();
+    // SAFETY: the event is created, recorded and released here; both streams belong to the
+    // current context. Destroying a recorded event is allowed: its resources are released
+    // once the recorded work completes.
+    unsafe {
+        let r = cu::cuEventCreate(&mut ev, cu::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32);
+        if r != cu::CUresult::CUDA_SUCCESS {
+            return Err(dist(format!("cuEventCreate: {r:?}")));
+        }
+        let r1 = cu::cuEventRecord(ev, signaller);
+        let r2 = cu::cuStreamWaitEvent(waiter, ev, 0);
+        cu::cuEventDestroy_v2(ev);
+        for r in [r1, r2] {
+            if r != cu::CUresult::CUDA_SUCCESS {
+                return Err(dist(format!("ordering the NCCL stream: {r:?}")));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn dist(msg: String) -> TrainError {
@@ -117,8 +148,20 @@ impl<B: NcclDevice> Nccl<B> {
                 describe(&e)
             ))
         })?;
+        let mut stream: cu::CUstream = std::ptr::null_mut();
+        // SAFETY: creates a stream in the context bound above; destroyed on drop.
+        let r = unsafe {
+            cu::cuStreamCreate(
+                &mut stream,
+                cu::CUstream_flags::CU_STREAM_NON_BLOCKING as u32,
+            )
+        };
+        if r != cu::CUresult::CUDA_SUCCESS {
+            return Err(dist(format!("rank {rank}: cuStreamCreate: {r:?}")));
+        }
         Ok(Nccl {
             comm: Mutex::new(Comm(comm)),
+            comm_stream: CommStream(stream),
             ctrl,
             timeout,
             _backend: PhantomData,
@@ -183,6 +226,55 @@ impl<B: NcclDevice> Drop for Nccl<B> {
                 let _ = unsafe { nccl::comm_destroy(c.0) };
             }
         }
+        if !self.comm_stream.0.is_null() {
+            // SAFETY: nothing is queued on the stream after this (finish waited for it).
+            let _ = unsafe { cu::cuStreamDestroy_v2(self.comm_stream.0) };
+        }
+    }
+}
+
+impl<B: NcclDevice> Nccl<B> {
+    /// One NCCL group of in-place sums of `bufs` on `stream`.
+    fn group_all_reduce(
+        &self,
+        be: &B,
+        bufs: &mut [&mut B::Buf],
+        stream: cu::CUstream,
+    ) -> Result<()> {
+        let rank = Collective::<B>::rank(self);
+        let comm = self.comm()?;
+        if comm.0.is_null() {
+            return Err(dist(format!(
+                "rank {rank}: the NCCL communicator was aborted after an earlier failure"
+            )));
+        }
+        let fail =
+            |call: &str, e: nccl::NcclError| dist(format!("rank {rank}: {call}: {}", describe(&e)));
+        let raw_comm = comm.0;
+        be.with_raw_buffers(bufs, &mut |raws| {
+            nccl::group_start().map_err(|e| fail("ncclGroupStart", e))?;
+            for raw in raws {
+                // SAFETY: NcclDevice promises `raw` is valid device memory; the caller ordered
+                // `stream` after the writes to it. The sum is in place, which NCCL allows.
+                let r = unsafe {
+                    nccl::all_reduce(
+                        raw.ptr as *const std::ffi::c_void,
+                        raw.ptr as *mut std::ffi::c_void,
+                        raw.count,
+                        nccl_dtype(raw.dtype),
+                        sys::ncclRedOp_t::ncclSum,
+                        raw_comm,
+                        stream as sys::cudaStream_t,
+                    )
+                };
+                if let Err(e) = r {
+                    let _ = nccl::group_end();
+                    return Err(fail("ncclAllReduce", e));
+                }
+            }
+            nccl::group_end().map_err(|e| fail("ncclGroupEnd", e))?;
+            Ok(())
+        })
     }
 }
 
@@ -204,42 +296,23 @@ impl<B: NcclDevice> Collective<B> for Nccl<B> {
     /// One NCCL group of in-place sums on the backend's stream (so it runs after the
     /// backward that wrote the gradients), then a watched wait for it.
     fn all_reduce_bufs(&self, be: &B, bufs: &mut [&mut B::Buf]) -> Result<()> {
-        let rank = Collective::<B>::rank(self);
-        let mut comm = self.comm()?;
-        if comm.0.is_null() {
-            return Err(dist(format!(
-                "rank {rank}: the NCCL communicator was aborted after an earlier failure"
-            )));
-        }
         let stream = be.raw_stream();
-        let fail =
-            |call: &str, e: nccl::NcclError| dist(format!("rank {rank}: {call}: {}", describe(&e)));
-        let raw_comm = comm.0;
-        be.with_raw_buffers(bufs, &mut |raws| {
-            nccl::group_start().map_err(|e| fail("ncclGroupStart", e))?;
-            for raw in raws {
-                // SAFETY: NcclDevice promises `raw` is valid device memory ordered on
-                // `stream`; the sum is in place (send == receive buffer), which NCCL allows.
-                let r = unsafe {
-                    nccl::all_reduce(
-                        raw.ptr as *const std::ffi::c_void,
-                        raw.ptr as *mut std::ffi::c_void,
-                        raw.count,
-                        nccl_dtype(raw.dtype),
-                        sys::ncclRedOp_t::ncclSum,
-                        raw_comm,
-                        stream as sys::cudaStream_t,
-                    )
-                };
-                if let Err(e) = r {
-                    let _ = nccl::group_end();
-                    return Err(fail("ncclAllReduce", e));
-                }
-            }
-            nccl::group_end().map_err(|e| fail("ncclGroupEnd", e))?;
-            Ok(())
-        })?;
+        self.group_all_reduce(be, bufs, stream)?;
+        let mut comm = self.comm()?;
         self.wait(&mut comm, stream, "the gradient all-reduce")
+    }
+    /// The sums run on NCCL's own stream, after the work queued so far on the backend's.
+    fn start_all_reduce_bufs(&self, be: &B, bufs: &mut [&mut B::Buf]) -> Result<()> {
+        be.bind_to_thread()?;
+        order_after(self.comm_stream.0, be.raw_stream())?;
+        self.group_all_reduce(be, bufs, self.comm_stream.0)
+    }
+    /// The backend's stream waits for every started sum; the host watches them finish.
+    fn finish_all_reduces(&self, be: &B) -> Result<()> {
+        be.bind_to_thread()?;
+        order_after(be.raw_stream(), self.comm_stream.0)?;
+        let mut comm = self.comm()?;
+        self.wait(&mut comm, self.comm_stream.0, "the gradient all-reduce")
     }
     fn all_reduce_f64(&self, values: &mut [f64]) -> Result<()> {
         HostCollective::all_reduce_f64(&self.ctrl, values)

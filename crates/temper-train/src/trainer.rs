@@ -19,7 +19,7 @@ use temper_model::{adapter, Checkpointing, LoraConfig, LoraParams, Model, StepCt
 use crate::checkpoint::{self, TrainerState};
 use crate::collective::{Collective, Single};
 use crate::error::{io_err, Result, TrainError};
-use crate::grad_sync::all_reduce_grads;
+use crate::grad_sync::GradSync;
 use crate::loss_scale::LossScaler;
 use crate::optimizer::{clip_grad_norm, unscale_and_clip, AdamW, AdamWConfig};
 use crate::schedule::{Schedule, ScheduleKind};
@@ -258,6 +258,7 @@ pub fn train_with<B: Backend>(
         coll.all_reduce_f64(&mut counts)?;
         let (loss_tokens, tokens) = (counts[0] as usize, counts[1] as usize);
         let mut loss_sum = 0f64;
+        let mut sync = GradSync::new(coll, &lora);
         if loss_tokens > 0 {
             let grad_scale = scaler.as_ref().map_or(1.0, |sc| sc.scale) / loss_tokens as f32;
             for (j, b) in batches.iter().enumerate() {
@@ -273,12 +274,27 @@ pub fn train_with<B: Backend>(
                     training: true,
                     seed: s.seed ^ (k << 20) ^ mb as u64,
                 };
-                let losses =
-                    model.forward_backward(&mut lora, &tb, grad_scale, s.checkpointing, &ctx)?;
+                // The last micro-batch sums each layer's gradients over ranks as soon as
+                // its backward is queued, overlapping the rest of backward.
+                let last = j + 1 == batches.len();
+                let losses = model.forward_backward_with(
+                    &mut lora,
+                    &tb,
+                    grad_scale,
+                    s.checkpointing,
+                    &ctx,
+                    &mut |l, lora| {
+                        if last {
+                            sync.layer_done(be, coll, lora, l)
+                                .map_err(|e| temper_model::ModelError::Hook(e.to_string()))?;
+                        }
+                        Ok(())
+                    },
+                )?;
                 loss_sum += losses.iter().map(|&x| x as f64).sum::<f64>();
             }
         }
-        all_reduce_grads(be, coll, &mut lora)?;
+        sync.finish(be, coll, &mut lora)?;
         // One exchange decides the step for all ranks: the summed loss (NaN anywhere makes
         // it NaN everywhere) and whether any rank was asked to stop.
         let mut agree = [loss_sum, f64::from(u8::from(observer.stop_requested()))];
