@@ -141,6 +141,10 @@ impl SafetensorsDir {
                 })
             }
         };
+        // The converted copy is all that is needed now: let the kernel drop the file pages
+        // just read, so host memory holds about one tensor at a time, not the whole model.
+        let offset = bytes.as_ptr() as usize - mmap.as_ptr() as usize;
+        release_pages(mmap, offset, bytes.len());
         Ok(HostTensor {
             shape: view.shape().to_vec(),
             data,
@@ -177,3 +181,22 @@ impl SafetensorsDir {
         }
     }
 }
+
+/// Drops the resident pages of `len` bytes at `offset` of a read-only file mapping (they are
+/// read from the file again if touched). Only whole pages inside the range are released.
+#[cfg(unix)]
+fn release_pages(mmap: &Mmap, offset: usize, len: usize) {
+    const PAGE: usize = 4096;
+    let start = offset.div_ceil(PAGE) * PAGE;
+    let end = (offset + len) / PAGE * PAGE;
+    if end > start {
+        // SAFETY: the mapping is read-only and private to this process; after MADV_DONTNEED
+        // its pages read back from the file, so no data is lost and no reference dangles.
+        let _ = unsafe {
+            mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+        };
+    }
+}
+
+#[cfg(not(unix))]
+fn release_pages(_mmap: &Mmap, _offset: usize, _len: usize) {}

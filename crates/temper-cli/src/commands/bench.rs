@@ -62,6 +62,10 @@ fn run_on<B: Backend>(be: Arc<B>, args: &BenchArgs, sync: Option<Sync>) -> Resul
     let model = Model::load_with(be.clone(), &args.model, &args.load)
         .with_context(|| format!("loading {}", args.model.display()))?;
     let load_s = t0.elapsed().as_secs_f64();
+    // What loading alone took: host memory's high-water mark, and device memory then.
+    let gib = |b: f64| b / (1u64 << 30) as f64;
+    let load_peak_rss_gib = crate::device::peak_rss_bytes().map(|b| gib(b as f64));
+    let load_device_peak_gib = gib(be.peak_bytes() as f64);
     let lora_cfg = LoraConfig {
         r: args.lora_r,
         alpha: 2.0 * args.lora_r as f32,
@@ -143,6 +147,8 @@ fn run_on<B: Backend>(be: Arc<B>, args: &BenchArgs, sync: Option<Sync>) -> Resul
         "tokens_per_s": n as f64 / median,
         "peak_gib": be.peak_bytes() as f64 / (1u64 << 30) as f64,
         "load_s": load_s,
+        "load_peak_rss_gib": load_peak_rss_gib,
+        "load_device_peak_gib": load_device_peak_gib,
         "loss_first": losses.first(),
         "loss_last": losses.last(),
     });
