@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Losses of the 4-bit folders that transformers + bitsandbytes saved, computed by them.
+"""Losses of the 4-bit and 8-bit folders that transformers + bitsandbytes saved, computed by
+them.
 
 Reads the folders made by scripts/make_bnb_fixtures.py
 (crates/temper-quant/tests/fixtures/bnb/model/{nf4_dq,fp4}: a tiny random Llama, saved by
@@ -30,6 +31,23 @@ value, the one temper's CPU backend uses. (With gradients enabled it would go th
 MatMul4Bit instead, which dequantises to the stored dtype, bf16, first; this script runs
 without gradients.)
 
+The 8-bit folder (model/int8, saved after from_pretrained(load_in_8bit=True)) gives
+crates/temper-model/tests/fixtures/prequant/int8.json with the same rows and:
+
+  losses, logits_row0
+                    bitsandbytes' own forward with the weights dequantised: the model in
+                    float32 as above, put in training mode (no dropout in this Llama) so that
+                    each Linear8bitLt runs bitsandbytes' CPU fine-tuning path MatMul8bitFp,
+                    which dequantises the int8 weight to the input's dtype
+                    (CB * (SCB * (1/127)), f32) and calls F.linear, under torch.no_grad.
+                    temper dequantises as int8_vectorwise_dequant rounds it,
+                    (CB * SCB) * (1/127): the two differ at most in the last bit of f32.
+  losses_int8_matmul
+                    the same model in eval mode: LLM.int8 inference (MatMul8bitLt), which
+                    also quantises the activations row-wise to int8 after casting them to
+                    float16, with outlier columns (|x| >= llm_int8_threshold 6.0) kept in
+                    16 bits. temper never quantises activations, so this is only near.
+
 Usage (bitsandbytes 0.50 on PYTHONPATH, e.g. a copy of /work/shared/py-site in .py-site):
   PYTHONPATH=.py-site python3 scripts/make_prequant_loss_fixture.py
 Needs torch, transformers (5.x), bitsandbytes 0.50. CPU only, one thread, eager attention.
@@ -51,6 +69,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "crates/temper-quant/tests/fixtures/bnb/model"
 OUT = ROOT / "crates/temper-model/tests/fixtures/prequant"
 FOLDERS = ["nf4_dq", "fp4"]
+INT8_FOLDER = "int8"
 ROW_LENS = [17, 29, 40]
 SEED = 20240
 
@@ -77,7 +96,8 @@ def load(folder, compute_dtype, widen):
     # transformers 5 loads the unquantised tensors of a pre-quantised bitsandbytes folder in
     # their stored dtype (bf16 here) whatever `dtype` says; widen them (exactly) to f32.
     for name, p in m.named_parameters():
-        if not isinstance(p, bnb.nn.Params4bit) and p.dtype != torch.float32 and widen:
+        quantized = isinstance(p, (bnb.nn.Params4bit, bnb.nn.Int8Params))
+        if not quantized and p.dtype != torch.float32 and widen:
             p.data = p.data.float()
     for name, t in list(m.named_parameters()) + list(m.named_buffers()):
         if widen and t.is_floating_point() and t.dtype != torch.float32:
@@ -95,6 +115,51 @@ def run(m, rows):
         if i == 0:
             logits0 = out.logits[0].float()
     return losses, logits0
+
+
+def versions():
+    import bitsandbytes as bnb
+    import transformers
+
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "bitsandbytes": bnb.__version__,
+    }
+
+
+def int8_fixture(out):
+    import bitsandbytes as bnb
+
+    d = MODELS / INT8_FOLDER
+    cfg = json.loads((d / "config.json").read_text())
+    if not cfg["quantization_config"].get("load_in_8bit"):
+        raise SystemExit(f"{d}: not an 8-bit folder")
+    rows = make_rows(cfg["vocab_size"])
+    m, _ = load(d, None, True)
+    n8 = sum(isinstance(mod, bnb.nn.Linear8bitLt) for mod in m.modules())
+    if n8 != 7 * cfg["num_hidden_layers"]:
+        raise SystemExit(f"{d}: {n8} Linear8bitLt layers")
+    int8_matmul, _ = run(m, rows)
+    m.train()  # MatMul8bitFp: the weight dequantised, F.linear in f32
+    losses, logits0 = run(m, rows)
+    fixture = {
+        "folder": f"crates/temper-quant/tests/fixtures/bnb/model/{INT8_FOLDER}",
+        "rows": rows,
+        "losses": losses,
+        "vocab": cfg["vocab_size"],
+        "logits_row0": [float(f"{v:.9g}") for v in logits0.reshape(-1).tolist()],
+        "losses_int8_matmul": int8_matmul,
+        "settings": "from_pretrained(dtype=float32, device_map=cpu, attn_implementation=eager);"
+        " bf16 parameters widened to float32; losses and logits in train mode (Linear8bitLt -> MatMul8bitFp,"
+        " dequantised weight), losses_int8_matmul in eval mode (MatMul8bitLt, threshold 6.0); torch.no_grad;"
+        " one thread; each row alone, labels = input ids, loss = mean over len-1 shifted tokens",
+        "seed": SEED,
+        "versions": versions(),
+    }
+    path = out / f"{INT8_FOLDER}.json"
+    path.write_text(json.dumps(fixture, indent=1) + "\n")
+    print(f"{INT8_FOLDER}: losses {losses}; LLM.int8 inference: {int8_matmul} -> {path}")
 
 
 def main():
@@ -142,6 +207,7 @@ def main():
         path = a.out / f"{folder}.json"
         path.write_text(json.dumps(fixture, indent=1) + "\n")
         print(f"{folder}: losses {losses}; with compute dtype {saved_dtype}: {losses_saved} -> {path}")
+    int8_fixture(a.out)
 
 
 if __name__ == "__main__":

@@ -204,7 +204,7 @@ pub struct TrainPlan {
     pub device: String,
     /// Storage type of activations and frozen weights: auto | bfloat16 | float16 | float32.
     pub dtype: String,
-    /// How the frozen weights load (4-bit quantisation).
+    /// How the frozen weights load (4-bit or 8-bit quantisation).
     pub load: temper_model::LoadOptions,
     pub max_seq_len: usize,
     pub packing: bool,
@@ -325,11 +325,8 @@ impl TrainFile {
         if self.max_seq_len < 2 {
             bail!("max_seq_len must be at least 2");
         }
-        if self.load_in_8bit {
-            bail!(
-                "load_in_8bit: 8-bit base weights are not supported yet; use load_in_4bit \
-                 (NF4 or FP4) or the bf16 weights as they are"
-            );
+        if self.load_in_8bit && self.load_in_4bit {
+            bail!("load_in_8bit and load_in_4bit are both true: choose one");
         }
         let quant_type = QuantType::parse(&self.bnb_4bit_quant_type).ok_or_else(|| {
             anyhow!(
@@ -343,6 +340,7 @@ impl TrainFile {
                 blocksize: 64,
                 double_quant: self.bnb_4bit_use_double_quant,
             }),
+            int8: self.load_in_8bit,
         };
         // bitsandbytes' compute dtype is the dtype the GEMMs run in: temper's `dtype`.
         let dtype = match (&self.bnb_4bit_compute_dtype, self.dtype.as_str()) {

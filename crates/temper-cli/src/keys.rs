@@ -107,7 +107,7 @@ pub const TRAIN_KEYS: &[Key] = &[
     Key {
         name: "load_in_8bit",
         default: "false",
-        help: "8-bit base weights (not supported yet: refused with a message)",
+        help: "quantise the frozen linear layers to 8 bits while loading (bitsandbytes' LLM.int8 row-wise layout: an int8 per weight and an f32 scale per row), dequantised for each GEMM; a folder saved in 8 bits loads that way anyway; not with load_in_4bit",
     },
     Key {
         name: "lora_r",

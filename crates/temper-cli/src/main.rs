@@ -155,6 +155,9 @@ enum Command {
         /// With --load-in-4bit: quantise the block scales too.
         #[arg(long)]
         double_quant: bool,
+        /// Quantise the frozen linear layers to 8 bits on load (LLM.int8 row-wise).
+        #[arg(long, conflicts_with = "load_in_4bit")]
+        load_in_8bit: bool,
         /// AdamW moments in host memory (as paged_adamw_32bit).
         #[arg(long)]
         paged_optimizer: bool,
@@ -224,6 +227,7 @@ fn main() -> Result<()> {
             checkpoint_offload,
             load_in_4bit,
             double_quant,
+            load_in_8bit,
             paged_optimizer,
             device,
             dtype,
@@ -240,6 +244,7 @@ fn main() -> Result<()> {
                     }),
                     None => None,
                 },
+                int8: load_in_8bit,
             },
             moments_on_host: paged_optimizer,
             model,

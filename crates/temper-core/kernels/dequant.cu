@@ -70,3 +70,48 @@ __device__ void dequant4(T* out, const unsigned char* packed, const float* code,
         dequant4<T>(out, packed, code, absmax, codes, map, nested, nested_bs, offset, blocksize, n);             \
     }
 STORAGE_TYPES(DEQUANT)
+
+// 8-bit dequantisation of frozen weights (bitsandbytes' LLM.int8 row-wise layout: int8 codes
+// (rows, cols) and an f32 absmax per row); twin of Int8Rows::dequantize_into in src/int8.rs.
+// value = code * scale[row] * inv127, the two f32 products rounded in that order as
+// bitsandbytes' int8_vectorwise_dequant does (`A * stats.view(-1, 1) * 7.874015718698502e-3`);
+// inv127 comes from the host so both twins use the same f32.
+// Each thread decodes 8 codes (one 8-byte load; a group may cross row ends, even several
+// when cols < 8) and writes them with vector stores; the tail of fewer than 8 goes one by one.
+template <typename T>
+__device__ void dequant_int8(T* out, const signed char* codes, const float* scales, float inv127,
+                             unsigned long long cols, unsigned long long n) {
+    const unsigned long long groups = n / 8;
+    GRID_STRIDE(g, groups) {
+        const unsigned long long i = 8 * g;
+        unsigned long long row = i / cols, end = (row + 1) * cols;
+        float s = scales[row];
+        const uint2 word = reinterpret_cast<const uint2*>(codes)[g];
+        float v[8];
+        for (int k = 0; k < 8; ++k) {
+            // Row ends are at least one element apart: one step crosses at most one.
+            if (i + k == end) {
+                ++row;
+                end += cols;
+                s = scales[row];
+            }
+            const unsigned int w = k < 4 ? word.x : word.y;  // little-endian: byte k & 3
+            const signed char q = (signed char)((w >> (8 * (k & 3))) & 255u);
+            v[k] = __fmul_rn(__fmul_rn((float)q, s), inv127);
+        }
+        store8(out + i, v);
+    }
+    const unsigned long long first = 8 * groups;
+    GRID_STRIDE(t, n - first) {
+        const unsigned long long i = first + t;
+        out[i] = from_f32<T>(__fmul_rn(__fmul_rn((float)codes[i], scales[i / cols]), inv127));
+    }
+}
+
+#define DEQUANT_INT8(sfx, T)                                                                             \
+    extern "C" __global__ void dequant_int8_##sfx(T* out, const signed char* codes, const float* scales, \
+                                                  float inv127, unsigned long long cols,                 \
+                                                  unsigned long long n) {                                \
+        dequant_int8<T>(out, codes, scales, inv127, cols, n);                                            \
+    }
+STORAGE_TYPES(DEQUANT_INT8)

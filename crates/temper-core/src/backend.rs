@@ -9,7 +9,7 @@
 //! gradients, optimizer state, rstd and lse are f32 (`zeros`, `upload`). The CPU backend
 //! stores everything in f32. Ops compute in f32 and accept any mix of storage types.
 
-use crate::{DType, Quant4, Result};
+use crate::{DType, Int8Rows, Quant4, Result};
 
 /// A general matrix product `C = alpha * op(A) op(B) + beta * C`, all row-major.
 /// `op(A)` is (m, k): A is stored (m, k), or (k, m) when `ta`. `op(B)` is (k, n): B is stored
@@ -131,6 +131,8 @@ pub trait Backend: Send + Sync + 'static {
     type Buf: Send + Sync;
     /// A frozen 4-bit matrix on the device (codes and block scales).
     type Quant: Send + Sync;
+    /// A frozen 8-bit matrix on the device (row-wise int8 codes and f32 row scales).
+    type Int8: Send + Sync;
     /// A buffer's copy in host memory (pinned on GPUs), for activations kept off the device.
     type Host: Send + Sync;
     /// f32 values in host memory that the device reads and writes in place (pinned and mapped
@@ -196,6 +198,11 @@ pub trait Backend: Send + Sync + 'static {
     fn upload_quant4(&self, q: &Quant4) -> Result<Self::Quant>;
     /// out (numel) = the matrix's values, stored in out's type.
     fn dequantize4(&self, out: &mut Self::Buf, q: &Self::Quant) -> Result<()>;
+    /// Copies an 8-bit matrix to the device (it is checked first).
+    fn upload_int8(&self, q: &Int8Rows) -> Result<Self::Int8>;
+    /// out (rows * cols) = the matrix's values (code * scale / 127, rounded as
+    /// [`Int8Rows::dequantize_into`]), stored in out's type.
+    fn dequantize_int8(&self, out: &mut Self::Buf, q: &Self::Int8) -> Result<()>;
     /// Values are converted to f32 whatever the storage type.
     fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
     fn len(&self, buf: &Self::Buf) -> usize;

@@ -7,7 +7,9 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use temper_core::{Absmax4, AdamWStep, Backend, CpuBackend, CudaBackend, DType, Gemm, Quant4};
+use temper_core::{
+    Absmax4, AdamWStep, Backend, CpuBackend, CudaBackend, DType, Gemm, Int8Rows, Quant4,
+};
 
 const DTYPES: [DType; 3] = [DType::F32, DType::BF16, DType::F16];
 
@@ -649,5 +651,72 @@ fn dequantize4_plain_and_nested() {
         let mut bad = random_quant4(&mut p, 100, 64, false);
         bad.bytes.pop();
         assert!(p.gpu.upload_quant4(&bad).is_err());
+    }
+}
+
+/// Random codes over the whole int8 range (-128 included) and row scales of mixed sizes
+/// (some zero: an all-zero row).
+fn random_int8(p: &mut Pair, rows: usize, cols: usize) -> Int8Rows {
+    let codes = (0..rows * cols)
+        .map(|_| p.rng.random_range(-128..=127i8))
+        .collect();
+    let scales = (0..rows)
+        .map(|r| {
+            if r % 17 == 5 {
+                0.0
+            } else {
+                p.rng.random_range(1e-3f32..4.0) * 10f32.powi(r as i32 % 5 - 2)
+            }
+        })
+        .collect();
+    Int8Rows {
+        rows,
+        cols,
+        codes,
+        scales,
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test -- --ignored"]
+fn dequantize_int8_rows() {
+    for dt in DTYPES {
+        let mut p = Pair::new(9, dt);
+        // Row lengths that are not multiples of the 8 codes a thread decodes (groups that
+        // cross one row end, or several when cols < 8), odd totals leaving a tail, and one
+        // shape past the 8192 x 256 threads x 8 codes of one grid-stride pass (16.8M).
+        for (rows, cols) in [
+            (1, 5),
+            (7, 3),
+            (37, 61),
+            (513, 129),
+            (64, 72),
+            (3, 8003),
+            (4099, 4111),
+        ] {
+            let q = random_int8(&mut p, rows, cols);
+            let qc = p.cpu.upload_int8(&q).expect("cpu");
+            let qg = p.gpu.upload_int8(&q).expect("gpu");
+            let mut oc = p.cpu.zeros(rows * cols).expect("cpu");
+            let mut og = p.gpu.zeros_as(rows * cols, dt).expect("gpu");
+            p.cpu.dequantize_int8(&mut oc, &qc).expect("cpu");
+            p.gpu.dequantize_int8(&mut og, &qg).expect("gpu");
+            // The CPU result rounded to the storage type: the GPU must match it exactly.
+            let want: Vec<f32> = oc.iter().map(|&v| dt.round(v)).collect();
+            assert_twins(
+                &format!("dequantize_int8 ({rows}, {cols}) [{dt}]"),
+                &p.gpu.download(&og).expect("dl"),
+                &want,
+                0.0,
+                0.0,
+            );
+        }
+        let mut bad = random_int8(&mut p, 4, 9);
+        bad.scales.pop();
+        assert!(p.gpu.upload_int8(&bad).is_err());
+        let ok = random_int8(&mut p, 4, 9);
+        let q = p.gpu.upload_int8(&ok).expect("gpu");
+        let mut short = p.gpu.zeros_as(35, dt).expect("gpu");
+        assert!(p.gpu.dequantize_int8(&mut short, &q).is_err());
     }
 }

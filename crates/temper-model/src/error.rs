@@ -30,8 +30,16 @@ pub enum ModelError {
         got: Vec<usize>,
         expected: Vec<usize>,
     },
-    #[error("tensor `{name}` is stored as {dtype}; temper reads F32, BF16 and F16 here")]
-    Dtype { name: String, dtype: String },
+    #[error("tensor `{name}` is stored as {dtype}; temper reads {expected} here")]
+    Dtype {
+        name: String,
+        dtype: String,
+        expected: &'static str,
+    },
+    #[error("tensor `{name}`: {msg}")]
+    Quantize { name: String, msg: String },
+    #[error("load options: {0}")]
+    LoadOptions(String),
     #[error("adapter: {0}")]
     Adapter(String),
     /// Raised by a caller's per-layer hook (e.g. a failed gradient sum across ranks).

@@ -73,6 +73,17 @@ pub fn weight_bytes_4bit(cfg: &ModelConfig, dtype: DType, blocksize: usize, doub
     (weight_values(cfg) - linear) * dtype.size() + linear.div_ceil(2) + scales
 }
 
+/// Bytes of the frozen weights with the 7 linear kinds of every layer in 8 bits (an int8 code
+/// per value and an f32 scale per row, as bitsandbytes' LLM.int8 stores them); embeddings,
+/// head and norms stay in `dtype`.
+pub fn weight_bytes_8bit(cfg: &ModelConfig, dtype: DType) -> usize {
+    let (linear, rows) = Target::ALL.iter().fold((0, 0), |(n, r), t| {
+        let (i, o) = t.dims(cfg);
+        (n + cfg.layers * i * o, r + cfg.layers * o)
+    });
+    (weight_values(cfg) - linear) * dtype.size() + linear + 4 * rows
+}
+
 /// LoRA values of one layer.
 fn lora_values_per_layer(cfg: &ModelConfig, lora: &LoraConfig) -> usize {
     lora.targets

@@ -1,10 +1,13 @@
-//! 4-bit frozen weights: quantising a bf16/fp16 folder's linear layers as it loads, or reading
-//! a folder saved in bitsandbytes' 4-bit layout as it is (no requantising). Quantisation is
-//! temper-quant's (bit-exact with bitsandbytes); the backend holds the codes and scales and
-//! dequantises each weight right before its GEMM.
+//! 4-bit and 8-bit frozen weights: quantising a bf16/fp16 folder's linear layers as it loads,
+//! or reading a folder saved in bitsandbytes' 4-bit or 8-bit layout as it is (no
+//! requantising). Quantisation is temper-quant's (bit-exact with bitsandbytes); the backend
+//! holds the codes and scales and dequantises each weight right before its GEMM.
 
-use temper_core::{Absmax4, Quant4};
+use temper_core::{Absmax4, Int8Rows, Quant4};
 use temper_quant::{Absmax, QuantState, QuantType};
+
+use crate::error::{ModelError, Result};
+use crate::safetensors_dir::SafetensorsDir;
 
 /// Quantise the 7 linear kinds of every decoder layer while loading.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -25,12 +28,28 @@ impl Default for QuantizeOnLoad {
     }
 }
 
-/// How [`crate::Model::load_with`] stores the frozen weights.
+/// How [`crate::Model::load_with`] stores the frozen weights. A folder saved by bitsandbytes
+/// in 4 or 8 bits loads as stored whatever these say; they apply to weights stored in
+/// bf16/fp16/f32.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct LoadOptions {
-    /// None: as stored (a folder with a bitsandbytes `quantization_config` loads in 4 bits
-    /// anyway); Some: quantise the linear layers of a bf16/fp16/f32 folder.
+    /// Some: quantise the linear layers to 4 bits (QLoRA).
     pub quantize: Option<QuantizeOnLoad>,
+    /// Quantise the linear layers to 8 bits, row-wise as bitsandbytes' LLM.int8 stores them
+    /// (`load_in_8bit`). Not together with `quantize`.
+    pub int8: bool,
+}
+
+impl LoadOptions {
+    /// Refuses contradictory options.
+    pub fn check(&self) -> Result<()> {
+        if self.int8 && self.quantize.is_some() {
+            return Err(ModelError::LoadOptions(
+                "8-bit and 4-bit quantisation were both asked for; choose one".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The backend's view of a bitsandbytes 4-bit weight.
@@ -54,9 +73,127 @@ pub fn to_quant4(q: &QuantState) -> Quant4 {
     }
 }
 
+/// Quantises a linear weight (d_out, d_in) to 8 bits as bitsandbytes' `Int8Params` does when
+/// transformers loads with `load_in_8bit`: the weight is cast to float16, then
+/// `int8_vectorwise_quant` with no outlier threshold gives an int8 code per value and each
+/// row's absmax (`SCB`).
+///
+/// LLM.int8's outlier threshold (`llm_int8_threshold`, 6.0) concerns the activations at
+/// matmul time: bitsandbytes quantises the input row-wise too and keeps its outlier columns
+/// in 16 bits. temper dequantises the weight to the compute dtype and runs a 16-bit GEMM, so
+/// the activations are never quantised and there is nothing to decompose: the threshold does
+/// not apply, and weights are quantised with every column kept, as bitsandbytes stores them.
+pub fn to_int8(name: &str, values: &[f32], d_out: usize, d_in: usize) -> Result<Int8Rows> {
+    let quantize_err = |msg: String| ModelError::Quantize {
+        name: name.to_string(),
+        msg,
+    };
+    let f16: Vec<f32> = values
+        .iter()
+        .map(|&x| half::f16::from_f32(x).to_f32())
+        .collect();
+    if let Some(i) = f16.iter().position(|v| !v.is_finite()) {
+        return Err(quantize_err(format!(
+            "element {i} is {}, not finite in float16 (8-bit weights are quantised from \
+             float16, as bitsandbytes does; float16 holds magnitudes up to 65504)",
+            values[i]
+        )));
+    }
+    let q = temper_quant::int8_vectorwise_quant(&f16, d_out, d_in, 0.0)
+        .map_err(|e| quantize_err(e.to_string()))?;
+    Ok(Int8Rows {
+        rows: d_out,
+        cols: d_in,
+        codes: q.codes,
+        scales: q.row_stats,
+    })
+}
+
+/// Reads a linear weight saved by transformers + bitsandbytes in 8 bits: `{prefix}.weight`
+/// (d_out, d_in) int8 codes, `{prefix}.SCB` (d_out,) f32 row absmax, and maybe
+/// `{prefix}.weight_format`, which must say row-major (0): the tiled layouts of bitsandbytes
+/// before 0.45 (col32, col_turing, col_ampere) are not read, as bitsandbytes 0.45 on no
+/// longer reads them.
+pub fn read_int8(st: &SafetensorsDir, prefix: &str, d_out: usize, d_in: usize) -> Result<Int8Rows> {
+    let format_name = format!("{prefix}.weight_format");
+    if st.contains(&format_name) {
+        let format = st.read_u8(&format_name)?;
+        if format != [0] {
+            return Err(ModelError::Quantize {
+                name: format_name,
+                msg: format!(
+                    "weight_format {format:?}: only 0 (row-major) is read; the tiled layouts of \
+                     bitsandbytes before 0.45 are not (load and save the model again with a \
+                     current bitsandbytes)"
+                ),
+            });
+        }
+    }
+    Ok(Int8Rows {
+        rows: d_out,
+        cols: d_in,
+        codes: st.read_i8(&format!("{prefix}.weight"), &[d_out, d_in])?,
+        scales: st.read_shaped(&format!("{prefix}.SCB"), &[d_out])?.data,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Dequantising the backend's view gives temper-quant's `int8_vectorwise_dequant` (the
+    /// bit-exact twin of bitsandbytes') bit for bit, on values with an all-zero row, a row
+    /// of one value repeated and rows of very different scales.
+    #[test]
+    fn int8_dequantises_like_temper_quant() {
+        let (rows, cols) = (37, 61);
+        let values: Vec<f32> = (0..rows * cols)
+            .map(|i| {
+                let (r, c) = (i / cols, i % cols);
+                match r {
+                    3 => 0.0,
+                    4 => -0.75,
+                    _ => {
+                        ((i * 7919 % 1000) as f32 / 500.0 - 1.0)
+                            * 10f32.powi(r as i32 % 7 - 4)
+                            * if c == 5 { 9.0 } else { 1.0 }
+                    }
+                }
+            })
+            .collect();
+        let q = to_int8("w", &values, rows, cols).expect("quantize");
+        let want =
+            temper_quant::int8_vectorwise_dequant(&q.codes, &q.scales, cols).expect("dequantize");
+        let mut got = vec![f32::NAN; rows * cols];
+        q.dequantize_into(&mut got).expect("dequantize");
+        let same = got
+            .iter()
+            .zip(&want)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(
+            same,
+            "dequantised values differ from int8_vectorwise_dequant"
+        );
+        // ... and they are the values to within half a code step of their row, plus the
+        // rounding to float16 (2^-11 relative, 2^-25 among its subnormals).
+        for (r, row) in got.chunks(cols).enumerate() {
+            let step = q.scales[r] / 127.0;
+            for (c, &v) in row.iter().enumerate() {
+                let x = values[r * cols + c];
+                let tol = 0.5 * step * 1.001 + x.abs() * 1e-3 + 3e-8;
+                assert!((v - x).abs() <= tol, "({r}, {c}): {v} vs {x}");
+            }
+        }
+        assert!(got[3 * cols..4 * cols].iter().all(|&v| v == 0.0));
+        assert!(q.codes[4 * cols..5 * cols].iter().all(|&c| c == -127));
+    }
+
+    #[test]
+    fn int8_refuses_values_beyond_float16() {
+        let err = to_int8("layers.0.w", &[1.0, 7e4, 0.0, 0.0], 2, 2).expect_err("overflow");
+        assert!(err.to_string().contains("layers.0.w"), "{err}");
+        assert!(err.to_string().contains("65504"), "{err}");
+    }
 
     #[test]
     fn the_backend_view_dequantises_like_temper_quant() {

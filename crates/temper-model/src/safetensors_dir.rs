@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 use rayon::prelude::*;
+use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{io_err, ModelError, Result};
@@ -100,8 +101,8 @@ impl SafetensorsDir {
         self.index.keys().map(String::as_str)
     }
 
-    /// Reads `name`, converting F32 / BF16 / F16 to f32.
-    pub fn read(&self, name: &str) -> Result<HostTensor> {
+    /// The stored tensor `name`, its bytes still in the mapped file, and that file's mapping.
+    fn view(&self, name: &str) -> Result<(TensorView<'_>, &Mmap)> {
         let &fi = self
             .index
             .get(name)
@@ -119,6 +120,12 @@ impl SafetensorsDir {
             path: path.clone(),
             msg: e.to_string(),
         })?;
+        Ok((view, mmap))
+    }
+
+    /// Reads `name`, converting F32 / BF16 / F16 to f32.
+    pub fn read(&self, name: &str) -> Result<HostTensor> {
+        let (view, mmap) = self.view(name)?;
         let bytes = view.data();
         // Converted in parallel: a 7B model is 6.7e9 values.
         let data: Vec<f32> = match view.dtype() {
@@ -138,17 +145,52 @@ impl SafetensorsDir {
                 return Err(ModelError::Dtype {
                     name: name.to_string(),
                     dtype: format!("{other:?}"),
+                    expected: "F32, BF16 and F16",
                 })
             }
         };
         // The converted copy is all that is needed now: let the kernel drop the file pages
         // just read, so host memory holds about one tensor at a time, not the whole model.
-        let offset = bytes.as_ptr() as usize - mmap.as_ptr() as usize;
-        release_pages(mmap, offset, bytes.len());
+        release_tensor_pages(mmap, bytes);
         Ok(HostTensor {
             shape: view.shape().to_vec(),
             data,
         })
+    }
+
+    /// Reads an I8 tensor `name` of shape `expected` (bitsandbytes' 8-bit codes).
+    pub fn read_i8(&self, name: &str, expected: &[usize]) -> Result<Vec<i8>> {
+        let (view, mmap) = self.view(name)?;
+        if view.dtype() != Dtype::I8 {
+            return Err(ModelError::Dtype {
+                name: name.to_string(),
+                dtype: format!("{:?}", view.dtype()),
+                expected: "I8",
+            });
+        }
+        if view.shape() != expected {
+            return Err(ModelError::Shape {
+                name: name.to_string(),
+                got: view.shape().to_vec(),
+                expected: expected.to_vec(),
+            });
+        }
+        let codes = view.data().iter().map(|&b| b as i8).collect();
+        release_tensor_pages(mmap, view.data());
+        Ok(codes)
+    }
+
+    /// Reads a U8 tensor `name` as its bytes (bitsandbytes' `weight_format` scalar).
+    pub fn read_u8(&self, name: &str) -> Result<Vec<u8>> {
+        let (view, _) = self.view(name)?;
+        if view.dtype() != Dtype::U8 {
+            return Err(ModelError::Dtype {
+                name: name.to_string(),
+                dtype: format!("{:?}", view.dtype()),
+                expected: "U8",
+            });
+        }
+        Ok(view.data().to_vec())
     }
 
     /// Reads `name` and checks its shape.
@@ -180,6 +222,12 @@ impl SafetensorsDir {
             format!(" (similar names present: {})", near.join(", "))
         }
     }
+}
+
+/// Drops the resident pages of `bytes`, a tensor's data inside `mmap`, once copied.
+fn release_tensor_pages(mmap: &Mmap, bytes: &[u8]) {
+    let offset = bytes.as_ptr() as usize - mmap.as_ptr() as usize;
+    release_pages(mmap, offset, bytes.len());
 }
 
 /// Drops the resident pages of `len` bytes at `offset` of a read-only file mapping (they are

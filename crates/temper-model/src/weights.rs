@@ -9,14 +9,15 @@ use temper_quant::QuantState;
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::lora::Target;
-use crate::quantized::{to_quant4, LoadOptions};
+use crate::quantized::{read_int8, to_int8, to_quant4, LoadOptions};
 use crate::safetensors_dir::SafetensorsDir;
 
-/// A frozen weight matrix: stored in the compute dtype, or in 4 bits and dequantised into a
-/// scratch buffer each time it is used.
+/// A frozen weight matrix: stored in the compute dtype, or in 4 or 8 bits and dequantised
+/// into a scratch buffer each time it is used.
 pub enum Frozen<B: Backend> {
     Dense(B::Buf),
     Quant4(B::Quant),
+    Int8(B::Int8),
 }
 
 /// A weight ready for a GEMM: the stored buffer, or a dequantised copy dropped after use.
@@ -51,6 +52,11 @@ impl<B: Backend> Linear<B> {
             Frozen::Quant4(q) => {
                 let mut w = be.act_zeros(self.d_out * self.d_in)?;
                 be.dequantize4(&mut w, q)?;
+                WeightRef::Dequantised(w)
+            }
+            Frozen::Int8(q) => {
+                let mut w = be.act_zeros(self.d_out * self.d_in)?;
+                be.dequantize_int8(&mut w, q)?;
                 WeightRef::Dequantised(w)
             }
         })
@@ -89,15 +95,16 @@ impl<B: Backend> Weights<B> {
         Self::load_with(be, cfg, dir, &LoadOptions::default())
     }
 
-    /// Loads the weights, the linear layers in 4 bits when the folder is saved that way
-    /// (bitsandbytes layout) or `opts.quantize` asks for it. Quantising reads one tensor at a
-    /// time, so host memory stays near one weight in f32 beyond the mapped files.
+    /// Loads the weights, the linear layers in 4 or 8 bits when the folder is saved that way
+    /// (bitsandbytes layout) or `opts` asks for it. Quantising reads one tensor at a time, so
+    /// host memory stays near one weight in f32 beyond the mapped files.
     pub fn load_with(be: &B, cfg: &ModelConfig, dir: &Path, opts: &LoadOptions) -> Result<Self> {
+        opts.check()?;
         let st = SafetensorsDir::open(dir)?;
-        let prequantized = if is_4bit_folder(dir)? {
-            Some(temper_quant::load_4bit_folder(dir)?)
-        } else {
-            None
+        let stored = stored_quantization(dir)?;
+        let prequantized = match stored {
+            Stored::FourBit => Some(temper_quant::load_4bit_folder(dir)?),
+            _ => None,
         };
         let (c, v) = (cfg.hidden, cfg.vocab);
         let get = |name: &str, shape: &[usize]| -> Result<B::Buf> {
@@ -111,32 +118,39 @@ impl<B: Backend> Weights<B> {
             let mut linears = Vec::with_capacity(7);
             for t in Target::ALL {
                 let (d_in, d_out) = t.dims(cfg);
-                let name = format!("{p}.{}.weight", t.path());
-                let stored = prequantized.as_ref().and_then(|m| m.get(&name));
-                let w = match (stored, opts.quantize) {
-                    (Some(q), _) => {
-                        if q.shape != [d_out, d_in] {
-                            return Err(ModelError::Shape {
-                                name,
-                                got: q.shape.clone(),
-                                expected: vec![d_out, d_in],
-                            });
-                        }
-                        Frozen::Quant4(be.upload_quant4(&to_quant4(q))?)
+                let prefix = format!("{p}.{}", t.path());
+                let name = format!("{prefix}.weight");
+                let stored4 = prequantized.as_ref().and_then(|m| m.get(&name));
+                // An 8-bit folder keeps the modules bitsandbytes skipped (llm_int8_skip_modules)
+                // in 16 bits, without a SCB.
+                let stored8 = stored == Stored::EightBit && st.contains(&format!("{prefix}.SCB"));
+                let w = if let Some(q) = stored4 {
+                    if q.shape != [d_out, d_in] {
+                        return Err(ModelError::Shape {
+                            name,
+                            got: q.shape.clone(),
+                            expected: vec![d_out, d_in],
+                        });
                     }
-                    (None, Some(spec)) => {
-                        let host = st.read_shaped(&name, &[d_out, d_in])?;
-                        let q = QuantState::quantize(
-                            &host.data,
-                            &[d_out, d_in],
-                            "bfloat16",
-                            spec.blocksize,
-                            spec.quant_type,
-                            spec.double_quant,
-                        )?;
-                        Frozen::Quant4(be.upload_quant4(&to_quant4(&q))?)
-                    }
-                    (None, None) => Frozen::Dense(get(&name, &[d_out, d_in])?),
+                    Frozen::Quant4(be.upload_quant4(&to_quant4(q))?)
+                } else if stored8 {
+                    Frozen::Int8(be.upload_int8(&read_int8(&st, &prefix, d_out, d_in)?)?)
+                } else if let Some(spec) = opts.quantize {
+                    let host = st.read_shaped(&name, &[d_out, d_in])?;
+                    let q = QuantState::quantize(
+                        &host.data,
+                        &[d_out, d_in],
+                        "bfloat16",
+                        spec.blocksize,
+                        spec.quant_type,
+                        spec.double_quant,
+                    )?;
+                    Frozen::Quant4(be.upload_quant4(&to_quant4(&q))?)
+                } else if opts.int8 {
+                    let host = st.read_shaped(&name, &[d_out, d_in])?;
+                    Frozen::Int8(be.upload_int8(&to_int8(&name, &host.data, d_out, d_in)?)?)
+                } else {
+                    Frozen::Dense(get(&name, &[d_out, d_in])?)
                 };
                 let has_bias = cfg.qkv_bias && matches!(t, Target::Q | Target::K | Target::V);
                 let bias_name = format!("{p}.{}.bias", t.path());
@@ -179,8 +193,17 @@ impl<B: Backend> Weights<B> {
     }
 }
 
-/// Whether config.json says the folder holds bitsandbytes 4-bit weights.
-fn is_4bit_folder(dir: &Path) -> Result<bool> {
+/// How config.json says the folder's linear weights are stored.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Stored {
+    Plain,
+    /// bitsandbytes 4-bit (NF4 / FP4) layout.
+    FourBit,
+    /// bitsandbytes 8-bit (LLM.int8 row-wise) layout.
+    EightBit,
+}
+
+fn stored_quantization(dir: &Path) -> Result<Stored> {
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io {
         path: path.clone(),
@@ -193,5 +216,14 @@ fn is_4bit_folder(dir: &Path) -> Result<bool> {
             source,
         })?;
     let q = &json["quantization_config"];
-    Ok(q["load_in_4bit"].as_bool() == Some(true) || q["_load_in_4bit"].as_bool() == Some(true))
+    let flag = |key: &str| {
+        q[key].as_bool() == Some(true) || q[format!("_{key}").as_str()].as_bool() == Some(true)
+    };
+    Ok(if flag("load_in_4bit") {
+        Stored::FourBit
+    } else if flag("load_in_8bit") {
+        Stored::EightBit
+    } else {
+        Stored::Plain
+    })
 }

@@ -214,6 +214,7 @@ fn quantising_the_original_on_load_gives_the_saved_weights_bit_for_bit() {
                 blocksize: 64,
                 double_quant,
             }),
+            int8: false,
         };
         let ours = Weights::load_with(&be, &cfg, &models.join("src"), &opts).expect("quantise");
         let saved = Weights::load(&be, &cfg, &models.join(folder)).expect("4-bit folder");

@@ -26,7 +26,7 @@ pub struct BenchArgs {
     pub offload: bool,
     pub device: String,
     pub dtype: String,
-    /// Frozen linear layers quantised to 4 bits on load.
+    /// Frozen linear layers quantised to 4 or 8 bits on load.
     pub load: temper_model::LoadOptions,
     /// AdamW moments in host memory (paged_adamw_32bit).
     pub moments_on_host: bool,
@@ -134,6 +134,7 @@ fn run_on<B: Backend>(be: Arc<B>, args: &BenchArgs, sync: Option<Sync>) -> Resul
             be.compute_dtype().suffix(),
             match args.load.quantize {
                 Some(q) => format!("-{}{}", q.quant_type.name(), if q.double_quant { "-dq" } else { "" }),
+                None if args.load.int8 => "-int8".into(),
                 None => String::new(),
             }
         ),

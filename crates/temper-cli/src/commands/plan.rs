@@ -43,6 +43,10 @@ pub fn predict(p: &TrainPlan, dtype: DType) -> Result<(ModelConfig, MemoryPlan)>
             ),
             ..m
         },
+        None if p.load.int8 => MemoryPlan {
+            weights: temper_model::plan::weight_bytes_8bit(&cfg, dtype),
+            ..m
+        },
         None => m,
     };
     Ok((cfg, m))

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use crate::backend::{AdamWStep, Backend, Gemm};
 use crate::error::check_len;
 use crate::memory::Accounting;
-use crate::{CoreError, Float, Quant4, Result};
+use crate::{CoreError, Float, Int8Rows, Quant4, Result};
 
 /// The CPU backend: buffers are [`CpuBuf`]s of f32.
 #[derive(Default)]
@@ -67,6 +67,18 @@ impl Drop for CpuQuant {
     }
 }
 
+/// An 8-bit matrix held on the host, dequantised on use, counted until dropped.
+pub struct CpuInt8 {
+    q: Int8Rows,
+    accounting: Arc<Accounting>,
+}
+
+impl Drop for CpuInt8 {
+    fn drop(&mut self) {
+        self.accounting.sub(self.q.device_bytes());
+    }
+}
+
 impl Deref for CpuBuf {
     type Target = [f32];
     fn deref(&self) -> &[f32] {
@@ -83,6 +95,7 @@ impl DerefMut for CpuBuf {
 impl Backend for CpuBackend {
     type Buf = CpuBuf;
     type Quant = CpuQuant;
+    type Int8 = CpuInt8;
     /// Host memory is where CPU buffers live already: a copy, not counted as device memory.
     type Host = Vec<f32>;
     type Mapped = Vec<f32>;
@@ -140,6 +153,19 @@ impl Backend for CpuBackend {
     }
 
     fn dequantize4(&self, out: &mut CpuBuf, q: &CpuQuant) -> Result<()> {
+        q.q.dequantize_into(out)
+    }
+
+    fn upload_int8(&self, q: &Int8Rows) -> Result<CpuInt8> {
+        q.validate()?;
+        self.accounting.add(q.device_bytes());
+        Ok(CpuInt8 {
+            q: q.clone(),
+            accounting: self.accounting.clone(),
+        })
+    }
+
+    fn dequantize_int8(&self, out: &mut CpuBuf, q: &CpuInt8) -> Result<()> {
         q.q.dequantize_into(out)
     }
 

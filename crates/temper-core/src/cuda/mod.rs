@@ -9,6 +9,7 @@ mod buffer;
 pub mod compile;
 mod gemm;
 mod host;
+mod int8;
 mod ops;
 mod quant;
 
@@ -21,6 +22,7 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr
 
 pub use buffer::CudaBuf;
 pub use host::{CudaHost, CudaMapped};
+pub use int8::CudaInt8;
 pub use quant::CudaQuant;
 
 use crate::memory::Accounting;
@@ -66,7 +68,7 @@ const PER_TYPE: &[(&str, &[&str])] = &[
         ],
     ),
     ("cross_entropy.cu", &["cross_entropy_rows"]),
-    ("dequant.cu", &["dequant4"]),
+    ("dequant.cu", &["dequant4", "dequant_int8"]),
 ];
 
 const DTYPES: [DType; 3] = [DType::F32, DType::BF16, DType::F16];

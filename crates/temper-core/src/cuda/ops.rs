@@ -143,6 +143,7 @@ impl CudaBackend {
 impl Backend for CudaBackend {
     type Buf = CudaBuf;
     type Quant = super::CudaQuant;
+    type Int8 = super::CudaInt8;
     type Host = super::CudaHost;
     type Mapped = super::CudaMapped;
 
@@ -217,6 +218,14 @@ impl Backend for CudaBackend {
 
     fn dequantize4(&self, out: &mut CudaBuf, q: &super::CudaQuant) -> Result<()> {
         self.dequantize4_impl(out, q)
+    }
+
+    fn upload_int8(&self, q: &crate::Int8Rows) -> Result<super::CudaInt8> {
+        self.upload_int8_impl(q)
+    }
+
+    fn dequantize_int8(&self, out: &mut CudaBuf, q: &super::CudaInt8) -> Result<()> {
+        self.dequantize_int8_impl(out, q)
     }
 
     fn name(&self) -> &'static str {
