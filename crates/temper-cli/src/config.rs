@@ -347,15 +347,16 @@ impl TrainFile {
             (Some(c), "auto") => c.clone(),
             _ => self.dtype.clone(),
         };
-        let moments_on_host = match self.optim.as_str() {
-            "adamw_torch" | "adamw" => false,
-            "paged_adamw_32bit" => true,
-            "adamw_8bit" | "paged_adamw_8bit" => bail!(
-                "optim `{}`: 8-bit optimizer states are not supported yet; use adamw_torch or \
-                 paged_adamw_32bit (moments in pinned host memory the GPU updates in place)",
-                self.optim
+        // (states in mapped host memory, 8-bit states), as transformers' `optim` names them.
+        let (moments_on_host, states_8bit) = match self.optim.as_str() {
+            "adamw_torch" | "adamw" => (false, false),
+            "paged_adamw_32bit" => (true, false),
+            "adamw_8bit" | "adamw_bnb_8bit" => (false, true),
+            "paged_adamw_8bit" => (true, true),
+            other => bail!(
+                "optim `{other}` is not one of adamw_torch, paged_adamw_32bit, adamw_8bit, \
+                 paged_adamw_8bit"
             ),
-            other => bail!("optim `{other}` is not one of adamw_torch, paged_adamw_32bit"),
         };
         let dist_backend = crate::dist::DistBackend::parse(&self.dist_backend)?;
         if !(self.dist_timeout > 0.0 && self.dist_timeout.is_finite()) {
@@ -400,6 +401,8 @@ impl TrainFile {
                 eps: self.adam_epsilon,
                 weight_decay: self.weight_decay,
                 on_host: moments_on_host,
+                states_8bit,
+                ..AdamWConfig::default()
             },
             max_grad_norm: self.max_grad_norm,
             checkpointing: if self.gradient_checkpointing && self.checkpoint_offload {

@@ -198,7 +198,7 @@ pub const TRAIN_KEYS: &[Key] = &[
     Key {
         name: "optim",
         default: "adamw_torch",
-        help: "adamw_torch (moments on the device) | paged_adamw_32bit (moments in pinned host memory that the GPU updates in place: no optimizer state in device memory)",
+        help: "adamw_torch (moments on the device) | paged_adamw_32bit (moments in pinned host memory that the GPU updates in place: no optimizer state in device memory) | adamw_8bit (bitsandbytes' 8-bit blockwise moments on the device; tensors under 4096 elements keep f32 moments) | paged_adamw_8bit (the 8-bit moments in pinned host memory)",
     },
     Key {
         name: "adam_beta1",

@@ -137,6 +137,63 @@ fn resume_continues_from_the_latest_checkpoint() {
 }
 
 #[test]
+fn optim_adamw_8bit_trains_saves_8bit_states_and_resumes() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let cfg = repo().join("examples/tiny/train.yaml");
+    let dir = out.path().to_str().expect("utf8");
+    let base = [
+        "train",
+        cfg.to_str().expect("utf8"),
+        "--output_dir",
+        dir,
+        "--save_steps",
+        "2",
+        "--device",
+        "cpu",
+    ];
+    let o = temper(&[&base[..], &["--max_steps", "2", "--optim", "adamw_8bit"]].concat());
+    assert!(o.status.success(), "{}", text(&o));
+    // lora_r 16: mlp.down_proj's A is 16 x 352 = 5632 values, 8-bit (bitsandbytes'
+    // min_8bit_size is 4096); q_proj's A is 16 x 128 = 2048, kept in f32.
+    let bytes = std::fs::read(out.path().join("checkpoint-2/optimizer.safetensors"))
+        .expect("optimizer file");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    let key = "base_model.model.model.layers.0.mlp.down_proj.lora_A.weight";
+    let codes = st.tensor(&format!("exp_avg_codes.{key}")).expect("codes");
+    assert_eq!(codes.dtype(), safetensors::Dtype::U8);
+    assert_eq!(codes.shape(), &[16, 352]);
+    assert_eq!(
+        st.tensor(&format!("exp_avg_sq_absmax.{key}"))
+            .expect("absmax")
+            .shape(),
+        &[22]
+    );
+    assert!(st
+        .tensor("exp_avg.base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight")
+        .is_ok());
+    // Resumed with the states paged (in host memory on a GPU), two more steps.
+    let o = temper(
+        &[
+            &base[..],
+            &[
+                "--max_steps",
+                "4",
+                "--optim",
+                "paged_adamw_8bit",
+                "--resume",
+            ],
+        ]
+        .concat(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("resuming at step 2"), "{}", text(&o));
+    assert!(out
+        .path()
+        .join("checkpoint-4/optimizer.safetensors")
+        .exists());
+}
+
+#[test]
 fn unknown_keys_are_errors_with_a_suggestion() {
     let cfg = repo().join("examples/tiny/train.yaml");
     let o = temper(&["train", cfg.to_str().expect("utf8"), "--lora_rank", "8"]);

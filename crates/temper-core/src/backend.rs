@@ -138,6 +138,10 @@ pub trait Backend: Send + Sync + 'static {
     /// f32 values in host memory that the device reads and writes in place (pinned and mapped
     /// on GPUs): optimizer state kept off the device.
     type Mapped: Send + Sync;
+    /// An AdamW moment in 8 bits, bitsandbytes' blockwise layout: one code per value into a
+    /// 256-entry map and one f32 absmax per block of 256 values. In device memory, or in
+    /// mapped host memory (updated in place by the device) when made with `on_host`.
+    type State8: Send + Sync;
 
     fn name(&self) -> &'static str;
 
@@ -192,6 +196,25 @@ pub trait Backend: Send + Sync + 'static {
         grad: &Self::Buf,
         m: &mut Self::Mapped,
         v: &mut Self::Mapped,
+        s: AdamWStep,
+    ) -> Result<()>;
+    /// A zero 8-bit state of `n` values coded with `map` (256 values, ascending), in mapped
+    /// host memory when `on_host`.
+    fn state8_zeros(&self, n: usize, map: &[f32; 256], on_host: bool) -> Result<Self::State8>;
+    /// A state's codes (n) and absmax (ceil(n / 256)), after every queued op that writes them.
+    fn state8_read(&self, s: &Self::State8) -> Result<(Vec<u8>, Vec<f32>)>;
+    /// Overwrites a state's codes and absmax, after every queued op that uses them.
+    fn state8_write(&self, s: &mut Self::State8, codes: &[u8], absmax: &[f32]) -> Result<()>;
+    /// [`Backend::adamw`] with 8-bit moments (bitsandbytes' `adamw_8bit` step): each block of
+    /// 256 values is dequantised, updated in f32 and requantised to the nearest codes of its
+    /// map with the block's new absmax. `m` is made with the signed dynamic map and `v` with
+    /// the unsigned one. See [`crate::cpu::adamw8bit`].
+    fn adamw8bit(
+        &self,
+        param: &mut Self::Buf,
+        grad: &Self::Buf,
+        m: &mut Self::State8,
+        v: &mut Self::State8,
         s: AdamWStep,
     ) -> Result<()>;
     /// Copies a 4-bit matrix to the device (it is checked first).

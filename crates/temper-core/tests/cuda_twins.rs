@@ -528,6 +528,94 @@ fn adamw_steps() {
     );
 }
 
+/// bitsandbytes' two dynamic maps (signed for the first moment, unsigned for the second), as
+/// saved beside the 8-bit AdamW fixture.
+fn bnb_maps() -> ([f32; 256], [f32; 256]) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/bnb_adamw8bit/steps.safetensors");
+    let bytes = std::fs::read(&path).expect("fixture");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    let map = |name: &str| -> [f32; 256] {
+        let v: Vec<f32> = st
+            .tensor(name)
+            .expect("map")
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        v.try_into().expect("256 values")
+    };
+    (map("qmap1"), map("qmap2"))
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test -- --ignored"]
+fn adamw8bit_steps() {
+    // Every operation of the kernel is rounded as its CPU twin rounds it (explicit rounding
+    // intrinsics, fmaf where the CPU fuses), so codes and absmax must be identical and the
+    // parameters equal to rounding. Sizes: a partial last block (5003 = 19 * 256 + 139), whole
+    // blocks only (4096), one block and a partial one (300), a lone partial block (100).
+    let (map1, map2) = bnb_maps();
+    let mut p = Pair::new(8, DType::F32);
+    for n in [5003, 4096, 300, 100] {
+        for on_host in [false, true] {
+            let what = format!("adamw8bit n={n}{}", if on_host { " paged" } else { "" });
+            let param = p.random(n, 1.0);
+            let (mut pc, mut pg) = p.up32(&param);
+            let mut mc = p.cpu.state8_zeros(n, &map1, on_host).expect("cpu m");
+            let mut vc = p.cpu.state8_zeros(n, &map2, on_host).expect("cpu v");
+            let mut mg = p.gpu.state8_zeros(n, &map1, on_host).expect("gpu m");
+            let mut vg = p.gpu.state8_zeros(n, &map2, on_host).expect("gpu v");
+            for step in 1..=4 {
+                // Gradients whose scale changes from block to block and step to step.
+                let mut grad = p.random(n, 0.1);
+                for (i, g) in grad.iter_mut().enumerate() {
+                    *g *= 1.0 + ((i / 97 + step as usize) % 5) as f32;
+                }
+                let (gc, gg) = p.up32(&grad);
+                let s = AdamWStep {
+                    lr: 1e-2,
+                    beta1: 0.9,
+                    beta2: 0.999,
+                    eps: 1e-8,
+                    weight_decay: if step % 2 == 0 { 0.01 } else { 0.0 },
+                    step,
+                };
+                p.cpu
+                    .adamw8bit(&mut pc, &gc, &mut mc, &mut vc, s)
+                    .expect("cpu");
+                p.gpu
+                    .adamw8bit(&mut pg, &gg, &mut mg, &mut vg, s)
+                    .expect("gpu");
+                let (cm, am) = p.cpu.state8_read(&mc).expect("cpu m");
+                let (gm, gam) = p.gpu.state8_read(&mg).expect("gpu m");
+                let (cv, av) = p.cpu.state8_read(&vc).expect("cpu v");
+                let (gv, gav) = p.gpu.state8_read(&vg).expect("gpu v");
+                let first = |a: &[u8], b: &[u8]| a.iter().zip(b).position(|(x, y)| x != y);
+                assert_eq!(
+                    first(&gm, &cm),
+                    None,
+                    "{what} step {step}: first-moment codes"
+                );
+                assert_eq!(
+                    first(&gv, &cv),
+                    None,
+                    "{what} step {step}: second-moment codes"
+                );
+                assert_twins(&format!("{what} step {step} absmax m"), &gam, &am, 0.0, 0.0);
+                assert_twins(&format!("{what} step {step} absmax v"), &gav, &av, 0.0, 0.0);
+            }
+            assert_twins(
+                &format!("{what} param"),
+                &p.gpu.download(&pg).expect("dl"),
+                &pc,
+                1e-7,
+                1e-6,
+            );
+        }
+    }
+}
+
 #[test]
 #[ignore = "needs an NVIDIA GPU: cargo test -- --ignored"]
 fn attention_decode_and_copy_range() {

@@ -6,16 +6,25 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
+use temper_core::cpu::adamw8bit::{State8, BLOCKSIZE};
 use temper_core::Backend;
-use temper_model::safetensors_dir::SafetensorsDir;
 use temper_model::{adapter, LoraParams, ModelConfig};
+use temper_quant::{signed_map, unsigned_map};
 
 use crate::error::{io_err, Result, TrainError};
 use crate::optimizer::{AdamW, AdamWConfig};
 
 pub const STATE_FILE: &str = "trainer_state.json";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// In `optimizer.safetensors` with 8-bit moments: the 256 values the first moments' codes
+/// index (bitsandbytes' signed dynamic map), and the second moments' (the unsigned one).
+/// Each 8-bit tensor's moments are `exp_avg_codes.<key>` (u8, the parameter's shape) with
+/// `exp_avg_absmax.<key>` (f32, one per block of 256), and the same for `exp_avg_sq`; f32
+/// moments are `exp_avg.<key>` and `exp_avg_sq.<key>`.
+pub const MAP_M: &str = "exp_avg_map";
+pub const MAP_V: &str = "exp_avg_sq_map";
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct TrainerState {
@@ -48,18 +57,54 @@ pub fn save<B: Backend>(
     }
     adapter::save(be, lora, base_model, &tmp)?;
 
-    let mut host: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut host: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    let f32_bytes =
+        |values: &[f32]| -> Vec<u8> { values.iter().flat_map(|x| x.to_le_bytes()).collect() };
+    let mut any_8bit = false;
     for (i, p) in lora.params.iter().enumerate() {
+        if let Some((m, v)) = opt.state8_of(be, i)? {
+            // bitsandbytes' state1/absmax1 and state2/absmax2.
+            any_8bit = true;
+            for (prefix, (codes, absmax)) in [("exp_avg", m), ("exp_avg_sq", v)] {
+                host.push((
+                    format!("{prefix}_codes.{}", p.key),
+                    Dtype::U8,
+                    p.shape.to_vec(),
+                    codes,
+                ));
+                host.push((
+                    format!("{prefix}_absmax.{}", p.key),
+                    Dtype::F32,
+                    vec![absmax.len()],
+                    f32_bytes(&absmax),
+                ));
+            }
+            continue;
+        }
         let (m, v) = opt.moments_of(be, i)?;
         for (prefix, values) in [("exp_avg", m), ("exp_avg_sq", v)] {
-            let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
-            host.push((format!("{prefix}.{}", p.key), p.shape.to_vec(), bytes));
+            host.push((
+                format!("{prefix}.{}", p.key),
+                Dtype::F32,
+                p.shape.to_vec(),
+                f32_bytes(&values),
+            ));
         }
+    }
+    if any_8bit {
+        // The code values, so the file reads without temper (bitsandbytes' qmap1 / qmap2).
+        host.push((MAP_M.into(), Dtype::F32, vec![256], f32_bytes(signed_map())));
+        host.push((
+            MAP_V.into(),
+            Dtype::F32,
+            vec![256],
+            f32_bytes(unsigned_map()),
+        ));
     }
     let views: Vec<(String, TensorView<'_>)> = host
         .iter()
-        .map(|(k, s, b)| {
-            TensorView::new(Dtype::F32, s.clone(), b)
+        .map(|(k, dt, s, b)| {
+            TensorView::new(*dt, s.clone(), b)
                 .map(|v| (k.clone(), v))
                 .map_err(|e| TrainError::Checkpoint {
                     path: tmp.clone(),
@@ -67,7 +112,7 @@ pub fn save<B: Backend>(
                 })
         })
         .collect::<Result<_>>()?;
-    let meta: HashMap<String, String> = [
+    let mut meta: HashMap<String, String> = [
         ("optimizer_step".to_string(), opt.step.to_string()),
         ("beta1".to_string(), opt.config.beta1.to_string()),
         ("beta2".to_string(), opt.config.beta2.to_string()),
@@ -78,6 +123,11 @@ pub fn save<B: Backend>(
         ),
     ]
     .into();
+    if any_8bit {
+        meta.insert("optim_bits".into(), "8".into());
+        meta.insert("blocksize".into(), BLOCKSIZE.to_string());
+        meta.insert("min_8bit_size".into(), opt.config.min_8bit_size.to_string());
+    }
     let bytes =
         safetensors::tensor::serialize(views, Some(meta)).map_err(|e| TrainError::Checkpoint {
             path: tmp.clone(),
@@ -143,15 +193,88 @@ pub fn load<B: Backend>(
     let lora = adapter::load(be, cfg, dir)?;
     let mut opt = AdamW::new(be, &lora, opt_config)?;
     let opt_path = dir.join(OPTIMIZER_FILE);
-    let st = SafetensorsDir::open_files(dir, std::slice::from_ref(&opt_path))?;
+    let bytes = std::fs::read(&opt_path).map_err(io_err(&opt_path))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| TrainError::Checkpoint {
+        path: opt_path.clone(),
+        msg: e.to_string(),
+    })?;
+    let file = OptimizerFile {
+        st: &st,
+        path: &opt_path,
+    };
     for (i, p) in lora.params.iter().enumerate() {
         let shape = p.shape.to_vec();
-        let m = st.read_shaped(&format!("exp_avg.{}", p.key), &shape)?.data;
-        let v = st
-            .read_shaped(&format!("exp_avg_sq.{}", p.key), &shape)?
-            .data;
-        opt.set_moments(be, i, &m, &v)?;
+        if file.contains(&format!("exp_avg_codes.{}", p.key)) {
+            let numel = shape.iter().product::<usize>();
+            let blocks = numel.div_ceil(BLOCKSIZE);
+            let read = |prefix: &str| -> Result<(Vec<u8>, Vec<f32>)> {
+                Ok((
+                    file.u8s(&format!("{prefix}_codes.{}", p.key), &shape)?,
+                    file.f32s(&format!("{prefix}_absmax.{}", p.key), &[blocks])?,
+                ))
+            };
+            let (m, v) = (read("exp_avg")?, read("exp_avg_sq")?);
+            if !opt.set_state8(be, i, &m, &v)? {
+                // This run keeps the tensor's moments in f32: dequantise with the file's maps.
+                let map = |name: &str| -> Result<[f32; 256]> {
+                    let values = file.f32s(name, &[256])?;
+                    let mut out = [0.0; 256];
+                    out.copy_from_slice(&values);
+                    Ok(out)
+                };
+                let m = State8::from_parts(m.0, m.1, &map(MAP_M)?)?.dequantize();
+                let v = State8::from_parts(v.0, v.1, &map(MAP_V)?)?.dequantize();
+                opt.set_moments(be, i, &m, &v)?;
+            }
+        } else {
+            let m = file.f32s(&format!("exp_avg.{}", p.key), &shape)?;
+            let v = file.f32s(&format!("exp_avg_sq.{}", p.key), &shape)?;
+            opt.set_moments(be, i, &m, &v)?;
+        }
     }
     opt.step = state.step;
     Ok(Restored { lora, opt, state })
+}
+
+/// Typed reads from `optimizer.safetensors`, errors naming the file.
+struct OptimizerFile<'a> {
+    st: &'a SafeTensors<'a>,
+    path: &'a Path,
+}
+
+impl OptimizerFile<'_> {
+    fn contains(&self, name: &str) -> bool {
+        self.st.tensor(name).is_ok()
+    }
+
+    fn bytes(&self, name: &str, dtype: Dtype, shape: &[usize]) -> Result<&[u8]> {
+        let err = |msg: String| TrainError::Checkpoint {
+            path: self.path.to_path_buf(),
+            msg,
+        };
+        let t = self
+            .st
+            .tensor(name)
+            .map_err(|e| err(format!("tensor `{name}`: {e}")))?;
+        if t.dtype() != dtype || t.shape() != shape {
+            return Err(err(format!(
+                "tensor `{name}` is {:?} {:?}, expected {dtype:?} {shape:?}",
+                t.dtype(),
+                t.shape()
+            )));
+        }
+        Ok(t.data())
+    }
+
+    fn f32s(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        Ok(self
+            .bytes(name, Dtype::F32, shape)?
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
+    }
+
+    fn u8s(&self, name: &str, shape: &[usize]) -> Result<Vec<u8>> {
+        Ok(self.bytes(name, Dtype::U8, shape)?.to_vec())
+    }
 }

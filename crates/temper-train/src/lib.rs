@@ -22,7 +22,7 @@ pub use error::{Result, TrainError};
 pub use in_process::InProcess;
 pub use loss_scale::LossScaler;
 pub use nccl::{Nccl, NcclDevice};
-pub use optimizer::{AdamW, AdamWConfig};
+pub use optimizer::{AdamW, AdamWConfig, Moment8, Moments, MIN_8BIT_SIZE};
 pub use rendezvous::RendezvousConfig;
 pub use schedule::{Schedule, ScheduleKind};
 pub use tcp::Tcp;

@@ -13,7 +13,7 @@ const PAR_CHUNK: usize = 1 << 14;
 
 /// The f64 a Python config would hold for this f32: its shortest decimal form re-read as
 /// f64 (0.9f32 -> 0.9, not 0.899999976...), so the f64 scalar arithmetic matches torch's.
-fn as_python_float(x: f32) -> f64 {
+pub(crate) fn as_python_float(x: f32) -> f64 {
     x.to_string().parse().unwrap_or(x as f64)
 }
 

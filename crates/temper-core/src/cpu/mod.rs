@@ -3,6 +3,7 @@
 //! [`CpuBackend`] runs them in f32.
 
 pub mod adamw;
+pub mod adamw8bit;
 pub mod attention;
 pub mod attention_cache;
 pub mod cross_entropy;
@@ -99,6 +100,7 @@ impl Backend for CpuBackend {
     /// Host memory is where CPU buffers live already: a copy, not counted as device memory.
     type Host = Vec<f32>;
     type Mapped = Vec<f32>;
+    type State8 = adamw8bit::State8;
 
     fn mapped_zeros(&self, n: usize) -> Result<Vec<f32>> {
         Ok(vec![0.0; n])
@@ -133,6 +135,34 @@ impl Backend for CpuBackend {
         }
         adamw::adamw(param, grad, m, v, s);
         Ok(())
+    }
+
+    fn state8_zeros(
+        &self,
+        n: usize,
+        map: &[f32; 256],
+        _on_host: bool,
+    ) -> Result<adamw8bit::State8> {
+        adamw8bit::State8::zeros(n, map)
+    }
+
+    fn state8_read(&self, s: &adamw8bit::State8) -> Result<(Vec<u8>, Vec<f32>)> {
+        Ok((s.codes().to_vec(), s.absmax().to_vec()))
+    }
+
+    fn state8_write(&self, s: &mut adamw8bit::State8, codes: &[u8], absmax: &[f32]) -> Result<()> {
+        s.set(codes, absmax)
+    }
+
+    fn adamw8bit(
+        &self,
+        param: &mut CpuBuf,
+        grad: &CpuBuf,
+        m: &mut adamw8bit::State8,
+        v: &mut adamw8bit::State8,
+        s: AdamWStep,
+    ) -> Result<()> {
+        adamw8bit::adamw8bit(param, grad, m, v, s)
     }
 
     fn park_on_host(&self, buf: &CpuBuf) -> Result<Vec<f32>> {

@@ -24,6 +24,7 @@ pub const SOURCES: &[(&str, &str)] = &[
         include_str!("../../kernels/cross_entropy.cu"),
     ),
     ("dequant.cu", include_str!("../../kernels/dequant.cu")),
+    ("optim8.cu", include_str!("../../kernels/optim8.cu")),
 ];
 
 /// The virtual architectures temper compiles for, oldest first (T4 .. H100/H200).

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::PinnedHostSlice;
+use cudarc::driver::{DeviceRepr, PinnedHostSlice, ValidAsZeroBits};
 
 use super::{dev_err, CudaBackend, CudaBuf};
 use crate::{DType, Result};
@@ -84,24 +84,35 @@ pub struct CudaMapped {
 
 impl CudaBackend {
     pub(super) fn mapped_zeros_impl(&self, n: usize) -> Result<CudaMapped> {
+        let (data, device_ptr) = self.mapped_alloc_zeroed::<f32>(n)?;
+        Ok(CudaMapped {
+            data,
+            len: n,
+            device_ptr,
+        })
+    }
+
+    /// `n.max(1)` zeroed values of `T` in pinned host memory mapped into the device's address
+    /// space, and their device address.
+    pub(super) fn mapped_alloc_zeroed<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        n: usize,
+    ) -> Result<(PinnedHostSlice<T>, u64)> {
         use cudarc::driver::sys;
         let flags = sys::CU_MEMHOSTALLOC_DEVICEMAP | sys::CU_MEMHOSTALLOC_PORTABLE;
         // SAFETY: the memory is zeroed below before any use.
-        let mut data = unsafe { self.ctx.alloc_pinned_with_flags::<f32>(n.max(1), flags) }
+        let mut data = unsafe { self.ctx.alloc_pinned_with_flags::<T>(n.max(1), flags) }
             .map_err(dev_err("alloc mapped host memory"))?;
         let host = data.as_mut_ptr().map_err(dev_err("mapped host memory"))?;
-        // SAFETY: `host` points at n.max(1) f32 values just allocated.
+        // SAFETY: `host` points at n.max(1) values of T just allocated, for which all-zero
+        // bits are valid.
         unsafe { std::ptr::write_bytes(host, 0, n.max(1)) };
         let mut device_ptr = 0u64;
         // SAFETY: `host` was allocated with CU_MEMHOSTALLOC_DEVICEMAP in this context.
         unsafe { sys::cuMemHostGetDevicePointer_v2(&mut device_ptr, host as *mut _, 0) }
             .result()
             .map_err(dev_err("device address of mapped host memory"))?;
-        Ok(CudaMapped {
-            data,
-            len: n,
-            device_ptr,
-        })
+        Ok((data, device_ptr))
     }
 
     pub(super) fn mapped_read_impl(&self, m: &CudaMapped) -> Result<Vec<f32>> {

@@ -11,6 +11,7 @@ mod gemm;
 mod host;
 mod int8;
 mod ops;
+mod optim8;
 mod quant;
 
 use std::collections::HashMap;
@@ -23,6 +24,7 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr
 pub use buffer::CudaBuf;
 pub use host::{CudaHost, CudaMapped};
 pub use int8::CudaInt8;
+pub use optim8::CudaState8;
 pub use quant::CudaQuant;
 
 use crate::memory::Accounting;
@@ -69,6 +71,13 @@ const PER_TYPE: &[(&str, &[&str])] = &[
     ),
     ("cross_entropy.cu", &["cross_entropy_rows"]),
     ("dequant.cu", &["dequant4", "dequant_int8"]),
+];
+
+/// Entry points compiled for f32 only (optimizer state and parameters are always f32), by
+/// source file.
+const F32_ONLY: &[(&str, &[&str])] = &[
+    ("elementwise.cu", &["adamw_f32"]),
+    ("optim8.cu", &["adamw8bit_f32"]),
 ];
 
 const DTYPES: [DType; 3] = [DType::F32, DType::BF16, DType::F16];
@@ -228,8 +237,10 @@ impl CudaBackend {
                     }
                 }
             }
+            if let Some((_, f32_only)) = F32_ONLY.iter().find(|(f, _)| f == file) {
+                names.extend(f32_only.iter().map(|n| n.to_string()));
+            }
             if *file == "elementwise.cu" {
-                names.push("adamw_f32".into());
                 for from in DTYPES {
                     for to in DTYPES {
                         names.push(format!("cast_{}_to_{}", from.suffix(), to.suffix()));

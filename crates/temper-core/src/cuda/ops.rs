@@ -146,6 +146,7 @@ impl Backend for CudaBackend {
     type Int8 = super::CudaInt8;
     type Host = super::CudaHost;
     type Mapped = super::CudaMapped;
+    type State8 = super::CudaState8;
 
     fn mapped_zeros(&self, n: usize) -> Result<super::CudaMapped> {
         self.mapped_zeros_impl(n)
@@ -202,6 +203,29 @@ impl Backend for CudaBackend {
             &c.apply_decay,
             &n
         )
+    }
+
+    fn state8_zeros(&self, n: usize, map: &[f32; 256], on_host: bool) -> Result<super::CudaState8> {
+        self.state8_zeros_impl(n, map, on_host)
+    }
+
+    fn state8_read(&self, s: &super::CudaState8) -> Result<(Vec<u8>, Vec<f32>)> {
+        self.state8_read_impl(s)
+    }
+
+    fn state8_write(&self, s: &mut super::CudaState8, codes: &[u8], absmax: &[f32]) -> Result<()> {
+        self.state8_write_impl(s, codes, absmax)
+    }
+
+    fn adamw8bit(
+        &self,
+        param: &mut CudaBuf,
+        grad: &CudaBuf,
+        m: &mut super::CudaState8,
+        v: &mut super::CudaState8,
+        s: AdamWStep,
+    ) -> Result<()> {
+        self.adamw8bit_impl(param, grad, m, v, s)
     }
 
     fn park_on_host(&self, buf: &CudaBuf) -> Result<super::CudaHost> {
