@@ -3,6 +3,7 @@
 //! requantising). Quantisation is temper-quant's (bit-exact with bitsandbytes); the backend
 //! holds the codes and scales and dequantises each weight right before its GEMM.
 
+use rayon::prelude::*;
 use temper_core::{Absmax4, Int8Rows, Quant4};
 use temper_quant::{Absmax, QuantState, QuantType};
 
@@ -89,7 +90,7 @@ pub fn to_int8(name: &str, values: &[f32], d_out: usize, d_in: usize) -> Result<
         msg,
     };
     let f16: Vec<f32> = values
-        .iter()
+        .par_iter()
         .map(|&x| half::f16::from_f32(x).to_f32())
         .collect();
     if let Some(i) = f16.iter().position(|v| !v.is_finite()) {

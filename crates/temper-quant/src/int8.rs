@@ -5,6 +5,7 @@
 //! float16 values.
 
 use crate::error::{check_finite, QuantError, Result};
+use rayon::prelude::*;
 
 /// bitsandbytes' `int8_vectorwise_dequant` constant: 1/127 as a Python float, rounded to f32
 /// when it multiplies the f32 tensor.
@@ -78,24 +79,25 @@ pub fn int8_vectorwise_quant(
     }
     let mut codes = vec![0i8; rows * cols];
     let mut row_stats = vec![0.0f32; rows];
-    for ((row, out), stat) in values
-        .chunks_exact(cols)
-        .zip(codes.chunks_exact_mut(cols))
-        .zip(row_stats.iter_mut())
-    {
-        let kept = |x: f32| if is_outlier(x) { 0.0 } else { x };
-        *stat = row.iter().fold(0.0f32, |m, &x| m.max(kept(x).abs()));
-        // `127.0 / row_stats` in PyTorch is `row_stats.reciprocal() * 127.0`.
-        let scale = (1.0 / *stat) * 127.0;
-        for (o, &x) in out.iter_mut().zip(row) {
-            *o = round_to_i8(kept(x) * scale);
-        }
-        if rows > 1 {
-            for (o, _) in out.iter_mut().zip(&outlier).filter(|(_, &f)| f) {
-                *o = 0;
+    // Rows are independent: quantised in parallel, each exactly as alone.
+    values
+        .par_chunks_exact(cols)
+        .zip(codes.par_chunks_exact_mut(cols))
+        .zip(row_stats.par_iter_mut())
+        .for_each(|((row, out), stat)| {
+            let kept = |x: f32| if is_outlier(x) { 0.0 } else { x };
+            *stat = row.iter().fold(0.0f32, |m, &x| m.max(kept(x).abs()));
+            // `127.0 / row_stats` in PyTorch is `row_stats.reciprocal() * 127.0`.
+            let scale = (1.0 / *stat) * 127.0;
+            for (o, &x) in out.iter_mut().zip(row) {
+                *o = round_to_i8(kept(x) * scale);
             }
-        }
-    }
+            if rows > 1 {
+                for (o, _) in out.iter_mut().zip(&outlier).filter(|(_, &f)| f) {
+                    *o = 0;
+                }
+            }
+        });
     Ok(Int8Rows {
         codes,
         row_stats,
