@@ -15,7 +15,7 @@ use temper_core::{Backend, CpuBackend};
 use temper_model::quantized::{read_int8, to_int8};
 use temper_model::safetensors_dir::SafetensorsDir;
 use temper_model::weights::{Frozen, Weights};
-use temper_model::{LmRows, LoadOptions, Model, QuantType, QuantizeOnLoad, Target};
+use temper_model::{LoadOptions, Model, QuantType, QuantizeOnLoad, Target};
 
 /// Relative tolerance on each row's mean loss and on row 0's logits (max |diff| / max |want|)
 /// against bitsandbytes' dequantised-weight forward. Both run in f32 from the same weights,
@@ -23,9 +23,8 @@ use temper_model::{LmRows, LoadOptions, Model, QuantType, QuantizeOnLoad, Target
 /// temper by (code * SCB) * (1/127)); what is left is the order of f32 sums.
 const TOL: f64 = 1e-5;
 
-fn bnb_models() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../temper-quant/tests/fixtures/bnb/model")
-}
+mod common;
+use common::{bnb_models, logits, rel_err, row_losses, worst_rel, FixtureJson};
 
 fn tiny() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tiny")
@@ -46,72 +45,23 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/prequant/int8.json");
-    let text = std::fs::read_to_string(&path).expect("fixture json");
-    let j: serde_json::Value = serde_json::from_str(&text).expect("valid json");
-    let f64s = |key: &str| -> Vec<f64> {
-        j[key]
-            .as_array()
-            .unwrap_or_else(|| panic!("{key}"))
-            .iter()
-            .map(|v| v.as_f64().expect("number"))
-            .collect()
-    };
+    let j = FixtureJson::open("int8");
     Fixture {
-        rows: j["rows"]
-            .as_array()
-            .expect("rows")
-            .iter()
-            .map(|r| {
-                r.as_array()
-                    .expect("row")
-                    .iter()
-                    .map(|v| v.as_u64().expect("token id") as u32)
-                    .collect()
-            })
-            .collect(),
-        losses: f64s("losses"),
-        logits_row0: f64s("logits_row0").iter().map(|&x| x as f32).collect(),
-        losses_int8_matmul: f64s("losses_int8_matmul"),
+        rows: j.rows(),
+        losses: j.f64s("losses"),
+        logits_row0: j.f32s("logits_row0"),
+        losses_int8_matmul: j.f64s("losses_int8_matmul"),
     }
-}
-
-/// Each row's mean loss, every row run alone.
-fn row_losses<B: Backend>(model: &Model<B>, rows: &[Vec<u32>]) -> Vec<f64> {
-    rows.iter()
-        .map(|ids| {
-            let r = LmRows::new(ids.clone(), ids.len());
-            let losses = model.token_losses(None, &r.batch()).expect("losses");
-            losses.iter().map(|&x| x as f64).sum::<f64>() / r.loss_tokens() as f64
-        })
-        .collect()
-}
-
-fn worst_rel(got: &[f64], want: &[f64]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    got.iter()
-        .zip(want)
-        .fold(0f64, |m, (g, w)| m.max((g - w).abs() / w.abs()))
 }
 
 /// Every linear weight of every layer, dequantised to f32 (panics unless held in 8 bits).
 fn dequantised<B: Backend>(be: &B, w: &Weights<B>) -> Vec<(String, Vec<f32>)> {
-    let mut out = vec![];
-    for (l, layer) in w.layers.iter().enumerate() {
-        for t in Target::ALL {
-            let lin = layer.linear(t);
-            let Frozen::Int8(q) = &lin.w else {
-                panic!("layer {l} {}: not held in 8 bits", t.path());
-            };
-            let mut buf = be.zeros(lin.d_out * lin.d_in).expect("zeros");
-            be.dequantize_int8(&mut buf, q).expect("dequantize_int8");
-            out.push((
-                format!("layers.{l}.{}", t.path()),
-                be.download(&buf).expect("download"),
-            ));
-        }
-    }
-    out
+    common::dequantised(be, w, |name, lin, buf| {
+        let Frozen::Int8(q) = &lin.w else {
+            panic!("{name}: not held in 8 bits");
+        };
+        be.dequantize_int8(buf, q).expect("dequantize_int8");
+    })
 }
 
 #[test]
@@ -127,18 +77,8 @@ fn int8_folder_saved_by_bitsandbytes_gives_its_losses() {
 
     let got = row_losses(&model, &fx.rows);
     let loss_err = worst_rel(&got, &fx.losses);
-    let r = LmRows::new(fx.rows[0].clone(), fx.rows[0].len());
-    let row0 = model.logits(None, &r.batch()).expect("logits");
-    assert_eq!(row0.len(), fx.logits_row0.len());
-    let scale = fx
-        .logits_row0
-        .iter()
-        .fold(0f64, |m, &x| m.max(x.abs() as f64));
-    let logits_err = row0
-        .iter()
-        .zip(&fx.logits_row0)
-        .fold(0f64, |m, (&a, &b)| m.max((a as f64 - b as f64).abs()))
-        / scale;
+    let row0 = logits(&model, &fx.rows[0]);
+    let logits_err = rel_err(&row0, &fx.logits_row0);
     // bitsandbytes' inference path also quantises the activations (to int8, from float16,
     // outlier columns at |x| >= 6 kept in 16 bits); temper never does, so it is only near.
     let int8_matmul_err = worst_rel(&got, &fx.losses_int8_matmul);

@@ -8,21 +8,19 @@
 //! says how). Here temper's CPU backend loads the folder with `Model::load`, must hold every
 //! linear weight as `Frozen::Quant4`, and must reproduce those numbers.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use temper_core::{Backend, CpuBackend};
 use temper_model::weights::{Frozen, Weights};
-use temper_model::{LmRows, LoadOptions, Model, QuantType, QuantizeOnLoad, Target};
+use temper_model::{LoadOptions, Model, QuantType, QuantizeOnLoad};
 
 /// Relative tolerance on each row's mean loss and on row 0's logits (max |diff| / max |want|).
 /// Both sides dequantise to f32 and compute in f32, so what is left is the order of f32
 /// sums (GEMMs, softmax, RMSNorm): measured 1.4e-7 on the losses and 3e-7 on the logits.
 const TOL: f64 = 1e-5;
 
-fn bnb_models() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../temper-quant/tests/fixtures/bnb/model")
-}
+mod common;
+use common::{bnb_models, logits, max_abs_diff, rel_err, row_losses, worst_rel, FixtureJson};
 
 struct Fixture {
     rows: Vec<Vec<u32>>,
@@ -33,96 +31,24 @@ struct Fixture {
 }
 
 fn fixture(folder: &str) -> Fixture {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/prequant")
-        .join(format!("{folder}.json"));
-    let text = std::fs::read_to_string(&path).expect("fixture json");
-    let j: serde_json::Value = serde_json::from_str(&text).expect("valid json");
-    let f64s = |key: &str| -> Vec<f64> {
-        j[key]
-            .as_array()
-            .unwrap_or_else(|| panic!("{key}"))
-            .iter()
-            .map(|v| v.as_f64().expect("number"))
-            .collect()
-    };
+    let j = FixtureJson::open(folder);
     Fixture {
-        rows: j["rows"]
-            .as_array()
-            .expect("rows")
-            .iter()
-            .map(|r| {
-                r.as_array()
-                    .expect("row")
-                    .iter()
-                    .map(|v| v.as_u64().expect("token id") as u32)
-                    .collect()
-            })
-            .collect(),
-        losses: f64s("losses"),
-        logits_row0: f64s("logits_row0").iter().map(|&x| x as f32).collect(),
-        losses_saved_compute_dtype: f64s("losses_saved_compute_dtype"),
-        saved_compute_dtype: j["saved_compute_dtype"]
-            .as_str()
-            .expect("dtype")
-            .to_string(),
+        rows: j.rows(),
+        losses: j.f64s("losses"),
+        logits_row0: j.f32s("logits_row0"),
+        losses_saved_compute_dtype: j.f64s("losses_saved_compute_dtype"),
+        saved_compute_dtype: j.str("saved_compute_dtype"),
     }
 }
 
-/// Each row's mean loss, every row run alone (as transformers ran them).
-fn row_losses<B: Backend>(model: &Model<B>, rows: &[Vec<u32>]) -> Vec<f64> {
-    rows.iter()
-        .map(|ids| {
-            let r = LmRows::new(ids.clone(), ids.len());
-            let losses = model.token_losses(None, &r.batch()).expect("losses");
-            losses.iter().map(|&x| x as f64).sum::<f64>() / r.loss_tokens() as f64
-        })
-        .collect()
-}
-
-fn logits<B: Backend>(model: &Model<B>, ids: &[u32]) -> Vec<f32> {
-    let r = LmRows::new(ids.to_vec(), ids.len());
-    model.logits(None, &r.batch()).expect("logits")
-}
-
-/// max |got - want| / max |want|
-fn rel_err(got: &[f32], want: &[f32]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    let scale = want.iter().fold(0f64, |m, &x| m.max(x.abs() as f64));
-    max_abs_diff(got, want) / scale.max(1e-30)
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
-    a.iter()
-        .zip(b)
-        .fold(0f64, |m, (&x, &y)| m.max((x as f64 - y as f64).abs()))
-}
-
-fn worst_rel(got: &[f64], want: &[f64]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    got.iter()
-        .zip(want)
-        .fold(0f64, |m, (g, w)| m.max((g - w).abs() / w.abs()))
-}
-
-/// Every linear weight of every layer, dequantised to f32 (panics on a dense one).
+/// Every linear weight of every layer, dequantised to f32 (panics unless held in 4 bits).
 fn dequantised<B: Backend>(be: &B, w: &Weights<B>) -> Vec<(String, Vec<f32>)> {
-    let mut out = vec![];
-    for (l, layer) in w.layers.iter().enumerate() {
-        for t in Target::ALL {
-            let lin = layer.linear(t);
-            let Frozen::Quant4(q) = &lin.w else {
-                panic!("layer {l} {}: not held in 4 bits", t.path());
-            };
-            let mut buf = be.zeros(lin.d_out * lin.d_in).expect("zeros");
-            be.dequantize4(&mut buf, q).expect("dequantize4");
-            out.push((
-                format!("layers.{l}.{}", t.path()),
-                be.download(&buf).expect("download"),
-            ));
-        }
-    }
-    out
+    common::dequantised(be, w, |name, lin, buf| {
+        let Frozen::Quant4(q) = &lin.w else {
+            panic!("{name}: not held in 4 bits");
+        };
+        be.dequantize4(buf, q).expect("dequantize4");
+    })
 }
 
 fn check_folder(folder: &str) {
