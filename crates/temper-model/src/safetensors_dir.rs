@@ -31,40 +31,7 @@ impl SafetensorsDir {
     /// Opens `model.safetensors`, or the shards of `model.safetensors.index.json`, or, for an
     /// adapter folder, the file name given.
     pub fn open(dir: &Path) -> Result<Self> {
-        let index_path = dir.join("model.safetensors.index.json");
-        let single = dir.join("model.safetensors");
-        let names: Vec<PathBuf> = if index_path.exists() {
-            let text = std::fs::read_to_string(&index_path).map_err(io_err(&index_path))?;
-            let v: serde_json::Value =
-                serde_json::from_str(&text).map_err(|source| ModelError::Json {
-                    path: index_path.clone(),
-                    what: "a safetensors index",
-                    source,
-                })?;
-            let map = v
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .ok_or_else(|| ModelError::Config {
-                    path: index_path.clone(),
-                    msg: "has no `weight_map` object".into(),
-                })?;
-            let mut shards: Vec<String> = map
-                .values()
-                .filter_map(|s| s.as_str().map(str::to_string))
-                .collect();
-            shards.sort();
-            shards.dedup();
-            shards.into_iter().map(|s| dir.join(s)).collect()
-        } else if single.exists() {
-            vec![single]
-        } else {
-            return Err(ModelError::Config {
-                path: dir.to_path_buf(),
-                msg: "no model.safetensors or model.safetensors.index.json here; \
-                      temper reads Hugging Face folders saved with safe_serialization"
-                    .into(),
-            });
-        };
+        let (names, _) = temper_quant::weight_files(dir)?;
         Self::open_files(dir, &names)
     }
 

@@ -38,8 +38,8 @@ pub use double_quant::{
 pub use dynamic_map::dynamic_map;
 pub use error::{QuantError, Result};
 pub use folder::{
-    is_quantized_linear, load_4bit_folder, quantization_config, quantize_folder, ComputeDtype,
-    QuantizeOptions, QuantizeSummary,
+    is_quantized_linear, load_4bit_folder, quantization_config, quantize_folder, weight_files,
+    ComputeDtype, QuantizeOptions, QuantizeSummary,
 };
 pub use fourbit::{dequantize_4bit, dequantize_4bit_into, quantize_4bit, Packed4};
 pub use int8::{

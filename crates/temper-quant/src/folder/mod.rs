@@ -12,3 +12,4 @@ pub use load::load_4bit_folder;
 pub use quantize::{
     is_quantized_linear, quantize_folder, quantize_folder_with, QuantizeOptions, QuantizeSummary,
 };
+pub use shards::weight_files;

@@ -14,7 +14,7 @@ pub(crate) const INDEX: &str = "model.safetensors.index.json";
 pub(crate) const SINGLE: &str = "model.safetensors";
 
 /// The weight files of `dir`, in name order, and whether they come from an index.
-pub(crate) fn weight_files(dir: &Path) -> Result<(Vec<PathBuf>, bool)> {
+pub fn weight_files(dir: &Path) -> Result<(Vec<PathBuf>, bool)> {
     let index_path = dir.join(INDEX);
     if index_path.exists() {
         let text = std::fs::read_to_string(&index_path).map_err(io_err(&index_path))?;
