@@ -144,3 +144,27 @@ pub fn rope(
     }
     Ok(())
 }
+
+/// An optimizer step counts from 1 (bias correction divides by 1 - beta^step).
+pub fn step_from_one(op: &'static str, step: u64) -> Result<()> {
+    if step == 0 {
+        return Err(invalid(op, "step counts from 1, got 0".into()));
+    }
+    Ok(())
+}
+
+/// An optimizer step over one tensor, for every backend and state layout: the gradient and
+/// both moments (in elements) match the parameter, and the step counts from 1.
+pub fn optimizer_step(
+    op: &'static str,
+    param: usize,
+    grad: usize,
+    m: usize,
+    v: usize,
+    step: u64,
+) -> Result<()> {
+    check_len(op, "grad", grad, param)?;
+    check_len(op, "m", m, param)?;
+    check_len(op, "v", v, param)?;
+    step_from_one(op, step)
+}

@@ -215,12 +215,7 @@ pub fn adamw8bit(
     check_len(OP, "grad", grad.len(), n)?;
     check_state8(OP, n, m.codes.len(), m.absmax.len())?;
     check_state8(OP, n, v.codes.len(), v.absmax.len())?;
-    if s.step == 0 {
-        return Err(CoreError::Invalid {
-            op: OP,
-            msg: "step counts from 1".into(),
-        });
-    }
+    crate::checks::step_from_one(OP, s.step)?;
     let c = Scalars8::new(s);
     let blocks = n.div_ceil(BLOCKSIZE);
     let partial_tail = !n.is_multiple_of(BLOCKSIZE);

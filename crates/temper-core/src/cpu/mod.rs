@@ -124,15 +124,7 @@ impl Backend for CpuBackend {
         v: &mut Vec<f32>,
         s: AdamWStep,
     ) -> Result<()> {
-        check_len("adamw", "grad", grad.len(), param.len())?;
-        check_len("adamw", "m", m.len(), param.len())?;
-        check_len("adamw", "v", v.len(), param.len())?;
-        if s.step == 0 {
-            return Err(CoreError::Invalid {
-                op: "adamw",
-                msg: "step counts from 1".into(),
-            });
-        }
+        crate::checks::optimizer_step("adamw", param.len(), grad.len(), m.len(), v.len(), s.step)?;
         adamw::adamw(param, grad, m, v, s);
         Ok(())
     }
@@ -460,15 +452,7 @@ impl Backend for CpuBackend {
         v: &mut CpuBuf,
         s: AdamWStep,
     ) -> Result<()> {
-        check_len("adamw", "grad", grad.len(), param.len())?;
-        check_len("adamw", "m", m.len(), param.len())?;
-        check_len("adamw", "v", v.len(), param.len())?;
-        if s.step == 0 {
-            return Err(CoreError::Invalid {
-                op: "adamw",
-                msg: "step counts from 1, got 0".into(),
-            });
-        }
+        crate::checks::optimizer_step("adamw", param.len(), grad.len(), m.len(), v.len(), s.step)?;
         adamw::adamw(param, grad, m, v, s);
         Ok(())
     }

@@ -170,17 +170,10 @@ impl Backend for CudaBackend {
         v: &mut super::CudaMapped,
         s: AdamWStep,
     ) -> Result<()> {
-        check_len("adamw", "grad", grad.len, param.len)?;
-        check_len("adamw", "m", self.mapped_len(m), param.len)?;
-        check_len("adamw", "v", self.mapped_len(v), param.len)?;
+        let (m_len, v_len) = (self.mapped_len(m), self.mapped_len(v));
+        crate::checks::optimizer_step("adamw", param.len, grad.len, m_len, v_len, s.step)?;
         check_f32("adamw", "param", param)?;
         check_f32("adamw", "grad", grad)?;
-        if s.step == 0 {
-            return Err(CoreError::Invalid {
-                op: "adamw",
-                msg: "step counts from 1".into(),
-            });
-        }
         let c = crate::cpu::adamw::Scalars::new(s);
         let n = param.len as u64;
         let (mp, vp) = (self.mapped_device_ptr(m), self.mapped_device_ptr(v));
@@ -787,17 +780,9 @@ impl Backend for CudaBackend {
         v: &mut CudaBuf,
         s: AdamWStep,
     ) -> Result<()> {
-        check_len("adamw", "grad", grad.len, param.len)?;
-        check_len("adamw", "m", m.len, param.len)?;
-        check_len("adamw", "v", v.len, param.len)?;
+        crate::checks::optimizer_step("adamw", param.len, grad.len, m.len, v.len, s.step)?;
         for (name, b) in [("param", &*param), ("grad", grad), ("m", &*m), ("v", &*v)] {
             check_f32("adamw", name, b)?;
-        }
-        if s.step == 0 {
-            return Err(CoreError::Invalid {
-                op: "adamw",
-                msg: "step counts from 1".into(),
-            });
         }
         let c = crate::cpu::adamw::Scalars::new(s);
         let n = param.len as u64;

@@ -9,9 +9,8 @@ use cudarc::driver::{CudaSlice, DevicePtrMut, LaunchConfig, PinnedHostSlice, Syn
 use super::{check_f32, dev_err, launch, CudaBackend, CudaBuf};
 use crate::backend::AdamWStep;
 use crate::cpu::adamw8bit::{check_state8, Scalars8, BLOCKSIZE};
-use crate::error::check_len;
 use crate::memory::Accounting;
-use crate::{CoreError, DType, Result};
+use crate::{DType, Result};
 
 enum Storage {
     Device {
@@ -176,17 +175,9 @@ impl CudaBackend {
     ) -> Result<()> {
         const OP: &str = "adamw8bit";
         let n = param.len;
-        check_len(OP, "grad", grad.len, n)?;
-        check_len(OP, "m", m.len, n)?;
-        check_len(OP, "v", v.len, n)?;
+        crate::checks::optimizer_step(OP, n, grad.len, m.len, v.len, s.step)?;
         check_f32(OP, "param", param)?;
         check_f32(OP, "grad", grad)?;
-        if s.step == 0 {
-            return Err(CoreError::Invalid {
-                op: OP,
-                msg: "step counts from 1".into(),
-            });
-        }
         if n == 0 {
             return Ok(());
         }
