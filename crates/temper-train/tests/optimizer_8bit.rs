@@ -2,21 +2,19 @@
 //! which tensors get 8-bit states, the maps they use, training the tiny model against
 //! `adamw_torch`, and resuming from a checkpoint that holds 8-bit states.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use safetensors::{Dtype, SafeTensors};
 use temper_core::{Backend, CpuBackend};
-use temper_data::{pack, read_jsonl, tokenize_rows, PackedRow, TokenizeOptions, Tokenizer};
 use temper_model::{Checkpointing, LoraConfig, LoraParams, Model, ModelConfig, Target};
 use temper_train::checkpoint::{self, OPTIMIZER_FILE};
 use temper_train::{
     train, AdamW, AdamWConfig, Moment8, Moments, ScheduleKind, Silent, TrainSettings, MIN_8BIT_SIZE,
 };
 
-fn tiny() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tiny")
-}
+mod common;
+use common::{rows, tiny};
 
 fn tiny_config() -> ModelConfig {
     ModelConfig::from_dir(&tiny().join("model")).expect("config")
@@ -92,18 +90,6 @@ fn the_maps_are_bitsandbytes_qmap1_and_qmap2() {
             .collect();
         assert_eq!(&theirs[..], &ours[..], "{name}");
     }
-}
-
-fn rows(max_rows: usize) -> Vec<PackedRow> {
-    let tok = Tokenizer::from_dir(&tiny().join("model")).expect("tokenizer");
-    let mut data = read_jsonl(&tiny().join("data/train.jsonl")).expect("data");
-    data.truncate(max_rows);
-    let opts = TokenizeOptions {
-        append_eos: true,
-        max_seq_len: Some(128),
-    };
-    let examples = tokenize_rows(&tok, &data, &opts).expect("tokenize");
-    pack(&examples, 128)
 }
 
 fn settings(out: &Path, max_steps: u64, adamw: AdamWConfig) -> TrainSettings {

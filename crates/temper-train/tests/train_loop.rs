@@ -2,29 +2,16 @@
 //! saved adapter reloads to identical parameters, a resumed run equals an unbroken one, and
 //! gradient accumulation equals one large batch.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use temper_core::{Backend, CpuBackend};
-use temper_data::{pack, read_jsonl, tokenize_rows, PackedRow, TokenizeOptions, Tokenizer};
+use temper_data::PackedRow;
 use temper_model::{adapter, Checkpointing, LoraConfig, LoraParams, Model, Target};
 use temper_train::{train, AdamWConfig, ScheduleKind, Silent, TrainSettings};
 
-fn tiny() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tiny")
-}
-
-fn rows(max_rows: usize) -> Vec<PackedRow> {
-    let tok = Tokenizer::from_dir(&tiny().join("model")).expect("tokenizer");
-    let mut data = read_jsonl(&tiny().join("data/train.jsonl")).expect("data");
-    data.truncate(max_rows);
-    let opts = TokenizeOptions {
-        append_eos: true,
-        max_seq_len: Some(128),
-    };
-    let examples = tokenize_rows(&tok, &data, &opts).expect("tokenize");
-    pack(&examples, 128)
-}
+mod common;
+use common::{rows, tiny};
 
 fn settings(out: &Path, max_steps: u64) -> TrainSettings {
     TrainSettings {
