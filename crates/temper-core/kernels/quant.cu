@@ -1,22 +1,18 @@
-// Quantisation on the device: 4-bit (NF4 / FP4) and 8-bit blockwise. Twins of crates/temper-quant
-// (Rust, CPU), which is bit-exact with bitsandbytes 0.50's reference ops; these kernels must give
-// the same bits as their twin on every input. Each kernel exists per storage type of its input /
-// output (suffix f32, bf16, f16); the twin takes the values converted to f32 (exact).
+// Quantisation on the device: 4-bit (NF4 / FP4) and the 8-bit blockwise coding of double
+// quantisation. Twins of crates/temper-quant (Rust, CPU), which is bit-exact with bitsandbytes
+// 0.50's reference ops; these kernels give the same bits as their twin on every input
+// (temper-quant's tests/cuda_quant_twins.rs). The 4-bit kernel exists per storage type of its
+// input (suffix f32, bf16, f16); its twin takes the values converted to f32 (exact).
 //
 //   kernel                     CPU twin (temper_quant::)                              launch
 //   quantize_4bit_*            quantize_4bit                                          A
-//   quantize_blockwise_*       quantize_blockwise (offset 0),                         A
-//                              double_quant_with_offset (absmax, offset, f32 input)
-//   dequantize_blockwise_*     dequantize_blockwise_into, then the output cast        B
-//                              (half::bf16 / half::f16 from_f32, round to nearest even)
+//   quantize_blockwise_f32     double_quant_with_offset (absmax, offset, blocks 256)  A
 //
-// 4-bit dequantisation is dequant.cu (dequant4_*), twin of temper_core::Quant4::dequantize_into,
-// which gives the same bits as temper_quant::QuantState::dequantize_into (temper-quant's
-// tests/core_quant4.rs checks it on bitsandbytes' fixtures).
+// Dequantisation is dequant.cu (dequant4_*, which decodes nested scales itself), twin of
+// temper_core::Quant4::dequantize_into.
 //
 //   A: one thread block per quantisation block, grid-stride over blocks: blockDim.x a
-//      multiple of 32 (256 suggested), any gridDim.x (e.g. min(blocks, 65535)).
-//   B: grid-stride over elements: any geometry (e.g. 256 threads, min(ceil(n / 256), 65535)).
+//      multiple of 32 up to 1024, any gridDim.x (e.g. min(blocks, 65535)).
 //
 // Double quantisation on the device: offset = temper_quant::torch_mean(absmax) on the host
 // (PyTorch's summation order; the absmax are few), then quantize_blockwise_f32 over the absmax
@@ -25,10 +21,11 @@
 // Bit-exactness rules: every multiply / add / divide uses the _rn intrinsics so NVRTC never
 // fuses them (the CPU rounds each one); full blocks scale by the correctly rounded 1/absmax,
 // the partial last block of a tensor divides by absmax (as bitsandbytes' CPU ops do); absmax
-// is clamped below at 1e-38 for scaling only. Code tables come in device memory: 16 floats
-// (temper_quant::NF4 / FP4, any order) or 256 sorted floats (temper_quant::dynamic_map).
-// No denormal flushing: compile without --use_fast_math / -ftz. blocksize: a power of two,
-// 32..4096.
+// is clamped below at 1e-38 for scaling only. A NaN or infinite input makes its block's absmax
+// infinite, which the host reports (the CPU twin refuses non-finite input). Code tables come
+// in device memory: 16 floats (temper_quant::NF4 / FP4, any order) or 256 sorted floats
+// (temper_quant::dynamic_map). No denormal flushing: compile without --use_fast_math / -ftz.
+// blocksize: a power of two, 32..4096.
 #include "common.cuh"
 
 // Sorted thresholds of a 16-entry code: bounds[i] = (s[i] + s[i+1]) / 2 of the sorted values,
@@ -68,6 +65,12 @@ __device__ __forceinline__ unsigned char quant_code256(const float* bounds, floa
     return (unsigned char)lo;
 }
 
+// max(m, |v|); a NaN or infinity gives infinity (fmaxf alone would skip a NaN).
+__device__ __forceinline__ float quant_absmax_step(float m, float v) {
+    const float a = fabsf(v);
+    return a <= 3.402823466e38f ? fmaxf(m, a) : INFINITY;
+}
+
 // value / absmax in [-1, 1]: times the reciprocal for a full block, divided for a partial one.
 __device__ __forceinline__ float quant_scale(float x, float a, float r, bool partial) {
     const float s = partial ? __fdiv_rn(x, a) : __fmul_rn(x, r);
@@ -89,7 +92,7 @@ __device__ void quant_quantize_4bit(const T* __restrict__ x, const float* __rest
         const unsigned long long start = b * blocksize;
         const unsigned int len = (unsigned int)min((unsigned long long)blocksize, n - start);
         float m = 0.0f;
-        for (unsigned int i = threadIdx.x; i < len; i += blockDim.x) m = fmaxf(m, fabsf(to_f32(x[start + i])));
+        for (unsigned int i = threadIdx.x; i < len; i += blockDim.x) m = quant_absmax_step(m, to_f32(x[start + i]));
         m = block_max(m, scratch);
         if (threadIdx.x == 0) absmax[b] = m;
         const float a = fmaxf(m, 1e-38f);
@@ -113,11 +116,10 @@ __device__ void quant_quantize_4bit(const T* __restrict__ x, const float* __rest
     }
 STORAGE_TYPES(QUANTIZE_4BIT)
 
-// x (n) minus offset -> codes (n), absmax (ceil(n / blocksize)) with a sorted 256-entry code.
-// offset 0 for plain 8-bit blockwise quantisation (optimizer states); the absmax mean for
-// double quantisation (blocksize 256, the signed dynamic map).
-template <typename T>
-__device__ void quant_quantize_blockwise(const T* __restrict__ x, float offset, const float* __restrict__ code256, float* __restrict__ absmax, unsigned char* __restrict__ codes, unsigned long long n, unsigned int blocksize) {
+// x (n) minus offset -> codes (n), absmax (ceil(n / blocksize)) with a sorted 256-entry code:
+// double quantisation of 4-bit block scales (offset their mean, blocksize 256, the signed
+// dynamic map).
+extern "C" __global__ void quantize_blockwise_f32(const float* __restrict__ x, float offset, const float* __restrict__ code256, float* __restrict__ absmax, unsigned char* __restrict__ codes, unsigned long long n, unsigned int blocksize) {
     __shared__ float bounds[255];
     __shared__ float scratch[32];
     for (unsigned int i = threadIdx.x; i < 255; i += blockDim.x)
@@ -129,40 +131,13 @@ __device__ void quant_quantize_blockwise(const T* __restrict__ x, float offset, 
         const unsigned int len = (unsigned int)min((unsigned long long)blocksize, n - start);
         float m = 0.0f;
         for (unsigned int i = threadIdx.x; i < len; i += blockDim.x)
-            m = fmaxf(m, fabsf(__fsub_rn(to_f32(x[start + i]), offset)));
+            m = quant_absmax_step(m, __fsub_rn(x[start + i], offset));
         m = block_max(m, scratch);
         if (threadIdx.x == 0) absmax[b] = m;
         const float a = fmaxf(m, 1e-38f);
         const float r = __fdiv_rn(1.0f, a);
         const bool partial = len < blocksize;
         for (unsigned int i = threadIdx.x; i < len; i += blockDim.x)
-            codes[start + i] = quant_code256(bounds, quant_scale(__fsub_rn(to_f32(x[start + i]), offset), a, r, partial));
+            codes[start + i] = quant_code256(bounds, quant_scale(__fsub_rn(x[start + i], offset), a, r, partial));
     }
 }
-
-#define QUANTIZE_BLOCKWISE(sfx, T)                                                                         \
-    extern "C" __global__ void quantize_blockwise_##sfx(const T* x, float offset, const float* code256,       \
-                                                        float* absmax, unsigned char* codes,                   \
-                                                        unsigned long long n, unsigned int blocksize) {        \
-        quant_quantize_blockwise<T>(x, offset, code256, absmax, codes, n, blocksize);                          \
-    }
-STORAGE_TYPES(QUANTIZE_BLOCKWISE)
-
-// codes (n), absmax (ceil(n / blocksize)), code256 (256) -> out (n): code256[q] * absmax in f32,
-// then stored as T.
-template <typename T>
-__device__ void quant_dequantize_blockwise(const unsigned char* __restrict__ codes, const float* __restrict__ absmax, const float* __restrict__ code256, T* __restrict__ out, unsigned long long n, unsigned int blocksize) {
-    __shared__ float c[256];
-    for (unsigned int i = threadIdx.x; i < 256; i += blockDim.x) c[i] = code256[i];
-    __syncthreads();
-    const int shift = __ffs(blocksize) - 1;  // blocksize is a power of two
-    GRID_STRIDE(i, n) out[i] = from_f32<T>(__fmul_rn(c[codes[i]], absmax[i >> shift]));
-}
-
-#define DEQUANTIZE_BLOCKWISE(sfx, T)                                                                       \
-    extern "C" __global__ void dequantize_blockwise_##sfx(const unsigned char* codes, const float* absmax,     \
-                                                          const float* code256, T* out, unsigned long long n,  \
-                                                          unsigned int blocksize) {                            \
-        quant_dequantize_blockwise<T>(codes, absmax, code256, out, n, blocksize);                              \
-    }
-STORAGE_TYPES(DEQUANTIZE_BLOCKWISE)

@@ -9,7 +9,7 @@
 //! gradients, optimizer state, rstd and lse are f32 (`zeros`, `upload`). The CPU backend
 //! stores everything in f32. Ops compute in f32 and accept any mix of storage types.
 
-use crate::{DType, Int8Rows, Quant4, Result};
+use crate::{DType, Int8Rows, Quant4, Quantize4Spec, Result};
 
 /// A general matrix product `C = alpha * op(A) op(B) + beta * C`, all row-major.
 /// `op(A)` is (m, k): A is stored (m, k), or (k, m) when `ta`. `op(B)` is (k, n): B is stored
@@ -221,6 +221,21 @@ pub trait Backend: Send + Sync + 'static {
     fn upload_quant4(&self, q: &Quant4) -> Result<Self::Quant>;
     /// out (numel) = the matrix's values, stored in out's type.
     fn dequantize4(&self, out: &mut Self::Buf, q: &Self::Quant) -> Result<()>;
+    /// `values` (numel, host f32 holding values of `stored`, which they travel as) quantised
+    /// to 4 bits on the device, bit for bit as temper_quant's CPU quantisation (bitsandbytes'
+    /// CPU reference) codes them; `name` labels errors. None: this backend has no device
+    /// quantisation, and the caller quantises with temper_quant on the host (which is the
+    /// CPU backend's device).
+    fn quantize4(
+        &self,
+        values: &[f32],
+        stored: DType,
+        spec: &Quantize4Spec,
+        name: &str,
+    ) -> Result<Option<Self::Quant>> {
+        let _ = (values, stored, spec, name);
+        Ok(None)
+    }
     /// Copies an 8-bit matrix to the device (it is checked first).
     fn upload_int8(&self, q: &Int8Rows) -> Result<Self::Int8>;
     /// out (rows * cols) = the matrix's values (code * scale / 127, rounded as

@@ -25,4 +25,4 @@ pub use dtype::DType;
 pub use error::{CoreError, Result};
 pub use float::Float;
 pub use int8::Int8Rows;
-pub use quant4::{Absmax4, Quant4};
+pub use quant4::{Absmax4, NestedSpec, Quant4, Quantize4Spec};

@@ -139,3 +139,42 @@ impl Quant4 {
         Ok(())
     }
 }
+
+/// How to quantise a matrix to 4 bits on a device (bitsandbytes' `quantize_4bit`): the
+/// codes, the block size and, for double quantisation, how the block scales are coded.
+#[derive(Clone, Debug)]
+pub struct Quantize4Spec {
+    /// The 16 values codes index (temper_quant's NF4 or FP4 table).
+    pub code: [f32; 16],
+    /// A power of two, 32..=4096.
+    pub blocksize: usize,
+    pub nested: Option<NestedSpec>,
+}
+
+/// Double quantisation of the block scales: `absmax - offset` in 8-bit codes of `map`
+/// (256 values, ascending), blocks of `blocksize`, `offset = offset_of(absmax)` computed on
+/// the host (temper_quant::torch_mean: PyTorch's summation order).
+#[derive(Clone, Debug)]
+pub struct NestedSpec {
+    pub map: Box<[f32; 256]>,
+    pub blocksize: usize,
+    pub offset_of: fn(&[f32]) -> f32,
+}
+
+impl Quantize4Spec {
+    /// Checks the block sizes the kernels support.
+    pub fn validate(&self) -> Result<()> {
+        let ok = |b: usize| b.is_power_of_two() && (32..=4096).contains(&b);
+        let nested = self.nested.as_ref().map_or(256, |n| n.blocksize);
+        if !ok(self.blocksize) || !ok(nested) {
+            return Err(CoreError::Invalid {
+                op: "quantize4",
+                msg: format!(
+                    "block sizes {} (nested {nested}): each must be a power of two from 32 to 4096",
+                    self.blocksize
+                ),
+            });
+        }
+        Ok(())
+    }
+}

@@ -4,6 +4,9 @@
 
 use temper_core::cuda::compile::{compile_uncached, nvrtc_present, nvrtc_version, ARCHS, SOURCES};
 
+/// Sources whose kernels must equal their CPU twins bit for bit.
+const BIT_EXACT: &[&str] = &["quant.cu", "dequant.cu"];
+
 #[test]
 fn every_kernel_compiles_for_every_supported_arch() {
     assert!(
@@ -32,6 +35,14 @@ fn every_kernel_compiles_for_every_supported_arch() {
                 assert!(
                     ptx.contains(&format!(".entry {kernel}(")),
                     "{name} for {arch} lacks {kernel}"
+                );
+            }
+            // The quantisation kernels round every product and sum as their CPU twins do
+            // (bit-exact, not within a tolerance): no fused multiply-add may appear.
+            if BIT_EXACT.contains(name) {
+                assert!(
+                    !ptx.contains("fma.rn.f32"),
+                    "{name} for {arch} fuses a multiply-add"
                 );
             }
             compiled += 1;

@@ -4,7 +4,7 @@
 //! holds the codes and scales and dequantises each weight right before its GEMM.
 
 use rayon::prelude::*;
-use temper_core::{Absmax4, Int8Rows, Quant4};
+use temper_core::{Absmax4, Backend, Int8Rows, NestedSpec, Quant4, Quantize4Spec};
 use temper_quant::{Absmax, QuantState, QuantType};
 
 use crate::error::{ModelError, Result};
@@ -51,6 +51,50 @@ impl LoadOptions {
         }
         Ok(())
     }
+}
+
+impl QuantizeOnLoad {
+    /// What a backend that quantises on its device needs to know.
+    pub fn device_spec(&self) -> Quantize4Spec {
+        Quantize4Spec {
+            code: *self.quant_type.code(),
+            blocksize: self.blocksize,
+            nested: self.double_quant.then(|| NestedSpec {
+                map: Box::new(*temper_quant::double_quant::signed_map()),
+                blocksize: temper_quant::double_quant::NESTED_BLOCKSIZE,
+                offset_of: temper_quant::torch_sum::torch_mean,
+            }),
+        }
+    }
+}
+
+/// Reads linear weight `name` (shape) and quantises it to 4 bits: on the device where the
+/// backend can (the GPU: only this tensor travels, in the type the file stores), else with
+/// temper-quant on the host. Both give the same bits (bitsandbytes' CPU reference).
+pub fn quantize4_on_load<B: Backend>(
+    be: &B,
+    st: &SafetensorsDir,
+    name: &str,
+    shape: [usize; 2],
+    spec: QuantizeOnLoad,
+) -> Result<B::Quant> {
+    let host = st.read_shaped(name, &shape)?;
+    if let Some(q) = be.quantize4(&host.data, host.stored, &spec.device_spec(), name)? {
+        return Ok(q);
+    }
+    let q = QuantState::quantize(
+        &host.data,
+        &shape,
+        "bfloat16",
+        spec.blocksize,
+        spec.quant_type,
+        spec.double_quant,
+    )
+    .map_err(|e| ModelError::Quantize {
+        name: name.to_string(),
+        msg: e.to_string(),
+    })?;
+    Ok(be.upload_quant4(&to_quant4(&q))?)
 }
 
 /// The backend's view of a bitsandbytes 4-bit weight.

@@ -10,6 +10,7 @@ use memmap2::Mmap;
 use rayon::prelude::*;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
+use temper_core::DType;
 
 use crate::error::{io_err, ModelError, Result};
 
@@ -25,6 +26,8 @@ pub struct SafetensorsDir {
 pub struct HostTensor {
     pub shape: Vec<usize>,
     pub data: Vec<f32>,
+    /// The type the file stores it in (every value of `data` is exact in it).
+    pub stored: DType,
 }
 
 impl SafetensorsDir {
@@ -95,19 +98,28 @@ impl SafetensorsDir {
         let (view, mmap) = self.view(name)?;
         let bytes = view.data();
         // Converted in parallel: a 7B model is 6.7e9 values.
-        let data: Vec<f32> = match view.dtype() {
-            Dtype::F32 => bytes
-                .par_chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::BF16 => bytes
-                .par_chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::F16 => bytes
-                .par_chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
+        let (data, stored): (Vec<f32>, DType) = match view.dtype() {
+            Dtype::F32 => (
+                bytes
+                    .par_chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+                DType::F32,
+            ),
+            Dtype::BF16 => (
+                bytes
+                    .par_chunks_exact(2)
+                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
+                DType::BF16,
+            ),
+            Dtype::F16 => (
+                bytes
+                    .par_chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
+                DType::F16,
+            ),
             other => {
                 return Err(ModelError::Dtype {
                     name: name.to_string(),
@@ -122,6 +134,7 @@ impl SafetensorsDir {
         Ok(HostTensor {
             shape: view.shape().to_vec(),
             data,
+            stored,
         })
     }
 

@@ -4,12 +4,11 @@ use std::ops::Deref;
 use std::path::Path;
 
 use temper_core::Backend;
-use temper_quant::QuantState;
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::lora::Target;
-use crate::quantized::{read_int8, to_int8, to_quant4, LoadOptions};
+use crate::quantized::{quantize4_on_load, read_int8, to_int8, to_quant4, LoadOptions};
 use crate::safetensors_dir::SafetensorsDir;
 
 /// A frozen weight matrix: stored in the compute dtype, or in 4 or 8 bits and dequantised
@@ -136,16 +135,7 @@ impl<B: Backend> Weights<B> {
                 } else if stored8 {
                     Frozen::Int8(be.upload_int8(&read_int8(&st, &prefix, d_out, d_in)?)?)
                 } else if let Some(spec) = opts.quantize {
-                    let host = st.read_shaped(&name, &[d_out, d_in])?;
-                    let q = QuantState::quantize(
-                        &host.data,
-                        &[d_out, d_in],
-                        "bfloat16",
-                        spec.blocksize,
-                        spec.quant_type,
-                        spec.double_quant,
-                    )?;
-                    Frozen::Quant4(be.upload_quant4(&to_quant4(&q))?)
+                    Frozen::Quant4(quantize4_on_load(be, &st, &name, [d_out, d_in], spec)?)
                 } else if opts.int8 {
                     let host = st.read_shaped(&name, &[d_out, d_in])?;
                     Frozen::Int8(be.upload_int8(&to_int8(&name, &host.data, d_out, d_in)?)?)

@@ -153,3 +153,67 @@ fn quantising_the_original_on_load_gives_the_saved_weights_bit_for_bit() {
         }
     }
 }
+
+/// The same on the GPU: the CUDA backend quantises each tensor of the bf16 original on the
+/// device while loading, and the codes and scales it holds are the bytes bitsandbytes saved.
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test -- --ignored"]
+fn quantising_on_the_gpu_while_loading_gives_the_saved_bytes() {
+    use temper_core::{Absmax4, CudaBackend, DType};
+    let be = CudaBackend::with_dtype(0, DType::BF16).unwrap_or_else(|e| panic!("CUDA: {e}"));
+    let models = bnb_models();
+    let cfg = temper_model::ModelConfig::from_dir(&models.join("src")).expect("config");
+    for (folder, quant_type, double_quant) in [
+        ("nf4_dq", QuantType::Nf4, true),
+        ("fp4", QuantType::Fp4, false),
+    ] {
+        let opts = LoadOptions {
+            quantize: Some(QuantizeOnLoad {
+                quant_type,
+                blocksize: 64,
+                double_quant,
+            }),
+            int8: false,
+        };
+        let ours = Weights::load_with(&be, &cfg, &models.join("src"), &opts).expect("quantise");
+        let saved = temper_quant::load_4bit_folder(&models.join(folder)).expect("4-bit folder");
+        let mut compared = 0;
+        for (l, layer) in ours.layers.iter().enumerate() {
+            for t in temper_model::Target::ALL {
+                let name = format!("model.layers.{l}.{}.weight", t.path());
+                let Frozen::Quant4(q) = &layer.linear(t).w else {
+                    panic!("{name}: not held in 4 bits");
+                };
+                let got = be.download_quant4(q).expect("download");
+                let want = temper_model::quantized::to_quant4(&saved[&name]);
+                assert_eq!(got.bytes, want.bytes, "{folder} {name}: packed codes");
+                match (&got.absmax, &want.absmax) {
+                    (Absmax4::Plain(a), Absmax4::Plain(b)) => {
+                        assert_eq!(a, b, "{folder} {name}: absmax")
+                    }
+                    (
+                        Absmax4::Nested {
+                            codes: ca,
+                            nested_absmax: na,
+                            offset: oa,
+                            ..
+                        },
+                        Absmax4::Nested {
+                            codes: cb,
+                            nested_absmax: nb,
+                            offset: ob,
+                            ..
+                        },
+                    ) => {
+                        assert_eq!(ca, cb, "{folder} {name}: nested codes");
+                        assert_eq!(na, nb, "{folder} {name}: nested absmax");
+                        assert_eq!(oa.to_bits(), ob.to_bits(), "{folder} {name}: offset");
+                    }
+                    _ => panic!("{folder} {name}: double quantisation differs"),
+                }
+                compared += 1;
+            }
+        }
+        assert_eq!(compared, 7 * cfg.layers);
+    }
+}

@@ -115,6 +115,63 @@ fn describe(e: &nccl::NcclError) -> String {
     format!("{:?} ({text})", e.0)
 }
 
+/// ncclCommInitRank on a thread of its own, bound to the calling thread's CUDA context,
+/// waited for at most `timeout`: it blocks until every rank has joined, so a rank that died
+/// after the rendezvous would otherwise hold the others forever. On a timeout the error is
+/// returned and the thread is left blocked; the job is failing, and the process exit ends it.
+fn init_comm_within(
+    id: sys::ncclUniqueId,
+    rank: usize,
+    world: usize,
+    gpu: usize,
+    timeout: Duration,
+) -> Result<sys::ncclComm_t> {
+    let mut ctx: cu::CUcontext = std::ptr::null_mut();
+    // SAFETY: reads the calling thread's current context (bound by the caller).
+    let r = unsafe { cu::cuCtxGetCurrent(&mut ctx) };
+    if r != cu::CUresult::CUDA_SUCCESS || ctx.is_null() {
+        return Err(dist(format!(
+            "rank {rank}: no CUDA context is current for NCCL ({r:?})"
+        )));
+    }
+    // Raw pointers are not Send; the context and the communicator may be used from any
+    // thread, so they travel as integers.
+    let ctx = ctx as usize;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(format!("nccl-init-{rank}"))
+        .spawn(move || {
+            // SAFETY: the context outlives this thread's use of it (the backend holds it for
+            // the whole job); `comm` is written by NCCL; the id came from ncclGetUniqueId on
+            // rank 0.
+            let out = unsafe {
+                let r = cu::cuCtxSetCurrent(ctx as cu::CUcontext);
+                if r != cu::CUresult::CUDA_SUCCESS {
+                    Err(format!("cuCtxSetCurrent: {r:?}"))
+                } else {
+                    let mut comm: sys::ncclComm_t = std::ptr::null_mut();
+                    nccl::comm_init_rank(&mut comm, world as i32, id, rank as i32)
+                        .map(|_| comm as usize)
+                        .map_err(|e| describe(&e))
+                }
+            };
+            let _ = tx.send(out);
+        })
+        .map_err(|e| dist(format!("rank {rank}: starting the NCCL init thread: {e}")))?;
+    match rx.recv_timeout(timeout) {
+        Ok(Ok(comm)) => Ok(comm as sys::ncclComm_t),
+        Ok(Err(e)) => Err(dist(format!(
+            "rank {rank}: ncclCommInitRank (world {world}, GPU {gpu}): {e}; NCCL_DEBUG=INFO says more"
+        ))),
+        Err(_) => Err(dist(format!(
+            "rank {rank}: ncclCommInitRank (world {world}, GPU {gpu}) did not finish within \
+             {:.0} s: another rank died or hung after the rendezvous (see its output); raise \
+             dist_timeout if it is only slow",
+            timeout.as_secs_f64()
+        ))),
+    }
+}
+
 impl<B: NcclDevice> Nccl<B> {
     /// Starts NCCL on `be`'s GPU: rank 0 makes the unique id, `ctrl` (already joined)
     /// hands it to the others, and every rank joins the communicator.
@@ -139,15 +196,7 @@ impl<B: NcclDevice> Nccl<B> {
         for (d, &s) in id.internal.iter_mut().zip(&id_bytes) {
             *d = s as std::ffi::c_char;
         }
-        let mut comm: sys::ncclComm_t = std::ptr::null_mut();
-        // SAFETY: `comm` is written by NCCL; the id came from ncclGetUniqueId on rank 0.
-        unsafe { nccl::comm_init_rank(&mut comm, world as i32, id, rank as i32) }.map_err(|e| {
-            dist(format!(
-                "rank {rank}: ncclCommInitRank (world {world}, GPU {}): {}; NCCL_DEBUG=INFO says more",
-                be.cuda_ordinal(),
-                describe(&e)
-            ))
-        })?;
+        let comm = init_comm_within(id, rank, world, be.cuda_ordinal(), timeout)?;
         let mut stream: cu::CUstream = std::ptr::null_mut();
         // SAFETY: creates a stream in the context bound above; destroyed on drop.
         let r = unsafe {

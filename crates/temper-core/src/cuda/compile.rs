@@ -25,6 +25,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ),
     ("dequant.cu", include_str!("../../kernels/dequant.cu")),
     ("optim8.cu", include_str!("../../kernels/optim8.cu")),
+    ("quant.cu", include_str!("../../kernels/quant.cu")),
 ];
 
 /// The virtual architectures temper compiles for, oldest first (T4 .. H100/H200).

@@ -71,6 +71,7 @@ const PER_TYPE: &[(&str, &[&str])] = &[
     ),
     ("cross_entropy.cu", &["cross_entropy_rows"]),
     ("dequant.cu", &["dequant4", "dequant_int8"]),
+    ("quant.cu", &["quantize_4bit"]),
 ];
 
 /// Entry points compiled for f32 only (optimizer state and parameters are always f32), by
@@ -78,6 +79,7 @@ const PER_TYPE: &[(&str, &[&str])] = &[
 const F32_ONLY: &[(&str, &[&str])] = &[
     ("elementwise.cu", &["adamw_f32"]),
     ("optim8.cu", &["adamw8bit_f32"]),
+    ("quant.cu", &["quantize_blockwise_f32"]),
 ];
 
 const DTYPES: [DType; 3] = [DType::F32, DType::BF16, DType::F16];

@@ -237,6 +237,17 @@ impl Backend for CudaBackend {
         self.dequantize4_impl(out, q)
     }
 
+    fn quantize4(
+        &self,
+        values: &[f32],
+        stored: DType,
+        spec: &crate::Quantize4Spec,
+        name: &str,
+    ) -> Result<Option<super::CudaQuant>> {
+        let values = self.upload_as(values, stored)?;
+        self.quantize4_impl(&values, spec, name).map(Some)
+    }
+
     fn upload_int8(&self, q: &crate::Int8Rows) -> Result<super::CudaInt8> {
         self.upload_int8_impl(q)
     }

@@ -1,14 +1,15 @@
-//! 4-bit frozen weights on the GPU: codes and block scales uploaded once, dequantised into
-//! a buffer of the compute dtype right before each GEMM (`kernels/dequant.cu`).
+//! 4-bit frozen weights on the GPU: quantised there (`kernels/quant.cu`) or uploaded as
+//! codes and block scales, dequantised into a buffer of the compute dtype right before each
+//! GEMM (`kernels/dequant.cu`).
 
 use std::sync::Arc;
 
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{CudaSlice, LaunchConfig};
 
 use super::{dev_err, grid_stride, launch, CudaBackend, CudaBuf};
 use crate::error::check_len;
 use crate::memory::Accounting;
-use crate::{Absmax4, Quant4, Result};
+use crate::{Absmax4, CoreError, DType, Quant4, Quantize4Spec, Result};
 
 /// Block scales on the device.
 enum Scales {
@@ -137,5 +138,196 @@ impl CudaBackend {
                 )
             }
         }
+    }
+}
+
+/// One thread block per quantisation block (at most 65535 blocks, grid-stride beyond), half
+/// a block's values in threads (each packs two codes), 32 to 256 of them.
+fn per_block(blocks: usize, blocksize: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (blocks.clamp(1, 65535) as u32, 1, 1),
+        block_dim: ((blocksize / 2).clamp(32, 256) as u32, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+impl CudaBackend {
+    /// `values` quantised on the GPU (`quantize_4bit_*`, then `quantize_blockwise_f32` over
+    /// the block scales for double quantisation). Device memory beyond the result: the f32
+    /// block scales while they are double-quantised (1/16 of the values' bf16 bytes).
+    pub(super) fn quantize4_impl(
+        &self,
+        values: &CudaBuf,
+        spec: &Quantize4Spec,
+        name: &str,
+    ) -> Result<CudaQuant> {
+        const OP: &str = "quantize4";
+        spec.validate()?;
+        let n = values.len;
+        let bs = spec.blocksize;
+        let blocks = n.div_ceil(bs);
+        let alloc = dev_err("allocate a 4-bit weight");
+        let code = self.stream.clone_htod(&spec.code[..]).map_err(&alloc)?;
+        let mut packed = self
+            .stream
+            .alloc_zeros::<u8>(n.div_ceil(2).max(1))
+            .map_err(&alloc)?;
+        let mut absmax = self
+            .stream
+            .alloc_zeros::<f32>(blocks.max(1))
+            .map_err(&alloc)?;
+        let temporary = 4 * blocks;
+        self.accounting.add(n.div_ceil(2) + temporary + 16 * 4);
+        let counted = n.div_ceil(2) + 16 * 4;
+        let result = (|| {
+            if n > 0 {
+                let (n64, bs32) = (n as u64, bs as u32);
+                launch!(
+                    self,
+                    self.kernel("quantize_4bit", values.dtype)?,
+                    per_block(blocks, bs),
+                    OP,
+                    &values.data,
+                    &code,
+                    &mut absmax,
+                    &mut packed,
+                    &n64,
+                    &bs32
+                )?;
+            }
+            let host = self
+                .stream
+                .clone_dtoh(&absmax)
+                .map_err(dev_err("download block scales"))?;
+            let host = &host[..blocks];
+            if let Some(b) = host.iter().position(|a| !a.is_finite()) {
+                return Err(CoreError::Invalid {
+                    op: OP,
+                    msg: format!(
+                        "{name}: block {b} (values {} to {}) holds a NaN or an infinity; 4-bit \
+                         quantisation needs finite weights (check the checkpoint)",
+                        b * bs,
+                        ((b + 1) * bs).min(n) - 1
+                    ),
+                });
+            }
+            let Some(nested) = &spec.nested else {
+                return Ok((Scales::Plain(absmax), 4 * blocks));
+            };
+            let nbs = nested.blocksize;
+            let nested_blocks = blocks.div_ceil(nbs);
+            let offset = (nested.offset_of)(host);
+            let map = self.stream.clone_htod(&nested.map[..]).map_err(&alloc)?;
+            let mut codes = self
+                .stream
+                .alloc_zeros::<u8>(blocks.max(1))
+                .map_err(&alloc)?;
+            let mut nested_absmax = self
+                .stream
+                .alloc_zeros::<f32>(nested_blocks.max(1))
+                .map_err(&alloc)?;
+            let scale_bytes = blocks + 4 * nested_blocks + 4 * 256;
+            self.accounting.add(scale_bytes);
+            if blocks > 0 {
+                let (b64, nbs32) = (blocks as u64, nbs as u32);
+                let launched = launch!(
+                    self,
+                    self.kernel("quantize_blockwise", DType::F32)?,
+                    per_block(nested_blocks, 2 * nbs),
+                    OP,
+                    &absmax,
+                    &offset,
+                    &map,
+                    &mut nested_absmax,
+                    &mut codes,
+                    &b64,
+                    &nbs32
+                );
+                if let Err(e) = launched {
+                    self.accounting.sub(scale_bytes);
+                    return Err(e);
+                }
+            }
+            Ok((
+                Scales::Nested {
+                    codes,
+                    map,
+                    nested: nested_absmax,
+                    nested_blocksize: nbs as u32,
+                    offset,
+                },
+                scale_bytes,
+            ))
+        })();
+        // The plain block scales stay only when they are the result.
+        self.accounting.sub(temporary);
+        let (scales, scale_bytes) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                self.accounting.sub(counted);
+                return Err(e);
+            }
+        };
+        if matches!(scales, Scales::Plain(_)) {
+            self.accounting.add(scale_bytes);
+        }
+        Ok(CudaQuant {
+            packed,
+            code,
+            scales,
+            blocksize: bs as u32,
+            numel: n,
+            bytes: counted + scale_bytes,
+            accounting: self.accounting.clone(),
+        })
+    }
+
+    /// A copy of a 4-bit matrix in host memory, as [`Backend::upload_quant4`] takes it.
+    ///
+    /// [`Backend::upload_quant4`]: crate::Backend::upload_quant4
+    pub fn download_quant4(&self, q: &CudaQuant) -> Result<Quant4> {
+        let dl = dev_err("download a 4-bit weight");
+        let blocks = q.numel.div_ceil(q.blocksize as usize);
+        let mut bytes = self.stream.clone_dtoh(&q.packed).map_err(&dl)?;
+        bytes.truncate(q.numel.div_ceil(2));
+        let code_vec = self.stream.clone_dtoh(&q.code).map_err(&dl)?;
+        let mut code = [0.0f32; 16];
+        code.copy_from_slice(&code_vec[..16]);
+        let absmax = match &q.scales {
+            Scales::Plain(a) => {
+                let mut a = self.stream.clone_dtoh(a).map_err(&dl)?;
+                a.truncate(blocks);
+                Absmax4::Plain(a)
+            }
+            Scales::Nested {
+                codes,
+                map,
+                nested,
+                nested_blocksize,
+                offset,
+            } => {
+                let mut codes = self.stream.clone_dtoh(codes).map_err(&dl)?;
+                codes.truncate(blocks);
+                let map_vec = self.stream.clone_dtoh(map).map_err(&dl)?;
+                let mut map = Box::new([0.0f32; 256]);
+                map.copy_from_slice(&map_vec[..256]);
+                let mut nested_absmax = self.stream.clone_dtoh(nested).map_err(&dl)?;
+                nested_absmax.truncate(blocks.div_ceil(*nested_blocksize as usize));
+                Absmax4::Nested {
+                    codes,
+                    map,
+                    nested_absmax,
+                    nested_blocksize: *nested_blocksize as usize,
+                    offset: *offset,
+                }
+            }
+        };
+        Ok(Quant4 {
+            code,
+            blocksize: q.blocksize as usize,
+            numel: q.numel,
+            bytes,
+            absmax,
+        })
     }
 }

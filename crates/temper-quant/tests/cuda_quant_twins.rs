@@ -1,0 +1,204 @@
+//! The CUDA quantisation kernels (crates/temper-core/kernels/quant.cu, reached through
+//! `Backend::quantize4`) against their CPU twins here, which are bit-exact with
+//! bitsandbytes' reference ops: packed codes, block scales, nested codes, nested scales and
+//! offset must be the same bits, for NF4 and FP4, with and without double quantisation, from
+//! f32, bf16 and f16 input, at awkward sizes (odd counts, a partial last block, more than 256
+//! blocks with a partial last nested block, all-zero blocks, subnormals). These need an
+//! NVIDIA GPU: `cargo test -- --ignored` there.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use temper_core::{Absmax4, Backend, CudaBackend, DType, NestedSpec, Quant4, Quantize4Spec};
+use temper_quant::{signed_map, torch_mean, Absmax, QuantState, QuantType, NESTED_BLOCKSIZE};
+
+fn spec(qt: QuantType, blocksize: usize, double: bool) -> Quantize4Spec {
+    Quantize4Spec {
+        code: *qt.code(),
+        blocksize,
+        nested: double.then(|| NestedSpec {
+            map: Box::new(*signed_map()),
+            blocksize: NESTED_BLOCKSIZE,
+            offset_of: torch_mean,
+        }),
+    }
+}
+
+/// temper-quant's result in the backend's layout.
+fn cpu_twin(values: &[f32], qt: QuantType, blocksize: usize, double: bool) -> Quant4 {
+    let q = QuantState::quantize(values, &[values.len()], "float32", blocksize, qt, double)
+        .expect("CPU quantize");
+    Quant4 {
+        code: *qt.code(),
+        blocksize,
+        numel: values.len(),
+        bytes: q.bytes,
+        absmax: match q.absmax {
+            Absmax::Plain(a) => Absmax4::Plain(a),
+            Absmax::Nested(n) => Absmax4::Nested {
+                codes: n.codes,
+                map: n.map,
+                nested_absmax: n.nested_absmax,
+                nested_blocksize: NESTED_BLOCKSIZE,
+                offset: n.offset,
+            },
+        },
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// Panics with the first difference between the GPU's and the CPU's result.
+fn assert_same(what: &str, gpu: &Quant4, cpu: &Quant4) {
+    assert_eq!(gpu.numel, cpu.numel, "{what}: numel");
+    assert_eq!(bits(&gpu.code), bits(&cpu.code), "{what}: code table");
+    if let Some(i) = (0..cpu.bytes.len()).find(|&i| gpu.bytes[i] != cpu.bytes[i]) {
+        panic!(
+            "{what}: packed byte {i} of {}: GPU {:#04x}, CPU {:#04x}",
+            cpu.bytes.len(),
+            gpu.bytes[i],
+            cpu.bytes[i]
+        );
+    }
+    assert_eq!(gpu.bytes.len(), cpu.bytes.len(), "{what}: packed length");
+    match (&gpu.absmax, &cpu.absmax) {
+        (Absmax4::Plain(g), Absmax4::Plain(c)) => {
+            assert_eq!(bits(g), bits(c), "{what}: absmax");
+        }
+        (
+            Absmax4::Nested {
+                codes: gc,
+                map: gm,
+                nested_absmax: gn,
+                nested_blocksize: gb,
+                offset: go,
+            },
+            Absmax4::Nested {
+                codes: cc,
+                map: cm,
+                nested_absmax: cn,
+                nested_blocksize: cb,
+                offset: co,
+            },
+        ) => {
+            assert_eq!(go.to_bits(), co.to_bits(), "{what}: offset");
+            assert_eq!(gb, cb, "{what}: nested blocksize");
+            assert_eq!(bits(&gm[..]), bits(&cm[..]), "{what}: nested map");
+            assert_eq!(bits(gn), bits(cn), "{what}: nested absmax");
+            if let Some(i) = (0..cc.len()).find(|&i| gc[i] != cc[i]) {
+                panic!("{what}: nested code {i}: GPU {}, CPU {}", gc[i], cc[i]);
+            }
+        }
+        _ => panic!("{what}: one side is double-quantised, the other not"),
+    }
+}
+
+/// Values of very different scales per block, with an all-zero block, a block of one
+/// repeated value, subnormals and values on the codes' decision thresholds.
+fn awkward_values(rng: &mut ChaCha8Rng, n: usize, blocksize: usize, dt: DType) -> Vec<f32> {
+    let mut v: Vec<f32> = (0..n)
+        .map(|i| {
+            let scale = 10f32.powi((i / blocksize) as i32 % 9 - 5);
+            rng.random_range(-1.0f32..1.0) * scale
+        })
+        .collect();
+    let block = |b: usize| (b * blocksize).min(n)..((b + 1) * blocksize).min(n);
+    for i in block(1) {
+        v[i] = 0.0;
+    }
+    for i in block(2) {
+        v[i] = -0.375;
+    }
+    for (k, i) in block(3).enumerate() {
+        v[i] = f32::from_bits(1 + k as u32 * 977) * if k % 2 == 0 { 1.0 } else { -1.0 };
+    }
+    // Midpoints between NF4 codes times a block's absmax of 1.0.
+    let mut sorted = *QuantType::Nf4.code();
+    sorted.sort_by(f32::total_cmp);
+    for (k, i) in block(4).enumerate() {
+        v[i] = match k {
+            0 => 1.0,
+            _ => (sorted[k % 15] + sorted[k % 15 + 1]) * 0.5,
+        };
+    }
+    v.into_iter().map(|x| dt.round(x)).collect()
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test -- --ignored"]
+fn quantize4_on_the_gpu_equals_the_cpu_bit_for_bit() {
+    let gpu = CudaBackend::new(0).unwrap_or_else(|e| panic!("CUDA backend: {e}"));
+    let mut rng = ChaCha8Rng::seed_from_u64(41);
+    let mut cases = 0;
+    // (numel, blocksize): odd counts, partial last blocks, > 256 blocks (several nested
+    // blocks, the last one partial), a single value, one block exactly.
+    let sizes = [
+        (1, 64),
+        (64, 64),
+        (64 * 37 + 13, 64),
+        (64 * 600 + 5, 64),
+        (32 * 257, 32),
+        (128 * 300 + 127, 128),
+        (4096 * 3 + 1, 4096),
+        (1024 * 513, 1024),
+    ];
+    for dt in [DType::F32, DType::BF16, DType::F16] {
+        for &(n, bs) in &sizes {
+            let values = awkward_values(&mut rng, n, bs, dt);
+            for qt in [QuantType::Nf4, QuantType::Fp4] {
+                for double in [false, true] {
+                    let what = format!("{dt:?} n={n} bs={bs} {qt:?} double={double}");
+                    let q = gpu
+                        .quantize4(&values, dt, &spec(qt, bs, double), &what)
+                        .unwrap_or_else(|e| panic!("{what}: {e}"))
+                        .expect("the CUDA backend quantises on the device");
+                    let got = gpu.download_quant4(&q).expect("download");
+                    assert_same(&what, &got, &cpu_twin(&values, qt, bs, double));
+                    cases += 1;
+                }
+            }
+        }
+    }
+    println!("quantize4: {cases} cases equal to the CPU twin bit for bit");
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test -- --ignored"]
+fn quantize4_on_the_gpu_refuses_non_finite_values_and_names_the_tensor() {
+    let gpu = CudaBackend::new(0).unwrap_or_else(|e| panic!("CUDA backend: {e}"));
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut values = vec![0.5f32; 64 * 5 + 3];
+        values[64 * 2 + 7] = bad;
+        let err = gpu
+            .quantize4(
+                &values,
+                DType::F32,
+                &spec(QuantType::Nf4, 64, true),
+                "model.layers.3.mlp.up_proj.weight",
+            )
+            .err()
+            .unwrap_or_else(|| panic!("{bad} was quantised"));
+        let msg = err.to_string();
+        assert!(msg.contains("model.layers.3.mlp.up_proj.weight"), "{msg}");
+        assert!(msg.contains("block 2"), "{msg}");
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test -- --ignored"]
+fn quantize4_on_the_gpu_refuses_unsupported_block_sizes() {
+    let gpu = CudaBackend::new(0).unwrap_or_else(|e| panic!("CUDA backend: {e}"));
+    for bs in [16, 48, 8192] {
+        let err = gpu
+            .quantize4(
+                &[1.0; 100],
+                DType::F32,
+                &spec(QuantType::Nf4, bs, false),
+                "w",
+            )
+            .err()
+            .unwrap_or_else(|| panic!("blocksize {bs} accepted"));
+        assert!(err.to_string().contains("power of two"), "{err}");
+    }
+}
