@@ -68,6 +68,25 @@ def main():
         other = sorted(k for k in set(ce) | set(cb) if ce.get(k) != cb.get(k) and k != "quantization_config")
         if other:
             print("other config.json keys differ (transformers rewrites the source config):", other)
+        # transformers loads temper's folder as it is, with every quantised linear in 4 bits,
+        # and computes from it what it computes from its own save.
+        del model
+        def linear4(m):
+            return sum(type(x).__name__ == "Linear4bit" for x in m.modules())
+        ours_m = AutoModelForCausalLM.from_pretrained(mine, device_map=a.device)
+        theirs_m = AutoModelForCausalLM.from_pretrained(theirs, device_map=a.device)
+        ids = (torch.arange(1, 33) % ours_m.config.vocab_size).unsqueeze(0).to(ours_m.device)
+        with torch.no_grad():
+            lo, lt = ours_m(ids).logits.float(), theirs_m(ids).logits.float()
+        diff = (lo - lt).abs().max().item()
+        n4, want4 = linear4(ours_m), linear4(theirs_m)
+        print(f"transformers loads temper's folder: {n4} Linear4bit modules (its own save: {want4}); "
+              f"logits max |difference| from its own save {diff:.3g} (max |logit| {lt.abs().max().item():.3g})")
+        if n4 != want4 or n4 == 0 or not torch.isfinite(lo).all():
+            failures += 1
+        elif diff != 0 and not known:
+            print("the logits differ although every tensor is the same")
+            failures += 1
         print(f"{len(load_folder(theirs))} tensors: {'FAILED' if failures else 'PASSED'} "
               f"({failures} unexplained, {known} with known CPU/CUDA differences)")
         sys.exit(1 if failures else 0)

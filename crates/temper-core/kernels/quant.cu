@@ -7,12 +7,16 @@
 //   kernel                     CPU twin (temper_quant::)                              launch
 //   quantize_4bit_*            quantize_4bit                                          A
 //   quantize_blockwise_f32     double_quant_with_offset (absmax, offset, blocks 256)  A
+//   quantize_int8_rows_*       int8_vectorwise_quant (threshold 0) of the values      C
+//                              rounded to float16 (what bitsandbytes' Int8Params
+//                              quantises); the loader's twin is temper-model's to_int8
 //
 // Dequantisation is dequant.cu (dequant4_*, which decodes nested scales itself), twin of
 // temper_core::Quant4::dequantize_into.
 //
 //   A: one thread block per quantisation block, grid-stride over blocks: blockDim.x a
 //      multiple of 32 up to 1024, any gridDim.x (e.g. min(blocks, 65535)).
+//   C: one thread block per row, grid-stride over rows: blockDim.x a multiple of 32.
 //
 // Double quantisation on the device: offset = temper_quant::torch_mean(absmax) on the host
 // (PyTorch's summation order; the absmax are few), then quantize_blockwise_f32 over the absmax
@@ -141,3 +145,32 @@ extern "C" __global__ void quantize_blockwise_f32(const float* __restrict__ x, f
             codes[start + i] = quant_code256(bounds, quant_scale(__fsub_rn(x[start + i], offset), a, r, partial));
     }
 }
+
+// x (rows, cols) -> codes (rows, cols) int8, scales (rows): each value rounded to float16
+// first, scale = the row's max |value|, code = round_half_even(value * ((1 / scale) * 127))
+// clamped to [-128, 127]; an all-zero row (0 * inf = NaN) codes 0. A value that is not finite
+// in float16 makes its row's scale infinite, which the host reports.
+template <typename T>
+__device__ void quant_quantize_int8_rows(const T* __restrict__ x, signed char* __restrict__ codes, float* __restrict__ scales, unsigned long long rows, unsigned int cols) {
+    __shared__ float scratch[32];
+    for (unsigned long long r = blockIdx.x; r < rows; r += gridDim.x) {
+        const T* row = x + r * cols;
+        float m = 0.0f;
+        for (unsigned int c = threadIdx.x; c < cols; c += blockDim.x)
+            m = quant_absmax_step(m, to_f32(from_f32<f16>(to_f32(row[c]))));
+        m = block_max(m, scratch);
+        if (threadIdx.x == 0) scales[r] = m;
+        const float scale = __fmul_rn(__fdiv_rn(1.0f, m), 127.0f);
+        for (unsigned int c = threadIdx.x; c < cols; c += blockDim.x) {
+            const float v = __fmul_rn(to_f32(from_f32<f16>(to_f32(row[c]))), scale);
+            codes[r * cols + c] = v != v ? (signed char)0 : (signed char)fminf(fmaxf(rintf(v), -128.0f), 127.0f);
+        }
+    }
+}
+
+#define QUANTIZE_INT8_ROWS(sfx, T)                                                                         \
+    extern "C" __global__ void quantize_int8_rows_##sfx(const T* x, signed char* codes, float* scales,        \
+                                                        unsigned long long rows, unsigned int cols) {          \
+        quant_quantize_int8_rows<T>(x, codes, scales, rows, cols);                                              \
+    }
+STORAGE_TYPES(QUANTIZE_INT8_ROWS)

@@ -178,6 +178,11 @@ pub trait Backend: Send + Sync + 'static {
     fn upload_frozen(&self, host: &[f32]) -> Result<Self::Buf> {
         self.upload_as(host, self.compute_dtype())
     }
+    /// A frozen weight in the compute dtype from its bytes as a file stores them
+    /// (little-endian values of `stored`), converted on the way when the types differ.
+    fn upload_stored(&self, bytes: &[u8], stored: DType) -> Result<Self::Buf> {
+        self.upload_frozen(&crate::dtype::decode_le(bytes, stored))
+    }
     /// Copies `buf` to host memory (queued on the device's stream: the copy may still be in
     /// flight when this returns; [`Backend::restore_from_host`] is ordered after it).
     fn park_on_host(&self, buf: &Self::Buf) -> Result<Self::Host>;
@@ -221,19 +226,19 @@ pub trait Backend: Send + Sync + 'static {
     fn upload_quant4(&self, q: &Quant4) -> Result<Self::Quant>;
     /// out (numel) = the matrix's values, stored in out's type.
     fn dequantize4(&self, out: &mut Self::Buf, q: &Self::Quant) -> Result<()>;
-    /// `values` (numel, host f32 holding values of `stored`, which they travel as) quantised
-    /// to 4 bits on the device, bit for bit as temper_quant's CPU quantisation (bitsandbytes'
-    /// CPU reference) codes them; `name` labels errors. None: this backend has no device
-    /// quantisation, and the caller quantises with temper_quant on the host (which is the
-    /// CPU backend's device).
+    /// A matrix quantised to 4 bits on the device from its bytes as a file stores them
+    /// (little-endian values of `stored`), bit for bit as temper_quant's CPU quantisation
+    /// (bitsandbytes' CPU reference) codes the same values; `name` labels errors. None: this
+    /// backend has no device quantisation, and the caller quantises with temper_quant on the
+    /// host (which is the CPU backend's device).
     fn quantize4(
         &self,
-        values: &[f32],
+        bytes: &[u8],
         stored: DType,
         spec: &Quantize4Spec,
         name: &str,
     ) -> Result<Option<Self::Quant>> {
-        let _ = (values, stored, spec, name);
+        let _ = (bytes, stored, spec, name);
         Ok(None)
     }
     /// Copies an 8-bit matrix to the device (it is checked first).
@@ -241,6 +246,22 @@ pub trait Backend: Send + Sync + 'static {
     /// out (rows * cols) = the matrix's values (code * scale / 127, rounded as
     /// [`Int8Rows::dequantize_into`]), stored in out's type.
     fn dequantize_int8(&self, out: &mut Self::Buf, q: &Self::Int8) -> Result<()>;
+    /// A (rows, cols) matrix quantised to row-wise int8 on the device from its bytes as a
+    /// file stores them (little-endian values of `stored`), as bitsandbytes' `Int8Params`
+    /// codes it: each value rounded to float16, then temper_quant's `int8_vectorwise_quant`
+    /// (bit for bit); `name` labels errors. None: this backend has no device quantisation,
+    /// and the caller quantises on the host.
+    fn quantize_int8(
+        &self,
+        bytes: &[u8],
+        stored: DType,
+        rows: usize,
+        cols: usize,
+        name: &str,
+    ) -> Result<Option<Self::Int8>> {
+        let _ = (bytes, stored, rows, cols, name);
+        Ok(None)
+    }
     /// Values are converted to f32 whatever the storage type.
     fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
     fn len(&self, buf: &Self::Buf) -> usize;

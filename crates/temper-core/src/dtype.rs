@@ -5,6 +5,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use rayon::prelude::*;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
     F32,
@@ -78,6 +80,75 @@ impl FromStr for DType {
     }
 }
 
+/// One value of `dtype` from its little-endian bytes (`b.len() == dtype.size()`).
+#[inline]
+fn read_le(b: &[u8], dtype: DType) -> f32 {
+    match dtype {
+        DType::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+        DType::BF16 => half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
+        DType::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
+    }
+}
+
+/// `v` stored as `dtype` (rounded to nearest even) into its little-endian bytes.
+#[inline]
+fn write_le(d: &mut [u8], v: f32, dtype: DType) {
+    match dtype {
+        DType::F32 => d.copy_from_slice(&v.to_le_bytes()),
+        DType::BF16 => d.copy_from_slice(&half::bf16::from_f32(v).to_le_bytes()),
+        DType::F16 => d.copy_from_slice(&half::f16::from_f32(v).to_le_bytes()),
+    }
+}
+
+/// Values per parallel task of the conversions below.
+const CHUNK: usize = 1 << 14;
+
+/// Host values as the little-endian bytes of `dtype` (rounded to nearest even), in parallel.
+pub fn encode_le(values: &[f32], dtype: DType) -> Vec<u8> {
+    let size = dtype.size();
+    let mut out = vec![0u8; values.len() * size];
+    out.par_chunks_mut(size * CHUNK)
+        .zip(values.par_chunks(CHUNK))
+        .for_each(|(dst, src)| {
+            for (d, &v) in dst.chunks_exact_mut(size).zip(src) {
+                write_le(d, v, dtype);
+            }
+        });
+    out
+}
+
+/// Little-endian values of `dtype` (a whole number of them) as f32 (exact), in parallel.
+pub fn decode_le(bytes: &[u8], dtype: DType) -> Vec<f32> {
+    let size = dtype.size();
+    let mut out = vec![0f32; bytes.len() / size];
+    out.par_chunks_mut(CHUNK)
+        .zip(bytes.par_chunks(size * CHUNK))
+        .for_each(|(dst, src)| {
+            for (d, b) in dst.iter_mut().zip(src.chunks_exact(size)) {
+                *d = read_le(b, dtype);
+            }
+        });
+    out
+}
+
+/// `src` (little-endian values of `from`) written into `dst` as the same values stored as
+/// `to` (a copy when the types agree), in parallel. `dst` holds exactly as many values.
+pub fn convert_le(src: &[u8], from: DType, dst: &mut [u8], to: DType) {
+    debug_assert_eq!(src.len() / from.size(), dst.len() / to.size());
+    let (fs, ts) = (from.size(), to.size());
+    dst.par_chunks_mut(ts * CHUNK)
+        .zip(src.par_chunks(fs * CHUNK))
+        .for_each(|(d, s)| {
+            if from == to {
+                d.copy_from_slice(s);
+            } else {
+                for (d, s) in d.chunks_exact_mut(ts).zip(s.chunks_exact(fs)) {
+                    write_le(d, read_le(s, from), to);
+                }
+            }
+        });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,6 +160,25 @@ mod tests {
             assert_eq!(d.suffix().parse::<DType>(), Ok(d));
         }
         assert!("int8".parse::<DType>().is_err());
+    }
+
+    #[test]
+    fn encode_decode_and_convert_agree_in_each_type() {
+        let host: Vec<f32> = (0..40_000)
+            .map(|i| (i as f32 * 0.37).sin() * 10f32.powi(i % 7 - 3))
+            .collect();
+        for from in [DType::F32, DType::BF16, DType::F16] {
+            let bytes = encode_le(&host, from);
+            let back = decode_le(&bytes, from);
+            for (a, b) in host.iter().zip(&back) {
+                assert_eq!(from.round(*a).to_bits(), b.to_bits());
+            }
+            for to in [DType::F32, DType::BF16, DType::F16] {
+                let mut out = vec![0u8; host.len() * to.size()];
+                convert_le(&bytes, from, &mut out, to);
+                assert_eq!(out, encode_le(&back, to), "{from} -> {to}");
+            }
+        }
     }
 
     #[test]

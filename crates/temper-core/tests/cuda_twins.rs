@@ -808,3 +808,36 @@ fn dequantize_int8_rows() {
         assert!(p.gpu.dequantize_int8(&mut short, &q).is_err());
     }
 }
+
+/// Weights uploaded as files store them (`upload_stored`: through the pinned staging buffers,
+/// converted to the compute dtype on the way) equal the CPU's decoding rounded to the compute
+/// dtype, bit for bit, for every stored type, including a tensor larger than one staging
+/// buffer (several chunks, the last one partial) and an empty one.
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test -- --ignored"]
+fn upload_stored_converts_like_the_cpu() {
+    use temper_core::dtype::{decode_le, encode_le};
+    for dt in DTYPES {
+        let mut p = Pair::new(11, dt);
+        for n in [0, 1, 10_007, (64 << 20) / 4 * 3 + 5] {
+            let values = p.random(n, 3.0);
+            for stored in DTYPES {
+                let bytes = encode_le(&values, stored);
+                let got = p.gpu.upload_stored(&bytes, stored).expect("upload_stored");
+                assert_eq!(p.gpu.dtype(&got), dt);
+                let got = p.gpu.download(&got).expect("download");
+                let want: Vec<f32> = decode_le(&bytes, stored)
+                    .into_iter()
+                    .map(|v| dt.round(v))
+                    .collect();
+                let diff = got
+                    .iter()
+                    .zip(&want)
+                    .filter(|(a, b)| a.to_bits() != b.to_bits())
+                    .count();
+                assert_eq!(got.len(), n);
+                assert_eq!(diff, 0, "{stored} -> {dt}, n {n}: {diff} values differ");
+            }
+        }
+    }
+}

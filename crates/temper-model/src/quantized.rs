@@ -70,7 +70,8 @@ impl QuantizeOnLoad {
 
 /// Reads linear weight `name` (shape) and quantises it to 4 bits: on the device where the
 /// backend can (the GPU: only this tensor travels, in the type the file stores), else with
-/// temper-quant on the host. Both give the same bits (bitsandbytes' CPU reference).
+/// temper-quant on the host (the file is then read as f32). Both give the same bits
+/// (bitsandbytes' CPU reference).
 pub fn quantize4_on_load<B: Backend>(
     be: &B,
     st: &SafetensorsDir,
@@ -78,10 +79,13 @@ pub fn quantize4_on_load<B: Backend>(
     shape: [usize; 2],
     spec: QuantizeOnLoad,
 ) -> Result<B::Quant> {
-    let host = st.read_shaped(name, &shape)?;
-    if let Some(q) = be.quantize4(&host.data, host.stored, &spec.device_spec(), name)? {
+    let on_device = st.with_stored(name, &shape, |bytes, stored| {
+        Ok(be.quantize4(bytes, stored, &spec.device_spec(), name)?)
+    })?;
+    if let Some(q) = on_device {
         return Ok(q);
     }
+    let host = st.read_shaped(name, &shape)?;
     let q = QuantState::quantize(
         &host.data,
         &shape,
@@ -152,6 +156,26 @@ pub fn to_int8(name: &str, values: &[f32], d_out: usize, d_in: usize) -> Result<
         codes: q.codes,
         scales: q.row_stats,
     })
+}
+
+/// Reads linear weight `name` (d_out, d_in) and quantises it to 8 bits as [`to_int8`] does:
+/// on the device where the backend can (only this tensor travels, in the type the file
+/// stores), else on the host. Both give the same bits.
+pub fn int8_on_load<B: Backend>(
+    be: &B,
+    st: &SafetensorsDir,
+    name: &str,
+    d_out: usize,
+    d_in: usize,
+) -> Result<B::Int8> {
+    let on_device = st.with_stored(name, &[d_out, d_in], |bytes, stored| {
+        Ok(be.quantize_int8(bytes, stored, d_out, d_in, name)?)
+    })?;
+    if let Some(q) = on_device {
+        return Ok(q);
+    }
+    let host = st.read_shaped(name, &[d_out, d_in])?;
+    Ok(be.upload_int8(&to_int8(name, &host.data, d_out, d_in)?)?)
 }
 
 /// Reads a linear weight saved by transformers + bitsandbytes in 8 bits: `{prefix}.weight`

@@ -7,7 +7,6 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
-use rayon::prelude::*;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use temper_core::DType;
@@ -26,8 +25,6 @@ pub struct SafetensorsDir {
 pub struct HostTensor {
     pub shape: Vec<usize>,
     pub data: Vec<f32>,
-    /// The type the file stores it in (every value of `data` is exact in it).
-    pub stored: DType,
 }
 
 impl SafetensorsDir {
@@ -96,45 +93,16 @@ impl SafetensorsDir {
     /// Reads `name`, converting F32 / BF16 / F16 to f32.
     pub fn read(&self, name: &str) -> Result<HostTensor> {
         let (view, mmap) = self.view(name)?;
+        let stored = float_dtype(name, view.dtype())?;
         let bytes = view.data();
         // Converted in parallel: a 7B model is 6.7e9 values.
-        let (data, stored): (Vec<f32>, DType) = match view.dtype() {
-            Dtype::F32 => (
-                bytes
-                    .par_chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect(),
-                DType::F32,
-            ),
-            Dtype::BF16 => (
-                bytes
-                    .par_chunks_exact(2)
-                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect(),
-                DType::BF16,
-            ),
-            Dtype::F16 => (
-                bytes
-                    .par_chunks_exact(2)
-                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect(),
-                DType::F16,
-            ),
-            other => {
-                return Err(ModelError::Dtype {
-                    name: name.to_string(),
-                    dtype: format!("{other:?}"),
-                    expected: "F32, BF16 and F16",
-                })
-            }
-        };
+        let data = temper_core::dtype::decode_le(bytes, stored);
         // The converted copy is all that is needed now: let the kernel drop the file pages
         // just read, so host memory holds about one tensor at a time, not the whole model.
         release_tensor_pages(mmap, bytes);
         Ok(HostTensor {
             shape: view.shape().to_vec(),
             data,
-            stored,
         })
     }
 
@@ -173,6 +141,30 @@ impl SafetensorsDir {
         Ok(view.data().to_vec())
     }
 
+    /// Calls `f` with the bytes of float tensor `name` as the file stores them (little-endian
+    /// values of the returned type), after checking its shape; the file pages are released
+    /// afterwards, so host memory holds about one tensor at a time.
+    pub fn with_stored<T>(
+        &self,
+        name: &str,
+        expected: &[usize],
+        f: impl FnOnce(&[u8], DType) -> Result<T>,
+    ) -> Result<T> {
+        let (view, mmap) = self.view(name)?;
+        if view.shape() != expected {
+            return Err(ModelError::Shape {
+                name: name.to_string(),
+                got: view.shape().to_vec(),
+                expected: expected.to_vec(),
+            });
+        }
+        let stored = float_dtype(name, view.dtype())?;
+        let bytes = view.data();
+        let out = f(bytes, stored);
+        release_tensor_pages(mmap, bytes);
+        out
+    }
+
     /// Reads `name` and checks its shape.
     pub fn read_shaped(&self, name: &str, expected: &[usize]) -> Result<HostTensor> {
         let t = self.read(name)?;
@@ -201,6 +193,20 @@ impl SafetensorsDir {
         } else {
             format!(" (similar names present: {})", near.join(", "))
         }
+    }
+}
+
+/// The storage type of a float tensor; other types are refused.
+fn float_dtype(name: &str, dtype: Dtype) -> Result<DType> {
+    match dtype {
+        Dtype::F32 => Ok(DType::F32),
+        Dtype::BF16 => Ok(DType::BF16),
+        Dtype::F16 => Ok(DType::F16),
+        other => Err(ModelError::Dtype {
+            name: name.to_string(),
+            dtype: format!("{other:?}"),
+            expected: "F32, BF16 and F16",
+        }),
     }
 }
 

@@ -8,7 +8,7 @@ use temper_core::Backend;
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::lora::Target;
-use crate::quantized::{quantize4_on_load, read_int8, to_int8, to_quant4, LoadOptions};
+use crate::quantized::{int8_on_load, quantize4_on_load, read_int8, to_quant4, LoadOptions};
 use crate::safetensors_dir::SafetensorsDir;
 
 /// A frozen weight matrix: stored in the compute dtype, or in 4 or 8 bits and dequantised
@@ -107,8 +107,9 @@ impl<B: Backend> Weights<B> {
         };
         let (c, v) = (cfg.hidden, cfg.vocab);
         let get = |name: &str, shape: &[usize]| -> Result<B::Buf> {
-            let t = st.read_shaped(name, shape)?;
-            Ok(be.upload_frozen(&t.data)?)
+            st.with_stored(name, shape, |bytes, stored| {
+                Ok(be.upload_stored(bytes, stored)?)
+            })
         };
         let embed = get("model.embed_tokens.weight", &[v, c])?;
         let mut layers = Vec::with_capacity(cfg.layers);
@@ -137,8 +138,7 @@ impl<B: Backend> Weights<B> {
                 } else if let Some(spec) = opts.quantize {
                     Frozen::Quant4(quantize4_on_load(be, &st, &name, [d_out, d_in], spec)?)
                 } else if opts.int8 {
-                    let host = st.read_shaped(&name, &[d_out, d_in])?;
-                    Frozen::Int8(be.upload_int8(&to_int8(&name, &host.data, d_out, d_in)?)?)
+                    Frozen::Int8(int8_on_load(be, &st, &name, d_out, d_in)?)
                 } else {
                     Frozen::Dense(get(&name, &[d_out, d_in])?)
                 };

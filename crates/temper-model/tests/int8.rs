@@ -217,3 +217,37 @@ fn the_plan_counts_8bit_weights_exactly() {
     assert_eq!(be.peak_bytes(), planned);
     assert!(planned < dense / 2);
 }
+
+/// The same on the GPU: the CUDA backend quantises each bf16 tensor on the device while
+/// loading, and holds the codes and SCB bitsandbytes saved.
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test -- --ignored"]
+fn quantising_on_the_gpu_while_loading_gives_the_saved_int8_weights() {
+    use temper_core::{CudaBackend, DType};
+    let be = CudaBackend::with_dtype(0, DType::BF16).unwrap_or_else(|e| panic!("CUDA: {e}"));
+    let models = bnb_models();
+    let cfg = temper_model::ModelConfig::from_dir(&models.join("src")).expect("config");
+    let saved = SafetensorsDir::open(&models.join("int8")).expect("int8");
+    let ours = Weights::load_with(&be, &cfg, &models.join("src"), &int8_options()).expect("q");
+    let mut compared = 0;
+    for (l, layer) in ours.layers.iter().enumerate() {
+        for t in Target::ALL {
+            let (d_in, d_out) = t.dims(&cfg);
+            let prefix = format!("model.layers.{l}.{}", t.path());
+            let Frozen::Int8(q) = &layer.linear(t).w else {
+                panic!("{prefix}: not held in 8 bits");
+            };
+            let got = be.download_int8(q).expect("download");
+            let theirs = read_int8(&saved, &prefix, d_out, d_in).expect("saved");
+            assert_eq!(got.codes, theirs.codes, "{prefix}: codes differ");
+            let same = got
+                .scales
+                .iter()
+                .zip(&theirs.scales)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{prefix}: scales differ");
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, 14);
+}

@@ -8,8 +8,11 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use temper_core::dtype::encode_le;
 use temper_core::{Absmax4, Backend, CudaBackend, DType, NestedSpec, Quant4, Quantize4Spec};
-use temper_quant::{signed_map, torch_mean, Absmax, QuantState, QuantType, NESTED_BLOCKSIZE};
+use temper_quant::{
+    int8_vectorwise_quant, signed_map, torch_mean, Absmax, QuantState, QuantType, NESTED_BLOCKSIZE,
+};
 
 fn spec(qt: QuantType, blocksize: usize, double: bool) -> Quantize4Spec {
     Quantize4Spec {
@@ -146,11 +149,12 @@ fn quantize4_on_the_gpu_equals_the_cpu_bit_for_bit() {
     for dt in [DType::F32, DType::BF16, DType::F16] {
         for &(n, bs) in &sizes {
             let values = awkward_values(&mut rng, n, bs, dt);
+            let bytes = encode_le(&values, dt);
             for qt in [QuantType::Nf4, QuantType::Fp4] {
                 for double in [false, true] {
                     let what = format!("{dt:?} n={n} bs={bs} {qt:?} double={double}");
                     let q = gpu
-                        .quantize4(&values, dt, &spec(qt, bs, double), &what)
+                        .quantize4(&bytes, dt, &spec(qt, bs, double), &what)
                         .unwrap_or_else(|e| panic!("{what}: {e}"))
                         .expect("the CUDA backend quantises on the device");
                     let got = gpu.download_quant4(&q).expect("download");
@@ -172,7 +176,7 @@ fn quantize4_on_the_gpu_refuses_non_finite_values_and_names_the_tensor() {
         values[64 * 2 + 7] = bad;
         let err = gpu
             .quantize4(
-                &values,
+                &encode_le(&values, DType::F32),
                 DType::F32,
                 &spec(QuantType::Nf4, 64, true),
                 "model.layers.3.mlp.up_proj.weight",
@@ -192,7 +196,7 @@ fn quantize4_on_the_gpu_refuses_unsupported_block_sizes() {
     for bs in [16, 48, 8192] {
         let err = gpu
             .quantize4(
-                &[1.0; 100],
+                &encode_le(&[1.0; 100], DType::F32),
                 DType::F32,
                 &spec(QuantType::Nf4, bs, false),
                 "w",
@@ -201,4 +205,77 @@ fn quantize4_on_the_gpu_refuses_unsupported_block_sizes() {
             .unwrap_or_else(|| panic!("blocksize {bs} accepted"));
         assert!(err.to_string().contains("power of two"), "{err}");
     }
+}
+
+/// Row-wise int8 on the GPU (`quantize_int8_rows_*`) against its CPU twin: values rounded to
+/// float16, then `int8_vectorwise_quant` without outliers (what bitsandbytes' Int8Params
+/// stores), codes and row scales bit for bit; rows of very different scales, an all-zero row,
+/// a row of one repeated value, values on half-code ties.
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test -- --ignored"]
+fn quantize_int8_on_the_gpu_equals_the_cpu_bit_for_bit() {
+    let gpu = CudaBackend::new(0).unwrap_or_else(|e| panic!("CUDA backend: {e}"));
+    let mut rng = ChaCha8Rng::seed_from_u64(43);
+    let mut cases = 0;
+    for dt in [DType::F32, DType::BF16, DType::F16] {
+        for (rows, cols) in [(1, 1), (7, 13), (37, 61), (300, 4099), (1024, 1031)] {
+            let mut values: Vec<f32> = (0..rows * cols)
+                .map(|i| rng.random_range(-1.0f32..1.0) * 10f32.powi((i / cols) as i32 % 9 - 4))
+                .collect();
+            if rows > 3 {
+                values[cols..2 * cols].fill(0.0);
+                values[2 * cols..3 * cols].fill(-0.75);
+                // k + 0.5 code steps of a row whose absmax is 127: ties to even.
+                for (c, v) in values[3 * cols..4 * cols].iter_mut().enumerate() {
+                    *v = if c == 0 {
+                        127.0
+                    } else {
+                        (c % 254) as f32 * 0.5 - 63.0
+                    };
+                }
+            }
+            let values: Vec<f32> = values.into_iter().map(|x| dt.round(x)).collect();
+            let what = format!("{dt:?} ({rows}, {cols})");
+            let q = gpu
+                .quantize_int8(&encode_le(&values, dt), dt, rows, cols, &what)
+                .unwrap_or_else(|e| panic!("{what}: {e}"))
+                .expect("the CUDA backend quantises on the device");
+            let got = gpu.download_int8(&q).expect("download");
+            let f16: Vec<f32> = values.iter().map(|&x| DType::F16.round(x)).collect();
+            let want = int8_vectorwise_quant(&f16, rows, cols, 0.0).expect("CPU twin");
+            if let Some(i) = (0..rows * cols).find(|&i| got.codes[i] != want.codes[i]) {
+                panic!(
+                    "{what}: code {i} (row {}): GPU {}, CPU {} (value {})",
+                    i / cols,
+                    got.codes[i],
+                    want.codes[i],
+                    f16[i]
+                );
+            }
+            assert_eq!(bits(&got.scales), bits(&want.row_stats), "{what}: scales");
+            cases += 1;
+        }
+    }
+    println!("quantize_int8: {cases} cases equal to the CPU twin bit for bit");
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test -- --ignored"]
+fn quantize_int8_on_the_gpu_refuses_values_beyond_float16() {
+    let gpu = CudaBackend::new(0).unwrap_or_else(|e| panic!("CUDA backend: {e}"));
+    let mut values = vec![0.5f32; 6 * 10];
+    values[4 * 10 + 3] = 7e4;
+    let err = gpu
+        .quantize_int8(
+            &encode_le(&values, DType::F32),
+            DType::F32,
+            6,
+            10,
+            "layers.2.w",
+        )
+        .err()
+        .expect("7e4 was quantised");
+    let msg = err.to_string();
+    assert!(msg.contains("layers.2.w") && msg.contains("row 4"), "{msg}");
+    assert!(msg.contains("65504"), "{msg}");
 }

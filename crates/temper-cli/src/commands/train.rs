@@ -85,6 +85,7 @@ fn run_on<B: Backend>(
     let t0 = Instant::now();
     let model = Model::load_with(be.clone(), &plan.model_dir, &plan.load)
         .with_context(|| format!("loading model {}", plan.model_dir.display()))?;
+    let load_s = t0.elapsed().as_secs_f64();
     let tok = Tokenizer::from_dir(&plan.model_dir)?;
     let data = prepare_quietly(&tok, &plan.data, plan.max_seq_len, plan.packing, !lead)?;
     let cfg = &model.cfg;
@@ -92,13 +93,7 @@ fn run_on<B: Backend>(
     if lead {
         eprintln!(
             "model: {} ({} layers, hidden {}, {} heads / {} kv heads, vocab {}) loaded in {:.1}s",
-            cfg.model_type,
-            cfg.layers,
-            cfg.hidden,
-            cfg.heads,
-            cfg.kv_heads,
-            cfg.vocab,
-            t0.elapsed().as_secs_f64()
+            cfg.model_type, cfg.layers, cfg.hidden, cfg.heads, cfg.kv_heads, cfg.vocab, load_s
         );
         eprintln!(
             "lora: r {} alpha {} dropout {} on {} ({})",
@@ -120,6 +115,16 @@ fn run_on<B: Backend>(
     }
     // Joining comes after loading, so the wait covers only how far apart the ranks are.
     let coll = join(&be)?;
+    if rank.world > 1 {
+        // Each rank loads (and quantises) its own copy of the base: say how long each took.
+        let mut loads = vec![0.0f64; rank.world];
+        loads[rank.rank] = load_s;
+        coll.all_reduce_f64(&mut loads)?;
+        if lead {
+            let each: Vec<String> = loads.iter().map(|t| format!("{t:.1}")).collect();
+            eprintln!("ranks loaded the model in {} s", each.join(" / "));
+        }
+    }
     if lead && rank.world > 1 {
         eprintln!(
             "data parallel: {} ranks, {} rows per step ({} per rank x {} micro-batches x {} ranks)",

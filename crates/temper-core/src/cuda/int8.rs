@@ -1,16 +1,16 @@
-//! 8-bit frozen weights on the GPU: int8 codes and f32 row scales uploaded once, dequantised
-//! into a buffer of the compute dtype right before each GEMM (`dequant_int8_*` in
-//! `kernels/dequant.cu`).
+//! 8-bit frozen weights on the GPU: int8 codes and f32 row scales quantised there
+//! (`quantize_int8_rows_*` in `kernels/quant.cu`) or uploaded, dequantised into a buffer of
+//! the compute dtype right before each GEMM (`dequant_int8_*` in `kernels/dequant.cu`).
 
 use std::sync::Arc;
 
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{CudaSlice, LaunchConfig};
 
 use super::{dev_err, grid_stride, launch, CudaBackend, CudaBuf};
 use crate::error::check_len;
 use crate::int8::INV_127;
 use crate::memory::Accounting;
-use crate::{Int8Rows, Result};
+use crate::{CoreError, Int8Rows, Result};
 
 /// An [`Int8Rows`] in device memory, counted until dropped.
 pub struct CudaInt8 {
@@ -73,5 +73,86 @@ impl CudaBackend {
             &cols,
             &n
         )
+    }
+}
+
+impl CudaBackend {
+    /// `values` (rows, cols) quantised row-wise on the GPU.
+    pub(super) fn quantize_int8_impl(
+        &self,
+        values: &CudaBuf,
+        rows: usize,
+        cols: usize,
+        name: &str,
+    ) -> Result<CudaInt8> {
+        const OP: &str = "quantize_int8";
+        check_len(OP, "values", values.len, rows * cols)?;
+        let alloc = dev_err("allocate an 8-bit weight");
+        let mut codes = self
+            .stream
+            .alloc_zeros::<i8>((rows * cols).max(1))
+            .map_err(&alloc)?;
+        let mut scales = self.stream.alloc_zeros::<f32>(rows.max(1)).map_err(alloc)?;
+        if rows * cols > 0 {
+            let (rows64, cols32) = (rows as u64, cols as u32);
+            let cfg = LaunchConfig {
+                grid_dim: (rows.min(65535) as u32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            launch!(
+                self,
+                self.kernel("quantize_int8_rows", values.dtype)?,
+                cfg,
+                OP,
+                &values.data,
+                &mut codes,
+                &mut scales,
+                &rows64,
+                &cols32
+            )?;
+        }
+        let host = self
+            .stream
+            .clone_dtoh(&scales)
+            .map_err(dev_err("download row scales"))?;
+        if let Some(r) = host[..rows].iter().position(|s| !s.is_finite()) {
+            return Err(CoreError::Invalid {
+                op: OP,
+                msg: format!(
+                    "{name}: row {r} holds a value that is not finite in float16 (8-bit weights \
+                     are quantised from float16, as bitsandbytes does; float16 holds magnitudes \
+                     up to 65504)"
+                ),
+            });
+        }
+        let bytes = rows * cols + 4 * rows;
+        self.accounting.add(bytes);
+        Ok(CudaInt8 {
+            codes,
+            scales,
+            cols,
+            numel: rows * cols,
+            bytes,
+            accounting: self.accounting.clone(),
+        })
+    }
+
+    /// A copy of an 8-bit matrix in host memory, as [`Backend::upload_int8`] takes it.
+    ///
+    /// [`Backend::upload_int8`]: crate::Backend::upload_int8
+    pub fn download_int8(&self, q: &CudaInt8) -> Result<Int8Rows> {
+        let dl = dev_err("download an 8-bit weight");
+        let rows = q.numel.checked_div(q.cols).unwrap_or(0);
+        let mut codes = self.stream.clone_dtoh(&q.codes).map_err(&dl)?;
+        codes.truncate(q.numel);
+        let mut scales = self.stream.clone_dtoh(&q.scales).map_err(dl)?;
+        scales.truncate(rows);
+        Ok(Int8Rows {
+            rows,
+            cols: q.cols,
+            codes,
+            scales,
+        })
     }
 }

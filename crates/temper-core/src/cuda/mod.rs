@@ -13,6 +13,7 @@ mod int8;
 mod ops;
 mod optim8;
 mod quant;
+mod staging;
 
 use std::collections::HashMap;
 use std::ops::Deref;
@@ -71,7 +72,7 @@ const PER_TYPE: &[(&str, &[&str])] = &[
     ),
     ("cross_entropy.cu", &["cross_entropy_rows"]),
     ("dequant.cu", &["dequant4", "dequant_int8"]),
-    ("quant.cu", &["quantize_4bit"]),
+    ("quant.cu", &["quantize_4bit", "quantize_int8_rows"]),
 ];
 
 /// Entry points compiled for f32 only (optimizer state and parameters are always f32), by
@@ -93,6 +94,7 @@ pub struct CudaBackend {
     device_name: String,
     compute_dtype: DType,
     host_pool: host::HostPool,
+    staging: staging::StagingCell,
     /// Held for cuBLAS for the backend's lifetime (counted in the accounting).
     _workspace: CudaBuf,
 }
@@ -290,6 +292,7 @@ impl CudaBackend {
             device_name,
             compute_dtype,
             host_pool: host::HostPool::default(),
+            staging: staging::StagingCell::default(),
             _workspace: workspace,
         })
     }

@@ -239,13 +239,29 @@ impl Backend for CudaBackend {
 
     fn quantize4(
         &self,
-        values: &[f32],
+        bytes: &[u8],
         stored: DType,
         spec: &crate::Quantize4Spec,
         name: &str,
     ) -> Result<Option<super::CudaQuant>> {
-        let values = self.upload_as(values, stored)?;
+        let values = self.upload_staged(bytes, stored, stored)?;
         self.quantize4_impl(&values, spec, name).map(Some)
+    }
+
+    fn quantize_int8(
+        &self,
+        bytes: &[u8],
+        stored: DType,
+        rows: usize,
+        cols: usize,
+        name: &str,
+    ) -> Result<Option<super::CudaInt8>> {
+        let values = self.upload_staged(bytes, stored, stored)?;
+        self.quantize_int8_impl(&values, rows, cols, name).map(Some)
+    }
+
+    fn upload_stored(&self, bytes: &[u8], stored: DType) -> Result<CudaBuf> {
+        self.upload_staged(bytes, stored, self.compute_dtype)
     }
 
     fn upload_int8(&self, q: &crate::Int8Rows) -> Result<super::CudaInt8> {
@@ -281,7 +297,7 @@ impl Backend for CudaBackend {
     }
 
     fn upload_as(&self, host: &[f32], dtype: DType) -> Result<CudaBuf> {
-        let bytes = super::buffer::encode(host, dtype);
+        let bytes = crate::dtype::encode_le(host, dtype);
         let data = self.stream.clone_htod(&bytes).map_err(dev_err("upload"))?;
         Ok(self.wrap(data, host.len(), dtype))
     }
@@ -291,7 +307,7 @@ impl Backend for CudaBackend {
             .stream
             .clone_dtoh(&buf.data)
             .map_err(dev_err("download"))?;
-        Ok(super::buffer::decode(&bytes, buf.dtype))
+        Ok(crate::dtype::decode_le(&bytes, buf.dtype))
     }
 
     fn len(&self, buf: &CudaBuf) -> usize {
