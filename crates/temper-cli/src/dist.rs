@@ -45,6 +45,9 @@ impl Rank {
     }
 }
 
+/// Set by torchrun for its workers when its agent's store listens on MASTER_PORT.
+const AGENT_STORE: &str = "TORCHELASTIC_USE_AGENT_STORE";
+
 /// True when a launcher has set RANK or WORLD_SIZE.
 pub fn launched() -> bool {
     std::env::var_os("RANK").is_some() || std::env::var_os("WORLD_SIZE").is_some()
@@ -88,6 +91,15 @@ pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Rank> {
     };
     let master_port = u16::try_from(master_port)
         .map_err(|_| anyhow!("MASTER_PORT={master_port} is not a TCP port (1-65535)"))?;
+    // torchrun's agent keeps its own store listening on MASTER_PORT (and says so to its
+    // workers with TORCHELASTIC_USE_AGENT_STORE=True): temper's rendezvous takes the next port.
+    let master_port = if world > 1 && get(AGENT_STORE).as_deref() == Some("True") {
+        master_port.checked_add(1).ok_or_else(|| {
+            anyhow!("MASTER_PORT={master_port}: under torchrun temper listens on MASTER_PORT + 1, which is not a TCP port; choose a lower --master-port")
+        })?
+    } else {
+        master_port
+    };
     Ok(Rank {
         rank,
         world,
@@ -176,6 +188,28 @@ mod tests {
             }
         );
         assert_eq!(read(&[]).expect("alone"), Rank::alone());
+    }
+
+    #[test]
+    fn under_torchrun_the_rendezvous_takes_the_port_after_the_agents_store() {
+        let vars = [
+            ("RANK", "1"),
+            ("WORLD_SIZE", "2"),
+            ("LOCAL_RANK", "1"),
+            ("MASTER_ADDR", "127.0.0.1"),
+            ("MASTER_PORT", "29500"),
+        ];
+        let mut torchrun = vars.to_vec();
+        torchrun.push(("TORCHELASTIC_USE_AGENT_STORE", "True"));
+        assert_eq!(read(&torchrun).expect("rank").master_port, 29501);
+        let mut no_store = vars.to_vec();
+        no_store.push(("TORCHELASTIC_USE_AGENT_STORE", "False"));
+        assert_eq!(read(&no_store).expect("rank").master_port, 29500);
+        assert_eq!(read(&vars).expect("rank").master_port, 29500);
+        let mut top = torchrun.clone();
+        top[4] = ("MASTER_PORT", "65535");
+        let e = read(&top).expect_err("no port above 65535").to_string();
+        assert!(e.contains("MASTER_PORT + 1"), "{e}");
     }
 
     #[test]

@@ -123,6 +123,23 @@ fn nf4_and_fp4_losses_differ_by_far_more_than_the_tolerance() {
     assert!(apart > 20.0 * TOL, "{apart:.2e}");
 }
 
+/// The 4-bit folders bitsandbytes saved from `src`, with the load options that quantise
+/// `src` the same way (blocksize 64; nf4 with double quantisation, fp4 without).
+fn saved_folders() -> [(&'static str, LoadOptions); 2] {
+    let opts = |quant_type, double_quant| LoadOptions {
+        quantize: Some(QuantizeOnLoad {
+            quant_type,
+            blocksize: 64,
+            double_quant,
+        }),
+        int8: false,
+    };
+    [
+        ("nf4_dq", opts(QuantType::Nf4, true)),
+        ("fp4", opts(QuantType::Fp4, false)),
+    ]
+}
+
 /// Quantising the bf16 original while loading gives bit for bit the weights bitsandbytes
 /// saved (same settings: blocksize 64; nf4 with double quantisation, fp4 without).
 #[test]
@@ -130,18 +147,7 @@ fn quantising_the_original_on_load_gives_the_saved_weights_bit_for_bit() {
     let be = CpuBackend::new();
     let models = bnb_models();
     let cfg = temper_model::ModelConfig::from_dir(&models.join("src")).expect("config");
-    for (folder, quant_type, double_quant) in [
-        ("nf4_dq", QuantType::Nf4, true),
-        ("fp4", QuantType::Fp4, false),
-    ] {
-        let opts = LoadOptions {
-            quantize: Some(QuantizeOnLoad {
-                quant_type,
-                blocksize: 64,
-                double_quant,
-            }),
-            int8: false,
-        };
+    for (folder, opts) in saved_folders() {
         let ours = Weights::load_with(&be, &cfg, &models.join("src"), &opts).expect("quantise");
         let saved = Weights::load(&be, &cfg, &models.join(folder)).expect("4-bit folder");
         let (ours, saved) = (dequantised(&be, &ours), dequantised(&be, &saved));
@@ -163,18 +169,7 @@ fn quantising_on_the_gpu_while_loading_gives_the_saved_bytes() {
     let be = CudaBackend::with_dtype(0, DType::BF16).unwrap_or_else(|e| panic!("CUDA: {e}"));
     let models = bnb_models();
     let cfg = temper_model::ModelConfig::from_dir(&models.join("src")).expect("config");
-    for (folder, quant_type, double_quant) in [
-        ("nf4_dq", QuantType::Nf4, true),
-        ("fp4", QuantType::Fp4, false),
-    ] {
-        let opts = LoadOptions {
-            quantize: Some(QuantizeOnLoad {
-                quant_type,
-                blocksize: 64,
-                double_quant,
-            }),
-            int8: false,
-        };
+    for (folder, opts) in saved_folders() {
         let ours = Weights::load_with(&be, &cfg, &models.join("src"), &opts).expect("quantise");
         let saved = temper_quant::load_4bit_folder(&models.join(folder)).expect("4-bit folder");
         let mut compared = 0;

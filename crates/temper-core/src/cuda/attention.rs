@@ -76,10 +76,54 @@ struct Chunk {
     heads: usize,
 }
 
+/// The GEMM path's scratch, sized for the longest sequence's chunk, and its chunks in order.
+struct GemmWork {
+    /// Scores S, f32.
+    s: CudaBuf,
+    /// Probabilities P (and dS in backward), in the activations' type.
+    p: CudaBuf,
+    chunks: Vec<Chunk>,
+}
+
 impl CudaBackend {
     fn chunk_heads(&self, len: usize, hkv: usize, dt: DType) -> usize {
         let per_head = len * len * (4 + dt.size());
         (SCORES_BUDGET / per_head.max(1)).clamp(1, hkv)
+    }
+
+    /// Every (sequence, GQA slot, chunk of kv heads) of the GEMM path's sequences `seqs`
+    /// (token ranges), slot by slot within a sequence, with scratch for the largest; None
+    /// when there are none.
+    fn gemm_work(
+        &self,
+        seqs: &[(usize, usize)],
+        hq: usize,
+        hkv: usize,
+        dt: DType,
+    ) -> Result<Option<GemmWork>> {
+        let Some(longest) = seqs.iter().map(|(a, b)| b - a).max() else {
+            return Ok(None);
+        };
+        let heads = self.chunk_heads(longest, hkv, dt);
+        let s = self.alloc(heads * longest * longest, DType::F32)?;
+        let p = self.alloc(heads * longest * longest, dt)?;
+        let mut chunks = vec![];
+        for &(a, b) in seqs {
+            let len = b - a;
+            let heads = self.chunk_heads(len, hkv, dt);
+            for g in 0..hq / hkv {
+                for kv0 in (0..hkv).step_by(heads) {
+                    chunks.push(Chunk {
+                        a,
+                        len,
+                        g,
+                        kv0,
+                        heads: heads.min(hkv - kv0),
+                    });
+                }
+            }
+        }
+        Ok(Some(GemmWork { s, p, chunks }))
     }
 
     /// Strided operand: head `h0 + b * hstep` of rows a.. of x (N, heads, d).
@@ -240,45 +284,31 @@ impl CudaBackend {
                 )?;
             }
         }
-        let Some(longest) = work.gemm.iter().map(|(a, b)| b - a).max() else {
+        let Some(GemmWork { s, mut p, chunks }) = self.gemm_work(&work.gemm, hq, hkv, dt)? else {
             return Ok(());
         };
         let group = hq / hkv;
-        let heads = self.chunk_heads(longest, hkv, dt);
-        let s = self.alloc(heads * longest * longest, DType::F32)?;
-        let mut p = self.alloc(heads * longest * longest, dt)?;
-        for &(a, b) in &work.gemm {
-            let len = b - a;
-            let heads = self.chunk_heads(len, hkv, dt);
-            for g in 0..group {
-                for kv0 in (0..hkv).step_by(heads) {
-                    let c = Chunk {
-                        a,
-                        len,
-                        g,
-                        kv0,
-                        heads: heads.min(hkv - kv0),
-                    };
-                    self.scores(&s, &q, &k, &c, hq, hkv, d)?;
-                    self.probs(&mut p, lse, &s, &c, hq, hkv, false)?;
-                    // O[h] (L, d) = P (L, L) V[kv] (L, d)
-                    self.gemm_raw(
-                        Shape {
-                            m: len,
-                            n: d,
-                            k: len,
-                            ta: false,
-                            tb: false,
-                            alpha: 1.0,
-                            beta: 0.0,
-                            batch: c.heads,
-                        },
-                        self.scores_operand(&p, len),
-                        self.heads_operand(&v, a, hkv, kv0, 1, d),
-                        self.heads_operand(out, a, hq, kv0 * group + g, group, d),
-                    )?;
-                }
-            }
+        for c in &chunks {
+            let (a, len, kv0, g) = (c.a, c.len, c.kv0, c.g);
+            self.scores(&s, &q, &k, c, hq, hkv, d)?;
+
+            self.probs(&mut p, lse, &s, c, hq, hkv, false)?;
+            // O[h] (L, d) = P (L, L) V[kv] (L, d)
+            self.gemm_raw(
+                Shape {
+                    m: len,
+                    n: d,
+                    k: len,
+                    ta: false,
+                    tb: false,
+                    alpha: 1.0,
+                    beta: 0.0,
+                    batch: c.heads,
+                },
+                self.scores_operand(&p, len),
+                self.heads_operand(&v, a, hkv, kv0, 1, d),
+                self.heads_operand(out, a, hq, kv0 * group + g, group, d),
+            )?;
         }
         Ok(())
     }
@@ -408,93 +438,77 @@ impl CudaBackend {
                 )?;
             }
         }
-        let Some(longest) = work.gemm.iter().map(|(a, b)| b - a).max() else {
+        let Some(GemmWork { s, mut p, chunks }) = self.gemm_work(&work.gemm, hq, hkv, dt)? else {
             return Ok(());
         };
         let group = hq / hkv;
-        let heads = self.chunk_heads(longest, hkv, dt);
-        let s = self.alloc(heads * longest * longest, DType::F32)?;
-        let mut p = self.alloc(heads * longest * longest, dt)?;
-        for &(a, b) in &work.gemm {
-            let len = b - a;
-            let heads = self.chunk_heads(len, hkv, dt);
-            for g in 0..group {
-                // The group's query heads add into the same dK and dV.
-                let beta = if g == 0 { 0.0 } else { 1.0 };
-                for kv0 in (0..hkv).step_by(heads) {
-                    let c = Chunk {
-                        a,
-                        len,
-                        g,
-                        kv0,
-                        heads: heads.min(hkv - kv0),
-                    };
-                    let h0 = kv0 * group + g;
-                    let shape = |m, n, k, ta, tb, beta| Shape {
-                        m,
-                        n,
-                        k,
-                        ta,
-                        tb,
-                        alpha: 1.0,
-                        beta,
-                        batch: c.heads,
-                    };
-                    self.scores(&s, &q, &k, &c, hq, hkv, d)?;
-                    self.probs(&mut p, lse, &s, &c, hq, hkv, true)?;
-                    // dV[kv] (L, d) (+)= P^T (L, L) dO[h] (L, d)
-                    self.gemm_raw(
-                        shape(len, d, len, true, false, beta),
-                        self.scores_operand(&p, len),
-                        self.heads_operand(&dout, a, hq, h0, group, d),
-                        self.heads_operand(dv, a, hkv, kv0, 1, d),
-                    )?;
-                    // dP (L, L) = dO[h] V[kv]^T, over S
-                    self.gemm_raw(
-                        shape(len, len, d, false, true, 0.0),
-                        self.heads_operand(&dout, a, hq, h0, group, d),
-                        self.heads_operand(&v, a, hkv, kv0, 1, d),
-                        self.scores_operand(&s, len),
-                    )?;
-                    // dS = P (dP - D) scale, over P
-                    let (len32, tok0, h032, hstep) =
-                        (len as u32, a as u32, h0 as u32, group as u32);
-                    let cfg = LaunchConfig {
-                        grid_dim: (len32, c.heads as u32, 1),
-                        block_dim: (ROW_THREADS, 1, 1),
-                        shared_mem_bytes: 0,
-                    };
-                    launch!(
-                        self,
-                        self.kernel("attention_dscores", dt)?,
-                        cfg,
-                        "attention_dscores",
-                        &mut p.data,
-                        &s.data,
-                        &dsum.data,
-                        &len32,
-                        &tok0,
-                        &hq32,
-                        &h032,
-                        &hstep,
-                        &scale
-                    )?;
-                    // dQ[h] (L, d) = dS (L, L) K[kv] (L, d)
-                    self.gemm_raw(
-                        shape(len, d, len, false, false, 0.0),
-                        self.scores_operand(&p, len),
-                        self.heads_operand(&k, a, hkv, kv0, 1, d),
-                        self.heads_operand(dq, a, hq, h0, group, d),
-                    )?;
-                    // dK[kv] (L, d) (+)= dS^T (L, L) Q[h] (L, d)
-                    self.gemm_raw(
-                        shape(len, d, len, true, false, beta),
-                        self.scores_operand(&p, len),
-                        self.heads_operand(&q, a, hq, h0, group, d),
-                        self.heads_operand(dk, a, hkv, kv0, 1, d),
-                    )?;
-                }
-            }
+        for c in &chunks {
+            let (a, len, kv0, g) = (c.a, c.len, c.kv0, c.g);
+            // The group's query heads add into the same dK and dV.
+            let beta = if g == 0 { 0.0 } else { 1.0 };
+            let h0 = kv0 * group + g;
+            let shape = |m, n, k, ta, tb, beta| Shape {
+                m,
+                n,
+                k,
+                ta,
+                tb,
+                alpha: 1.0,
+                beta,
+                batch: c.heads,
+            };
+            self.scores(&s, &q, &k, c, hq, hkv, d)?;
+            self.probs(&mut p, lse, &s, c, hq, hkv, true)?;
+            // dV[kv] (L, d) (+)= P^T (L, L) dO[h] (L, d)
+            self.gemm_raw(
+                shape(len, d, len, true, false, beta),
+                self.scores_operand(&p, len),
+                self.heads_operand(&dout, a, hq, h0, group, d),
+                self.heads_operand(dv, a, hkv, kv0, 1, d),
+            )?;
+            // dP (L, L) = dO[h] V[kv]^T, over S
+            self.gemm_raw(
+                shape(len, len, d, false, true, 0.0),
+                self.heads_operand(&dout, a, hq, h0, group, d),
+                self.heads_operand(&v, a, hkv, kv0, 1, d),
+                self.scores_operand(&s, len),
+            )?;
+            // dS = P (dP - D) scale, over P
+            let (len32, tok0, h032, hstep) = (len as u32, a as u32, h0 as u32, group as u32);
+            let cfg = LaunchConfig {
+                grid_dim: (len32, c.heads as u32, 1),
+                block_dim: (ROW_THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            launch!(
+                self,
+                self.kernel("attention_dscores", dt)?,
+                cfg,
+                "attention_dscores",
+                &mut p.data,
+                &s.data,
+                &dsum.data,
+                &len32,
+                &tok0,
+                &hq32,
+                &h032,
+                &hstep,
+                &scale
+            )?;
+            // dQ[h] (L, d) = dS (L, L) K[kv] (L, d)
+            self.gemm_raw(
+                shape(len, d, len, false, false, 0.0),
+                self.scores_operand(&p, len),
+                self.heads_operand(&k, a, hkv, kv0, 1, d),
+                self.heads_operand(dq, a, hq, h0, group, d),
+            )?;
+            // dK[kv] (L, d) (+)= dS^T (L, L) Q[h] (L, d)
+            self.gemm_raw(
+                shape(len, d, len, true, false, beta),
+                self.scores_operand(&p, len),
+                self.heads_operand(&q, a, hq, h0, group, d),
+                self.heads_operand(dk, a, hkv, kv0, 1, d),
+            )?;
         }
         Ok(())
     }
