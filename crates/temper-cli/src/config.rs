@@ -45,6 +45,8 @@ pub struct TrainFile {
     pub load_in_4bit: bool,
     #[serde(default)]
     pub load_in_8bit: bool,
+    /// Accepted as bitsandbytes names it; see keys.rs for why it changes nothing here.
+    pub llm_int8_threshold: Option<f32>,
     #[serde(default = "d_quant_type")]
     pub bnb_4bit_quant_type: String,
     #[serde(default)]
@@ -327,6 +329,13 @@ impl TrainFile {
         }
         if self.load_in_8bit && self.load_in_4bit {
             bail!("load_in_8bit and load_in_4bit are both true: choose one");
+        }
+        if let Some(t) = self.llm_int8_threshold {
+            if !(t.is_finite() && t >= 0.0) {
+                bail!(
+                    "llm_int8_threshold {t} must be a number >= 0 (bitsandbytes' default is 6.0)"
+                );
+            }
         }
         let quant_type = QuantType::parse(&self.bnb_4bit_quant_type).ok_or_else(|| {
             anyhow!(

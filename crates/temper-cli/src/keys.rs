@@ -110,6 +110,11 @@ pub const TRAIN_KEYS: &[Key] = &[
         help: "quantise the frozen linear layers to 8 bits while loading (bitsandbytes' LLM.int8 row-wise layout: an int8 per weight and an f32 scale per row), dequantised for each GEMM; a folder saved in 8 bits loads that way anyway; not with load_in_4bit",
     },
     Key {
+        name: "llm_int8_threshold",
+        default: "6.0",
+        help: "accepted for bitsandbytes configs and has no effect: LLM.int8 computes the activation columns above it in 16 bits and the rest in int8, while temper dequantises the 8-bit weights and computes every column in 16 bits",
+    },
+    Key {
         name: "lora_r",
         default: "16",
         help: "LoRA rank",

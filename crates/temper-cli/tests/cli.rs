@@ -402,6 +402,24 @@ fn load_in_8bit_trains_evaluates_and_plans_8bit_weights() {
     ]);
     assert!(!o.status.success());
     assert!(text(&o).contains("choose one"), "{}", text(&o));
+    // bitsandbytes' outlier threshold is accepted (it changes nothing: every column is
+    // computed in 16 bits), a negative one is not.
+    let with = |t: &str| {
+        temper(&[
+            "plan",
+            cfg,
+            "--load_in_8bit",
+            "true",
+            "--llm_int8_threshold",
+            t,
+        ])
+    };
+    let o = with("6.0");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("weights 1.0 MiB"), "{}", text(&o));
+    let o = with("-1");
+    assert!(!o.status.success());
+    assert!(text(&o).contains("llm_int8_threshold -1"), "{}", text(&o));
 }
 
 #[test]
