@@ -76,6 +76,17 @@ struct Chunk {
     heads: usize,
 }
 
+impl Chunk {
+    /// One thread block per score row of each head of the chunk (the row kernels).
+    fn score_rows(&self) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (self.len as u32, self.heads as u32, 1),
+            block_dim: (ROW_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+}
+
 /// The GEMM path's scratch, sized for the longest sequence's chunk, and its chunks in order.
 struct GemmWork {
     /// Scores S, f32.
@@ -203,11 +214,7 @@ impl CudaBackend {
             i32::from(use_lse),
         );
         let lse_ptr = self.ptr(lse, 0);
-        let cfg = LaunchConfig {
-            grid_dim: (len, c.heads as u32, 1),
-            block_dim: (ROW_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = c.score_rows();
         launch!(
             self,
             self.kernel("attention_probs", p.dtype)?,
@@ -475,11 +482,7 @@ impl CudaBackend {
             )?;
             // dS = P (dP - D) scale, over P
             let (len32, tok0, h032, hstep) = (len as u32, a as u32, h0 as u32, group as u32);
-            let cfg = LaunchConfig {
-                grid_dim: (len32, c.heads as u32, 1),
-                block_dim: (ROW_THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let cfg = c.score_rows();
             launch!(
                 self,
                 self.kernel("attention_dscores", dt)?,
