@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use temper_core::{Backend, CpuBackend};
 use temper_data::PackedRow;
-use temper_model::{Checkpointing, LoraConfig, LoraParams, Model, Target};
+use temper_model::{LoraParams, Model};
 use temper_train::{
-    train, train_with, AdamWConfig, Collective, HostCollective, InProcess, Observer, ScheduleKind,
-    Silent, TrainError, TrainSettings, TrainSummary,
+    train, train_with, Collective, HostCollective, InProcess, Observer, Silent, TrainError,
+    TrainSettings, TrainSummary,
 };
 
 mod common;
@@ -21,32 +21,11 @@ use common::{rows, tiny};
 
 fn settings(out: &Path, max_steps: u64, micro: usize, accum: usize) -> TrainSettings {
     TrainSettings {
-        lora: LoraConfig {
-            r: 8,
-            alpha: 16.0,
-            dropout: 0.1,
-            use_rslora: false,
-            targets: Target::ALL.to_vec(),
-        },
-        learning_rate: 3e-3,
-        schedule: ScheduleKind::Cosine,
         warmup_steps: Some(1),
-        warmup_ratio: 0.0,
-        max_steps: Some(max_steps),
-        epochs: 1.0,
         micro_batch_size: micro,
         grad_accum: accum,
         seed: 11,
-        adamw: AdamWConfig {
-            weight_decay: 0.01,
-            ..AdamWConfig::default()
-        },
-        max_grad_norm: 1.0,
-        checkpointing: Checkpointing::EveryLayer,
-        save_steps: 0,
-        output_dir: out.to_path_buf(),
-        base_model: "examples/tiny/model".into(),
-        resume_from: None,
+        ..common::settings(out, max_steps)
     }
 }
 

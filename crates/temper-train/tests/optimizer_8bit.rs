@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use safetensors::{Dtype, SafeTensors};
 use temper_core::{Backend, CpuBackend};
-use temper_model::{Checkpointing, LoraConfig, LoraParams, Model, ModelConfig, Target};
+use temper_model::{LoraConfig, LoraParams, Model, ModelConfig, Target};
 use temper_train::checkpoint::{self, OPTIMIZER_FILE};
 use temper_train::{
-    train, AdamW, AdamWConfig, Moment8, Moments, ScheduleKind, Silent, TrainSettings, MIN_8BIT_SIZE,
+    train, AdamW, AdamWConfig, Moment8, Moments, Silent, TrainSettings, MIN_8BIT_SIZE,
 };
 
 mod common;
@@ -94,26 +94,8 @@ fn the_maps_are_bitsandbytes_qmap1_and_qmap2() {
 
 fn settings(out: &Path, max_steps: u64, adamw: AdamWConfig) -> TrainSettings {
     TrainSettings {
-        lora: LoraConfig {
-            dropout: 0.1,
-            ..lora_config(8)
-        },
-        learning_rate: 3e-3,
-        schedule: ScheduleKind::Cosine,
-        warmup_steps: Some(2),
-        warmup_ratio: 0.0,
-        max_steps: Some(max_steps),
-        epochs: 1.0,
-        micro_batch_size: 2,
-        grad_accum: 2,
-        seed: 5,
         adamw,
-        max_grad_norm: 1.0,
-        checkpointing: Checkpointing::EveryLayer,
-        save_steps: 0,
-        output_dir: out.to_path_buf(),
-        base_model: "examples/tiny/model".into(),
-        resume_from: None,
+        ..common::settings(out, max_steps)
     }
 }
 

@@ -7,42 +7,11 @@ use std::sync::Arc;
 
 use temper_core::{Backend, CpuBackend};
 use temper_data::PackedRow;
-use temper_model::{adapter, Checkpointing, LoraConfig, LoraParams, Model, Target};
-use temper_train::{train, AdamWConfig, ScheduleKind, Silent, TrainSettings};
+use temper_model::{adapter, LoraParams, Model};
+use temper_train::{train, Silent, TrainSettings};
 
 mod common;
-use common::{rows, tiny};
-
-fn settings(out: &Path, max_steps: u64) -> TrainSettings {
-    TrainSettings {
-        lora: LoraConfig {
-            r: 8,
-            alpha: 16.0,
-            dropout: 0.1,
-            use_rslora: false,
-            targets: Target::ALL.to_vec(),
-        },
-        learning_rate: 3e-3,
-        schedule: ScheduleKind::Cosine,
-        warmup_steps: Some(2),
-        warmup_ratio: 0.0,
-        max_steps: Some(max_steps),
-        epochs: 1.0,
-        micro_batch_size: 2,
-        grad_accum: 2,
-        seed: 5,
-        adamw: AdamWConfig {
-            weight_decay: 0.01,
-            ..AdamWConfig::default()
-        },
-        max_grad_norm: 1.0,
-        checkpointing: Checkpointing::EveryLayer,
-        save_steps: 0,
-        output_dir: out.to_path_buf(),
-        base_model: "examples/tiny/model".into(),
-        resume_from: None,
-    }
-}
+use common::{rows, settings, tiny};
 
 fn values<B: Backend>(be: &B, lora: &LoraParams<B>) -> Vec<Vec<f32>> {
     lora.params
