@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, LaunchConfig};
+use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig, SyncOnDrop};
 
 use super::{dev_err, grid_stride, launch, CudaBackend, CudaBuf};
 use crate::error::check_len;
@@ -89,55 +89,51 @@ impl CudaBackend {
         let n = q.numel as u64;
         let f = self.kernel("dequant4", out.dtype)?;
         let cfg = grid_stride(q.numel.div_ceil(2));
-        match &q.scales {
-            Scales::Plain(absmax) => {
-                let null = 0u64;
-                let (nb, offset) = (1u32, 0.0f32);
-                launch!(
-                    self,
-                    f,
-                    cfg,
-                    "dequantize4",
-                    &mut out.data,
-                    &q.packed,
-                    &q.code,
-                    absmax,
-                    &null,
-                    &null,
-                    &null,
-                    &nb,
-                    &offset,
-                    &q.blocksize,
-                    &n
-                )
-            }
+        // The kernel reads either the plain scales or the nested parts (null pointers for
+        // the others); the guards order the reads after earlier writes on the stream.
+        let mut guards = Vec::with_capacity(3);
+        let (absmax, codes, map, nested, nested_blocksize, offset) = match &q.scales {
+            Scales::Plain(a) => (self.read_ptr(a, &mut guards), 0, 0, 0, 1u32, 0.0f32),
             Scales::Nested {
                 codes,
                 map,
                 nested,
                 nested_blocksize,
                 offset,
-            } => {
-                let null = 0u64;
-                launch!(
-                    self,
-                    f,
-                    cfg,
-                    "dequantize4",
-                    &mut out.data,
-                    &q.packed,
-                    &q.code,
-                    &null,
-                    codes,
-                    map,
-                    nested,
-                    nested_blocksize,
-                    offset,
-                    &q.blocksize,
-                    &n
-                )
-            }
-        }
+            } => (
+                0,
+                self.read_ptr(codes, &mut guards),
+                self.read_ptr(map, &mut guards),
+                self.read_ptr(nested, &mut guards),
+                *nested_blocksize,
+                *offset,
+            ),
+        };
+        launch!(
+            self,
+            f,
+            cfg,
+            "dequantize4",
+            &mut out.data,
+            &q.packed,
+            &q.code,
+            &absmax,
+            &codes,
+            &map,
+            &nested,
+            &nested_blocksize,
+            &offset,
+            &q.blocksize,
+            &n
+        )
+    }
+
+    /// The device address of `s` for a kernel that reads it; `guards` keeps the stream's
+    /// ordering until after the launch.
+    fn read_ptr<'a, T>(&'a self, s: &'a CudaSlice<T>, guards: &mut Vec<SyncOnDrop<'a>>) -> u64 {
+        let (ptr, guard) = s.device_ptr(&self.stream);
+        guards.push(guard);
+        ptr
     }
 }
 
@@ -168,118 +164,106 @@ impl CudaBackend {
         let blocks = n.div_ceil(bs);
         let alloc = dev_err("allocate a 4-bit weight");
         let code = self.stream.clone_htod(&spec.code[..]).map_err(&alloc)?;
-        let mut packed = self
+        let packed = self
             .stream
             .alloc_zeros::<u8>(n.div_ceil(2).max(1))
             .map_err(&alloc)?;
-        let mut absmax = self
+        let absmax = self
             .stream
             .alloc_zeros::<f32>(blocks.max(1))
             .map_err(&alloc)?;
-        let temporary = 4 * blocks;
-        self.accounting.add(n.div_ceil(2) + temporary + 16 * 4);
-        let counted = n.div_ceil(2) + 16 * 4;
-        let result = (|| {
-            if n > 0 {
-                let (n64, bs32) = (n as u64, bs as u32);
-                launch!(
-                    self,
-                    self.kernel("quantize_4bit", values.dtype)?,
-                    per_block(blocks, bs),
-                    OP,
-                    &values.data,
-                    &code,
-                    &mut absmax,
-                    &mut packed,
-                    &n64,
-                    &bs32
-                )?;
-            }
-            let host = self
-                .stream
-                .clone_dtoh(&absmax)
-                .map_err(dev_err("download block scales"))?;
-            let host = &host[..blocks];
-            if let Some(b) = host.iter().position(|a| !a.is_finite()) {
-                return Err(CoreError::Invalid {
-                    op: OP,
-                    msg: format!(
-                        "{name}: block {b} (values {} to {}) holds a NaN or an infinity; 4-bit \
-                         quantisation needs finite weights (check the checkpoint)",
-                        b * bs,
-                        ((b + 1) * bs).min(n) - 1
-                    ),
-                });
-            }
-            let Some(nested) = &spec.nested else {
-                return Ok((Scales::Plain(absmax), 4 * blocks));
-            };
-            let nbs = nested.blocksize;
-            let nested_blocks = blocks.div_ceil(nbs);
-            let offset = (nested.offset_of)(host);
-            let map = self.stream.clone_htod(&nested.map[..]).map_err(&alloc)?;
-            let mut codes = self
-                .stream
-                .alloc_zeros::<u8>(blocks.max(1))
-                .map_err(&alloc)?;
-            let mut nested_absmax = self
-                .stream
-                .alloc_zeros::<f32>(nested_blocks.max(1))
-                .map_err(&alloc)?;
-            let scale_bytes = blocks + 4 * nested_blocks + 4 * 256;
-            self.accounting.add(scale_bytes);
-            if blocks > 0 {
-                let (b64, nbs32) = (blocks as u64, nbs as u32);
-                let launched = launch!(
-                    self,
-                    self.kernel("quantize_blockwise", DType::F32)?,
-                    per_block(nested_blocks, 2 * nbs),
-                    OP,
-                    &absmax,
-                    &offset,
-                    &map,
-                    &mut nested_absmax,
-                    &mut codes,
-                    &b64,
-                    &nbs32
-                );
-                if let Err(e) = launched {
-                    self.accounting.sub(scale_bytes);
-                    return Err(e);
-                }
-            }
-            Ok((
-                Scales::Nested {
-                    codes,
-                    map,
-                    nested: nested_absmax,
-                    nested_blocksize: nbs as u32,
-                    offset,
-                },
-                scale_bytes,
-            ))
-        })();
-        // The plain block scales stay only when they are the result.
-        self.accounting.sub(temporary);
-        let (scales, scale_bytes) = match result {
-            Ok(r) => r,
-            Err(e) => {
-                self.accounting.sub(counted);
-                return Err(e);
-            }
-        };
-        if matches!(scales, Scales::Plain(_)) {
-            self.accounting.add(scale_bytes);
-        }
-        Ok(CudaQuant {
+        // Counted from here: an error below drops `q`, which gives its bytes back.
+        let bytes = n.div_ceil(2) + 16 * 4 + 4 * blocks;
+        self.accounting.add(bytes);
+        let mut q = CudaQuant {
             packed,
             code,
-            scales,
+            scales: Scales::Plain(absmax),
             blocksize: bs as u32,
             numel: n,
-            bytes: counted + scale_bytes,
+            bytes,
             accounting: self.accounting.clone(),
-        })
+        };
+        let Scales::Plain(absmax) = &mut q.scales else {
+            unreachable!("made plain above")
+        };
+        if n > 0 {
+            let (n64, bs32) = (n as u64, bs as u32);
+            launch!(
+                self,
+                self.kernel("quantize_4bit", values.dtype)?,
+                per_block(blocks, bs),
+                OP,
+                &values.data,
+                &q.code,
+                &mut *absmax,
+                &mut q.packed,
+                &n64,
+                &bs32
+            )?;
+        }
+        let host = self
+            .stream
+            .clone_dtoh(absmax)
+            .map_err(dev_err("download block scales"))?;
+        let host = &host[..blocks];
+        if let Some(b) = host.iter().position(|a| !a.is_finite()) {
+            return Err(CoreError::Invalid {
+                op: OP,
+                msg: format!(
+                    "{name}: block {b} (values {} to {}) holds a NaN or an infinity; 4-bit \
+                     quantisation needs finite weights (check the checkpoint)",
+                    b * bs,
+                    ((b + 1) * bs).min(n) - 1
+                ),
+            });
+        }
+        let Some(nested) = &spec.nested else {
+            return Ok(q);
+        };
+        // Double quantisation: the f32 block scales give way to 8-bit codes of
+        // (scale - offset) and one f32 scale per nested block.
+        let nbs = nested.blocksize;
+        let nested_blocks = blocks.div_ceil(nbs);
+        let offset = (nested.offset_of)(host);
+        let map = self.stream.clone_htod(&nested.map[..]).map_err(&alloc)?;
+        let mut codes = self
+            .stream
+            .alloc_zeros::<u8>(blocks.max(1))
+            .map_err(&alloc)?;
+        let mut nested_absmax = self
+            .stream
+            .alloc_zeros::<f32>(nested_blocks.max(1))
+            .map_err(&alloc)?;
+        let nested_bytes = blocks + 4 * nested_blocks + 4 * 256;
+        self.accounting.add(nested_bytes);
+        q.bytes += nested_bytes;
+        if blocks > 0 {
+            let (b64, nbs32) = (blocks as u64, nbs as u32);
+            launch!(
+                self,
+                self.kernel("quantize_blockwise", DType::F32)?,
+                per_block(nested_blocks, 2 * nbs),
+                OP,
+                &*absmax,
+                &offset,
+                &map,
+                &mut nested_absmax,
+                &mut codes,
+                &b64,
+                &nbs32
+            )?;
+        }
+        q.scales = Scales::Nested {
+            codes,
+            map,
+            nested: nested_absmax,
+            nested_blocksize: nbs as u32,
+            offset,
+        };
+        self.accounting.sub(4 * blocks);
+        q.bytes -= 4 * blocks;
+        Ok(q)
     }
 
     /// A copy of a 4-bit matrix in host memory, as [`Backend::upload_quant4`] takes it.
