@@ -65,6 +65,16 @@ fn plan(cu: &[u32], d: usize) -> Plan {
     p
 }
 
+/// The direct kernels' launch: one block per (token, head) of a run of `tokens` tokens, with
+/// `shared_floats` f32 of shared memory.
+fn per_token(tokens: usize, heads: u32, shared_floats: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (tokens as u32, heads, 1),
+        block_dim: (ATTN_THREADS, 1, 1),
+        shared_mem_bytes: shared_floats * 4,
+    }
+}
+
 /// Geometry shared by the GEMM path's calls for one sequence and one chunk of kv heads.
 struct Chunk {
     /// First token and length of the sequence.
@@ -267,11 +277,7 @@ impl CudaBackend {
             let starts_d = self.upload_u32(&starts)?;
             for &(a, b) in &work.direct {
                 let tok0 = a as u32;
-                let cfg = LaunchConfig {
-                    grid_dim: ((b - a) as u32, hq32, 1),
-                    block_dim: (ATTN_THREADS, 1, 1),
-                    shared_mem_bytes: (d as u32 + ATTN_THREADS + 32) * 4,
-                };
+                let cfg = per_token(b - a, hq32, d as u32 + ATTN_THREADS + 32);
                 launch!(
                     self,
                     self.kernel("attention_forward", dt)?,
@@ -394,11 +400,7 @@ impl CudaBackend {
             let ends_d = self.upload_u32(&ends)?;
             for &(a, b) in &work.direct {
                 let tok0 = a as u32;
-                let cfg = LaunchConfig {
-                    grid_dim: ((b - a) as u32, hq32, 1),
-                    block_dim: (ATTN_THREADS, 1, 1),
-                    shared_mem_bytes: (2 * d as u32 + ATTN_THREADS) * 4,
-                };
+                let cfg = per_token(b - a, hq32, 2 * d as u32 + ATTN_THREADS);
                 launch!(
                     self,
                     self.kernel("attention_backward_dq", dt)?,
@@ -418,11 +420,7 @@ impl CudaBackend {
                     &d32,
                     &scale
                 )?;
-                let cfg = LaunchConfig {
-                    grid_dim: ((b - a) as u32, hkv32, 1),
-                    block_dim: (ATTN_THREADS, 1, 1),
-                    shared_mem_bytes: (2 * d as u32 + 2 * ATTN_THREADS) * 4,
-                };
+                let cfg = per_token(b - a, hkv32, 2 * d as u32 + 2 * ATTN_THREADS);
                 launch!(
                     self,
                     self.kernel("attention_backward_dkv", dt)?,
@@ -564,11 +562,7 @@ impl CudaBackend {
         );
         let scale = 1.0 / (d as f32).sqrt();
         let (past32, hq32, hkv32, d32) = (past as u32, hq as u32, hkv as u32, d as u32);
-        let cfg = LaunchConfig {
-            grid_dim: (n as u32, hq32, 1),
-            block_dim: (ATTN_THREADS, 1, 1),
-            shared_mem_bytes: (d as u32 + ATTN_THREADS + 32) * 4,
-        };
+        let cfg = per_token(n, hq32, d as u32 + ATTN_THREADS + 32);
         launch!(
             self,
             self.kernel("attention_decode", dt)?,
