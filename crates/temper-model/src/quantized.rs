@@ -70,8 +70,8 @@ impl QuantizeOnLoad {
 
 /// Reads linear weight `name` (shape) and quantises it to 4 bits: on the device where the
 /// backend can (the GPU: only this tensor travels, in the type the file stores), else with
-/// temper-quant on the host (the file is then read as f32). Both give the same bits
-/// (bitsandbytes' CPU reference).
+/// temper-quant on the host. Both give the same bits (bitsandbytes' CPU reference). The
+/// file's bytes are read once either way.
 pub fn quantize4_on_load<B: Backend>(
     be: &B,
     st: &SafetensorsDir,
@@ -79,26 +79,25 @@ pub fn quantize4_on_load<B: Backend>(
     shape: [usize; 2],
     spec: QuantizeOnLoad,
 ) -> Result<B::Quant> {
-    let on_device = st.with_stored(name, &shape, |bytes, stored| {
-        Ok(be.quantize4(bytes, stored, &spec.device_spec(), name)?)
-    })?;
-    if let Some(q) = on_device {
-        return Ok(q);
-    }
-    let host = st.read_shaped(name, &shape)?;
-    let q = QuantState::quantize(
-        &host.data,
-        &shape,
-        "bfloat16",
-        spec.blocksize,
-        spec.quant_type,
-        spec.double_quant,
-    )
-    .map_err(|e| ModelError::Quantize {
-        name: name.to_string(),
-        msg: e.to_string(),
-    })?;
-    Ok(be.upload_quant4(&to_quant4(&q))?)
+    st.with_stored(name, &shape, |bytes, stored| {
+        if let Some(q) = be.quantize4(bytes, stored, &spec.device_spec(), name)? {
+            return Ok(q);
+        }
+        let values = temper_core::dtype::decode_le(bytes, stored);
+        let q = QuantState::quantize(
+            &values,
+            &shape,
+            "bfloat16",
+            spec.blocksize,
+            spec.quant_type,
+            spec.double_quant,
+        )
+        .map_err(|e| ModelError::Quantize {
+            name: name.to_string(),
+            msg: e.to_string(),
+        })?;
+        Ok(be.upload_quant4(&to_quant4(&q))?)
+    })
 }
 
 /// The backend's view of a bitsandbytes 4-bit weight.
@@ -168,14 +167,13 @@ pub fn int8_on_load<B: Backend>(
     d_out: usize,
     d_in: usize,
 ) -> Result<B::Int8> {
-    let on_device = st.with_stored(name, &[d_out, d_in], |bytes, stored| {
-        Ok(be.quantize_int8(bytes, stored, d_out, d_in, name)?)
-    })?;
-    if let Some(q) = on_device {
-        return Ok(q);
-    }
-    let host = st.read_shaped(name, &[d_out, d_in])?;
-    Ok(be.upload_int8(&to_int8(name, &host.data, d_out, d_in)?)?)
+    st.with_stored(name, &[d_out, d_in], |bytes, stored| {
+        if let Some(q) = be.quantize_int8(bytes, stored, d_out, d_in, name)? {
+            return Ok(q);
+        }
+        let values = temper_core::dtype::decode_le(bytes, stored);
+        Ok(be.upload_int8(&to_int8(name, &values, d_out, d_in)?)?)
+    })
 }
 
 /// Reads a linear weight saved by transformers + bitsandbytes in 8 bits: `{prefix}.weight`

@@ -203,6 +203,10 @@ impl Backend for CpuBackend {
         Ok(self.buf(host.to_vec()))
     }
 
+    fn upload_stored(&self, bytes: &[u8], stored: crate::DType) -> Result<CpuBuf> {
+        Ok(self.buf(crate::dtype::decode_le(bytes, stored)))
+    }
+
     fn download(&self, buf: &CpuBuf) -> Result<Vec<f32>> {
         Ok(buf.data.clone())
     }
