@@ -17,7 +17,7 @@ use temper_train::{
 };
 
 mod common;
-use common::{rows, tiny};
+use common::{losses, rows};
 
 fn settings(out: &Path, max_steps: u64, micro: usize, accum: usize) -> TrainSettings {
     TrainSettings {
@@ -32,7 +32,7 @@ fn settings(out: &Path, max_steps: u64, micro: usize, accum: usize) -> TrainSett
 type Model0 = Arc<Model<CpuBackend>>;
 
 fn model() -> Model0 {
-    Arc::new(Model::load(Arc::new(CpuBackend::new()), &tiny().join("model")).expect("model"))
+    Arc::new(common::model())
 }
 
 fn values<B: Backend>(be: &B, lora: &LoraParams<B>) -> Vec<f32> {
@@ -112,18 +112,6 @@ fn differences(a: &[f32], b: &[f32]) -> (f64, f64) {
         norm2 += y.powi(2);
     }
     (worst, (diff2 / norm2).sqrt())
-}
-
-fn losses(dir: &Path) -> Vec<f64> {
-    std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .expect("metrics")
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).expect("json")["loss"]
-                .as_f64()
-                .expect("loss")
-        })
-        .collect()
 }
 
 #[test]

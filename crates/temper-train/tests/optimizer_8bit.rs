@@ -3,18 +3,17 @@
 //! `adamw_torch`, and resuming from a checkpoint that holds 8-bit states.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use safetensors::{Dtype, SafeTensors};
 use temper_core::{Backend, CpuBackend};
-use temper_model::{LoraConfig, LoraParams, Model, ModelConfig, Target};
+use temper_model::{LoraConfig, LoraParams, ModelConfig, Target};
 use temper_train::checkpoint::{self, OPTIMIZER_FILE};
 use temper_train::{
     train, AdamW, AdamWConfig, Moment8, Moments, Silent, TrainSettings, MIN_8BIT_SIZE,
 };
 
 mod common;
-use common::{rows, tiny};
+use common::{losses, model, rows, tiny};
 
 fn tiny_config() -> ModelConfig {
     ModelConfig::from_dir(&tiny().join("model")).expect("config")
@@ -97,22 +96,6 @@ fn settings(out: &Path, max_steps: u64, adamw: AdamWConfig) -> TrainSettings {
         adamw,
         ..common::settings(out, max_steps)
     }
-}
-
-fn model() -> Model<CpuBackend> {
-    Model::load(Arc::new(CpuBackend::new()), &tiny().join("model")).expect("model")
-}
-
-fn losses(out: &Path) -> Vec<f64> {
-    std::fs::read_to_string(out.join("metrics.jsonl"))
-        .expect("metrics")
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).expect("json")["loss"]
-                .as_f64()
-                .expect("loss")
-        })
-        .collect()
 }
 
 fn values<B: Backend>(be: &B, lora: &LoraParams<B>) -> Vec<Vec<f32>> {

@@ -3,7 +3,6 @@
 //! gradient accumulation equals one large batch.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use temper_core::{Backend, CpuBackend};
 use temper_data::PackedRow;
@@ -11,17 +10,13 @@ use temper_model::{adapter, LoraParams, Model};
 use temper_train::{train, Silent, TrainSettings};
 
 mod common;
-use common::{rows, settings, tiny};
+use common::{model, rows, settings};
 
 fn values<B: Backend>(be: &B, lora: &LoraParams<B>) -> Vec<Vec<f32>> {
     lora.params
         .iter()
         .map(|p| be.download(&p.value).expect("download"))
         .collect()
-}
-
-fn model() -> Model<CpuBackend> {
-    Model::load(Arc::new(CpuBackend::new()), &tiny().join("model")).expect("model")
 }
 
 #[test]

@@ -3,8 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
 use temper_data::{pack, read_jsonl, tokenize_rows, PackedRow, TokenizeOptions, Tokenizer};
-use temper_model::{Checkpointing, LoraConfig, Target};
+
+use temper_core::CpuBackend;
+use temper_model::{Checkpointing, LoraConfig, Model, Target};
 use temper_train::{AdamWConfig, ScheduleKind, TrainSettings};
 
 pub fn tiny() -> PathBuf {
@@ -57,4 +60,22 @@ pub fn settings(out: &Path, max_steps: u64) -> TrainSettings {
         base_model: "examples/tiny/model".into(),
         resume_from: None,
     }
+}
+
+/// The tiny model on the CPU.
+pub fn model() -> Model<CpuBackend> {
+    Model::load(Arc::new(CpuBackend::new()), &tiny().join("model")).expect("model")
+}
+
+/// Each step's loss from a run's metrics.jsonl.
+pub fn losses(dir: &Path) -> Vec<f64> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .expect("metrics")
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("json")["loss"]
+                .as_f64()
+                .expect("loss")
+        })
+        .collect()
 }
