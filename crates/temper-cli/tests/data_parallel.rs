@@ -154,9 +154,23 @@ fn two_cpu_ranks_match_one_process_with_the_same_global_batch() {
 }
 
 /// Starts temper with stderr read line by line on a thread.
-fn start(args: &[&str]) -> (Child, mpsc::Receiver<String>) {
+/// `temper train` of the embedded default with two CPU ranks and steps enough to outlast the
+/// test, writing to `out`; its stderr comes line by line.
+fn start_two_ranks(out: &Path) -> (Child, mpsc::Receiver<String>) {
+    let cfg = tiny_config();
     let mut child = Command::new(env!("CARGO_BIN_EXE_temper"))
-        .args(args)
+        .args([
+            "train",
+            &cfg,
+            "--nproc-per-node",
+            "2",
+            "--max_steps",
+            "500",
+            "--device",
+            "cpu",
+            "--output_dir",
+            out.to_str().expect("utf8"),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -230,19 +244,7 @@ fn finish(
 #[test]
 fn a_rank_that_dies_ends_the_job_with_its_name() {
     let out = tempfile::tempdir().expect("tempdir");
-    let cfg = tiny_config();
-    let (child, rx) = start(&[
-        "train",
-        &cfg,
-        "--nproc-per-node",
-        "2",
-        "--max_steps",
-        "500",
-        "--device",
-        "cpu",
-        "--output_dir",
-        out.path().to_str().expect("utf8"),
-    ]);
+    let (child, rx) = start_two_ranks(out.path());
     let mut log = String::new();
     // Rank 0 writes to the same stderr as the launcher, so a line may carry the start of one
     // of rank 0's lines: look for the text anywhere in it.
@@ -274,19 +276,7 @@ fn a_rank_that_dies_ends_the_job_with_its_name() {
 #[test]
 fn ctrl_c_stops_every_rank_after_the_same_step_with_a_checkpoint() {
     let out = tempfile::tempdir().expect("tempdir");
-    let cfg = tiny_config();
-    let (child, rx) = start(&[
-        "train",
-        &cfg,
-        "--nproc-per-node",
-        "2",
-        "--max_steps",
-        "500",
-        "--device",
-        "cpu",
-        "--output_dir",
-        out.path().to_str().expect("utf8"),
-    ]);
+    let (child, rx) = start_two_ranks(out.path());
     let mut log = String::new();
     wait_for(&rx, &mut log, Duration::from_secs(120), |l| {
         l.contains("step 2/")
