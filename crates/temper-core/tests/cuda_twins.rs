@@ -841,3 +841,98 @@ fn upload_stored_converts_like_the_cpu() {
         }
     }
 }
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test -- --ignored"]
+fn flash_attention_every_head_dim() {
+    for dt in [DType::BF16, DType::F16] {
+        for d in [64, 80, 96, 128, 256] {
+            // Lengths 1, 7, 63, 65 and 130 in one varlen batch (tiles of 64 and 32 split
+            // them unevenly), GQA 4/2, and the same with one kv head per query head.
+            flash_attention_case(dt, d, &[0, 1, 8, 71, 136, 266], 4, 2);
+            flash_attention_case(dt, d, &[0, 65, 72], 3, 3);
+        }
+    }
+    // One long sequence that is no multiple of any tile.
+    flash_attention_case(DType::BF16, 128, &[0, 4097], 4, 1);
+    flash_attention_case(DType::F16, 64, &[0, 3, 4100], 2, 2);
+}
+
+fn flash_attention_case(dt: DType, d: usize, cu: &[u32], hq: usize, hkv: usize) {
+    let mut p = Pair::new(40 + d as u64, dt);
+    assert!(
+        p.gpu.flash_applies(dt, d),
+        "no flash kernel for {dt} d {d} on {}",
+        p.gpu.device_name()
+    );
+    let n = *cu.last().expect("cu") as usize;
+    let what = |name: &str| format!("flash {name} d {d} hq {hq} hkv {hkv} cu {cu:?}");
+    let q = p.random(n * hq * d, 1.0);
+    let k = p.random(n * hkv * d, 1.0);
+    let v = p.random(n * hkv * d, 1.0);
+    let dout = p.random(n * hq * d, 1.0);
+    let ((qc, qg), (kc, kg), (vc, vg), (doc, dog)) = (p.up(&q), p.up(&k), p.up(&v), p.up(&dout));
+    // Outputs start as NaN on the GPU so that an unwritten element fails.
+    let (mut oc, _) = p.up(&vec![0.0; n * hq * d]);
+    let mut og = p
+        .gpu
+        .upload_as(&vec![f32::NAN; n * hq * d], dt)
+        .expect("gpu");
+    let (mut lc, mut lg) = p.up32(&vec![f32::NAN; n * hq]);
+    p.cpu
+        .attention_forward(&mut oc, &mut lc, &qc, &kc, &vc, cu, hq, hkv, d)
+        .expect("cpu");
+    p.gpu
+        .attention_forward(&mut og, &mut lg, &qg, &kg, &vg, cu, hq, hkv, d)
+        .expect("gpu");
+    p.twins(
+        &what("out"),
+        &p.gpu.download(&og).expect("dl"),
+        &oc,
+        1e-5,
+        1e-4,
+    );
+    p.twins(
+        &what("lse"),
+        &p.gpu.download(&lg).expect("dl"),
+        &lc,
+        1e-4,
+        1e-5,
+    );
+    let nan = |len: usize| p.gpu.upload_as(&vec![f32::NAN; len], dt).expect("gpu");
+    let (mut dqc, _) = p.up(&vec![0.0; n * hq * d]);
+    let (mut dkc, _) = p.up(&vec![0.0; n * hkv * d]);
+    let (mut dvc, _) = p.up(&vec![0.0; n * hkv * d]);
+    let (mut dqg, mut dkg, mut dvg) = (nan(n * hq * d), nan(n * hkv * d), nan(n * hkv * d));
+    p.cpu
+        .attention_backward(
+            &mut dqc, &mut dkc, &mut dvc, &doc, &qc, &kc, &vc, &oc, &lc, cu, hq, hkv, d,
+        )
+        .expect("cpu");
+    p.gpu
+        .attention_backward(
+            &mut dqg, &mut dkg, &mut dvg, &dog, &qg, &kg, &vg, &og, &lg, cu, hq, hkv, d,
+        )
+        .expect("gpu");
+    let (dq1, dk1, dv1) = (
+        p.gpu.download(&dqg).expect("dl"),
+        p.gpu.download(&dkg).expect("dl"),
+        p.gpu.download(&dvg).expect("dl"),
+    );
+    p.twins(&what("dq"), &dq1, &dqc, 1e-5, 1e-3);
+    p.twins(&what("dk"), &dk1, &dkc, 1e-5, 1e-3);
+    p.twins(&what("dv"), &dv1, &dvc, 1e-5, 1e-3);
+    // No atomics: a second backward gives the same bits.
+    p.gpu
+        .attention_backward(
+            &mut dqg, &mut dkg, &mut dvg, &dog, &qg, &kg, &vg, &og, &lg, cu, hq, hkv, d,
+        )
+        .expect("gpu");
+    assert!(
+        p.gpu.download(&dqg).expect("dl") == dq1
+            && p.gpu.download(&dkg).expect("dl") == dk1
+            && p.gpu.download(&dvg).expect("dl") == dv1,
+        "{}: a second backward differs",
+        what("backward")
+    );
+}

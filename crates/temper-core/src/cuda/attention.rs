@@ -1,4 +1,5 @@
-//! Causal varlen attention with GQA on CUDA (twin: src/cpu/attention.rs), in two paths
+//! Causal varlen attention with GQA on CUDA (twin: src/cpu/attention.rs). 16-bit activations
+//! at the head dims flash.rs has kernels for take the flash kernels; the rest take two paths
 //! chosen per sequence:
 //! - sequences shorter than [`GEMM_MIN_LEN`] (and runs of them) go to the direct kernels,
 //!   one block per (token, head);
@@ -269,6 +270,9 @@ impl CudaBackend {
             self.converted(k, dt)?,
             self.converted(v, dt)?,
         );
+        if self.flash_applies(dt, d) {
+            return self.flash_forward(out, lse, &q, &k, &v, cu_seqlens, hq, hkv, d);
+        }
         let work = plan(cu_seqlens, d);
         let scale = 1.0 / (d as f32).sqrt();
         let (hq32, hkv32, d32) = (hq as u32, hkv as u32, d as u32);
@@ -393,6 +397,11 @@ impl CudaBackend {
             &hq32,
             &d32
         )?;
+        if self.flash_applies(dt, d) {
+            return self.flash_backward(
+                dq, dk, dv, &dout, &q, &k, &v, lse, &dsum, cu_seqlens, hq, hkv, d,
+            );
+        }
         let work = plan(cu_seqlens, d);
         if !work.direct.is_empty() {
             let (starts, ends) = token_bounds(cu_seqlens, n);

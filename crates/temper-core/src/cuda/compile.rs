@@ -20,6 +20,10 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("layers.cu", include_str!("../../kernels/layers.cu")),
     ("attention.cu", include_str!("../../kernels/attention.cu")),
     (
+        "flash_attention.cu",
+        include_str!("../../kernels/flash_attention.cu"),
+    ),
+    (
         "cross_entropy.cu",
         include_str!("../../kernels/cross_entropy.cu"),
     ),

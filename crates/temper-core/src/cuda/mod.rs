@@ -7,6 +7,7 @@
 mod attention;
 mod buffer;
 pub mod compile;
+mod flash;
 mod gemm;
 mod host;
 mod int8;
@@ -95,6 +96,7 @@ pub struct CudaBackend {
     compute_dtype: DType,
     host_pool: host::HostPool,
     staging: staging::StagingCell,
+    flash: flash::FlashKernels,
     /// Held for cuBLAS for the backend's lifetime (counted in the accounting).
     _workspace: CudaBuf,
 }
@@ -228,11 +230,16 @@ impl CudaBackend {
         keep_freed_memory_pooled(&ctx)?;
         let blas = CudaBlas::new(stream.clone()).map_err(blas_err)?;
         let mut kernels = HashMap::new();
+        let mut flash = None;
         for (file, src) in compile::SOURCES {
             let ptx = compile::compile(file, src, arch)?;
             let module = ctx
                 .load_module(ptx)
                 .map_err(dev_err("loading a kernel module"))?;
+            if *file == "flash_attention.cu" {
+                flash = Some(flash::FlashKernels::load(&ctx, &module, major)?);
+                continue;
+            }
             let mut names: Vec<String> = vec![];
             if let Some((_, bases)) = PER_TYPE.iter().find(|(f, _)| f == file) {
                 for base in *bases {
@@ -258,6 +265,9 @@ impl CudaBackend {
                 kernels.insert(name, f);
             }
         }
+        let flash = flash.ok_or_else(|| {
+            CoreError::Device("flash_attention.cu is missing from the kernel sources".into())
+        })?;
         let accounting = Arc::new(Accounting::default());
         let workspace = stream
             .alloc_zeros::<u8>(CUBLAS_WORKSPACE)
@@ -293,6 +303,7 @@ impl CudaBackend {
             compute_dtype,
             host_pool: host::HostPool::default(),
             staging: staging::StagingCell::default(),
+            flash,
             _workspace: workspace,
         })
     }

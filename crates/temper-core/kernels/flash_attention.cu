@@ -1,0 +1,612 @@
+// Flash attention on tensor cores (the FlashAttention-2 algorithm): causal, varlen, GQA,
+// forward and backward, for 16-bit storage (bf16 from sm_80, f16 from sm_75) and head dims
+// 64, 80, 96, 128 and 256. Twin of src/cpu/attention.rs; the host (src/cuda/flash.rs) picks
+// it over attention.cu's paths where it applies.
+//
+// Layouts as attention.cu: q, dq, out, dout (N, hq, D); k, v, dk, dv (N, hkv, D); lse and
+// Dsum (N, hq), f32. Query head h reads kv head h / (hq / hkv).
+//
+// Forward: a block owns BR = 64 queries of one head, 16 per warp. Keys and values of its
+// sequence stream through shared memory in tiles of BC rows, the next tile's copy in flight
+// (cp.async from sm_80) while the current one is used. S = Q K^T and O += P V run on
+// mma.sync (m16n8k16; two m16n8k8 for f16 on sm_75) with f32 accumulators; the softmax is
+// online (a running max and sum per row, exp2 with the scale folded in), so no score leaves
+// registers. Writes out and lse, the natural log-sum-exp of each row's scaled scores.
+//
+// Backward, deterministic (no atomics), in two kernels after Dsum = rowsum(dO * O):
+// - flash_bwd_dkv: a block owns BK = 64 keys of one kv head (16 per warp) and walks every
+//   query tile at or after them, for each query head of its GQA group: S^T = K Q^T, P^T from
+//   the saved lse, dP^T = V dO^T, dS^T = P^T (dP^T - Dsum); dV += P^T dO and dK += dS^T Q in
+//   registers. Head dims above 128 accumulate dK and dV in column chunks of DC (grid z),
+//   recomputing S and dP for each chunk.
+// - flash_bwd_dq: a block owns BR = 64 queries of one head and walks their keys: S, P, dP and
+//   dS again, dQ += dS K.
+//
+// tiles: three u32 per block, (first token of the sequence, its length, first row of the
+// block's tile within the sequence); the host orders them heaviest first.
+#include "common.cuh"
+
+#define FA_PAD 8  // elements of padding per shared row: 8 rows of an ldmatrix hit distinct banks
+#define FA_LOG2E 1.4426950408889634f
+#define FA_LN2 0.6931471805599453f
+#define FA_THREADS 128
+#define FA_BR 64  // queries per forward / dq block
+#define FA_BK 64  // keys per dkv block
+
+#if __CUDA_ARCH__ >= 800
+#define FA_STAGES 2  // tiles in shared memory at once: one in use, the next being copied
+#else
+#define FA_STAGES 1
+#endif
+
+// ---- shared memory, copies and tensor-core fragments ----
+
+__device__ __forceinline__ unsigned int smem_u32(const void* p) {
+    unsigned int r;
+    asm volatile("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(r) : "l"(p));
+    return r;
+}
+
+// 16 bytes global -> shared, zeros when !valid (src must still be a mapped address).
+__device__ __forceinline__ void copy16(void* dst, const void* src, bool valid) {
+#if __CUDA_ARCH__ >= 800
+    const int n = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_u32(dst)), "l"(src), "r"(n));
+#else
+    *reinterpret_cast<uint4*>(dst) = valid ? *reinterpret_cast<const uint4*>(src) : make_uint4(0, 0, 0, 0);
+#endif
+}
+
+// 4 bytes global -> shared, zero when !valid.
+__device__ __forceinline__ void copy4(float* dst, const float* src, bool valid) {
+#if __CUDA_ARCH__ >= 800
+    const int n = valid ? 4 : 0;
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(smem_u32(dst)), "l"(src), "r"(n));
+#else
+    *dst = valid ? *src : 0.0f;
+#endif
+}
+
+__device__ __forceinline__ void copies_commit() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;");
+#endif
+}
+
+// Waits until at most `pending` committed groups of this thread's copies are in flight.
+template <int pending>
+__device__ __forceinline__ void copies_wait() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;" ::"n"(pending));
+#endif
+}
+
+// Four 8x8 b16 matrices from shared memory; lane i gives the address of row i % 8 of matrix
+// i / 8 and receives, of matrix j, row lane / 4, columns 2 (lane % 4) and the next in r[j]
+// (transposed: rows 2 (lane % 4) and the next, column lane / 4).
+__device__ __forceinline__ void ldsm4(unsigned int r[4], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(p)));
+}
+__device__ __forceinline__ void ldsm4_t(unsigned int r[4], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(p)));
+}
+
+// c (16x8, f32) += a (16x16) b (16x8). Fragments as PTX's mma.m16n8k16 lays them out, with
+// g = lane / 4 and t = lane % 4: a = {(g, 2t..), (g+8, 2t..), (g, 2t+8..), (g+8, 2t+8..)},
+// b = {(k 2t.., n g), (k 2t+8.., n g)}, c = {(g, 2t), (g, 2t+1), (g+8, 2t), (g+8, 2t+1)}.
+__device__ __forceinline__ void mma16816(bf16, float c[4], const unsigned int a[4], unsigned int b0,
+                                         unsigned int b1) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+    __trap();  // bf16 needs sm_80; the host never launches bf16 kernels below it
+#endif
+}
+__device__ __forceinline__ void mma16816(f16, float c[4], const unsigned int a[4], unsigned int b0,
+                                         unsigned int b1) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+    // Turing: the k16 product is two k8 products, over a's first and second register pairs.
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(b0));
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[2]), "r"(a[3]), "r"(b1));
+#endif
+}
+
+// Two f32 as one register of two 16-bit values, lo in the low half (round to nearest even).
+__device__ __forceinline__ unsigned int pack2(bf16, float lo, float hi) {
+#if __CUDA_ARCH__ >= 800
+    unsigned int r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+#else
+    return (unsigned int)from_f32<bf16>(lo).bits | ((unsigned int)from_f32<bf16>(hi).bits << 16);
+#endif
+}
+__device__ __forceinline__ unsigned int pack2(f16, float lo, float hi) {
+#if __CUDA_ARCH__ >= 800
+    unsigned int r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+#else
+    return (unsigned int)from_f32<f16>(lo).bits | ((unsigned int)from_f32<f16>(hi).bits << 16);
+#endif
+}
+
+// Four accumulator fragments of a 16 x 16 block (n tiles 2kk and 2kk+1), as the A operand of
+// the next product (the FlashAttention-2 register reuse of P).
+template <typename T>
+__device__ __forceinline__ void c_to_a(unsigned int a[4], const float c0[4], const float c1[4]) {
+    a[0] = pack2(T{}, c0[0], c0[1]);
+    a[1] = pack2(T{}, c0[2], c0[3]);
+    a[2] = pack2(T{}, c1[0], c1[1]);
+    a[3] = pack2(T{}, c1[2], c1[3]);
+}
+
+// Row addresses each lane hands to ldsm4 for a 16 x 16 block at (r0, c0) of a shared tile
+// with row stride SD: as an A operand (rows = m), as a B operand stored (n, k), and as a B
+// operand stored (k, n) (read transposed).
+template <typename T, int SD>
+__device__ __forceinline__ const T* frag_a(const T* s, int r0, int c0, int lane) {
+    return s + (r0 + (lane & 15)) * SD + c0 + (lane >> 4) * 8;
+}
+template <typename T, int SD>
+__device__ __forceinline__ const T* frag_b_nk(const T* s, int n0, int k0, int lane) {
+    return s + (n0 + (lane & 7) + ((lane >> 4) << 3)) * SD + k0 + ((lane >> 3) & 1) * 8;
+}
+template <typename T, int SD>
+__device__ __forceinline__ const T* frag_b_kn(const T* s, int k0, int n0, int lane) {
+    return s + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * SD + n0 + (lane >> 4) * 8;
+}
+
+// acc (16 x 8*NT) += A (16 x 16*KT, rows r0.. of tile a) B^T, B stored (n, k) in tile b from
+// row n0 (A and B both read from shared memory along k).
+template <typename T, int SD, int KT, int NT>
+__device__ __forceinline__ void mma_rows_nk(float acc[NT][4], const T* a, int r0, const T* b, int n0, int lane) {
+#pragma unroll
+    for (int kk = 0; kk < KT; ++kk) {
+        unsigned int af[4];
+        ldsm4(af, frag_a<T, SD>(a, r0, kk * 16, lane));
+#pragma unroll
+        for (int np = 0; np < NT / 2; ++np) {
+            unsigned int bf[4];
+            ldsm4(bf, frag_b_nk<T, SD>(b, n0 + np * 16, kk * 16, lane));
+            mma16816(T{}, acc[2 * np], af, bf[0], bf[1]);
+            mma16816(T{}, acc[2 * np + 1], af, bf[2], bf[3]);
+        }
+    }
+}
+
+// acc (16 x 8*NT) += P (16 x 16*KT, accumulator fragments) B, B stored (k, n) in tile b from
+// row 0, columns c0.. (read transposed).
+template <typename T, int SD, int KT, int NT>
+__device__ __forceinline__ void mma_frags_kn(float acc[NT][4], const float p[2 * KT][4], const T* b, int c0, int lane) {
+#pragma unroll
+    for (int kk = 0; kk < KT; ++kk) {
+        unsigned int pa[4];
+        c_to_a<T>(pa, p[2 * kk], p[2 * kk + 1]);
+#pragma unroll
+        for (int dp = 0; dp < NT / 2; ++dp) {
+            unsigned int bf[4];
+            ldsm4_t(bf, frag_b_kn<T, SD>(b, kk * 16, c0 + dp * 16, lane));
+            mma16816(T{}, acc[2 * dp], pa, bf[0], bf[1]);
+            mma16816(T{}, acc[2 * dp + 1], pa, bf[2], bf[3]);
+        }
+    }
+}
+
+// ROWS rows of D values from global rows r0.. (row i at base + i * stride) into a shared tile
+// with row stride SD; rows at or past len are zeros.
+template <typename T, int D, int SD, int ROWS>
+__device__ __forceinline__ void load_rows(T* s, const T* base, unsigned long long stride, int r0, int len) {
+    constexpr int CH = D / 8;  // 16-byte chunks per row
+#pragma unroll 4
+    for (int i = threadIdx.x; i < ROWS * CH; i += FA_THREADS) {
+        const int r = i / CH, c = i % CH;
+        const bool ok = r0 + r < len;
+        copy16(s + r * SD + c * 8, base + (ok ? (unsigned long long)(r0 + r) * stride : 0ull) + c * 8, ok);
+    }
+}
+
+// Writes 16 rows x (8*NT) columns of accumulators, times mul, into a warp's own rows of a
+// shared tile (row stride SD) from row r0; then the warp copies the rows below len to global
+// rows (row i at base + i * stride, columns c0..) with 16-byte stores.
+template <typename T, int SD, int NT>
+__device__ __forceinline__ void store_rows(T* s, int r0, const float acc[NT][4], const float mul[2], T* base,
+                                          unsigned long long stride, int grow0, int c0, int len, int lane) {
+    const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+        const int col = nt * 8 + 2 * t;
+        *reinterpret_cast<unsigned int*>(s + (r0 + g) * SD + col) = pack2(T{}, acc[nt][0] * mul[0], acc[nt][1] * mul[0]);
+        *reinterpret_cast<unsigned int*>(s + (r0 + g + 8) * SD + col) =
+            pack2(T{}, acc[nt][2] * mul[1], acc[nt][3] * mul[1]);
+    }
+    __syncwarp();
+    constexpr int CH = NT;  // 8 values = 16 bytes per chunk
+    for (int i = lane; i < 16 * CH; i += 32) {
+        const int r = i / CH, c = i % CH;
+        if (grow0 + r < len)
+            *reinterpret_cast<uint4*>(base + (unsigned long long)(grow0 + r) * stride + c0 + c * 8) =
+                *reinterpret_cast<const uint4*>(s + (r0 + r) * SD + c * 8);
+    }
+}
+
+// ---- forward ----
+
+// grid (tiles, hq), block FA_THREADS; shared (FA_BR + 2 FA_STAGES BC) (D + FA_PAD) values.
+template <typename T, int D, int BC>
+__device__ void flash_forward(T* out, float* lse, const T* q, const T* k, const T* v, const unsigned int* tiles,
+                              unsigned int hq, unsigned int hkv, float scale) {
+    constexpr int SD = D + FA_PAD, KT = D / 16, NB = BC / 8, NO = D / 8;
+    extern __shared__ __align__(16) unsigned char fa_smem[];
+    T* Qs = reinterpret_cast<T*>(fa_smem);  // (BR, SD)
+    T* Ks = Qs + FA_BR * SD;                // (STAGES, BC, SD)
+    T* Vs = Ks + FA_STAGES * BC * SD;       // (STAGES, BC, SD)
+    const int a = tiles[3 * blockIdx.x], len = tiles[3 * blockIdx.x + 1], q0 = tiles[3 * blockIdx.x + 2];
+    const unsigned int h = blockIdx.y, hk = h / (hq / hkv);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const unsigned long long qstride = (unsigned long long)hq * D, kstride = (unsigned long long)hkv * D;
+    const T* qb = q + (unsigned long long)a * qstride + h * D;
+    const T* kb = k + (unsigned long long)a * kstride + hk * D;
+    const T* vb = v + (unsigned long long)a * kstride + hk * D;
+    const int kend = min(len, q0 + FA_BR);  // keys 0..kend are seen by some row of the tile
+    const int ntiles = (kend + BC - 1) / BC;
+    const int row0 = q0 + warp * 16;  // the warp's first query
+    const bool warp_live = row0 < len;
+    const float sl2 = scale * FA_LOG2E;
+
+    load_rows<T, D, SD, FA_BR>(Qs, qb, qstride, q0, len);
+    load_rows<T, D, SD, BC>(Ks, kb, kstride, 0, len);
+    load_rows<T, D, SD, BC>(Vs, vb, kstride, 0, len);
+    copies_commit();
+
+    float o[NO][4];
+#pragma unroll
+    for (int i = 0; i < NO; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+
+    for (int j = 0; j < ntiles; ++j) {
+        const int stage = FA_STAGES == 1 ? 0 : (j & 1);
+        if (FA_STAGES == 1) {
+            if (j > 0) {
+                load_rows<T, D, SD, BC>(Ks, kb, kstride, j * BC, len);
+                load_rows<T, D, SD, BC>(Vs, vb, kstride, j * BC, len);
+            }
+            copies_wait<0>();
+        } else if (j + 1 < ntiles) {
+            const int next = (j + 1) & 1;
+            load_rows<T, D, SD, BC>(Ks + next * BC * SD, kb, kstride, (j + 1) * BC, len);
+            load_rows<T, D, SD, BC>(Vs + next * BC * SD, vb, kstride, (j + 1) * BC, len);
+            copies_commit();
+            copies_wait<1>();
+        } else {
+            copies_wait<0>();
+        }
+        __syncthreads();
+        const int k0 = j * BC;
+        // Skip a warp whose queries all precede the tile's keys (or lie past the sequence).
+        if (warp_live && k0 <= row0 + 15) {
+            const T* Kt = Ks + stage * BC * SD;
+            const T* Vt = Vs + stage * BC * SD;
+            float s[NB][4];
+#pragma unroll
+            for (int i = 0; i < NB; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.0f;
+            mma_rows_nk<T, SD, KT, NB>(s, Qs, warp * 16, Kt, 0, lane);
+            const bool mask = k0 + BC - 1 > row0 || k0 + BC > len;
+            float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+            for (int nt = 0; nt < NB; ++nt) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    float x = s[nt][e] * sl2;
+                    if (mask) {
+                        const int key = k0 + nt * 8 + 2 * t + (e & 1), row = row0 + g + 8 * (e >> 1);
+                        if (key > row || key >= len) x = -INFINITY;
+                    }
+                    s[nt][e] = x;
+                    mx[e >> 1] = fmaxf(mx[e >> 1], x);
+                }
+            }
+            float base[2], corr[2];
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+                mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+                const float nm = fmaxf(m[i], mx[i]);
+                base[i] = nm == -INFINITY ? 0.0f : nm;
+                corr[i] = exp2f(m[i] - base[i]);
+                m[i] = nm;
+                l[i] *= corr[i];
+            }
+#pragma unroll
+            for (int nt = 0; nt < NB; ++nt) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const float p = exp2f(s[nt][e] - base[e >> 1]);
+                    s[nt][e] = p;
+                    l[e >> 1] += p;
+                }
+            }
+#pragma unroll
+            for (int i = 0; i < NO; ++i) {
+                o[i][0] *= corr[0];
+                o[i][1] *= corr[0];
+                o[i][2] *= corr[1];
+                o[i][3] *= corr[1];
+            }
+            mma_frags_kn<T, SD, BC / 16, NO>(o, s, Vt, 0, lane);
+        }
+        __syncthreads();
+    }
+    if (!warp_live) return;
+    float inv[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
+        l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
+        inv[i] = 1.0f / l[i];
+        const int row = row0 + g + 8 * i;
+        if (t == 0 && row < len) lse[(unsigned long long)(a + row) * hq + h] = (m[i] + log2f(l[i])) * FA_LN2;
+    }
+    // The warp's rows of Qs are its own from here (no other warp reads them).
+    store_rows<T, SD, NO>(Qs, warp * 16, o, inv, out + (unsigned long long)a * qstride + h * D, qstride, row0, 0,
+                          len, lane);
+}
+
+// ---- backward ----
+
+// dK and dV of FA_BK keys of kv head blockIdx.y, columns blockIdx.z * DC... grid (tiles, hkv,
+// D / DC), block FA_THREADS; shared 2 FA_BK + 2 FA_STAGES BQ rows of (D + FA_PAD) values,
+// then 2 FA_STAGES BQ floats.
+template <typename T, int D, int BQ, int DC>
+__device__ void flash_bwd_dkv(T* dk, T* dv, const T* q, const T* k, const T* v, const T* dout, const float* lse,
+                              const float* Dsum, const unsigned int* tiles, unsigned int hq, unsigned int hkv,
+                              float scale) {
+    constexpr int SD = D + FA_PAD, KT = D / 16, NQ = BQ / 8, NC = DC / 8;
+    extern __shared__ __align__(16) unsigned char fa_smem[];
+    T* Ks = reinterpret_cast<T*>(fa_smem);   // (BK, SD)
+    T* Vs = Ks + FA_BK * SD;                 // (BK, SD)
+    T* Qs = Vs + FA_BK * SD;                 // (STAGES, BQ, SD)
+    T* Os = Qs + FA_STAGES * BQ * SD;        // dO: (STAGES, BQ, SD)
+    float* Ls = reinterpret_cast<float*>(Os + FA_STAGES * BQ * SD);  // lse: (STAGES, BQ)
+    float* Ds = Ls + FA_STAGES * BQ;                                 // Dsum: (STAGES, BQ)
+    const int a = tiles[3 * blockIdx.x], len = tiles[3 * blockIdx.x + 1], k0 = tiles[3 * blockIdx.x + 2];
+    const unsigned int hk = blockIdx.y, group = hq / hkv;
+    const int c0 = blockIdx.z * DC;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const unsigned long long qstride = (unsigned long long)hq * D, kstride = (unsigned long long)hkv * D;
+    const int key0 = k0 + warp * 16;  // the warp's first key
+    const bool warp_live = key0 < len;
+    const float sl2 = scale * FA_LOG2E;
+    const int first_q = (k0 / BQ) * BQ;  // queries before the block's first key see none of its keys
+    const int nq = (len - first_q + BQ - 1) / BQ;
+    const int iters = (int)group * nq;
+
+    // Queries, dO, lse and Dsum of iteration it into stage st.
+    auto load_iter = [&](int it, int st) {
+        const unsigned int h = hk * group + it / nq;
+        const int qi = first_q + (it % nq) * BQ;
+        const unsigned long long off = (unsigned long long)a * qstride + h * D;
+        load_rows<T, D, SD, BQ>(Qs + st * BQ * SD, q + off, qstride, qi, len);
+        load_rows<T, D, SD, BQ>(Os + st * BQ * SD, dout + off, qstride, qi, len);
+        if (threadIdx.x < BQ) {
+            const int r = qi + threadIdx.x;
+            const bool ok = r < len;
+            const unsigned long long idx = ok ? (unsigned long long)(a + r) * hq + h : 0ull;
+            copy4(Ls + st * BQ + threadIdx.x, lse + idx, ok);
+            copy4(Ds + st * BQ + threadIdx.x, Dsum + idx, ok);
+        }
+    };
+
+    load_rows<T, D, SD, FA_BK>(Ks, k + (unsigned long long)a * kstride + hk * D, kstride, k0, len);
+    load_rows<T, D, SD, FA_BK>(Vs, v + (unsigned long long)a * kstride + hk * D, kstride, k0, len);
+    if (iters > 0) load_iter(0, 0);
+    copies_commit();
+
+    float dka[NC][4], dva[NC][4];
+#pragma unroll
+    for (int i = 0; i < NC; ++i) {
+        dka[i][0] = dka[i][1] = dka[i][2] = dka[i][3] = 0.0f;
+        dva[i][0] = dva[i][1] = dva[i][2] = dva[i][3] = 0.0f;
+    }
+
+    for (int it = 0; it < iters; ++it) {
+        const int stage = FA_STAGES == 1 ? 0 : (it & 1);
+        if (FA_STAGES == 1) {
+            if (it > 0) load_iter(it, 0);
+            copies_wait<0>();
+        } else if (it + 1 < iters) {
+            load_iter(it + 1, (it + 1) & 1);
+            copies_commit();
+            copies_wait<1>();
+        } else {
+            copies_wait<0>();
+        }
+        __syncthreads();
+        const int qi = first_q + (it % nq) * BQ;
+        // Skip a warp whose keys all follow the tile's queries (or lie past the sequence).
+        if (warp_live && qi + BQ - 1 >= key0) {
+            const T* Qt = Qs + stage * BQ * SD;
+            const T* Ot = Os + stage * BQ * SD;
+            const float* Lt = Ls + stage * BQ;
+            const float* Dt = Ds + stage * BQ;
+            float p[NQ][4], ds[NQ][4];
+#pragma unroll
+            for (int i = 0; i < NQ; ++i) {
+                p[i][0] = p[i][1] = p[i][2] = p[i][3] = 0.0f;
+                ds[i][0] = ds[i][1] = ds[i][2] = ds[i][3] = 0.0f;
+            }
+            mma_rows_nk<T, SD, KT, NQ>(p, Ks, warp * 16, Qt, 0, lane);   // S^T (keys, queries)
+            mma_rows_nk<T, SD, KT, NQ>(ds, Vs, warp * 16, Ot, 0, lane);  // dP^T
+            const bool mask = qi < key0 + 15 || qi + BQ > len;
+#pragma unroll
+            for (int nt = 0; nt < NQ; ++nt) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int col = nt * 8 + 2 * t + (e & 1);
+                    float pv = exp2f(p[nt][e] * sl2 - Lt[col] * FA_LOG2E);
+                    if (mask) {
+                        const int query = qi + col, key = key0 + g + 8 * (e >> 1);
+                        if (query < key || query >= len) pv = 0.0f;
+                    }
+                    p[nt][e] = pv;
+                    ds[nt][e] = pv * (ds[nt][e] - Dt[col]);
+                }
+            }
+            mma_frags_kn<T, SD, BQ / 16, NC>(dva, p, Ot, c0, lane);   // dV += P^T dO
+            mma_frags_kn<T, SD, BQ / 16, NC>(dka, ds, Qt, c0, lane);  // dK += dS^T Q
+        }
+        __syncthreads();
+    }
+    if (!warp_live) return;
+    // Ks and Vs are free now (the loop ended on a barrier): each warp stages its own rows.
+    const float one[2] = {1.0f, 1.0f}, sc[2] = {scale, scale};
+    const unsigned long long off = (unsigned long long)a * kstride + hk * D;
+    store_rows<T, SD, NC>(Ks, warp * 16, dka, sc, dk + off, kstride, key0, c0, len, lane);
+    store_rows<T, SD, NC>(Vs, warp * 16, dva, one, dv + off, kstride, key0, c0, len, lane);
+}
+
+// dQ of FA_BR queries of head blockIdx.y. grid (tiles, hq), block FA_THREADS; shared
+// 2 FA_BR + 2 FA_STAGES BC rows of (D + FA_PAD) values.
+template <typename T, int D, int BC>
+__device__ void flash_bwd_dq(T* dq, const T* q, const T* k, const T* v, const T* dout, const float* lse,
+                             const float* Dsum, const unsigned int* tiles, unsigned int hq, unsigned int hkv,
+                             float scale) {
+    constexpr int SD = D + FA_PAD, KT = D / 16, NB = BC / 8, NO = D / 8;
+    extern __shared__ __align__(16) unsigned char fa_smem[];
+    T* Qs = reinterpret_cast<T*>(fa_smem);  // (BR, SD)
+    T* Os = Qs + FA_BR * SD;                // dO: (BR, SD)
+    T* Ks = Os + FA_BR * SD;                // (STAGES, BC, SD)
+    T* Vs = Ks + FA_STAGES * BC * SD;       // (STAGES, BC, SD)
+    const int a = tiles[3 * blockIdx.x], len = tiles[3 * blockIdx.x + 1], q0 = tiles[3 * blockIdx.x + 2];
+    const unsigned int h = blockIdx.y, hk = h / (hq / hkv);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const unsigned long long qstride = (unsigned long long)hq * D, kstride = (unsigned long long)hkv * D;
+    const unsigned long long qoff = (unsigned long long)a * qstride + h * D;
+    const T* kb = k + (unsigned long long)a * kstride + hk * D;
+    const T* vb = v + (unsigned long long)a * kstride + hk * D;
+    const int kend = min(len, q0 + FA_BR);
+    const int ntiles = (kend + BC - 1) / BC;
+    const int row0 = q0 + warp * 16;
+    const bool warp_live = row0 < len;
+    const float sl2 = scale * FA_LOG2E;
+    float lrow[2], drow[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        const int row = row0 + g + 8 * i;
+        const unsigned long long idx = (unsigned long long)(a + row) * hq + h;
+        lrow[i] = row < len ? lse[idx] * FA_LOG2E : 0.0f;
+        drow[i] = row < len ? Dsum[idx] : 0.0f;
+    }
+
+    load_rows<T, D, SD, FA_BR>(Qs, q + qoff, qstride, q0, len);
+    load_rows<T, D, SD, FA_BR>(Os, dout + qoff, qstride, q0, len);
+    load_rows<T, D, SD, BC>(Ks, kb, kstride, 0, len);
+    load_rows<T, D, SD, BC>(Vs, vb, kstride, 0, len);
+    copies_commit();
+
+    float dqa[NO][4];
+#pragma unroll
+    for (int i = 0; i < NO; ++i) dqa[i][0] = dqa[i][1] = dqa[i][2] = dqa[i][3] = 0.0f;
+
+    for (int j = 0; j < ntiles; ++j) {
+        const int stage = FA_STAGES == 1 ? 0 : (j & 1);
+        if (FA_STAGES == 1) {
+            if (j > 0) {
+                load_rows<T, D, SD, BC>(Ks, kb, kstride, j * BC, len);
+                load_rows<T, D, SD, BC>(Vs, vb, kstride, j * BC, len);
+            }
+            copies_wait<0>();
+        } else if (j + 1 < ntiles) {
+            const int next = (j + 1) & 1;
+            load_rows<T, D, SD, BC>(Ks + next * BC * SD, kb, kstride, (j + 1) * BC, len);
+            load_rows<T, D, SD, BC>(Vs + next * BC * SD, vb, kstride, (j + 1) * BC, len);
+            copies_commit();
+            copies_wait<1>();
+        } else {
+            copies_wait<0>();
+        }
+        __syncthreads();
+        const int k0 = j * BC;
+        if (warp_live && k0 <= row0 + 15) {
+            const T* Kt = Ks + stage * BC * SD;
+            const T* Vt = Vs + stage * BC * SD;
+            float p[NB][4], ds[NB][4];
+#pragma unroll
+            for (int i = 0; i < NB; ++i) {
+                p[i][0] = p[i][1] = p[i][2] = p[i][3] = 0.0f;
+                ds[i][0] = ds[i][1] = ds[i][2] = ds[i][3] = 0.0f;
+            }
+            mma_rows_nk<T, SD, KT, NB>(p, Qs, warp * 16, Kt, 0, lane);   // S
+            mma_rows_nk<T, SD, KT, NB>(ds, Os, warp * 16, Vt, 0, lane);  // dP
+            const bool mask = k0 + BC - 1 > row0 || k0 + BC > len || row0 + 16 > len;
+#pragma unroll
+            for (int nt = 0; nt < NB; ++nt) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int i = e >> 1;
+                    float pv = exp2f(p[nt][e] * sl2 - lrow[i]);
+                    if (mask) {
+                        const int key = k0 + nt * 8 + 2 * t + (e & 1), row = row0 + g + 8 * i;
+                        if (key > row || key >= len || row >= len) pv = 0.0f;
+                    }
+                    ds[nt][e] = pv * (ds[nt][e] - drow[i]);
+                }
+            }
+            mma_frags_kn<T, SD, BC / 16, NO>(dqa, ds, Kt, 0, lane);  // dQ += dS K
+        }
+        __syncthreads();
+    }
+    if (!warp_live) return;
+    const float sc[2] = {scale, scale};
+    store_rows<T, SD, NO>(Qs, warp * 16, dqa, sc, dq + qoff, qstride, row0, 0, len, lane);
+}
+
+// Entry points per storage type and head dim, with the tile sizes each head dim uses (the
+// host's table in src/cuda/flash.rs must agree): forward key tile, dkv query tile and column
+// chunk, dq key tile.
+#define FLASH(sfx, T, D, FWD_BC, DKV_BQ, DKV_DC, DQ_BC)                                                              \
+    extern "C" __global__ void __launch_bounds__(FA_THREADS)                                                       \
+        flash_fwd_##sfx##_d##D(T* out, float* lse, const T* q, const T* k, const T* v, const unsigned int* tiles, \
+                               unsigned int hq, unsigned int hkv, float scale) {                                   \
+        flash_forward<T, D, FWD_BC>(out, lse, q, k, v, tiles, hq, hkv, scale);                                     \
+    }                                                                                                              \
+    extern "C" __global__ void __launch_bounds__(FA_THREADS)                                                       \
+        flash_bwd_dkv_##sfx##_d##D(T* dk, T* dv, const T* q, const T* k, const T* v, const T* dout,               \
+                                   const float* lse, const float* Dsum, const unsigned int* tiles,                 \
+                                   unsigned int hq, unsigned int hkv, float scale) {                               \
+        flash_bwd_dkv<T, D, DKV_BQ, DKV_DC>(dk, dv, q, k, v, dout, lse, Dsum, tiles, hq, hkv, scale);              \
+    }                                                                                                              \
+    extern "C" __global__ void __launch_bounds__(FA_THREADS)                                                       \
+        flash_bwd_dq_##sfx##_d##D(T* dq, const T* q, const T* k, const T* v, const T* dout, const float* lse,     \
+                                  const float* Dsum, const unsigned int* tiles, unsigned int hq, unsigned int hkv, \
+                                  float scale) {                                                                   \
+        flash_bwd_dq<T, D, DQ_BC>(dq, q, k, v, dout, lse, Dsum, tiles, hq, hkv, scale);                            \
+    }
+
+#define FLASH_DIMS(sfx, T)             \
+    FLASH(sfx, T, 64, 64, 64, 64, 64)   \
+    FLASH(sfx, T, 80, 64, 32, 80, 32)   \
+    FLASH(sfx, T, 96, 64, 32, 96, 32)   \
+    FLASH(sfx, T, 128, 64, 32, 128, 32) \
+    FLASH(sfx, T, 256, 32, 32, 128, 32)
+
+FLASH_DIMS(bf16, bf16)
+FLASH_DIMS(f16, f16)

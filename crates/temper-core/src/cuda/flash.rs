@@ -1,0 +1,369 @@
+//! Flash attention on tensor cores (kernels/flash_attention.cu; twin: src/cpu/attention.rs):
+//! causal, varlen, GQA, forward and backward in three launches per call whatever the number
+//! of sequences, with no score matrix in memory (the layer's attention memory is O(tokens)).
+//! It serves 16-bit activations at the head dims the kernels are instantiated for, where the
+//! GPU has the shared memory their tiles need; everything else keeps attention.rs's paths.
+//!
+//! `TEMPER_ATTENTION=classic` turns it off (for comparisons); `flash` or unset uses it
+//! wherever it applies.
+
+use std::sync::Arc;
+
+use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, LaunchConfig};
+
+use super::{dev_err, launch, CudaBackend, CudaBuf};
+use crate::{CoreError, DType, Result};
+
+/// Queries per forward and dQ block, keys per dK/dV block (FA_BR, FA_BK).
+const BR: usize = 64;
+const BK: usize = 64;
+/// Threads per block (FA_THREADS) and padding per shared row in elements (FA_PAD).
+const THREADS: u32 = 128;
+const PAD: usize = 8;
+
+/// A head dim with flash kernels and the tile sizes its entry points are instantiated with
+/// (FLASH_DIMS in the kernel source: the two must agree).
+#[derive(Clone, Copy, Debug)]
+struct FlashDim {
+    d: usize,
+    /// Keys per shared tile of the forward.
+    fwd_bc: usize,
+    /// Queries per shared tile of the dK/dV kernel, and the dK/dV columns one block sums.
+    dkv_bq: usize,
+    dkv_dc: usize,
+    /// Keys per shared tile of the dQ kernel.
+    dq_bc: usize,
+}
+
+const FLASH_DIMS: [FlashDim; 5] = [
+    FlashDim {
+        d: 64,
+        fwd_bc: 64,
+        dkv_bq: 64,
+        dkv_dc: 64,
+        dq_bc: 64,
+    },
+    FlashDim {
+        d: 80,
+        fwd_bc: 64,
+        dkv_bq: 32,
+        dkv_dc: 80,
+        dq_bc: 32,
+    },
+    FlashDim {
+        d: 96,
+        fwd_bc: 64,
+        dkv_bq: 32,
+        dkv_dc: 96,
+        dq_bc: 32,
+    },
+    FlashDim {
+        d: 128,
+        fwd_bc: 64,
+        dkv_bq: 32,
+        dkv_dc: 128,
+        dq_bc: 32,
+    },
+    FlashDim {
+        d: 256,
+        fwd_bc: 32,
+        dkv_bq: 32,
+        dkv_dc: 128,
+        dq_bc: 32,
+    },
+];
+
+impl FlashDim {
+    fn row_bytes(&self) -> usize {
+        (self.d + PAD) * 2
+    }
+    /// Dynamic shared memory of each kernel with `stages` tiles in flight (FA_STAGES: 2 from
+    /// sm_80, where copies are asynchronous, else 1).
+    fn fwd_smem(&self, stages: usize) -> usize {
+        (BR + 2 * stages * self.fwd_bc) * self.row_bytes()
+    }
+    fn dkv_smem(&self, stages: usize) -> usize {
+        (2 * BK + 2 * stages * self.dkv_bq) * self.row_bytes() + 2 * stages * self.dkv_bq * 4
+    }
+    fn dq_smem(&self, stages: usize) -> usize {
+        (2 * BR + 2 * stages * self.dq_bc) * self.row_bytes()
+    }
+}
+
+/// The three kernels of one (storage type, head dim).
+struct Entry {
+    dtype: DType,
+    dim: FlashDim,
+    fwd: CudaFunction,
+    dkv: CudaFunction,
+    dq: CudaFunction,
+}
+
+/// The flash kernels usable on this GPU.
+pub(super) struct FlashKernels {
+    entries: Vec<Entry>,
+    stages: usize,
+    enabled: bool,
+}
+
+impl FlashKernels {
+    /// Loads every entry point of the module whose shared memory fits the device (bf16 from
+    /// sm_80, f16 from sm_75), raising each kernel's dynamic shared-memory limit to its need.
+    pub(super) fn load(
+        ctx: &Arc<CudaContext>,
+        module: &Arc<CudaModule>,
+        major: i32,
+    ) -> Result<Self> {
+        let stages = if major >= 8 { 2 } else { 1 };
+        let max_smem = ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .map_err(dev_err("shared memory per block"))? as usize;
+        let mut entries = vec![];
+        for dtype in [DType::BF16, DType::F16] {
+            if dtype == DType::BF16 && major < 8 {
+                continue;
+            }
+            for dim in FLASH_DIMS {
+                let needs = [
+                    dim.fwd_smem(stages),
+                    dim.dkv_smem(stages),
+                    dim.dq_smem(stages),
+                ];
+                if needs.iter().any(|&n| n > max_smem) {
+                    continue;
+                }
+                let mut funcs = vec![];
+                for (kind, smem) in ["fwd", "bwd_dkv", "bwd_dq"].iter().zip(needs) {
+                    let name = format!("flash_{kind}_{}_d{}", dtype.suffix(), dim.d);
+                    let f = module.load_function(&name).map_err(|e| {
+                        CoreError::Device(format!("kernel {name} in flash_attention.cu: {e:?}"))
+                    })?;
+                    f.set_attribute(
+                        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        smem as i32,
+                    )
+                    .map_err(dev_err("flash attention shared memory limit"))?;
+                    funcs.push(f);
+                }
+                let dq = funcs.pop();
+                let dkv = funcs.pop();
+                let fwd = funcs.pop();
+                if let (Some(fwd), Some(dkv), Some(dq)) = (fwd, dkv, dq) {
+                    entries.push(Entry {
+                        dtype,
+                        dim,
+                        fwd,
+                        dkv,
+                        dq,
+                    });
+                }
+            }
+        }
+        let enabled = std::env::var("TEMPER_ATTENTION").map_or(true, |v| v != "classic");
+        Ok(FlashKernels {
+            entries,
+            stages,
+            enabled,
+        })
+    }
+
+    fn entry(&self, dtype: DType, d: usize) -> Option<&Entry> {
+        if !self.enabled {
+            return None;
+        }
+        self.entries
+            .iter()
+            .find(|e| e.dtype == dtype && e.dim.d == d)
+    }
+}
+
+/// One block per tile of `tile` rows of every sequence: (first token, length, first row of
+/// the tile), heaviest first by `work(length, first row)`.
+fn tiles(cu: &[u32], tile: usize, work: impl Fn(usize, usize) -> usize) -> Vec<u32> {
+    let mut list: Vec<(usize, [u32; 3])> = vec![];
+    for w in cu.windows(2) {
+        let (a, len) = (w[0], (w[1] - w[0]) as usize);
+        for r in (0..len).step_by(tile) {
+            list.push((work(len, r), [a, len as u32, r as u32]));
+        }
+    }
+    list.sort_by_key(|(work, _)| std::cmp::Reverse(*work));
+    list.into_iter().flat_map(|(_, t)| t).collect()
+}
+
+fn grid(tiles: &[u32], y: usize, z: usize, smem: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: ((tiles.len() / 3) as u32, y as u32, z as u32),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: smem as u32,
+    }
+}
+
+impl CudaBackend {
+    /// Whether flash attention serves activations of `dtype` with head dim `d` here.
+    pub fn flash_applies(&self, dtype: DType, d: usize) -> bool {
+        self.flash.entry(dtype, d).is_some()
+    }
+
+    /// Turns flash attention on or off for this backend (off: attention.rs's GEMM and direct
+    /// paths, for comparisons). On by default unless `TEMPER_ATTENTION=classic`.
+    pub fn set_flash_attention(&mut self, on: bool) {
+        self.flash.enabled = on;
+    }
+
+    /// Forward over every sequence of `cu`; the caller checked the shapes and that
+    /// [`Self::flash_applies`]; q, k, v are in out's type.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn flash_forward(
+        &self,
+        out: &mut CudaBuf,
+        lse: &mut CudaBuf,
+        q: &CudaBuf,
+        k: &CudaBuf,
+        v: &CudaBuf,
+        cu: &[u32],
+        hq: usize,
+        hkv: usize,
+        d: usize,
+    ) -> Result<()> {
+        let e = self.flash_entry(out.dtype, d)?;
+        let list = tiles(cu, BR, |len, r| len.min(r + BR));
+        if list.is_empty() {
+            return Ok(());
+        }
+        let tiles_d = self.upload_u32(&list)?;
+        let (hq32, hkv32, scale) = (hq as u32, hkv as u32, 1.0 / (d as f32).sqrt());
+        let cfg = grid(&list, hq, 1, e.dim.fwd_smem(self.flash.stages));
+        launch!(
+            self,
+            &e.fwd,
+            cfg,
+            "flash attention forward",
+            &mut out.data,
+            &mut lse.data,
+            &q.data,
+            &k.data,
+            &v.data,
+            &tiles_d,
+            &hq32,
+            &hkv32,
+            &scale
+        )
+    }
+
+    /// Backward over every sequence of `cu`, given `dsum` (N, hq) = rowsum(dout * out); the
+    /// caller checked the shapes and that [`Self::flash_applies`]; all inputs are in dq's type.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn flash_backward(
+        &self,
+        dq: &mut CudaBuf,
+        dk: &mut CudaBuf,
+        dv: &mut CudaBuf,
+        dout: &CudaBuf,
+        q: &CudaBuf,
+        k: &CudaBuf,
+        v: &CudaBuf,
+        lse: &CudaBuf,
+        dsum: &CudaBuf,
+        cu: &[u32],
+        hq: usize,
+        hkv: usize,
+        d: usize,
+    ) -> Result<()> {
+        let e = self.flash_entry(dq.dtype, d)?;
+        let (hq32, hkv32, scale) = (hq as u32, hkv as u32, 1.0 / (d as f32).sqrt());
+        let key_tiles = tiles(cu, BK, |len, r| len - r);
+        if key_tiles.is_empty() {
+            return Ok(());
+        }
+        let key_tiles_d = self.upload_u32(&key_tiles)?;
+        let chunks = d.div_ceil(e.dim.dkv_dc);
+        let cfg = grid(&key_tiles, hkv, chunks, e.dim.dkv_smem(self.flash.stages));
+        launch!(
+            self,
+            &e.dkv,
+            cfg,
+            "flash attention backward (dk, dv)",
+            &mut dk.data,
+            &mut dv.data,
+            &q.data,
+            &k.data,
+            &v.data,
+            &dout.data,
+            &lse.data,
+            &dsum.data,
+            &key_tiles_d,
+            &hq32,
+            &hkv32,
+            &scale
+        )?;
+        let query_tiles = tiles(cu, BR, |len, r| len.min(r + BR));
+        let query_tiles_d = self.upload_u32(&query_tiles)?;
+        let cfg = grid(&query_tiles, hq, 1, e.dim.dq_smem(self.flash.stages));
+        launch!(
+            self,
+            &e.dq,
+            cfg,
+            "flash attention backward (dq)",
+            &mut dq.data,
+            &q.data,
+            &k.data,
+            &v.data,
+            &dout.data,
+            &lse.data,
+            &dsum.data,
+            &query_tiles_d,
+            &hq32,
+            &hkv32,
+            &scale
+        )
+    }
+
+    fn flash_entry(&self, dtype: DType, d: usize) -> Result<&Entry> {
+        self.flash.entry(dtype, d).ok_or_else(|| {
+            CoreError::Device(format!(
+                "no flash attention kernel for {dtype} with head dim {d} on this GPU"
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiles_cover_every_row_once_heaviest_first() {
+        let cu = [0u32, 1, 131, 131, 200];
+        let list = tiles(&cu, 64, |len, r| len.min(r + 64));
+        let blocks: Vec<[u32; 3]> = list.chunks(3).map(|c| [c[0], c[1], c[2]]).collect();
+        // Sequence 1..131 (130 rows) gives tiles at 0, 64, 128; 131..200 (69) at 0, 64; the
+        // empty sequence none; the first sequence (1 row) one.
+        assert_eq!(blocks.len(), 6);
+        let mut covered = vec![0; 200];
+        for [a, len, r] in &blocks {
+            for row in *r..(*r + 64).min(*len) {
+                covered[(a + row) as usize] += 1;
+            }
+        }
+        assert!(covered.iter().all(|&c| c == 1), "{covered:?}");
+        let work: Vec<u32> = blocks
+            .iter()
+            .map(|[_, len, r]| (*len).min(r + 64))
+            .collect();
+        assert!(work.windows(2).all(|w| w[0] >= w[1]), "{work:?}");
+    }
+
+    #[test]
+    fn shared_memory_of_the_largest_tiles_fits_hopper_and_ampere() {
+        // sm_90 allows 227 KiB per block, sm_80 163 KiB: every head dim fits both.
+        for dim in FLASH_DIMS {
+            for need in [dim.fwd_smem(2), dim.dkv_smem(2), dim.dq_smem(2)] {
+                assert!(need <= 163 * 1024, "{dim:?} needs {need} bytes");
+            }
+            assert_eq!(dim.d % 16, 0);
+            assert_eq!(dim.d % dim.dkv_dc.min(dim.d), 0);
+        }
+    }
+}
