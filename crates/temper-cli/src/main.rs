@@ -166,6 +166,9 @@ enum Command {
         /// Storage of activations and weights on the GPU: auto | bfloat16 | float16 | float32.
         #[arg(long, default_value = "auto")]
         dtype: String,
+        /// Time every op on the device (CUDA events) and print where each step's time goes.
+        #[arg(long)]
+        profile: bool,
     },
 }
 
@@ -231,6 +234,7 @@ fn main() -> Result<()> {
             paged_optimizer,
             device,
             dtype,
+            profile,
         } => commands::bench::run(commands::bench::BenchArgs {
             offload: checkpoint_offload,
             load: temper_model::LoadOptions {
@@ -255,6 +259,7 @@ fn main() -> Result<()> {
             checkpointing: !no_checkpointing,
             device,
             dtype,
+            profile,
         }),
         Command::Train {
             config,

@@ -448,4 +448,18 @@ pub trait Backend: Send + Sync + 'static {
         v: &mut Self::Buf,
         s: AdamWStep,
     ) -> Result<()>;
+
+    // ---- profiling ----
+    /// Starts (or stops) timing every op on the device, by the stage the model names and the
+    /// op's kind. Backends without device timers ignore it.
+    fn profile_enable(&self, _on: bool) {}
+    /// The part of the step the ops that follow belong to ("forward", "recompute",
+    /// "backward", ...), and a detail that refines their kind ("lora" for adapter products).
+    fn profile_stage(&self, _stage: &'static str) {}
+    fn profile_detail(&self, _detail: Option<&'static str>) {}
+    /// Device milliseconds by "stage/op" since the last call, with "idle" for the time the
+    /// device waited between ops (launch gaps and host work); empty when not profiling.
+    fn profile_take(&self) -> Result<Vec<(String, f64)>> {
+        Ok(vec![])
+    }
 }

@@ -47,6 +47,7 @@ pub fn linear_forward<B: Backend>(
     lora: Option<LoraRef<'_, B>>,
 ) -> Result<Option<LoraSaved<B>>> {
     let (d_in, d_out) = (lin.d_in, lin.d_out);
+    be.profile_detail(None);
     be.matmul(y, x, &*lin.weight(be)?, Gemm::nt(n, d_out, d_in))?;
     if let Some(bias) = &lin.bias {
         be.add_bias(y, bias, d_out)?;
@@ -54,6 +55,7 @@ pub fn linear_forward<B: Backend>(
     let Some(lora) = lora else {
         return Ok(None);
     };
+    be.profile_detail(Some("lora"));
     let r = lora.a.shape[0];
     let x_dropped = if lora.dropout > 0.0 {
         let mut xd = be.act_zeros(n * d_in)?;
@@ -71,6 +73,7 @@ pub fn linear_forward<B: Backend>(
         &lora.b.value,
         Gemm::nt(n, d_out, r).alpha(lora.scale).beta(1.0),
     )?;
+    be.profile_detail(None);
     Ok(Some(LoraSaved { x_dropped, xa }))
 }
 
@@ -89,6 +92,7 @@ pub fn linear_backward<B: Backend>(
 ) -> Result<()> {
     let (d_in, d_out) = (lin.d_in, lin.d_out);
     let beta = if accumulate { 1.0 } else { 0.0 };
+    be.profile_detail(None);
     let mut dx = dx;
     if let Some(dx) = dx.as_deref_mut() {
         be.matmul(
@@ -103,6 +107,7 @@ pub fn linear_backward<B: Backend>(
     };
     let r = lora.a.shape[0];
     let s = lora.scale;
+    be.profile_detail(Some("lora"));
     // dB (out, r) += s * dy^T xa
     be.matmul(
         &mut lora.b.grad,
@@ -128,5 +133,6 @@ pub fn linear_backward<B: Backend>(
             be.matmul(dx, &dxa, &lora.a.value, Gemm::nn(n, d_in, r).beta(1.0))?;
         }
     }
+    be.profile_detail(None);
     Ok(())
 }

@@ -297,6 +297,7 @@ impl<B: Backend> Model<B> {
         // Forward, keeping each layer's input and (without checkpointing) its activations.
         let mut inputs: Vec<Kept<B>> = Vec::with_capacity(layers);
         let mut kept: Vec<LayerActs<B>> = Vec::new();
+        be.profile_stage("forward");
         let mut x = self.embed(batch)?;
         for l in 0..layers {
             let mut out = be.act_zeros(n * c)?;
@@ -313,6 +314,7 @@ impl<B: Backend> Model<B> {
         }
 
         // Final norm, then the LM head fused with the loss and its first backward step.
+        be.profile_stage("head");
         let (xf, rstd) = self.final_norm(&x)?;
         let mut dxf = be.act_zeros(n * c)?;
         let losses = be.linear_cross_entropy(
@@ -344,10 +346,12 @@ impl<B: Backend> Model<B> {
             let acts = match kept.pop() {
                 Some(a) => a,
                 None => {
+                    be.profile_stage("recompute");
                     let mut scratch = be.act_zeros(n * c)?;
                     self.layer_forward(l, &x_in, &mut scratch, Some(lora), batch, ctx)?
                 }
             };
+            be.profile_stage("backward");
             if l > 0 {
                 let mut dx_in = be.act_zeros(n * c)?;
                 self.layer_backward(l, &x_in, acts, &dx, Some(&mut dx_in), lora, batch, ctx)?;

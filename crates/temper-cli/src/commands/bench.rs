@@ -30,6 +30,8 @@ pub struct BenchArgs {
     pub load: temper_model::LoadOptions,
     /// AdamW moments in host memory (paged_adamw_32bit).
     pub moments_on_host: bool,
+    /// Time every op on the device and report where the steps' time goes.
+    pub profile: bool,
 }
 
 pub fn run(mut args: BenchArgs) -> Result<()> {
@@ -94,7 +96,14 @@ fn run_on<B: Backend>(be: Arc<B>, args: &BenchArgs, sync: Option<Sync>) -> Resul
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let mut times = Vec::with_capacity(args.steps);
     let mut losses = Vec::with_capacity(args.steps);
+    // Device milliseconds by "stage/op", summed over the profiled (steady) steps.
+    let mut profile: std::collections::BTreeMap<String, f64> = Default::default();
+    let mut profiled_steps = 0usize;
+    let warmup = args.steps.min(3);
     for step in 0..args.steps {
+        if args.profile && step == warmup {
+            be.profile_enable(true);
+        }
         let ids: Vec<u32> = (0..n)
             .map(|_| rng.random_range(0..model.cfg.vocab as u32))
             .collect();
@@ -112,12 +121,19 @@ fn run_on<B: Backend>(be: Arc<B>, args: &BenchArgs, sync: Option<Sync>) -> Resul
                 seed: step as u64,
             },
         )?;
+        be.profile_stage("optimizer");
         opt.update(&*be, &mut lora, 2e-4)?;
         lora.zero_grads(&*be)?;
         if let Some(sync) = &sync {
             sync()?;
         }
         times.push(t.elapsed().as_secs_f64());
+        if args.profile && step >= warmup {
+            for (label, ms) in be.profile_take()? {
+                *profile.entry(label).or_default() += ms;
+            }
+            profiled_steps += 1;
+        }
         losses.push(token_losses.iter().map(|&x| x as f64).sum::<f64>() / counted as f64);
     }
     // The first steps include kernel compilation and allocator warm-up.
@@ -127,6 +143,23 @@ fn run_on<B: Backend>(be: Arc<B>, args: &BenchArgs, sync: Option<Sync>) -> Resul
     }
     steady.sort_by(f64::total_cmp);
     let median = steady[steady.len() / 2];
+    let per_step: Vec<(String, f64)> = {
+        let mut v: Vec<(String, f64)> = profile
+            .iter()
+            .map(|(k, ms)| (k.clone(), ms / profiled_steps.max(1) as f64))
+            .collect();
+        v.sort_by(|a, b| b.1.total_cmp(&a.1));
+        v
+    };
+    let profiled_ms: f64 = per_step.iter().map(|(_, ms)| ms).sum();
+    let attention_ms: f64 = per_step
+        .iter()
+        .filter(|(k, _)| k.ends_with("/attention"))
+        .map(|(_, ms)| ms)
+        .sum();
+    if args.profile {
+        print_profile(&per_step, median * 1e3, n, &model.cfg);
+    }
     let report = serde_json::json!({
         "case": format!(
             "temper-{}-{}{}",
@@ -152,7 +185,44 @@ fn run_on<B: Backend>(be: Arc<B>, args: &BenchArgs, sync: Option<Sync>) -> Resul
         "load_device_peak_gib": load_device_peak_gib,
         "loss_first": losses.first(),
         "loss_last": losses.last(),
+        "attention_share": (args.profile && profiled_ms > 0.0).then(|| attention_ms / profiled_ms),
+        "profile_ms_per_step": args.profile.then(|| serde_json::Map::from_iter(
+            per_step.iter().map(|(k, ms)| (k.clone(), serde_json::json!((ms * 1e3).round() / 1e3)))
+        )),
     });
     println!("{report}");
     Ok(())
+}
+
+/// The profile as a table on stderr: each "stage/op" with its milliseconds per step and share,
+/// then the sums per op kind across stages.
+fn print_profile(
+    per_step: &[(String, f64)],
+    step_ms: f64,
+    tokens: usize,
+    cfg: &temper_model::ModelConfig,
+) {
+    let total: f64 = per_step.iter().map(|(_, ms)| ms).sum();
+    eprintln!(
+        "profile: {total:.1} ms of device time per step (wall {step_ms:.1} ms), {tokens} tokens, {} layers",
+        cfg.layers
+    );
+    eprintln!("{:<40}{:>10}{:>8}", "stage/op", "ms/step", "share");
+    for (label, ms) in per_step {
+        eprintln!(
+            "{label:<40}{ms:>10.2}{:>7.1}%",
+            100.0 * ms / total.max(1e-9)
+        );
+    }
+    let mut by_op: std::collections::BTreeMap<&str, f64> = Default::default();
+    for (label, ms) in per_step {
+        let op = label.rsplit('/').next().unwrap_or(label);
+        *by_op.entry(op).or_default() += ms;
+    }
+    let mut by_op: Vec<_> = by_op.into_iter().collect();
+    by_op.sort_by(|a, b| b.1.total_cmp(&a.1));
+    eprintln!("by op kind:");
+    for (op, ms) in by_op {
+        eprintln!("  {op:<38}{ms:>10.2}{:>7.1}%", 100.0 * ms / total.max(1e-9));
+    }
 }

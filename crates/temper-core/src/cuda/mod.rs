@@ -13,6 +13,7 @@ mod host;
 mod int8;
 mod ops;
 mod optim8;
+mod profile;
 mod quant;
 mod staging;
 
@@ -97,6 +98,7 @@ pub struct CudaBackend {
     host_pool: host::HostPool,
     staging: staging::StagingCell,
     flash: flash::FlashKernels,
+    profiler: profile::Profiler,
     /// Held for cuBLAS for the backend's lifetime (counted in the accounting).
     _workspace: CudaBuf,
 }
@@ -304,6 +306,7 @@ impl CudaBackend {
             host_pool: host::HostPool::default(),
             staging: staging::StagingCell::default(),
             flash,
+            profiler: profile::Profiler::default(),
             _workspace: workspace,
         })
     }

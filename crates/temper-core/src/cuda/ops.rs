@@ -170,6 +170,7 @@ impl Backend for CudaBackend {
         v: &mut super::CudaMapped,
         s: AdamWStep,
     ) -> Result<()> {
+        let _span = self.span("optimizer");
         let (m_len, v_len) = (self.mapped_len(m), self.mapped_len(v));
         crate::checks::optimizer_step("adamw", param.len, grad.len, m_len, v_len, s.step)?;
         check_f32("adamw", "param", param)?;
@@ -218,14 +219,17 @@ impl Backend for CudaBackend {
         v: &mut super::CudaState8,
         s: AdamWStep,
     ) -> Result<()> {
+        let _span = self.span("optimizer");
         self.adamw8bit_impl(param, grad, m, v, s)
     }
 
     fn park_on_host(&self, buf: &CudaBuf) -> Result<super::CudaHost> {
+        let _span = self.span("offload_copy");
         self.park_on_host_impl(buf)
     }
 
     fn restore_from_host(&self, host: &super::CudaHost) -> Result<CudaBuf> {
+        let _span = self.span("offload_copy");
         self.restore_from_host_impl(host)
     }
 
@@ -234,6 +238,7 @@ impl Backend for CudaBackend {
     }
 
     fn dequantize4(&self, out: &mut CudaBuf, q: &super::CudaQuant) -> Result<()> {
+        let _span = self.span("dequant");
         self.dequantize4_impl(out, q)
     }
 
@@ -269,6 +274,7 @@ impl Backend for CudaBackend {
     }
 
     fn dequantize_int8(&self, out: &mut CudaBuf, q: &super::CudaInt8) -> Result<()> {
+        let _span = self.span("dequant");
         self.dequantize_int8_impl(out, q)
     }
 
@@ -277,10 +283,12 @@ impl Backend for CudaBackend {
     }
 
     fn zeros(&self, n: usize) -> Result<CudaBuf> {
+        let _span = self.span("alloc");
         self.alloc(n, DType::F32)
     }
 
     fn upload(&self, host: &[f32]) -> Result<CudaBuf> {
+        let _span = self.span("upload");
         self.upload_as(host, DType::F32)
     }
 
@@ -293,16 +301,19 @@ impl Backend for CudaBackend {
     }
 
     fn zeros_as(&self, n: usize, dtype: DType) -> Result<CudaBuf> {
+        let _span = self.span("alloc");
         self.alloc(n, dtype)
     }
 
     fn upload_as(&self, host: &[f32], dtype: DType) -> Result<CudaBuf> {
+        let _span = self.span("upload");
         let bytes = crate::dtype::encode_le(host, dtype);
         let data = self.stream.clone_htod(&bytes).map_err(dev_err("upload"))?;
         Ok(self.wrap(data, host.len(), dtype))
     }
 
     fn download(&self, buf: &CudaBuf) -> Result<Vec<f32>> {
+        let _span = self.span("download");
         let bytes = self
             .stream
             .clone_dtoh(&buf.data)
@@ -315,6 +326,7 @@ impl Backend for CudaBackend {
     }
 
     fn fill(&self, buf: &mut CudaBuf, value: f32) -> Result<()> {
+        let _span = self.span("elementwise");
         let n = buf.len as u64;
         launch!(
             self,
@@ -328,6 +340,7 @@ impl Backend for CudaBackend {
     }
 
     fn copy(&self, dst: &mut CudaBuf, src: &CudaBuf) -> Result<()> {
+        let _span = self.span("elementwise");
         check_len("copy", "dst", dst.len, src.len)?;
         if dst.dtype != src.dtype {
             let to = self.ptr(dst, 0);
@@ -343,6 +356,7 @@ impl Backend for CudaBackend {
     }
 
     fn matmul(&self, c: &mut CudaBuf, a: &CudaBuf, b: &CudaBuf, g: Gemm) -> Result<()> {
+        let _span = self.span("gemm");
         check_len("matmul", "a", a.len, g.m * g.k)?;
         check_len("matmul", "b", b.len, g.k * g.n)?;
         check_len("matmul", "c", c.len, g.m * g.n)?;
@@ -350,6 +364,7 @@ impl Backend for CudaBackend {
     }
 
     fn axpy(&self, y: &mut CudaBuf, alpha: f32, x: &CudaBuf) -> Result<()> {
+        let _span = self.span("elementwise");
         check_len("axpy", "x", x.len, y.len)?;
         let x = self.converted(x, y.dtype)?;
         let n = y.len as u64;
@@ -366,6 +381,7 @@ impl Backend for CudaBackend {
     }
 
     fn scale(&self, y: &mut CudaBuf, alpha: f32) -> Result<()> {
+        let _span = self.span("elementwise");
         let n = y.len as u64;
         launch!(
             self,
@@ -379,6 +395,7 @@ impl Backend for CudaBackend {
     }
 
     fn add_bias(&self, y: &mut CudaBuf, bias: &CudaBuf, c: usize) -> Result<()> {
+        let _span = self.span("elementwise");
         check_len("add_bias", "bias", bias.len, c)?;
         if c == 0 || !y.len.is_multiple_of(c) {
             return Err(CoreError::Invalid {
@@ -401,6 +418,7 @@ impl Backend for CudaBackend {
     }
 
     fn sum_squares(&self, x: &CudaBuf) -> Result<f64> {
+        let _span = self.span("elementwise");
         let mut out = self
             .stream
             .alloc_zeros::<f64>(1)
@@ -420,6 +438,7 @@ impl Backend for CudaBackend {
     }
 
     fn dropout(&self, y: &mut CudaBuf, x: &CudaBuf, p: f32, seed: u64) -> Result<()> {
+        let _span = self.span("elementwise");
         check_len("dropout", "x", x.len, y.len)?;
         if !(0.0..=1.0).contains(&p) {
             return Err(CoreError::Invalid {
@@ -455,6 +474,7 @@ impl Backend for CudaBackend {
         table: &CudaBuf,
         c: usize,
     ) -> Result<()> {
+        let _span = self.span("embedding");
         crate::checks::embedding("embedding_forward", out.len, ids, table.len, c)?;
         if ids.is_empty() {
             return Ok(());
@@ -489,6 +509,7 @@ impl Backend for CudaBackend {
         c: usize,
         eps: f32,
     ) -> Result<()> {
+        let _span = self.span("rmsnorm");
         check_len("rmsnorm_forward", "w", w.len, c)?;
         check_len("rmsnorm_forward", "y", y.len, x.len)?;
         check_len("rmsnorm_forward", "rstd", rstd.len, x.len / c.max(1))?;
@@ -522,6 +543,7 @@ impl Backend for CudaBackend {
         rstd: &CudaBuf,
         c: usize,
     ) -> Result<()> {
+        let _span = self.span("rmsnorm");
         check_len("rmsnorm_backward", "dy", dy.len, x.len)?;
         check_len("rmsnorm_backward", "dx", dx.len, x.len)?;
         check_len("rmsnorm_backward", "w", w.len, c)?;
@@ -560,6 +582,7 @@ impl Backend for CudaBackend {
         h: usize,
         d: usize,
     ) -> Result<()> {
+        let _span = self.span("rope");
         self.rope(x, pos, cos, sin, h, d, 1.0)
     }
 
@@ -572,6 +595,7 @@ impl Backend for CudaBackend {
         h: usize,
         d: usize,
     ) -> Result<()> {
+        let _span = self.span("rope");
         self.rope(dx, pos, cos, sin, h, d, -1.0)
     }
 
@@ -587,6 +611,7 @@ impl Backend for CudaBackend {
         hkv: usize,
         d: usize,
     ) -> Result<()> {
+        let _span = self.span("attention");
         self.attention_forward_impl(out, lse, q, k, v, cu_seqlens, hq, hkv, d)
     }
 
@@ -606,6 +631,7 @@ impl Backend for CudaBackend {
         hkv: usize,
         d: usize,
     ) -> Result<()> {
+        let _span = self.span("attention");
         self.attention_backward_impl(dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, hq, hkv, d)
     }
 
@@ -620,6 +646,7 @@ impl Backend for CudaBackend {
         hkv: usize,
         d: usize,
     ) -> Result<()> {
+        let _span = self.span("attention");
         self.attention_decode_impl(out, q, k_cache, v_cache, past, hq, hkv, d)
     }
 
@@ -631,6 +658,7 @@ impl Backend for CudaBackend {
         src_off: usize,
         len: usize,
     ) -> Result<()> {
+        let _span = self.span("elementwise");
         if dst_off + len > dst.len || src_off + len > src.len {
             return Err(CoreError::Invalid {
                 op: "copy_range",
@@ -656,6 +684,7 @@ impl Backend for CudaBackend {
     }
 
     fn swiglu_forward(&self, h: &mut CudaBuf, gate: &CudaBuf, up: &CudaBuf) -> Result<()> {
+        let _span = self.span("swiglu");
         check_len("swiglu_forward", "up", up.len, gate.len)?;
         check_len("swiglu_forward", "h", h.len, gate.len)?;
         let (gate, up) = (self.converted(gate, h.dtype)?, self.converted(up, h.dtype)?);
@@ -680,6 +709,7 @@ impl Backend for CudaBackend {
         gate: &CudaBuf,
         up: &CudaBuf,
     ) -> Result<()> {
+        let _span = self.span("swiglu");
         for (name, len) in [
             ("dh", dh.len),
             ("up", up.len),
@@ -726,6 +756,7 @@ impl Backend for CudaBackend {
         grad_scale: f32,
         chunk: usize,
     ) -> Result<Vec<f32>> {
+        let _span = self.span("loss");
         let n = targets.len();
         check_len("linear_cross_entropy", "x", x.len, n * c)?;
         check_len("linear_cross_entropy", "w", w.len, v * c)?;
@@ -807,6 +838,7 @@ impl Backend for CudaBackend {
         v: &mut CudaBuf,
         s: AdamWStep,
     ) -> Result<()> {
+        let _span = self.span("optimizer");
         crate::checks::optimizer_step("adamw", param.len, grad.len, m.len, v.len, s.step)?;
         for (name, b) in [("param", &*param), ("grad", grad), ("m", &*m), ("v", &*v)] {
             check_f32("adamw", name, b)?;
@@ -832,5 +864,21 @@ impl Backend for CudaBackend {
             &c.apply_decay,
             &n
         )
+    }
+
+    fn profile_enable(&self, on: bool) {
+        self.profile_enable_impl(on)
+    }
+
+    fn profile_stage(&self, stage: &'static str) {
+        self.profile_stage_impl(stage)
+    }
+
+    fn profile_detail(&self, detail: Option<&'static str>) {
+        self.profile_detail_impl(detail)
+    }
+
+    fn profile_take(&self) -> Result<Vec<(String, f64)>> {
+        self.profile_take_impl()
     }
 }
