@@ -78,6 +78,8 @@ pub struct TrainFile {
     pub gradient_accumulation_steps: usize,
     #[serde(default = "d_seq")]
     pub max_seq_len: usize,
+    /// A type name or a mapping as config.json's `rope_scaling` (checked when the model loads).
+    pub rope_scaling: Option<serde_json::Value>,
     #[serde(default = "d_true")]
     pub packing: bool,
     #[serde(default = "d_seed")]
@@ -209,6 +211,8 @@ pub struct TrainPlan {
     /// How the frozen weights load (4-bit or 8-bit quantisation).
     pub load: temper_model::LoadOptions,
     pub max_seq_len: usize,
+    /// Context extension asked for in the config (`rope_scaling`), applied when loading.
+    pub rope_scaling: Option<serde_json::Value>,
     pub packing: bool,
     pub logging_steps: u64,
     /// Bytes, from `max_memory`.
@@ -433,6 +437,7 @@ impl TrainFile {
             dtype,
             load,
             max_seq_len: self.max_seq_len,
+            rope_scaling: self.rope_scaling,
             packing: self.packing,
             logging_steps: self.logging_steps.max(1),
             dist_backend,

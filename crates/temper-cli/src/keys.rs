@@ -186,6 +186,11 @@ pub const TRAIN_KEYS: &[Key] = &[
         help: "tokens per packed row; longer samples are truncated",
     },
     Key {
+        name: "rope_scaling",
+        default: "(config.json's)",
+        help: "extend the context past max_position_embeddings: linear | dynamic | yarn | llama3 (factor = max_seq_len / max_position_embeddings), or a mapping as config.json writes it ({rope_type: yarn, factor: 4, ...})",
+    },
+    Key {
         name: "packing",
         default: "true",
         help: "pack several samples into each row (they never attend to each other)",

@@ -508,7 +508,7 @@ fn rmsnorm_matches_formula() {
 fn rope_matches_formula_and_backward_inverts_forward() {
     let mut rng = rng(16);
     let (n, h, d) = (6, 2, 8);
-    let freqs = inv_freq(d, 10000.0, None);
+    let freqs = inv_freq(d, 10000.0, None, 16);
     let (cos, sin) = temper_core::rope::tables(&freqs, 16);
     let pos = vec![0u32, 15, 3, 3, 9, 1];
     let x = uniform(&mut rng, n * h * d, 1.0);
@@ -560,7 +560,7 @@ fn llama3_inv_freq_three_regimes() {
         high_freq_factor: high,
         original_max_position_embeddings: old_ctx,
     };
-    let got = inv_freq(d, theta, Some(&scaling));
+    let got = inv_freq(d, theta, Some(&scaling), 8192);
     assert_eq!(got.len(), d / 2);
     // Wavelengths below 8192/4 = 2048 are kept, above 8192/1 = 8192 divided by 8, between
     // the two interpolated linearly in old_ctx / wavelen.
@@ -594,10 +594,10 @@ fn llama3_inv_freq_three_regimes() {
     assert_eq!((high_n, mid_n, low_n), (15, 3, 14));
     assert_eq!(got[0], 1.0);
     // Unscaled and linear scaling for comparison.
-    let plain = inv_freq(d, theta, None);
+    let plain = inv_freq(d, theta, None, 8192);
     assert_eq!(plain[5], got[5]);
     assert!((got[31] as f64 - plain[31] as f64 / 8.0).abs() <= 1e-6 * got[31] as f64);
-    let lin = inv_freq(d, theta, Some(&RopeScaling::Linear { factor: 2.0 }));
+    let lin = inv_freq(d, theta, Some(&RopeScaling::Linear { factor: 2.0 }), 8192);
     assert_eq!(lin[3], plain[3] / 2.0);
 }
 
@@ -826,6 +826,75 @@ fn adamw_large_matches_scalar_formula() {
             (p[i] as f64 - p1).abs() < 2e-6,
             "param at {i}: {} vs {p1}",
             p[i]
+        );
+    }
+}
+
+/// YaRN and dynamic NTK scaling against transformers' own `ROPE_INIT_FUNCTIONS`
+/// (fixtures/rope_scaling.json, made by scripts/make_rope_fixtures.py).
+#[test]
+fn yarn_and_dynamic_inv_freq_match_transformers() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/rope_scaling.json"
+    ))
+    .expect("fixture");
+    let fx: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let d = fx["head_dim"].as_u64().expect("head_dim") as usize;
+    let original = fx["max_position_embeddings"].as_f64().expect("max pos");
+    for (name, case) in fx["cases"].as_object().expect("cases") {
+        let p = &case["params"];
+        let num = |k: &str, default: f64| p.get(k).and_then(|v| v.as_f64()).unwrap_or(default);
+        let theta = num("rope_theta", 10000.0);
+        let factor = num("factor", 1.0);
+        let (scaling, positions) = if p["rope_type"] == "dynamic" {
+            let seq = case["seq_len"].as_u64().expect("seq_len") as usize;
+            (
+                RopeScaling::Dynamic {
+                    factor,
+                    original_max_position_embeddings: original,
+                },
+                seq,
+            )
+        } else {
+            let attention_factor = match (p.get("mscale"), p.get("mscale_all_dim")) {
+                (Some(m), Some(all)) => {
+                    RopeScaling::yarn_mscale(factor, m.as_f64().expect("mscale"))
+                        / RopeScaling::yarn_mscale(factor, all.as_f64().expect("mscale_all_dim"))
+                }
+                _ => RopeScaling::yarn_mscale(factor, 1.0),
+            };
+            (
+                RopeScaling::Yarn {
+                    factor,
+                    original_max_position_embeddings: original,
+                    beta_fast: num("beta_fast", 32.0),
+                    beta_slow: num("beta_slow", 1.0),
+                    attention_factor,
+                    truncate: true,
+                },
+                original as usize,
+            )
+        };
+        let want: Vec<f32> = case["inv_freq"]
+            .as_array()
+            .expect("inv_freq")
+            .iter()
+            .map(|v| v.as_f64().expect("number") as f32)
+            .collect();
+        let got = inv_freq(d, theta, Some(&scaling), positions);
+        assert_eq!(got.len(), want.len(), "{name}");
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - w).abs() <= 2e-6 * w.abs(),
+                "{name}: inv_freq[{i}] = {g}, transformers {w}"
+            );
+        }
+        let att = case["attention_factor"].as_f64().expect("attention_factor") as f32;
+        assert!(
+            (scaling.attention_factor() - att).abs() <= 1e-6,
+            "{name}: attention factor {} vs {att}",
+            scaling.attention_factor()
         );
     }
 }

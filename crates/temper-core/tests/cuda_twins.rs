@@ -302,7 +302,7 @@ fn embedding_rmsnorm_rope_in(dt: DType) {
     );
 
     let (h, d, positions) = (5, 22, 300);
-    let inv = temper_core::rope::inv_freq(d, 10000.0, None);
+    let inv = temper_core::rope::inv_freq(d, 10000.0, None, positions);
     let (cos, sin) = temper_core::rope::tables(&inv, positions);
     let ((cc, cg), (sc, sg)) = (p.up32(&cos), p.up32(&sin));
     let pos: Vec<u32> = (0..n).map(|i| (i * 7 % positions) as u32).collect();

@@ -143,9 +143,10 @@ impl ModelConfig {
             })
             .unwrap_or(10000.0);
         let scaling_json = f.rope_scaling.as_ref().or(rope_params);
+        let original = f.max_position_embeddings.unwrap_or(2048) as f64;
         let rope_scaling = match scaling_json {
             None => None,
-            Some(v) => parse_rope_scaling(v).map_err(bad)?,
+            Some(v) => parse_rope_scaling(v, original).map_err(bad)?,
         };
         let default_qkv_bias = arch == Arch::Qwen2;
         let ids = |v: &Option<serde_json::Value>| -> Vec<u32> {
@@ -182,6 +183,49 @@ impl ModelConfig {
         })
     }
 
+    /// Extends the context on purpose: `rope_scaling` as transformers' config.json writes it
+    /// (`{"rope_type": "linear" | "dynamic" | "yarn" | "llama3", "factor": F, ...}`), or just
+    /// the type, with the factor then taken from `positions` (the longest sequence to train)
+    /// over max_position_embeddings, at least 1. The model then accepts positions up to
+    /// max_position_embeddings * factor.
+    pub fn apply_rope_scaling(
+        &mut self,
+        v: &serde_json::Value,
+        positions: usize,
+    ) -> std::result::Result<(), String> {
+        let original = self.max_positions as f64;
+        let mut v = match v {
+            serde_json::Value::String(kind) => serde_json::json!({ "rope_type": kind }),
+            other => other.clone(),
+        };
+        let Some(map) = v.as_object_mut() else {
+            return Err(format!(
+                "rope_scaling must be a type (linear, dynamic, yarn, llama3) or a mapping like config.json's, got {v}"
+            ));
+        };
+        if !map.contains_key("factor") {
+            let factor = (positions as f64 / original).max(1.0);
+            map.insert("factor".into(), serde_json::json!(factor));
+        }
+        let Some(scaling) = parse_rope_scaling(&v, original)? else {
+            return Ok(());
+        };
+        let factor = match &scaling {
+            RopeScaling::Linear { factor }
+            | RopeScaling::Llama3 { factor, .. }
+            | RopeScaling::Dynamic { factor, .. }
+            | RopeScaling::Yarn { factor, .. } => *factor,
+        };
+        if !(factor.is_finite() && factor >= 1.0) {
+            return Err(format!(
+                "rope_scaling factor must be at least 1, got {factor}"
+            ));
+        }
+        self.max_positions = self.max_positions.max((original * factor).ceil() as usize);
+        self.rope_scaling = Some(scaling);
+        Ok(())
+    }
+
     /// Width of the query projection output.
     pub fn q_dim(&self) -> usize {
         self.heads * self.head_dim
@@ -192,7 +236,12 @@ impl ModelConfig {
     }
 }
 
-fn parse_rope_scaling(v: &serde_json::Value) -> std::result::Result<Option<RopeScaling>, String> {
+/// `rope_scaling` (or transformers 5's `rope_parameters`) of config.json; `original` is the
+/// config's max_position_embeddings, the default original context of dynamic and YaRN.
+fn parse_rope_scaling(
+    v: &serde_json::Value,
+    original: f64,
+) -> std::result::Result<Option<RopeScaling>, String> {
     if v.is_null() {
         return Ok(None);
     }
@@ -217,8 +266,32 @@ fn parse_rope_scaling(v: &serde_json::Value) -> std::result::Result<Option<RopeS
             high_freq_factor: num("high_freq_factor")?,
             original_max_position_embeddings: num("original_max_position_embeddings")?,
         })),
+        "dynamic" => Ok(Some(RopeScaling::Dynamic {
+            factor: num("factor")?,
+            original_max_position_embeddings: original,
+        })),
+        "yarn" => {
+            let factor = num("factor")?;
+            let opt = |key: &str| v.get(key).and_then(|x| x.as_f64());
+            let attention_factor = match (opt("attention_factor"), opt("mscale"), opt("mscale_all_dim")) {
+                (Some(a), _, _) => a,
+                (None, Some(m), Some(all)) if m != 0.0 && all != 0.0 => {
+                    RopeScaling::yarn_mscale(factor, m) / RopeScaling::yarn_mscale(factor, all)
+                }
+                _ => RopeScaling::yarn_mscale(factor, 1.0),
+            };
+            Ok(Some(RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings: opt("original_max_position_embeddings")
+                    .unwrap_or(original),
+                beta_fast: opt("beta_fast").unwrap_or(32.0),
+                beta_slow: opt("beta_slow").unwrap_or(1.0),
+                attention_factor,
+                truncate: v.get("truncate").and_then(|x| x.as_bool()).unwrap_or(true),
+            }))
+        }
         other => Err(format!(
-            "rope_scaling type `{other}` is not supported; temper runs default, linear and llama3"
+            "rope_scaling type `{other}` is not supported; temper runs default, linear, dynamic, yarn and llama3"
         )),
     }
 }

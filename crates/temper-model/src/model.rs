@@ -155,13 +155,27 @@ impl<B: Backend> Model<B> {
     /// folder is saved in bitsandbytes' 4-bit layout).
     pub fn load_with(be: Arc<B>, dir: &Path, opts: &LoadOptions) -> Result<Self> {
         let cfg = ModelConfig::from_dir(dir)?;
+        Self::load_configured(be, dir, cfg, opts)
+    }
+
+    /// [`Model::load_with`] with the folder's config.json already read (and adjusted, e.g. by
+    /// [`ModelConfig::apply_rope_scaling`]).
+    pub fn load_configured(
+        be: Arc<B>,
+        dir: &Path,
+        cfg: ModelConfig,
+        opts: &LoadOptions,
+    ) -> Result<Self> {
         let weights = Weights::load_with(&*be, &cfg, dir, opts)?;
         Self::from_parts(be, cfg, weights)
     }
 
     pub fn from_parts(be: Arc<B>, cfg: ModelConfig, weights: Weights<B>) -> Result<Self> {
-        let inv_freq = rope::inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling.as_ref());
-        let (cos, sin) = rope::tables(&inv_freq, cfg.max_positions.max(1));
+        let positions = cfg.max_positions.max(1);
+        let scaling = cfg.rope_scaling.as_ref();
+        let inv_freq = rope::inv_freq(cfg.head_dim, cfg.rope_theta, scaling, positions);
+        let attention_factor = scaling.map_or(1.0, |s| s.attention_factor());
+        let (cos, sin) = rope::scaled_tables(&inv_freq, positions, attention_factor);
         Ok(Model {
             rope_cos: be.upload(&cos)?,
             rope_sin: be.upload(&sin)?,
@@ -186,7 +200,7 @@ impl<B: Backend> Model<B> {
         if let Some(&p) = batch.positions.iter().max() {
             if p as usize >= self.cfg.max_positions {
                 return Err(bad(format!(
-                    "position {p} is beyond max_position_embeddings {} of config.json; lower max_seq_len",
+                    "position {p} is beyond the {} positions the model takes (max_position_embeddings of config.json); lower max_seq_len, or extend the context on purpose with rope_scaling (linear, dynamic, yarn)",
                     self.cfg.max_positions
                 )));
             }

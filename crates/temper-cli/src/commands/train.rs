@@ -83,8 +83,7 @@ fn run_on<B: Backend>(
     }
     crate::commands::plan::check(&plan, &predicted)?;
     let t0 = Instant::now();
-    let model = Model::load_with(be.clone(), &plan.model_dir, &plan.load)
-        .with_context(|| format!("loading model {}", plan.model_dir.display()))?;
+    let model = load_model(be.clone(), &plan)?;
     let load_s = t0.elapsed().as_secs_f64();
     let tok = Tokenizer::from_dir(&plan.model_dir)?;
     let data = prepare_quietly(&tok, &plan.data, plan.max_seq_len, plan.packing, !lead)?;
@@ -224,4 +223,22 @@ fn eval_loss<B: Backend>(
         },
         count,
     ))
+}
+
+/// The model as the plan asks, with `rope_scaling` applied over config.json's.
+fn load_model<B: Backend>(be: Arc<B>, plan: &config::TrainPlan) -> Result<Model<B>> {
+    let dir = &plan.model_dir;
+    let mut cfg = temper_model::ModelConfig::from_dir(dir)
+        .with_context(|| format!("loading model {}", dir.display()))?;
+    if let Some(v) = &plan.rope_scaling {
+        let before = cfg.max_positions;
+        cfg.apply_rope_scaling(v, plan.max_seq_len)
+            .map_err(|e| anyhow::anyhow!("rope_scaling: {e}"))?;
+        eprintln!(
+            "rope_scaling: {:?}; positions up to {} (max_position_embeddings {before})",
+            cfg.rope_scaling, cfg.max_positions
+        );
+    }
+    Model::load_configured(be, dir, cfg, &plan.load)
+        .with_context(|| format!("loading model {}", dir.display()))
 }
