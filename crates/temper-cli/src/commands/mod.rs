@@ -3,6 +3,7 @@ pub mod eval;
 pub mod generate;
 pub mod import_gguf;
 pub mod init_model;
+pub mod merge;
 pub mod plan;
 pub mod preprocess;
 pub mod quantize;
