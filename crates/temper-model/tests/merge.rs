@@ -360,3 +360,124 @@ fn a_non_empty_out_is_refused_unless_forced() {
     let err = merge_folder(&base, &adapter, &base, &forced).expect_err("base refused");
     assert!(err.to_string().contains("input folder"), "{err}");
 }
+
+/// A random adapter (r 4, every target, non-zero A and B) for the model in `model`, saved in
+/// `dir` as temper saves adapters.
+fn random_adapter(model: &Path, dir: &Path) {
+    let be = CpuBackend::new();
+    let cfg = temper_model::ModelConfig::from_dir(model).expect("config");
+    let lora = temper_model::LoraConfig {
+        r: 4,
+        alpha: 16.0,
+        dropout: 0.0,
+        use_rslora: false,
+        targets: Target::ALL.to_vec(),
+    };
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let params = temper_model::LoraParams::build(&be, &cfg, &lora, |_, shape, _| {
+        Ok((0..shape[0] * shape[1])
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1
+            })
+            .collect())
+    })
+    .expect("adapter");
+    temper_model::adapter::save(&be, &params, "src", dir).expect("save adapter");
+}
+
+fn bnb_model(name: &str) -> PathBuf {
+    repo()
+        .join("crates/temper-quant/tests/fixtures/bnb/model")
+        .join(name)
+}
+
+/// Every tensor of a merged folder, by name, as stored.
+fn stored_tensors(dir: &Path) -> BTreeMap<String, (Vec<usize>, Vec<u8>)> {
+    let (files, _) = temper_quant::weight_files(dir).expect("weight files");
+    let mut out = BTreeMap::new();
+    for f in files {
+        let bytes = std::fs::read(&f).expect("read");
+        let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+        for (name, view) in st.tensors() {
+            out.insert(name, (view.shape().to_vec(), view.data().to_vec()));
+        }
+    }
+    out
+}
+
+/// A folder saved by transformers + bitsandbytes in 4 or 8 bits merges to the same bits as
+/// its bf16 original quantised while loading (bitsandbytes' quantisation, which temper's
+/// reproduces bit for bit), and the merge says the base was quantised.
+#[test]
+fn a_bitsandbytes_folder_merges_like_its_original_quantised_on_load() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let adapter = tmp.path().join("adapter");
+    random_adapter(&bnb_model("src"), &adapter);
+    let cases = [
+        (
+            "nf4_dq",
+            LoadOptions {
+                quantize: Some(QuantizeOnLoad {
+                    quant_type: QuantType::Nf4,
+                    blocksize: 64,
+                    double_quant: true,
+                }),
+                int8: false,
+            },
+        ),
+        (
+            "fp4",
+            LoadOptions {
+                quantize: Some(QuantizeOnLoad {
+                    quant_type: QuantType::Fp4,
+                    blocksize: 64,
+                    double_quant: false,
+                }),
+                int8: false,
+            },
+        ),
+        (
+            "int8",
+            LoadOptions {
+                quantize: None,
+                int8: true,
+            },
+        ),
+    ];
+    for (name, load) in cases {
+        let stored = tmp.path().join(format!("{name}-stored"));
+        let s = merge_folder(&bnb_model(name), &adapter, &stored, &opts(DType::BF16))
+            .expect("merge the bitsandbytes folder");
+        let q = s.quantized_base.clone().expect("quantised base reported");
+        assert!(q.contains("bitsandbytes folder"), "{q}");
+        let on_load = tmp.path().join(format!("{name}-on-load"));
+        let o = MergeOptions {
+            load,
+            ..opts(DType::BF16)
+        };
+        merge_folder(&bnb_model("src"), &adapter, &on_load, &o).expect("merge on load");
+        let a = stored_tensors(&stored);
+        let b = stored_tensors(&on_load);
+        assert_eq!(
+            a.keys().collect::<Vec<_>>(),
+            b.keys().collect::<Vec<_>>(),
+            "{name}"
+        );
+        let differ: Vec<&String> = a.keys().filter(|k| a[*k] != b[*k]).collect();
+        println!(
+            "{name}: {} tensors, {} merged; differing from the original quantised on load: {differ:?}",
+            a.len(),
+            s.merged
+        );
+        assert!(differ.is_empty(), "{name}: {differ:?}");
+        let cfg: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(stored.join("config.json")).expect("config"),
+        )
+        .expect("json");
+        assert!(cfg.get("quantization_config").is_none());
+        assert_eq!(cfg["dtype"], "bfloat16");
+    }
+}
