@@ -69,7 +69,7 @@ pub struct MergeSummary {
     pub bytes: u64,
     pub parameters: u64,
     /// The base's quantisation, when its linear weights were dequantised (e.g. "nf4 with
-    /// double quantisation, quantised on load").
+    /// double quantisation, quantised on load" or "nf4, bitsandbytes folder").
     pub quantized_base: Option<String>,
     /// max over merged weights of max |delta| / max |W|: how large the adapter's change is
     /// beside the weight it changes.
@@ -351,10 +351,10 @@ pub fn merge_folder(
                           weights; temper merges Llama-family checkpoints"
                             .into(),
                     })?;
-            stored_quant.get_or_insert_with(|| format!("{q} (bitsandbytes folder)"));
+            stored_quant.get_or_insert_with(|| format!("{q}, bitsandbytes folder"));
             (Source::FourBit, vec![d_out, d_in])
         } else if dtype == Dtype::I8 && names.contains(&format!("{prefix}.SCB")) {
-            stored_quant.get_or_insert_with(|| "int8 (bitsandbytes folder)".into());
+            stored_quant.get_or_insert_with(|| "int8, bitsandbytes folder".into());
             (Source::Int8, shape)
         } else if float_dtype(dtype).is_some() {
             (Source::Float, shape)
@@ -399,7 +399,7 @@ pub fn merge_folder(
         None
     } else if let Some(q) = opts.load.quantize {
         Some(format!(
-            "{}{} (quantised on load)",
+            "{}{}, quantised on load",
             q.quant_type.name(),
             if q.double_quant {
                 " with double quantisation"
@@ -408,7 +408,7 @@ pub fn merge_folder(
             }
         ))
     } else if opts.load.int8 {
-        Some("int8 (quantised on load)".into())
+        Some("int8, quantised on load".into())
     } else {
         None
     };

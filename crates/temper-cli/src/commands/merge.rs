@@ -132,8 +132,14 @@ fn quantized_warning(quant: &str, s: &MergeSummary) -> String {
     }
     msg.push_str(&format!(
         " The delta is at most {:.2e} of its weight's largest value (max |delta| / max |W| \
-         over {} merged weights); quantising the merged model again would lose much of it.",
+         over {} merged weights)",
         s.max_delta_ratio, s.merged
     ));
+    // A 4-bit step is about 1/8 of a block's largest value (NF4's codes near zero are 0.08
+    // apart): a delta well below it does not survive quantising the merged model again.
+    if s.max_delta_ratio < 0.1 {
+        msg.push_str("; quantising the merged model to 4 bits again would lose most of it");
+    }
+    msg.push('.');
     msg
 }
