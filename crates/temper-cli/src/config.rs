@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_yaml::{Mapping, Value};
 use temper_model::adapter::parse_targets;
 use temper_model::QuantType;
-use temper_model::{Checkpointing, LoraConfig};
+use temper_model::{Checkpointing, LoraConfig, Target};
 use temper_train::{AdamWConfig, ScheduleKind, TrainSettings};
 
 use crate::keys::{suggest, TRAIN_KEYS};
@@ -52,16 +52,15 @@ pub struct TrainFile {
     #[serde(default)]
     pub bnb_4bit_use_double_quant: bool,
     pub bnb_4bit_compute_dtype: Option<String>,
-    #[serde(default = "d_r")]
-    pub lora_r: usize,
-    #[serde(default = "d_alpha")]
-    pub lora_alpha: f32,
-    #[serde(default = "d_dropout")]
-    pub lora_dropout: f32,
-    #[serde(default)]
-    pub use_rslora: bool,
-    #[serde(default = "d_targets")]
-    pub target_modules: serde_json::Value,
+    /// A PEFT adapter to start training from. The lora keys below default to its values.
+    pub init_adapter: Option<PathBuf>,
+    /// The lora keys: None when the file and command line leave them out, so that they can
+    /// come from `init_adapter` (else from the defaults below).
+    pub lora_r: Option<usize>,
+    pub lora_alpha: Option<f32>,
+    pub lora_dropout: Option<f32>,
+    pub use_rslora: Option<bool>,
+    pub target_modules: Option<serde_json::Value>,
     #[serde(default = "d_lr")]
     pub learning_rate: f64,
     #[serde(default = "d_sched")]
@@ -149,18 +148,6 @@ fn d_auto() -> String {
 fn d_dist_timeout() -> f64 {
     300.0
 }
-fn d_r() -> usize {
-    16
-}
-fn d_alpha() -> f32 {
-    32.0
-}
-fn d_dropout() -> f32 {
-    0.05
-}
-fn d_targets() -> serde_json::Value {
-    serde_json::Value::String("all-linear".into())
-}
 fn d_lr() -> f64 {
     2e-4
 }
@@ -221,6 +208,8 @@ pub struct TrainPlan {
     pub dist_backend: crate::dist::DistBackend,
     pub dist_timeout: std::time::Duration,
     pub settings: TrainSettings,
+    /// What the user should know about how the settings were resolved (printed by train).
+    pub notes: Vec<String>,
 }
 
 /// Reads the YAML file, applies `--key value` overrides, and checks every key.
@@ -275,6 +264,8 @@ fn rel(base: &Path, p: &Path) -> PathBuf {
 impl TrainFile {
     /// Checks values and turns the file into a plan. `base` is the YAML file's folder.
     pub fn resolve(self, base: &Path, resume: Option<Option<PathBuf>>) -> Result<TrainPlan> {
+        let init_adapter = self.init_adapter.as_ref().map(|p| rel(base, p));
+        let (lora, lora_notes) = self.lora_config(init_adapter.as_deref())?;
         let model_dir = rel(
             base,
             &self
@@ -311,14 +302,6 @@ impl TrainFile {
             },
             base,
         )?;
-        let targets =
-            parse_targets(&self.target_modules).map_err(|e| anyhow!("target_modules: {e}"))?;
-        if self.lora_r == 0 {
-            bail!("lora_r must be at least 1");
-        }
-        if !(0.0..1.0).contains(&self.lora_dropout) {
-            bail!("lora_dropout must be in [0, 1), got {}", self.lora_dropout);
-        }
         if self.learning_rate <= 0.0 || !self.learning_rate.is_finite() {
             bail!("learning_rate must be positive, got {}", self.learning_rate);
         }
@@ -392,13 +375,7 @@ impl TrainFile {
             )?),
         };
         let settings = TrainSettings {
-            lora: LoraConfig {
-                r: self.lora_r,
-                alpha: self.lora_alpha,
-                dropout: self.lora_dropout,
-                use_rslora: self.use_rslora,
-                targets,
-            },
+            lora,
             learning_rate: self.learning_rate,
             schedule,
             warmup_steps: self.warmup_steps,
@@ -429,6 +406,7 @@ impl TrainFile {
             output_dir,
             base_model: model_dir.display().to_string(),
             resume_from,
+            init_adapter,
         };
         Ok(TrainPlan {
             model_dir,
@@ -449,8 +427,136 @@ impl TrainFile {
                 Some(other) => bail!("max_memory must be a size like 22GiB, got {other:?}"),
             },
             settings,
+            notes: lora_notes,
         })
     }
+
+    /// The LoRA settings: the lora keys given, the rest from `init_adapter` when there is one
+    /// (a key given must then agree with the adapter), else the defaults. Returns notes saying
+    /// which keys came from the adapter.
+    fn lora_config(&self, init_adapter: Option<&Path>) -> Result<(LoraConfig, Vec<String>)> {
+        let given_targets = match &self.target_modules {
+            Some(v) => Some(parse_targets(v).map_err(|e| anyhow!("target_modules: {e}"))?),
+            None => None,
+        };
+        let Some(dir) = init_adapter else {
+            let lora = LoraConfig {
+                r: self.lora_r.unwrap_or(16),
+                alpha: self.lora_alpha.unwrap_or(32.0),
+                dropout: self.lora_dropout.unwrap_or(0.05),
+                use_rslora: self.use_rslora.unwrap_or(false),
+                targets: match given_targets {
+                    Some(t) => t,
+                    None => Target::ALL.to_vec(),
+                },
+            };
+            check_lora(&lora)?;
+            return Ok((lora, Vec::new()));
+        };
+        let from = temper_model::adapter::read_config(dir).with_context(|| {
+            format!(
+                "init_adapter {}: reading the adapter's settings (a PEFT adapter folder holds \
+                 adapter_config.json and adapter_model.safetensors)",
+                dir.display()
+            )
+        })?;
+        let mut taken: Vec<String> = Vec::new();
+        let mut disagree: Vec<String> = Vec::new();
+        /// The adapter's value when the key is not given (noted in `taken`); the given value
+        /// otherwise, noted in `disagree` when it differs.
+        fn pick<T: PartialEq>(
+            key: &str,
+            given: Option<T>,
+            adapter: T,
+            show: impl Fn(&T) -> String,
+            taken: &mut Vec<String>,
+            disagree: &mut Vec<String>,
+        ) -> T {
+            match given {
+                Some(v) if v != adapter => {
+                    disagree.push(format!(
+                        "{key} is {} here but {} in the adapter",
+                        show(&v),
+                        show(&adapter)
+                    ));
+                    v
+                }
+                Some(v) => v,
+                None => {
+                    taken.push(format!("{key} {}", show(&adapter)));
+                    adapter
+                }
+            }
+        }
+        let names = |t: &Vec<Target>| {
+            let n: Vec<&str> = t.iter().map(|t| t.name()).collect();
+            format!("[{}]", n.join(", "))
+        };
+        let (t, d) = (&mut taken, &mut disagree);
+        let lora = LoraConfig {
+            r: pick("lora_r", self.lora_r, from.r, |v| v.to_string(), t, d),
+            alpha: pick(
+                "lora_alpha",
+                self.lora_alpha,
+                from.alpha,
+                |v| v.to_string(),
+                t,
+                d,
+            ),
+            use_rslora: pick(
+                "use_rslora",
+                self.use_rslora,
+                from.use_rslora,
+                |v| v.to_string(),
+                t,
+                d,
+            ),
+            targets: pick(
+                "target_modules",
+                given_targets,
+                from.targets.clone(),
+                names,
+                t,
+                d,
+            ),
+            // A training setting, not part of the weights: the config's wins.
+            dropout: match self.lora_dropout {
+                Some(v) => v,
+                None => {
+                    t.push(format!("lora_dropout {}", from.dropout));
+                    from.dropout
+                }
+            },
+        };
+        if !disagree.is_empty() {
+            bail!(
+                "init_adapter {}: {}; remove those keys to take the adapter's values, or start \
+                 from another adapter",
+                dir.display(),
+                disagree.join("; ")
+            );
+        }
+        check_lora(&lora)?;
+        let mut notes = Vec::new();
+        if !taken.is_empty() {
+            notes.push(format!(
+                "note: init_adapter {}: {} (from the adapter)",
+                dir.display(),
+                taken.join(", ")
+            ));
+        }
+        Ok((lora, notes))
+    }
+}
+
+fn check_lora(lora: &LoraConfig) -> Result<()> {
+    if lora.r == 0 {
+        bail!("lora_r must be at least 1");
+    }
+    if !(0.0..1.0).contains(&lora.dropout) {
+        bail!("lora_dropout must be in [0, 1), got {}", lora.dropout);
+    }
+    Ok(())
 }
 
 /// "24GiB", "512MiB", "2.5GB", "1000000": a size in bytes.

@@ -115,28 +115,33 @@ pub const TRAIN_KEYS: &[Key] = &[
         help: "accepted for bitsandbytes configs and has no effect: LLM.int8 computes the activation columns above it in 16 bits and the rest in int8, while temper dequantises the 8-bit weights and computes every column in 16 bits",
     },
     Key {
+        name: "init_adapter",
+        default: "(none)",
+        help: "a PEFT adapter folder to start training from (its weights; lora_r, lora_alpha, use_rslora, target_modules and lora_dropout default to its values, and those given must agree); --resume continues a run instead",
+    },
+    Key {
         name: "lora_r",
-        default: "16",
+        default: "16 (or init_adapter's)",
         help: "LoRA rank",
     },
     Key {
         name: "lora_alpha",
-        default: "32",
+        default: "32 (or init_adapter's)",
         help: "LoRA alpha; the update is scaled by alpha/r (alpha/sqrt(r) with use_rslora)",
     },
     Key {
         name: "lora_dropout",
-        default: "0.05",
+        default: "0.05 (or init_adapter's)",
         help: "dropout on the LoRA input while training",
     },
     Key {
         name: "use_rslora",
-        default: "false",
+        default: "false (or init_adapter's)",
         help: "rank-stabilised scaling alpha/sqrt(r)",
     },
     Key {
         name: "target_modules",
-        default: "all-linear",
+        default: "all-linear (or init_adapter's)",
         help:
             "list of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, or all-linear",
     },

@@ -129,6 +129,12 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Fold a LoRA adapter into its base model: a Hugging Face folder that transformers and
+    /// vLLM load with no adapter.
+    Merge(commands::merge::MergeArgs),
+    /// Write a model (with its adapter merged in) as a GGUF file for llama.cpp, or the adapter
+    /// alone as llama.cpp's LoRA GGUF (--lora-only).
+    ExportGguf(commands::export_gguf::ExportGgufArgs),
     /// Quantise a model folder to 4 bits (NF4 / FP4) in bitsandbytes' layout, for QLoRA.
     Quantize(commands::quantize::QuantizeArgs),
     /// Time LoRA training steps on random tokens (all 7 linear kinds); prints one JSON line.
@@ -326,6 +332,8 @@ fn main() -> Result<()> {
         }),
         Command::Generate(args) => commands::generate::run(args),
         Command::Quantize(args) => commands::quantize::run(args),
+        Command::Merge(args) => commands::merge::run(args),
+        Command::ExportGguf(args) => commands::export_gguf::run(args),
         Command::ImportGguf { gguf, out, dtype } => {
             commands::import_gguf::run(commands::import_gguf::ImportGgufArgs { gguf, out, dtype })
         }

@@ -1,17 +1,21 @@
 //! GGUF files (llama.cpp's format): a reader for versions 2 and 3, dequantisation of the
 //! common tensor types to f32, and conversion of `llama` / `qwen2` models to a Hugging Face
 //! folder (config.json, model.safetensors, tokenizer.json, tokenizer_config.json) that
-//! temper-model and transformers load.
+//! temper-model and transformers load; and the way back: a Hugging Face folder (or a PEFT
+//! adapter) written as a GGUF file that llama.cpp loads.
 
 pub mod config;
 pub mod convert;
 pub mod dequant;
 pub mod error;
+pub mod export;
 pub mod reader;
 pub mod tokenizer;
+pub mod writer;
 
 pub use config::GgufArch;
 pub use convert::{hf_name, import, unpermute_rows, ImportSummary, OutDtype};
 pub use dequant::{dequantize, GgmlType};
 pub use error::{GgufError, Result};
+pub use export::{export, export_lora, ExportSummary, ExportType};
 pub use reader::{GgufFile, TensorInfo, Value};

@@ -9,10 +9,12 @@ pub mod init;
 pub mod layer;
 pub mod linear;
 pub mod lora;
+pub mod merge;
 pub mod model;
 pub mod plan;
 pub mod quantized;
 pub mod safetensors_dir;
+pub mod sharded_out;
 pub mod weights;
 
 pub use config::{Arch, ModelConfig};

@@ -165,6 +165,31 @@ impl SafetensorsDir {
         out
     }
 
+    /// The storage type and shape of tensor `name`, as the file's header gives them.
+    pub fn info(&self, name: &str) -> Result<(Dtype, Vec<usize>)> {
+        let (view, _) = self.view(name)?;
+        Ok((view.dtype(), view.shape().to_vec()))
+    }
+
+    /// Tensor `name` as stored (type, shape, bytes still in the mapped file), for readers of
+    /// other layouts (bitsandbytes' 4-bit tensors); None when absent or unreadable. Call
+    /// [`SafetensorsDir::release`] once its bytes are copied.
+    pub fn tensor_ref(&self, name: &str) -> Option<temper_quant::TensorRef<'_>> {
+        let (view, _) = self.view(name).ok()?;
+        Some(temper_quant::TensorRef {
+            dtype: view.dtype(),
+            shape: view.shape().to_vec(),
+            data: view.data(),
+        })
+    }
+
+    /// Drops the resident file pages of tensor `name` (after its bytes were copied).
+    pub fn release(&self, name: &str) {
+        if let Ok((view, mmap)) = self.view(name) {
+            release_tensor_pages(mmap, view.data());
+        }
+    }
+
     /// Reads `name` and checks its shape.
     pub fn read_shaped(&self, name: &str, expected: &[usize]) -> Result<HostTensor> {
         let t = self.read(name)?;

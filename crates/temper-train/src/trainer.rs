@@ -51,6 +51,10 @@ pub struct TrainSettings {
     pub base_model: String,
     /// Continue from this checkpoint folder.
     pub resume_from: Option<PathBuf>,
+    /// Start a fresh run from this PEFT adapter's weights instead of PEFT's initialisation;
+    /// its r, alpha, use_rslora and targets must be `lora`'s. Unused when resuming: the
+    /// checkpoint holds the weights.
+    pub init_adapter: Option<PathBuf>,
 }
 
 /// One optimizer step, as reported to observers and written to metrics.jsonl.
@@ -110,6 +114,40 @@ pub fn train<B: Backend>(
     observer: &mut dyn Observer,
 ) -> Result<(LoraParams<B>, TrainSummary)> {
     train_with(model, rows, settings, observer, &Single)
+}
+
+/// The weights of the PEFT adapter in `dir`, to train on from there: its r, alpha, scaling
+/// and targets must be `lora`'s (dropout is a training setting and comes from `lora`).
+fn start_from_adapter<B: Backend>(
+    be: &B,
+    model: &Model<B>,
+    lora: &LoraConfig,
+    dir: &std::path::Path,
+) -> Result<LoraParams<B>> {
+    let mut params = adapter::load(be, &model.cfg, dir)?;
+    let a = &params.config;
+    let same = a.r == lora.r
+        && a.alpha == lora.alpha
+        && a.use_rslora == lora.use_rslora
+        && a.targets == lora.targets;
+    if !same {
+        return Err(TrainError::Config(format!(
+            "init_adapter {}: the adapter has r {}, lora_alpha {}, use_rslora {}, targets {:?}; \
+             the run asks for r {}, lora_alpha {}, use_rslora {}, targets {:?}: leave the lora \
+             keys out to take the adapter's",
+            dir.display(),
+            a.r,
+            a.alpha,
+            a.use_rslora,
+            a.targets,
+            lora.r,
+            lora.alpha,
+            lora.use_rslora,
+            lora.targets
+        )));
+    }
+    params.config.dropout = lora.dropout;
+    Ok(params)
 }
 
 /// [`train`] as one rank of a data-parallel job. Every rank passes the same `rows` and
@@ -194,7 +232,10 @@ pub fn train_with<B: Backend>(
             (r.lora, r.opt, r.state.step)
         }
         None => {
-            let lora = LoraParams::init(be, &model.cfg, &s.lora, s.seed)?;
+            let lora = match &s.init_adapter {
+                Some(dir) => start_from_adapter(be, model, &s.lora, dir)?,
+                None => LoraParams::init(be, &model.cfg, &s.lora, s.seed)?,
+            };
             let opt = AdamW::new(be, &lora, s.adamw)?;
             (lora, opt, 0)
         }

@@ -1,8 +1,10 @@
 pub mod bench;
 pub mod eval;
+pub mod export_gguf;
 pub mod generate;
 pub mod import_gguf;
 pub mod init_model;
+pub mod merge;
 pub mod plan;
 pub mod preprocess;
 pub mod quantize;

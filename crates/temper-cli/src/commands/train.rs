@@ -90,6 +90,9 @@ fn run_on<B: Backend>(
     let cfg = &model.cfg;
     let s = &plan.settings;
     if lead {
+        for note in &plan.notes {
+            eprintln!("{note}");
+        }
         eprintln!(
             "model: {} ({} layers, hidden {}, {} heads / {} kv heads, vocab {}) loaded in {:.1}s",
             cfg.model_type, cfg.layers, cfg.hidden, cfg.heads, cfg.kv_heads, cfg.vocab, load_s
@@ -111,6 +114,9 @@ fn run_on<B: Backend>(
                 "alpha/r"
             }
         );
+        if let (Some(dir), None) = (&s.init_adapter, &s.resume_from) {
+            eprintln!("lora: starting from the adapter in {}", dir.display());
+        }
     }
     // Joining comes after loading, so the wait covers only how far apart the ranks are.
     let coll = join(&be)?;

@@ -59,6 +59,7 @@ pub fn settings(out: &Path, max_steps: u64) -> TrainSettings {
         output_dir: out.to_path_buf(),
         base_model: "examples/tiny/model".into(),
         resume_from: None,
+        init_adapter: None,
     }
 }
 
