@@ -245,7 +245,7 @@ impl CudaBackend {
             &q.data,
             &k.data,
             &v.data,
-            &tiles_d,
+            &*tiles_d,
             &hq32,
             &hkv32,
             &scale
@@ -293,7 +293,7 @@ impl CudaBackend {
             &dout.data,
             &lse.data,
             &dsum.data,
-            &key_tiles_d,
+            &*key_tiles_d,
             &hq32,
             &hkv32,
             &scale
@@ -313,7 +313,7 @@ impl CudaBackend {
             &dout.data,
             &lse.data,
             &dsum.data,
-            &query_tiles_d,
+            &*query_tiles_d,
             &hq32,
             &hkv32,
             &scale

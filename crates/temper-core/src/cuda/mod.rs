@@ -35,6 +35,8 @@ use crate::{CoreError, DType, Result};
 
 /// Bytes of the cuBLAS workspace the backend allocates (and counts) once.
 const CUBLAS_WORKSPACE: usize = 32 << 20;
+/// Index arrays kept on the device for reuse (see `upload_u32`).
+const INDEX_CACHE: usize = 16;
 
 /// Entry points instantiated once per storage type, by source file.
 const PER_TYPE: &[(&str, &[&str])] = &[
@@ -99,6 +101,8 @@ pub struct CudaBackend {
     staging: staging::StagingCell,
     flash: flash::FlashKernels,
     profiler: profile::Profiler,
+    /// Recently uploaded index arrays, newest first.
+    index_cache: std::sync::Mutex<Vec<(Vec<u32>, Arc<CudaSlice<u32>>)>>,
     /// Held for cuBLAS for the backend's lifetime (counted in the accounting).
     _workspace: CudaBuf,
 }
@@ -307,6 +311,7 @@ impl CudaBackend {
             staging: staging::StagingCell::default(),
             flash,
             profiler: profile::Profiler::default(),
+            index_cache: Default::default(),
             _workspace: workspace,
         })
     }
@@ -356,10 +361,28 @@ impl CudaBackend {
         Ok(self.wrap(data, n, dtype))
     }
 
-    fn upload_u32(&self, host: &[u32]) -> Result<CudaSlice<u32>> {
-        self.stream
-            .clone_htod(host)
-            .map_err(dev_err("upload indices"))
+    /// Index arrays (positions, token bounds, attention tiles) on the device. A step passes the
+    /// same few arrays to many ops (every layer's RoPE, every attention call), so the last
+    /// [`INDEX_CACHE`] uploads are kept by content and reused instead of copied again.
+    fn upload_u32(&self, host: &[u32]) -> Result<Arc<CudaSlice<u32>>> {
+        let mut cache = self
+            .index_cache
+            .lock()
+            .map_err(|_| CoreError::Device("index cache lock poisoned".into()))?;
+        if let Some(i) = cache.iter().position(|(h, _)| h.as_slice() == host) {
+            let hit = cache.remove(i);
+            let dev = hit.1.clone();
+            cache.insert(0, hit);
+            return Ok(dev);
+        }
+        let dev = Arc::new(
+            self.stream
+                .clone_htod(host)
+                .map_err(dev_err("upload indices"))?,
+        );
+        cache.insert(0, (host.to_vec(), dev.clone()));
+        cache.truncate(INDEX_CACHE);
+        Ok(dev)
     }
 
     /// The device address of element `offset` of `b`.

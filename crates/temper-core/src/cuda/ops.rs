@@ -129,7 +129,7 @@ impl CudaBackend {
             grid_stride(pos.len() * h * d / 2),
             op,
             &mut x.data,
-            &pos_d,
+            &*pos_d,
             &cos.data,
             &sin.data,
             &n,
@@ -493,7 +493,7 @@ impl Backend for CudaBackend {
             cfg,
             "embedding_forward",
             &mut out.data,
-            &ids_d,
+            &*ids_d,
             &table.data,
             &n,
             &c32
