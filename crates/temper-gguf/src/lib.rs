@@ -7,6 +7,7 @@ pub mod config;
 pub mod convert;
 pub mod dequant;
 pub mod error;
+pub mod pretokenizer;
 pub mod reader;
 pub mod tokenizer;
 

@@ -1,8 +1,8 @@
-//! The tokenizer rebuilt from GGUF metadata encodes as transformers' GGUF conversion does:
-//! ids made by `scripts/make_gguf_fixtures.py` with
-//! `AutoTokenizer.from_pretrained(dir, gguf_file=...)` for small vocabularies saved with
-//! different `tokenizer.ggml.pre` values and add_bos_token settings. The rebuilt
-//! tokenizer.json is loaded with the `tokenizers` crate, as temper-data loads it.
+//! The tokenizer rebuilt from GGUF metadata encodes as llama.cpp does: ids made by
+//! `scripts/make_llama_cpp_token_fixtures.py` with llama.cpp's `llama_tokenize` for the small
+//! vocabularies of `scripts/make_gguf_fixtures.py`, saved with different `tokenizer.ggml.pre`
+//! values and add_bos_token settings. The rebuilt tokenizer.json is loaded with the
+//! `tokenizers` crate, as temper-data loads it.
 
 use std::path::PathBuf;
 
@@ -27,7 +27,7 @@ fn rebuilt(gguf: &std::path::Path) -> (tempfile::TempDir, Tokenizer) {
 }
 
 #[test]
-fn small_vocabularies_match_transformers() {
+fn small_vocabularies_match_llama_cpp() {
     let cases: Value = serde_json::from_str(
         &std::fs::read_to_string(fixtures().join("tokenizer_cases.json")).unwrap(),
     )
@@ -54,7 +54,7 @@ fn small_vocabularies_match_transformers() {
             checked += 1;
         }
     }
-    println!("{checked} encodings equal transformers'");
+    println!("{checked} encodings equal llama.cpp's");
     assert!(checked >= 4 * 20);
 }
 
@@ -78,4 +78,54 @@ fn special_tokens_and_template_come_through() {
     assert_eq!(cfg["bos_token"], "<|im_start|>");
     assert_eq!(cfg["eos_token"], "<|im_end|>");
     assert_eq!(cfg["pad_token"], "<|endoftext|>");
+}
+
+/// `tok_smollm.gguf` with its `tokenizer.ggml.pre` value ("smollm", a GGUF string: u64 length
+/// then bytes) replaced by `name` of the same length, written into `dir`.
+fn with_pre(dir: &std::path::Path, name: &str) -> PathBuf {
+    let mut bytes = std::fs::read(fixtures().join("tok_smollm.gguf")).unwrap();
+    let key = b"tokenizer.ggml.pre";
+    let at = bytes
+        .windows(key.len())
+        .position(|w| w == key)
+        .expect("the key is in the file")
+        + key.len();
+    // value type (u32, 8 = string), length (u64), bytes
+    assert_eq!(&bytes[at..at + 4], &8u32.to_le_bytes());
+    assert_eq!(&bytes[at + 4..at + 12], &6u64.to_le_bytes());
+    assert_eq!(&bytes[at + 12..at + 18], b"smollm");
+    assert_eq!(name.len(), 6);
+    bytes[at + 12..at + 18].copy_from_slice(name.as_bytes());
+    let path = dir.join(format!("tok_{name}.gguf"));
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[test]
+fn an_unknown_pre_tokenizer_is_an_error_naming_it_and_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = with_pre(dir.path(), "smolxm");
+    let err = tokenizer_files(&GgufFile::open(&path).unwrap())
+        .unwrap_err()
+        .to_string();
+    println!("{err}");
+    assert!(err.contains(&path.display().to_string()), "{err}");
+    assert!(err.contains("tokenizer.ggml.pre"), "{err}");
+    assert!(err.contains("`smolxm`"), "{err}");
+    assert!(err.contains("did you mean `smollm`?"), "{err}");
+
+    // Known to llama.cpp, but merged there as raw UTF-8, not in the byte alphabet.
+    let path = with_pre(dir.path(), "gemma4");
+    let err = tokenizer_files(&GgufFile::open(&path).unwrap())
+        .unwrap_err()
+        .to_string();
+    println!("{err}");
+    assert!(
+        err.contains("`gemma4`") && err.contains("raw UTF-8"),
+        "{err}"
+    );
+
+    // The same file under another name llama.cpp knows loads.
+    let path = with_pre(dir.path(), "falcon");
+    assert!(tokenizer_files(&GgufFile::open(&path).unwrap()).is_ok());
 }
