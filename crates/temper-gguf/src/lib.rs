@@ -12,7 +12,7 @@ pub mod reader;
 pub mod tokenizer;
 
 pub use config::GgufArch;
-pub use convert::{hf_name, import, unpermute_rows, ImportSummary, OutDtype};
+pub use convert::{hf_name, import, unpermute_rows, ImportSummary, OutDtype, IMPORT_VERSION};
 pub use dequant::{dequantize, GgmlType};
 pub use error::{GgufError, Result};
 pub use reader::{GgufFile, TensorInfo, Value};
