@@ -25,6 +25,16 @@ Writes under ``tests/fixtures/gguf/``:
       The strings of scripts/make_gguf_fixtures.py encoded by llama.cpp with each small
       vocabulary ``tok_<pre>.gguf`` made there (same format as before: {"strings", "cases":
       [{"file", "pre", "add_bos_token", "ids"}]}).
+  tok_boundaries.gguf + pre_tokenizer_cases.json
+      A byte-level BPE vocabulary trained (`tokenizers`, no pre-tokenizer) on the strings of
+      make_gguf_fixtures.py and the strings above until each string is one token, so it has
+      merges across every boundary a pre-tokenizer might draw in them and the ids show where
+      each one splits; no add_bos_token key, so each name's default BOS shows too. Then every
+      `tokenizer.ggml.pre` name llama.cpp's `llama_vocab::impl::load` knows (read from its
+      source), written into a copy of it, and the ids llama.cpp gives for those strings.
+      Names that give the same ids for every string are grouped: {"strings", "raw_utf8",
+      "groups": [{"names", "ids"}]}; "raw_utf8" lists the names llama.cpp merges as raw
+      UTF-8 (not run here; temper refuses them).
 
 Usage:
   python scripts/make_llama_cpp_token_fixtures.py \\
@@ -126,6 +136,10 @@ STRINGS = [
     "It's 5 o'clock; we'll meet at 6 -- they're 10 minutes late!",
     "naïve café 3€, Straße 12, 東京 2020, Привет 99",
     "emoji 🤗 2 🚀 3",
+    # Upper-case runs outside ASCII and combining marks, where llama.cpp's letter classes
+    # differ from Unicode's case classes.
+    "\u00c9COLE, \u00c4PFEL, \u00d6L and CamelCase\u00dcber",
+    "cafe\u0301 man\u0303ana \u1e9e \u01c5ungla",
     "<|im_start|>user\nWhat is 12 times 13?<|im_end|>\n<|im_start|>assistant\n12 times 13 is 156.<|im_end|>\n",
 ]
 
@@ -322,6 +336,87 @@ def render_chats(gguf: Path) -> list:
             for m in CHATS]
 
 
+def compact_id_lists(text: str) -> str:
+    """Indented JSON with each list of ids on one line (only lists spread over lines, which
+    no JSON string can be, are touched)."""
+    import re
+
+    return re.sub(
+        r"\[(\s*\n[\s\d,-]*)\]",
+        lambda m: "[" + ", ".join(m.group(1).replace(",", " ").split()) + "]",
+        text,
+    )
+
+
+def make_boundary_vocab(strings: list, path: Path) -> None:
+    """Byte-level BPE trained on `strings` as whole words (no pre-tokenizer) until each is one
+    token, with three control tokens; written as a vocabulary-only GGUF."""
+    import gguf as gguf_py
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=1_000_000, min_frequency=1, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=specials,
+    )
+    tok.train_from_iterator(strings, trainer)
+    model = json.loads(tok.to_str())["model"]
+    vocab = model["vocab"]
+    tokens = sorted(vocab, key=vocab.get)
+    assert [vocab[t] for t in tokens] == list(range(len(tokens)))
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    w = gguf_py.GGUFWriter(path, arch="llama")
+    w.add_block_count(1)
+    w.add_context_length(64)
+    w.add_embedding_length(8)
+    w.add_feed_forward_length(16)
+    w.add_head_count(2)
+    w.add_head_count_kv(1)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(len(tokens))
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt-2")
+    w.add_token_list(tokens)
+    w.add_token_types([3 if t in specials else 1 for t in tokens])
+    w.add_token_merges(merges)
+    w.add_bos_token_id(vocab["<|im_start|>"])
+    w.add_eos_token_id(vocab["<|im_end|>"])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    print(f"{path.name}: {len(tokens)} tokens, {len(merges)} merges")
+
+
+# Names whose pre-types (GEMMA4, SARVAM_MOE, WHITESPACE) llama.cpp merges as raw UTF-8
+# (`byte_encode = false`), which temper refuses; not run on a byte-level vocabulary.
+RAW_UTF8 = {"gemma4", "granite-embed-multi-311m", "sarvam-moe", "whitespace"}
+
+
+def llama_cpp_pre_names(src: Path) -> list:
+    """The `tokenizer.ggml.pre` names `llama_vocab::impl::load` maps to a pre-type."""
+    import re
+
+    code = (src / "src" / "llama-vocab.cpp").read_text(encoding="utf-8")
+    names = re.findall(r'tokenizer_pre == "([^"]+)"', code)
+    return list(dict.fromkeys(names))
+
+
+def with_pre(gguf_bytes: bytes, name: str) -> bytes:
+    """A GGUF's bytes with its `tokenizer.ggml.pre` string value replaced by `name` (the file
+    holds no tensors, so nothing after the metadata moves)."""
+    import struct
+
+    key = b"tokenizer.ggml.pre"
+    at = gguf_bytes.index(key) + len(key)
+    vtype, n = struct.unpack_from("<IQ", gguf_bytes, at)
+    assert vtype == 8, vtype  # a string
+    new = name.encode()
+    return gguf_bytes[: at + 4] + struct.pack("<Q", len(new)) + new + gguf_bytes[at + 12 + n :]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smollm2", type=Path, required=True, help="SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -378,6 +473,31 @@ def main() -> None:
         ) + "\n"
     )
     print("small vocabularies:", [c["file"] for c in cases])
+
+    # Every pre-tokenizer name llama.cpp knows, on a vocabulary with merges everywhere.
+    pre_strings = small_strings + STRINGS
+    make_boundary_vocab(pre_strings, OUT / "tok_boundaries.gguf")
+    base = (OUT / "tok_boundaries.gguf").read_bytes()
+    groups = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in llama_cpp_pre_names(src):
+            if name in RAW_UTF8:
+                continue
+            path = Path(tmp) / "vocab.gguf"
+            path.write_bytes(with_pre(base, name))
+            ids = llama_cpp_ids(driver, path, pre_strings, True, True)
+            groups.setdefault(json.dumps(ids), []).append(name)
+    (OUT / "pre_tokenizer_cases.json").write_text(
+        compact_id_lists(json.dumps(
+            {"made_by": "llama.cpp (vendored in llama-cpp-python 0.3.36): llama_tokenize, add_special and parse_special on",
+             "vocab": "tok_boundaries.gguf with tokenizer.ggml.pre replaced by each name",
+             "strings": pre_strings,
+             "raw_utf8": sorted(RAW_UTF8),
+             "groups": [{"names": names, "ids": json.loads(ids)} for ids, names in groups.items()]},
+            ensure_ascii=False, indent=1,
+        )) + "\n"
+    )
+    print(f"pre-tokenizer names: {sum(len(n) for n in groups.values())} in {len(groups)} groups")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@
 //! llama.cpp applies the regexes one after another, each to every piece the previous one made,
 //! keeping both the matches and the text between them as pieces; then each piece is spelled in
 //! GPT-2's byte alphabet and merged on its own. In `tokenizers` that is a Sequence of Split
-//! pre-tokenizers (behavior Isolated), then ByteLevel without its own regex.
+//! pre-tokenizers (behavior Isolated, or MergedWithPrevious for the one split that joins text
+//! to the match after it), then ByteLevel without its own regex.
 //!
 //! The regexes below are llama.cpp's, in Rust's regex syntax (as `tokenizers` compiles them
 //! with fancy-regex), rewritten where llama.cpp does not read its own string as a Unicode
@@ -21,7 +22,8 @@
 //! - The GPT-2, Llama 3, Qwen2, Qwen3.5, Kimi-K2 and AFMoE splits are hand-written loops chosen
 //!   by the regex string; written here as the regex each loop carries out (GPT-2's ends in
 //!   `|\s+`, which the loop does and the string omits; AFMoE's digit groups and Kimi-K2's
-//!   letters are spelled out).
+//!   letters are spelled out; AFMoE's loop also keeps the text before a run of digits with the
+//!   run's first group).
 //! - std::regex has no `(?i:...)`, so llama.cpp spells contractions `'[sS]|'[tT]|...`; kept, so
 //!   `'ſ` (which Unicode case folding would match) is not a contraction.
 //! - `\d` is the ASCII digits in std::regex: written `[0-9]`.
@@ -39,6 +41,8 @@ const QWEN35: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])
 const DIGIT: &str = r"\p{N}";
 /// Runs of digits cut into threes from the right, the first group taking the remainder
 /// (`unicode_regex_split_custom_afmoe`, also used for Tiny Aya's `\d{1,3}(?=(?:\d{3})*\b)`).
+/// That loop keeps the text before a run of digits in one piece with the run's first group
+/// (`Behavior::MergedWithPrevious`).
 const DIGITS_THREES_FROM_RIGHT: &str = r"\p{N}{1,3}(?=(?:\p{N}{3})*(?!\p{N}))";
 /// DeepSeek-V3 / Hunyuan-dense / JoyAI / HY-V4: Han and kana runs, then the word split.
 const DEEPSEEK3_WORDS: &str = r##"[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"##;
@@ -50,6 +54,23 @@ const TEKKEN: &str = r"[^\r\n\p{L}\p{N}]?[\p{L}&&[^a-z]]*[\p{L}&&[^A-Z]]+|[^\r\n
 const GPT4O: &str = r"[^\r\n\p{L}\p{N}]?[\p{L}&&[^a-z]]*[\p{L}&&[^A-Z]]+(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|[^\r\n\p{L}\p{N}]?[\p{L}&&[^a-z]]+[\p{L}&&[^A-Z]]*(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Runs without a newline, runs of newlines (`unicode_regex_split_custom_newlines`).
 const LINES: &str = r"[^\n]+|[\n]+";
+
+/// What becomes of the text between a step's matches, as `tokenizers` names it
+/// (`SplitDelimiterBehavior`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Behavior {
+    /// Matches and the text between them are pieces of their own.
+    Isolated,
+    /// A match joins the text just before it (unless that was a match too).
+    MergedWithPrevious,
+}
+
+/// One step of a pre-tokenizer: a regex that splits every piece the steps before made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Step {
+    pub regex: &'static str,
+    pub behavior: Behavior,
+}
 
 /// llama.cpp's pre-tokenizer types (`LLAMA_VOCAB_PRE_TYPE_*`) that a name can select.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -207,6 +228,19 @@ impl PreType {
     /// (`byte_encode = false`: SentencePiece-style vocabularies with `<0xXX>` byte tokens).
     pub fn byte_level(self) -> bool {
         !matches!(self, Self::Gemma4 | Self::SarvamMoe | Self::Whitespace)
+    }
+
+    /// The steps, in order: each regex (see `regexes`) with what becomes of the text between
+    /// its matches.
+    pub fn steps(self) -> impl Iterator<Item = Step> {
+        self.regexes().iter().map(|&regex| Step {
+            regex,
+            behavior: if regex == DIGITS_THREES_FROM_RIGHT {
+                Behavior::MergedWithPrevious
+            } else {
+                Behavior::Isolated
+            },
+        })
     }
 
     /// The regexes, applied in order (`llm_tokenizer_bpe::regex_exprs`).

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use serde_json::{json, Map, Value as Json};
 
 use crate::error::{GgufError, Result};
-use crate::pretokenizer::{nearest_name, PreTokenizer};
+use crate::pretokenizer::{nearest_name, Behavior, PreTokenizer};
 use crate::reader::GgufFile;
 
 /// llama.cpp token types (`enum llama_token_type`).
@@ -146,10 +146,13 @@ pub fn tokenizer_files(file: &GgufFile) -> Result<(Json, Json)> {
     // pieces spelled in the byte alphabet.
     let mut steps: Vec<Json> = pre
         .pre_type
-        .regexes()
-        .iter()
-        .map(|re| {
-            json!({"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false})
+        .steps()
+        .map(|step| {
+            let behavior = match step.behavior {
+                Behavior::Isolated => "Isolated",
+                Behavior::MergedWithPrevious => "MergedWithPrevious",
+            };
+            json!({"type": "Split", "pattern": {"Regex": step.regex}, "behavior": behavior, "invert": false})
         })
         .collect();
     steps.push(

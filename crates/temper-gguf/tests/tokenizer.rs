@@ -1,12 +1,19 @@
 //! The tokenizer rebuilt from GGUF metadata encodes as llama.cpp does: ids made by
 //! `scripts/make_llama_cpp_token_fixtures.py` with llama.cpp's `llama_tokenize` for the small
 //! vocabularies of `scripts/make_gguf_fixtures.py`, saved with different `tokenizer.ggml.pre`
-//! values and add_bos_token settings. The rebuilt tokenizer.json is loaded with the
-//! `tokenizers` crate, as temper-data loads it.
+//! values and add_bos_token settings, and for every `tokenizer.ggml.pre` name llama.cpp
+//! knows, written into a vocabulary with merges across every boundary in its strings
+//! (`tok_boundaries.gguf`). The rebuilt tokenizer.json is loaded with the `tokenizers` crate,
+//! as temper-data loads it.
 
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
+use std::str::FromStr;
 
 use serde_json::Value;
+use temper_gguf::pretokenizer::KNOWN_NAMES;
 use temper_gguf::{tokenizer::tokenizer_files, GgufFile};
 use tokenizers::Tokenizer;
 
@@ -80,24 +87,11 @@ fn special_tokens_and_template_come_through() {
     assert_eq!(cfg["pad_token"], "<|endoftext|>");
 }
 
-/// `tok_smollm.gguf` with its `tokenizer.ggml.pre` value ("smollm", a GGUF string: u64 length
-/// then bytes) replaced by `name` of the same length, written into `dir`.
+/// `tok_smollm.gguf` with `tokenizer.ggml.pre` = `name`, written into `dir`.
 fn with_pre(dir: &std::path::Path, name: &str) -> PathBuf {
-    let mut bytes = std::fs::read(fixtures().join("tok_smollm.gguf")).unwrap();
-    let key = b"tokenizer.ggml.pre";
-    let at = bytes
-        .windows(key.len())
-        .position(|w| w == key)
-        .expect("the key is in the file")
-        + key.len();
-    // value type (u32, 8 = string), length (u64), bytes
-    assert_eq!(&bytes[at..at + 4], &8u32.to_le_bytes());
-    assert_eq!(&bytes[at + 4..at + 12], &6u64.to_le_bytes());
-    assert_eq!(&bytes[at + 12..at + 18], b"smollm");
-    assert_eq!(name.len(), 6);
-    bytes[at + 12..at + 18].copy_from_slice(name.as_bytes());
+    let bytes = std::fs::read(fixtures().join("tok_smollm.gguf")).unwrap();
     let path = dir.join(format!("tok_{name}.gguf"));
-    std::fs::write(&path, bytes).unwrap();
+    std::fs::write(&path, common::with_pre(&bytes, name)).unwrap();
     path
 }
 
@@ -128,4 +122,90 @@ fn an_unknown_pre_tokenizer_is_an_error_naming_it_and_the_file() {
     // The same file under another name llama.cpp knows loads.
     let path = with_pre(dir.path(), "falcon");
     assert!(tokenizer_files(&GgufFile::open(&path).unwrap()).is_ok());
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .expect("an array of ids")
+        .iter()
+        .map(|x| x.as_u64().expect("an id") as u32)
+        .collect()
+}
+
+#[test]
+fn every_pre_tokenizer_name_splits_as_llama_cpp() {
+    let base = std::fs::read(fixtures().join("tok_boundaries.gguf")).unwrap();
+    let fx: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("pre_tokenizer_cases.json")).unwrap(),
+    )
+    .unwrap();
+    let strings: Vec<&str> = fx["strings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let file_with = |name: &str| {
+        let path = tmp.path().join(format!("tok_boundaries-{name}.gguf"));
+        std::fs::write(&path, common::with_pre(&base, name)).unwrap();
+        GgufFile::open(&path).unwrap()
+    };
+
+    // The names llama.cpp knows are the names temper knows.
+    let mut names = BTreeSet::new();
+    for name in fx["raw_utf8"].as_array().unwrap() {
+        let name = name.as_str().unwrap();
+        names.insert(name.to_string());
+        let err = tokenizer_files(&file_with(name)).unwrap_err().to_string();
+        assert!(err.contains("raw UTF-8"), "{name}: {err}");
+    }
+    for group in fx["groups"].as_array().unwrap() {
+        for name in group["names"].as_array().unwrap() {
+            names.insert(name.as_str().unwrap().to_string());
+        }
+    }
+    let known: BTreeSet<String> = KNOWN_NAMES.iter().map(|s| s.to_string()).collect();
+    assert_eq!(names, known, "llama.cpp's names and temper's differ");
+
+    // Names that rebuild to the same tokenizer.json load it once.
+    let mut loaded: HashMap<String, Tokenizer> = HashMap::new();
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for group in fx["groups"].as_array().unwrap() {
+        let want: Vec<Vec<u32>> = group["ids"].as_array().unwrap().iter().map(ids).collect();
+        for name in group["names"].as_array().unwrap() {
+            let name = name.as_str().unwrap();
+            let (json, _) = tokenizer_files(&file_with(name))
+                .unwrap_or_else(|e| panic!("{name}: temper refuses it: {e}"));
+            let json = json.to_string();
+            let tok = loaded.entry(json.clone()).or_insert_with(|| {
+                Tokenizer::from_str(&json)
+                    .unwrap_or_else(|e| panic!("{name}: loading the rebuilt tokenizer.json: {e}"))
+            });
+            let mut matched = 0;
+            for (s, want) in strings.iter().zip(&want) {
+                let got = tok.encode(*s, true).unwrap().get_ids().to_vec();
+                if &got == want {
+                    matched += 1;
+                } else if failures.len() < 20 {
+                    failures.push(format!(
+                        "{name}: {s:?}\n  llama.cpp {want:?}\n  temper    {got:?}"
+                    ));
+                }
+            }
+            checked += 1;
+            println!("{name:24} {matched}/{} strings as llama.cpp", strings.len());
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(
+        checked + fx["raw_utf8"].as_array().unwrap().len(),
+        KNOWN_NAMES.len()
+    );
+    println!(
+        "{checked} pre-tokenizer names split {} strings as llama.cpp does ({} distinct tokenizers)",
+        strings.len(),
+        loaded.len()
+    );
 }

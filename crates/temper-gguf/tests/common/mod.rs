@@ -155,3 +155,24 @@ pub fn llama_cpp_vocabs() -> Option<PathBuf> {
     }
     Some(dir)
 }
+
+/// A GGUF file's bytes with its `tokenizer.ggml.pre` value replaced by `name`. For files
+/// without tensors (vocabularies), where nothing after the metadata has to stay in place.
+pub fn with_pre(gguf: &[u8], name: &str) -> Vec<u8> {
+    let key = b"tokenizer.ggml.pre";
+    let at = gguf
+        .windows(key.len())
+        .position(|w| w == key)
+        .expect("the file has tokenizer.ggml.pre")
+        + key.len();
+    // value type (u32, 8 = string), then the string: length (u64) and bytes
+    let u32_at = |i: usize| u32::from_le_bytes(gguf[i..i + 4].try_into().expect("4 bytes"));
+    let u64_at = |i: usize| u64::from_le_bytes(gguf[i..i + 8].try_into().expect("8 bytes"));
+    assert_eq!(u32_at(at), 8, "tokenizer.ggml.pre is not a string");
+    let old_len = u64_at(at + 4) as usize;
+    let mut out = gguf[..at + 4].to_vec();
+    out.extend_from_slice(&(name.len() as u64).to_le_bytes());
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(&gguf[at + 12 + old_len..]);
+    out
+}
