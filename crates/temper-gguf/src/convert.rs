@@ -58,6 +58,11 @@ impl OutDtype {
     }
 }
 
+/// The version of what `import` writes, raised whenever the folder it writes for the same
+/// file changes, so that a cache of imports keyed on the file can tell one made by an older
+/// temper. 2: the tokenizer splits text as llama.cpp does for the file's `tokenizer.ggml.pre`.
+pub const IMPORT_VERSION: u32 = 2;
+
 /// What an import wrote.
 #[derive(Debug)]
 pub struct ImportSummary {

@@ -20,7 +20,6 @@ use serde_json::Value as Json;
 use crate::dequant::GgmlType;
 use crate::error::{io_err, GgufError, Result};
 use crate::reader::Value;
-use crate::tokenizer::{LLAMA3_SPLIT, QWEN2_SPLIT};
 use crate::writer::{quantize_q8_0, write_gguf, OutTensor};
 
 /// The type matrices are written in.
@@ -656,6 +655,10 @@ fn tokenizer_metadata(dir: &Path, h: &Hparams, meta: &mut Vec<(String, Value)>) 
     }
     Ok(())
 }
+
+/// The split regexes Llama 3's and Qwen2's tokenizer.json files hold.
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// `tokenizer.ggml.pre` for a tokenizer.json pre-tokenizer: the llama.cpp name of the known
 /// splits (llama-bpe, qwen2, smollm, gpt-2), else "default". llama.cpp itself names the

@@ -9,12 +9,13 @@ pub mod convert;
 pub mod dequant;
 pub mod error;
 pub mod export;
+pub mod pretokenizer;
 pub mod reader;
 pub mod tokenizer;
 pub mod writer;
 
 pub use config::GgufArch;
-pub use convert::{hf_name, import, unpermute_rows, ImportSummary, OutDtype};
+pub use convert::{hf_name, import, unpermute_rows, ImportSummary, OutDtype, IMPORT_VERSION};
 pub use dequant::{dequantize, GgmlType};
 pub use error::{GgufError, Result};
 pub use export::{export, export_lora, ExportSummary, ExportType};

@@ -1,44 +1,26 @@
 //! tokenizer.json and tokenizer_config.json rebuilt from a GGUF's `tokenizer.*` metadata,
-//! encoding as transformers' own GGUF conversion does (`integrations/gguf/
-//! gguf_tokenizer_mapping.py`: `byte_level_tokenizer`, `add_gguf_special_tokens`,
-//! `set_split_regex`).
+//! encoding as llama.cpp encodes with the same file (`src/llama-vocab.cpp`).
 //!
 //! Byte-level BPE (`tokenizer.ggml.model` = gpt2): the tokens (respelled in the byte alphabet
-//! when they are not already), the merges, a pre-tokenizer chosen by `tokenizer.ggml.pre`,
-//! control tokens (type 3) as special added tokens, user-defined ones (type 4) as plain added
-//! tokens, and a BOS/EOS post-processor from `tokenizer.ggml.add_bos_token` /
-//! `add_eos_token`.
+//! when they are not already), the merges, llama.cpp's pre-tokenizer for `tokenizer.ggml.pre`
+//! (see `pretokenizer`; a name llama.cpp does not know is an error), control and unknown tokens
+//! (types 3 and 2) as special added tokens and user-defined ones (type 4) as plain added tokens,
+//! all matched in the raw text before pre-tokenizing as llama.cpp's `tokenizer_st_partition`
+//! does, and a BOS/EOS post-processor from `tokenizer.ggml.add_bos_token` / `add_eos_token`
+//! (absent: llama.cpp's default for the pre-tokenizer).
 
 use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value as Json};
 
 use crate::error::{GgufError, Result};
+use crate::pretokenizer::{nearest_name, Behavior, PreTokenizer};
 use crate::reader::GgufFile;
 
 /// llama.cpp token types (`enum llama_token_type`).
+const TOKEN_UNKNOWN: u64 = 2;
 const TOKEN_CONTROL: u64 = 3;
 const TOKEN_USER_DEFINED: u64 = 4;
-
-/// Split regexes by `tokenizer.ggml.pre`, as transformers' `GGUF_PRE_TOKENIZER_SPLITS` names
-/// them (the models' own pre-tokenizer regexes). A name not here gets GPT-2's byte-level split.
-pub(crate) const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-pub(crate) const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const QWEN35_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const TEKKEN_SPLIT: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const GPT4O_SPLIT: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-
-fn split_regex(pre: &str) -> Option<&'static str> {
-    Some(match pre {
-        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0"
-        | "lfm2" | "jina-v5-nano" | "dbrx" | "smaug-bpe" => LLAMA3_SPLIT,
-        "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "megrez" => QWEN2_SPLIT,
-        "qwen35" => QWEN35_SPLIT,
-        "tekken" => TEKKEN_SPLIT,
-        "gpt-4o" | "llama4" | "kanana2" | "talkie" | "minimax-m2" => GPT4O_SPLIT,
-        _ => return None,
-    })
-}
 
 /// GPT-2's byte -> printable character map (`bytes_to_unicode`): printable Latin-1 bytes map
 /// to themselves, the other 68 to U+0100 onwards in byte order.
@@ -84,19 +66,53 @@ pub fn tokenizer_files(file: &GgufFile) -> Result<(Json, Json)> {
     let types = file
         .opt_ints("tokenizer.ggml.token_type")?
         .unwrap_or_default();
-    let pre = file
-        .get("tokenizer.ggml.pre")
-        .and_then(|v| v.as_str())
-        .unwrap_or("default");
+    // llama.cpp reads an absent `tokenizer.ggml.pre` as "default".
+    let pre_name = match file.get("tokenizer.ggml.pre") {
+        None => "default",
+        Some(v) => v.as_str().ok_or_else(|| GgufError::Metadata {
+            path: file.path().to_path_buf(),
+            key: "tokenizer.ggml.pre".into(),
+            msg: "is not a string".into(),
+        })?,
+    };
+    let pre = PreTokenizer::from_name(pre_name).ok_or_else(|| GgufError::Metadata {
+        path: file.path().to_path_buf(),
+        key: "tokenizer.ggml.pre".into(),
+        msg: format!(
+            "is `{pre_name}`, a pre-tokenizer llama.cpp does not know{}; temper splits text as \
+             llama.cpp does and will not guess",
+            nearest_name(pre_name)
+                .map(|n| format!(" (did you mean `{n}`?)"))
+                .unwrap_or_default()
+        ),
+    })?;
+    if !pre.pre_type.byte_level() {
+        return Err(GgufError::Unsupported {
+            path: file.path().to_path_buf(),
+            msg: format!(
+                "tokenizer.ggml.pre is `{pre_name}`, which llama.cpp merges as raw UTF-8 with \
+                 <0xXX> byte tokens; temper rebuilds byte-level BPE vocabularies only so far"
+            ),
+        });
+    }
 
-    // The vocabulary, respelled in the byte alphabet where a token is not (later duplicates win,
-    // as in a Python dict).
+    // Control, unknown and user-defined tokens are matched in the raw text, as llama.cpp
+    // matches them before pre-tokenizing.
+    let added_kind = |id: usize| match types.get(id) {
+        Some(&(TOKEN_CONTROL | TOKEN_UNKNOWN)) => Some(true),
+        Some(&TOKEN_USER_DEFINED) => Some(false),
+        _ => None,
+    };
+
+    // The vocabulary (later duplicates win, as in llama.cpp's token_to_id): a plain token not
+    // spelled in the byte alphabet is respelled in it; an added token keeps its raw text, which
+    // is what `tokenizers` looks its id up by.
     let spelling = bytes_to_unicode();
     let alphabet: std::collections::HashSet<char> = spelling.iter().copied().collect();
     let in_alphabet = |t: &str| t.chars().all(|c| alphabet.contains(&c));
     let mut vocab: BTreeMap<String, u64> = BTreeMap::new();
     for (id, t) in tokens.iter().enumerate() {
-        let key = if in_alphabet(t) {
+        let key = if in_alphabet(t) || added_kind(id).is_some() {
             t.to_string()
         } else {
             t.bytes().map(|b| spelling[b as usize]).collect()
@@ -115,14 +131,10 @@ pub fn tokenizer_files(file: &GgufFile) -> Result<(Json, Json)> {
         merge_pairs.push(json!([a, b]));
     }
 
-    // Added tokens: control tokens spelled in the byte alphabet (others are llama.cpp
-    // mislabels, skipped as transformers skips them), then user-defined ones found in the vocab.
     let mut added = Vec::new();
-    for (id, (t, &ty)) in tokens.iter().zip(&types).enumerate() {
-        let special = match ty {
-            TOKEN_CONTROL if in_alphabet(t) => true,
-            TOKEN_USER_DEFINED if vocab.contains_key(*t) => false,
-            _ => continue,
+    for (id, t) in tokens.iter().enumerate() {
+        let Some(special) = added_kind(id) else {
+            continue;
         };
         added.push(json!({
             "id": id, "content": t, "single_word": false, "lstrip": false,
@@ -130,18 +142,23 @@ pub fn tokenizer_files(file: &GgufFile) -> Result<(Json, Json)> {
         }));
     }
 
-    let pre_tokenizer = match split_regex(pre) {
-        Some(re) => json!({
-            "type": "Sequence",
-            "pretokenizers": [
-                {"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false},
-                {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false},
-            ],
-        }),
-        None => {
-            json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true})
-        }
-    };
+    // llama.cpp's regexes in order, each splitting the pieces of the one before, then the
+    // pieces spelled in the byte alphabet.
+    let mut steps: Vec<Json> = pre
+        .pre_type
+        .steps()
+        .map(|step| {
+            let behavior = match step.behavior {
+                Behavior::Isolated => "Isolated",
+                Behavior::MergedWithPrevious => "MergedWithPrevious",
+            };
+            json!({"type": "Split", "pattern": {"Regex": step.regex}, "behavior": behavior, "invert": false})
+        })
+        .collect();
+    steps.push(
+        json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}),
+    );
+    let pre_tokenizer = json!({"type": "Sequence", "pretokenizers": steps});
 
     let token_of = |key: &str| -> Result<Option<(u64, String)>> {
         match file.opt_u64(key)? {
@@ -162,7 +179,7 @@ pub fn tokenizer_files(file: &GgufFile) -> Result<(Json, Json)> {
     let pad = token_of("tokenizer.ggml.padding_token_id")?;
     let add_bos = file
         .opt_bool("tokenizer.ggml.add_bos_token")?
-        .unwrap_or(false);
+        .unwrap_or(pre.add_bos);
     let add_eos = file
         .opt_bool("tokenizer.ggml.add_eos_token")?
         .unwrap_or(false);
@@ -189,7 +206,7 @@ pub fn tokenizer_files(file: &GgufFile) -> Result<(Json, Json)> {
             "end_of_word_suffix": "",
             "fuse_unk": false,
             "byte_fallback": false,
-            "ignore_merges": false,
+            "ignore_merges": pre.ignore_merges,
             "vocab": vocab,
             "merges": merge_pairs,
         },

