@@ -24,6 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         vec![64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768]
     };
     let mut gpu = CudaBackend::with_dtype(0, DType::BF16)?;
+    gpu.set_flash_attention(true);
     println!(
         "{} | hq {hq} hkv {hkv} d {d} bf16 | flash kernels: {}",
         gpu.device_name(),

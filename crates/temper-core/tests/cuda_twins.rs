@@ -860,6 +860,7 @@ fn flash_attention_every_head_dim() {
 
 fn flash_attention_case(dt: DType, d: usize, cu: &[u32], hq: usize, hkv: usize) {
     let mut p = Pair::new(40 + d as u64, dt);
+    p.gpu.set_flash_attention(true);
     assert!(
         p.gpu.flash_applies(dt, d),
         "no flash kernel for {dt} d {d} on {}",

@@ -4,8 +4,10 @@
 //! It serves 16-bit activations at the head dims the kernels are instantiated for, where the
 //! GPU has the shared memory their tiles need; everything else keeps attention.rs's paths.
 //!
-//! `TEMPER_ATTENTION=classic` turns it off (for comparisons); `flash` or unset uses it
-//! wherever it applies.
+//! Off by default until it has been measured against its twins on a GPU of each generation
+//! the project supports: `TEMPER_ATTENTION=flash` turns it on wherever it applies (and
+//! [`CudaBackend::set_flash_attention`] does so per backend); unset or `classic` keeps the
+//! GEMM / direct paths.
 
 use std::sync::Arc;
 
@@ -160,7 +162,7 @@ impl FlashKernels {
                 }
             }
         }
-        let enabled = std::env::var("TEMPER_ATTENTION").map_or(true, |v| v != "classic");
+        let enabled = std::env::var("TEMPER_ATTENTION").is_ok_and(|v| v == "flash");
         Ok(FlashKernels {
             entries,
             stages,
@@ -207,7 +209,7 @@ impl CudaBackend {
     }
 
     /// Turns flash attention on or off for this backend (off: attention.rs's GEMM and direct
-    /// paths, for comparisons). On by default unless `TEMPER_ATTENTION=classic`.
+    /// paths). Off by default unless `TEMPER_ATTENTION=flash`.
     pub fn set_flash_attention(&mut self, on: bool) {
         self.flash.enabled = on;
     }
