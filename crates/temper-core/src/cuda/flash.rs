@@ -4,10 +4,11 @@
 //! It serves 16-bit activations at the head dims the kernels are instantiated for, where the
 //! GPU has the shared memory their tiles need; everything else keeps attention.rs's paths.
 //!
-//! Off by default until it has been measured against its twins on a GPU of each generation
-//! the project supports: `TEMPER_ATTENTION=flash` turns it on wherever it applies (and
-//! [`CudaBackend::set_flash_attention`] does so per backend); unset or `classic` keeps the
-//! GEMM / direct paths.
+//! On by default from sm_80 (Ampere), where its twins and timings were measured (an H200:
+//! docs/gpu-notes.md); on sm_75 (T4: synchronous tile copies and m16n8k8 products, not yet
+//! run on such a GPU) only with `TEMPER_ATTENTION=flash`. `TEMPER_ATTENTION=classic` keeps
+//! the GEMM / direct paths everywhere; [`CudaBackend::set_flash_attention`] sets it per
+//! backend.
 
 use std::sync::Arc;
 
@@ -162,7 +163,11 @@ impl FlashKernels {
                 }
             }
         }
-        let enabled = std::env::var("TEMPER_ATTENTION").is_ok_and(|v| v == "flash");
+        let enabled = match std::env::var("TEMPER_ATTENTION").as_deref() {
+            Ok("flash") => true,
+            Ok("classic") => false,
+            _ => major >= 8,
+        };
         Ok(FlashKernels {
             entries,
             stages,
@@ -209,7 +214,7 @@ impl CudaBackend {
     }
 
     /// Turns flash attention on or off for this backend (off: attention.rs's GEMM and direct
-    /// paths). Off by default unless `TEMPER_ATTENTION=flash`.
+    /// paths). The default: see the module's documentation.
     pub fn set_flash_attention(&mut self, on: bool) {
         self.flash.enabled = on;
     }
