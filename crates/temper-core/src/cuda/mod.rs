@@ -38,6 +38,9 @@ const CUBLAS_WORKSPACE: usize = 32 << 20;
 /// Index arrays kept on the device for reuse (see `upload_u32`).
 const INDEX_CACHE: usize = 16;
 
+/// An index array as the host passed it, and its copy on the device.
+type IndexUpload = (Vec<u32>, Arc<CudaSlice<u32>>);
+
 /// Entry points instantiated once per storage type, by source file.
 const PER_TYPE: &[(&str, &[&str])] = &[
     (
@@ -102,7 +105,7 @@ pub struct CudaBackend {
     flash: flash::FlashKernels,
     profiler: profile::Profiler,
     /// Recently uploaded index arrays, newest first.
-    index_cache: std::sync::Mutex<Vec<(Vec<u32>, Arc<CudaSlice<u32>>)>>,
+    index_cache: std::sync::Mutex<Vec<IndexUpload>>,
     /// Held for cuBLAS for the backend's lifetime (counted in the accounting).
     _workspace: CudaBuf,
 }
