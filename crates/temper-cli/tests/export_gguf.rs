@@ -3,25 +3,17 @@
 //! adapter as llama.cpp lays it out.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+
+use common::{repo, s, temper_with};
 
 use temper_gguf::{unpermute_rows, GgufFile};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf8 path")
-}
-
 fn temper(args: &[&str], cache: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_temper"))
-        .args(args)
-        .env("TEMPER_CACHE", cache)
-        .output()
-        .expect("temper runs")
+    temper_with(args, &[("TEMPER_CACHE", cache)])
 }
 
 fn ok(o: Output) -> Output {

@@ -2,31 +2,12 @@
 //! embedded tiny model, scripts/make_merge_fixtures.py), and its first step's loss is the
 //! loss PEFT computed for the next batch with that adapter.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf8 path")
-}
-
-fn temper(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_temper"))
-        .args(args)
-        .output()
-        .expect("temper runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use common::{repo, s, temper, text};
 
 fn fixture() -> serde_json::Value {
     let path = repo().join("tests/fixtures/merge/init_adapter.json");

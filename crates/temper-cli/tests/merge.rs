@@ -1,34 +1,18 @@
 //! `temper merge` end to end: the merged folder scores what the base with its adapter scores
 //! (`temper eval`), from a Hugging Face folder, from a quantised base and from a GGUF file.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+
+use common::{repo, s, temper_with, text};
 
 use temper_core::{Backend, CpuBackend};
 use temper_model::{LoraConfig, LoraParams, ModelConfig, Target};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf8 path")
-}
-
 fn temper(args: &[&str], cache: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_temper"))
-        .args(args)
-        .env("TEMPER_CACHE", cache)
-        .output()
-        .expect("temper runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    temper_with(args, &[("TEMPER_CACHE", cache)])
 }
 
 /// Each row's loss from `temper eval --json`.

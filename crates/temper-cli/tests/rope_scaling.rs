@@ -1,23 +1,11 @@
 //! Training past max_position_embeddings: refused by default, allowed on purpose with
 //! `rope_scaling` (the embedded default model takes 512 positions).
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn temper(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_temper"))
-        .args(args)
-        .output()
-        .expect("temper runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use common::{temper, text};
 
 /// A config over the tiny model with text rows of about 800 tokens and max_seq_len 1024.
 fn long_rows_config(dir: &Path) -> PathBuf {
