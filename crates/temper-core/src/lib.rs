@@ -4,8 +4,6 @@
 //! Model code calls only [`Backend`] methods. Each method has a CPU twin in [`cpu`], written
 //! generically over [`Float`] so tests can run it in f64 for finite-difference checks.
 
-// The workspace's rust-version (1.85) predates `usize::is_multiple_of` (1.87).
-
 pub mod backend;
 pub mod checks;
 pub mod cpu;
