@@ -121,6 +121,7 @@ impl ModelConfig {
                 }
             }
         }
+        check_sizes(&f).map_err(bad)?;
         let heads = f.num_attention_heads;
         let kv_heads = f.num_key_value_heads.unwrap_or(heads);
         if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
@@ -129,8 +130,10 @@ impl ModelConfig {
             )));
         }
         let head_dim = f.head_dim.unwrap_or(f.hidden_size / heads);
-        if !head_dim.is_multiple_of(2) {
-            return Err(bad(format!("head_dim {head_dim} must be even for RoPE")));
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
+            return Err(bad(format!(
+                "head_dim {head_dim} must be even and positive for RoPE"
+            )));
         }
         // transformers 5 keeps rope settings in `rope_parameters`; older files use rope_theta + rope_scaling.
         let rope_params = f.rope_parameters.as_ref();
@@ -234,6 +237,54 @@ impl ModelConfig {
     pub fn kv_dim(&self) -> usize {
         self.kv_heads * self.head_dim
     }
+}
+
+/// The largest value temper accepts for each size in config.json, far above any released
+/// model (Llama 3.1 405B: 126 layers, hidden 16384, intermediate 53248, vocab 128256), so
+/// that every product of sizes (weights, activations, memory plans) fits in 64 bits.
+pub const SIZE_LIMITS: [(&str, usize); 7] = [
+    ("num_hidden_layers", 1 << 12),
+    ("hidden_size", 1 << 17),
+    ("intermediate_size", 1 << 20),
+    ("num_attention_heads", 1 << 12),
+    ("num_key_value_heads", 1 << 12),
+    ("head_dim", 1 << 12),
+    ("vocab_size", 1 << 23),
+];
+
+/// The largest `max_position_embeddings` accepted (16M positions).
+pub const MAX_POSITIONS_LIMIT: usize = 1 << 24;
+
+/// Every size is positive and within [`SIZE_LIMITS`], before anything is sized by it.
+fn check_sizes(f: &ConfigFile) -> std::result::Result<(), String> {
+    let values = [
+        Some(f.num_hidden_layers),
+        Some(f.hidden_size),
+        Some(f.intermediate_size),
+        Some(f.num_attention_heads),
+        f.num_key_value_heads,
+        f.head_dim,
+        Some(f.vocab_size),
+    ];
+    for ((key, limit), value) in SIZE_LIMITS.iter().zip(values) {
+        let Some(v) = value else { continue };
+        if v == 0 {
+            return Err(format!("{key} is 0; it must be at least 1"));
+        }
+        if v > *limit {
+            return Err(format!(
+                "{key} is {v}, more than temper accepts ({limit}); the file is damaged or not a model config"
+            ));
+        }
+    }
+    if let Some(p) = f.max_position_embeddings {
+        if p == 0 || p > MAX_POSITIONS_LIMIT {
+            return Err(format!(
+                "max_position_embeddings is {p}; it must be between 1 and {MAX_POSITIONS_LIMIT}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `rope_scaling` (or transformers 5's `rope_parameters`) of config.json; `original` is the

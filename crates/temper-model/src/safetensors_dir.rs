@@ -13,6 +13,8 @@ use temper_core::DType;
 
 use crate::error::{io_err, ModelError, Result};
 
+const INDEX: &str = "model.safetensors.index.json";
+
 /// The safetensors files of one folder, mapped into memory.
 pub struct SafetensorsDir {
     dir: PathBuf,
@@ -37,7 +39,7 @@ impl SafetensorsDir {
 
     /// Opens the given files of a folder.
     pub fn open_files(dir: &Path, paths: &[PathBuf]) -> Result<Self> {
-        let mut files = Vec::new();
+        let mut files: Vec<(PathBuf, Mmap)> = Vec::new();
         let mut index = HashMap::new();
         for path in paths {
             let file = File::open(path).map_err(io_err(path))?;
@@ -49,7 +51,17 @@ impl SafetensorsDir {
                 msg: e.to_string(),
             })?;
             for name in st.names() {
-                index.insert(name.to_string(), files.len());
+                if let Some(first) = index.insert(name.to_string(), files.len()) {
+                    let first: &Path = &files[first].0;
+                    return Err(ModelError::Safetensors {
+                        path: path.clone(),
+                        msg: format!(
+                            "tensor `{name}` is also in {}; each tensor must be stored once: \
+                             remove the stale copy (and its entry in {INDEX})",
+                            first.display()
+                        ),
+                    });
+                }
             }
             files.push((path.clone(), mmap));
         }
@@ -66,6 +78,20 @@ impl SafetensorsDir {
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.index.keys().map(String::as_str)
+    }
+
+    /// The decoder layer indices that tensors are stored for (`model.layers.<i>.`), sorted.
+    pub fn layer_indices(&self) -> Vec<usize> {
+        let mut layers: Vec<usize> = self
+            .index
+            .keys()
+            .filter_map(|n| n.strip_prefix("model.layers."))
+            .filter_map(|rest| rest.split('.').next())
+            .filter_map(|i| i.parse().ok())
+            .collect();
+        layers.sort_unstable();
+        layers.dedup();
+        layers
     }
 
     /// The stored tensor `name`, its bytes still in the mapped file, and that file's mapping.

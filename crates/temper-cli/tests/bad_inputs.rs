@@ -1,0 +1,337 @@
+//! Bad inputs end to end: each must be a clear error that names the file or key and the fix,
+//! never a panic, an abort, a hang or a run that exits 0 with a useless result.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf8 path")
+}
+
+fn temper_in(args: &[&str], cache: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_temper"))
+        .args(args)
+        .env("TEMPER_CACHE", cache)
+        .output()
+        .expect("temper runs")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Runs temper and expects a plain failure (exit 1, not a panic's 101 or a signal) whose
+/// output holds every one of `want`; returns the output.
+fn fails_with(args: &[&str], want: &[&str]) -> String {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let o = temper_in(args, cache.path());
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "args {args:?}:\n{t}");
+    assert!(!t.contains("panicked"), "{t}");
+    for w in want {
+        assert!(t.contains(w), "expected `{w}` in:\n{t}");
+    }
+    t
+}
+
+fn succeeds(args: &[&str]) -> String {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let o = temper_in(args, cache.path());
+    let t = text(&o);
+    assert!(o.status.success(), "args {args:?}:\n{t}");
+    t
+}
+
+/// A copy of the tiny model in `dir`, with `edit` applied to its config.json.
+fn tiny_model(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let src = repo().join("examples/tiny/model");
+    let model = dir.join("model");
+    std::fs::create_dir_all(&model).expect("mkdir");
+    for e in std::fs::read_dir(&src).expect("tiny model") {
+        let e = e.expect("entry");
+        std::fs::copy(e.path(), model.join(e.file_name())).expect("copy");
+    }
+    let path = model.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("config")).expect("json");
+    edit(&mut cfg);
+    std::fs::write(&path, serde_json::to_string_pretty(&cfg).expect("json")).expect("write");
+    model
+}
+
+/// A train config over `model` and `data` writing to `out`, with extra YAML lines.
+fn train_yaml(dir: &Path, model: &Path, data: &Path, out: &Path, extra: &str) -> PathBuf {
+    let path = dir.join("train.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "model: {}\ndata: {}\noutput_dir: {}\ndevice: cpu\ndataset_cache_dir: none\n\
+             max_seq_len: 128\nper_device_train_batch_size: 2\nlogging_steps: 1\n{extra}",
+            s(model),
+            s(data),
+            s(out)
+        ),
+    )
+    .expect("write yaml");
+    path
+}
+
+fn tiny_data() -> PathBuf {
+    repo().join("examples/tiny/data/eval.jsonl")
+}
+
+// ---- 1. sizes checked before allocation --------------------------------------------------
+
+#[test]
+fn huge_num_hidden_layers_is_refused_by_plan_and_load() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for layers in [1_000_000_000u64, 1 << 62] {
+        let model = tiny_model(dir.path(), |c| c["num_hidden_layers"] = layers.into());
+        let want = format!("num_hidden_layers is {layers}, more than temper accepts");
+        let yaml = train_yaml(dir.path(), &model, &tiny_data(), &dir.path().join("out"), "");
+        fails_with(&["plan", s(&yaml)], &[&want, "config.json"]);
+        fails_with(
+            &["eval", "--model", s(&model), "--data", s(&tiny_data())],
+            &[&want],
+        );
+    }
+}
+
+#[test]
+fn plan_and_bench_refuse_sizes_that_overflow() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = repo().join("examples/tiny/model");
+    let yaml = train_yaml(dir.path(), &model, &tiny_data(), &dir.path().join("out"), "");
+    fails_with(
+        &[
+            "plan",
+            s(&yaml),
+            "--per_device_train_batch_size",
+            "4611686018427387904",
+        ],
+        &["per_device_train_batch_size", "max_seq_len", "lower one of them"],
+    );
+    fails_with(
+        &["bench", "--model", s(&model), "--seq", "4611686018427387904"],
+        &["--seq 4611686018427387904", "max_position_embeddings 512"],
+    );
+    fails_with(
+        &[
+            "bench",
+            "--model",
+            s(&model),
+            "--seq",
+            "8",
+            "--batch",
+            "4611686018427387904",
+        ],
+        &["--batch 4611686018427387904", "tokens"],
+    );
+}
+
+/// The tiny GGUF fixture with one little-endian value replaced: the `len` bytes that follow
+/// the first occurrence of `after` (plus `skip` bytes).
+fn patched_gguf(dir: &Path, after: &[u8], skip: usize, value: &[u8]) -> PathBuf {
+    let mut bytes = std::fs::read(repo().join("tests/fixtures/gguf/tiny_llama.gguf")).expect("gguf");
+    let at = bytes
+        .windows(after.len())
+        .position(|w| w == after)
+        .expect("marker in the fixture")
+        + after.len()
+        + skip;
+    bytes[at..at + value.len()].copy_from_slice(value);
+    let path = dir.join("bad.gguf");
+    std::fs::write(&path, bytes).expect("write");
+    path
+}
+
+#[test]
+fn gguf_block_count_must_match_its_tensors_and_leaves_no_import() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // key string, then u32 value type 4 (u32), then the value.
+    for count in [1u32 << 31, 0] {
+        let gguf = patched_gguf(dir.path(), b"llama.block_count", 4, &count.to_le_bytes());
+        let out = dir.path().join(format!("out{count}"));
+        fails_with(
+            &["import-gguf", s(&gguf), "--out", s(&out)],
+            &[
+                "llama.block_count",
+                &format!("is {count}, but the file holds tensors for"),
+            ],
+        );
+        assert!(!out.join("config.json").exists());
+        // Used as --model, it is imported into the cache: refused there too, and nothing is
+        // left in the cache to break later runs.
+        let cache = dir.path().join("cache");
+        let o = temper_in(
+            &["eval", "--model", s(&gguf), "--data", s(&tiny_data())],
+            &cache,
+        );
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert!(text(&o).contains("block_count"), "{}", text(&o));
+        let left: Vec<_> = walk(&cache)
+            .into_iter()
+            .filter(|p| p.ends_with("config.json"))
+            .collect();
+        assert!(left.is_empty(), "the cache keeps a broken import: {left:?}");
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn gguf_tensor_dims_past_64_bits_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // token_embd.weight: u32 n_dims (2), then dims[0] (the hidden size), dims[1] (the vocab).
+    let name = b"token_embd.weight";
+    let gguf = patched_gguf(dir.path(), name, 4 + 8, &(1u64 << 62).to_le_bytes());
+    let t = fails_with(
+        &["import-gguf", s(&gguf), "--out", s(&dir.path().join("out"))],
+        &["token_embd.weight"],
+    );
+    assert!(t.contains("overflow") || t.contains("2^64"), "{t}");
+}
+
+// ---- 2. tensors that do not match the config ----------------------------------------------
+
+#[test]
+fn layers_left_unused_by_num_hidden_layers_are_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = tiny_model(dir.path(), |c| c["num_hidden_layers"] = 2.into());
+    fails_with(
+        &["eval", "--model", s(&model), "--data", s(&tiny_data())],
+        &[
+            "num_hidden_layers is 2",
+            "model.layers.2.",
+            "left unused",
+            "set num_hidden_layers to 4",
+        ],
+    );
+    let model = tiny_model(dir.path(), |c| c["num_hidden_layers"] = 0.into());
+    fails_with(
+        &["eval", "--model", s(&model), "--data", s(&tiny_data())],
+        &["num_hidden_layers is 0"],
+    );
+}
+
+/// Rewrites `model.safetensors` of `dir` with `edit` applied to its (name, f32 values) list.
+fn rewrite_tensors(
+    path: &Path,
+    out: &Path,
+    edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<f32>)>),
+) {
+    let bytes = std::fs::read(path).expect("read");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, v)| {
+            let values = match v.dtype() {
+                safetensors::Dtype::BF16 => v
+                    .data()
+                    .chunks_exact(2)
+                    .map(|b| f32::from_bits((u32::from(u16::from_le_bytes([b[0], b[1]]))) << 16))
+                    .collect(),
+                safetensors::Dtype::F32 => v
+                    .data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+                other => panic!("{name}: {other:?}"),
+            };
+            (name, v.shape().to_vec(), values)
+        })
+        .collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    edit(&mut tensors);
+    let raw: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .into_iter()
+        .map(|(n, shape, v)| (n, shape, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = raw
+        .iter()
+        .map(|(n, shape, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
+                    .expect("view"),
+            )
+        })
+        .collect();
+    std::fs::write(out, safetensors::tensor::serialize(views, None).expect("serialize"))
+        .expect("write");
+}
+
+#[test]
+fn a_tensor_in_two_shards_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = tiny_model(dir.path(), |_| {});
+    let single = model.join("model.safetensors");
+    rewrite_tensors(&single, &model.join("model-00001-of-00002.safetensors"), |_| {});
+    // The second shard holds a stale copy of the final norm.
+    rewrite_tensors(
+        &single,
+        &model.join("model-00002-of-00002.safetensors"),
+        |t| {
+            t.retain(|(n, _, _)| n == "model.norm.weight");
+            t[0].2.iter_mut().for_each(|x| *x = 7.0);
+        },
+    );
+    std::fs::remove_file(&single).expect("rm");
+    let st = std::fs::read(model.join("model-00001-of-00002.safetensors")).expect("read");
+    let names: Vec<String> = safetensors::SafeTensors::deserialize(&st)
+        .expect("st")
+        .names()
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    let mut map = serde_json::Map::new();
+    for n in names {
+        map.insert(n, "model-00001-of-00002.safetensors".into());
+    }
+    std::fs::write(
+        model.join("model.safetensors.index.json"),
+        serde_json::json!({ "metadata": {}, "weight_map": map }).to_string(),
+    )
+    .expect("index");
+    // The index names shard 1 only, so shard 2 is not even read: the index is followed.
+    succeeds(&["eval", "--model", s(&model), "--data", s(&tiny_data())]);
+    // Once the index lists shard 2 too, the duplicate is refused.
+    let mut index: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(model.join("model.safetensors.index.json")).expect("index"),
+    )
+    .expect("json");
+    index["weight_map"]["lm_head.extra"] = "model-00002-of-00002.safetensors".into();
+    std::fs::write(
+        model.join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .expect("index");
+    fails_with(
+        &["eval", "--model", s(&model), "--data", s(&tiny_data())],
+        &["model.norm.weight", "is also in", "each tensor must be stored once"],
+    );
+}
