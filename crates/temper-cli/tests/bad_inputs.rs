@@ -335,3 +335,29 @@ fn a_tensor_in_two_shards_is_refused() {
         &["model.norm.weight", "is also in", "each tensor must be stored once"],
     );
 }
+
+// ---- 3. chat templates with limits ----------------------------------------------------------
+
+#[test]
+fn runaway_chat_templates_stop_with_an_error_naming_the_template() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = repo().join("examples/tiny/model");
+    for template in [
+        "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+        "{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
+    ] {
+        let jinja = dir.path().join("t.jinja");
+        std::fs::write(&jinja, template).expect("write");
+        let yaml = train_yaml(
+            dir.path(),
+            &model,
+            &tiny_data(),
+            &dir.path().join("out"),
+            &format!("chat_template: {}\nassistant_only_loss: false\n", s(&jinja)),
+        );
+        fails_with(
+            &["preprocess", s(&yaml)],
+            &["chat_template key", "budget", "loops or grows a string"],
+        );
+    }
+}

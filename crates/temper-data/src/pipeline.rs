@@ -149,7 +149,8 @@ fn with_template(tok: &Tokenizer, choice: &TemplateChoice) -> Result<Tokenizer> 
         &source,
         tok.bos_token().map(str::to_string),
         tok.eos_token().map(str::to_string),
-    )?;
+    )?
+    .with_origin("the chat_template key of the config");
     if let Some(p) = tok.pad_token() {
         t = t.with_var("pad_token", p);
     }

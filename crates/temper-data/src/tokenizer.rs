@@ -104,7 +104,8 @@ impl Tokenizer {
                     bos.as_ref().map(|s| s.text.clone()),
                     eos.as_ref().map(|s| s.text.clone()),
                 )
-                .map_err(|e| cfg_err(e.to_string()))?;
+                .map_err(|e| cfg_err(e.to_string()))?
+                .with_origin(format!("the chat template of {}", dir.display()));
                 for (name, tok) in [("pad_token", &pad), ("unk_token", &unk)] {
                     if let Some(tok) = tok {
                         t = t.with_var(name, &tok.text);
