@@ -361,3 +361,27 @@ fn runaway_chat_templates_stop_with_an_error_naming_the_template() {
         );
     }
 }
+
+// ---- 4. training on nothing -------------------------------------------------------------
+
+#[test]
+fn training_with_every_trained_token_truncated_away_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let yaml = train_yaml(
+        dir.path(),
+        &repo().join("examples/tiny/model"),
+        &tiny_data(),
+        &out,
+        "assistant_only_loss: true\nassistant_masks: prefix\nmax_steps: 3\n",
+    );
+    fails_with(
+        &["train", s(&yaml), "--max_seq_len", "6"],
+        &[
+            "no token to train on",
+            "longer than max_seq_len 6",
+            "raise max_seq_len",
+        ],
+    );
+    assert!(!out.join("adapter_model.safetensors").exists());
+}

@@ -59,6 +59,11 @@ pub struct Stats {
     pub trained_tokens: usize,
     /// Sequences dropped because truncation left them with no trained token.
     pub dropped_fully_masked: usize,
+    /// Sequences longer than max_seq_len whose trained tokens all lay past the cut: they
+    /// had something to train before truncation and nothing after.
+    pub truncated_away: usize,
+    /// Sequences longer than max_seq_len (truncated, or split when packing overflows).
+    pub too_long: usize,
     pub rows: usize,
     /// tokens / (rows * max_seq_len).
     pub packing_efficiency: f64,
@@ -257,6 +262,21 @@ fn arrange(
     mut examples: Vec<Example>,
     stats: &mut Stats,
 ) -> (Vec<PackedRow>, Vec<Example>) {
+    let trains = |labels: &[i32]| labels.iter().any(|&l| l != IGNORE_INDEX);
+    let truncates = !cfg.packing || cfg.overflow == Overflow::Truncate;
+    stats.too_long = examples
+        .iter()
+        .filter(|e| e.input_ids.len() > cfg.max_seq_len)
+        .count();
+    stats.truncated_away = examples
+        .iter()
+        .filter(|e| {
+            truncates
+                && e.labels.len() > cfg.max_seq_len
+                && trains(&e.labels)
+                && !trains(&e.labels[..cfg.max_seq_len])
+        })
+        .count();
     let rows = if cfg.packing {
         let rows = pack_with(&examples, cfg.max_seq_len, cfg.overflow);
         if cfg.overflow == Overflow::Truncate {

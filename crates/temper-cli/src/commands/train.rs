@@ -87,6 +87,7 @@ fn run_on<B: Backend>(
     let load_s = t0.elapsed().as_secs_f64();
     let tok = Tokenizer::from_dir(&plan.model_dir)?;
     let data = prepare_quietly(&tok, &plan.data, plan.max_seq_len, plan.packing, !lead)?;
+    refuse_nothing_to_train(&data.inner.train_stats, plan.max_seq_len)?;
     let cfg = &model.cfg;
     let s = &plan.settings;
     if lead {
@@ -189,6 +190,43 @@ fn run_on<B: Backend>(
         mib(be.peak_bytes() as u64)
     );
     Ok(())
+}
+
+/// A run whose rows hold no trained token would take steps of zero loss and write an
+/// untrained adapter: refuse it, saying where the trained tokens went.
+fn refuse_nothing_to_train(st: &temper_data::Stats, max_seq_len: usize) -> Result<()> {
+    if st.trained_tokens > 0 {
+        return Ok(());
+    }
+    let mut why = Vec::new();
+    if st.truncated_away > 0 {
+        why.push(format!(
+            "{} of {} sequences are longer than max_seq_len {max_seq_len} and lost every \
+             trained token to truncation (their trained tokens come after token {max_seq_len}): \
+             raise max_seq_len",
+            st.truncated_away, st.sequences.max(st.truncated_away)
+        ));
+    }
+    if st.dropped_fully_masked > 0 {
+        why.push(format!(
+            "{} sequences were dropped with nothing left to train after truncation to {max_seq_len} tokens: raise max_seq_len",
+            st.dropped_fully_masked
+        ));
+    }
+    if st.skipped > 0 {
+        why.push(format!("{} rows were skipped as bad", st.skipped));
+    }
+    if why.is_empty() {
+        why.push(
+            "every label is masked: check assistant_only_loss / completion_only_loss and the data's roles"
+                .into(),
+        );
+    }
+    bail!(
+        "the training data has no token to train on ({} rows read): {}",
+        st.rows_read,
+        why.join("; ")
+    )
 }
 
 /// A run stopped by Ctrl-C exits with 130 once its checkpoint is written.
