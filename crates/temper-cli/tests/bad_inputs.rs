@@ -385,3 +385,52 @@ fn training_with_every_trained_token_truncated_away_is_refused() {
     );
     assert!(!out.join("adapter_model.safetensors").exists());
 }
+
+// ---- 6. config values outside their domain ------------------------------------------------
+
+#[test]
+fn config_values_outside_their_domain_name_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = repo().join("examples/tiny/model");
+    let yaml = train_yaml(dir.path(), &model, &tiny_data(), &dir.path().join("out"), "");
+    for (key, value, want) in [
+        ("num_train_epochs", "0", "num_train_epochs is 0; it must be a positive"),
+        ("num_train_epochs", "-1", "num_train_epochs is -1"),
+        ("warmup_ratio", "1.5", "warmup_ratio is 1.5; it must be a fraction"),
+        ("adam_beta1", "1", "adam_beta1 is 1; it must be in [0, 1)"),
+        ("adam_beta2", "-0.1", "adam_beta2 is -0.1"),
+        ("weight_decay", "-0.01", "weight_decay is -0.01"),
+        ("lora_alpha", "0", "lora_alpha is 0; it must be a positive"),
+        ("lora_alpha", "-16", "lora_alpha is -16"),
+        ("max_steps", "0", "max_steps is 0; it must be at least 1"),
+        ("max_steps", "-5", "max_steps is -5"),
+        ("adam_epsilon", "0", "adam_epsilon is 0"),
+        ("lora_r", "abc", "key `lora_r` has the value `abc`"),
+        ("learning_rate", "fast", "key `learning_rate` has the value `fast`"),
+    ] {
+        fails_with(&["plan", s(&yaml), &format!("--{key}"), value], &[want]);
+    }
+}
+
+#[test]
+fn model_config_values_outside_their_domain_name_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (key, value, want) in [
+        ("rms_norm_eps", serde_json::json!(0.0), "rms_norm_eps is 0"),
+        ("rms_norm_eps", serde_json::json!(-1e-5), "rms_norm_eps is -0.00001"),
+        (
+            "rope_parameters",
+            serde_json::json!({"rope_theta": 0.0, "rope_type": "default"}),
+            "rope_theta is 0",
+        ),
+        (
+            "rope_parameters",
+            serde_json::json!({"rope_theta": -10000.0, "rope_type": "default"}),
+            "rope_theta is -10000",
+        ),
+    ] {
+        let model = tiny_model(dir.path(), |c| c[key] = value.clone());
+        let yaml = train_yaml(dir.path(), &model, &tiny_data(), &dir.path().join("out"), "");
+        fails_with(&["plan", s(&yaml)], &[want, "config.json"]);
+    }
+}

@@ -145,6 +145,18 @@ impl ModelConfig {
                     .and_then(|v| v.as_f64())
             })
             .unwrap_or(10000.0);
+        // Zero or negative values give NaN from the first step on: refuse them here.
+        if !(rope_theta.is_finite() && rope_theta > 0.0) {
+            return Err(bad(format!(
+                "rope_theta is {rope_theta}; it must be a positive number (Llama uses 10000 or 500000)"
+            )));
+        }
+        let rms_eps = f.rms_norm_eps.unwrap_or(1e-6);
+        if !(rms_eps.is_finite() && rms_eps > 0.0 && (rms_eps as f32) > 0.0) {
+            return Err(bad(format!(
+                "rms_norm_eps is {rms_eps}; it must be a small positive number such as 1e-5 or 1e-6"
+            )));
+        }
         let scaling_json = f.rope_scaling.as_ref().or(rope_params);
         let original = f.max_position_embeddings.unwrap_or(2048) as f64;
         let rope_scaling = match scaling_json {
@@ -175,7 +187,7 @@ impl ModelConfig {
             kv_heads,
             head_dim,
             vocab: f.vocab_size,
-            rms_eps: f.rms_norm_eps.unwrap_or(1e-6) as f32,
+            rms_eps: rms_eps as f32,
             rope_theta,
             rope_scaling,
             max_positions: f.max_position_embeddings.unwrap_or(2048),
