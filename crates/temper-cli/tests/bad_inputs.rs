@@ -434,3 +434,56 @@ fn model_config_values_outside_their_domain_name_the_key() {
         fails_with(&["plan", s(&yaml)], &[want, "config.json"]);
     }
 }
+
+// ---- 7. non-finite values -----------------------------------------------------------------
+
+#[test]
+fn non_finite_base_weights_are_refused_naming_the_tensor() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = tiny_model(dir.path(), |_| {});
+    let path = model.join("model.safetensors");
+    rewrite_tensors(&path, &path, |t| {
+        let w = t
+            .iter_mut()
+            .find(|(n, _, _)| n == "model.layers.1.mlp.up_proj.weight")
+            .expect("tensor");
+        w.2[5] = f32::NAN;
+    });
+    fails_with(
+        &["eval", "--model", s(&model), "--data", s(&tiny_data())],
+        &[
+            "model.layers.1.mlp.up_proj.weight",
+            "non-finite value (NaN) at index 5",
+        ],
+    );
+}
+
+#[test]
+fn a_diverging_run_writes_no_checkpoint_or_adapter() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let yaml = train_yaml(
+        dir.path(),
+        &repo().join("examples/tiny/model"),
+        &tiny_data(),
+        &out,
+        "max_steps: 2\nsave_steps: 1\n",
+    );
+    fails_with(
+        &["train", s(&yaml), "--learning_rate", "3e38"],
+        &["learning_rate 300000000000000000000000000000000000000 is too high"],
+    );
+    assert!(!out.join("adapter_model.safetensors").exists());
+    assert!(!out.join("checkpoint-1").exists() || no_nan_checkpoint(&out.join("checkpoint-1")));
+}
+
+/// A checkpoint written before the run diverged holds only finite values.
+fn no_nan_checkpoint(dir: &Path) -> bool {
+    let bytes = std::fs::read(dir.join("adapter_model.safetensors")).expect("adapter");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("st");
+    st.tensors().iter().all(|(_, v)| {
+        v.data()
+            .chunks_exact(4)
+            .all(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite())
+    })
+}

@@ -121,6 +121,7 @@ impl SafetensorsDir {
         let (view, mmap) = self.view(name)?;
         let stored = float_dtype(name, view.dtype())?;
         let bytes = view.data();
+        self.check_finite(name, bytes, stored)?;
         // Converted in parallel: a 7B model is 6.7e9 values.
         let data = temper_core::dtype::decode_le(bytes, stored);
         // The converted copy is all that is needed now: let the kernel drop the file pages
@@ -186,6 +187,7 @@ impl SafetensorsDir {
         }
         let stored = float_dtype(name, view.dtype())?;
         let bytes = view.data();
+        self.check_finite(name, bytes, stored)?;
         let out = f(bytes, stored);
         release_tensor_pages(mmap, bytes);
         out
@@ -227,6 +229,27 @@ impl SafetensorsDir {
             });
         }
         Ok(t)
+    }
+
+    /// Refuses a float tensor holding NaN or infinity, naming it and its file.
+    fn check_finite(&self, name: &str, bytes: &[u8], stored: DType) -> Result<()> {
+        let Some(index) = first_non_finite(bytes, stored) else {
+            return Ok(());
+        };
+        let size = stored.size();
+        let value = temper_core::dtype::decode_le(&bytes[index * size..(index + 1) * size], stored)[0];
+        let path = self
+            .index
+            .get(name)
+            .map(|&i| self.files[i].0.clone())
+            .unwrap_or_else(|| self.dir.clone());
+        Err(ModelError::NonFinite {
+            path,
+            name: name.to_string(),
+            index,
+            value,
+            fix: "use an intact copy of the weights",
+        })
     }
 
     fn hint(&self, name: &str) -> String {
@@ -285,3 +308,30 @@ fn release_pages(mmap: &Mmap, offset: usize, len: usize) {
 
 #[cfg(not(unix))]
 fn release_pages(_mmap: &Mmap, _offset: usize, _len: usize) {}
+
+/// The index of the first NaN or infinity among little-endian values of type `stored`: all
+/// exponent bits set. Scanned in parallel chunks (a 7B model is 6.7e9 values).
+pub fn first_non_finite(bytes: &[u8], stored: DType) -> Option<usize> {
+    use rayon::prelude::*;
+    let size = stored.size();
+    let bad = |v: &[u8]| -> bool {
+        match stored {
+            DType::F32 => {
+                let b = u32::from_le_bytes([v[0], v[1], v[2], v[3]]);
+                b & 0x7f80_0000 == 0x7f80_0000
+            }
+            DType::BF16 => u16::from_le_bytes([v[0], v[1]]) & 0x7f80 == 0x7f80,
+            DType::F16 => u16::from_le_bytes([v[0], v[1]]) & 0x7c00 == 0x7c00,
+        }
+    };
+    const CHUNK: usize = 1 << 16;
+    bytes
+        .par_chunks(CHUNK * size)
+        .enumerate()
+        .find_map_first(|(c, chunk)| {
+            chunk
+                .chunks_exact(size)
+                .position(bad)
+                .map(|i| c * CHUNK + i)
+        })
+}

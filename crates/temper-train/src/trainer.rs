@@ -84,6 +84,10 @@ pub trait Observer {
     fn on_start(&mut self, _start_step: u64, _total_steps: u64) {}
     fn on_step(&mut self, _report: &StepReport) {}
     fn on_save(&mut self, _dir: &std::path::Path) {}
+    /// Something the user should know about the run (printed to stderr by default).
+    fn on_warning(&mut self, message: &str) {
+        eprintln!("{message}");
+    }
     /// Asked after every step: true ends training there, with a checkpoint (e.g. on Ctrl-C).
     fn stop_requested(&mut self) -> bool {
         false
@@ -272,6 +276,7 @@ pub fn train_with<B: Backend>(
     };
     // float16 activations train with dynamic loss scaling; bf16 and f32 need none.
     let mut scaler = (be.compute_dtype() == DType::F16).then(LossScaler::default);
+    let mut zero_grad_steps = 0u64;
     let mut order_epoch = u64::MAX;
     let mut order: Vec<usize> = Vec::new();
     for k in start_step..total_steps {
@@ -347,7 +352,24 @@ pub fn train_with<B: Backend>(
             0.0
         };
         if !loss.is_finite() {
-            return Err(TrainError::NonFinite { step: k + 1, loss });
+            let why = match non_finite_state(be, &lora, &opt)? {
+                Some(what) => format!("{what}; {}", blame(s, &what)),
+                None => match largest_lora_weight(be, &lora)? {
+                    big if big > HUGE_LORA_WEIGHT => format!(
+                        "LoRA weights have grown to {big:e}; {}",
+                        blame(s, "LoRA weights")
+                    ),
+                    _ => "the LoRA weights and optimizer state are finite and small, so the \
+                          forward pass overflowed: check the data and the base model, or train \
+                          in float32 or bfloat16 (`dtype`)"
+                        .to_string(),
+                },
+            };
+            return Err(TrainError::NonFinite {
+                step: k + 1,
+                loss,
+                why,
+            });
         }
         // With loss scaling, a step whose gradients overflowed is skipped (every rank sees
         // the same summed gradients, so all skip together).
@@ -392,7 +414,28 @@ pub fn train_with<B: Backend>(
 
         let done = k + 1 == total_steps;
         summary.interrupted = stop && !done;
-        if lead && ((s.save_steps > 0 && (k + 1) % s.save_steps == 0) || done || stop) {
+        if lead && norm == 0.0 && loss_tokens > 0 && take_step {
+            zero_grad_steps += 1;
+            if zero_grad_steps == STUCK_STEPS {
+                observer.on_warning(&format!(
+                    "warning: grad_norm has been 0 for {STUCK_STEPS} steps (loss {loss:.4}): \
+                     nothing is learning; check lora_alpha, learning_rate and that the targets \
+                     reach the loss"
+                ));
+            }
+        } else {
+            zero_grad_steps = 0;
+        }
+        let saving = lead && ((s.save_steps > 0 && (k + 1) % s.save_steps == 0) || done || stop);
+        if saving {
+            if let Some(what) = non_finite_state(be, &lora, &opt)? {
+                return Err(TrainError::NonFiniteState {
+                    step: k + 1,
+                    why: format!("{what}; {}", blame(s, &what)),
+                });
+            }
+        }
+        if saving {
             let state = TrainerState {
                 step: k + 1,
                 total_steps,
@@ -411,6 +454,70 @@ pub fn train_with<B: Backend>(
     }
     summary.elapsed_s = started.elapsed().as_secs_f64();
     Ok((lora, summary))
+}
+
+/// Steps in a row with a gradient norm of exactly 0 before a warning.
+const STUCK_STEPS: u64 = 20;
+
+/// What holds NaN or infinity: a LoRA weight, or the optimizer's moments (32-bit states;
+/// 8-bit states are checked through the weights they update). None when all is finite.
+fn non_finite_state<B: Backend>(
+    be: &B,
+    lora: &LoraParams<B>,
+    opt: &AdamW<B>,
+) -> Result<Option<String>> {
+    for (i, p) in lora.params.iter().enumerate() {
+        if opt.state8_of(be, i)?.is_none() {
+            let (m, v) = opt.moments_of(be, i)?;
+            for (name, values) in [("exp_avg", m), ("exp_avg_sq", v)] {
+                if values.iter().any(|x| !x.is_finite()) {
+                    return Ok(Some(format!(
+                        "the optimizer state {name} of `{}` is not finite",
+                        p.key
+                    )));
+                }
+            }
+        }
+        if be.download(&p.value)?.iter().any(|x| !x.is_finite()) {
+            return Ok(Some(format!("LoRA weight `{}` is not finite", p.key)));
+        }
+    }
+    Ok(None)
+}
+
+/// A LoRA weight this large overflows the forward pass: the updates, not the data, did it.
+const HUGE_LORA_WEIGHT: f32 = 1e4;
+
+/// The largest magnitude among the LoRA weights.
+fn largest_lora_weight<B: Backend>(be: &B, lora: &LoraParams<B>) -> Result<f32> {
+    let mut big = 0f32;
+    for p in &lora.params {
+        for x in be.download(&p.value)? {
+            big = big.max(x.abs());
+        }
+    }
+    Ok(big)
+}
+
+/// The likely cause of non-finite state `what`, from the settings.
+fn blame(s: &TrainSettings, what: &str) -> String {
+    if s.adamw.eps <= 0.0 {
+        format!(
+            "adam_epsilon is {}: a parameter whose gradient is 0 gets 0 / 0 = NaN; set \
+             adam_epsilon to 1e-8",
+            s.adamw.eps
+        )
+    } else if what.starts_with("the optimizer state") && s.resume_from.is_some() {
+        "the optimizer state restored from the checkpoint is not usable: resume from an \
+         earlier checkpoint"
+            .to_string()
+    } else {
+        format!(
+            "the updates overflowed: learning_rate {} is too high (LoRA usually trains at \
+             1e-5 to 1e-3)",
+            s.learning_rate
+        )
+    }
 }
 
 /// Before the first step: every rank must train the same parameters on the same rows.
