@@ -37,6 +37,10 @@ pub struct TrainFile {
     pub dataset_cache_dir: Option<String>,
     #[serde(default = "d_output")]
     pub output_dir: PathBuf,
+    #[serde(default)]
+    pub overwrite_output_dir: bool,
+    #[serde(default)]
+    pub resume_changed: bool,
     #[serde(default = "d_device")]
     pub device: String,
     #[serde(default = "d_dtype")]
@@ -210,6 +214,8 @@ pub struct TrainPlan {
     pub settings: TrainSettings,
     /// What the user should know about how the settings were resolved (printed by train).
     pub notes: Vec<String>,
+    /// A fresh run may use a non-empty output_dir (temper's files in it are removed).
+    pub overwrite_output_dir: bool,
 }
 
 /// Reads the YAML file, applies `--key value` overrides, and checks every key.
@@ -490,6 +496,8 @@ impl TrainFile {
             base_model: model_dir.display().to_string(),
             resume_from,
             init_adapter,
+            base_fingerprint: String::new(),
+            resume_changed: self.resume_changed,
         };
         Ok(TrainPlan {
             model_dir,
@@ -511,6 +519,7 @@ impl TrainFile {
             },
             settings,
             notes: lora_notes,
+            overwrite_output_dir: self.overwrite_output_dir,
         })
     }
 

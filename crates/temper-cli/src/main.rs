@@ -9,6 +9,7 @@ mod interrupt;
 mod keys;
 mod launch;
 mod model_source;
+mod output_dir;
 mod progress;
 
 use std::path::PathBuf;
@@ -178,7 +179,11 @@ enum Command {
     },
 }
 
+/// Config keys that may be given on the command line without a value.
+const FLAGS: &[&str] = &["overwrite_output_dir", "resume_changed"];
+
 /// `--key value` pairs from the trailing arguments. `--resume [DIR]` may stand among them.
+
 fn parse_overrides(args: &[String], resume: &mut Option<String>) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     let mut it = args.iter().peekable();
@@ -193,6 +198,12 @@ fn parse_overrides(args: &[String], resume: &mut Option<String>) -> Result<Vec<(
         }
         let (key, value) = match key.split_once('=') {
             Some((k, v)) => (k.to_string(), v.to_string()),
+            // Switches: `--overwrite_output_dir` alone means true.
+            None if FLAGS.contains(&key.replace('-', "_").as_str())
+                && it.peek().is_none_or(|v| v.starts_with("--")) =>
+            {
+                (key.to_string(), "true".to_string())
+            }
             None => match it.next() {
                 Some(v) => (key.to_string(), v.clone()),
                 None => bail!("`--{key}` needs a value"),

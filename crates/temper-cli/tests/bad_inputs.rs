@@ -487,3 +487,126 @@ fn no_nan_checkpoint(dir: &Path) -> bool {
             .all(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite())
     })
 }
+
+// ---- 8. resume and output folders -----------------------------------------------------------
+
+fn train_args<'a>(yaml: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["train", s(yaml)];
+    v.extend_from_slice(extra);
+    v
+}
+
+#[test]
+fn a_fresh_run_refuses_a_non_empty_output_dir_unless_overwrite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let yaml = train_yaml(
+        dir.path(),
+        &repo().join("examples/tiny/model"),
+        &tiny_data(),
+        &out,
+        "max_steps: 2\nsave_steps: 2\n",
+    );
+    succeeds(&train_args(&yaml, &[]));
+    let before = std::fs::read(out.join("checkpoint-2/adapter_model.safetensors")).expect("ckpt");
+    std::fs::write(out.join("notes.txt"), "mine").expect("write");
+    fails_with(
+        &train_args(&yaml, &["--max_steps", "1", "--save_steps", "1"]),
+        &["is not empty", "--overwrite_output_dir", "--resume"],
+    );
+    // Nothing was touched.
+    assert_eq!(
+        std::fs::read(out.join("checkpoint-2/adapter_model.safetensors")).expect("ckpt"),
+        before
+    );
+    assert!(!out.join("checkpoint-1").exists());
+    // With --overwrite_output_dir the old run's files go, the others stay.
+    succeeds(&train_args(
+        &yaml,
+        &["--max_steps", "1", "--save_steps", "1", "--overwrite_output_dir"],
+    ));
+    assert!(out.join("checkpoint-1").exists());
+    assert!(!out.join("checkpoint-2").exists());
+    assert!(out.join("notes.txt").exists());
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).expect("metrics");
+    assert_eq!(metrics.lines().count(), 1, "{metrics}");
+}
+
+#[test]
+fn a_second_run_on_a_locked_output_dir_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).expect("mkdir");
+    // A live process holds the lock: this test's own.
+    std::fs::write(out.join(".temper.lock"), format!("{}\n", std::process::id())).expect("lock");
+    let yaml = train_yaml(
+        dir.path(),
+        &repo().join("examples/tiny/model"),
+        &tiny_data(),
+        &out,
+        "max_steps: 1\n",
+    );
+    fails_with(
+        &train_args(&yaml, &[]),
+        &["in use by another temper run", &format!("pid {}", std::process::id())],
+    );
+    assert!(!out.join("metrics.jsonl").exists());
+    // A lock left by a process that is gone is taken over.
+    std::fs::write(out.join(".temper.lock"), "999999999\n").expect("lock");
+    succeeds(&train_args(&yaml, &[]));
+    assert!(!out.join(".temper.lock").exists());
+}
+
+#[test]
+fn resume_refuses_changed_inputs_unless_asked_and_keeps_metrics_single() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let yaml = train_yaml(
+        dir.path(),
+        &repo().join("examples/tiny/model"),
+        &tiny_data(),
+        &out,
+        "max_steps: 4\nsave_steps: 2\n",
+    );
+    succeeds(&train_args(&yaml, &[]));
+    let ckpt2 = out.join("checkpoint-2");
+    // Another learning rate: refused, saying what changed.
+    fails_with(
+        &train_args(
+            &yaml,
+            &["--resume", s(&ckpt2), "--learning_rate", "1e-3"],
+        ),
+        &[
+            "the optimizer settings",
+            "learning_rate=0.0002",
+            "learning_rate=0.001",
+            "--resume-changed",
+        ],
+    );
+    // Other data: refused.
+    let other = dir.path().join("other.jsonl");
+    let all = std::fs::read_to_string(tiny_data()).expect("data");
+    let rows: Vec<&str> = all.lines().take(40).collect();
+    std::fs::write(&other, rows.join("\n")).expect("write");
+    fails_with(
+        &train_args(&yaml, &["--resume", s(&ckpt2), "--data", s(&other)]),
+        &["checkpoint-2", "differs from the one that wrote the checkpoint"],
+    );
+    // Asked for, it resumes and says what changed.
+    let t = succeeds(&train_args(
+        &yaml,
+        &["--resume", s(&ckpt2), "--learning_rate", "1e-3", "--resume-changed"],
+    ));
+    assert!(t.contains("resuming") && t.contains("with changes"), "{t}");
+    // Steps 3 and 4 were done twice; metrics.jsonl has each step once.
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).expect("metrics");
+    let steps: Vec<u64> = metrics
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("json")["step"]
+                .as_u64()
+                .expect("step")
+        })
+        .collect();
+    assert_eq!(steps, vec![1, 2, 3, 4], "{metrics}");
+}

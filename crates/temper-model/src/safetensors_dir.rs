@@ -199,6 +199,28 @@ impl SafetensorsDir {
         Ok((view.dtype(), view.shape().to_vec()))
     }
 
+    /// A fingerprint of the stored weights: every tensor's name, type and shape, and 16
+    /// blocks of 4 KiB sampled evenly from each file (cheap even for a 70B model, and any
+    /// re-saved or re-quantised copy differs).
+    pub fn fingerprint(&self) -> Result<String> {
+        let mut h = Fnv::default();
+        let mut names: Vec<&str> = self.names().collect();
+        names.sort_unstable();
+        for name in names {
+            let (dtype, shape) = self.info(name)?;
+            h.bytes(format!("{name} {dtype:?} {shape:?};").as_bytes());
+        }
+        for (_, mmap) in &self.files {
+            const BLOCK: usize = 4096;
+            h.bytes(&(mmap.len() as u64).to_le_bytes());
+            for i in 0..16 {
+                let at = mmap.len().saturating_sub(BLOCK) / 15 * i;
+                h.bytes(&mmap[at..(at + BLOCK).min(mmap.len())]);
+            }
+        }
+        Ok(h.hex())
+    }
+
     /// Tensor `name` as stored (type, shape, bytes still in the mapped file), for readers of
     /// other layouts (bitsandbytes' 4-bit tensors); None when absent or unreadable. Call
     /// [`SafetensorsDir::release`] once its bytes are copied.
@@ -268,6 +290,37 @@ impl SafetensorsDir {
             format!(" (similar names present: {})", near.join(", "))
         }
     }
+}
+
+/// FNV-1a, 64-bit: stable across builds, enough to tell files apart.
+pub(crate) struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    pub fn bytes(&mut self, data: &[u8]) {
+        for &b in data {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    pub fn hex(&self) -> String {
+        format!("{:016x}", self.0)
+    }
+}
+
+/// A fingerprint of a model folder: config.json's bytes and
+/// [`SafetensorsDir::fingerprint`]. Two folders with equal fingerprints hold the same model
+/// (short of an edit that keeps every sampled block).
+pub fn model_fingerprint(dir: &Path) -> Result<String> {
+    let config = dir.join("config.json");
+    let mut h = Fnv::default();
+    h.bytes(&std::fs::read(&config).map_err(io_err(&config))?);
+    h.bytes(SafetensorsDir::open(dir)?.fingerprint()?.as_bytes());
+    Ok(h.hex())
 }
 
 /// The storage type of a float tensor; other types are refused.

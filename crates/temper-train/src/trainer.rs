@@ -55,6 +55,91 @@ pub struct TrainSettings {
     /// its r, alpha, use_rslora and targets must be `lora`'s. Unused when resuming: the
     /// checkpoint holds the weights.
     pub init_adapter: Option<PathBuf>,
+    /// A fingerprint of the base model's files, recorded in checkpoints and compared on
+    /// resume (empty: not known, not compared).
+    pub base_fingerprint: String,
+    /// Resume even when the data, base model or optimizer settings differ from the
+    /// checkpoint's (the differences are printed).
+    pub resume_changed: bool,
+}
+
+impl TrainSettings {
+    /// The optimizer and schedule settings a resumed run must share with its checkpoint
+    /// (the step count may change).
+    pub fn optimizer_fingerprint(&self) -> String {
+        let a = &self.adamw;
+        format!(
+            "learning_rate={} lr_scheduler_type={:?} warmup_steps={:?} warmup_ratio={} \
+             adam_beta1={} adam_beta2={} adam_epsilon={} weight_decay={} max_grad_norm={} \
+             states_8bit={}",
+            self.learning_rate,
+            self.schedule,
+            self.warmup_steps,
+            self.warmup_ratio,
+            a.beta1,
+            a.beta2,
+            a.eps,
+            a.weight_decay,
+            self.max_grad_norm,
+            a.states_8bit
+        )
+    }
+}
+
+/// FNV-1a over 32-bit words of the rows (lengths, ids, labels): equal rows, equal hash.
+fn rows_hash(rows: &[PackedRow]) -> String {
+    let fnv = |h: u64, w: u32| (h ^ u64::from(w)).wrapping_mul(0x0000_0100_0000_01b3);
+    let mut data = 0xcbf2_9ce4_8422_2325u64;
+    for r in rows {
+        data = fnv(data, r.len() as u32);
+        for (&id, &label) in r.input_ids.iter().zip(&r.labels) {
+            data = fnv(fnv(data, id), label as u32);
+        }
+    }
+    format!("{data:016x}")
+}
+
+/// What differs between a checkpoint's recorded inputs and this run's, as "name: was -> now".
+fn resume_changes(state: &TrainerState, now: &TrainerState) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, was, is) in [
+        ("the training data (tokenised rows)", &state.data_hash, &now.data_hash),
+        ("the base model", &state.base_model, &now.base_model),
+        ("the optimizer settings", &state.optimizer, &now.optimizer),
+    ] {
+        if let (Some(was), Some(is)) = (was, is) {
+            if was != is && !is.is_empty() && !was.is_empty() {
+                out.push(format!("{name}: `{was}` then, `{is}` now"));
+            }
+        }
+    }
+    out
+}
+
+/// Rewrites metrics.jsonl keeping only the lines of steps up to `step` (all of them on a
+/// fresh run there are none to keep), so that steps redone after a resume appear once.
+fn keep_metrics_until(path: &std::path::Path, step: u64) -> Result<()> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    let kept: String = text
+        .lines()
+        .filter(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                .is_some_and(|s| s <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if kept.len() != text.len() {
+        let tmp = path.with_extension("jsonl.tmp");
+        std::fs::write(&tmp, kept).map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(io_err(path))?;
+    }
+    Ok(())
 }
 
 /// One optimizer step, as reported to observers and written to metrics.jsonl.
@@ -213,9 +298,40 @@ pub fn train_with<B: Backend>(
         std::fs::create_dir_all(&s.output_dir).map_err(io_err(&s.output_dir))?;
     }
 
+    // The inputs a checkpoint records, so that a resumed run can tell what changed.
+    let recorded = TrainerState {
+        step: 0,
+        total_steps,
+        seed: s.seed,
+        data_fingerprint: fingerprint.clone(),
+        data_hash: Some(rows_hash(rows)),
+        base_model: Some(s.base_fingerprint.clone()),
+        optimizer: Some(s.optimizer_fingerprint()),
+    };
     let (mut lora, mut opt, start_step) = match &s.resume_from {
         Some(dir) => {
             let r = checkpoint::load(be, &model.cfg, dir, s.adamw)?;
+            let changes = resume_changes(&r.state, &recorded);
+            if !changes.is_empty() {
+                if !s.resume_changed {
+                    return Err(TrainError::Checkpoint {
+                        path: dir.clone(),
+                        msg: format!(
+                            "this run differs from the one that wrote the checkpoint: {}; \
+                             resume with the same inputs, start afresh (--overwrite_output_dir), \
+                             or pass --resume-changed to continue anyway",
+                            changes.join("; ")
+                        ),
+                    });
+                }
+                if lead {
+                    observer.on_warning(&format!(
+                        "warning: resuming {} with changes (--resume-changed): {}",
+                        dir.display(),
+                        changes.join("; ")
+                    ));
+                }
+            }
             if r.state.data_fingerprint != fingerprint {
                 return Err(TrainError::Checkpoint {
                     path: dir.clone(),
@@ -249,6 +365,9 @@ pub fn train_with<B: Backend>(
     }
 
     let metrics_path = s.output_dir.join("metrics.jsonl");
+    if lead {
+        keep_metrics_until(&metrics_path, start_step)?;
+    }
     let mut metrics = if lead {
         Some(
             std::fs::OpenOptions::new()
@@ -438,9 +557,7 @@ pub fn train_with<B: Backend>(
         if saving {
             let state = TrainerState {
                 step: k + 1,
-                total_steps,
-                seed: s.seed,
-                data_fingerprint: fingerprint.clone(),
+                ..recorded.clone()
             };
             let dir = checkpoint::save(be, &s.output_dir, &lora, &opt, &state, &s.base_model)?;
             observer.on_save(&dir);
@@ -540,15 +657,9 @@ fn check_ranks_agree<B: Backend>(
             params = fnv(params, x.to_bits());
         }
     }
-    let mut data = 0xcbf2_9ce4_8422_2325u64;
-    for r in rows {
-        data = fnv(data, r.len() as u32);
-        for (&id, &label) in r.input_ids.iter().zip(&r.labels) {
-            data = fnv(fnv(data, id), label as u32);
-        }
-    }
+    let data = rows_hash(rows);
     let mine = format!(
-        "{fingerprint} start={start_step} steps={total_steps} data={data:016x} lora={params:016x}"
+        "{fingerprint} start={start_step} steps={total_steps} data={data} lora={params:016x}"
     );
     let mut theirs = mine.clone().into_bytes();
     coll.broadcast_bytes(&mut theirs)?;

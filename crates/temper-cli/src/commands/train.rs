@@ -30,6 +30,17 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let mut plan = file.resolve(&base, args.resume)?;
     plan.model_dir = crate::model_source::resolve(&plan.model_dir)?;
     let rank = dist::from_env()?;
+    // Rank 0 owns the output folder: it locks it and, for a fresh run, checks it is empty.
+    let _lock = if rank.is_lead() {
+        let dir = &plan.settings.output_dir;
+        let lock = crate::output_dir::lock(dir)?;
+        if plan.settings.resume_from.is_none() {
+            crate::output_dir::check_fresh(dir, plan.overwrite_output_dir)?;
+        }
+        Some(lock)
+    } else {
+        None
+    };
     let timeout = plan.dist_timeout;
     match device::resolve_on(&plan.device, &plan.dtype, rank.local_rank)? {
         DeviceChoice::Cpu => {
@@ -85,6 +96,12 @@ fn run_on<B: Backend>(
     let t0 = Instant::now();
     let model = load_model(be.clone(), &plan)?;
     let load_s = t0.elapsed().as_secs_f64();
+    // Recorded in checkpoints: a resumed run must train the same base model.
+    let mut plan = plan;
+    plan.settings.base_fingerprint = temper_model::safetensors_dir::model_fingerprint(
+        &plan.model_dir,
+    )
+    .with_context(|| format!("reading model {}", plan.model_dir.display()))?;
     let tok = Tokenizer::from_dir(&plan.model_dir)?;
     let data = prepare_quietly(&tok, &plan.data, plan.max_seq_len, plan.packing, !lead)?;
     refuse_nothing_to_train(&data.inner.train_stats, plan.max_seq_len)?;
