@@ -610,3 +610,63 @@ fn resume_refuses_changed_inputs_unless_asked_and_keeps_metrics_single() {
         .collect();
     assert_eq!(steps, vec![1, 2, 3, 4], "{metrics}");
 }
+
+// ---- 9. SIGTERM and SIGHUP save a checkpoint ------------------------------------------------
+
+#[test]
+fn sigterm_and_sighup_stop_training_with_a_checkpoint() {
+    for sig in ["-TERM", "-HUP"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("out");
+        let yaml = train_yaml(
+            dir.path(),
+            &repo().join("examples/tiny/model"),
+            &tiny_data(),
+            &out,
+            "max_steps: 100000\n",
+        );
+        let mut child = Command::new(env!("CARGO_BIN_EXE_temper"))
+            .args(["train", s(&yaml)])
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut log = String::new();
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("no step line:\n{log}"));
+            log.push_str(&line);
+            log.push('\n');
+            if line.starts_with("step 2/") {
+                break;
+            }
+        }
+        let sent = Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success());
+        let status = child.wait().expect("wait");
+        while let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
+            log.push_str(&line);
+            log.push('\n');
+        }
+        assert_eq!(status.code(), Some(130), "{sig}:\n{log}");
+        assert!(log.contains("continue with `--resume`"), "{log}");
+        let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).expect("metrics");
+        let steps = metrics.lines().count();
+        assert!(
+            out.join(format!("checkpoint-{steps}/trainer_state.json")).exists(),
+            "{sig}: no checkpoint at step {steps}:\n{log}"
+        );
+    }
+}
