@@ -107,6 +107,9 @@ enum Command {
         /// Weights dtype: bfloat16 | float16 | float32.
         #[arg(long, default_value = "bfloat16")]
         dtype: String,
+        /// Write into --out even when it holds files (those with the same names are replaced).
+        #[arg(long)]
+        force: bool,
     },
     /// Predicted peak memory of a training run, from config.json and the settings alone.
     Plan {
@@ -129,6 +132,9 @@ enum Command {
         out: PathBuf,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Write into --out even when it holds files (those with the same names are replaced).
+        #[arg(long)]
+        force: bool,
     },
     /// Fold a LoRA adapter into its base model: a Hugging Face folder that transformers and
     /// vLLM load with no adapter.
@@ -234,7 +240,13 @@ fn main() -> Result<()> {
             let overrides = parse_overrides(&overrides, &mut resume)?;
             commands::plan::run(commands::plan::PlanArgs { config, overrides })
         }
-        Command::InitModel { shape, out, seed } => {
+        Command::InitModel {
+            shape,
+            out,
+            seed,
+            force,
+        } => {
+            output_dir::check_out(&out, force)?;
             commands::init_model::run(commands::init_model::InitModelArgs { shape, out, seed })
         }
         Command::Bench {
@@ -345,7 +357,13 @@ fn main() -> Result<()> {
         Command::Quantize(args) => commands::quantize::run(args),
         Command::Merge(args) => commands::merge::run(args),
         Command::ExportGguf(args) => commands::export_gguf::run(args),
-        Command::ImportGguf { gguf, out, dtype } => {
+        Command::ImportGguf {
+            gguf,
+            out,
+            dtype,
+            force,
+        } => {
+            output_dir::check_out(&out, force)?;
             commands::import_gguf::run(commands::import_gguf::ImportGgufArgs { gguf, out, dtype })
         }
     }

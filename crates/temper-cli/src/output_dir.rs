@@ -123,3 +123,29 @@ pub fn check_fresh(dir: &Path, overwrite: bool) -> Result<()> {
     }
     Ok(())
 }
+
+/// `--out` of a command that writes a model folder: absent or empty, unless `force`.
+pub fn check_out(out: &Path, force: bool) -> Result<()> {
+    if force {
+        return Ok(());
+    }
+    let first = match std::fs::read_dir(out) {
+        Ok(mut e) => e.next(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+            bail!("--out {} exists and is not a folder", out.display())
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", out.display())),
+    };
+    if let Some(entry) = first {
+        let name = entry
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        bail!(
+            "--out {} is not empty (it holds {name}): choose another folder, or pass --force \
+             to write over the files there",
+            out.display()
+        );
+    }
+    Ok(())
+}

@@ -670,3 +670,28 @@ fn sigterm_and_sighup_stop_training_with_a_checkpoint() {
         );
     }
 }
+
+// ---- 10. init-model and import-gguf keep a non-empty --out --------------------------------
+
+#[test]
+fn init_model_and_import_gguf_refuse_a_non_empty_out_without_force() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).expect("mkdir");
+    std::fs::write(out.join("config.json"), "{\"mine\": true}").expect("write");
+    fails_with(
+        &["init-model", "--shape", "tiny", "--out", s(&out)],
+        &["is not empty", "config.json", "--force"],
+    );
+    let gguf = repo().join("tests/fixtures/gguf/tiny_llama.gguf");
+    fails_with(
+        &["import-gguf", s(&gguf), "--out", s(&out)],
+        &["is not empty", "--force"],
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("config.json")).expect("read"),
+        "{\"mine\": true}"
+    );
+    succeeds(&["import-gguf", s(&gguf), "--out", s(&out), "--force"]);
+    assert!(out.join("model.safetensors").exists());
+}
