@@ -695,3 +695,37 @@ fn init_model_and_import_gguf_refuse_a_non_empty_out_without_force() {
     succeeds(&["import-gguf", s(&gguf), "--out", s(&out), "--force"]);
     assert!(out.join("model.safetensors").exists());
 }
+
+// ---- 11. data rows --------------------------------------------------------------------------
+
+#[test]
+fn bad_bytes_in_data_rows_name_the_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = repo().join("examples/tiny/model");
+    let good = r#"{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}"#;
+    let data = dir.path().join("rows.jsonl");
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(b"\xef\xbb\xbf"); // a BOM first: accepted
+    bytes.extend_from_slice(good.as_bytes());
+    bytes.extend_from_slice(b"\n{\"text\": \"caf\xe9\"}\n");
+    bytes.extend_from_slice(br#"{"text": "half a pair \ud800 here"}"#);
+    bytes.extend_from_slice(b"\n{\"messages\": []}\n");
+    bytes.extend_from_slice(good.as_bytes());
+    bytes.push(b'\n');
+    std::fs::write(&data, &bytes).expect("write");
+    let yaml = train_yaml(dir.path(), &model, &data, &dir.path().join("out"), "");
+    let line2 = format!("{}:2", data.display());
+    fails_with(
+        &["preprocess", s(&yaml)],
+        &[&line2, "not valid UTF-8", "skip_bad_rows"],
+    );
+    let t = succeeds(&["preprocess", s(&yaml), "--skip_bad_rows", "true"]);
+    // Lines 2 (latin-1), 3 (lone surrogate) and 4 (empty messages) are skipped and counted.
+    assert!(t.contains("5 rows read, 3 skipped"), "{t}");
+    assert!(t.contains("surrogate"), "{t}");
+    assert!(t.contains("messages list is empty"), "{t}");
+    // Without skip_bad_rows, an empty messages list alone is skipped and counted, not fatal.
+    std::fs::write(&data, format!("{good}\n{{\"messages\": []}}\n")).expect("write");
+    let t = succeeds(&["preprocess", s(&yaml)]);
+    assert!(t.contains("2 rows read, 1 skipped"), "{t}");
+}

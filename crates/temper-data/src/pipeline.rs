@@ -186,7 +186,9 @@ fn tokenized(
     for f in &files {
         records.extend(read_records(f)?);
     }
-    let results: Vec<std::result::Result<Example, String>> = records
+    // Err((why, always skipped)): a row with an empty messages list has nothing to train
+    // and is skipped (and counted) whether or not skip_bad_rows is set.
+    let results: Vec<std::result::Result<Example, (String, bool)>> = records
         .par_iter()
         .map(|r| {
             let row = r
@@ -194,8 +196,14 @@ fn tokenized(
                 .as_ref()
                 .map_err(Clone::clone)
                 .and_then(|v| to_row(v, cfg.format))
-                .map_err(|m| format!("{}: {m}", r.origin))?;
-            tokenize_sft(tok, &row, &cfg.sft).map_err(|e| format!("{}: {e}", r.origin))
+                .map_err(|m| (format!("{}: {m}", r.origin), false))?;
+            if matches!(&row, crate::rows::Row::Messages(m) if m.is_empty()) {
+                return Err((
+                    format!("{}: the messages list is empty", r.origin),
+                    true,
+                ));
+            }
+            tokenize_sft(tok, &row, &cfg.sft).map_err(|e| (format!("{}: {e}", r.origin), false))
         })
         .collect();
     let mut c = Cached {
@@ -206,13 +214,13 @@ fn tokenized(
     for r in results {
         match r {
             Ok(e) => c.examples.push(e),
-            Err(m) if cfg.skip_bad_rows => {
+            Err((m, always)) if always || cfg.skip_bad_rows => {
                 c.skipped += 1;
                 if skipped_examples.len() < 5 {
                     skipped_examples.push(m);
                 }
             }
-            Err(m) => {
+            Err((m, _)) => {
                 return Err(DataError::Row(format!(
                     "{m}\n(set `skip_bad_rows: true` to skip such rows and count them)"
                 )))
