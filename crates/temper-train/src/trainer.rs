@@ -368,17 +368,9 @@ pub fn train_with<B: Backend>(
     if lead {
         keep_metrics_until(&metrics_path, start_step)?;
     }
-    let mut metrics = if lead {
-        Some(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&metrics_path)
-                .map_err(io_err(&metrics_path))?,
-        )
-    } else {
-        None
-    };
+    // Opened at the first step's line, so that a run failing before any step leaves no
+    // file behind (which would make its output_dir non-empty for the next fresh run).
+    let mut metrics: Option<std::fs::File> = None;
 
     if lead {
         observer.on_start(start_step, total_steps);
@@ -520,7 +512,17 @@ pub fn train_with<B: Backend>(
             loss_scale: scaler.as_ref().map(|sc| sc.scale as f64),
             elapsed_s: started.elapsed().as_secs_f64(),
         };
-        if let Some(m) = metrics.as_mut() {
+        if lead {
+            let m = match metrics.as_mut() {
+                Some(m) => m,
+                None => metrics.insert(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&metrics_path)
+                        .map_err(io_err(&metrics_path))?,
+                ),
+            };
             let line =
                 serde_json::to_string(&report).map_err(|e| TrainError::Config(e.to_string()))?;
             writeln!(m, "{line}").map_err(io_err(&metrics_path))?;
