@@ -164,6 +164,19 @@ fn with_template(tok: &Tokenizer, choice: &TemplateChoice) -> Result<Tokenizer> 
     Ok(tok)
 }
 
+/// Why a row gave no example.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RowError {
+    /// A bad row: an error, or skipped and counted with skip_bad_rows.
+    Bad,
+    /// An empty messages list: nothing to train, always skipped and counted.
+    Empty,
+    /// The chat template ran out of its budget: an error whatever skip_bad_rows says.
+    Fatal,
+    /// Not tried, after a fatal error on another row.
+    Stopped,
+}
+
 /// Tokenised examples of some sources, from the cache when it has them.
 fn tokenized(
     tok: &Tokenizer,
@@ -186,26 +199,45 @@ fn tokenized(
     for f in &files {
         records.extend(read_records(f)?);
     }
-    // Err((why, always skipped)): a row with an empty messages list has nothing to train
-    // and is skipped (and counted) whether or not skip_bad_rows is set.
-    let results: Vec<std::result::Result<Example, (String, bool)>> = records
+    // A template over its budget fails on every row, each costing the whole budget: the
+    // first one stops the others.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let results: Vec<std::result::Result<Example, (String, RowError)>> = records
         .par_iter()
         .map(|r| {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err((String::new(), RowError::Stopped));
+            }
             let row = r
                 .value
                 .as_ref()
                 .map_err(Clone::clone)
                 .and_then(|v| to_row(v, cfg.format))
-                .map_err(|m| (format!("{}: {m}", r.origin), false))?;
+                .map_err(|m| (format!("{}: {m}", r.origin), RowError::Bad))?;
             if matches!(&row, crate::rows::Row::Messages(m) if m.is_empty()) {
                 return Err((
                     format!("{}: the messages list is empty", r.origin),
-                    true,
+                    RowError::Empty,
                 ));
             }
-            tokenize_sft(tok, &row, &cfg.sft).map_err(|e| (format!("{}: {e}", r.origin), false))
+            tokenize_sft(tok, &row, &cfg.sft).map_err(|e| {
+                let kind = if matches!(e, DataError::TemplateLimit(_)) {
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    RowError::Fatal
+                } else {
+                    RowError::Bad
+                };
+                (format!("{}: {e}", r.origin), kind)
+            })
         })
         .collect();
+    if let Some((m, _)) = results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .find(|(_, k)| *k == RowError::Fatal)
+    {
+        return Err(DataError::Row(m.clone()));
+    }
     let mut c = Cached {
         rows_read: records.len(),
         ..Default::default()
@@ -214,7 +246,7 @@ fn tokenized(
     for r in results {
         match r {
             Ok(e) => c.examples.push(e),
-            Err((m, always)) if always || cfg.skip_bad_rows => {
+            Err((m, kind)) if kind == RowError::Empty || cfg.skip_bad_rows => {
                 c.skipped += 1;
                 if skipped_examples.len() < 5 {
                     skipped_examples.push(m);

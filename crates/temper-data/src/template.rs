@@ -191,16 +191,16 @@ impl ChatTemplate {
         ctx.push(("documents".to_string(), Value::from(())));
         let ctx: std::collections::BTreeMap<String, Value> = ctx.into_iter().collect();
         tmpl.render(Value::from_object(ctx)).map_err(|e| {
-            DataError::Template(if e.kind() == ErrorKind::OutOfFuel {
-                format!(
+            if e.kind() == ErrorKind::OutOfFuel {
+                DataError::TemplateLimit(format!(
                     "{}: rendering one conversation took more than its budget ({TEMPLATE_FUEL} \
                      steps or about 1 GiB of text): the template loops or grows a string \
                      without bound; fix it or set the chat_template key to another template",
                     self.origin
-                )
+                ))
             } else {
-                render_error(&e)
-            })
+                DataError::Template(render_error(&e))
+            }
         })
     }
 }
