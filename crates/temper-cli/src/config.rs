@@ -646,7 +646,10 @@ const MAX_LORA_R: usize = 1 << 16;
 
 fn check_lora(lora: &LoraConfig) -> Result<()> {
     if lora.r == 0 || lora.r > MAX_LORA_R {
-        bail!("lora_r is {}; it must be between 1 and {MAX_LORA_R}", lora.r);
+        bail!(
+            "lora_r is {}; it must be between 1 and {MAX_LORA_R}",
+            lora.r
+        );
     }
     if !(lora.alpha > 0.0 && lora.alpha.is_finite()) {
         bail!(

@@ -109,7 +109,11 @@ pub fn check_fresh(dir: &Path, overwrite: bool) -> Result<()> {
              replace temper's files there",
             dir.display(),
             shown.join(", "),
-            if names.len() > shown.len() { ", ..." } else { "" }
+            if names.len() > shown.len() {
+                ", ..."
+            } else {
+                ""
+            }
         );
     }
     for name in names.iter().filter(|n| is_temper_output(n)) {

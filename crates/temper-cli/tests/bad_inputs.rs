@@ -98,7 +98,13 @@ fn huge_num_hidden_layers_is_refused_by_plan_and_load() {
     for layers in [1_000_000_000u64, 1 << 62] {
         let model = tiny_model(dir.path(), |c| c["num_hidden_layers"] = layers.into());
         let want = format!("num_hidden_layers is {layers}, more than temper accepts");
-        let yaml = train_yaml(dir.path(), &model, &tiny_data(), &dir.path().join("out"), "");
+        let yaml = train_yaml(
+            dir.path(),
+            &model,
+            &tiny_data(),
+            &dir.path().join("out"),
+            "",
+        );
         fails_with(&["plan", s(&yaml)], &[&want, "config.json"]);
         fails_with(
             &["eval", "--model", s(&model), "--data", s(&tiny_data())],
@@ -111,7 +117,13 @@ fn huge_num_hidden_layers_is_refused_by_plan_and_load() {
 fn plan_and_bench_refuse_sizes_that_overflow() {
     let dir = tempfile::tempdir().expect("tempdir");
     let model = repo().join("examples/tiny/model");
-    let yaml = train_yaml(dir.path(), &model, &tiny_data(), &dir.path().join("out"), "");
+    let yaml = train_yaml(
+        dir.path(),
+        &model,
+        &tiny_data(),
+        &dir.path().join("out"),
+        "",
+    );
     fails_with(
         &[
             "plan",
@@ -119,10 +131,20 @@ fn plan_and_bench_refuse_sizes_that_overflow() {
             "--per_device_train_batch_size",
             "4611686018427387904",
         ],
-        &["per_device_train_batch_size", "max_seq_len", "lower one of them"],
+        &[
+            "per_device_train_batch_size",
+            "max_seq_len",
+            "lower one of them",
+        ],
     );
     fails_with(
-        &["bench", "--model", s(&model), "--seq", "4611686018427387904"],
+        &[
+            "bench",
+            "--model",
+            s(&model),
+            "--seq",
+            "4611686018427387904",
+        ],
         &["--seq 4611686018427387904", "max_position_embeddings 512"],
     );
     fails_with(
@@ -142,7 +164,8 @@ fn plan_and_bench_refuse_sizes_that_overflow() {
 /// The tiny GGUF fixture with one little-endian value replaced: the `len` bytes that follow
 /// the first occurrence of `after` (plus `skip` bytes).
 fn patched_gguf(dir: &Path, after: &[u8], skip: usize, value: &[u8]) -> PathBuf {
-    let mut bytes = std::fs::read(repo().join("tests/fixtures/gguf/tiny_llama.gguf")).expect("gguf");
+    let mut bytes =
+        std::fs::read(repo().join("tests/fixtures/gguf/tiny_llama.gguf")).expect("gguf");
     let at = bytes
         .windows(after.len())
         .position(|w| w == after)
@@ -281,8 +304,11 @@ fn rewrite_tensors(
             )
         })
         .collect();
-    std::fs::write(out, safetensors::tensor::serialize(views, None).expect("serialize"))
-        .expect("write");
+    std::fs::write(
+        out,
+        safetensors::tensor::serialize(views, None).expect("serialize"),
+    )
+    .expect("write");
 }
 
 #[test]
@@ -290,7 +316,11 @@ fn a_tensor_in_two_shards_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let model = tiny_model(dir.path(), |_| {});
     let single = model.join("model.safetensors");
-    rewrite_tensors(&single, &model.join("model-00001-of-00002.safetensors"), |_| {});
+    rewrite_tensors(
+        &single,
+        &model.join("model-00001-of-00002.safetensors"),
+        |_| {},
+    );
     // The second shard holds a stale copy of the final norm.
     rewrite_tensors(
         &single,
@@ -332,7 +362,11 @@ fn a_tensor_in_two_shards_is_refused() {
     .expect("index");
     fails_with(
         &["eval", "--model", s(&model), "--data", s(&tiny_data())],
-        &["model.norm.weight", "is also in", "each tensor must be stored once"],
+        &[
+            "model.norm.weight",
+            "is also in",
+            "each tensor must be stored once",
+        ],
     );
 }
 
@@ -392,11 +426,25 @@ fn training_with_every_trained_token_truncated_away_is_refused() {
 fn config_values_outside_their_domain_name_the_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     let model = repo().join("examples/tiny/model");
-    let yaml = train_yaml(dir.path(), &model, &tiny_data(), &dir.path().join("out"), "");
+    let yaml = train_yaml(
+        dir.path(),
+        &model,
+        &tiny_data(),
+        &dir.path().join("out"),
+        "",
+    );
     for (key, value, want) in [
-        ("num_train_epochs", "0", "num_train_epochs is 0; it must be a positive"),
+        (
+            "num_train_epochs",
+            "0",
+            "num_train_epochs is 0; it must be a positive",
+        ),
         ("num_train_epochs", "-1", "num_train_epochs is -1"),
-        ("warmup_ratio", "1.5", "warmup_ratio is 1.5; it must be a fraction"),
+        (
+            "warmup_ratio",
+            "1.5",
+            "warmup_ratio is 1.5; it must be a fraction",
+        ),
         ("adam_beta1", "1", "adam_beta1 is 1; it must be in [0, 1)"),
         ("adam_beta2", "-0.1", "adam_beta2 is -0.1"),
         ("weight_decay", "-0.01", "weight_decay is -0.01"),
@@ -406,7 +454,11 @@ fn config_values_outside_their_domain_name_the_key() {
         ("max_steps", "-5", "max_steps is -5"),
         ("adam_epsilon", "0", "adam_epsilon is 0"),
         ("lora_r", "abc", "key `lora_r` has the value `abc`"),
-        ("learning_rate", "fast", "key `learning_rate` has the value `fast`"),
+        (
+            "learning_rate",
+            "fast",
+            "key `learning_rate` has the value `fast`",
+        ),
     ] {
         fails_with(&["plan", s(&yaml), &format!("--{key}"), value], &[want]);
     }
@@ -417,7 +469,11 @@ fn model_config_values_outside_their_domain_name_the_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     for (key, value, want) in [
         ("rms_norm_eps", serde_json::json!(0.0), "rms_norm_eps is 0"),
-        ("rms_norm_eps", serde_json::json!(-1e-5), "rms_norm_eps is -0.00001"),
+        (
+            "rms_norm_eps",
+            serde_json::json!(-1e-5),
+            "rms_norm_eps is -0.00001",
+        ),
         (
             "rope_parameters",
             serde_json::json!({"rope_theta": 0.0, "rope_type": "default"}),
@@ -430,7 +486,13 @@ fn model_config_values_outside_their_domain_name_the_key() {
         ),
     ] {
         let model = tiny_model(dir.path(), |c| c[key] = value.clone());
-        let yaml = train_yaml(dir.path(), &model, &tiny_data(), &dir.path().join("out"), "");
+        let yaml = train_yaml(
+            dir.path(),
+            &model,
+            &tiny_data(),
+            &dir.path().join("out"),
+            "",
+        );
         fails_with(&["plan", s(&yaml)], &[want, "config.json"]);
     }
 }
@@ -523,7 +585,13 @@ fn a_fresh_run_refuses_a_non_empty_output_dir_unless_overwrite() {
     // With --overwrite_output_dir the old run's files go, the others stay.
     succeeds(&train_args(
         &yaml,
-        &["--max_steps", "1", "--save_steps", "1", "--overwrite_output_dir"],
+        &[
+            "--max_steps",
+            "1",
+            "--save_steps",
+            "1",
+            "--overwrite_output_dir",
+        ],
     ));
     assert!(out.join("checkpoint-1").exists());
     assert!(!out.join("checkpoint-2").exists());
@@ -538,7 +606,11 @@ fn a_second_run_on_a_locked_output_dir_is_refused() {
     let out = dir.path().join("out");
     std::fs::create_dir_all(&out).expect("mkdir");
     // A live process holds the lock: this test's own.
-    std::fs::write(out.join(".temper.lock"), format!("{}\n", std::process::id())).expect("lock");
+    std::fs::write(
+        out.join(".temper.lock"),
+        format!("{}\n", std::process::id()),
+    )
+    .expect("lock");
     let yaml = train_yaml(
         dir.path(),
         &repo().join("examples/tiny/model"),
@@ -548,7 +620,10 @@ fn a_second_run_on_a_locked_output_dir_is_refused() {
     );
     fails_with(
         &train_args(&yaml, &[]),
-        &["in use by another temper run", &format!("pid {}", std::process::id())],
+        &[
+            "in use by another temper run",
+            &format!("pid {}", std::process::id()),
+        ],
     );
     assert!(!out.join("metrics.jsonl").exists());
     // A lock left by a process that is gone is taken over.
@@ -572,10 +647,7 @@ fn resume_refuses_changed_inputs_unless_asked_and_keeps_metrics_single() {
     let ckpt2 = out.join("checkpoint-2");
     // Another learning rate: refused, saying what changed.
     fails_with(
-        &train_args(
-            &yaml,
-            &["--resume", s(&ckpt2), "--learning_rate", "1e-3"],
-        ),
+        &train_args(&yaml, &["--resume", s(&ckpt2), "--learning_rate", "1e-3"]),
         &[
             "the optimizer settings",
             "learning_rate=0.0002",
@@ -590,12 +662,21 @@ fn resume_refuses_changed_inputs_unless_asked_and_keeps_metrics_single() {
     std::fs::write(&other, rows.join("\n")).expect("write");
     fails_with(
         &train_args(&yaml, &["--resume", s(&ckpt2), "--data", s(&other)]),
-        &["checkpoint-2", "differs from the one that wrote the checkpoint"],
+        &[
+            "checkpoint-2",
+            "differs from the one that wrote the checkpoint",
+        ],
     );
     // Asked for, it resumes and says what changed.
     let t = succeeds(&train_args(
         &yaml,
-        &["--resume", s(&ckpt2), "--learning_rate", "1e-3", "--resume-changed"],
+        &[
+            "--resume",
+            s(&ckpt2),
+            "--learning_rate",
+            "1e-3",
+            "--resume-changed",
+        ],
     ));
     assert!(t.contains("resuming") && t.contains("with changes"), "{t}");
     // Steps 3 and 4 were done twice; metrics.jsonl has each step once.
@@ -665,7 +746,8 @@ fn sigterm_and_sighup_stop_training_with_a_checkpoint() {
         let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).expect("metrics");
         let steps = metrics.lines().count();
         assert!(
-            out.join(format!("checkpoint-{steps}/trainer_state.json")).exists(),
+            out.join(format!("checkpoint-{steps}/trainer_state.json"))
+                .exists(),
             "{sig}: no checkpoint at step {steps}:\n{log}"
         );
     }

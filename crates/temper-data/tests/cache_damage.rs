@@ -76,8 +76,14 @@ fn damaged_cache_files_are_rebuilt_not_used() {
                 b[at] = 7;
             }),
         ),
-        ("bytes appended", Box::new(|b: &mut Vec<u8>| b.extend_from_slice(&[0; 5]))),
-        ("cut to the header", Box::new(|b: &mut Vec<u8>| b.truncate(30))),
+        (
+            "bytes appended",
+            Box::new(|b: &mut Vec<u8>| b.extend_from_slice(&[0; 5])),
+        ),
+        (
+            "cut to the header",
+            Box::new(|b: &mut Vec<u8>| b.truncate(30)),
+        ),
     ];
     for (what, damage) in damages {
         let mut bytes = good.clone();
@@ -86,6 +92,10 @@ fn damaged_cache_files_are_rebuilt_not_used() {
         let again = prepare(&tok, &cfg).expect("prepare");
         assert!(!again.cache_hit, "{what}: the damaged cache was used");
         same(&again, &first);
-        assert_eq!(std::fs::read(&file).expect("read"), good, "{what}: not rebuilt");
+        assert_eq!(
+            std::fs::read(&file).expect("read"),
+            good,
+            "{what}: not rebuilt"
+        );
     }
 }

@@ -20,10 +20,19 @@ fn tiny(dir: &Path, edit: impl FnOnce(String) -> String) {
 fn a_syntax_error_inside_the_decoder_is_an_error_not_a_panic() {
     let dir = tempfile::tempdir().expect("tempdir");
     tiny(dir.path(), |t| {
-        t.replacen("\"type\": \"ByteLevel\",\n    \"add_prefix_space\"", "\"type\": \"ByteLevel\" \"add_prefix_space\"", 1)
+        t.replacen(
+            "\"type\": \"ByteLevel\",\n    \"add_prefix_space\"",
+            "\"type\": \"ByteLevel\" \"add_prefix_space\"",
+            1,
+        )
     });
-    let e = Tokenizer::from_dir(dir.path()).expect_err("malformed").to_string();
-    assert!(e.contains("tokenizer.json") && e.contains("invalid JSON"), "{e}");
+    let e = Tokenizer::from_dir(dir.path())
+        .expect_err("malformed")
+        .to_string();
+    assert!(
+        e.contains("tokenizer.json") && e.contains("invalid JSON"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -259,7 +259,8 @@ impl SafetensorsDir {
             return Ok(());
         };
         let size = stored.size();
-        let value = temper_core::dtype::decode_le(&bytes[index * size..(index + 1) * size], stored)[0];
+        let value =
+            temper_core::dtype::decode_le(&bytes[index * size..(index + 1) * size], stored)[0];
         let path = self
             .index
             .get(name)

@@ -103,7 +103,11 @@ fn rows_hash(rows: &[PackedRow]) -> String {
 fn resume_changes(state: &TrainerState, now: &TrainerState) -> Vec<String> {
     let mut out = Vec::new();
     for (name, was, is) in [
-        ("the training data (tokenised rows)", &state.data_hash, &now.data_hash),
+        (
+            "the training data (tokenised rows)",
+            &state.data_hash,
+            &now.data_hash,
+        ),
         ("the base model", &state.base_model, &now.base_model),
         ("the optimizer settings", &state.optimizer, &now.optimizer),
     ] {

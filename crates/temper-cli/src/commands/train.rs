@@ -98,10 +98,9 @@ fn run_on<B: Backend>(
     let load_s = t0.elapsed().as_secs_f64();
     // Recorded in checkpoints: a resumed run must train the same base model.
     let mut plan = plan;
-    plan.settings.base_fingerprint = temper_model::safetensors_dir::model_fingerprint(
-        &plan.model_dir,
-    )
-    .with_context(|| format!("reading model {}", plan.model_dir.display()))?;
+    plan.settings.base_fingerprint =
+        temper_model::safetensors_dir::model_fingerprint(&plan.model_dir)
+            .with_context(|| format!("reading model {}", plan.model_dir.display()))?;
     let tok = Tokenizer::from_dir(&plan.model_dir)?;
     let data = prepare_quietly(&tok, &plan.data, plan.max_seq_len, plan.packing, !lead)?;
     refuse_nothing_to_train(&data.inner.train_stats, plan.max_seq_len)?;
@@ -221,7 +220,8 @@ fn refuse_nothing_to_train(st: &temper_data::Stats, max_seq_len: usize) -> Resul
             "{} of {} sequences are longer than max_seq_len {max_seq_len} and lost every \
              trained token to truncation (their trained tokens come after token {max_seq_len}): \
              raise max_seq_len",
-            st.truncated_away, st.sequences.max(st.truncated_away)
+            st.truncated_away,
+            st.sequences.max(st.truncated_away)
         ));
     }
     if st.dropped_fully_masked > 0 {
