@@ -189,7 +189,6 @@ enum Command {
 const FLAGS: &[&str] = &["overwrite_output_dir", "resume_changed"];
 
 /// `--key value` pairs from the trailing arguments. `--resume [DIR]` may stand among them.
-
 fn parse_overrides(args: &[String], resume: &mut Option<String>) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     let mut it = args.iter().peekable();

@@ -56,7 +56,8 @@ fn damaged_cache_files_are_rebuilt_not_used() {
     // Header: magic (8), rows_read, skipped, examples (u64 each); then lengths, ids, flags.
     let n_examples = 3usize;
     let first_id = 32 + 4 * n_examples;
-    let damages: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>)> = vec![
+    type Damage = Box<dyn Fn(&mut Vec<u8>)>;
+    let damages: Vec<(&str, Damage)> = vec![
         (
             "example count of 2^50",
             Box::new(|b: &mut Vec<u8>| b[24..32].copy_from_slice(&(1u64 << 50).to_le_bytes())),
