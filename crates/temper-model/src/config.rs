@@ -135,6 +135,13 @@ impl ModelConfig {
                 "head_dim {head_dim} must be even and positive for RoPE"
             )));
         }
+        // Sizes are each bounded, but the projections' widths are products of two of them.
+        if heads * head_dim > MAX_PROJECTION {
+            return Err(bad(format!(
+                "num_attention_heads {heads} x head_dim {head_dim} is more than temper accepts \
+                 ({MAX_PROJECTION}); the file is damaged or not a model config"
+            )));
+        }
         // transformers 5 keeps rope settings in `rope_parameters`; older files use rope_theta + rope_scaling.
         let rope_params = f.rope_parameters.as_ref();
         let rope_theta = f
@@ -263,6 +270,9 @@ pub const SIZE_LIMITS: [(&str, usize); 7] = [
     ("head_dim", 1 << 12),
     ("vocab_size", 1 << 23),
 ];
+
+/// The widest query projection accepted (num_attention_heads x head_dim).
+pub const MAX_PROJECTION: usize = 1 << 18;
 
 /// The largest `max_position_embeddings` accepted (16M positions).
 pub const MAX_POSITIONS_LIMIT: usize = 1 << 24;

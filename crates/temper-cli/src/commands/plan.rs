@@ -64,9 +64,10 @@ pub fn predict(p: &TrainPlan, dtype: DType) -> Result<(ModelConfig, MemoryPlan)>
     Ok((cfg, m))
 }
 
-/// The most tokens one micro-batch may hold: keeps every size product of the plan (and of
-/// the activations) within 64 bits for any config.json temper accepts.
-pub const MAX_STEP_TOKENS: usize = 1 << 32;
+/// The most tokens one micro-batch may hold (16M, far above any real micro-batch): keeps
+/// every size product of the plan (and of the activations) within 64 bits for any
+/// config.json temper accepts, even with every layer's activations kept.
+pub const MAX_STEP_TOKENS: usize = 1 << 24;
 
 /// "1.23 GiB" or "45.6 MiB".
 fn size(bytes: usize) -> String {
