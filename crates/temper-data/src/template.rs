@@ -236,7 +236,8 @@ fn rewrite_generation_tags(source: &str) -> (String, bool) {
     while let Some(k) = rest.find("{%") {
         out.push_str(&rest[..k]);
         let tag = &rest[k..];
-        let Some(end) = tag.find("%}") else {
+        // The closing `%}` comes after the opening `{%` (in `{%}` they overlap).
+        let Some(end) = tag[2..].find("%}").map(|e| e + 2) else {
             out.push_str(tag);
             return (out, found);
         };
