@@ -52,9 +52,9 @@ pub struct ChatTemplate {
 }
 
 /// The work one render may do, in minijinja's fuel: about one unit per instruction or per
-/// 64 bytes of data made. 16M bounds a render to well under a second and 1 GiB of strings,
-/// far above what any real chat template needs for one conversation.
-pub const TEMPLATE_FUEL: u64 = 16 << 20;
+/// 64 bytes of data made. 2M bounds a render to about half a second and 128 MiB of
+/// strings, still 100 times what a real chat template needs for a long conversation.
+pub const TEMPLATE_FUEL: u64 = 2 << 20;
 
 impl std::fmt::Debug for ChatTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -194,9 +194,10 @@ impl ChatTemplate {
             if e.kind() == ErrorKind::OutOfFuel {
                 DataError::TemplateLimit(format!(
                     "{}: rendering one conversation took more than its budget ({TEMPLATE_FUEL} \
-                     steps or about 1 GiB of text): the template loops or grows a string \
-                     without bound; fix it or set the chat_template key to another template",
-                    self.origin
+                     steps or {} MiB of text): the template loops or grows a string without \
+                     bound; fix it or set the chat_template key to another template",
+                    self.origin,
+                    TEMPLATE_FUEL * 64 >> 20
                 ))
             } else {
                 DataError::Template(render_error(&e))
