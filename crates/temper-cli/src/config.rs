@@ -688,3 +688,108 @@ pub fn parse_bytes(text: &str) -> Result<u64> {
     }
     Ok((value * scale) as u64)
 }
+
+/// The YAML config parser under the fuzzer (see crates/temper-fuzz): any bytes give a
+/// config or an error, never a panic. `TEMPER_FUZZ_SECONDS` sets a longer run.
+#[cfg(test)]
+mod fuzz_yaml {
+    use std::time::Duration;
+
+    use temper_fuzz::{class, fuzz, Budget, Target};
+
+    fn run(bytes: &[u8]) -> String {
+        thread_local! {
+            static DIR: tempfile::TempDir = tempfile::tempdir().expect("tempdir");
+        }
+        DIR.with(|d| {
+            let path = d.path().join("train.yaml");
+            std::fs::write(&path, bytes).expect("write");
+            let r = super::load(Some(&path), &[]).and_then(|(f, base)| f.resolve(&base, None));
+            class(&r.map(|_| ()))
+        })
+    }
+
+    #[test]
+    fn fuzz_yaml_config() {
+        let seconds: f64 = std::env::var("TEMPER_FUZZ_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0.0);
+        let budget = if seconds > 0.0 {
+            Budget {
+                executions: u64::MAX,
+                time: Duration::from_secs_f64(seconds),
+            }
+        } else {
+            Budget {
+                executions: 1000,
+                time: Duration::from_secs(20),
+            }
+        };
+        let target = Target {
+            name: "yaml_config",
+            seeds: || {
+                let root = temper_fuzz::repo();
+                vec![
+                    std::fs::read(root.join("examples/tiny/train.yaml")).unwrap_or_default(),
+                    b"model: m\ndata: [a.jsonl, b.jsonl]\nmax_memory: 24GiB\nrope_scaling: {rope_type: yarn}\n"
+                        .to_vec(),
+                ]
+            },
+            run,
+            dictionary: &[
+                ": ",
+                "\n",
+                "- ",
+                "[",
+                "]",
+                "{",
+                "}",
+                "&a ",
+                "*a",
+                "!!binary ",
+                "<<: ",
+                "~",
+                "null",
+                "-1",
+                "1e400",
+                ".nan",
+                "-.inf",
+                "0x10",
+                "18446744073709551616",
+                "max_steps",
+                "num_train_epochs",
+                "warmup_ratio",
+                "lora_r",
+                "lora_alpha",
+                "max_memory",
+                "rope_scaling",
+                "target_modules",
+                "data",
+                "model",
+            ],
+        };
+        let r = fuzz(&target, budget, 7);
+        println!(
+            "{:<24} executions {:>10}  ({:>8.0}/s)  corpus {:>4}  findings {}",
+            r.target,
+            r.executions,
+            r.executions as f64 / r.seconds.max(1e-9),
+            r.corpus,
+            r.findings.len()
+        );
+        let found: Vec<String> = r
+            .findings
+            .iter()
+            .map(|f| {
+                format!(
+                    "FINDING {}: {} on {:?}",
+                    f.kind,
+                    f.message,
+                    String::from_utf8_lossy(&f.input)
+                )
+            })
+            .collect();
+        assert!(found.is_empty(), "{}", found.join("\n"));
+    }
+}
