@@ -34,7 +34,7 @@ case "$shape" in llama2-7b) peer_shape=7b ;; llama3-8b) peer_shape=8b ;; *) peer
 results=$(mktemp)
 
 if [ ! -e "$dir/config.json" ]; then
-    "$temper" init-model --shape "$shape" --out "$dir"
+    "$temper" init-model --shape "$shape" --out "$dir" --force
 fi
 if [ -n "$max_pos" ]; then
     python3 - "$dir/config.json" "$max_pos" <<'PY'

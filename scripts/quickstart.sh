@@ -26,7 +26,7 @@ if [ ! -e "$gguf" ]; then
 fi
 if [ ! -e "$model/config.json" ]; then
     echo "== importing the GGUF into a Hugging Face folder"
-    "$temper" import-gguf "$gguf" --out "$model" --dtype float32
+    "$temper" import-gguf "$gguf" --out "$model" --dtype float32 --force
 fi
 
 prompt="What is 17 plus 25?"

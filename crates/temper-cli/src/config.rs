@@ -37,6 +37,10 @@ pub struct TrainFile {
     pub dataset_cache_dir: Option<String>,
     #[serde(default = "d_output")]
     pub output_dir: PathBuf,
+    #[serde(default)]
+    pub overwrite_output_dir: bool,
+    #[serde(default)]
+    pub resume_changed: bool,
     #[serde(default = "d_device")]
     pub device: String,
     #[serde(default = "d_dtype")]
@@ -210,6 +214,8 @@ pub struct TrainPlan {
     pub settings: TrainSettings,
     /// What the user should know about how the settings were resolved (printed by train).
     pub notes: Vec<String>,
+    /// A fresh run may use a non-empty output_dir (temper's files in it are removed).
+    pub overwrite_output_dir: bool,
 }
 
 /// Reads the YAML file, applies `--key value` overrides, and checks every key.
@@ -248,9 +254,43 @@ pub fn load(path: Option<&Path>, overrides: &[(String, String)]) -> Result<(Trai
             bail!("{origin}: unknown key `{name}`{hint} (`temper train --help` lists every key)");
         }
     }
-    let file: TrainFile = serde_yaml::from_value(Value::Mapping(map))
-        .with_context(|| format!("{origin}: a key has a value of the wrong type"))?;
+    let file: TrainFile = match serde_yaml::from_value(Value::Mapping(map.clone())) {
+        Ok(f) => f,
+        Err(e) => bail!("{origin}: {}", wrong_type(&map, e)),
+    };
     Ok((file, base))
+}
+
+/// Names the key whose value does not fit its type: every key is optional, so each one is
+/// tried alone.
+fn wrong_type(map: &Mapping, whole: serde_yaml::Error) -> String {
+    for (k, v) in map {
+        let mut one = Mapping::new();
+        one.insert(k.clone(), v.clone());
+        if let Err(e) = serde_yaml::from_value::<TrainFile>(Value::Mapping(one)) {
+            let key = k.as_str().unwrap_or("?");
+            let expected = TRAIN_KEYS
+                .iter()
+                .find(|d| d.name == key)
+                .map(|d| format!(" (default {})", d.default))
+                .unwrap_or_default();
+            let shown = serde_yaml::to_string(v).unwrap_or_default();
+            return format!(
+                "key `{key}` has the value `{}`, which is not valid for it: {e}{expected}",
+                shown.trim()
+            );
+        }
+    }
+    format!("a key has a value of the wrong type: {whole}")
+}
+
+/// A number-valued key must lie in its domain; `what` says the domain in words.
+/// (Each caller's `ok` is false for NaN.)
+fn check_range(key: &str, value: impl std::fmt::Display, ok: bool, what: &str) -> Result<()> {
+    if !ok {
+        bail!("{key} is {value}; it must be {what}");
+    }
+    Ok(())
 }
 
 fn rel(base: &Path, p: &Path) -> PathBuf {
@@ -304,6 +344,55 @@ impl TrainFile {
         )?;
         if self.learning_rate <= 0.0 || !self.learning_rate.is_finite() {
             bail!("learning_rate must be positive, got {}", self.learning_rate);
+        }
+        let e = self.num_train_epochs;
+        check_range(
+            "num_train_epochs",
+            e,
+            e > 0.0 && e.is_finite(),
+            "a positive number of epochs",
+        )?;
+        let w = self.warmup_ratio;
+        check_range(
+            "warmup_ratio",
+            w,
+            (0.0..=1.0).contains(&w),
+            "a fraction of the steps, between 0 and 1",
+        )?;
+        for (key, b) in [
+            ("adam_beta1", self.adam_beta1),
+            ("adam_beta2", self.adam_beta2),
+        ] {
+            check_range(key, b, (0.0..1.0).contains(&b), "in [0, 1)")?;
+        }
+        let wd = self.weight_decay;
+        check_range(
+            "weight_decay",
+            wd,
+            wd >= 0.0 && wd.is_finite(),
+            "0 or a positive number (0.0 or 0.01 are usual)",
+        )?;
+        let eps = self.adam_epsilon;
+        check_range(
+            "adam_epsilon",
+            eps,
+            eps > 0.0 && eps.is_finite(),
+            "a small positive number (1e-8 is usual); with 0, a parameter whose gradients \
+             are all zero divides 0 by 0",
+        )?;
+        let clip = self.max_grad_norm;
+        check_range(
+            "max_grad_norm",
+            clip,
+            clip >= 0.0 && !clip.is_nan(),
+            "0 (no clipping) or a positive number",
+        )?;
+        if let Some(n) = self.max_steps {
+            if n <= 0 {
+                bail!(
+                    "max_steps is {n}; it must be at least 1 (leave it out to train num_train_epochs)"
+                );
+            }
         }
         let schedule = ScheduleKind::parse(&self.lr_scheduler_type).ok_or_else(|| {
             anyhow!(
@@ -380,7 +469,7 @@ impl TrainFile {
             schedule,
             warmup_steps: self.warmup_steps,
             warmup_ratio: self.warmup_ratio,
-            max_steps: self.max_steps.filter(|&n| n > 0).map(|n| n as u64),
+            max_steps: self.max_steps.map(|n| n as u64),
             epochs: self.num_train_epochs,
             micro_batch_size: self.per_device_train_batch_size,
             grad_accum: self.gradient_accumulation_steps,
@@ -407,6 +496,8 @@ impl TrainFile {
             base_model: model_dir.display().to_string(),
             resume_from,
             init_adapter,
+            base_fingerprint: String::new(),
+            resume_changed: self.resume_changed,
         };
         Ok(TrainPlan {
             model_dir,
@@ -428,6 +519,7 @@ impl TrainFile {
             },
             settings,
             notes: lora_notes,
+            overwrite_output_dir: self.overwrite_output_dir,
         })
     }
 
@@ -549,9 +641,21 @@ impl TrainFile {
     }
 }
 
+/// The largest LoRA rank accepted: far above any use, and keeps size arithmetic in 64 bits.
+const MAX_LORA_R: usize = 1 << 16;
+
 fn check_lora(lora: &LoraConfig) -> Result<()> {
-    if lora.r == 0 {
-        bail!("lora_r must be at least 1");
+    if lora.r == 0 || lora.r > MAX_LORA_R {
+        bail!(
+            "lora_r is {}; it must be between 1 and {MAX_LORA_R}",
+            lora.r
+        );
+    }
+    if !(lora.alpha > 0.0 && lora.alpha.is_finite()) {
+        bail!(
+            "lora_alpha is {}; it must be a positive number (often 2 x lora_r)",
+            lora.alpha
+        );
     }
     if !(0.0..1.0).contains(&lora.dropout) {
         bail!("lora_dropout must be in [0, 1), got {}", lora.dropout);
@@ -583,4 +687,109 @@ pub fn parse_bytes(text: &str) -> Result<u64> {
         bail!("max_memory `{text}` must be a positive size");
     }
     Ok((value * scale) as u64)
+}
+
+/// The YAML config parser under the fuzzer (see crates/temper-fuzz): any bytes give a
+/// config or an error, never a panic. `TEMPER_FUZZ_SECONDS` sets a longer run.
+#[cfg(test)]
+mod fuzz_yaml {
+    use std::time::Duration;
+
+    use temper_fuzz::{class, fuzz, Budget, Target};
+
+    fn run(bytes: &[u8]) -> String {
+        thread_local! {
+            static DIR: tempfile::TempDir = tempfile::tempdir().expect("tempdir");
+        }
+        DIR.with(|d| {
+            let path = d.path().join("train.yaml");
+            std::fs::write(&path, bytes).expect("write");
+            let r = super::load(Some(&path), &[]).and_then(|(f, base)| f.resolve(&base, None));
+            class(&r.map(|_| ()))
+        })
+    }
+
+    #[test]
+    fn fuzz_yaml_config() {
+        let seconds: f64 = std::env::var("TEMPER_FUZZ_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0.0);
+        let budget = if seconds > 0.0 {
+            Budget {
+                executions: u64::MAX,
+                time: Duration::from_secs_f64(seconds),
+            }
+        } else {
+            Budget {
+                executions: 1000,
+                time: Duration::from_secs(20),
+            }
+        };
+        let target = Target {
+            name: "yaml_config",
+            seeds: || {
+                let root = temper_fuzz::repo();
+                vec![
+                    std::fs::read(root.join("examples/tiny/train.yaml")).unwrap_or_default(),
+                    b"model: m\ndata: [a.jsonl, b.jsonl]\nmax_memory: 24GiB\nrope_scaling: {rope_type: yarn}\n"
+                        .to_vec(),
+                ]
+            },
+            run,
+            dictionary: &[
+                ": ",
+                "\n",
+                "- ",
+                "[",
+                "]",
+                "{",
+                "}",
+                "&a ",
+                "*a",
+                "!!binary ",
+                "<<: ",
+                "~",
+                "null",
+                "-1",
+                "1e400",
+                ".nan",
+                "-.inf",
+                "0x10",
+                "18446744073709551616",
+                "max_steps",
+                "num_train_epochs",
+                "warmup_ratio",
+                "lora_r",
+                "lora_alpha",
+                "max_memory",
+                "rope_scaling",
+                "target_modules",
+                "data",
+                "model",
+            ],
+        };
+        let r = fuzz(&target, budget, 7);
+        println!(
+            "{:<24} executions {:>10}  ({:>8.0}/s)  corpus {:>4}  findings {}",
+            r.target,
+            r.executions,
+            r.executions as f64 / r.seconds.max(1e-9),
+            r.corpus,
+            r.findings.len()
+        );
+        let found: Vec<String> = r
+            .findings
+            .iter()
+            .map(|f| {
+                format!(
+                    "FINDING {}: {} on {:?}",
+                    f.kind,
+                    f.message,
+                    String::from_utf8_lossy(&f.input)
+                )
+            })
+            .collect();
+        assert!(found.is_empty(), "{}", found.join("\n"));
+    }
 }

@@ -72,7 +72,17 @@ pub const TRAIN_KEYS: &[Key] = &[
     Key {
         name: "output_dir",
         default: "output",
-        help: "where the adapter, checkpoints and metrics.jsonl are written",
+        help: "where the adapter, checkpoints and metrics.jsonl are written; a fresh run refuses a non-empty one",
+    },
+    Key {
+        name: "overwrite_output_dir",
+        default: "false",
+        help: "let a fresh run use a non-empty output_dir: its checkpoints, adapter and metrics.jsonl are removed first",
+    },
+    Key {
+        name: "resume_changed",
+        default: "false",
+        help: "with --resume: continue even when the data, base model or optimizer settings differ from the checkpoint's (printed)",
     },
     Key {
         name: "device",

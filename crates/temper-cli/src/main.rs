@@ -9,6 +9,7 @@ mod interrupt;
 mod keys;
 mod launch;
 mod model_source;
+mod output_dir;
 mod progress;
 
 use std::path::PathBuf;
@@ -106,6 +107,9 @@ enum Command {
         /// Weights dtype: bfloat16 | float16 | float32.
         #[arg(long, default_value = "bfloat16")]
         dtype: String,
+        /// Write into --out even when it holds files (those with the same names are replaced).
+        #[arg(long)]
+        force: bool,
     },
     /// Predicted peak memory of a training run, from config.json and the settings alone.
     Plan {
@@ -128,6 +132,9 @@ enum Command {
         out: PathBuf,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Write into --out even when it holds files (those with the same names are replaced).
+        #[arg(long)]
+        force: bool,
     },
     /// Fold a LoRA adapter into its base model: a Hugging Face folder that transformers and
     /// vLLM load with no adapter.
@@ -178,6 +185,9 @@ enum Command {
     },
 }
 
+/// Config keys that may be given on the command line without a value.
+const FLAGS: &[&str] = &["overwrite_output_dir", "resume_changed"];
+
 /// `--key value` pairs from the trailing arguments. `--resume [DIR]` may stand among them.
 fn parse_overrides(args: &[String], resume: &mut Option<String>) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
@@ -193,6 +203,12 @@ fn parse_overrides(args: &[String], resume: &mut Option<String>) -> Result<Vec<(
         }
         let (key, value) = match key.split_once('=') {
             Some((k, v)) => (k.to_string(), v.to_string()),
+            // Switches: `--overwrite_output_dir` alone means true.
+            None if FLAGS.contains(&key.replace('-', "_").as_str())
+                && it.peek().is_none_or(|v| v.starts_with("--")) =>
+            {
+                (key.to_string(), "true".to_string())
+            }
             None => match it.next() {
                 Some(v) => (key.to_string(), v.clone()),
                 None => bail!("`--{key}` needs a value"),
@@ -223,7 +239,13 @@ fn main() -> Result<()> {
             let overrides = parse_overrides(&overrides, &mut resume)?;
             commands::plan::run(commands::plan::PlanArgs { config, overrides })
         }
-        Command::InitModel { shape, out, seed } => {
+        Command::InitModel {
+            shape,
+            out,
+            seed,
+            force,
+        } => {
+            output_dir::check_out(&out, force)?;
             commands::init_model::run(commands::init_model::InitModelArgs { shape, out, seed })
         }
         Command::Bench {
@@ -334,7 +356,13 @@ fn main() -> Result<()> {
         Command::Quantize(args) => commands::quantize::run(args),
         Command::Merge(args) => commands::merge::run(args),
         Command::ExportGguf(args) => commands::export_gguf::run(args),
-        Command::ImportGguf { gguf, out, dtype } => {
+        Command::ImportGguf {
+            gguf,
+            out,
+            dtype,
+            force,
+        } => {
+            output_dir::check_out(&out, force)?;
             commands::import_gguf::run(commands::import_gguf::ImportGgufArgs { gguf, out, dtype })
         }
     }

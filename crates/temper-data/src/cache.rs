@@ -2,17 +2,17 @@
 //! them: the data files' bytes and paths, tokenizer.json, tokenizer_config.json, the
 //! chat template, the row format, the mask options and temper-data's version.
 //!
-//! File layout (little-endian): magic `TEMPRC01`, rows_read u64, skipped u64,
+//! File layout (little-endian): magic `TEMPRC02`, rows_read u64, skipped u64,
 //! examples u64, then every example's length (u32), then all token ids (u32), then one
-//! byte per token (1 = trained).
+//! byte per token (1 = trained), then a 16-byte checksum of everything before it.
 
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::tokenize::Example;
 use crate::IGNORE_INDEX;
 
-const MAGIC: &[u8; 8] = b"TEMPRC01";
+const MAGIC: &[u8; 8] = b"TEMPRC02";
 
 /// A stable 128-bit hash (two FNV-1a-style 64-bit lanes over 8-byte words), written
 /// here so cache keys do not change with the Rust or crate versions.
@@ -72,57 +72,87 @@ pub(crate) fn path_for(dir: &Path, key: &str) -> PathBuf {
     dir.join(format!("{key}.bin"))
 }
 
-/// Reads a cache file; `None` when it is missing or not a complete cache file.
+/// Reads a cache file; `None` when it is missing, not a complete cache file, or damaged
+/// (its sizes disagree with its length, or its checksum with its bytes): the caller then
+/// rebuilds it.
 pub(crate) fn load(path: &Path) -> Option<Cached> {
-    let mut r = BufReader::with_capacity(1 << 20, std::fs::File::open(path).ok()?);
-    let mut magic = [0u8; 8];
-    r.read_exact(&mut magic).ok()?;
-    if &magic != MAGIC {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .ok()?
+        .read_to_end(&mut bytes)
+        .ok()?;
+    parse(&bytes)
+}
+
+/// The cache file `bytes`, checked: every size is bounded by the file's length before
+/// anything is allocated, and the checksum must match.
+pub(crate) fn parse(bytes: &[u8]) -> Option<Cached> {
+    const HEADER: usize = 8 + 3 * 8;
+    const SUM: usize = 16;
+    if bytes.len() < HEADER + SUM || &bytes[..8] != MAGIC {
         return None;
     }
-    let mut u64s = [0u64; 3];
-    for v in &mut u64s {
-        let mut b = [0u8; 8];
-        r.read_exact(&mut b).ok()?;
-        *v = u64::from_le_bytes(b);
+    let (body, sum) = bytes.split_at(bytes.len() - SUM);
+    if checksum(body) != sum {
+        return None;
     }
-    let [rows_read, skipped, n] = u64s.map(|v| v as usize);
-    let lens: Vec<usize> = read_u32s(&mut r, n)?
-        .into_iter()
-        .map(|v| v as usize)
+    let u64_at = |i: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&bytes[8 + 8 * i..16 + 8 * i]);
+        u64::from_le_bytes(b)
+    };
+    let (rows_read, skipped, n) = (u64_at(0), u64_at(1), u64_at(2));
+    let left = (body.len() - HEADER) as u64;
+    // Each example takes 4 bytes of length at least.
+    if n.checked_mul(4)? > left {
+        return None;
+    }
+    let n = n as usize;
+    let lens: Vec<usize> = body[HEADER..HEADER + 4 * n]
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize)
         .collect();
-    let total: usize = lens.iter().sum();
-    let ids = read_u32s(&mut r, total)?;
-    let mut trained = vec![0u8; total];
-    r.read_exact(&mut trained).ok()?;
+    let total = lens.iter().try_fold(0usize, |a, &l| a.checked_add(l))?;
+    // Then 4 bytes of id and 1 byte of flag per token, and nothing else.
+    if total.checked_mul(5)? != body.len() - HEADER - 4 * n {
+        return None;
+    }
+    let ids_at = HEADER + 4 * n;
+    let flags = &body[ids_at + 4 * total..];
+    let ids: Vec<u32> = body[ids_at..ids_at + 4 * total]
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    if flags.iter().any(|&f| f > 1) {
+        return None;
+    }
     let mut examples = Vec::with_capacity(n);
     let mut at = 0;
     for len in lens {
         let input_ids = ids[at..at + len].to_vec();
         let labels = input_ids
             .iter()
-            .zip(&trained[at..at + len])
+            .zip(&flags[at..at + len])
             .map(|(&id, &t)| if t == 1 { id as i32 } else { IGNORE_INDEX })
             .collect();
         examples.push(Example { input_ids, labels });
         at += len;
     }
     Some(Cached {
-        rows_read,
-        skipped,
+        rows_read: usize::try_from(rows_read).ok()?,
+        skipped: usize::try_from(skipped).ok()?,
         examples,
     })
 }
 
-fn read_u32s(r: &mut impl Read, n: usize) -> Option<Vec<u32>> {
-    let mut bytes = vec![0u8; n * 4];
-    r.read_exact(&mut bytes).ok()?;
-    Some(
-        bytes
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
-            .collect(),
-    )
+/// The 16-byte checksum stored after the body.
+pub(crate) fn checksum(body: &[u8]) -> [u8; 16] {
+    let mut h = KeyHasher::new();
+    h.bytes(body);
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&h.a.to_le_bytes());
+    out[8..].copy_from_slice(&h.b.to_le_bytes());
+    out
 }
 
 /// Writes a cache file (to a temporary name, then renamed, so a crash never leaves a
@@ -134,27 +164,31 @@ pub(crate) fn save(path: &Path, c: &Cached) -> std::io::Result<()> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     {
         let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
-        w.write_all(MAGIC)?;
-        for v in [c.rows_read, c.skipped, c.examples.len()] {
-            w.write_all(&(v as u64).to_le_bytes())?;
-        }
-        for e in &c.examples {
-            w.write_all(&(e.input_ids.len() as u32).to_le_bytes())?;
-        }
-        for e in &c.examples {
-            for &id in &e.input_ids {
-                w.write_all(&id.to_le_bytes())?;
-            }
-        }
-        for e in &c.examples {
-            let flags: Vec<u8> = e
-                .labels
-                .iter()
-                .map(|&l| u8::from(l != IGNORE_INDEX))
-                .collect();
-            w.write_all(&flags)?;
-        }
+        let body = encode(c);
+        w.write_all(&body)?;
+        w.write_all(&checksum(&body))?;
         w.flush()?;
     }
     std::fs::rename(&tmp, path)
+}
+
+/// The file's bytes before the checksum.
+pub(crate) fn encode(c: &Cached) -> Vec<u8> {
+    let mut w = Vec::new();
+    w.extend_from_slice(MAGIC);
+    for v in [c.rows_read, c.skipped, c.examples.len()] {
+        w.extend_from_slice(&(v as u64).to_le_bytes());
+    }
+    for e in &c.examples {
+        w.extend_from_slice(&(e.input_ids.len() as u32).to_le_bytes());
+    }
+    for e in &c.examples {
+        for &id in &e.input_ids {
+            w.extend_from_slice(&id.to_le_bytes());
+        }
+    }
+    for e in &c.examples {
+        w.extend(e.labels.iter().map(|&l| u8::from(l != IGNORE_INDEX)));
+    }
+    w
 }

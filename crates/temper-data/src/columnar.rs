@@ -12,6 +12,19 @@ use crate::error::{DataError, Result};
 use crate::source::{Origin, Record};
 
 pub(crate) fn read_parquet(path: &Path) -> Result<Vec<Record>> {
+    // The parquet library panics on some damaged files (a page size past its buffer, an
+    // index out of bounds) instead of returning an error: such a panic becomes one.
+    std::panic::catch_unwind(|| read_parquet_unguarded(path)).unwrap_or_else(|_| {
+        Err(DataError::Config {
+            path: path.to_path_buf(),
+            message: "not a readable parquet file: the parquet library failed on it (the \
+                      file is damaged or truncated)"
+                .into(),
+        })
+    })
+}
+
+fn read_parquet_unguarded(path: &Path) -> Result<Vec<Record>> {
     let bad = |message: String| DataError::Config {
         path: path.to_path_buf(),
         message,

@@ -38,6 +38,9 @@ pub enum DataError {
     /// A chat template failed to compile or render (includes `raise_exception`).
     #[error("chat template: {0}")]
     Template(String),
+    /// A chat template ran out of its budget: it fails the same way on every row.
+    #[error("chat template: {0}")]
+    TemplateLimit(String),
     /// A row cannot be turned into tokens (e.g. an assistant turn that cannot be located).
     #[error("{0}")]
     Row(String),

@@ -42,3 +42,38 @@ pub use tokenizer::Tokenizer;
 
 /// The label that contributes no loss (PyTorch's `CrossEntropyLoss(ignore_index=-100)`).
 pub const IGNORE_INDEX: i32 = -100;
+
+/// Parses a token cache file's bytes as the pipeline does, returning the number of examples
+/// when it is accepted (for fuzzing the cache reader; not part of the stable interface).
+#[doc(hidden)]
+pub fn parse_token_cache(bytes: &[u8]) -> Option<usize> {
+    cache::parse(bytes).map(|c| c.examples.len())
+}
+
+/// `body` (a token cache file without its checksum) with the checksum appended, so that
+/// fuzzing reaches the size checks behind it (not part of the stable interface).
+#[doc(hidden)]
+pub fn seal_token_cache(body: &[u8]) -> Vec<u8> {
+    let mut v = body.to_vec();
+    v.extend_from_slice(&cache::checksum(body));
+    v
+}
+
+/// The body of a small valid token cache file (two examples), a seed for fuzzing.
+#[doc(hidden)]
+pub fn token_cache_example() -> Vec<u8> {
+    cache::encode(&cache::Cached {
+        rows_read: 3,
+        skipped: 1,
+        examples: vec![
+            Example {
+                input_ids: vec![1, 2, 3],
+                labels: vec![IGNORE_INDEX, 2, 3],
+            },
+            Example {
+                input_ids: vec![7],
+                labels: vec![7],
+            },
+        ],
+    })
+}

@@ -59,6 +59,11 @@ pub struct Stats {
     pub trained_tokens: usize,
     /// Sequences dropped because truncation left them with no trained token.
     pub dropped_fully_masked: usize,
+    /// Sequences longer than max_seq_len whose trained tokens all lay past the cut: they
+    /// had something to train before truncation and nothing after.
+    pub truncated_away: usize,
+    /// Sequences longer than max_seq_len (truncated, or split when packing overflows).
+    pub too_long: usize,
     pub rows: usize,
     /// tokens / (rows * max_seq_len).
     pub packing_efficiency: f64,
@@ -149,13 +154,27 @@ fn with_template(tok: &Tokenizer, choice: &TemplateChoice) -> Result<Tokenizer> 
         &source,
         tok.bos_token().map(str::to_string),
         tok.eos_token().map(str::to_string),
-    )?;
+    )?
+    .with_origin("the chat_template key of the config");
     if let Some(p) = tok.pad_token() {
         t = t.with_var("pad_token", p);
     }
     let mut tok = tok.clone();
     tok.set_chat_template(Some(t));
     Ok(tok)
+}
+
+/// Why a row gave no example.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RowError {
+    /// A bad row: an error, or skipped and counted with skip_bad_rows.
+    Bad,
+    /// An empty messages list: nothing to train, always skipped and counted.
+    Empty,
+    /// The chat template ran out of its budget: an error whatever skip_bad_rows says.
+    Fatal,
+    /// Not tried, after a fatal error on another row.
+    Stopped,
 }
 
 /// Tokenised examples of some sources, from the cache when it has them.
@@ -180,18 +199,45 @@ fn tokenized(
     for f in &files {
         records.extend(read_records(f)?);
     }
-    let results: Vec<std::result::Result<Example, String>> = records
+    // A template over its budget fails on every row, each costing the whole budget: the
+    // first one stops the others.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let results: Vec<std::result::Result<Example, (String, RowError)>> = records
         .par_iter()
         .map(|r| {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err((String::new(), RowError::Stopped));
+            }
             let row = r
                 .value
                 .as_ref()
                 .map_err(Clone::clone)
                 .and_then(|v| to_row(v, cfg.format))
-                .map_err(|m| format!("{}: {m}", r.origin))?;
-            tokenize_sft(tok, &row, &cfg.sft).map_err(|e| format!("{}: {e}", r.origin))
+                .map_err(|m| (format!("{}: {m}", r.origin), RowError::Bad))?;
+            if matches!(&row, crate::rows::Row::Messages(m) if m.is_empty()) {
+                return Err((
+                    format!("{}: the messages list is empty", r.origin),
+                    RowError::Empty,
+                ));
+            }
+            tokenize_sft(tok, &row, &cfg.sft).map_err(|e| {
+                let kind = if matches!(e, DataError::TemplateLimit(_)) {
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    RowError::Fatal
+                } else {
+                    RowError::Bad
+                };
+                (format!("{}: {e}", r.origin), kind)
+            })
         })
         .collect();
+    if let Some((m, _)) = results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .find(|(_, k)| *k == RowError::Fatal)
+    {
+        return Err(DataError::Row(m.clone()));
+    }
     let mut c = Cached {
         rows_read: records.len(),
         ..Default::default()
@@ -200,13 +246,13 @@ fn tokenized(
     for r in results {
         match r {
             Ok(e) => c.examples.push(e),
-            Err(m) if cfg.skip_bad_rows => {
+            Err((m, kind)) if kind == RowError::Empty || cfg.skip_bad_rows => {
                 c.skipped += 1;
                 if skipped_examples.len() < 5 {
                     skipped_examples.push(m);
                 }
             }
-            Err(m) => {
+            Err((m, _)) => {
                 return Err(DataError::Row(format!(
                     "{m}\n(set `skip_bad_rows: true` to skip such rows and count them)"
                 )))
@@ -256,6 +302,21 @@ fn arrange(
     mut examples: Vec<Example>,
     stats: &mut Stats,
 ) -> (Vec<PackedRow>, Vec<Example>) {
+    let trains = |labels: &[i32]| labels.iter().any(|&l| l != IGNORE_INDEX);
+    let truncates = !cfg.packing || cfg.overflow == Overflow::Truncate;
+    stats.too_long = examples
+        .iter()
+        .filter(|e| e.input_ids.len() > cfg.max_seq_len)
+        .count();
+    stats.truncated_away = examples
+        .iter()
+        .filter(|e| {
+            truncates
+                && e.labels.len() > cfg.max_seq_len
+                && trains(&e.labels)
+                && !trains(&e.labels[..cfg.max_seq_len])
+        })
+        .count();
     let rows = if cfg.packing {
         let rows = pack_with(&examples, cfg.max_seq_len, cfg.overflow);
         if cfg.overflow == Overflow::Truncate {

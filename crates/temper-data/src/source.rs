@@ -127,21 +127,54 @@ fn read_file(path: &Path) -> Result<Vec<Record>> {
     }
 }
 
+/// The UTF-8 byte order mark some editors write first; JSON readers skip it.
+const BOM: &[u8] = b"\xef\xbb\xbf";
+
+/// A whole file as UTF-8 text (a leading byte order mark removed); invalid UTF-8 is an
+/// error naming the line.
 fn read_bytes(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|source| DataError::Io {
+    let bytes = std::fs::read(path).map_err(|source| DataError::Io {
         path: path.to_path_buf(),
         source,
-    })
+    })?;
+    let body = bytes.strip_prefix(BOM).unwrap_or(&bytes);
+    match std::str::from_utf8(body) {
+        Ok(text) => Ok(text.to_string()),
+        Err(e) => {
+            let at = e.valid_up_to();
+            let line = body[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+            Err(DataError::BadLine {
+                path: path.to_path_buf(),
+                line,
+                message: not_utf8(&body[..at], at),
+            })
+        }
+    }
 }
 
-/// JSONL, lines parsed in parallel. Blank lines are skipped.
+/// Why a line is not text: where its first invalid byte is.
+fn not_utf8(before: &[u8], at: usize) -> String {
+    let col = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+    format!(
+        "not valid UTF-8 (byte {col} of the line, offset {at} in the file): dataset files must \
+         be UTF-8; convert the file (e.g. `iconv -f latin1 -t utf-8`)"
+    )
+}
+
+/// JSONL, lines parsed in parallel. Blank lines are skipped; a line that is not UTF-8 is a
+/// bad row (named by its line) rather than an error for the whole file.
 fn read_jsonl_records(path: &Path) -> Result<Vec<Record>> {
-    let text = read_bytes(path)?;
+    let bytes = std::fs::read(path).map_err(|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let body = bytes.strip_prefix(BOM).unwrap_or(&bytes);
     let shared: Arc<Path> = Arc::from(path);
-    let lines: Vec<(usize, &str)> = text
-        .lines()
+    let lines: Vec<(usize, &[u8])> = body
+        .split(|&b| b == b'\n')
         .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| (i, l.strip_suffix(b"\r").unwrap_or(l)))
+        .filter(|(_, l)| !l.trim_ascii().is_empty())
         .collect();
     Ok(lines
         .par_iter()
@@ -151,7 +184,27 @@ fn read_jsonl_records(path: &Path) -> Result<Vec<Record>> {
                 line: i + 1,
                 is_line: true,
             },
-            value: serde_json::from_str(line).map_err(|e| json_error(&e)),
+            value: match std::str::from_utf8(line) {
+                Ok(text) => serde_json::from_str(text).map_err(|e| {
+                    let msg = json_error(&e);
+                    match lone_surrogate(text) {
+                        Some(esc) => format!(
+                            "{msg}: `{esc}` is a lone UTF-16 surrogate (a \\uD800-\\uDBFF \
+                             escape must be followed by a \\uDC00-\\uDFFF one), which is not \
+                             a character: fix or remove the escape"
+                        ),
+                        None => msg,
+                    }
+                }),
+                Err(e) => {
+                    let at = e.valid_up_to();
+                    Err(format!(
+                        "not valid UTF-8 (byte {} of the line): dataset files must be UTF-8; \
+                         convert the file (e.g. `iconv -f latin1 -t utf-8`)",
+                        at + 1
+                    ))
+                }
+            },
         })
         .collect())
 }
@@ -218,4 +271,40 @@ fn json_error(e: &serde_json::Error) -> String {
         .rsplit_once(" at line ")
         .map_or(full.as_str(), |(m, _)| m);
     format!("invalid JSON at column {}: {msg}", e.column())
+}
+
+/// The first `\uXXXX` escape of `text` that is a surrogate without its pair, if any.
+fn lone_surrogate(text: &str) -> Option<String> {
+    let b = text.as_bytes();
+    let hex = |at: usize| -> Option<u16> {
+        let s = std::str::from_utf8(b.get(at..at + 4)?).ok()?;
+        u16::from_str_radix(s, 16).ok()
+    };
+    let mut i = 0;
+    while i + 1 < b.len() {
+        if b[i] == b'\\' {
+            if b[i + 1] == b'u' {
+                if let Some(v) = hex(i + 2) {
+                    let esc = || String::from_utf8_lossy(&b[i..i + 6]).into_owned();
+                    if (0xd800..0xdc00).contains(&v) {
+                        let paired = b.get(i + 6) == Some(&b'\\')
+                            && b.get(i + 7) == Some(&b'u')
+                            && hex(i + 8).is_some_and(|w| (0xdc00..0xe000).contains(&w));
+                        if !paired {
+                            return Some(esc());
+                        }
+                        i += 12;
+                        continue;
+                    }
+                    if (0xdc00..0xe000).contains(&v) {
+                        return Some(esc());
+                    }
+                }
+            }
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    None
 }

@@ -47,7 +47,14 @@ pub struct ChatTemplate {
     has_generation: bool,
     /// (variable name, value): bos_token, eos_token, pad_token, unk_token, ...
     vars: Vec<(String, String)>,
+    /// Where the template came from, for errors ("the chat_template of FILE").
+    origin: String,
 }
+
+/// The work one render may do, in minijinja's fuel: about one unit per instruction or per
+/// 64 bytes of data made. 2M bounds a render to about half a second and 128 MiB of
+/// strings, still 100 times what a real chat template needs for a long conversation.
+pub const TEMPLATE_FUEL: u64 = 2 << 20;
 
 impl std::fmt::Debug for ChatTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -63,6 +70,7 @@ impl ChatTemplate {
     /// (left undefined when `None`, as transformers does for unset special tokens).
     pub fn new(source: &str, bos: Option<String>, eos: Option<String>) -> Result<Self> {
         let mut env = Environment::new();
+        env.set_fuel(Some(TEMPLATE_FUEL));
         let mut syntax = minijinja::syntax::SyntaxConfig::builder();
         syntax.trim_blocks(true).lstrip_blocks(true);
         env.set_syntax(
@@ -95,7 +103,15 @@ impl ChatTemplate {
             source: source.to_string(),
             has_generation,
             vars,
+            origin: "the chat template".to_string(),
         })
+    }
+
+    /// Names where the template came from in render errors, e.g. "the chat_template of
+    /// model/tokenizer_config.json".
+    pub fn with_origin(mut self, origin: impl Into<String>) -> Self {
+        self.origin = origin.into();
+        self
     }
 
     /// Adds or replaces a string variable, e.g. `("pad_token", "<pad>")`.
@@ -174,8 +190,19 @@ impl ChatTemplate {
         ctx.push(("tools".to_string(), Value::from(())));
         ctx.push(("documents".to_string(), Value::from(())));
         let ctx: std::collections::BTreeMap<String, Value> = ctx.into_iter().collect();
-        tmpl.render(Value::from_object(ctx))
-            .map_err(|e| DataError::Template(render_error(&e)))
+        tmpl.render(Value::from_object(ctx)).map_err(|e| {
+            if e.kind() == ErrorKind::OutOfFuel {
+                DataError::TemplateLimit(format!(
+                    "{}: rendering one conversation took more than its budget ({TEMPLATE_FUEL} \
+                     steps or {} MiB of text): the template loops or grows a string without \
+                     bound; fix it or set the chat_template key to another template",
+                    self.origin,
+                    TEMPLATE_FUEL * 64 >> 20
+                ))
+            } else {
+                DataError::Template(render_error(&e))
+            }
+        })
     }
 }
 
@@ -210,7 +237,8 @@ fn rewrite_generation_tags(source: &str) -> (String, bool) {
     while let Some(k) = rest.find("{%") {
         out.push_str(&rest[..k]);
         let tag = &rest[k..];
-        let Some(end) = tag.find("%}") else {
+        // The closing `%}` comes after the opening `{%` (in `{%}` they overlap).
+        let Some(end) = tag[2..].find("%}").map(|e| e + 2) else {
             out.push_str(tag);
             return (out, found);
         };

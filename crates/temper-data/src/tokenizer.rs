@@ -51,10 +51,22 @@ impl Tokenizer {
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let tok_path = dir.join("tokenizer.json");
         let text = read(&tok_path)?;
-        let mut inner: tokenizers::Tokenizer = text.parse().map_err(|e| DataError::Config {
+        // Checked as JSON first: the tokenizers library panics on some malformed files
+        // (a syntax error inside `decoder`) instead of returning an error.
+        serde_json::from_str::<serde::de::IgnoredAny>(&text).map_err(|e| DataError::Config {
             path: tok_path.clone(),
-            message: format!("not a tokenizers file: {e}"),
+            message: format!("invalid JSON: {e}"),
         })?;
+        let parsed = std::panic::catch_unwind(|| text.parse::<tokenizers::Tokenizer>());
+        let mut inner: tokenizers::Tokenizer = parsed
+            .map_err(|_| DataError::Config {
+                path: tok_path.clone(),
+                message: "not a tokenizers file: the tokenizers library failed on it".into(),
+            })?
+            .map_err(|e| DataError::Config {
+                path: tok_path.clone(),
+                message: format!("not a tokenizers file: {e}"),
+            })?;
 
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: Value = if cfg_path.exists() {
@@ -104,7 +116,8 @@ impl Tokenizer {
                     bos.as_ref().map(|s| s.text.clone()),
                     eos.as_ref().map(|s| s.text.clone()),
                 )
-                .map_err(|e| cfg_err(e.to_string()))?;
+                .map_err(|e| cfg_err(e.to_string()))?
+                .with_origin(format!("the chat template of {}", dir.display()));
                 for (name, tok) in [("pad_token", &pad), ("unk_token", &unk)] {
                     if let Some(tok) = tok {
                         t = t.with_var(name, &tok.text);

@@ -48,6 +48,7 @@ pub fn hf_config(file: &GgufFile, arch: GgufArch, dtype: &str) -> Result<(Json, 
     let k = |name: &str| format!("{a}.{name}");
     let hidden = file.u64(&k("embedding_length"))?;
     let layers = file.u64(&k("block_count"))?;
+    check_block_count(file, &k("block_count"), layers)?;
     let intermediate = file.u64(&k("feed_forward_length"))?;
     let heads = file.u64(&k("attention.head_count"))?;
     let kv_heads = file
@@ -140,6 +141,37 @@ pub fn hf_config(file: &GgufFile, arch: GgufArch, dtype: &str) -> Result<(Json, 
             kv_heads: kv_heads as usize,
         },
     ))
+}
+
+/// `block_count` must be the number of `blk.<i>.` tensor groups the file holds: a larger one
+/// would size the model by a number no tensor backs, a smaller one would leave layers unused.
+fn check_block_count(file: &GgufFile, key: &str, count: u64) -> Result<()> {
+    let mut blocks: Vec<u64> = file
+        .tensors
+        .iter()
+        .filter_map(|t| t.name.strip_prefix("blk."))
+        .filter_map(|rest| rest.split('.').next())
+        .filter_map(|i| i.parse().ok())
+        .collect();
+    blocks.sort_unstable();
+    blocks.dedup();
+    let contiguous = blocks.iter().enumerate().all(|(i, &b)| b == i as u64);
+    if count == 0 || count != blocks.len() as u64 || !contiguous {
+        return Err(GgufError::Metadata {
+            path: file.path().to_path_buf(),
+            key: key.to_string(),
+            msg: format!(
+                "is {count}, but the file holds tensors for {} blocks{}: the metadata does not \
+                 match the tensors (a damaged or hand-edited file)",
+                blocks.len(),
+                match blocks.last() {
+                    Some(last) if !contiguous => format!(" (numbered up to blk.{last})"),
+                    _ => String::new(),
+                }
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// `rope_scaling` from `<arch>.rope.scaling.*` (linear and yarn). llama3-style scaling is stored

@@ -109,7 +109,10 @@ impl GgmlType {
     pub fn bytes_for(self, n: u64) -> Option<u64> {
         let (len, bytes) = self.block()?;
         let len = len as u64;
-        n.is_multiple_of(len).then(|| n / len * bytes as u64)
+        // None also when the byte count does not fit in 64 bits (a damaged header).
+        n.is_multiple_of(len)
+            .then(|| (n / len).checked_mul(bytes as u64))
+            .flatten()
     }
 }
 

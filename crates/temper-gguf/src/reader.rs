@@ -321,12 +321,19 @@ impl GgufFile {
                 .ok_or_else(|| c.err(format!("tensor `{}`: dims {:?} overflow", t.name, t.dims)))?;
             // Types whose layout temper does not know are not bounds-checked here; reading
             // them fails later with the type's name.
-            if let Some(bytes) = t.ty.block().map(|_| t.ty.bytes_for(n)) {
-                let bytes = bytes.ok_or_else(|| {
-                    c.err(format!(
-                        "tensor `{}` ({}, dims {:?}): {n} values are not whole blocks",
-                        t.name, t.ty, t.dims
-                    ))
+            if let Some((block_len, _)) = t.ty.block() {
+                let bytes = t.ty.bytes_for(n).ok_or_else(|| {
+                    c.err(if n.is_multiple_of(block_len as u64) {
+                        format!(
+                            "tensor `{}` ({}, dims {:?}) would take more than 2^64 bytes: the header is damaged",
+                            t.name, t.ty, t.dims
+                        )
+                    } else {
+                        format!(
+                            "tensor `{}` ({}, dims {:?}): {n} values are not whole blocks",
+                            t.name, t.ty, t.dims
+                        )
+                    })
                 })?;
                 if t.offset.checked_add(bytes).is_none_or(|end| end > data_len) {
                     return Err(c.err(format!(

@@ -197,6 +197,14 @@ pub fn save<B: Backend>(be: &B, lora: &LoraParams<B>, base_model: &str, dir: &Pa
     let mut host: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(lora.params.len());
     for p in &lora.params {
         let values = be.download(&p.value)?;
+        if let Some(i) = values.iter().position(|x| !x.is_finite()) {
+            return Err(ModelError::Adapter(format!(
+                "refusing to write {}: LoRA weight `{}` holds a non-finite value ({}) at index {i}",
+                dir.display(),
+                p.key,
+                values[i]
+            )));
+        }
         let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
         host.push((p.key.clone(), p.shape.to_vec(), bytes));
     }

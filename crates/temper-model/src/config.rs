@@ -121,6 +121,7 @@ impl ModelConfig {
                 }
             }
         }
+        check_sizes(&f).map_err(bad)?;
         let heads = f.num_attention_heads;
         let kv_heads = f.num_key_value_heads.unwrap_or(heads);
         if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
@@ -129,8 +130,17 @@ impl ModelConfig {
             )));
         }
         let head_dim = f.head_dim.unwrap_or(f.hidden_size / heads);
-        if !head_dim.is_multiple_of(2) {
-            return Err(bad(format!("head_dim {head_dim} must be even for RoPE")));
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
+            return Err(bad(format!(
+                "head_dim {head_dim} must be even and positive for RoPE"
+            )));
+        }
+        // Sizes are each bounded, but the projections' widths are products of two of them.
+        if heads * head_dim > MAX_PROJECTION {
+            return Err(bad(format!(
+                "num_attention_heads {heads} x head_dim {head_dim} is more than temper accepts \
+                 ({MAX_PROJECTION}); the file is damaged or not a model config"
+            )));
         }
         // transformers 5 keeps rope settings in `rope_parameters`; older files use rope_theta + rope_scaling.
         let rope_params = f.rope_parameters.as_ref();
@@ -142,6 +152,18 @@ impl ModelConfig {
                     .and_then(|v| v.as_f64())
             })
             .unwrap_or(10000.0);
+        // Zero or negative values give NaN from the first step on: refuse them here.
+        if !(rope_theta.is_finite() && rope_theta > 0.0) {
+            return Err(bad(format!(
+                "rope_theta is {rope_theta}; it must be a positive number (Llama uses 10000 or 500000)"
+            )));
+        }
+        let rms_eps = f.rms_norm_eps.unwrap_or(1e-6);
+        if !(rms_eps.is_finite() && rms_eps > 0.0 && (rms_eps as f32) > 0.0) {
+            return Err(bad(format!(
+                "rms_norm_eps is {rms_eps}; it must be a small positive number such as 1e-5 or 1e-6"
+            )));
+        }
         let scaling_json = f.rope_scaling.as_ref().or(rope_params);
         let original = f.max_position_embeddings.unwrap_or(2048) as f64;
         let rope_scaling = match scaling_json {
@@ -172,7 +194,7 @@ impl ModelConfig {
             kv_heads,
             head_dim,
             vocab: f.vocab_size,
-            rms_eps: f.rms_norm_eps.unwrap_or(1e-6) as f32,
+            rms_eps: rms_eps as f32,
             rope_theta,
             rope_scaling,
             max_positions: f.max_position_embeddings.unwrap_or(2048),
@@ -234,6 +256,57 @@ impl ModelConfig {
     pub fn kv_dim(&self) -> usize {
         self.kv_heads * self.head_dim
     }
+}
+
+/// The largest value temper accepts for each size in config.json, far above any released
+/// model (Llama 3.1 405B: 126 layers, hidden 16384, intermediate 53248, vocab 128256), so
+/// that every product of sizes (weights, activations, memory plans) fits in 64 bits.
+pub const SIZE_LIMITS: [(&str, usize); 7] = [
+    ("num_hidden_layers", 1 << 12),
+    ("hidden_size", 1 << 17),
+    ("intermediate_size", 1 << 20),
+    ("num_attention_heads", 1 << 12),
+    ("num_key_value_heads", 1 << 12),
+    ("head_dim", 1 << 12),
+    ("vocab_size", 1 << 23),
+];
+
+/// The widest query projection accepted (num_attention_heads x head_dim).
+pub const MAX_PROJECTION: usize = 1 << 18;
+
+/// The largest `max_position_embeddings` accepted (16M positions).
+pub const MAX_POSITIONS_LIMIT: usize = 1 << 24;
+
+/// Every size is positive and within [`SIZE_LIMITS`], before anything is sized by it.
+fn check_sizes(f: &ConfigFile) -> std::result::Result<(), String> {
+    let values = [
+        Some(f.num_hidden_layers),
+        Some(f.hidden_size),
+        Some(f.intermediate_size),
+        Some(f.num_attention_heads),
+        f.num_key_value_heads,
+        f.head_dim,
+        Some(f.vocab_size),
+    ];
+    for ((key, limit), value) in SIZE_LIMITS.iter().zip(values) {
+        let Some(v) = value else { continue };
+        if v == 0 {
+            return Err(format!("{key} is 0; it must be at least 1"));
+        }
+        if v > *limit {
+            return Err(format!(
+                "{key} is {v}, more than temper accepts ({limit}); the file is damaged or not a model config"
+            ));
+        }
+    }
+    if let Some(p) = f.max_position_embeddings {
+        if p == 0 || p > MAX_POSITIONS_LIMIT {
+            return Err(format!(
+                "max_position_embeddings is {p}; it must be between 1 and {MAX_POSITIONS_LIMIT}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `rope_scaling` (or transformers 5's `rope_parameters`) of config.json; `original` is the

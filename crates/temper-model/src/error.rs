@@ -38,6 +38,14 @@ pub enum ModelError {
     },
     #[error("tensor `{name}`: {msg}")]
     Quantize { name: String, msg: String },
+    #[error("{path}: tensor `{name}` holds a non-finite value ({value}) at index {index}: the file is damaged or was saved from a diverged run; {fix}")]
+    NonFinite {
+        path: PathBuf,
+        name: String,
+        index: usize,
+        value: f32,
+        fix: &'static str,
+    },
     #[error("load options: {0}")]
     LoadOptions(String),
     #[error("adapter: {0}")]

@@ -13,6 +13,8 @@ use temper_core::DType;
 
 use crate::error::{io_err, ModelError, Result};
 
+const INDEX: &str = "model.safetensors.index.json";
+
 /// The safetensors files of one folder, mapped into memory.
 pub struct SafetensorsDir {
     dir: PathBuf,
@@ -37,7 +39,7 @@ impl SafetensorsDir {
 
     /// Opens the given files of a folder.
     pub fn open_files(dir: &Path, paths: &[PathBuf]) -> Result<Self> {
-        let mut files = Vec::new();
+        let mut files: Vec<(PathBuf, Mmap)> = Vec::new();
         let mut index = HashMap::new();
         for path in paths {
             let file = File::open(path).map_err(io_err(path))?;
@@ -49,7 +51,17 @@ impl SafetensorsDir {
                 msg: e.to_string(),
             })?;
             for name in st.names() {
-                index.insert(name.to_string(), files.len());
+                if let Some(first) = index.insert(name.to_string(), files.len()) {
+                    let first: &Path = &files[first].0;
+                    return Err(ModelError::Safetensors {
+                        path: path.clone(),
+                        msg: format!(
+                            "tensor `{name}` is also in {}; each tensor must be stored once: \
+                             remove the stale copy (and its entry in {INDEX})",
+                            first.display()
+                        ),
+                    });
+                }
             }
             files.push((path.clone(), mmap));
         }
@@ -66,6 +78,20 @@ impl SafetensorsDir {
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.index.keys().map(String::as_str)
+    }
+
+    /// The decoder layer indices that tensors are stored for (`model.layers.<i>.`), sorted.
+    pub fn layer_indices(&self) -> Vec<usize> {
+        let mut layers: Vec<usize> = self
+            .index
+            .keys()
+            .filter_map(|n| n.strip_prefix("model.layers."))
+            .filter_map(|rest| rest.split('.').next())
+            .filter_map(|i| i.parse().ok())
+            .collect();
+        layers.sort_unstable();
+        layers.dedup();
+        layers
     }
 
     /// The stored tensor `name`, its bytes still in the mapped file, and that file's mapping.
@@ -95,6 +121,7 @@ impl SafetensorsDir {
         let (view, mmap) = self.view(name)?;
         let stored = float_dtype(name, view.dtype())?;
         let bytes = view.data();
+        self.check_finite(name, bytes, stored)?;
         // Converted in parallel: a 7B model is 6.7e9 values.
         let data = temper_core::dtype::decode_le(bytes, stored);
         // The converted copy is all that is needed now: let the kernel drop the file pages
@@ -160,6 +187,7 @@ impl SafetensorsDir {
         }
         let stored = float_dtype(name, view.dtype())?;
         let bytes = view.data();
+        self.check_finite(name, bytes, stored)?;
         let out = f(bytes, stored);
         release_tensor_pages(mmap, bytes);
         out
@@ -169,6 +197,28 @@ impl SafetensorsDir {
     pub fn info(&self, name: &str) -> Result<(Dtype, Vec<usize>)> {
         let (view, _) = self.view(name)?;
         Ok((view.dtype(), view.shape().to_vec()))
+    }
+
+    /// A fingerprint of the stored weights: every tensor's name, type and shape, and 16
+    /// blocks of 4 KiB sampled evenly from each file (cheap even for a 70B model, and any
+    /// re-saved or re-quantised copy differs).
+    pub fn fingerprint(&self) -> Result<String> {
+        let mut h = Fnv::default();
+        let mut names: Vec<&str> = self.names().collect();
+        names.sort_unstable();
+        for name in names {
+            let (dtype, shape) = self.info(name)?;
+            h.bytes(format!("{name} {dtype:?} {shape:?};").as_bytes());
+        }
+        for (_, mmap) in &self.files {
+            const BLOCK: usize = 4096;
+            h.bytes(&(mmap.len() as u64).to_le_bytes());
+            for i in 0..16 {
+                let at = mmap.len().saturating_sub(BLOCK) / 15 * i;
+                h.bytes(&mmap[at..(at + BLOCK).min(mmap.len())]);
+            }
+        }
+        Ok(h.hex())
     }
 
     /// Tensor `name` as stored (type, shape, bytes still in the mapped file), for readers of
@@ -203,6 +253,28 @@ impl SafetensorsDir {
         Ok(t)
     }
 
+    /// Refuses a float tensor holding NaN or infinity, naming it and its file.
+    fn check_finite(&self, name: &str, bytes: &[u8], stored: DType) -> Result<()> {
+        let Some(index) = first_non_finite(bytes, stored) else {
+            return Ok(());
+        };
+        let size = stored.size();
+        let value =
+            temper_core::dtype::decode_le(&bytes[index * size..(index + 1) * size], stored)[0];
+        let path = self
+            .index
+            .get(name)
+            .map(|&i| self.files[i].0.clone())
+            .unwrap_or_else(|| self.dir.clone());
+        Err(ModelError::NonFinite {
+            path,
+            name: name.to_string(),
+            index,
+            value,
+            fix: "use an intact copy of the weights",
+        })
+    }
+
     fn hint(&self, name: &str) -> String {
         let leaf = name.rsplit('.').nth(1).unwrap_or(name);
         let mut near: Vec<&str> = self
@@ -219,6 +291,37 @@ impl SafetensorsDir {
             format!(" (similar names present: {})", near.join(", "))
         }
     }
+}
+
+/// FNV-1a, 64-bit: stable across builds, enough to tell files apart.
+pub(crate) struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    pub fn bytes(&mut self, data: &[u8]) {
+        for &b in data {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    pub fn hex(&self) -> String {
+        format!("{:016x}", self.0)
+    }
+}
+
+/// A fingerprint of a model folder: config.json's bytes and
+/// [`SafetensorsDir::fingerprint`]. Two folders with equal fingerprints hold the same model
+/// (short of an edit that keeps every sampled block).
+pub fn model_fingerprint(dir: &Path) -> Result<String> {
+    let config = dir.join("config.json");
+    let mut h = Fnv::default();
+    h.bytes(&std::fs::read(&config).map_err(io_err(&config))?);
+    h.bytes(SafetensorsDir::open(dir)?.fingerprint()?.as_bytes());
+    Ok(h.hex())
 }
 
 /// The storage type of a float tensor; other types are refused.
@@ -259,3 +362,30 @@ fn release_pages(mmap: &Mmap, offset: usize, len: usize) {
 
 #[cfg(not(unix))]
 fn release_pages(_mmap: &Mmap, _offset: usize, _len: usize) {}
+
+/// The index of the first NaN or infinity among little-endian values of type `stored`: all
+/// exponent bits set. Scanned in parallel chunks (a 7B model is 6.7e9 values).
+pub fn first_non_finite(bytes: &[u8], stored: DType) -> Option<usize> {
+    use rayon::prelude::*;
+    let size = stored.size();
+    let bad = |v: &[u8]| -> bool {
+        match stored {
+            DType::F32 => {
+                let b = u32::from_le_bytes([v[0], v[1], v[2], v[3]]);
+                b & 0x7f80_0000 == 0x7f80_0000
+            }
+            DType::BF16 => u16::from_le_bytes([v[0], v[1]]) & 0x7f80 == 0x7f80,
+            DType::F16 => u16::from_le_bytes([v[0], v[1]]) & 0x7c00 == 0x7c00,
+        }
+    };
+    const CHUNK: usize = 1 << 16;
+    bytes
+        .par_chunks(CHUNK * size)
+        .enumerate()
+        .find_map_first(|(c, chunk)| {
+            chunk
+                .chunks_exact(size)
+                .position(bad)
+                .map(|i| c * CHUNK + i)
+        })
+}

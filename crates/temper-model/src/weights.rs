@@ -105,6 +105,7 @@ impl<B: Backend> Weights<B> {
             Stored::FourBit => Some(temper_quant::load_4bit_folder(dir)?),
             _ => None,
         };
+        check_layers(&st, cfg, dir)?;
         let (c, v) = (cfg.hidden, cfg.vocab);
         let get = |name: &str, shape: &[usize]| -> Result<B::Buf> {
             st.with_stored(name, shape, |bytes, stored| {
@@ -181,6 +182,57 @@ impl<B: Backend> Weights<B> {
             lm_head,
         })
     }
+}
+
+/// The layers stored must be exactly `0..num_hidden_layers`: more would be left unused
+/// (a silently shallower model), fewer would fail half-way through loading. Checked before
+/// anything is allocated for the layers.
+pub fn check_layers(st: &SafetensorsDir, cfg: &ModelConfig, dir: &Path) -> Result<()> {
+    let present = st.layer_indices();
+    let config = dir.join("config.json");
+    let extra: Vec<usize> = present
+        .iter()
+        .copied()
+        .filter(|&l| l >= cfg.layers)
+        .collect();
+    if !extra.is_empty() {
+        let mut unused: Vec<&str> = st
+            .names()
+            .filter(|n| {
+                n.strip_prefix("model.layers.")
+                    .and_then(|r| r.split('.').next())
+                    .and_then(|i| i.parse::<usize>().ok())
+                    .is_some_and(|l| l >= cfg.layers)
+            })
+            .collect();
+        unused.sort_unstable();
+        let shown = unused.len().min(3);
+        return Err(ModelError::Config {
+            path: config,
+            msg: format!(
+                "num_hidden_layers is {} but the safetensors files hold layers up to {}; {} \
+                 tensors would be left unused ({}{}): set num_hidden_layers to {}",
+                cfg.layers,
+                extra[extra.len() - 1],
+                unused.len(),
+                unused[..shown].join(", "),
+                if unused.len() > shown { ", ..." } else { "" },
+                present.len()
+            ),
+        });
+    }
+    if let Some(missing) = (0..cfg.layers).find(|l| present.binary_search(l).is_err()) {
+        return Err(ModelError::Config {
+            path: config,
+            msg: format!(
+                "num_hidden_layers is {} but the safetensors files hold {} layers (no tensor \
+                 `model.layers.{missing}.*`): the folder is incomplete or num_hidden_layers is wrong",
+                cfg.layers,
+                present.len()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// How config.json says the folder's linear weights are stored.

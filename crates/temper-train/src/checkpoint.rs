@@ -34,6 +34,15 @@ pub struct TrainerState {
     pub seed: u64,
     /// A digest of the settings that decide the data order; resuming with other values is refused.
     pub data_fingerprint: String,
+    /// A hash of the tokenised rows trained on (absent in older checkpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_hash: Option<String>,
+    /// The base model's fingerprint (config, tensor names and shapes, sampled bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_model: Option<String>,
+    /// The optimizer and schedule settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimizer: Option<String>,
 }
 
 pub fn checkpoint_dir(output_dir: &Path, step: u64) -> PathBuf {

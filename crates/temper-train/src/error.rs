@@ -18,10 +18,11 @@ pub enum TrainError {
     Checkpoint { path: PathBuf, msg: String },
     #[error("{0}")]
     Config(String),
-    #[error(
-        "loss is {loss} at step {step}: training diverged; lower learning_rate or check the data"
-    )]
-    NonFinite { step: u64, loss: f64 },
+    #[error("loss is {loss} at step {step}: {why}")]
+    NonFinite { step: u64, loss: f64, why: String },
+    /// LoRA weights or optimizer state became NaN or infinite: nothing is saved.
+    #[error("after step {step}: {why}; no checkpoint or adapter was written for it")]
+    NonFiniteState { step: u64, why: String },
     /// A failure of data-parallel training: rendezvous, a lost or hung rank, NCCL.
     #[error("{0}")]
     Distributed(String),

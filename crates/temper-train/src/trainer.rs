@@ -55,6 +55,95 @@ pub struct TrainSettings {
     /// its r, alpha, use_rslora and targets must be `lora`'s. Unused when resuming: the
     /// checkpoint holds the weights.
     pub init_adapter: Option<PathBuf>,
+    /// A fingerprint of the base model's files, recorded in checkpoints and compared on
+    /// resume (empty: not known, not compared).
+    pub base_fingerprint: String,
+    /// Resume even when the data, base model or optimizer settings differ from the
+    /// checkpoint's (the differences are printed).
+    pub resume_changed: bool,
+}
+
+impl TrainSettings {
+    /// The optimizer and schedule settings a resumed run must share with its checkpoint
+    /// (the step count may change).
+    pub fn optimizer_fingerprint(&self) -> String {
+        let a = &self.adamw;
+        format!(
+            "learning_rate={} lr_scheduler_type={:?} warmup_steps={:?} warmup_ratio={} \
+             adam_beta1={} adam_beta2={} adam_epsilon={} weight_decay={} max_grad_norm={} \
+             states_8bit={}",
+            self.learning_rate,
+            self.schedule,
+            self.warmup_steps,
+            self.warmup_ratio,
+            a.beta1,
+            a.beta2,
+            a.eps,
+            a.weight_decay,
+            self.max_grad_norm,
+            a.states_8bit
+        )
+    }
+}
+
+/// FNV-1a over 32-bit words of the rows (lengths, ids, labels): equal rows, equal hash.
+fn rows_hash(rows: &[PackedRow]) -> String {
+    let fnv = |h: u64, w: u32| (h ^ u64::from(w)).wrapping_mul(0x0000_0100_0000_01b3);
+    let mut data = 0xcbf2_9ce4_8422_2325u64;
+    for r in rows {
+        data = fnv(data, r.len() as u32);
+        for (&id, &label) in r.input_ids.iter().zip(&r.labels) {
+            data = fnv(fnv(data, id), label as u32);
+        }
+    }
+    format!("{data:016x}")
+}
+
+/// What differs between a checkpoint's recorded inputs and this run's, as "name: was -> now".
+fn resume_changes(state: &TrainerState, now: &TrainerState) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, was, is) in [
+        (
+            "the training data (tokenised rows)",
+            &state.data_hash,
+            &now.data_hash,
+        ),
+        ("the base model", &state.base_model, &now.base_model),
+        ("the optimizer settings", &state.optimizer, &now.optimizer),
+    ] {
+        if let (Some(was), Some(is)) = (was, is) {
+            if was != is && !is.is_empty() && !was.is_empty() {
+                out.push(format!("{name}: `{was}` then, `{is}` now"));
+            }
+        }
+    }
+    out
+}
+
+/// Rewrites metrics.jsonl keeping only the lines of steps up to `step` (all of them on a
+/// fresh run there are none to keep), so that steps redone after a resume appear once.
+fn keep_metrics_until(path: &std::path::Path, step: u64) -> Result<()> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    let kept: String = text
+        .lines()
+        .filter(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                .is_some_and(|s| s <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if kept.len() != text.len() {
+        let tmp = path.with_extension("jsonl.tmp");
+        std::fs::write(&tmp, kept).map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(io_err(path))?;
+    }
+    Ok(())
 }
 
 /// One optimizer step, as reported to observers and written to metrics.jsonl.
@@ -84,6 +173,10 @@ pub trait Observer {
     fn on_start(&mut self, _start_step: u64, _total_steps: u64) {}
     fn on_step(&mut self, _report: &StepReport) {}
     fn on_save(&mut self, _dir: &std::path::Path) {}
+    /// Something the user should know about the run (printed to stderr by default).
+    fn on_warning(&mut self, message: &str) {
+        eprintln!("{message}");
+    }
     /// Asked after every step: true ends training there, with a checkpoint (e.g. on Ctrl-C).
     fn stop_requested(&mut self) -> bool {
         false
@@ -209,9 +302,40 @@ pub fn train_with<B: Backend>(
         std::fs::create_dir_all(&s.output_dir).map_err(io_err(&s.output_dir))?;
     }
 
+    // The inputs a checkpoint records, so that a resumed run can tell what changed.
+    let recorded = TrainerState {
+        step: 0,
+        total_steps,
+        seed: s.seed,
+        data_fingerprint: fingerprint.clone(),
+        data_hash: Some(rows_hash(rows)),
+        base_model: Some(s.base_fingerprint.clone()),
+        optimizer: Some(s.optimizer_fingerprint()),
+    };
     let (mut lora, mut opt, start_step) = match &s.resume_from {
         Some(dir) => {
             let r = checkpoint::load(be, &model.cfg, dir, s.adamw)?;
+            let changes = resume_changes(&r.state, &recorded);
+            if !changes.is_empty() {
+                if !s.resume_changed {
+                    return Err(TrainError::Checkpoint {
+                        path: dir.clone(),
+                        msg: format!(
+                            "this run differs from the one that wrote the checkpoint: {}; \
+                             resume with the same inputs, start afresh (--overwrite_output_dir), \
+                             or pass --resume-changed to continue anyway",
+                            changes.join("; ")
+                        ),
+                    });
+                }
+                if lead {
+                    observer.on_warning(&format!(
+                        "warning: resuming {} with changes (--resume-changed): {}",
+                        dir.display(),
+                        changes.join("; ")
+                    ));
+                }
+            }
             if r.state.data_fingerprint != fingerprint {
                 return Err(TrainError::Checkpoint {
                     path: dir.clone(),
@@ -245,17 +369,12 @@ pub fn train_with<B: Backend>(
     }
 
     let metrics_path = s.output_dir.join("metrics.jsonl");
-    let mut metrics = if lead {
-        Some(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&metrics_path)
-                .map_err(io_err(&metrics_path))?,
-        )
-    } else {
-        None
-    };
+    if lead {
+        keep_metrics_until(&metrics_path, start_step)?;
+    }
+    // Opened at the first step's line, so that a run failing before any step leaves no
+    // file behind (which would make its output_dir non-empty for the next fresh run).
+    let mut metrics: Option<std::fs::File> = None;
 
     if lead {
         observer.on_start(start_step, total_steps);
@@ -272,6 +391,7 @@ pub fn train_with<B: Backend>(
     };
     // float16 activations train with dynamic loss scaling; bf16 and f32 need none.
     let mut scaler = (be.compute_dtype() == DType::F16).then(LossScaler::default);
+    let mut zero_grad_steps = 0u64;
     let mut order_epoch = u64::MAX;
     let mut order: Vec<usize> = Vec::new();
     for k in start_step..total_steps {
@@ -347,7 +467,24 @@ pub fn train_with<B: Backend>(
             0.0
         };
         if !loss.is_finite() {
-            return Err(TrainError::NonFinite { step: k + 1, loss });
+            let why = match non_finite_state(be, &lora, &opt)? {
+                Some(what) => format!("{what}; {}", blame(s, &what)),
+                None => match largest_lora_weight(be, &lora)? {
+                    big if big > HUGE_LORA_WEIGHT => format!(
+                        "LoRA weights have grown to {big:e}; {}",
+                        blame(s, "LoRA weights")
+                    ),
+                    _ => "the LoRA weights and optimizer state are finite and small, so the \
+                          forward pass overflowed: check the data and the base model, or train \
+                          in float32 or bfloat16 (`dtype`)"
+                        .to_string(),
+                },
+            };
+            return Err(TrainError::NonFinite {
+                step: k + 1,
+                loss,
+                why,
+            });
         }
         // With loss scaling, a step whose gradients overflowed is skipped (every rank sees
         // the same summed gradients, so all skip together).
@@ -379,7 +516,17 @@ pub fn train_with<B: Backend>(
             loss_scale: scaler.as_ref().map(|sc| sc.scale as f64),
             elapsed_s: started.elapsed().as_secs_f64(),
         };
-        if let Some(m) = metrics.as_mut() {
+        if lead {
+            let m = match metrics.as_mut() {
+                Some(m) => m,
+                None => metrics.insert(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&metrics_path)
+                        .map_err(io_err(&metrics_path))?,
+                ),
+            };
             let line =
                 serde_json::to_string(&report).map_err(|e| TrainError::Config(e.to_string()))?;
             writeln!(m, "{line}").map_err(io_err(&metrics_path))?;
@@ -392,12 +539,31 @@ pub fn train_with<B: Backend>(
 
         let done = k + 1 == total_steps;
         summary.interrupted = stop && !done;
-        if lead && ((s.save_steps > 0 && (k + 1) % s.save_steps == 0) || done || stop) {
+        if lead && norm == 0.0 && loss_tokens > 0 && take_step {
+            zero_grad_steps += 1;
+            if zero_grad_steps == STUCK_STEPS {
+                observer.on_warning(&format!(
+                    "warning: grad_norm has been 0 for {STUCK_STEPS} steps (loss {loss:.4}): \
+                     nothing is learning; check lora_alpha, learning_rate and that the targets \
+                     reach the loss"
+                ));
+            }
+        } else {
+            zero_grad_steps = 0;
+        }
+        let saving = lead && ((s.save_steps > 0 && (k + 1) % s.save_steps == 0) || done || stop);
+        if saving {
+            if let Some(what) = non_finite_state(be, &lora, &opt)? {
+                return Err(TrainError::NonFiniteState {
+                    step: k + 1,
+                    why: format!("{what}; {}", blame(s, &what)),
+                });
+            }
+        }
+        if saving {
             let state = TrainerState {
                 step: k + 1,
-                total_steps,
-                seed: s.seed,
-                data_fingerprint: fingerprint.clone(),
+                ..recorded.clone()
             };
             let dir = checkpoint::save(be, &s.output_dir, &lora, &opt, &state, &s.base_model)?;
             observer.on_save(&dir);
@@ -411,6 +577,70 @@ pub fn train_with<B: Backend>(
     }
     summary.elapsed_s = started.elapsed().as_secs_f64();
     Ok((lora, summary))
+}
+
+/// Steps in a row with a gradient norm of exactly 0 before a warning.
+const STUCK_STEPS: u64 = 20;
+
+/// What holds NaN or infinity: a LoRA weight, or the optimizer's moments (32-bit states;
+/// 8-bit states are checked through the weights they update). None when all is finite.
+fn non_finite_state<B: Backend>(
+    be: &B,
+    lora: &LoraParams<B>,
+    opt: &AdamW<B>,
+) -> Result<Option<String>> {
+    for (i, p) in lora.params.iter().enumerate() {
+        if opt.state8_of(be, i)?.is_none() {
+            let (m, v) = opt.moments_of(be, i)?;
+            for (name, values) in [("exp_avg", m), ("exp_avg_sq", v)] {
+                if values.iter().any(|x| !x.is_finite()) {
+                    return Ok(Some(format!(
+                        "the optimizer state {name} of `{}` is not finite",
+                        p.key
+                    )));
+                }
+            }
+        }
+        if be.download(&p.value)?.iter().any(|x| !x.is_finite()) {
+            return Ok(Some(format!("LoRA weight `{}` is not finite", p.key)));
+        }
+    }
+    Ok(None)
+}
+
+/// A LoRA weight this large overflows the forward pass: the updates, not the data, did it.
+const HUGE_LORA_WEIGHT: f32 = 1e4;
+
+/// The largest magnitude among the LoRA weights.
+fn largest_lora_weight<B: Backend>(be: &B, lora: &LoraParams<B>) -> Result<f32> {
+    let mut big = 0f32;
+    for p in &lora.params {
+        for x in be.download(&p.value)? {
+            big = big.max(x.abs());
+        }
+    }
+    Ok(big)
+}
+
+/// The likely cause of non-finite state `what`, from the settings.
+fn blame(s: &TrainSettings, what: &str) -> String {
+    if s.adamw.eps <= 0.0 {
+        format!(
+            "adam_epsilon is {}: a parameter whose gradient is 0 gets 0 / 0 = NaN; set \
+             adam_epsilon to 1e-8",
+            s.adamw.eps
+        )
+    } else if what.starts_with("the optimizer state") && s.resume_from.is_some() {
+        "the optimizer state restored from the checkpoint is not usable: resume from an \
+         earlier checkpoint"
+            .to_string()
+    } else {
+        format!(
+            "the updates overflowed: learning_rate {} is too high (LoRA usually trains at \
+             1e-5 to 1e-3)",
+            s.learning_rate
+        )
+    }
 }
 
 /// Before the first step: every rank must train the same parameters on the same rows.
@@ -433,15 +663,9 @@ fn check_ranks_agree<B: Backend>(
             params = fnv(params, x.to_bits());
         }
     }
-    let mut data = 0xcbf2_9ce4_8422_2325u64;
-    for r in rows {
-        data = fnv(data, r.len() as u32);
-        for (&id, &label) in r.input_ids.iter().zip(&r.labels) {
-            data = fnv(fnv(data, id), label as u32);
-        }
-    }
+    let data = rows_hash(rows);
     let mine = format!(
-        "{fingerprint} start={start_step} steps={total_steps} data={data:016x} lora={params:016x}"
+        "{fingerprint} start={start_step} steps={total_steps} data={data} lora={params:016x}"
     );
     let mut theirs = mine.clone().into_bytes();
     coll.broadcast_bytes(&mut theirs)?;

@@ -59,6 +59,24 @@ pub fn run(mut args: BenchArgs) -> Result<()> {
 
 type Sync = Box<dyn Fn() -> Result<()>>;
 
+/// Tokens per step for `--seq` x `--batch`, checked against the model's positions and the
+/// most one step may hold.
+fn bench_tokens(seq: usize, batch: usize, max_positions: usize) -> Result<usize> {
+    if seq < 2 || seq > max_positions {
+        anyhow::bail!(
+            "--seq {seq} must be between 2 and the model's max_position_embeddings {max_positions}"
+        );
+    }
+    seq.checked_mul(batch)
+        .filter(|&n| n > 0 && n <= crate::commands::plan::MAX_STEP_TOKENS)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "--seq {seq} x --batch {batch} must be between 1 and {} tokens",
+                crate::commands::plan::MAX_STEP_TOKENS
+            )
+        })
+}
+
 fn run_on<B: Backend>(be: Arc<B>, args: &BenchArgs, sync: Option<Sync>) -> Result<()> {
     let t0 = Instant::now();
     let model = Model::load_with(be.clone(), &args.model, &args.load)
@@ -68,6 +86,11 @@ fn run_on<B: Backend>(be: Arc<B>, args: &BenchArgs, sync: Option<Sync>) -> Resul
     let gib = |b: f64| b / (1u64 << 30) as f64;
     let load_peak_rss_gib = crate::device::peak_rss_bytes().map(|b| gib(b as f64));
     let load_device_peak_gib = gib(be.peak_bytes() as f64);
+    if args.steps == 0 || args.lora_r == 0 {
+        anyhow::bail!("--steps and --lora-r must be at least 1");
+    }
+    let (seq, batch) = (args.seq, args.batch);
+    let n = bench_tokens(seq, batch, model.cfg.max_positions)?;
     let lora_cfg = LoraConfig {
         r: args.lora_r,
         alpha: 2.0 * args.lora_r as f32,
@@ -91,8 +114,6 @@ fn run_on<B: Backend>(be: Arc<B>, args: &BenchArgs, sync: Option<Sync>) -> Resul
     } else {
         Checkpointing::Off
     };
-    let (seq, batch) = (args.seq, args.batch);
-    let n = seq * batch;
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let mut times = Vec::with_capacity(args.steps);
     let mut losses = Vec::with_capacity(args.steps);

@@ -23,7 +23,19 @@ const LOSS_CHUNK: usize = 1024;
 /// per_device_train_batch_size rows of max_seq_len tokens.
 pub fn predict(p: &TrainPlan, dtype: DType) -> Result<(ModelConfig, MemoryPlan)> {
     let cfg = ModelConfig::from_dir(&p.model_dir)?;
-    let tokens = p.settings.micro_batch_size * p.max_seq_len;
+    let tokens = p
+        .settings
+        .micro_batch_size
+        .checked_mul(p.max_seq_len)
+        .filter(|&t| t <= MAX_STEP_TOKENS)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "per_device_train_batch_size {} x max_seq_len {} is more than {MAX_STEP_TOKENS} \
+                 tokens in one micro-batch; lower one of them",
+                p.settings.micro_batch_size,
+                p.max_seq_len
+            )
+        })?;
     let m = plan(
         &cfg,
         &p.settings.lora,
@@ -51,6 +63,11 @@ pub fn predict(p: &TrainPlan, dtype: DType) -> Result<(ModelConfig, MemoryPlan)>
     };
     Ok((cfg, m))
 }
+
+/// The most tokens one micro-batch may hold (16M, far above any real micro-batch): keeps
+/// every size product of the plan (and of the activations) within 64 bits for any
+/// config.json temper accepts, even with every layer's activations kept.
+pub const MAX_STEP_TOKENS: usize = 1 << 24;
 
 /// "1.23 GiB" or "45.6 MiB".
 fn size(bytes: usize) -> String {

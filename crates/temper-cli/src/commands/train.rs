@@ -30,6 +30,17 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let mut plan = file.resolve(&base, args.resume)?;
     plan.model_dir = crate::model_source::resolve(&plan.model_dir)?;
     let rank = dist::from_env()?;
+    // Rank 0 owns the output folder: it locks it and, for a fresh run, checks it is empty.
+    let _lock = if rank.is_lead() {
+        let dir = &plan.settings.output_dir;
+        let lock = crate::output_dir::lock(dir)?;
+        if plan.settings.resume_from.is_none() {
+            crate::output_dir::check_fresh(dir, plan.overwrite_output_dir)?;
+        }
+        Some(lock)
+    } else {
+        None
+    };
     let timeout = plan.dist_timeout;
     match device::resolve_on(&plan.device, &plan.dtype, rank.local_rank)? {
         DeviceChoice::Cpu => {
@@ -85,8 +96,14 @@ fn run_on<B: Backend>(
     let t0 = Instant::now();
     let model = load_model(be.clone(), &plan)?;
     let load_s = t0.elapsed().as_secs_f64();
+    // Recorded in checkpoints: a resumed run must train the same base model.
+    let mut plan = plan;
+    plan.settings.base_fingerprint =
+        temper_model::safetensors_dir::model_fingerprint(&plan.model_dir)
+            .with_context(|| format!("reading model {}", plan.model_dir.display()))?;
     let tok = Tokenizer::from_dir(&plan.model_dir)?;
     let data = prepare_quietly(&tok, &plan.data, plan.max_seq_len, plan.packing, !lead)?;
+    refuse_nothing_to_train(&data.inner.train_stats, plan.max_seq_len)?;
     let cfg = &model.cfg;
     let s = &plan.settings;
     if lead {
@@ -189,6 +206,44 @@ fn run_on<B: Backend>(
         mib(be.peak_bytes() as u64)
     );
     Ok(())
+}
+
+/// A run whose rows hold no trained token would take steps of zero loss and write an
+/// untrained adapter: refuse it, saying where the trained tokens went.
+fn refuse_nothing_to_train(st: &temper_data::Stats, max_seq_len: usize) -> Result<()> {
+    if st.trained_tokens > 0 {
+        return Ok(());
+    }
+    let mut why = Vec::new();
+    if st.truncated_away > 0 {
+        why.push(format!(
+            "{} of {} sequences are longer than max_seq_len {max_seq_len} and lost every \
+             trained token to truncation (their trained tokens come after token {max_seq_len}): \
+             raise max_seq_len",
+            st.truncated_away,
+            st.sequences.max(st.truncated_away)
+        ));
+    }
+    if st.dropped_fully_masked > 0 {
+        why.push(format!(
+            "{} sequences were dropped with nothing left to train after truncation to {max_seq_len} tokens: raise max_seq_len",
+            st.dropped_fully_masked
+        ));
+    }
+    if st.skipped > 0 {
+        why.push(format!("{} rows were skipped as bad", st.skipped));
+    }
+    if why.is_empty() {
+        why.push(
+            "every label is masked: check assistant_only_loss / completion_only_loss and the data's roles"
+                .into(),
+        );
+    }
+    bail!(
+        "the training data has no token to train on ({} rows read): {}",
+        st.rows_read,
+        why.join("; ")
+    )
 }
 
 /// A run stopped by Ctrl-C exits with 130 once its checkpoint is written.

@@ -60,6 +60,8 @@ pub fn settings(out: &Path, max_steps: u64) -> TrainSettings {
         base_model: "examples/tiny/model".into(),
         resume_from: None,
         init_adapter: None,
+        base_fingerprint: String::new(),
+        resume_changed: false,
     }
 }
 

@@ -1,0 +1,38 @@
+//! Inputs the fuzzers found (tests/fixtures/fuzz/): each must give an error, not a panic.
+
+use std::path::{Path, PathBuf};
+
+fn fixtures(target: &str) -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/fuzz")
+        .join(target);
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("fixtures")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    v.sort();
+    assert!(!v.is_empty(), "no fixtures in {}", dir.display());
+    v
+}
+
+#[test]
+fn damaged_parquet_files_are_errors_naming_the_file() {
+    for f in fixtures("dataset_parquet") {
+        let e = temper_data::read_records(&f)
+            .expect_err("a damaged parquet file")
+            .to_string();
+        assert!(e.contains(&f.display().to_string()), "{e}");
+    }
+}
+
+#[test]
+fn a_tag_whose_open_and_close_overlap_compiles_or_fails_cleanly() {
+    for src in ["{%}", "{%-}", "{% generation %}{%}{% endgeneration %}"] {
+        // Either outcome is fine; a panic is not.
+        let _ = temper_data::ChatTemplate::new(src, None, None);
+    }
+    for f in fixtures("chat_template") {
+        let src = String::from_utf8_lossy(&std::fs::read(&f).expect("read")).into_owned();
+        let _ = temper_data::ChatTemplate::new(&src, None, None);
+    }
+}
