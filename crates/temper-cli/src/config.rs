@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_yaml::{Mapping, Value};
 use temper_model::adapter::parse_targets;
 use temper_model::QuantType;
@@ -14,7 +14,7 @@ use temper_train::{AdamWConfig, ScheduleKind, TrainSettings};
 
 use crate::keys::{suggest, TRAIN_KEYS};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainFile {
     pub model: Option<PathBuf>,
@@ -113,9 +113,17 @@ pub struct TrainFile {
     pub dist_backend: String,
     #[serde(default = "d_dist_timeout")]
     pub dist_timeout: f64,
+    pub eval_strategy: Option<String>,
+    pub eval_steps: Option<u64>,
+    #[serde(default)]
+    pub load_best_model_at_end: bool,
+    pub metric_for_best_model: Option<String>,
+    pub early_stopping_patience: Option<u64>,
+    pub save_total_limit: Option<usize>,
+    pub report_to: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum OneOrMany {
     One(PathBuf),
@@ -126,7 +134,7 @@ fn d_format() -> String {
     "auto".into()
 }
 fn d_masks() -> String {
-    "generation".into()
+    "auto".into()
 }
 fn d_packing_strategy() -> String {
     "bfd".into()
@@ -216,6 +224,15 @@ pub struct TrainPlan {
     pub notes: Vec<String>,
     /// A fresh run may use a non-empty output_dir (temper's files in it are removed).
     pub overwrite_output_dir: bool,
+    /// Evaluation during training, best model, early stopping, checkpoints kept.
+    pub eval: temper_train::EvalOptions,
+    /// Write TensorBoard event files (`report_to: tensorboard`).
+    pub tensorboard: bool,
+    /// The model as the user named it (config's `model`), for adapter_config.json and the
+    /// model card.
+    pub model_name: String,
+    /// Every key with the value this run uses, paths absolute (training_config.yaml).
+    pub resolved_yaml: String,
 }
 
 /// Reads the YAML file, applies `--key value` overrides, and checks every key.
@@ -301,10 +318,27 @@ fn rel(base: &Path, p: &Path) -> PathBuf {
     }
 }
 
+/// A `data` entry: a path relative to the YAML file's folder, or a Hub dataset id
+/// (`owner/name`) kept as written when no such path exists there.
+fn data_rel(base: &Path, p: &Path) -> PathBuf {
+    let joined = rel(base, p);
+    if !joined.exists() && temper_data::hub::looks_like_hub_id(p) {
+        return p.to_path_buf();
+    }
+    joined
+}
+
 impl TrainFile {
     /// Checks values and turns the file into a plan. `base` is the YAML file's folder.
     pub fn resolve(self, base: &Path, resume: Option<Option<PathBuf>>) -> Result<TrainPlan> {
         let init_adapter = self.init_adapter.as_ref().map(|p| rel(base, p));
+        let eval = self.eval_options()?;
+        let tensorboard = report_to_tensorboard(self.report_to.as_ref())?;
+        let model_name = self
+            .model
+            .as_ref()
+            .map(|m| m.display().to_string())
+            .unwrap_or_default();
         let (lora, lora_notes) = self.lora_config(init_adapter.as_deref())?;
         let model_dir = rel(
             base,
@@ -316,16 +350,16 @@ impl TrainFile {
             .data
             .ok_or_else(|| anyhow!("`data` is required: a JSONL file or a list of them"))?
         {
-            OneOrMany::One(p) => vec![rel(base, &p)],
-            OneOrMany::Many(v) => v.iter().map(|p| rel(base, p)).collect(),
+            OneOrMany::One(p) => vec![data_rel(base, &p)],
+            OneOrMany::Many(v) => v.iter().map(|p| data_rel(base, p)).collect(),
         };
         let data = crate::dataset::resolve(
             crate::dataset::DataKeys {
                 train: data,
                 eval: match &self.eval_data {
                     None => Vec::new(),
-                    Some(OneOrMany::One(p)) => vec![rel(base, p)],
-                    Some(OneOrMany::Many(v)) => v.iter().map(|p| rel(base, p)).collect(),
+                    Some(OneOrMany::One(p)) => vec![data_rel(base, p)],
+                    Some(OneOrMany::Many(v)) => v.iter().map(|p| data_rel(base, p)).collect(),
                 },
                 eval_split: self.eval_split,
                 dataset_format: &self.dataset_format,
@@ -493,7 +527,7 @@ impl TrainFile {
             },
             save_steps: self.save_steps,
             output_dir,
-            base_model: model_dir.display().to_string(),
+            base_model: base_model_name(&model_dir),
             resume_from,
             init_adapter,
             base_fingerprint: String::new(),
@@ -520,6 +554,114 @@ impl TrainFile {
             settings,
             notes: lora_notes,
             overwrite_output_dir: self.overwrite_output_dir,
+            eval,
+            tensorboard,
+            model_name,
+            resolved_yaml: String::new(),
+        })
+    }
+
+    /// Every key with the value this run uses (defaults filled in, keys left unset omitted),
+    /// paths made absolute so that the file works from anywhere: training_config.yaml.
+    pub fn resolved_yaml(&self, base: &Path) -> Result<String> {
+        let value = serde_yaml::to_value(self).context("writing the resolved config")?;
+        let Value::Mapping(map) = value else {
+            bail!("the resolved config is not a mapping");
+        };
+        let abs = |v: &Value, data: bool| -> Value {
+            match v {
+                Value::String(p) => {
+                    let path = Path::new(p);
+                    let joined = if data {
+                        data_rel(base, path)
+                    } else {
+                        rel(base, path)
+                    };
+                    if data && joined == path && !path.is_absolute() {
+                        return v.clone(); // a Hub id
+                    }
+                    let abs = std::path::absolute(&joined).unwrap_or(joined);
+                    Value::String(abs.display().to_string())
+                }
+                other => other.clone(),
+            }
+        };
+        let mut out = Mapping::new();
+        for (k, v) in map {
+            if v.is_null() {
+                continue;
+            }
+            let key = k.as_str().unwrap_or_default();
+            let v = match (key, &v) {
+                ("model" | "output_dir" | "init_adapter", _) => abs(&v, false),
+                ("data" | "eval_data", Value::Sequence(list)) => {
+                    Value::Sequence(list.iter().map(|x| abs(x, true)).collect())
+                }
+                ("data" | "eval_data", _) => abs(&v, true),
+                ("chat_template", Value::String(t))
+                    if !t.eq_ignore_ascii_case("chatml")
+                        && !t.contains("{%")
+                        && !t.contains("{{") =>
+                {
+                    abs(&v, false)
+                }
+                _ => v,
+            };
+            out.insert(k, v);
+        }
+        let text =
+            serde_yaml::to_string(&Value::Mapping(out)).context("writing the resolved config")?;
+        Ok(format!(
+            "# The settings of this run, every key as used (defaults filled in, paths absolute).\n\
+             # `temper train training_config.yaml` runs it again.\n{text}"
+        ))
+    }
+
+    /// The evaluation keys, checked together as transformers checks them.
+    fn eval_options(&self) -> Result<temper_train::EvalOptions> {
+        use temper_train::EvalEvery;
+        let every = match (self.eval_strategy.as_deref(), self.eval_steps) {
+            (None, None) | (Some("no"), None) => EvalEvery::Never,
+            (Some("no"), Some(_)) => {
+                bail!("eval_steps is set but eval_strategy is `no`: remove one of them")
+            }
+            (None | Some("steps"), Some(0)) => bail!("eval_steps must be at least 1"),
+            (None | Some("steps"), Some(n)) => EvalEvery::Steps(n),
+            (Some("steps"), None) => EvalEvery::Steps(self.logging_steps.max(1)),
+            (Some("epoch"), _) => EvalEvery::Epoch,
+            (Some(other), _) => bail!("eval_strategy `{other}` is not one of no, steps, epoch"),
+        };
+        match self.metric_for_best_model.as_deref() {
+            None | Some("eval_loss" | "loss") => {}
+            Some(other) => {
+                bail!("metric_for_best_model `{other}`: only eval_loss is computed during training")
+            }
+        }
+        let needs_eval = self.load_best_model_at_end || self.early_stopping_patience.is_some();
+        if needs_eval && every == EvalEvery::Never {
+            bail!(
+                "load_best_model_at_end and early_stopping_patience need evaluation during \
+                 training: set eval_steps (or eval_strategy: epoch) and eval_data or eval_split"
+            );
+        }
+        if needs_eval && self.eval_data.is_none() && self.eval_split <= 0.0 {
+            bail!(
+                "load_best_model_at_end and early_stopping_patience need eval rows: set \
+                 eval_data or eval_split"
+            );
+        }
+        if every != EvalEvery::Never && self.eval_data.is_none() && self.eval_split <= 0.0 {
+            bail!("eval_strategy / eval_steps need eval rows: set eval_data or eval_split");
+        }
+        if self.save_total_limit == Some(0) {
+            bail!("save_total_limit must be at least 1 (leave it out to keep every checkpoint)");
+        }
+        Ok(temper_train::EvalOptions {
+            every,
+            batch_size: self.per_device_train_batch_size,
+            load_best_model_at_end: self.load_best_model_at_end,
+            early_stopping_patience: self.early_stopping_patience,
+            save_total_limit: self.save_total_limit,
         })
     }
 
@@ -643,6 +785,60 @@ impl TrainFile {
 
 /// The largest LoRA rank accepted: far above any use, and keeps size arithmetic in 64 bits.
 const MAX_LORA_R: usize = 1 << 16;
+/// What adapter_config.json's `base_model_name_or_path` holds: the Hub id when the model is
+/// known to be one (a folder of the Hugging Face cache, `models--owner--name/snapshots/..`, or
+/// a config.json whose `_name_or_path` is `owner/name`), else the absolute path of what the
+/// user gave, so that PEFT finds the base from anywhere.
+pub fn base_model_name(model: &Path) -> String {
+    for c in model.components() {
+        let c = c.as_os_str().to_string_lossy();
+        if let Some(rest) = c.strip_prefix("models--") {
+            if let Some((owner, name)) = rest.split_once("--") {
+                return format!("{owner}/{name}");
+            }
+        }
+    }
+    let named = std::fs::read_to_string(model.join("config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v.get("_name_or_path")?.as_str().map(str::to_string));
+    if let Some(id) = named {
+        if temper_data::hub::looks_like_hub_id(Path::new(&id)) && !Path::new(&id).exists() {
+            return id;
+        }
+    }
+    std::fs::canonicalize(model)
+        .or_else(|_| std::path::absolute(model))
+        .unwrap_or_else(|_| model.to_path_buf())
+        .display()
+        .to_string()
+}
+
+/// `report_to`: none, tensorboard, or a list of them (as transformers takes it).
+fn report_to_tensorboard(v: Option<&serde_json::Value>) -> Result<bool> {
+    let names: Vec<String> = match v {
+        None | Some(serde_json::Value::Null) => Vec::new(),
+        Some(serde_json::Value::String(s)) => vec![s.clone()],
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .map(|x| {
+                x.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| anyhow!("report_to: expected names like tensorboard, got {x}"))
+            })
+            .collect::<Result<_>>()?,
+        Some(other) => bail!("report_to: expected none or tensorboard, got {other}"),
+    };
+    let mut tb = false;
+    for n in &names {
+        match n.as_str() {
+            "none" => {}
+            "tensorboard" | "all" => tb = true,
+            other => bail!("report_to `{other}` is not one of none, tensorboard"),
+        }
+    }
+    Ok(tb)
+}
 
 fn check_lora(lora: &LoraConfig) -> Result<()> {
     if lora.r == 0 || lora.r > MAX_LORA_R {

@@ -35,10 +35,11 @@ pub fn resolve(k: DataKeys<'_>, base: &Path) -> Result<DataConfig> {
         )
     })?;
     let masks = match (k.assistant_only_loss, k.assistant_masks) {
-        (false, "generation" | "prefix") => AssistantMasks::Off,
+        (false, "auto" | "generation" | "prefix") => AssistantMasks::Off,
+        (true, "auto") => AssistantMasks::Auto,
         (true, "generation") => AssistantMasks::Generation,
         (true, "prefix") => AssistantMasks::Prefix,
-        (_, other) => bail!("assistant_masks `{other}` is not one of generation, prefix"),
+        (_, other) => bail!("assistant_masks `{other}` is not one of auto, generation, prefix"),
     };
     let overflow = match k.packing_strategy {
         "bfd" => Overflow::Truncate,
@@ -161,6 +162,9 @@ pub fn summary(cfg: &DataConfig, p: &temper_data::Prepared) -> String {
             }
         )
     };
+    for note in &p.notes {
+        s.push_str(&format!("{note}\n"));
+    }
     s.push_str(&line("train data", &p.train_stats));
     if !p.eval.is_empty() || p.eval_stats.rows_read > 0 {
         s.push_str(&line("eval data", &p.eval_stats));

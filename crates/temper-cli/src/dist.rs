@@ -48,13 +48,119 @@ impl Rank {
 /// Set by torchrun for its workers when its agent's store listens on MASTER_PORT.
 const AGENT_STORE: &str = "TORCHELASTIC_USE_AGENT_STORE";
 
-/// True when a launcher has set RANK or WORLD_SIZE.
+/// True when a launcher has set RANK or WORLD_SIZE (or srun started this process as a task).
 pub fn launched() -> bool {
-    std::env::var_os("RANK").is_some() || std::env::var_os("WORLD_SIZE").is_some()
+    std::env::var_os("RANK").is_some()
+        || std::env::var_os("WORLD_SIZE").is_some()
+        || slurm_task(&|n: &str| std::env::var(n).ok())
+}
+
+/// True inside a task srun started (a job step: SLURM_STEP_ID and SLURM_PROCID are set), not
+/// in the batch script or an salloc shell, whose SLURM_NTASKS names tasks still to start.
+fn slurm_task(get: &dyn Fn(&str) -> Option<String>) -> bool {
+    get("SLURM_PROCID").is_some() && get("SLURM_STEP_ID").is_some()
+}
+
+/// The launcher recognised (when not torchrun) and the variables it implies.
+pub type Implied = (Option<&'static str>, Vec<(String, String)>);
+
+/// The first host of a Slurm node list: `node[01-04,07],gpu5` -> `node01`.
+pub fn first_slurm_host(list: &str) -> Option<String> {
+    let list = list.trim();
+    let end = list
+        .char_indices()
+        .scan(0i32, |depth, (i, c)| {
+            match c {
+                '[' => *depth += 1,
+                ']' => *depth -= 1,
+                _ => {}
+            }
+            Some((i, c, *depth))
+        })
+        .find(|&(_, c, d)| c == ',' && d == 0)
+        .map_or(list.len(), |(i, _, _)| i);
+    let first = &list[..end];
+    match first.split_once('[') {
+        None if first.is_empty() => None,
+        None => Some(first.to_string()),
+        Some((prefix, rest)) => {
+            let range = rest.trim_end_matches(']');
+            let lo = range.split([',', '-']).next()?;
+            let suffix = first.rsplit_once(']').map_or("", |(_, s)| s);
+            Some(format!("{prefix}{lo}{suffix}"))
+        }
+    }
+}
+
+/// The torchrun variables a Slurm task (srun) or a Kubeflow PyTorchJob pod implies, for the
+/// ones its launcher does not set: Slurm's SLURM_PROCID, SLURM_STEP_NUM_TASKS (else
+/// SLURM_NTASKS) and SLURM_LOCALID, the first host of SLURM_JOB_NODELIST as MASTER_ADDR and,
+/// unless MASTER_PORT is set, a port from the job id (20000 + SLURM_JOB_ID % 10000, the same
+/// on every node); Kubeflow sets RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT but no
+/// LOCAL_RANK (one process per pod): it is RANK modulo LOCAL_WORLD_SIZE or PET_NPROC_PER_NODE
+/// when one is set, else 0. Returns the name of the launcher recognised.
+pub fn launcher_vars(get: &dyn Fn(&str) -> Option<String>) -> Result<Implied> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    if get("RANK").is_none() && get("WORLD_SIZE").is_none() && slurm_task(get) {
+        let need = |name: &str| {
+            get(name).ok_or_else(|| anyhow!("{name} is not set in this Slurm task (srun sets it)"))
+        };
+        out.push(("RANK".into(), need("SLURM_PROCID")?));
+        let world = get("SLURM_STEP_NUM_TASKS")
+            .or_else(|| get("SLURM_NTASKS"))
+            .or_else(|| get("SLURM_NPROCS"))
+            .ok_or_else(|| anyhow!("SLURM_NTASKS is not set in this Slurm task (srun sets it)"))?;
+        out.push(("WORLD_SIZE".into(), world));
+        out.push((
+            "LOCAL_RANK".into(),
+            get("SLURM_LOCALID").unwrap_or_else(|| "0".into()),
+        ));
+        if get("MASTER_ADDR").is_none() {
+            let list = get("SLURM_STEP_NODELIST")
+                .or_else(|| get("SLURM_JOB_NODELIST"))
+                .or_else(|| get("SLURM_NODELIST"))
+                .ok_or_else(|| {
+                    anyhow!("SLURM_JOB_NODELIST is not set: set MASTER_ADDR to rank 0's host")
+                })?;
+            let host = first_slurm_host(&list).ok_or_else(|| {
+                anyhow!(
+                    "SLURM_JOB_NODELIST=`{list}` names no host: set MASTER_ADDR to rank 0's host"
+                )
+            })?;
+            out.push(("MASTER_ADDR".into(), host));
+        }
+        if get("MASTER_PORT").is_none() {
+            let job: u64 = get("SLURM_JOB_ID")
+                .and_then(|j| j.trim().parse().ok())
+                .ok_or_else(|| anyhow!("MASTER_PORT is not set and SLURM_JOB_ID is not a job number: set MASTER_PORT"))?;
+            out.push(("MASTER_PORT".into(), (20000 + job % 10000).to_string()));
+        }
+        return Ok((Some("slurm"), out));
+    }
+    if get("RANK").is_some() && get("LOCAL_RANK").is_none() {
+        let rank: usize = get("RANK").and_then(|r| r.trim().parse().ok()).unwrap_or(0);
+        let per_node = get("LOCAL_WORLD_SIZE")
+            .or_else(|| get("PET_NPROC_PER_NODE"))
+            .and_then(|n| n.trim().parse::<usize>().ok())
+            .filter(|&n| n > 0);
+        let local = per_node.map_or(0, |n| rank % n);
+        out.push(("LOCAL_RANK".into(), local.to_string()));
+        return Ok((Some("without LOCAL_RANK (as a Kubeflow PyTorchJob)"), out));
+    }
+    Ok((None, out))
 }
 
 /// Reads the rank variables through `get` (the environment, or a test's map).
 pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Rank> {
+    let (_, implied) = launcher_vars(&get)?;
+    let get = |name: &str| {
+        get(name).or_else(|| {
+            implied
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        })
+    };
     if get("RANK").is_none() && get("WORLD_SIZE").is_none() {
         return Ok(Rank::alone());
     }
@@ -109,9 +215,18 @@ pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Rank> {
     })
 }
 
-/// The rank this process is, from its environment.
+/// The rank this process is, from its environment; says which launcher's variables were read
+/// when they were not torchrun's.
 pub fn from_env() -> Result<Rank> {
-    from_vars(|name| std::env::var(name).ok())
+    let get = |name: &str| std::env::var(name).ok();
+    let rank = from_vars(get)?;
+    if let (Some(launcher), implied) = launcher_vars(&get)? {
+        if rank.is_lead() {
+            let vars: Vec<String> = implied.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            eprintln!("launcher: {launcher}: {}", vars.join(" "));
+        }
+    }
+    Ok(rank)
 }
 
 /// The `dist_backend` key.

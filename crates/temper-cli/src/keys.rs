@@ -51,8 +51,8 @@ pub const TRAIN_KEYS: &[Key] = &[
     },
     Key {
         name: "assistant_masks",
-        default: "generation",
-        help: "generation: from the template's {% generation %} blocks (else an error) | prefix: by rendering prefixes",
+        default: "auto",
+        help: "auto: generation when the template has {% generation %} blocks, else prefix (said in one line) | generation: from those blocks (else an error, as TRL) | prefix: by rendering prefixes",
     },
     Key {
         name: "packing_strategy",
@@ -279,6 +279,41 @@ pub const TRAIN_KEYS: &[Key] = &[
         name: "logging_steps",
         default: "1",
         help: "print a log line every N steps when not on a terminal",
+    },
+    Key {
+        name: "eval_strategy",
+        default: "no (steps when eval_steps is set)",
+        help: "evaluate on eval_data / eval_split during training: no | steps | epoch",
+    },
+    Key {
+        name: "eval_steps",
+        default: "(logging_steps)",
+        help: "with eval_strategy steps: evaluate every N optimizer steps",
+    },
+    Key {
+        name: "load_best_model_at_end",
+        default: "false",
+        help: "write the adapter of the evaluation with the lowest eval loss at the end (a checkpoint is saved at every evaluation)",
+    },
+    Key {
+        name: "metric_for_best_model",
+        default: "eval_loss",
+        help: "the metric of load_best_model_at_end and early stopping: eval_loss (lower is better)",
+    },
+    Key {
+        name: "early_stopping_patience",
+        default: "(none)",
+        help: "stop after N evaluations in a row without a lower eval loss",
+    },
+    Key {
+        name: "save_total_limit",
+        default: "(none)",
+        help: "keep only the newest N checkpoints (and the best one with load_best_model_at_end)",
+    },
+    Key {
+        name: "report_to",
+        default: "none",
+        help: "none | tensorboard: TensorBoard event files in output_dir/runs (loss, lr, grad_norm, tokens/s, eval_loss, memory)",
     },
 ];
 

@@ -102,7 +102,7 @@ pub fn run(n: usize, args: &[OsString]) -> Result<()> {
     let exe = std::env::current_exe().context("finding the temper executable")?;
     let port = free_port()?;
     let ld_path = library_path();
-    interrupt::install();
+    interrupt::install(false);
     say(&format!(
         "launching {n} ranks on this host (MASTER_ADDR 127.0.0.1, MASTER_PORT {port})"
     ));

@@ -10,7 +10,10 @@ mod keys;
 mod launch;
 mod model_source;
 mod output_dir;
+mod plot;
 mod progress;
+mod run_files;
+mod tensorboard;
 
 use std::path::PathBuf;
 
@@ -74,26 +77,39 @@ enum Command {
         )]
         overrides: Vec<String>,
     },
-    /// Mean loss of a model (and adapter) over a JSONL file, and each row's loss.
+    /// Mean loss of a model (and adapter) over a dataset, and each row's loss. Given the
+    /// training config, rows are read, rendered and masked exactly as training does.
+    #[command(
+        after_help = "With a training config: the data is --data, else the config's eval_data (or eval_split); the adapter is --adapter, else the one in output_dir (`--adapter none`: the base)."
+    )]
     Eval {
+        /// The training config (YAML): its model, template, dataset_format, masks and
+        /// max_seq_len are used.
+        config: Option<PathBuf>,
+        /// The training config, as a flag.
+        #[arg(long = "config", value_name = "CONFIG", conflicts_with = "config")]
+        config_flag: Option<PathBuf>,
+        /// A model folder (or .gguf); with a config, replaces its `model`.
         #[arg(long)]
-        model: PathBuf,
-        /// A PEFT adapter folder (written by temper or by PEFT).
+        model: Option<PathBuf>,
+        /// A PEFT adapter folder (written by temper or by PEFT), or `none`.
         #[arg(long)]
         adapter: Option<PathBuf>,
+        /// A dataset file or folder (.jsonl, .json, .parquet).
         #[arg(long)]
-        data: PathBuf,
+        data: Option<PathBuf>,
         /// Print {"mean_loss": .., "rows": [{"loss": .., "tokens": ..}, ..]} for scripts.
         #[arg(long)]
         json: bool,
-        /// Truncate rows to this many tokens.
+        /// Truncate rows to this many tokens (with a config: replaces its max_seq_len).
         #[arg(long)]
         max_seq_len: Option<usize>,
-        #[arg(long, default_value = "auto")]
-        device: String,
+        /// auto | cpu | cuda (default: the config's `device`, else auto).
+        #[arg(long)]
+        device: Option<String>,
         /// Storage of activations and weights on the GPU: auto | bfloat16 | float16 | float32.
-        #[arg(long, default_value = "auto")]
-        dtype: String,
+        #[arg(long)]
+        dtype: Option<String>,
     },
     /// Generate text from a model (and adapter) with a KV cache, streaming it to stdout.
     Generate(commands::generate::GenerateArgs),
@@ -122,6 +138,12 @@ enum Command {
             value_name = "--KEY VALUE"
         )]
         overrides: Vec<String>,
+    },
+    /// Redraw a run's loss picture (RUN_DIR/loss.svg: train and eval loss by step, learning
+    /// rate on the right axis) from its metrics.jsonl.
+    Plot {
+        /// The output_dir of a `temper train` run.
+        run_dir: PathBuf,
     },
     /// Write a random-weight Hugging Face model folder of a named shape (for benchmarks).
     InitModel {
@@ -336,6 +358,8 @@ fn main() -> Result<()> {
             })
         }
         Command::Eval {
+            config,
+            config_flag,
             model,
             adapter,
             data,
@@ -344,6 +368,7 @@ fn main() -> Result<()> {
             device,
             dtype,
         } => commands::eval::run(commands::eval::EvalArgs {
+            config: config.or(config_flag),
             model,
             adapter,
             data,
@@ -353,6 +378,11 @@ fn main() -> Result<()> {
             max_seq_len,
         }),
         Command::Generate(args) => commands::generate::run(args),
+        Command::Plot { run_dir } => {
+            let out = plot::redraw(&run_dir)?;
+            println!("{}", out.display());
+            Ok(())
+        }
         Command::Quantize(args) => commands::quantize::run(args),
         Command::Merge(args) => commands::merge::run(args),
         Command::ExportGguf(args) => commands::export_gguf::run(args),

@@ -271,6 +271,10 @@ pub trait Backend: Send + Sync + 'static {
     fn copy(&self, dst: &mut Self::Buf, src: &Self::Buf) -> Result<()>;
     /// Peak bytes this backend has held at once.
     fn peak_bytes(&self) -> usize;
+    /// Bytes this backend holds now.
+    fn live_bytes(&self) -> usize {
+        0
+    }
 
     // ---- linear algebra ----
     fn matmul(&self, c: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf, g: Gemm) -> Result<()>;

@@ -8,12 +8,23 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{DataError, Result};
 
+/// Extensions of dataset files: a name ending in one is a path, never a Hub id.
+const FILE_EXTENSIONS: &[&str] = &[
+    "jsonl", "json", "parquet", "arrow", "csv", "tsv", "txt", "gz", "zst",
+];
+
 /// Whether `path` reads as a Hub id rather than a file: `owner/name`, no other slashes,
-/// not starting with `.` or `/`.
+/// not starting with `.` or `/`, and not ending in a dataset file's extension.
 pub fn looks_like_hub_id(path: &Path) -> bool {
     let Some(s) = path.to_str() else {
         return false;
     };
+    let has_file_extension = s
+        .rsplit_once('.')
+        .is_some_and(|(_, ext)| FILE_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str()));
+    if has_file_extension {
+        return false;
+    }
     let parts: Vec<&str> = s.split('/').collect();
     parts.len() == 2
         && parts.iter().all(|p| {

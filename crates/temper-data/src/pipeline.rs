@@ -83,6 +83,8 @@ pub struct Prepared {
     pub cache_file: Option<PathBuf>,
     /// The first few bad rows skipped (`skip_bad_rows`), as "file:line: why".
     pub skipped_examples: Vec<String>,
+    /// How settings were decided for this data (e.g. which assistant masks `Auto` chose).
+    pub notes: Vec<String>,
     pub seconds: f64,
 }
 
@@ -90,6 +92,25 @@ pub struct Prepared {
 pub fn prepare(tok: &Tokenizer, cfg: &DataConfig) -> Result<Prepared> {
     let t0 = Instant::now();
     let tok = with_template(tok, &cfg.template)?;
+    let mut notes = Vec::new();
+    let resolved;
+    let cfg = if cfg.sft.assistant_masks == AssistantMasks::Auto {
+        let masks = cfg.sft.assistant_masks.for_template(tok.chat_template());
+        if masks == AssistantMasks::Prefix && tok.chat_template().is_some() {
+            notes.push(
+                "assistant_only_loss: the chat template has no {% generation %} blocks, so \
+                 assistant turns are found by rendering prefixes of each conversation \
+                 (assistant_masks: prefix)"
+                    .to_string(),
+            );
+        }
+        let mut c = cfg.clone();
+        c.sft.assistant_masks = masks;
+        resolved = c;
+        &resolved
+    } else {
+        cfg
+    };
     if cfg.sft.assistant_masks == AssistantMasks::Generation {
         if let Some(t) = tok.chat_template() {
             if !t.has_generation_markers() {
@@ -97,7 +118,10 @@ pub fn prepare(tok: &Tokenizer, cfg: &DataConfig) -> Result<Prepared> {
             }
         }
     }
-    let mut out = Prepared::default();
+    let mut out = Prepared {
+        notes,
+        ..Prepared::default()
+    };
     let (mut train, hit, file) = tokenized(&tok, cfg, &cfg.train, &mut out.skipped_examples)?;
     out.cache_hit = hit;
     out.cache_file = file;

@@ -17,10 +17,19 @@ use crate::source::read_records;
 /// `tool_call_id`, `reasoning_content`, ...) are kept in `extra` and handed to the chat
 /// template as they are. A `null` content (an assistant turn that only calls tools) is
 /// read as the empty string.
+///
+/// Content given as a list of parts (Hugging Face's `[{"type": "text", "text": ..}]`, or
+/// LLaMA-Factory's `[{"type": "text", "value": ..}]`) keeps each text part in `parts`;
+/// `content` is then their concatenation, which is what a template that iterates the parts
+/// writes. Templates that test `content is string` are given the parts as a list (see
+/// [`crate::ChatTemplate`]). Other part types (images, audio) are refused by name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     pub role: String,
     pub content: String,
+    /// The text parts when the content was a list of parts.
+    #[serde(skip)]
+    pub parts: Option<Vec<String>>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -30,6 +39,7 @@ impl Message {
         Message {
             role: role.into(),
             content: content.into(),
+            parts: None,
             extra: Map::new(),
         }
     }
@@ -159,13 +169,21 @@ pub(crate) fn parse_messages(
                 }
                 None => return Err(format!("{field}[{i}] has no \"role\"")),
             };
+            let mut parts = None;
             let content = match obj.get("content") {
                 Some(Value::String(s)) => s.clone(),
+                Some(Value::Array(list)) => {
+                    let texts = text_parts(list, &format!("{field}[{i}].content"))?;
+                    let joined = texts.concat();
+                    parts = Some(texts);
+                    joined
+                }
                 // An assistant turn that only calls tools.
                 Some(Value::Null) | None if obj.contains_key("tool_calls") => String::new(),
                 Some(other) => {
                     return Err(format!(
-                        "{field}[{i}].content must be a string, got {}",
+                        "{field}[{i}].content must be a string, got {} (or a list of \
+                         {{\"type\": \"text\", \"text\": ..}} parts)",
                         json_kind(other)
                     ))
                 }
@@ -179,8 +197,44 @@ pub(crate) fn parse_messages(
             Ok(Message {
                 role,
                 content,
+                parts,
                 extra,
             })
+        })
+        .collect()
+}
+
+/// The texts of a content list: Hugging Face's `{"type": "text", "text": ..}` parts or
+/// LLaMA-Factory's `{"type": "text", "value": ..}`. `at` names the list in errors.
+fn text_parts(list: &[Value], at: &str) -> std::result::Result<Vec<String>, String> {
+    list.iter()
+        .enumerate()
+        .map(|(j, part)| {
+            let Some(obj) = part.as_object() else {
+                return Err(format!(
+                    "{at}[{j}] must be an object like {{\"type\": \"text\", \"text\": ..}}, got {}",
+                    json_kind(part)
+                ));
+            };
+            match obj.get("type").and_then(Value::as_str) {
+                Some("text") | None => {}
+                Some(other) => {
+                    return Err(format!(
+                        "{at}[{j}] is a part of type \"{other}\": only text parts can be \
+                         trained on (drop the other parts, or keep their rows out of the data)"
+                    ))
+                }
+            }
+            match obj.get("text").or_else(|| obj.get("value")) {
+                Some(Value::String(s)) => Ok(s.clone()),
+                Some(other) => Err(format!(
+                    "{at}[{j}].text must be a string, got {}",
+                    json_kind(other)
+                )),
+                None => Err(format!(
+                    "{at}[{j}] has no \"text\" (or LLaMA-Factory's \"value\")"
+                )),
+            }
         })
         .collect()
 }

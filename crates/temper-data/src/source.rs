@@ -53,9 +53,18 @@ pub fn data_files(path: &Path) -> Result<Vec<PathBuf>> {
         let id = path.to_string_lossy();
         return data_files(&crate::hub::resolve_in(&cache, &id)?);
     }
-    let meta = std::fs::metadata(path).map_err(|source| DataError::Io {
-        path: path.to_path_buf(),
-        source,
+    let meta = std::fs::metadata(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            DataError::Config {
+                path: path.to_path_buf(),
+                message: "no such file or folder".into(),
+            }
+        } else {
+            DataError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
     })?;
     if !meta.is_dir() {
         return Ok(vec![path.to_path_buf()]);

@@ -45,6 +45,10 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     source: String,
     has_generation: bool,
+    /// True when the template handles list content itself (it tests `content is string`,
+    /// as multimodal templates do): messages whose content was a list of parts are given
+    /// to it as `[{"type": "text", "text": ..}]`, as transformers passes them.
+    takes_parts: bool,
     /// (variable name, value): bos_token, eos_token, pad_token, unk_token, ...
     vars: Vec<(String, String)>,
     /// Where the template came from, for errors ("the chat_template of FILE").
@@ -102,6 +106,7 @@ impl ChatTemplate {
             env,
             source: source.to_string(),
             has_generation,
+            takes_parts: takes_parts(source),
             vars,
             origin: "the chat template".to_string(),
         })
@@ -175,7 +180,7 @@ impl ChatTemplate {
             .map_err(|e| DataError::Template(format!("{e:#}")))?;
         let msgs: Vec<Value> = messages
             .iter()
-            .map(|m| Value::from_object(MessageObj(m.clone())))
+            .map(|m| Value::from_object(MessageObj(m.clone(), self.takes_parts)))
             .collect();
         let mut ctx: Vec<(String, Value)> = self
             .vars
@@ -268,6 +273,22 @@ fn rewrite_generation_tags(source: &str) -> (String, bool) {
     (out, found)
 }
 
+/// Whether a template iterates list content itself: it tests the content's type
+/// (`is string`, `is not string`, `is iterable`) or reads a part's `type`.
+fn takes_parts(source: &str) -> bool {
+    let compact: String = source.chars().filter(|c| !c.is_whitespace()).collect();
+    [
+        "isstring",
+        "isnotstring",
+        "isiterable",
+        "['type']",
+        "[\"type\"]",
+        ".type==",
+    ]
+    .iter()
+    .any(|m| compact.contains(m))
+}
+
 /// A JSON value of a message's extra keys as a Jinja value.
 fn json_to_value(v: &serde_json::Value) -> Value {
     use serde_json::Value as J;
@@ -291,15 +312,28 @@ fn json_to_value(v: &serde_json::Value) -> Value {
 
 /// A message as a Jinja mapping whose keys iterate in Python's insertion order
 /// (`role`, `content`, then any other keys of the row), so `message | tojson` matches
-/// transformers.
+/// transformers. With the flag set, content given as parts is the list of parts.
 #[derive(Debug)]
-struct MessageObj(Message);
+struct MessageObj(Message, bool);
 
 impl Object for MessageObj {
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
         match key.as_str()? {
             "role" => Some(Value::from(self.0.role.as_str())),
-            "content" => Some(Value::from(self.0.content.as_str())),
+            "content" => Some(match (&self.0.parts, self.1) {
+                (Some(parts), true) => Value::from(
+                    parts
+                        .iter()
+                        .map(|t| {
+                            let mut part = std::collections::BTreeMap::new();
+                            part.insert("type", Value::from("text"));
+                            part.insert("text", Value::from(t.as_str()));
+                            Value::from(part)
+                        })
+                        .collect::<Vec<_>>(),
+                ),
+                _ => Value::from(self.0.content.as_str()),
+            }),
             other => self.0.extra.get(other).map(json_to_value),
         }
     }

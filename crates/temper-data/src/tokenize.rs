@@ -58,6 +58,22 @@ pub enum AssistantMasks {
     /// From rendering prefixes of the conversation; works with templates that have no
     /// generation blocks (temper's own method).
     Prefix,
+    /// `Generation` when the template has `{% generation %}` blocks, else `Prefix`
+    /// ([`crate::prepare`] decides once and says which in its notes).
+    Auto,
+}
+
+impl AssistantMasks {
+    /// `Auto` made concrete for `tpl`; other values as they are.
+    pub fn for_template(self, tpl: Option<&ChatTemplate>) -> AssistantMasks {
+        match self {
+            AssistantMasks::Auto if tpl.is_some_and(ChatTemplate::has_generation_markers) => {
+                AssistantMasks::Generation
+            }
+            AssistantMasks::Auto => AssistantMasks::Prefix,
+            m => m,
+        }
+    }
 }
 
 /// What is trained, in TRL's terms.
@@ -272,7 +288,9 @@ fn render_and_mask(
     messages: &[Message],
     masks: AssistantMasks,
 ) -> Result<(Vec<u32>, Option<Vec<bool>>)> {
+    let masks = masks.for_template(Some(tpl));
     let (full, spans) = match masks {
+        AssistantMasks::Auto => unreachable!("for_template resolves Auto"),
         AssistantMasks::Off => (tpl.render(messages, false)?, Vec::new()),
         AssistantMasks::Generation => {
             if !tpl.has_generation_markers() {

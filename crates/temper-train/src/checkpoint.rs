@@ -43,6 +43,18 @@ pub struct TrainerState {
     /// The optimizer and schedule settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub optimizer: Option<String>,
+    /// The step with the lowest eval loss so far, and that loss (when evaluating in training).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_step: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_eval_loss: Option<f64>,
+    /// Evaluations since the best one (for `early_stopping_patience`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub evals_since_best: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 pub fn checkpoint_dir(output_dir: &Path, step: u64) -> PathBuf {
@@ -155,6 +167,44 @@ pub fn save<B: Backend>(
     }
     std::fs::rename(&tmp, &dir).map_err(io_err(&dir))?;
     Ok(dir)
+}
+
+/// The complete `checkpoint-<step>` folders under `output_dir`, oldest first.
+pub fn list(output_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    if !output_dir.exists() {
+        return Ok(out);
+    }
+    for entry in std::fs::read_dir(output_dir).map_err(io_err(output_dir))? {
+        let entry = entry.map_err(io_err(output_dir))?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        if let Some(step) = name
+            .strip_prefix("checkpoint-")
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            if entry.path().join(STATE_FILE).exists() {
+                out.push((step, entry.path()));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// `save_total_limit`: deletes all but the newest `limit` checkpoints, keeping the one of step
+/// `keep` too (the best, when it is tracked). Returns the folders deleted.
+pub fn rotate(output_dir: &Path, limit: usize, keep: Option<u64>) -> Result<Vec<PathBuf>> {
+    let all = list(output_dir)?;
+    let cut = all.len().saturating_sub(limit.max(1));
+    let mut deleted = Vec::new();
+    for (step, dir) in &all[..cut] {
+        if Some(*step) == keep {
+            continue;
+        }
+        std::fs::remove_dir_all(dir).map_err(io_err(dir))?;
+        deleted.push(dir.clone());
+    }
+    Ok(deleted)
 }
 
 /// The newest complete `checkpoint-<step>` folder under `output_dir`.

@@ -26,4 +26,7 @@ pub use optimizer::{AdamW, AdamWConfig, Moment8, Moments, MIN_8BIT_SIZE};
 pub use rendezvous::RendezvousConfig;
 pub use schedule::{Schedule, ScheduleKind};
 pub use tcp::Tcp;
-pub use trainer::{train, train_with, Observer, Silent, StepReport, TrainSettings, TrainSummary};
+pub use trainer::{
+    eval_loss, train, train_eval, train_with, EvalEvery, EvalOptions, EvalReport, Observer, Silent,
+    StepReport, TrainSettings, TrainSummary,
+};

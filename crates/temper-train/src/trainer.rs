@@ -146,6 +146,41 @@ fn keep_metrics_until(path: &std::path::Path, step: u64) -> Result<()> {
     Ok(())
 }
 
+/// When to evaluate during training (TrainingArguments' `eval_strategy` / `eval_steps`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EvalEvery {
+    #[default]
+    Never,
+    /// Every this many optimizer steps.
+    Steps(u64),
+    /// At the end of every epoch.
+    Epoch,
+}
+
+/// Evaluation during training and what follows from it, named as in transformers'
+/// `TrainingArguments`, and how many checkpoints to keep.
+#[derive(Clone, Debug, Default)]
+pub struct EvalOptions {
+    pub every: EvalEvery,
+    /// Packed eval rows per forward pass (0: one).
+    pub batch_size: usize,
+    /// At the end, write the adapter of the step with the lowest eval loss (a checkpoint is
+    /// saved at every evaluation so that it can be).
+    pub load_best_model_at_end: bool,
+    /// Stop after this many evaluations in a row without a lower eval loss.
+    pub early_stopping_patience: Option<u64>,
+    /// Keep only the newest this many checkpoints (and the best one when it is tracked).
+    pub save_total_limit: Option<usize>,
+}
+
+/// One evaluation during training, as reported to observers and written to metrics.jsonl.
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalReport {
+    pub step: u64,
+    pub eval_loss: f64,
+    pub eval_tokens: usize,
+}
+
 /// One optimizer step, as reported to observers and written to metrics.jsonl.
 #[derive(Clone, Debug, Serialize)]
 pub struct StepReport {
@@ -177,6 +212,9 @@ pub trait Observer {
     fn on_warning(&mut self, message: &str) {
         eprintln!("{message}");
     }
+    fn on_eval(&mut self, _report: &EvalReport) {}
+    /// A note for the user (early stopping, checkpoints deleted, the best step loaded).
+    fn on_note(&mut self, _note: &str) {}
     /// Asked after every step: true ends training there, with a checkpoint (e.g. on Ctrl-C).
     fn stop_requested(&mut self) -> bool {
         false
@@ -197,6 +235,14 @@ pub struct TrainSummary {
     pub adapter_dir: PathBuf,
     /// True when an observer asked to stop before the last step.
     pub interrupted: bool,
+    /// The step this run started from (0, or the checkpoint's when resuming).
+    pub start_step: u64,
+    /// True when `early_stopping_patience` ended training.
+    pub early_stopped: bool,
+    /// (step, eval loss) of the best evaluation during training.
+    pub best: Option<(u64, f64)>,
+    /// The last evaluation during training.
+    pub last_eval: Option<EvalReport>,
 }
 
 /// Trains `settings.lora` adapters on `rows` and writes the adapter to `output_dir`.
@@ -251,6 +297,69 @@ pub fn train_with<B: Backend>(
     model: &Model<B>,
     rows: &[PackedRow],
     settings: &TrainSettings,
+    observer: &mut dyn Observer,
+    coll: &dyn Collective<B>,
+) -> Result<(LoraParams<B>, TrainSummary)> {
+    train_eval(
+        model,
+        rows,
+        &[],
+        settings,
+        &EvalOptions::default(),
+        observer,
+        coll,
+    )
+}
+
+/// Mean loss per loss token of `model` with `lora` over `rows`, `rows_per_batch` packed rows
+/// at a time, each rank scoring its share: (loss, loss tokens), the same on every rank.
+pub fn eval_loss<B: Backend>(
+    model: &Model<B>,
+    lora: &LoraParams<B>,
+    rows: &[PackedRow],
+    rows_per_batch: usize,
+    coll: &dyn Collective<B>,
+) -> Result<(f64, usize)> {
+    let mine: Vec<&PackedRow> = rows
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % coll.world() == coll.rank())
+        .map(|(_, r)| r)
+        .collect();
+    let (mut sum, mut count) = (0f64, 0usize);
+    for chunk in mine.chunks(rows_per_batch.max(1)) {
+        let b = Batch::from_rows(chunk);
+        let tb = TokenBatch {
+            ids: &b.input_ids,
+            positions: &b.position_ids,
+            cu_seqlens: &b.cu_seqlens,
+            targets: &b.targets,
+        };
+        let losses = model.token_losses(Some(lora), &tb)?;
+        sum += losses.iter().map(|&x| x as f64).sum::<f64>();
+        count += b.loss_tokens();
+    }
+    let mut both = [sum, count as f64];
+    coll.all_reduce_f64(&mut both)?;
+    let count = both[1] as usize;
+    Ok((
+        if count > 0 {
+            both[0] / count as f64
+        } else {
+            f64::NAN
+        },
+        count,
+    ))
+}
+
+/// [`train_with`], evaluating on `eval_rows` during training as `eval` says (every rank passes
+/// the same rows).
+pub fn train_eval<B: Backend>(
+    model: &Model<B>,
+    rows: &[PackedRow],
+    eval_rows: &[PackedRow],
+    settings: &TrainSettings,
+    eval: &EvalOptions,
     observer: &mut dyn Observer,
     coll: &dyn Collective<B>,
 ) -> Result<(LoraParams<B>, TrainSummary)> {
@@ -311,7 +420,12 @@ pub fn train_with<B: Backend>(
         data_hash: Some(rows_hash(rows)),
         base_model: Some(s.base_fingerprint.clone()),
         optimizer: Some(s.optimizer_fingerprint()),
+        best_step: None,
+        best_eval_loss: None,
+        evals_since_best: 0,
     };
+    let mut best: Option<(u64, f64)> = None;
+    let mut evals_since_best = 0u64;
     let (mut lora, mut opt, start_step) = match &s.resume_from {
         Some(dir) => {
             let r = checkpoint::load(be, &model.cfg, dir, s.adamw)?;
@@ -353,6 +467,10 @@ pub fn train_with<B: Backend>(
                             .into(),
                 });
             }
+            if let (Some(step), Some(loss)) = (r.state.best_step, r.state.best_eval_loss) {
+                best = Some((step, loss));
+            }
+            evals_since_best = r.state.evals_since_best;
             (r.lora, r.opt, r.state.step)
         }
         None => {
@@ -388,7 +506,12 @@ pub fn train_with<B: Backend>(
         elapsed_s: 0.0,
         adapter_dir: s.output_dir.clone(),
         interrupted: false,
+        start_step,
+        early_stopped: false,
+        best: None,
+        last_eval: None,
     };
+    let evaluating = !eval_rows.is_empty() && eval.every != EvalEvery::Never;
     // float16 activations train with dynamic loss scaling; bf16 and f32 need none.
     let mut scaler = (be.compute_dtype() == DType::F16).then(LossScaler::default);
     let mut zero_grad_steps = 0u64;
@@ -538,6 +661,48 @@ pub fn train_with<B: Backend>(
         summary.tokens += tokens;
 
         let done = k + 1 == total_steps;
+        let eval_now = evaluating
+            && match eval.every {
+                EvalEvery::Never => false,
+                EvalEvery::Steps(n) => (k + 1) % n.max(1) == 0,
+                EvalEvery::Epoch => (k + 1) % steps_per_epoch == 0 || done,
+            };
+        let mut early_stop = false;
+        if eval_now {
+            let (loss, tokens) = eval_loss(model, &lora, eval_rows, eval.batch_size, coll)?;
+            let report = EvalReport {
+                step: k + 1,
+                eval_loss: loss,
+                eval_tokens: tokens,
+            };
+            if let Some(m) = metrics.as_mut() {
+                let line = serde_json::to_string(&report)
+                    .map_err(|e| TrainError::Config(e.to_string()))?;
+                writeln!(m, "{line}").map_err(io_err(&metrics_path))?;
+                observer.on_eval(&report);
+            }
+            if best.is_none_or(|(_, b)| loss < b) {
+                best = Some((k + 1, loss));
+                evals_since_best = 0;
+            } else {
+                evals_since_best += 1;
+            }
+            summary.last_eval = Some(report);
+            if let Some(p) = eval.early_stopping_patience {
+                if evals_since_best >= p.max(1) && !done {
+                    early_stop = true;
+                    summary.early_stopped = true;
+                    if lead {
+                        observer.on_note(&format!(
+                            "early stopping at step {}: eval loss has not improved on {:.4} (step {}) for {evals_since_best} evaluations",
+                            k + 1,
+                            best.map_or(f64::NAN, |b| b.1),
+                            best.map_or(0, |b| b.0),
+                        ));
+                    }
+                }
+            }
+        }
         summary.interrupted = stop && !done;
         if lead && norm == 0.0 && loss_tokens > 0 && take_step {
             zero_grad_steps += 1;
@@ -551,7 +716,12 @@ pub fn train_with<B: Backend>(
         } else {
             zero_grad_steps = 0;
         }
-        let saving = lead && ((s.save_steps > 0 && (k + 1) % s.save_steps == 0) || done || stop);
+        let save_now = (s.save_steps > 0 && (k + 1) % s.save_steps == 0)
+            || done
+            || stop
+            || early_stop
+            || (eval_now && eval.load_best_model_at_end);
+        let saving = lead && save_now;
         if saving {
             if let Some(what) = non_finite_state(be, &lora, &opt)? {
                 return Err(TrainError::NonFiniteState {
@@ -563,13 +733,42 @@ pub fn train_with<B: Backend>(
         if saving {
             let state = TrainerState {
                 step: k + 1,
+                best_step: best.map(|b| b.0),
+                best_eval_loss: best.map(|b| b.1),
+                evals_since_best,
                 ..recorded.clone()
             };
             let dir = checkpoint::save(be, &s.output_dir, &lora, &opt, &state, &s.base_model)?;
             observer.on_save(&dir);
+            if let Some(limit) = eval.save_total_limit {
+                let keep = best.filter(|_| eval.load_best_model_at_end).map(|b| b.0);
+                for gone in checkpoint::rotate(&s.output_dir, limit, keep)? {
+                    observer.on_note(&format!(
+                        "deleted {} (save_total_limit {limit})",
+                        gone.display()
+                    ));
+                }
+            }
         }
-        if stop {
+        if stop || early_stop {
             break;
+        }
+    }
+    summary.best = best;
+    // Only rank 0 wrote the checkpoints, so only it can read the best one back.
+    if lead && eval.load_best_model_at_end && !summary.interrupted {
+        if let Some((step, loss)) = best {
+            let last = start_step + summary.steps;
+            if step != last {
+                let dir = checkpoint::checkpoint_dir(&s.output_dir, step);
+                let mut best_lora = adapter::load(be, &model.cfg, &dir)?;
+                best_lora.config.dropout = s.lora.dropout;
+                lora = best_lora;
+                observer.on_note(&format!(
+                    "load_best_model_at_end: the adapter is step {step}'s (eval loss {loss:.4}), from {}",
+                    dir.display()
+                ));
+            }
         }
     }
     if lead {

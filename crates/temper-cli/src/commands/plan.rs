@@ -5,11 +5,12 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use temper_core::DType;
+use temper_core::{Backend, DType};
 use temper_model::plan::{plan, MemoryPlan};
 use temper_model::ModelConfig;
 
 use crate::config::{self, TrainPlan};
+use crate::device::DeviceChoice;
 
 pub struct PlanArgs {
     pub config: PathBuf,
@@ -109,30 +110,41 @@ pub fn check(p: &TrainPlan, m: &MemoryPlan) -> Result<()> {
     Ok(())
 }
 
+/// The line `temper train` prints before it starts and `temper plan` prints: one function,
+/// so the two never disagree.
+pub fn memory_line(m: &MemoryPlan) -> String {
+    format!("memory: {}", describe(m))
+}
+
 pub fn run(args: PlanArgs) -> Result<()> {
     let (file, base) = config::load(Some(&args.config), &args.overrides)?;
     let mut p = file.resolve(&base, None)?;
     p.model_dir = crate::model_source::resolve(&p.model_dir)?;
-    // No device is opened: `auto` is planned as a GPU from Ampere on would run it.
-    let dtype = match p.dtype.as_str() {
-        "auto" => DType::BF16,
-        d => d.parse::<DType>().map_err(anyhow::Error::msg)?,
+    // The device `train` would run on, opened as `train` opens it, so the prediction is the
+    // one `train` makes. `device: cuda` on a machine without a GPU is planned as that GPU.
+    let dtype = match crate::device::resolve(&p.device, &p.dtype) {
+        Ok(DeviceChoice::Cpu) => DType::F32,
+        Ok(DeviceChoice::Cuda(be)) => be.compute_dtype(),
+        Err(e) if p.device == "cuda" => {
+            let d = match p.dtype.as_str() {
+                "auto" => DType::BF16,
+                d => d.parse::<DType>().map_err(anyhow::Error::msg)?,
+            };
+            eprintln!("device: no usable GPU here ({e:#}); planned as a GPU would run it in {d}");
+            d
+        }
+        Err(e) => return Err(e),
     };
     let (cfg, m) = predict(&p, dtype)?;
     println!(
-        "model: {} layers, hidden {}, vocab {}; micro-batch {} x {} tokens; checkpointing {:?}; {dtype}{}",
+        "model: {} layers, hidden {}, vocab {}; micro-batch {} x {} tokens; checkpointing {:?}; {dtype}",
         cfg.layers,
         cfg.hidden,
         cfg.vocab,
         p.settings.micro_batch_size,
         p.max_seq_len,
         p.settings.checkpointing,
-        if p.dtype == "auto" {
-            " (dtype auto: bfloat16 on GPUs from Ampere on; older GPUs float16, the CPU float32)"
-        } else {
-            ""
-        }
     );
-    println!("{}", describe(&m));
+    println!("{}", memory_line(&m));
     check(&p, &m)
 }

@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use temper_core::{Backend, CpuBackend, CudaBackend};
-use temper_data::{Batch, PackedRow, Tokenizer};
-use temper_model::{LoraParams, Model, TokenBatch};
+use temper_data::{PackedRow, Tokenizer};
+use temper_model::Model;
 use temper_train::Collective;
 
 use crate::config;
@@ -27,7 +27,9 @@ pub struct TrainArgs {
 
 pub fn run(args: TrainArgs) -> Result<()> {
     let (file, base) = config::load(args.config.as_deref(), &args.overrides)?;
+    let resolved_yaml = file.resolved_yaml(&base)?;
     let mut plan = file.resolve(&base, args.resume)?;
+    plan.resolved_yaml = resolved_yaml;
     plan.model_dir = crate::model_source::resolve(&plan.model_dir)?;
     let rank = dist::from_env()?;
     // Rank 0 owns the output folder: it locks it and, for a fresh run, checks it is empty.
@@ -81,7 +83,7 @@ fn cuda_nccl(
 }
 
 /// Loads, prepares the data, joins the other ranks (`join` makes the collective), trains.
-fn run_on<B: Backend>(
+fn run_on<B: Backend + 'static>(
     be: Arc<B>,
     plan: config::TrainPlan,
     rank: &Rank,
@@ -90,7 +92,7 @@ fn run_on<B: Backend>(
     let lead = rank.is_lead();
     let (_, predicted) = crate::commands::plan::predict(&plan, be.compute_dtype())?;
     if lead {
-        eprintln!("memory: {}", crate::commands::plan::describe(&predicted));
+        eprintln!("{}", crate::commands::plan::memory_line(&predicted));
     }
     crate::commands::plan::check(&plan, &predicted)?;
     let t0 = Instant::now();
@@ -158,11 +160,42 @@ fn run_on<B: Backend>(
         );
     }
     // From here the first Ctrl-C stops training after the step, with a checkpoint.
-    interrupt::install();
-    let mut progress = Progress::new(plan.logging_steps);
-    let (lora, summary) = temper_train::train_with(&model, &data.rows, s, &mut progress, &*coll)?;
+    interrupt::install(lead);
+    let probe = be.clone();
+    let tensorboard = if lead && plan.tensorboard {
+        let w = crate::tensorboard::EventWriter::create(&s.output_dir.join("runs"))?;
+        eprintln!(
+            "tensorboard: {} (tensorboard --logdir {})",
+            w.path().display(),
+            s.output_dir.join("runs").display()
+        );
+        Some(w)
+    } else {
+        None
+    };
+    let mut progress = Progress::new(
+        plan.logging_steps,
+        be.name(),
+        Box::new(move || (probe.live_bytes(), probe.peak_bytes())),
+    )
+    .with_tensorboard(tensorboard);
+    let eval_rows: &[PackedRow] = if plan.eval.every == temper_train::EvalEvery::Never {
+        &[]
+    } else {
+        &data.inner.eval
+    };
+    let (lora, summary) = temper_train::train_eval(
+        &model,
+        &data.rows,
+        eval_rows,
+        s,
+        &plan.eval,
+        &mut progress,
+        &*coll,
+    )?;
     drop(progress);
     drop(coll);
+    interrupt::set_finished();
     if !lead {
         return finish(summary.interrupted);
     }
@@ -180,25 +213,41 @@ fn run_on<B: Backend>(
             "interrupted: stopped after step {}; continue with `--resume`",
             summary.steps
         );
+        crate::run_files::write_all(&plan, &tok, &summary, None);
         return finish(true);
     }
+    let mut final_eval = None;
     if !data.inner.eval.is_empty() {
-        let (loss, tokens) = eval_loss(&model, &lora, &data.inner.eval, s.micro_batch_size)?;
+        let end_step = summary.start_step + summary.steps;
+        let evaluated_at_end = summary.last_eval.as_ref().map(|e| e.step) == Some(end_step);
+        let (loss, tokens) = temper_train::eval_loss(
+            &model,
+            &lora,
+            &data.inner.eval,
+            s.micro_batch_size,
+            &temper_train::Single,
+        )?;
         eprintln!(
             "eval: loss {loss:.4} (perplexity {:.3}) over {tokens} tokens of {} rows",
             loss.exp(),
             data.inner.eval.len()
         );
-        let line =
-            serde_json::json!({"step": summary.steps, "eval_loss": loss, "eval_tokens": tokens});
-        let path = s.output_dir.join("metrics.jsonl");
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        writeln!(f, "{line}").with_context(|| format!("writing {}", path.display()))?;
+        // Written unless training evaluated these weights at this step already, or the
+        // weights are the best step's (load_best_model_at_end), whose row is there.
+        if !evaluated_at_end && !plan.eval.load_best_model_at_end {
+            let line =
+                serde_json::json!({"step": end_step, "eval_loss": loss, "eval_tokens": tokens});
+            let path = s.output_dir.join("metrics.jsonl");
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(&path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            writeln!(f, "{line}").with_context(|| format!("writing {}", path.display()))?;
+        }
+        final_eval = Some(loss);
     }
+    crate::run_files::write_all(&plan, &tok, &summary, final_eval);
     eprintln!(
         "peak memory: {:.1} MiB resident; {} backend peak {:.1} MiB",
         device::peak_rss_bytes().map(mib).unwrap_or(f64::NAN),
@@ -254,40 +303,8 @@ fn finish(interrupted: bool) -> Result<()> {
     Ok(())
 }
 
-/// Mean loss per loss token of the trained model over the eval rows, `rows_per_batch` packed
-/// rows at a time: (loss, loss tokens).
-fn eval_loss<B: Backend>(
-    model: &Model<B>,
-    lora: &LoraParams<B>,
-    rows: &[PackedRow],
-    rows_per_batch: usize,
-) -> Result<(f64, usize)> {
-    let (mut sum, mut count) = (0f64, 0usize);
-    for chunk in rows.chunks(rows_per_batch.max(1)) {
-        let refs: Vec<&PackedRow> = chunk.iter().collect();
-        let b = Batch::from_rows(&refs);
-        let tb = TokenBatch {
-            ids: &b.input_ids,
-            positions: &b.position_ids,
-            cu_seqlens: &b.cu_seqlens,
-            targets: &b.targets,
-        };
-        let losses = model.token_losses(Some(lora), &tb)?;
-        sum += losses.iter().map(|&x| x as f64).sum::<f64>();
-        count += b.loss_tokens();
-    }
-    Ok((
-        if count > 0 {
-            sum / count as f64
-        } else {
-            f64::NAN
-        },
-        count,
-    ))
-}
-
 /// The model as the plan asks, with `rope_scaling` applied over config.json's.
-fn load_model<B: Backend>(be: Arc<B>, plan: &config::TrainPlan) -> Result<Model<B>> {
+pub(crate) fn load_model<B: Backend>(be: Arc<B>, plan: &config::TrainPlan) -> Result<Model<B>> {
     let dir = &plan.model_dir;
     let mut cfg = temper_model::ModelConfig::from_dir(dir)
         .with_context(|| format!("loading model {}", dir.display()))?;

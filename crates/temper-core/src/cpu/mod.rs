@@ -230,6 +230,10 @@ impl Backend for CpuBackend {
         self.accounting.peak()
     }
 
+    fn live_bytes(&self) -> usize {
+        self.accounting.live()
+    }
+
     fn matmul(&self, c: &mut CpuBuf, a: &CpuBuf, b: &CpuBuf, g: Gemm) -> Result<()> {
         check_len("matmul", "a", a.len(), g.m * g.k)?;
         check_len("matmul", "b", b.len(), g.k * g.n)?;

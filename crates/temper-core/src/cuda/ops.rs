@@ -355,6 +355,10 @@ impl Backend for CudaBackend {
         self.accounting.peak()
     }
 
+    fn live_bytes(&self) -> usize {
+        self.accounting.live()
+    }
+
     fn matmul(&self, c: &mut CudaBuf, a: &CudaBuf, b: &CudaBuf, g: Gemm) -> Result<()> {
         let _span = self.span("gemm");
         check_len("matmul", "a", a.len, g.m * g.k)?;

@@ -1,0 +1,127 @@
+//! eval, plan and train agree: `temper eval CONFIG.yaml` scores rows as training reads them,
+//! and `temper plan` prints the prediction `temper train` makes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn temper(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_temper"))
+        .args(args)
+        .output()
+        .expect("temper runs")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf8")
+}
+
+fn config(dir: &Path, extra: &str) -> PathBuf {
+    let tiny = repo().join("examples/tiny");
+    let p = dir.join("train.yaml");
+    std::fs::write(
+        &p,
+        format!(
+            "model: {}\ndata: {}\noutput_dir: {}\nmax_seq_len: 128\nassistant_only_loss: true\n\
+             per_device_train_batch_size: 2\ndevice: cpu\ndataset_cache_dir: none\n{extra}",
+            s(&tiny.join("model")),
+            s(&tiny.join("data/train.jsonl")),
+            s(&dir.join("out"))
+        ),
+    )
+    .expect("write config");
+    p
+}
+
+#[test]
+fn eval_with_the_training_config_scores_what_training_scored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path(), "eval_split: 0.02\n");
+    let o = temper(&["train", s(&cfg), "--max_steps", "4"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let metrics = std::fs::read_to_string(dir.path().join("out/metrics.jsonl")).expect("metrics");
+    let trained_eval = metrics
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["eval_loss"].as_f64())
+        .next_back()
+        .expect("an eval row");
+    // The adapter in output_dir, the eval_split rows, the same masks and max_seq_len.
+    let o = temper(&["eval", s(&cfg), "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("(the config's output_dir)"),
+        "{}",
+        text(&o)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let mean = v["mean_loss"].as_f64().expect("mean");
+    println!("train's eval {trained_eval}, temper eval {mean}");
+    assert!(
+        (mean - trained_eval).abs() <= 1e-4 * trained_eval.abs(),
+        "temper eval {mean} != training's eval {trained_eval}"
+    );
+    // --config, --adapter none and --data: alpaca rows read with the config's dataset_format.
+    let alpaca = dir.path().join("alpaca.jsonl");
+    std::fs::write(
+        &alpaca,
+        "{\"instruction\": \"What is 2 plus 3?\", \"input\": \"\", \"output\": \"2 plus 3 is 5.\"}\n",
+    )
+    .expect("write");
+    let o = temper(&[
+        "eval",
+        "--config",
+        s(&cfg),
+        "--adapter",
+        "none",
+        "--data",
+        s(&alpaca),
+        "--dataset_format",
+        "alpaca",
+    ]);
+    // --dataset_format is a config key, not an eval flag: the config says it.
+    assert!(!o.status.success());
+    let cfg2 = config(dir.path(), "dataset_format: alpaca\n");
+    let o = temper(&[
+        "eval",
+        "--config",
+        s(&cfg2),
+        "--adapter",
+        "none",
+        "--data",
+        s(&alpaca),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("over 1 rows"), "{}", text(&o));
+}
+
+/// The `memory: predicted peak ...` line.
+fn memory_line(out: &str) -> String {
+    out.lines()
+        .find(|l| l.starts_with("memory: predicted peak"))
+        .unwrap_or_else(|| panic!("no memory line in:\n{out}"))
+        .to_string()
+}
+
+#[test]
+fn plan_prints_the_prediction_train_makes_on_the_same_device() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path(), "");
+    let plan = temper(&["plan", s(&cfg)]);
+    assert!(plan.status.success(), "{}", text(&plan));
+    let train = temper(&["train", s(&cfg), "--max_steps", "1"]);
+    assert!(train.status.success(), "{}", text(&train));
+    assert_eq!(memory_line(&text(&plan)), memory_line(&text(&train)));
+    assert!(text(&plan).contains("float32"), "{}", text(&plan));
+}
