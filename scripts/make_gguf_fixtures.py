@@ -21,11 +21,14 @@ Writes under ``tests/fixtures/gguf/``:
       llama.cpp, in scripts/make_llama_cpp_token_fixtures.py: transformers' GGUF tokenizer
       gives every pre-tokenizer it does not list (smollm, default, ...) GPT-2's split, which
       is not what llama.cpp, the authority for GGUF files, does.
-  tiny_llama.gguf, tiny_qwen2.gguf + tiny_models.json
+  tiny_llama.gguf, tiny_qwen2.gguf, tiny_qwen3.gguf + tiny_models.json
       Tiny random models (mixed tensor types, GQA; llama with an output.weight, qwen2 tied
       with q/k/v biases) on the qwen2 small vocabulary, and transformers' per-row loss of
       ``AutoModelForCausalLM.from_pretrained(dir, gguf_file=..., dtype=float32)`` on random
       ids: the conversion (names, Q/K un-permutation, config) checked with no download.
+      tiny_qwen3 (tied, per-head attn_q_norm / attn_k_norm, head_dim 128 written as
+      attention.key_length while hidden / heads is 32: transformers' GGUF loader takes
+      Qwen3Config's default head_dim, 128) has its own seed and is added to the same json.
   smollm2_losses.json
       Per-row mean loss (labels=input_ids) of
       ``AutoModelForCausalLM.from_pretrained(dir, gguf_file=..., torch_dtype=float32)`` on
@@ -320,10 +323,87 @@ def make_tiny_models(rng: np.random.Generator) -> None:
     (OUT / "tiny_models.json").write_text(json.dumps({"dtype": "float32", "models": rows_out}, indent=1) + "\n")
 
 
+def make_tiny_qwen3() -> None:
+    """A tiny random Qwen3 GGUF as llama.cpp names it, scored by transformers; its entry is
+    added to (or replaced in) tiny_models.json."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(2)
+    rng = np.random.default_rng(20261203)
+    r = GGUFReader(OUT / "tok_qwen2.gguf")
+    tokens = r.fields["tokenizer.ggml.tokens"].contents()
+    types = r.fields["tokenizer.ggml.token_type"].contents()
+    merges = r.fields["tokenizer.ggml.merges"].contents()
+    vocab, hidden, inter, layers, heads, kv_heads, head_dim = len(tokens), 64, 96, 2, 2, 1, 128
+    path = OUT / "tiny_qwen3.gguf"
+    w = GGUFWriter(path, arch="qwen3")
+    w.add_context_length(128)
+    w.add_block_count(layers)
+    w.add_embedding_length(hidden)
+    w.add_feed_forward_length(inter)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv_heads)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_rope_freq_base(1000000.0)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("qwen2")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+
+    def lin(name, out_f, in_f, qt, std=0.08):
+        x = (rng.standard_normal((out_f, in_f)) * std).astype(np.float32)
+        if qt == T.F16:
+            w.add_tensor(name, x.astype(np.float16))
+        else:
+            w.add_tensor(name, quants.quantize(x, qt), raw_dtype=qt)
+
+    def norm(name, n):
+        w.add_tensor(name, (1 + 0.1 * rng.standard_normal(n)).astype(np.float32))
+
+    lin("token_embd.weight", vocab, hidden, T.Q8_0, 0.5)
+    for i in range(layers):
+        b = f"blk.{i}"
+        norm(f"{b}.attn_norm.weight", hidden)
+        lin(f"{b}.attn_q.weight", heads * head_dim, hidden, T.Q5_1, 0.3)
+        lin(f"{b}.attn_k.weight", kv_heads * head_dim, hidden, T.Q4_0, 0.3)
+        lin(f"{b}.attn_v.weight", kv_heads * head_dim, hidden, T.Q8_0)
+        norm(f"{b}.attn_q_norm.weight", head_dim)
+        norm(f"{b}.attn_k_norm.weight", head_dim)
+        lin(f"{b}.attn_output.weight", hidden, heads * head_dim, T.F16)
+        norm(f"{b}.ffn_norm.weight", hidden)
+        lin(f"{b}.ffn_gate.weight", inter, hidden, T.Q4_1)
+        lin(f"{b}.ffn_up.weight", inter, hidden, T.Q5_0)
+        lin(f"{b}.ffn_down.weight", hidden, inter, T.Q8_0)
+    norm("output_norm.weight", hidden)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+    model = AutoModelForCausalLM.from_pretrained(str(OUT), gguf_file=path.name, dtype=torch.float32)
+    model.eval()
+    assert model.config.head_dim == head_dim, model.config.head_dim
+    seqs = [rng.integers(0, vocab, size=n).tolist() for n in (5, 17, 40)]
+    with torch.no_grad():
+        losses = [model(input_ids=torch.tensor([s]), labels=torch.tensor([s])).loss.item() for s in seqs]
+    print("qwen3 losses", [round(x, 5) for x in losses])
+    js = OUT / "tiny_models.json"
+    fx = json.loads(js.read_text())
+    fx["models"] = [m for m in fx["models"] if m["file"] != path.name]
+    fx["models"].append({"file": path.name, "arch": "qwen3", "tied": True, "ids": seqs, "loss": losses})
+    js.write_text(json.dumps(fx, indent=1) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smollm2", type=Path, help="SmolLM2-135M-Instruct.Q4_1.gguf (for the tokenizer and loss fixtures)")
-    ap.add_argument("--only", choices=["quants", "tokenizers", "tiny", "smollm2"], help="make one part only")
+    ap.add_argument("--only", choices=["quants", "tokenizers", "tiny", "tiny_qwen3", "smollm2"], help="make one part only")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(20261129)
@@ -335,6 +415,8 @@ def main() -> None:
         make_small_tokenizers(args.smollm2)
     if args.only in (None, "tiny"):
         make_tiny_models(rng)
+    if args.only in (None, "tiny", "tiny_qwen3"):
+        make_tiny_qwen3()
     if args.only in (None, "smollm2"):
         make_smollm2(args.smollm2)
 

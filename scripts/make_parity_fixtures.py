@@ -24,11 +24,15 @@ Writes, for each case, ``tests/fixtures/parity/<case>/``:
 How the numbers are made (so temper can reproduce them):
 
 * Everything is float32, attn_implementation="eager", one CPU thread.
+* Families: Llama (GQA, llama3 rope scaling), Qwen2 (q/k/v bias, tied embeddings),
+  Qwen3 (per-head q/k RMSNorms, an explicit head_dim that is not hidden/heads, tied
+  embeddings), Mistral (sliding_window shorter than the sequences, explicit head_dim).
+  The Qwen3 and Mistral cases use a smaller shape (``SMALL``) to keep their files small.
 * Base weights: every parameter drawn from a seeded torch.Generator in the order of
   ``named_parameters()``: linear weights and embeddings N(0, 0.02^2), except q_proj
   and k_proj weights N(0, 0.15^2) so the attention scores are O(1) and position
   (RoPE) errors show in the logits; biases (qwen2 q/k/v) N(0, 0.1^2); RMSNorm
-  weights 1 + N(0, 0.1^2).
+  weights (qwen3's q_norm / k_norm included) 1 + N(0, 0.1^2).
 * LoRA: r=4, alpha=8, dropout 0; every lora_A ~ N(0, 0.05^2), every lora_B ~
   N(0, 0.02^2) (PEFT would start B at zero; we want non-zero everything).
   Scale = alpha/r (rsLoRA: alpha/sqrt(r)).
@@ -64,7 +68,23 @@ import peft  # noqa: E402
 import safetensors.torch  # noqa: E402
 import transformers  # noqa: E402
 from peft import LoraConfig, get_peft_model  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
+from transformers import (  # noqa: E402
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+ARCHS = {
+    "llama": (LlamaConfig, LlamaForCausalLM),
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+    "qwen3": (Qwen3Config, Qwen3ForCausalLM),
+    "mistral": (MistralConfig, MistralForCausalLM),
+}
 
 ALL_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 SEQ_LENS = [7, 13, 20]
@@ -83,6 +103,16 @@ COMMON = dict(
     pad_token_id=0,
     bos_token_id=1,
     eos_token_id=2,
+)
+
+# The newer families' shape: head_dim 8 with hidden 16 and 4 heads (q is 32 wide, not 16),
+# so an implementation that derives head_dim from hidden / heads fails.
+SMALL = dict(
+    COMMON,
+    vocab_size=67,
+    hidden_size=16,
+    intermediate_size=24,
+    head_dim=8,
 )
 
 # original_max_position_embeddings is 32 (not 16) so that the three llama3 branches
@@ -120,6 +150,25 @@ CASES = {
         targets=["q_proj", "v_proj", "down_proj"],
         use_rslora=True,
     ),
+    "qwen3": dict(
+        seed=4004,
+        arch="qwen3",
+        common=SMALL,
+        config=dict(rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=True,
+                    use_sliding_window=False),
+        targets=ALL_TARGETS,
+        use_rslora=False,
+    ),
+    # sliding_window 4: every sequence (7, 13, 20 tokens) is longer than the window.
+    "mistral_sliding": dict(
+        seed=5007,
+        arch="mistral",
+        common=SMALL,
+        config=dict(rms_norm_eps=1e-5, rope_theta=1000000.0, tie_word_embeddings=False,
+                    sliding_window=4),
+        targets=ALL_TARGETS,
+        use_rslora=False,
+    ),
 }
 
 # Positions (in the unshifted labels) set to -100, per sequence, besides padding.
@@ -127,13 +176,9 @@ MASKED = {0: [], 1: [0, 1, 2], 2: [5, 11]}
 
 
 def build_model(case):
-    cfg_kwargs = dict(COMMON, **case["config"])
-    if case["arch"] == "llama":
-        config = LlamaConfig(**cfg_kwargs)
-        cls = LlamaForCausalLM
-    else:
-        config = Qwen2Config(**cfg_kwargs)
-        cls = Qwen2ForCausalLM
+    cfg_kwargs = dict(case.get("common", COMMON), **case["config"])
+    config_cls, cls = ARCHS[case["arch"]]
+    config = config_cls(**cfg_kwargs)
     config._attn_implementation = "eager"
     torch.manual_seed(case["seed"])
     model = cls(config).to(torch.float32)
@@ -154,11 +199,11 @@ def build_model(case):
     return model
 
 
-def make_inputs(seed):
+def make_inputs(seed, vocab=VOCAB):
     g = torch.Generator().manual_seed(seed + 7)
     ids, labels = [], []
     for i, n in enumerate(SEQ_LENS):
-        x = torch.randint(3, VOCAB, (n,), generator=g, dtype=torch.int64)
+        x = torch.randint(3, vocab, (n,), generator=g, dtype=torch.int64)
         y = x.clone()
         for j in MASKED[i]:
             y[j] = -100
@@ -233,7 +278,7 @@ def make_case(name, case, out_root):
     for k, p in lora_params:
         assert torch.equal(saved[k], p.detach()), k
 
-    ids, labels = make_inputs(case["seed"])
+    ids, labels = make_inputs(case["seed"], model.config.vocab_size)
     expected = {}
     for i, (x, y) in enumerate(zip(ids, labels)):
         expected[f"input_ids.{i}"] = x.clone()

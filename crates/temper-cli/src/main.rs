@@ -147,7 +147,7 @@ enum Command {
     },
     /// Write a random-weight Hugging Face model folder of a named shape (for benchmarks).
     InitModel {
-        /// tiny | llama2-7b | llama3-8b
+        /// tiny | llama2-7b | llama3-8b | qwen3-8b | qwen3-tiny
         #[arg(long)]
         shape: String,
         #[arg(long)]

@@ -61,12 +61,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             for _ in 0..reps + 1 {
                 gpu.synchronize()?;
                 let t = Instant::now();
-                gpu.attention_forward(&mut out, &mut lse, &q, &k, &v, &cu, hq, hkv, d)?;
+                gpu.attention_forward(&mut out, &mut lse, &q, &k, &v, &cu, hq, hkv, d, None)?;
                 gpu.synchronize()?;
                 fwd.push(t.elapsed().as_secs_f64());
                 let t = Instant::now();
                 gpu.attention_backward(
-                    &mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &out, &lse, &cu, hq, hkv, d,
+                    &mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &out, &lse, &cu, hq, hkv, d, None,
                 )?;
                 gpu.synchronize()?;
                 bwd.push(t.elapsed().as_secs_f64());

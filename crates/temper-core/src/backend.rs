@@ -347,6 +347,9 @@ pub trait Backend: Send + Sync + 'static {
     /// q (N, hq, d), k and v (N, hkv, d), cu_seqlens (S+1) token offsets with cu[0]=0, cu[S]=N;
     /// query head j reads kv head j / (hq/hkv). Writes out (N, hq, d) and lse (N, hq), the
     /// log-sum-exp of each query's scaled scores (scale 1/sqrt(d)), kept for backward.
+    /// `window`: a sliding window (Mistral's `sliding_window`): query i sees only keys j with
+    /// j > i - window. None, or a window at least as long as every sequence, is plain causal.
+    /// A backend without a windowed kernel refuses a window shorter than a sequence.
     #[allow(clippy::too_many_arguments)]
     fn attention_forward(
         &self,
@@ -359,8 +362,9 @@ pub trait Backend: Send + Sync + 'static {
         hq: usize,
         hkv: usize,
         d: usize,
+        window: Option<usize>,
     ) -> Result<()>;
-    /// Writes dq (N, hq, d), dk and dv (N, hkv, d).
+    /// Writes dq (N, hq, d), dk and dv (N, hkv, d); `window` as in the forward.
     #[allow(clippy::too_many_arguments)]
     fn attention_backward(
         &self,
@@ -377,6 +381,7 @@ pub trait Backend: Send + Sync + 'static {
         hq: usize,
         hkv: usize,
         d: usize,
+        window: Option<usize>,
     ) -> Result<()>;
     /// Attention of n new queries of one sequence against its KV cache (generation).
     /// q (n, hq, d) at positions past..past+n; k_cache and v_cache (cap, hkv, d) hold the

@@ -73,6 +73,57 @@ pub fn attention(
     Ok((hq / hkv, n))
 }
 
+/// A sliding attention window: positive when given. Returns the window that changes
+/// anything, None when it is at least every sequence's length (plain causal attention then).
+pub fn attention_window(
+    op: &'static str,
+    cu_seqlens: &[u32],
+    window: Option<usize>,
+) -> Result<Option<usize>> {
+    let Some(w) = window else {
+        return Ok(None);
+    };
+    if w == 0 {
+        return Err(invalid(
+            op,
+            "sliding window must be at least 1 token".into(),
+        ));
+    }
+    let longest = cu_seqlens
+        .windows(2)
+        .map(|s| s[1].saturating_sub(s[0]) as usize)
+        .max()
+        .unwrap_or(0);
+    Ok((w < longest).then_some(w))
+}
+
+/// For a backend whose attention has no sliding-window mask: a window that changes nothing
+/// (None, or at least every sequence's length) passes; a shorter one is an error that says
+/// what to change.
+pub fn window_unsupported(
+    op: &'static str,
+    backend: &str,
+    cu_seqlens: &[u32],
+    window: Option<usize>,
+) -> Result<()> {
+    let Some(w) = attention_window(op, cu_seqlens, window)? else {
+        return Ok(());
+    };
+    let longest = cu_seqlens
+        .windows(2)
+        .map(|s| s[1].saturating_sub(s[0]))
+        .max()
+        .unwrap_or(0);
+    Err(invalid(
+        op,
+        format!(
+            "the model's sliding_window is {w} tokens but a sequence has {longest}: the {backend} \
+             attention has no sliding-window mask; keep max_seq_len <= {w} (sliding_window), \
+             or train on the CPU (--device cpu)"
+        ),
+    ))
+}
+
 /// Embedding's inputs: a table of whole rows of width c, out sized for the ids, every id
 /// inside the vocabulary (all checked before anything is written). Returns the vocab size.
 pub fn embedding(

@@ -19,7 +19,7 @@ fn full_attention(q: &[f64], k: &[f64], v: &[f64]) -> Vec<f64> {
     let mut out = vec![0.0; L * HQ * D];
     let mut lse = vec![0.0; L * HQ];
     let cu = [0u32, L as u32];
-    attention::attention_forward(&mut out, &mut lse, q, k, v, &cu, HQ, HKV, D).unwrap();
+    attention::attention_forward(&mut out, &mut lse, q, k, v, &cu, HQ, HKV, D, None).unwrap();
     out
 }
 

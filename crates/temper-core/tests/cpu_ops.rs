@@ -137,6 +137,22 @@ fn naive_attention(
     hkv: usize,
     d: usize,
 ) -> (Vec<f64>, Vec<f64>) {
+    naive_attention_window(q, k, v, cu, hq, hkv, d, None)
+}
+
+/// [`naive_attention`] with a sliding window: key j is allowed for query i iff also
+/// j + window > i.
+#[allow(clippy::too_many_arguments)]
+fn naive_attention_window(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    cu: &[u32],
+    hq: usize,
+    hkv: usize,
+    d: usize,
+    window: Option<usize>,
+) -> (Vec<f64>, Vec<f64>) {
     let n = *cu.last().unwrap() as usize;
     let seq_of: Vec<usize> = (0..n)
         .map(|t| {
@@ -145,7 +161,8 @@ fn naive_attention(
                 .unwrap()
         })
         .collect();
-    let allowed = |i: usize, j: usize| seq_of[i] == seq_of[j] && j <= i;
+    let allowed =
+        |i: usize, j: usize| seq_of[i] == seq_of[j] && j <= i && window.is_none_or(|w| j + w > i);
     let scale = 1.0 / (d as f64).sqrt();
     let (mut out, mut lse) = (vec![0.0; n * hq * d], vec![0.0; n * hq]);
     for h in 0..hq {
@@ -183,10 +200,80 @@ fn run_attention<T: temper_core::Float>(
     hkv: usize,
     d: usize,
 ) -> (Vec<T>, Vec<T>) {
+    run_attention_window(q, k, v, cu, hq, hkv, d, None)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_attention_window<T: temper_core::Float>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    cu: &[u32],
+    hq: usize,
+    hkv: usize,
+    d: usize,
+    window: Option<usize>,
+) -> (Vec<T>, Vec<T>) {
     let n = q.len() / (hq * d);
     let (mut out, mut lse) = (vec![T::nan(); n * hq * d], vec![T::nan(); n * hq]);
-    attention::attention_forward(&mut out, &mut lse, q, k, v, cu, hq, hkv, d).unwrap();
+    attention::attention_forward(&mut out, &mut lse, q, k, v, cu, hq, hkv, d, window).unwrap();
     (out, lse)
+}
+
+#[test]
+fn sliding_window_attention_matches_dense_masked_reference() {
+    let mut rng = rng(31);
+    let (hq, hkv, d) = (4, 2, 8);
+    // Windows shorter than a tile, crossing tile boundaries (64), and as long as the longest
+    // sequence (plain causal then).
+    let lens = [7, 1, 0, 13, 150];
+    let cu = cu_seqlens(&lens);
+    let n = *cu.last().unwrap() as usize;
+    let q = uniform(&mut rng, n * hq * d, 2.0);
+    let k = uniform(&mut rng, n * hkv * d, 2.0);
+    let v = uniform(&mut rng, n * hkv * d, 1.0);
+    let (full, full_lse) = run_attention(&q, &k, &v, &cu, hq, hkv, d);
+    for w in [1, 4, 63, 70, 150] {
+        let (ref_out, ref_lse) = naive_attention_window(&q, &k, &v, &cu, hq, hkv, d, Some(w));
+        let (out, lse) = run_attention_window(&q, &k, &v, &cu, hq, hkv, d, Some(w));
+        assert_close(&format!("window {w} out"), &out, &ref_out, 1e-12, 1.0);
+        assert_close(&format!("window {w} lse"), &lse, &ref_lse, 1e-12, 1.0);
+        if w >= 150 {
+            assert_eq!((out, lse), (full.clone(), full_lse.clone()), "window {w}");
+        }
+    }
+    // Window 1: each query sees only itself, so out = v of its kv head.
+    let (out, _) = run_attention_window(&q, &k, &v, &cu, hq, hkv, d, Some(1));
+    for t in 0..n {
+        for h in 0..hq {
+            let g = h / (hq / hkv);
+            let (o, vv) = (&out[(t * hq + h) * d..][..d], &v[(t * hkv + g) * d..][..d]);
+            assert_close("window 1 out = v", o, vv, 1e-12, 1.0);
+        }
+    }
+    // A window of 0 is refused.
+    let (mut o, mut l) = (vec![0.0; n * hq * d], vec![0.0; n * hq]);
+    let err = attention::attention_forward(&mut o, &mut l, &q, &k, &v, &cu, hq, hkv, d, Some(0))
+        .unwrap_err();
+    assert!(err.to_string().contains("sliding window"), "{err}");
+}
+
+#[test]
+fn backends_without_a_window_mask_refuse_only_windows_that_matter() {
+    use temper_core::checks::window_unsupported;
+    let cu = [0u32, 5, 12];
+    assert!(window_unsupported("attention_forward", "CUDA", &cu, None).is_ok());
+    assert!(window_unsupported("attention_forward", "CUDA", &cu, Some(7)).is_ok());
+    assert!(window_unsupported("attention_forward", "CUDA", &cu, Some(4096)).is_ok());
+    let err = window_unsupported("attention_forward", "CUDA", &cu, Some(6))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("sliding_window is 6")
+            && err.contains("max_seq_len <= 6")
+            && err.contains("has 7"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -251,7 +338,7 @@ fn attention_matches_dense_masked_reference() {
     let backward = || {
         let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
         attention::attention_backward(
-            &mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &out, &lse, &cu, hq, hkv, d,
+            &mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &out, &lse, &cu, hq, hkv, d, None,
         )
         .unwrap();
         (dq, dk, dv)
@@ -286,7 +373,18 @@ fn attention_rejects_bad_input() {
     let kv = vec![0.0f32; n * hkv * d];
     let fwd = |cu: &[u32], hq: usize, hkv: usize, k: &[f32]| {
         let (mut out, mut lse) = (vec![0.0f32; n * hq * d], vec![0.0f32; n * hq]);
-        attention::attention_forward(&mut out, &mut lse, &q[..n * hq * d], k, k, cu, hq, hkv, d)
+        attention::attention_forward(
+            &mut out,
+            &mut lse,
+            &q[..n * hq * d],
+            k,
+            k,
+            cu,
+            hq,
+            hkv,
+            d,
+            None,
+        )
     };
     assert!(fwd(&[0, 2, 5], hq, hkv, &kv).is_ok());
     for bad in [&[][..], &[1, 5], &[0, 3, 2, 5], &[0, 4], &[0, 2, 6]] {
@@ -317,6 +415,7 @@ fn attention_rejects_bad_input() {
             hq,
             hkv,
             d,
+            None,
         )
         .unwrap_err();
     assert!(err.to_string().contains("cu_seqlens"), "{err}");

@@ -358,10 +358,10 @@ fn attention_forward_and_backward_in(dt: DType) {
     let (mut oc, mut og) = p.up(&vec![0.0; n * hq * d]);
     let (mut lc, mut lg) = p.up32(&vec![0.0; n * hq]);
     p.cpu
-        .attention_forward(&mut oc, &mut lc, &qc, &kc, &vc, &cu, hq, hkv, d)
+        .attention_forward(&mut oc, &mut lc, &qc, &kc, &vc, &cu, hq, hkv, d, None)
         .expect("cpu");
     p.gpu
-        .attention_forward(&mut og, &mut lg, &qg, &kg, &vg, &cu, hq, hkv, d)
+        .attention_forward(&mut og, &mut lg, &qg, &kg, &vg, &cu, hq, hkv, d, None)
         .expect("gpu");
     p.twins(
         "attention out",
@@ -382,12 +382,12 @@ fn attention_forward_and_backward_in(dt: DType) {
     let (mut dvc, mut dvg) = p.up(&vec![0.0; n * hkv * d]);
     p.cpu
         .attention_backward(
-            &mut dqc, &mut dkc, &mut dvc, &doc, &qc, &kc, &vc, &oc, &lc, &cu, hq, hkv, d,
+            &mut dqc, &mut dkc, &mut dvc, &doc, &qc, &kc, &vc, &oc, &lc, &cu, hq, hkv, d, None,
         )
         .expect("cpu");
     p.gpu
         .attention_backward(
-            &mut dqg, &mut dkg, &mut dvg, &dog, &qg, &kg, &vg, &og, &lg, &cu, hq, hkv, d,
+            &mut dqg, &mut dkg, &mut dvg, &dog, &qg, &kg, &vg, &og, &lg, &cu, hq, hkv, d, None,
         )
         .expect("gpu");
     p.twins(
@@ -881,10 +881,10 @@ fn flash_attention_case(dt: DType, d: usize, cu: &[u32], hq: usize, hkv: usize) 
         .expect("gpu");
     let (mut lc, mut lg) = p.up32(&vec![f32::NAN; n * hq]);
     p.cpu
-        .attention_forward(&mut oc, &mut lc, &qc, &kc, &vc, cu, hq, hkv, d)
+        .attention_forward(&mut oc, &mut lc, &qc, &kc, &vc, cu, hq, hkv, d, None)
         .expect("cpu");
     p.gpu
-        .attention_forward(&mut og, &mut lg, &qg, &kg, &vg, cu, hq, hkv, d)
+        .attention_forward(&mut og, &mut lg, &qg, &kg, &vg, cu, hq, hkv, d, None)
         .expect("gpu");
     p.twins(
         &what("out"),
@@ -907,12 +907,12 @@ fn flash_attention_case(dt: DType, d: usize, cu: &[u32], hq: usize, hkv: usize) 
     let (mut dqg, mut dkg, mut dvg) = (nan(n * hq * d), nan(n * hkv * d), nan(n * hkv * d));
     p.cpu
         .attention_backward(
-            &mut dqc, &mut dkc, &mut dvc, &doc, &qc, &kc, &vc, &oc, &lc, cu, hq, hkv, d,
+            &mut dqc, &mut dkc, &mut dvc, &doc, &qc, &kc, &vc, &oc, &lc, cu, hq, hkv, d, None,
         )
         .expect("cpu");
     p.gpu
         .attention_backward(
-            &mut dqg, &mut dkg, &mut dvg, &dog, &qg, &kg, &vg, &og, &lg, cu, hq, hkv, d,
+            &mut dqg, &mut dkg, &mut dvg, &dog, &qg, &kg, &vg, &og, &lg, cu, hq, hkv, d, None,
         )
         .expect("gpu");
     let (dq1, dk1, dv1) = (
@@ -926,7 +926,7 @@ fn flash_attention_case(dt: DType, d: usize, cu: &[u32], hq: usize, hkv: usize) 
     // No atomics: a second backward gives the same bits.
     p.gpu
         .attention_backward(
-            &mut dqg, &mut dkg, &mut dvg, &dog, &qg, &kg, &vg, &og, &lg, cu, hq, hkv, d,
+            &mut dqg, &mut dkg, &mut dvg, &dog, &qg, &kg, &vg, &og, &lg, cu, hq, hkv, d, None,
         )
         .expect("gpu");
     assert!(

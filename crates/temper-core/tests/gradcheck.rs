@@ -170,7 +170,7 @@ fn attention_backward_matches_finite_differences() {
     let r = uniform(&mut rng, n * hq * d, 1.0);
     let forward = |q: &[f64], k: &[f64], v: &[f64]| {
         let (mut out, mut lse) = (vec![f64::NAN; n * hq * d], vec![f64::NAN; n * hq]);
-        attention::attention_forward(&mut out, &mut lse, q, k, v, &cu, hq, hkv, d).unwrap();
+        attention::attention_forward(&mut out, &mut lse, q, k, v, &cu, hq, hkv, d, None).unwrap();
         (out, lse)
     };
     let (out, lse) = forward(&q, &k, &v);
@@ -178,7 +178,7 @@ fn attention_backward_matches_finite_differences() {
     let mut dk = vec![f64::NAN; k.len()];
     let mut dv = vec![f64::NAN; v.len()];
     attention::attention_backward(
-        &mut dq, &mut dk, &mut dv, &r, &q, &k, &v, &out, &lse, &cu, hq, hkv, d,
+        &mut dq, &mut dk, &mut dv, &r, &q, &k, &v, &out, &lse, &cu, hq, hkv, d, None,
     )
     .unwrap();
     grad_check("attention dq", &q, &dq, &r, |q| forward(q, &k, &v).0);
@@ -198,13 +198,13 @@ fn attention_backward_without_gqa_and_odd_head_dim() {
     let r = uniform(&mut rng, n * hq * d, 1.0);
     let forward = |q: &[f64], k: &[f64], v: &[f64]| {
         let (mut out, mut lse) = (vec![0.0; n * hq * d], vec![0.0; n * hq]);
-        attention::attention_forward(&mut out, &mut lse, q, k, v, &cu, hq, hkv, d).unwrap();
+        attention::attention_forward(&mut out, &mut lse, q, k, v, &cu, hq, hkv, d, None).unwrap();
         (out, lse)
     };
     let (out, lse) = forward(&q, &k, &v);
     let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
     attention::attention_backward(
-        &mut dq, &mut dk, &mut dv, &r, &q, &k, &v, &out, &lse, &cu, hq, hkv, d,
+        &mut dq, &mut dk, &mut dv, &r, &q, &k, &v, &out, &lse, &cu, hq, hkv, d, None,
     )
     .unwrap();
     grad_check("attention(mha) dq", &q, &dq, &r, |q| forward(q, &k, &v).0);
@@ -225,18 +225,54 @@ fn attention_backward_long_sequence() {
     let r = uniform(&mut rng, n * hq * d, 1.0);
     let forward = |q: &[f64], k: &[f64], v: &[f64]| {
         let (mut out, mut lse) = (vec![0.0; n * hq * d], vec![0.0; n * hq]);
-        attention::attention_forward(&mut out, &mut lse, q, k, v, &cu, hq, hkv, d).unwrap();
+        attention::attention_forward(&mut out, &mut lse, q, k, v, &cu, hq, hkv, d, None).unwrap();
         (out, lse)
     };
     let (out, lse) = forward(&q, &k, &v);
     let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
     attention::attention_backward(
-        &mut dq, &mut dk, &mut dv, &r, &q, &k, &v, &out, &lse, &cu, hq, hkv, d,
+        &mut dq, &mut dk, &mut dv, &r, &q, &k, &v, &out, &lse, &cu, hq, hkv, d, None,
     )
     .unwrap();
     grad_check("attention(long) dq", &q, &dq, &r, |q| forward(q, &k, &v).0);
     grad_check("attention(long) dk", &k, &dk, &r, |k| forward(&q, k, &v).0);
     grad_check("attention(long) dv", &v, &dv, &r, |v| forward(&q, &k, v).0);
+}
+
+#[test]
+fn sliding_window_attention_backward_matches_finite_differences() {
+    // Window 3 inside short sequences; window 66 on 70- and 130-token sequences, so that
+    // query and key tiles of 64 are cut by the window on both sides.
+    let mut rng = rng(10);
+    for (lens, window, hq, hkv, d) in [
+        (vec![9usize, 1, 20], 3usize, 4usize, 2usize, 6usize),
+        (vec![70, 130], 66, 2, 1, 3),
+    ] {
+        let cu = cu_seqlens(&lens);
+        let n = *cu.last().unwrap() as usize;
+        let q = uniform(&mut rng, n * hq * d, 1.5);
+        let k = uniform(&mut rng, n * hkv * d, 1.5);
+        let v = uniform(&mut rng, n * hkv * d, 1.0);
+        let r = uniform(&mut rng, n * hq * d, 1.0);
+        let w = Some(window);
+        let forward = |q: &[f64], k: &[f64], v: &[f64]| {
+            let (mut out, mut lse) = (vec![f64::NAN; n * hq * d], vec![f64::NAN; n * hq]);
+            attention::attention_forward(&mut out, &mut lse, q, k, v, &cu, hq, hkv, d, w).unwrap();
+            (out, lse)
+        };
+        let (out, lse) = forward(&q, &k, &v);
+        let mut dq = vec![f64::NAN; q.len()];
+        let mut dk = vec![f64::NAN; k.len()];
+        let mut dv = vec![f64::NAN; v.len()];
+        attention::attention_backward(
+            &mut dq, &mut dk, &mut dv, &r, &q, &k, &v, &out, &lse, &cu, hq, hkv, d, w,
+        )
+        .unwrap();
+        let name = format!("attention(window {window})");
+        grad_check(&format!("{name} dq"), &q, &dq, &r, |q| forward(q, &k, &v).0);
+        grad_check(&format!("{name} dk"), &k, &dk, &r, |k| forward(&q, k, &v).0);
+        grad_check(&format!("{name} dv"), &v, &dv, &r, |v| forward(&q, &k, v).0);
+    }
 }
 
 #[test]

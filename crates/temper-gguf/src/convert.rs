@@ -61,7 +61,8 @@ impl OutDtype {
 /// The version of what `import` writes, raised whenever the folder it writes for the same
 /// file changes, so that a cache of imports keyed on the file can tell one made by an older
 /// temper. 2: the tokenizer splits text as llama.cpp does for the file's `tokenizer.ggml.pre`.
-pub const IMPORT_VERSION: u32 = 2;
+/// 3: llama3 RoPE scaling from `rope_freqs`; qwen3 files.
+pub const IMPORT_VERSION: u32 = 3;
 
 /// What an import wrote.
 #[derive(Debug)]
@@ -94,6 +95,8 @@ pub fn hf_name(gguf: &str) -> Option<String> {
         "attn_k" => "self_attn.k_proj",
         "attn_v" => "self_attn.v_proj",
         "attn_output" => "self_attn.o_proj",
+        "attn_q_norm" => "self_attn.q_norm",
+        "attn_k_norm" => "self_attn.k_norm",
         "ffn_gate" => "mlp.gate_proj",
         "ffn_up" => "mlp.up_proj",
         "ffn_down" => "mlp.down_proj",

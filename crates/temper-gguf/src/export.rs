@@ -230,10 +230,13 @@ fn hparams(dir: &Path) -> Result<Hparams> {
         // llama.cpp runs Mistral checkpoints as llama.
         "llama" | "mistral" => "llama",
         "qwen2" => "qwen2",
+        "qwen3" => "qwen3",
         other => {
             return Err(unsupported(
                 &path,
-                format!("model_type `{other}`: temper exports llama, mistral and qwen2 models"),
+                format!(
+                    "model_type `{other}`: temper exports llama, mistral, qwen2 and qwen3 models"
+                ),
             ))
         }
     };
@@ -256,7 +259,11 @@ fn hparams(dir: &Path) -> Result<Hparams> {
         layers: u("num_hidden_layers")?,
         heads,
         kv_heads: c["num_key_value_heads"].as_u64().unwrap_or(heads),
-        head_dim: c["head_dim"].as_u64().unwrap_or(hidden / heads.max(1)),
+        head_dim: c["head_dim"].as_u64().unwrap_or(if model_type == "qwen3" {
+            128 // Qwen3Config's default
+        } else {
+            hidden / heads.max(1)
+        }),
         eps: c["rms_norm_eps"]
             .as_f64()
             .ok_or_else(|| missing("rms_norm_eps"))?,
@@ -282,6 +289,8 @@ fn gguf_module(hf: &str) -> Option<&'static str> {
         "self_attn.k_proj" => "attn_k",
         "self_attn.v_proj" => "attn_v",
         "self_attn.o_proj" => "attn_output",
+        "self_attn.q_norm" => "attn_q_norm",
+        "self_attn.k_norm" => "attn_k_norm",
         "mlp.gate_proj" => "ffn_gate",
         "mlp.up_proj" => "ffn_up",
         "mlp.down_proj" => "ffn_down",
@@ -377,6 +386,11 @@ fn arch_metadata(h: &Hparams, meta: &mut Vec<(String, Value)>) {
     put("rope.freq_base", Value::F32(h.theta as f32));
     put("attention.layer_norm_rms_epsilon", Value::F32(h.eps as f32));
     put("rope.dimension_count", Value::U32(h.head_dim as u32));
+    if h.head_dim * h.heads != h.hidden {
+        // As convert_hf_to_gguf.py writes an explicit head_dim (Qwen3, Mistral-Nemo).
+        put("attention.key_length", Value::U32(h.head_dim as u32));
+        put("attention.value_length", Value::U32(h.head_dim as u32));
+    }
     put("vocab_size", Value::U32(h.vocab as u32));
     let ty = h.rope["rope_type"].as_str().or(h.rope["type"].as_str());
     if let (Some(t @ ("linear" | "yarn")), Some(f)) = (ty, h.rope["factor"].as_f64()) {
@@ -423,6 +437,8 @@ pub fn export(dir: &Path, out: &Path, ty: ExportType, name: Option<&str>) -> Res
             "self_attn.k_proj",
             "self_attn.v_proj",
             "self_attn.o_proj",
+            "self_attn.q_norm",
+            "self_attn.k_norm",
             "mlp.gate_proj",
             "mlp.up_proj",
             "mlp.down_proj",
@@ -431,7 +447,8 @@ pub fn export(dir: &Path, out: &Path, ty: ExportType, name: Option<&str>) -> Res
             let g = gguf_module(hf).unwrap_or_default();
             for param in ["weight", "bias"] {
                 let name = format!("model.layers.{l}.{hf}.{param}");
-                if param == "bias" && !st.contains(&name) {
+                let optional = param == "bias" || hf.ends_with("_norm");
+                if optional && !st.contains(&name) {
                     continue;
                 }
                 let permute = match (h.arch, hf) {

@@ -1,5 +1,6 @@
-//! Conversion end to end with no download: tiny random llama and qwen2 GGUFs (mixed tensor
-//! types, GQA; llama with its own output.weight, qwen2 tied with q/k/v biases) imported,
+//! Conversion end to end with no download: tiny random llama, qwen2 and qwen3 GGUFs (mixed
+//! tensor types, GQA; llama with its own output.weight, qwen2 tied with q/k/v biases, qwen3
+//! tied with per-head q/k norms and a head_dim of 128 beside hidden 64) imported,
 //! loaded by temper-model, and scored against transformers' loss of the same GGUFs
 //! (`tests/fixtures/gguf/tiny_models.json`, made by `scripts/make_gguf_fixtures.py`).
 
@@ -45,7 +46,7 @@ fn row_loss(model: &Model<CpuBackend>, ids: &[u32]) -> f64 {
 }
 
 #[test]
-fn tiny_llama_and_qwen2_match_transformers() {
+fn tiny_llama_qwen2_and_qwen3_match_transformers() {
     let fx: Value = serde_json::from_str(
         &std::fs::read_to_string(fixtures().join("tiny_models.json")).unwrap(),
     )

@@ -14,6 +14,8 @@ pub enum Arch {
     Llama,
     Mistral,
     Qwen2,
+    /// Qwen3 (dense): Qwen2 without q/k/v bias, with an RMSNorm over each query and key head.
+    Qwen3,
 }
 
 /// config.json as Hugging Face writes it (the fields temper reads).
@@ -38,6 +40,12 @@ struct ConfigFile {
     attention_bias: Option<bool>,
     hidden_act: Option<String>,
     sliding_window: Option<serde_json::Value>,
+    /// Qwen2 / Qwen3: the window applies only when this is true ...
+    use_sliding_window: Option<bool>,
+    /// ... and only to layers from this index on (when `layer_types` is absent) ...
+    max_window_layers: Option<usize>,
+    /// ... or to the layers marked `sliding_attention` here.
+    layer_types: Option<Vec<String>>,
     bos_token_id: Option<serde_json::Value>,
     eos_token_id: Option<serde_json::Value>,
 }
@@ -61,6 +69,11 @@ pub struct ModelConfig {
     pub tie_embeddings: bool,
     /// q/k/v projections carry a bias (Qwen2).
     pub qkv_bias: bool,
+    /// An RMSNorm (weight of head_dim) over each query and key head before RoPE (Qwen3).
+    pub qk_norm: bool,
+    /// Per layer: the sliding attention window (a query sees itself and the `w - 1` keys
+    /// before it), None for full causal attention.
+    pub layer_windows: Vec<Option<usize>>,
     pub eos_token_ids: Vec<u32>,
     pub bos_token_id: Option<u32>,
 }
@@ -96,9 +109,10 @@ impl ModelConfig {
             "llama" => Arch::Llama,
             "mistral" => Arch::Mistral,
             "qwen2" => Arch::Qwen2,
+            "qwen3" => Arch::Qwen3,
             other => {
                 return Err(bad(format!(
-                    "model_type `{other}` is not supported; temper runs llama, mistral and qwen2"
+                    "model_type `{other}` is not supported; temper runs llama, mistral, qwen2 and qwen3"
                 )))
             }
         };
@@ -109,18 +123,6 @@ impl ModelConfig {
                 )));
             }
         }
-        if arch == Arch::Mistral {
-            if let Some(w) = f.sliding_window.as_ref().and_then(|v| v.as_u64()) {
-                let max = f.max_position_embeddings.unwrap_or(0) as u64;
-                if w < max {
-                    // Training sequences longer than the window would need a windowed mask.
-                    eprintln!(
-                        "note: {}: sliding_window {w} is not applied; keep max_seq_len <= {w}",
-                        path.display()
-                    );
-                }
-            }
-        }
         check_sizes(&f).map_err(bad)?;
         let heads = f.num_attention_heads;
         let kv_heads = f.num_key_value_heads.unwrap_or(heads);
@@ -129,12 +131,18 @@ impl ModelConfig {
                 "num_attention_heads {heads} must be a positive multiple of num_key_value_heads {kv_heads}"
             )));
         }
-        let head_dim = f.head_dim.unwrap_or(f.hidden_size / heads);
+        // Qwen3Config's head_dim defaults to 128; the others derive it from hidden / heads.
+        let head_dim = f.head_dim.unwrap_or(if arch == Arch::Qwen3 {
+            128
+        } else {
+            f.hidden_size / heads
+        });
         if head_dim == 0 || !head_dim.is_multiple_of(2) {
             return Err(bad(format!(
                 "head_dim {head_dim} must be even and positive for RoPE"
             )));
         }
+        let layer_windows = layer_windows(&f, arch).map_err(bad)?;
         // Sizes are each bounded, but the projections' widths are products of two of them.
         if heads * head_dim > MAX_PROJECTION {
             return Err(bad(format!(
@@ -200,6 +208,8 @@ impl ModelConfig {
             max_positions: f.max_position_embeddings.unwrap_or(2048),
             tie_embeddings: f.tie_word_embeddings.unwrap_or(false),
             qkv_bias: f.attention_bias.unwrap_or(default_qkv_bias),
+            qk_norm: arch == Arch::Qwen3,
+            layer_windows,
             eos_token_ids: ids(&f.eos_token_id),
             bos_token_id: ids(&f.bos_token_id).first().copied(),
         })
@@ -246,6 +256,11 @@ impl ModelConfig {
         self.max_positions = self.max_positions.max((original * factor).ceil() as usize);
         self.rope_scaling = Some(scaling);
         Ok(())
+    }
+
+    /// Layer `l`'s sliding attention window, None when it attends to every earlier token.
+    pub fn window(&self, l: usize) -> Option<usize> {
+        self.layer_windows.get(l).copied().flatten()
     }
 
     /// Width of the query projection output.
@@ -309,6 +324,49 @@ fn check_sizes(f: &ConfigFile) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// Each layer's sliding window as transformers applies it: Mistral windows every layer when
+/// `sliding_window` is set; Qwen2 and Qwen3 only with `use_sliding_window`, and then the layers
+/// that `layer_types` marks `sliding_attention` (or, without it, those from
+/// `max_window_layers` on). Llama has none.
+fn layer_windows(f: &ConfigFile, arch: Arch) -> std::result::Result<Vec<Option<usize>>, String> {
+    let n = f.num_hidden_layers;
+    let window = match f.sliding_window.as_ref() {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => match v.as_u64() {
+            Some(w) if w > 0 => Some(w as usize),
+            _ => {
+                return Err(format!(
+                    "sliding_window must be a positive integer or null, got {v}"
+                ))
+            }
+        },
+    };
+    let windowed: Vec<bool> = match arch {
+        Arch::Llama => vec![false; n],
+        Arch::Mistral => vec![window.is_some(); n],
+        Arch::Qwen2 | Arch::Qwen3 => {
+            if !f.use_sliding_window.unwrap_or(false) || window.is_none() {
+                vec![false; n]
+            } else if let Some(types) = &f.layer_types {
+                if types.len() != n {
+                    return Err(format!(
+                        "layer_types has {} entries for {n} layers (num_hidden_layers)",
+                        types.len()
+                    ));
+                }
+                types.iter().map(|t| t == "sliding_attention").collect()
+            } else {
+                let from = f.max_window_layers.unwrap_or(28);
+                (0..n).map(|l| l >= from).collect()
+            }
+        }
+    };
+    Ok(windowed
+        .into_iter()
+        .map(|w| if w { window } else { None })
+        .collect())
+}
+
 /// `rope_scaling` (or transformers 5's `rope_parameters`) of config.json; `original` is the
 /// config's max_position_embeddings, the default original context of dynamic and YaRN.
 fn parse_rope_scaling(
@@ -366,5 +424,82 @@ fn parse_rope_scaling(
         other => Err(format!(
             "rope_scaling type `{other}` is not supported; temper runs default, linear, dynamic, yarn and llama3"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(json: serde_json::Value) -> std::result::Result<ModelConfig, String> {
+        ModelConfig::from_json(&json.to_string(), Path::new("config.json"))
+            .map_err(|e| e.to_string())
+    }
+
+    fn base(model_type: &str) -> serde_json::Value {
+        serde_json::json!({
+            "model_type": model_type,
+            "hidden_size": 5120,
+            "intermediate_size": 14336,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 8,
+            "vocab_size": 131072,
+            "max_position_embeddings": 131072,
+        })
+    }
+
+    #[test]
+    fn mistral_nemo_keeps_its_head_dim_and_windows_every_layer() {
+        let mut j = base("mistral");
+        j["head_dim"] = 128.into();
+        j["sliding_window"] = 4096.into();
+        let c = resolve(j.clone()).unwrap();
+        assert_eq!((c.head_dim, c.q_dim(), c.kv_dim()), (128, 4096, 1024));
+        assert_eq!(c.layer_windows, vec![Some(4096); 4]);
+        j["sliding_window"] = serde_json::Value::Null;
+        assert_eq!(resolve(j.clone()).unwrap().window(0), None);
+        j["sliding_window"] = 0.into();
+        assert!(resolve(j).unwrap_err().contains("sliding_window"));
+    }
+
+    #[test]
+    fn qwen3_has_qk_norms_no_bias_and_head_dim_128_by_default() {
+        let c = resolve(base("qwen3")).unwrap();
+        assert!(c.qk_norm && !c.qkv_bias);
+        assert_eq!(c.head_dim, 128);
+        assert_eq!(c.layer_windows, vec![None; 4]);
+        let c = resolve(base("qwen2")).unwrap();
+        assert!(!c.qk_norm && c.qkv_bias);
+        assert_eq!(c.head_dim, 160);
+    }
+
+    #[test]
+    fn qwen_windows_follow_use_sliding_window_and_layer_types() {
+        let mut j = base("qwen3");
+        j["sliding_window"] = 64.into();
+        assert_eq!(
+            resolve(j.clone()).unwrap().window(3),
+            None,
+            "off by default"
+        );
+        j["use_sliding_window"] = true.into();
+        j["max_window_layers"] = 2.into();
+        assert_eq!(
+            resolve(j.clone()).unwrap().layer_windows,
+            vec![None, None, Some(64), Some(64)]
+        );
+        j["layer_types"] = serde_json::json!([
+            "sliding_attention",
+            "full_attention",
+            "sliding_attention",
+            "full_attention"
+        ]);
+        assert_eq!(
+            resolve(j.clone()).unwrap().layer_windows,
+            vec![Some(64), None, Some(64), None]
+        );
+        j["layer_types"] = serde_json::json!(["full_attention"]);
+        assert!(resolve(j).unwrap_err().contains("layer_types"));
     }
 }

@@ -15,54 +15,105 @@ use safetensors::tensor::{Dtype, TensorView};
 use crate::adapter::write_atomic;
 use crate::error::{io_err, ModelError, Result};
 
+/// Which transformers class a shape is written for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Llama,
+    /// Qwen3ForCausalLM: per-head q/k norms, no q/k/v bias.
+    Qwen3,
+}
+
 /// The geometry of a Llama-family model.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Shape {
     pub name: &'static str,
+    pub family: Family,
     pub hidden: usize,
     pub intermediate: usize,
     pub layers: usize,
     pub heads: usize,
     pub kv_heads: usize,
+    /// Per head; Qwen3's is not hidden / heads.
+    pub head_dim: usize,
     pub vocab: usize,
     pub max_positions: usize,
     pub rope_theta: f64,
+    pub tie_embeddings: bool,
 }
 
 /// The shapes `temper init-model --shape` knows.
 pub const SHAPES: &[Shape] = &[
     Shape {
         name: "tiny",
+        family: Family::Llama,
         hidden: 256,
         intermediate: 688,
         layers: 4,
         heads: 8,
         kv_heads: 4,
+        head_dim: 32,
         vocab: 2048,
         max_positions: 2048,
         rope_theta: 10000.0,
+        tie_embeddings: false,
     },
     Shape {
         name: "llama2-7b",
+        family: Family::Llama,
         hidden: 4096,
         intermediate: 11008,
         layers: 32,
         heads: 32,
         kv_heads: 32,
+        head_dim: 128,
         vocab: 32000,
         max_positions: 4096,
         rope_theta: 10000.0,
+        tie_embeddings: false,
     },
     Shape {
         name: "llama3-8b",
+        family: Family::Llama,
         hidden: 4096,
         intermediate: 14336,
         layers: 32,
         heads: 32,
         kv_heads: 8,
+        head_dim: 128,
         vocab: 128256,
         max_positions: 8192,
         rope_theta: 500000.0,
+        tie_embeddings: false,
+    },
+    // Qwen3-8B's config.json.
+    Shape {
+        name: "qwen3-8b",
+        family: Family::Qwen3,
+        hidden: 4096,
+        intermediate: 12288,
+        layers: 36,
+        heads: 32,
+        kv_heads: 8,
+        head_dim: 128,
+        vocab: 151936,
+        max_positions: 40960,
+        rope_theta: 1000000.0,
+        tie_embeddings: false,
+    },
+    // A small Qwen3 for tests: head_dim 64 beside hidden / heads = 32, tied like Qwen3-0.6B.
+    Shape {
+        name: "qwen3-tiny",
+        family: Family::Qwen3,
+        hidden: 256,
+        intermediate: 688,
+        layers: 4,
+        heads: 8,
+        kv_heads: 4,
+        head_dim: 64,
+        vocab: 2048,
+        max_positions: 2048,
+        rope_theta: 1000000.0,
+        tie_embeddings: true,
     },
 ];
 
@@ -71,25 +122,29 @@ pub fn shape(name: &str) -> Option<&'static Shape> {
 }
 
 impl Shape {
-    /// config.json as transformers writes it for LlamaForCausalLM.
+    /// config.json as transformers writes it for LlamaForCausalLM or Qwen3ForCausalLM.
     pub fn config_json(&self) -> serde_json::Value {
+        let (class, model_type, eps) = match self.family {
+            Family::Llama => ("LlamaForCausalLM", "llama", 1e-5),
+            Family::Qwen3 => ("Qwen3ForCausalLM", "qwen3", 1e-6),
+        };
         serde_json::json!({
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
+            "architectures": [class],
+            "model_type": model_type,
             "hidden_size": self.hidden,
             "intermediate_size": self.intermediate,
             "num_hidden_layers": self.layers,
             "num_attention_heads": self.heads,
             "num_key_value_heads": self.kv_heads,
-            "head_dim": self.hidden / self.heads,
+            "head_dim": self.head_dim,
             "vocab_size": self.vocab,
             "max_position_embeddings": self.max_positions,
-            "rms_norm_eps": 1e-5,
+            "rms_norm_eps": eps,
             "rope_theta": self.rope_theta,
             "hidden_act": "silu",
             "attention_bias": false,
             "mlp_bias": false,
-            "tie_word_embeddings": false,
+            "tie_word_embeddings": self.tie_embeddings,
             "bos_token_id": 1,
             "eos_token_id": 2,
             "pad_token_id": 0,
@@ -101,7 +156,7 @@ impl Shape {
     /// Every tensor: (name, shape, is_norm), in transformers' order.
     pub fn tensors(&self) -> Vec<(String, Vec<usize>, bool)> {
         let (c, f, v) = (self.hidden, self.intermediate, self.vocab);
-        let d = self.hidden / self.heads;
+        let d = self.head_dim;
         let (q, kv) = (self.heads * d, self.kv_heads * d);
         let mut t = vec![("model.embed_tokens.weight".to_string(), vec![v, c], false)];
         for l in 0..self.layers {
@@ -111,6 +166,10 @@ impl Shape {
             t.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, c], false));
             t.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, c], false));
             t.push((format!("{p}.self_attn.o_proj.weight"), vec![c, q], false));
+            if self.family == Family::Qwen3 {
+                t.push((format!("{p}.self_attn.q_norm.weight"), vec![d], true));
+                t.push((format!("{p}.self_attn.k_norm.weight"), vec![d], true));
+            }
             t.push((
                 format!("{p}.post_attention_layernorm.weight"),
                 vec![c],
@@ -121,7 +180,9 @@ impl Shape {
             t.push((format!("{p}.mlp.down_proj.weight"), vec![c, f], false));
         }
         t.push(("model.norm.weight".to_string(), vec![c], true));
-        t.push(("lm_head.weight".to_string(), vec![v, c], false));
+        if !self.tie_embeddings {
+            t.push(("lm_head.weight".to_string(), vec![v, c], false));
+        }
         t
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! forward:
 //!   xn1 = rmsnorm(x, w1);  q, k, v = xn1 Wq^T, xn1 Wk^T, xn1 Wv^T (+ bias, + LoRA)
+//!   (Qwen3) q, k = rmsnorm(q, wq), rmsnorm(k, wk) over each head's D values
 //!   q, k = rope(q), rope(k);  att = attention(q, k, v);  x2 = x + att Wo^T
+//!   (attention within the layer's sliding window, when it has one)
 //!   xn2 = rmsnorm(x2, w2);  g, u = xn2 Wg^T, xn2 Wu^T;  h = silu(g) * u;  out = x2 + h Wd^T
 //! backward walks the same lines bottom-up.
 
@@ -29,8 +31,18 @@ pub struct LayerActs<B: Backend> {
     pub g: B::Buf,     // (N, F)
     pub u: B::Buf,     // (N, F)
     pub h: B::Buf,     // (N, F)
+    /// The per-head q/k norms' inputs and statistics (Qwen3).
+    pub qk_norm: Option<QkNormActs<B>>,
     /// Per target (indexed by [`Target::index`]).
     pub lora: Vec<Option<LoraSaved<B>>>,
+}
+
+/// What the backward of the per-head q/k RMSNorms reads.
+pub struct QkNormActs<B: Backend> {
+    pub q_pre: B::Buf,  // (N, Hq*D) the q projection, before its norm
+    pub rstd_q: B::Buf, // (N*Hq)
+    pub k_pre: B::Buf,  // (N, Hkv*D)
+    pub rstd_k: B::Buf, // (N*Hkv)
 }
 
 impl<B: Backend> Model<B> {
@@ -88,6 +100,24 @@ impl<B: Backend> Model<B> {
         lin(Target::Q, &mut q, &xn1)?;
         lin(Target::K, &mut k, &xn1)?;
         lin(Target::V, &mut v, &xn1)?;
+        // Qwen3: RMSNorm over each head's D values, rows (N*H, D), before RoPE.
+        let qk_norm = match &w.qk_norm {
+            Some(norm) => {
+                let q_pre = std::mem::replace(&mut q, be.act_zeros(n * qd)?);
+                let k_pre = std::mem::replace(&mut k, be.act_zeros(n * kvd)?);
+                let mut rstd_q = be.zeros(n * cfg.heads)?;
+                let mut rstd_k = be.zeros(n * cfg.kv_heads)?;
+                be.rmsnorm_forward(&mut q, &mut rstd_q, &q_pre, &norm.q, d, cfg.rms_eps)?;
+                be.rmsnorm_forward(&mut k, &mut rstd_k, &k_pre, &norm.k, d, cfg.rms_eps)?;
+                Some(QkNormActs {
+                    q_pre,
+                    rstd_q,
+                    k_pre,
+                    rstd_k,
+                })
+            }
+            None => None,
+        };
         be.rope_forward(
             &mut q,
             batch.positions,
@@ -116,6 +146,7 @@ impl<B: Backend> Model<B> {
             cfg.heads,
             cfg.kv_heads,
             d,
+            cfg.window(l),
         )?;
         let mut x2 = be.act_zeros(n * c)?;
         lin(Target::O, &mut x2, &att)?;
@@ -147,6 +178,7 @@ impl<B: Backend> Model<B> {
             g,
             u,
             h,
+            qk_norm,
             lora: saved,
         })
     }
@@ -192,6 +224,7 @@ impl<B: Backend> Model<B> {
             g,
             u,
             h,
+            qk_norm,
             lora: mut saved,
         } = acts;
         let mut lin_bwd = |t: Target,
@@ -259,6 +292,7 @@ impl<B: Backend> Model<B> {
             cfg.heads,
             cfg.kv_heads,
             d,
+            cfg.window(l),
         )?;
         drop((datt, q, k, v, att, lse));
         // q, k = rope(q), rope(k)
@@ -278,6 +312,15 @@ impl<B: Backend> Model<B> {
             cfg.kv_heads,
             d,
         )?;
+        // q, k = rmsnorm(q_pre), rmsnorm(k_pre) per head (Qwen3)
+        if let (Some(acts), Some(norm)) = (qk_norm, &w.qk_norm) {
+            let mut dq_pre = be.act_zeros(n * qd)?;
+            let mut dk_pre = be.act_zeros(n * kvd)?;
+            be.rmsnorm_backward(&mut dq_pre, &dq, &acts.q_pre, &norm.q, &acts.rstd_q, d)?;
+            be.rmsnorm_backward(&mut dk_pre, &dk, &acts.k_pre, &norm.k, &acts.rstd_k, d)?;
+            dq = dq_pre;
+            dk = dk_pre;
+        }
         // q, k, v = proj(xn1); xn1 = rmsnorm(x); x also flows straight to x2
         match dx {
             Some(dx) => {

@@ -46,7 +46,8 @@ pub fn weight_values(cfg: &ModelConfig) -> usize {
             i * o + bias
         })
         .sum::<usize>()
-        + 2 * c;
+        + 2 * c
+        + if cfg.qk_norm { 2 * cfg.head_dim } else { 0 };
     let head = if cfg.tie_embeddings { 0 } else { v * c };
     let rope = cfg.max_positions.max(1) * cfg.head_dim; // cos and sin, (P, d/2) each
     v * c + head + cfg.layers * per_layer + c + rope
@@ -100,6 +101,13 @@ fn layer_acts(cfg: &ModelConfig, lora: &LoraConfig, n: usize, training: bool) ->
     let (c, f) = (cfg.hidden, cfg.intermediate);
     let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
     let base = n * (3 * c + 2 + 2 * qd + 2 * kvd + cfg.heads + 3 * f);
+    // Qwen3's per-head norms keep q and k before the norm and an rstd per head.
+    let qk_norm = if cfg.qk_norm {
+        n * (qd + kvd + cfg.heads + cfg.kv_heads)
+    } else {
+        0
+    };
+    let base = base + qk_norm;
     let lora_saved: usize = lora
         .targets
         .iter()

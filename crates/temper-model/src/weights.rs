@@ -66,8 +66,16 @@ impl<B: Backend> Linear<B> {
 pub struct LayerWeights<B: Backend> {
     pub input_norm: B::Buf,     // (C)
     pub post_attn_norm: B::Buf, // (C)
+    /// RMSNorm weights over each query and key head (D), when the model has them (Qwen3).
+    pub qk_norm: Option<QkNorm<B>>,
     /// Indexed by [`Target::index`]: q, k, v, o, gate, up, down.
     pub linears: Vec<Linear<B>>,
+}
+
+/// Qwen3's per-head norms: `q_norm` and `k_norm`, each (D).
+pub struct QkNorm<B: Backend> {
+    pub q: B::Buf,
+    pub k: B::Buf,
 }
 
 impl<B: Backend> LayerWeights<B> {
@@ -89,7 +97,8 @@ impl<B: Backend> Weights<B> {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
-    /// Loads every tensor named by transformers' Llama / Mistral / Qwen2 layout, as stored.
+    /// Loads every tensor named by transformers' Llama / Mistral / Qwen2 / Qwen3 layout, as
+    /// stored.
     pub fn load(be: &B, cfg: &ModelConfig, dir: &Path) -> Result<Self> {
         Self::load_with(be, cfg, dir, &LoadOptions::default())
     }
@@ -157,9 +166,19 @@ impl<B: Backend> Weights<B> {
                     d_out,
                 });
             }
+            let qk_norm = if cfg.qk_norm {
+                let d = cfg.head_dim;
+                Some(QkNorm {
+                    q: get(&format!("{p}.self_attn.q_norm.weight"), &[d])?,
+                    k: get(&format!("{p}.self_attn.k_norm.weight"), &[d])?,
+                })
+            } else {
+                None
+            };
             layers.push(LayerWeights {
                 input_norm: get(&format!("{p}.input_layernorm.weight"), &[c])?,
                 post_attn_norm: get(&format!("{p}.post_attention_layernorm.weight"), &[c])?,
+                qk_norm,
                 linears,
             });
         }

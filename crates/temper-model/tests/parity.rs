@@ -1,6 +1,7 @@
 //! Parity with transformers + PEFT: fixtures made by scripts/make_parity_fixtures.py (tiny
 //! random Llama with GQA and llama3 rope scaling, a Qwen2 with q/k/v bias and tied
-//! embeddings, an rsLoRA case) hold logits, the loss, every LoRA gradient and the LoRA
+//! embeddings, a Qwen3 with per-head q/k norms and an explicit head_dim, a Mistral whose
+//! sliding window is shorter than the sequences, an rsLoRA case) hold logits, the loss, every LoRA gradient and the LoRA
 //! tensors after one AdamW step. temper on the CPU must match them within 1e-4 relative.
 
 use std::path::{Path, PathBuf};
@@ -279,6 +280,16 @@ fn rslora_on_a_subset_of_modules_matches_peft() {
     check("llama_rslora");
 }
 
+#[test]
+fn qwen3_with_qk_norms_and_explicit_head_dim_matches_transformers_and_peft() {
+    check("qwen3");
+}
+
+#[test]
+fn mistral_with_a_sliding_window_shorter_than_the_sequences_matches_transformers_and_peft() {
+    check("mistral_sliding");
+}
+
 fn cuda(dt: DType) -> Arc<CudaBackend> {
     Arc::new(CudaBackend::with_dtype(0, dt).unwrap_or_else(|e| panic!("CUDA backend: {e}")))
 }
@@ -305,4 +316,46 @@ fn cuda_qwen2_matches_transformers_and_peft() {
 #[ignore = "needs an NVIDIA GPU: cargo test -- --ignored"]
 fn cuda_rslora_matches_peft() {
     check_cuda("llama_rslora");
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test -- --ignored"]
+fn cuda_qwen3_matches_transformers_and_peft() {
+    check_cuda("qwen3");
+}
+
+/// The CUDA attention has no sliding-window mask: a window shorter than a sequence is refused
+/// with the fix in the message, not computed as plain causal attention.
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test -- --ignored"]
+fn cuda_refuses_a_sliding_window_shorter_than_the_sequence() {
+    let dir = fixture_dir("mistral_sliding");
+    let be = cuda(DType::F32);
+    let model = Model::load(be.clone(), &dir.join("model")).expect("model loads");
+    let ids: Vec<u32> = (3..23).collect();
+    let positions: Vec<u32> = (0..20).collect();
+    let targets = vec![-100i32; 20];
+    let batch = TokenBatch {
+        ids: &ids,
+        positions: &positions,
+        cu_seqlens: &[0, 20],
+        targets: &targets,
+    };
+    let err = match model.logits(None, &batch) {
+        Ok(_) => panic!("a window of 4 over 20 tokens must be refused on CUDA"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("sliding_window") && err.contains("max_seq_len <= 4"),
+        "{err}"
+    );
+    // Sequences no longer than the window are plain causal attention and run.
+    let batch = TokenBatch {
+        cu_seqlens: &[0, 4, 8, 12, 16, 20],
+        positions: &[0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3],
+        ..batch
+    };
+    model
+        .logits(None, &batch)
+        .expect("windows as long as the sequences run");
 }

@@ -1,4 +1,4 @@
-//! `temper init-model --shape tiny|llama2-7b|llama3-8b --out DIR`: a random-weight Hugging
+//! `temper init-model --shape tiny|llama2-7b|llama3-8b|qwen3-8b|qwen3-tiny --out DIR`: a random-weight Hugging
 //! Face folder (bf16 safetensors, config.json, a word-level tokenizer covering the whole
 //! vocabulary) that transformers loads unchanged, for benchmarks of temper and its peers.
 

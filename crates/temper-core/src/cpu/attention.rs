@@ -1,4 +1,5 @@
-//! Causal varlen attention with GQA.
+//! Causal varlen attention with GQA, optionally within a sliding window: with window w,
+//! query i sees keys j with i - w < j <= i (transformers' `kv_idx > q_idx - sliding_window`).
 //!
 //! Work is cut into tiles of at most [`BLOCK`] consecutive tokens of one sequence; rayon runs
 //! the tiles in parallel and each tile owns the output rows of its tokens, so no two threads
@@ -59,6 +60,17 @@ fn split_tiles<'a, T>(mut buf: &'a mut [T], tiles: &[Tile], row: usize) -> Vec<&
     pieces
 }
 
+/// The first key a query tile starting at t0 of the sequence starting at s0 can see.
+fn first_key(s0: usize, t0: usize, window: Option<usize>) -> usize {
+    window.map_or(s0, |w| (t0 + 1).saturating_sub(w).max(s0))
+}
+
+/// The keys query i sees, as a range of columns of a score row whose column 0 is key `k0`.
+fn live_keys(i: usize, k0: usize, window: Option<usize>) -> (usize, usize) {
+    let lo = window.map_or(k0, |w| (i + 1).saturating_sub(w).max(k0));
+    (lo - k0, i + 1 - k0)
+}
+
 /// Rows t0..t0+rows of head `head` in a (N, heads, d) buffer, as a (rows, d) view.
 fn head_rows(t0: usize, rows: usize, head: usize, heads: usize, d: usize) -> Strided {
     Strided {
@@ -71,7 +83,8 @@ fn head_rows(t0: usize, rows: usize, head: usize, heads: usize, d: usize) -> Str
 }
 
 /// Writes out (N, hq, d) = softmax(scale q k^T + causal mask) v per sequence and query head,
-/// and lse (N, hq) = log-sum-exp of the scaled scores over the allowed keys.
+/// and lse (N, hq) = log-sum-exp of the scaled scores over the allowed keys. `window`: the
+/// sliding window (None: every earlier key).
 #[allow(clippy::too_many_arguments)]
 pub fn attention_forward<T: Float>(
     out: &mut [T],      // (N, hq, d)
@@ -83,9 +96,11 @@ pub fn attention_forward<T: Float>(
     hq: usize,
     hkv: usize,
     d: usize,
+    window: Option<usize>,
 ) -> Result<()> {
     const OP: &str = "attention_forward";
     let (group, n) = crate::checks::attention(OP, q.len(), cu_seqlens, hq, hkv, d)?;
+    let window = crate::checks::attention_window(OP, cu_seqlens, window)?;
     check_len(OP, "k", k.len(), n * hkv * d)?;
     check_len(OP, "v", v.len(), n * hkv * d)?;
     check_len(OP, "out", out.len(), n * hq * d)?;
@@ -98,8 +113,9 @@ pub fn attention_forward<T: Float>(
         Vec::new,
         |p, ((tile, out_t), lse_t)| {
             let Tile { s0, t0, t1, .. } = tile;
-            // Queries t0..t1 see keys s0..t1: query t0 + r sees the first t0 + r - s0 + 1.
-            let (rows, lk) = (t1 - t0, t1 - s0);
+            // Queries t0..t1 see keys k0..t1: query i sees columns live_keys(i).
+            let k0 = first_key(s0, t0, window);
+            let (rows, lk) = (t1 - t0, t1 - k0);
             p.resize(rows * lk, T::zero());
             for j in 0..hq {
                 let g = j / group;
@@ -110,12 +126,16 @@ pub fn attention_forward<T: Float>(
                     q,
                     head_rows(t0, rows, j, hq, d),
                     k,
-                    head_rows(s0, lk, g, hkv, d).t(),
+                    head_rows(k0, lk, g, hkv, d).t(),
                     scale,
                     T::zero(),
                 );
                 for (r, row) in p.chunks_exact_mut(lk).enumerate() {
-                    let (live, masked) = row.split_at_mut(t0 + r - s0 + 1);
+                    let (lo, hi) = live_keys(t0 + r, k0, window);
+                    let (row, after) = row.split_at_mut(hi);
+                    after.fill(T::zero());
+                    let (before, live) = row.split_at_mut(lo);
+                    before.fill(T::zero());
                     let max = live.iter().fold(T::neg_infinity(), |m, &s| m.max(s));
                     let mut sum = T::zero();
                     for s in live.iter_mut() {
@@ -124,7 +144,6 @@ pub fn attention_forward<T: Float>(
                     }
                     let inv = T::one() / sum;
                     live.iter_mut().for_each(|s| *s *= inv);
-                    masked.fill(T::zero());
                     lse_t[r * hq + j] = max + sum.ln();
                 }
                 // out_j (rows, d) = softmax (rows, lk) v_g (lk, d)
@@ -134,7 +153,7 @@ pub fn attention_forward<T: Float>(
                     p,
                     Strided::dense(rows, lk),
                     v,
-                    head_rows(s0, lk, g, hkv, d),
+                    head_rows(k0, lk, g, hkv, d),
                     T::one(),
                     T::zero(),
                 );
@@ -148,6 +167,7 @@ pub fn attention_forward<T: Float>(
 /// With P_ij = exp(s_ij - lse_i) and D_i = dout_i . out_i:
 /// dv_j = sum_i P_ij dout_i, dS_ij = P_ij (dout_i . v_j - D_i), dq_i = scale sum_j dS_ij k_j,
 /// dk_j = scale sum_i dS_ij q_i, with dk and dv summed over the query heads of a kv group.
+/// `window` as in [`attention_forward`].
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward<T: Float>(
     dq: &mut [T],       // (N, hq, d)
@@ -163,9 +183,11 @@ pub fn attention_backward<T: Float>(
     hq: usize,
     hkv: usize,
     d: usize,
+    window: Option<usize>,
 ) -> Result<()> {
     const OP: &str = "attention_backward";
     let (group, n) = crate::checks::attention(OP, q.len(), cu_seqlens, hq, hkv, d)?;
+    let window = crate::checks::attention_window(OP, cu_seqlens, window)?;
     check_len(OP, "k", k.len(), n * hkv * d)?;
     check_len(OP, "v", v.len(), n * hkv * d)?;
     check_len(OP, "out", out.len(), n * hq * d)?;
@@ -185,18 +207,19 @@ pub fn attention_backward<T: Float>(
         .map(|(a, b)| a.iter().zip(b).map(|(&a, &b)| a * b).sum())
         .collect();
 
-    // Pass 1, query tiles: dq_i = scale sum_{j <= i} dS_ij k_j.
+    // Pass 1, query tiles: dq_i = scale sum_{j <= i} dS_ij k_j (j inside the window).
     let dqs = split_tiles(dq, &tiles, hq * d);
     tiles.par_iter().zip(dqs).for_each_init(
         || (Vec::new(), Vec::new()),
         |(p, dp), (&tile, dq_t)| {
             let Tile { s0, t0, t1, .. } = tile;
-            let (rows, lk) = (t1 - t0, t1 - s0);
+            let k0 = first_key(s0, t0, window);
+            let (rows, lk) = (t1 - t0, t1 - k0);
             p.resize(rows * lk, T::zero());
             dp.resize(rows * lk, T::zero());
             for j in 0..hq {
                 let g = j / group;
-                let (qj, kg) = (head_rows(t0, rows, j, hq, d), head_rows(s0, lk, g, hkv, d));
+                let (qj, kg) = (head_rows(t0, rows, j, hq, d), head_rows(k0, lk, g, hkv, d));
                 gemm_strided(
                     p,
                     Strided::dense(rows, lk),
@@ -223,11 +246,14 @@ pub fn attention_backward<T: Float>(
                 {
                     let i = t0 + r;
                     let (lse_i, d_i) = (lse[i * hq + j], delta[i * hq + j]);
-                    let (live, masked) = row.split_at_mut(i - s0 + 1);
-                    for (s, &dp) in live.iter_mut().zip(dp_row) {
+                    let (lo, hi) = live_keys(i, k0, window);
+                    let (row, after) = row.split_at_mut(hi);
+                    after.fill(T::zero());
+                    let (before, live) = row.split_at_mut(lo);
+                    before.fill(T::zero());
+                    for (s, &dp) in live.iter_mut().zip(&dp_row[lo..hi]) {
                         *s = (*s - lse_i).exp() * (dp - d_i); // dS
                     }
-                    masked.fill(T::zero());
                 }
                 // dq_j (rows, d) = scale * dS (rows, lk) k_g (lk, d)
                 gemm_strided(
@@ -245,15 +271,18 @@ pub fn attention_backward<T: Float>(
     );
 
     // Pass 2, key tiles: dv_t = sum_{i >= t} P_it dout_i, dk_t = scale sum_{i >= t} dS_it q_i,
-    // over the queries t0..s1 and every query head of each kv head.
+    // over the queries t0..s1 (those that see the tile's keys: t0..t1 - 1 + w with a window)
+    // and every query head of each kv head.
     let dks = split_tiles(dk, &tiles, hkv * d);
     let dvs = split_tiles(dv, &tiles, hkv * d);
     tiles.par_iter().zip(dks).zip(dvs).for_each_init(
         || (Vec::new(), Vec::new()),
         |(pt, dpt), ((&tile, dk_t), dv_t)| {
             let Tile { s1, t0, t1, .. } = tile;
-            // Keys t0..t1 are seen by queries t0..s1: key t0 + r by queries from t0 + r on.
-            let (rows, lq) = (t1 - t0, s1 - t0);
+            // Keys t0..t1 are seen by queries t0..q1: key t0 + r by queries t0 + r on (up to,
+            // not including, t0 + r + w with a window).
+            let q1 = window.map_or(s1, |w| (t1 - 1 + w).min(s1));
+            let (rows, lq) = (t1 - t0, q1 - t0);
             pt.resize(rows * lq, T::zero());
             dpt.resize(rows * lq, T::zero());
             for g in 0..hkv {
@@ -292,10 +321,13 @@ pub fn attention_backward<T: Float>(
                         .zip(dpt.chunks_exact_mut(lq))
                         .enumerate()
                     {
-                        let (masked, live) = row.split_at_mut(r);
+                        let hi = window.map_or(lq, |w| (r + w).min(lq));
+                        row[hi..].fill(T::zero());
+                        dp_row[hi..].fill(T::zero());
+                        let (masked, live) = row[..hi].split_at_mut(r);
                         masked.fill(T::zero());
                         dp_row[..r].fill(T::zero());
-                        for (c, (s, dp)) in live.iter_mut().zip(&mut dp_row[r..]).enumerate() {
+                        for (c, (s, dp)) in live.iter_mut().zip(&mut dp_row[r..hi]).enumerate() {
                             let i = t0 + r + c;
                             *s = (*s - lse[i * hq + j]).exp(); // P^T
                             *dp = *s * (*dp - delta[i * hq + j]); // dS^T

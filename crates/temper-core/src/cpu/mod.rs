@@ -356,8 +356,9 @@ impl Backend for CpuBackend {
         hq: usize,
         hkv: usize,
         d: usize,
+        window: Option<usize>,
     ) -> Result<()> {
-        attention::attention_forward(out, lse, q, k, v, cu_seqlens, hq, hkv, d)
+        attention::attention_forward(out, lse, q, k, v, cu_seqlens, hq, hkv, d, window)
     }
 
     fn attention_backward(
@@ -375,8 +376,11 @@ impl Backend for CpuBackend {
         hq: usize,
         hkv: usize,
         d: usize,
+        window: Option<usize>,
     ) -> Result<()> {
-        attention::attention_backward(dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, hq, hkv, d)
+        attention::attention_backward(
+            dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, hq, hkv, d, window,
+        )
     }
 
     fn attention_decode(

@@ -614,7 +614,9 @@ impl Backend for CudaBackend {
         hq: usize,
         hkv: usize,
         d: usize,
+        window: Option<usize>,
     ) -> Result<()> {
+        crate::checks::window_unsupported("attention_forward", "CUDA", cu_seqlens, window)?;
         let _span = self.span("attention");
         self.attention_forward_impl(out, lse, q, k, v, cu_seqlens, hq, hkv, d)
     }
@@ -634,7 +636,9 @@ impl Backend for CudaBackend {
         hq: usize,
         hkv: usize,
         d: usize,
+        window: Option<usize>,
     ) -> Result<()> {
+        crate::checks::window_unsupported("attention_backward", "CUDA", cu_seqlens, window)?;
         let _span = self.span("attention");
         self.attention_backward_impl(dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, hq, hkv, d)
     }

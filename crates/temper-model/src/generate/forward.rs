@@ -3,8 +3,12 @@
 //! same `linear_forward`, unmerged), with cache-based attention and nothing kept for backward.
 //!
 //! per layer, for the n new tokens at positions past..past+n:
-//!   xn1 = rmsnorm(x);  q, k, v = proj(xn1) (+ LoRA);  q, k = rope(q), rope(k)
+//!   xn1 = rmsnorm(x);  q, k, v = proj(xn1) (+ LoRA);  (Qwen3) q, k = rmsnorm per head
+//!   q, k = rope(q), rope(k)
 //!   cache[past..past+n] = k, v;  att = attention_decode(q, cache, past);  x2 = x + o(att)
+//!   (a layer with a sliding window shorter than the positions so far reads only the last
+//!   `window` keys: the prompt through the windowed training attention, each later token
+//!   through the last `window` rows of the cache)
 //!   xn2 = rmsnorm(x2);  out = x2 + down(silu(gate(xn2)) * up(xn2))
 
 use temper_core::{Backend, CoreError, Gemm};
@@ -125,6 +129,16 @@ impl<B: Backend> Model<B> {
         lin(Target::K, &mut k, &xn1)?;
         lin(Target::V, &mut v, &xn1)?;
         drop(xn1);
+        if let Some(norm) = &w.qk_norm {
+            let (q_pre, k_pre) = (
+                std::mem::replace(&mut q, be.act_zeros(n * qd)?),
+                std::mem::replace(&mut k, be.act_zeros(n * kvd)?),
+            );
+            let mut rstd_q = be.zeros(n * cfg.heads)?; // (n*Hq)
+            let mut rstd_k = be.zeros(n * cfg.kv_heads)?; // (n*Hkv)
+            be.rmsnorm_forward(&mut q, &mut rstd_q, &q_pre, &norm.q, d, cfg.rms_eps)?;
+            be.rmsnorm_forward(&mut k, &mut rstd_k, &k_pre, &norm.k, d, cfg.rms_eps)?;
+        }
         be.rope_forward(
             &mut q,
             positions,
@@ -143,19 +157,52 @@ impl<B: Backend> Model<B> {
         )?;
         be.copy_range(&mut cache.k[l], past * kvd, &k, 0, n * kvd)?;
         be.copy_range(&mut cache.v[l], past * kvd, &v, 0, n * kvd)?;
-        drop((k, v));
         let mut att = be.act_zeros(n * qd)?; // (n, Hq*D)
-        be.attention_decode(
-            &mut att,
-            &q,
-            &cache.k[l],
-            &cache.v[l],
-            past,
-            cfg.heads,
-            cfg.kv_heads,
-            d,
-        )?;
-        drop(q);
+        match cfg.window(l).filter(|&win| past + n > win) {
+            None => be.attention_decode(
+                &mut att,
+                &q,
+                &cache.k[l],
+                &cache.v[l],
+                past,
+                cfg.heads,
+                cfg.kv_heads,
+                d,
+            )?,
+            // A prompt longer than the window: the training attention with its window.
+            Some(win) if past == 0 => {
+                let mut lse = be.zeros(n * cfg.heads)?; // (n, Hq)
+                let cu = [0, n as u32];
+                be.attention_forward(
+                    &mut att,
+                    &mut lse,
+                    &q,
+                    &k,
+                    &v,
+                    &cu,
+                    cfg.heads,
+                    cfg.kv_heads,
+                    d,
+                    Some(win),
+                )?;
+            }
+            // One new token: the cache's last `win` rows, itself included.
+            Some(win) if n == 1 => {
+                let mut kw = be.act_zeros(win * kvd)?; // (win, Hkv*D)
+                let mut vw = be.act_zeros(win * kvd)?;
+                let first = past + 1 - win;
+                be.copy_range(&mut kw, 0, &cache.k[l], first * kvd, win * kvd)?;
+                be.copy_range(&mut vw, 0, &cache.v[l], first * kvd, win * kvd)?;
+                be.attention_decode(&mut att, &q, &kw, &vw, win - 1, cfg.heads, cfg.kv_heads, d)?;
+            }
+            Some(win) => {
+                return Err(invalid(format!(
+                    "{n} new tokens after {past} cached pass layer {l}'s sliding_window of {win}: \
+                     run them one at a time"
+                )))
+            }
+        }
+        drop((q, k, v));
         let mut x2 = be.act_zeros(n * c)?; // (n, C)
         lin(Target::O, &mut x2, &att)?;
         be.axpy(&mut x2, 1.0, x)?;
