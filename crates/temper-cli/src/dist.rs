@@ -341,9 +341,33 @@ mod tests {
             .expect_err("not a number")
             .to_string();
         assert!(e.contains("RANK=`x`"), "{e}");
-        let e = read(&[("RANK", "0"), ("WORLD_SIZE", "1")])
-            .expect_err("no local rank")
-            .to_string();
-        assert!(e.contains("LOCAL_RANK is not set"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_local_rank_is_derived_as_kubeflow_pods_need() {
+        let r = read(&[("RANK", "0"), ("WORLD_SIZE", "1")]).expect("one pod");
+        assert_eq!(r.local_rank, 0);
+        let vars = [
+            ("RANK", "3"),
+            ("WORLD_SIZE", "4"),
+            ("MASTER_ADDR", "master-0"),
+            ("MASTER_PORT", "23456"),
+            ("PET_NPROC_PER_NODE", "2"),
+        ];
+        assert_eq!(read(&vars).expect("pod").local_rank, 1);
+        assert_eq!(read(&vars[..4]).expect("pod").local_rank, 0);
+    }
+
+    #[test]
+    fn the_first_host_of_a_slurm_node_list() {
+        for (list, first) in [
+            ("node[01-04,07],gpu5", "node01"),
+            ("gpu5,node[01-04]", "gpu5"),
+            ("n[3,5]-ib", "n3-ib"),
+            ("localhost", "localhost"),
+        ] {
+            assert_eq!(first_slurm_host(list).as_deref(), Some(first), "{list}");
+        }
+        assert_eq!(first_slurm_host(""), None);
     }
 }

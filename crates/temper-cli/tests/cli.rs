@@ -386,11 +386,12 @@ fn load_in_8bit_trains_evaluates_and_plans_8bit_weights() {
     assert!(eval.is_finite() && eval > 0.0, "{eval}");
 
     // plan: 737,280 linear values in a byte each + 4,864 rows of f32 scales, the other
-    // 148,608 values (embeddings, norms, RoPE tables) in bf16: 1,053,952 bytes.
-    let o = temper(&["plan", cfg, "--load_in_8bit", "true"]);
+    // 148,608 values (embeddings, norms, RoPE tables) in bf16: 1,053,952 bytes. Planned for a
+    // GPU (`--device cuda`; the CPU would hold them in f32), with or without one here.
+    let o = temper(&["plan", cfg, "--load_in_8bit", "true", "--device", "cuda"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("weights 1.0 MiB"), "{}", text(&o));
-    let o = temper(&["plan", cfg]);
+    let o = temper(&["plan", cfg, "--device", "cuda"]);
     assert!(text(&o).contains("weights 1.7 MiB"), "{}", text(&o));
     let o = temper(&[
         "plan",
@@ -412,6 +413,8 @@ fn load_in_8bit_trains_evaluates_and_plans_8bit_weights() {
             "true",
             "--llm_int8_threshold",
             t,
+            "--device",
+            "cuda",
         ])
     };
     let o = with("6.0");

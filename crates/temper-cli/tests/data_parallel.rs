@@ -130,10 +130,16 @@ fn two_cpu_ranks_match_one_process_with_the_same_global_batch() {
     assert_eq!(
         entries,
         [
+            "README.md",
             "adapter_config.json",
             "adapter_model.safetensors",
+            "chat_template.jinja",
             "checkpoint-3",
-            "metrics.jsonl"
+            "loss.svg",
+            "metrics.jsonl",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "training_config.yaml",
         ]
     );
 

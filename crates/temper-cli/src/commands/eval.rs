@@ -74,7 +74,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
                 )
             })?;
             Job {
-                model,
+                model: crate::model_source::resolve(&model)?,
                 adapter: args.adapter.clone().filter(|a| a != Path::new("none")),
                 plan: None,
                 device: args.device.clone().unwrap_or_else(|| "auto".into()),
