@@ -202,7 +202,7 @@ impl ChatTemplate {
                      steps or {} MiB of text): the template loops or grows a string without \
                      bound; fix it or set the chat_template key to another template",
                     self.origin,
-                    TEMPLATE_FUEL * 64 >> 20
+                    (TEMPLATE_FUEL * 64) >> 20
                 ))
             } else {
                 DataError::Template(render_error(&e))
