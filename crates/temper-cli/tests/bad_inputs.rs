@@ -1,33 +1,17 @@
 //! Bad inputs end to end: each must be a clear error that names the file or key and the fix,
 //! never a panic, an abort, a hang or a run that exits 0 with a useless result.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf8 path")
-}
+use common::{repo, s, temper_with, text};
 
 fn temper_in(args: &[&str], cache: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_temper"))
-        .args(args)
-        .env("TEMPER_CACHE", cache)
-        .output()
-        .expect("temper runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    temper_with(args, &[("TEMPER_CACHE", cache)])
 }
 
 /// Runs temper and expects a plain failure (exit 1, not a panic's 101 or a signal) whose

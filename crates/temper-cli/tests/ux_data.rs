@@ -2,31 +2,12 @@
 //! and LLaMA-Factory's, with LLaMA-Factory's own demo file), assistant masks chosen for the
 //! template, and a missing data file called missing.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn temper(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_temper"))
-        .args(args)
-        .output()
-        .expect("temper runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf8")
-}
+use common::{repo, s, temper, text};
 
 /// A config for the tiny model with `extra` YAML lines, in `dir`.
 fn config(dir: &Path, data: &Path, extra: &str) -> PathBuf {

@@ -1,31 +1,11 @@
 //! eval, plan and train agree: `temper eval CONFIG.yaml` scores rows as training reads them,
 //! and `temper plan` prints the prediction `temper train` makes.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn temper(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_temper"))
-        .args(args)
-        .output()
-        .expect("temper runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf8")
-}
+use common::{repo, s, temper, text};
 
 fn config(dir: &Path, extra: &str) -> PathBuf {
     let tiny = repo().join("examples/tiny");

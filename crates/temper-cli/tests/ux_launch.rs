@@ -2,13 +2,13 @@
 //! starts Slurm tasks, and as a Kubeflow PyTorchJob starts pods (no LOCAL_RANK); and Ctrl-C
 //! saying what it does.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use common::repo;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
