@@ -8,10 +8,10 @@
 //!   xn2 = rmsnorm(x2, w2);  g, u = xn2 Wg^T, xn2 Wu^T;  h = silu(g) * u;  out = x2 + h Wd^T
 //! backward walks the same lines bottom-up.
 
-use temper_core::Backend;
+use temper_core::{Backend, DType};
 
 use crate::error::Result;
-use crate::linear::{linear_backward, linear_forward, LoraMut, LoraRef, LoraSaved};
+use crate::linear::{linear_backward, linear_forward_opt, LoraMut, LoraRef, LoraSaved};
 use crate::lora::{LoraParams, Target};
 use crate::model::{Model, StepCtx, TokenBatch};
 
@@ -78,6 +78,20 @@ impl<B: Backend> Model<B> {
         batch: &TokenBatch<'_>,
         ctx: &StepCtx,
     ) -> Result<LayerActs<B>> {
+        self.layer_forward_opt(l, x, Some(out), lora, batch, ctx)
+    }
+
+    /// [`Model::layer_forward`] where `out` may be None: a layer recomputed for its backward
+    /// skips the last projection's base GEMM and the residual add, which nothing reads.
+    pub fn layer_forward_opt(
+        &self,
+        l: usize,
+        x: &B::Buf,
+        out: Option<&mut B::Buf>,
+        lora: Option<&LoraParams<B>>,
+        batch: &TokenBatch<'_>,
+        ctx: &StepCtx,
+    ) -> Result<LayerActs<B>> {
         let be = &*self.be;
         let cfg = &self.cfg;
         let w = &self.weights.layers[l];
@@ -85,28 +99,28 @@ impl<B: Backend> Model<B> {
         let (c, f, d) = (cfg.hidden, cfg.intermediate, cfg.head_dim);
         let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
         let mut saved: Vec<Option<LoraSaved<B>>> = (0..7).map(|_| None).collect();
-        let mut lin = |t: Target, y: &mut B::Buf, input: &B::Buf| -> Result<()> {
-            saved[t.index()] =
-                linear_forward(be, y, input, w.linear(t), n, self.lora_ref(lora, l, t, ctx))?;
+        let mut lin = |t: Target, y: Option<&mut B::Buf>, input: &B::Buf| -> Result<()> {
+            let adapter = self.lora_ref(lora, l, t, ctx);
+            saved[t.index()] = linear_forward_opt(be, y, input, w.linear(t), n, adapter)?;
             Ok(())
         };
 
-        let mut xn1 = be.act_zeros(n * c)?;
-        let mut rstd1 = be.zeros(n)?;
+        let mut xn1 = be.act_uninit(n * c)?;
+        let mut rstd1 = be.uninit_as(n, DType::F32)?;
         be.rmsnorm_forward(&mut xn1, &mut rstd1, x, &w.input_norm, c, cfg.rms_eps)?;
-        let mut q = be.act_zeros(n * qd)?;
-        let mut k = be.act_zeros(n * kvd)?;
-        let mut v = be.act_zeros(n * kvd)?;
-        lin(Target::Q, &mut q, &xn1)?;
-        lin(Target::K, &mut k, &xn1)?;
-        lin(Target::V, &mut v, &xn1)?;
+        let mut q = be.act_uninit(n * qd)?;
+        let mut k = be.act_uninit(n * kvd)?;
+        let mut v = be.act_uninit(n * kvd)?;
+        lin(Target::Q, Some(&mut q), &xn1)?;
+        lin(Target::K, Some(&mut k), &xn1)?;
+        lin(Target::V, Some(&mut v), &xn1)?;
         // Qwen3: RMSNorm over each head's D values, rows (N*H, D), before RoPE.
         let qk_norm = match &w.qk_norm {
             Some(norm) => {
-                let q_pre = std::mem::replace(&mut q, be.act_zeros(n * qd)?);
-                let k_pre = std::mem::replace(&mut k, be.act_zeros(n * kvd)?);
-                let mut rstd_q = be.zeros(n * cfg.heads)?;
-                let mut rstd_k = be.zeros(n * cfg.kv_heads)?;
+                let q_pre = std::mem::replace(&mut q, be.act_uninit(n * qd)?);
+                let k_pre = std::mem::replace(&mut k, be.act_uninit(n * kvd)?);
+                let mut rstd_q = be.uninit_as(n * cfg.heads, DType::F32)?;
+                let mut rstd_k = be.uninit_as(n * cfg.kv_heads, DType::F32)?;
                 be.rmsnorm_forward(&mut q, &mut rstd_q, &q_pre, &norm.q, d, cfg.rms_eps)?;
                 be.rmsnorm_forward(&mut k, &mut rstd_k, &k_pre, &norm.k, d, cfg.rms_eps)?;
                 Some(QkNormActs {
@@ -134,8 +148,8 @@ impl<B: Backend> Model<B> {
             cfg.kv_heads,
             d,
         )?;
-        let mut att = be.act_zeros(n * qd)?;
-        let mut lse = be.zeros(n * cfg.heads)?;
+        let mut att = be.act_uninit(n * qd)?;
+        let mut lse = be.uninit_as(n * cfg.heads, DType::F32)?;
         be.attention_forward(
             &mut att,
             &mut lse,
@@ -148,21 +162,26 @@ impl<B: Backend> Model<B> {
             d,
             cfg.window(l),
         )?;
-        let mut x2 = be.act_zeros(n * c)?;
-        lin(Target::O, &mut x2, &att)?;
+        let mut x2 = be.act_uninit(n * c)?;
+        lin(Target::O, Some(&mut x2), &att)?;
         be.axpy(&mut x2, 1.0, x)?;
 
-        let mut xn2 = be.act_zeros(n * c)?;
-        let mut rstd2 = be.zeros(n)?;
+        let mut xn2 = be.act_uninit(n * c)?;
+        let mut rstd2 = be.uninit_as(n, DType::F32)?;
         be.rmsnorm_forward(&mut xn2, &mut rstd2, &x2, &w.post_attn_norm, c, cfg.rms_eps)?;
-        let mut g = be.act_zeros(n * f)?;
-        let mut u = be.act_zeros(n * f)?;
-        lin(Target::Gate, &mut g, &xn2)?;
-        lin(Target::Up, &mut u, &xn2)?;
-        let mut h = be.act_zeros(n * f)?;
+        let mut g = be.act_uninit(n * f)?;
+        let mut u = be.act_uninit(n * f)?;
+        lin(Target::Gate, Some(&mut g), &xn2)?;
+        lin(Target::Up, Some(&mut u), &xn2)?;
+        let mut h = be.act_uninit(n * f)?;
         be.swiglu_forward(&mut h, &g, &u)?;
-        lin(Target::Down, out, &h)?;
-        be.axpy(out, 1.0, &x2)?;
+        match out {
+            Some(out) => {
+                lin(Target::Down, Some(&mut *out), &h)?;
+                be.axpy(out, 1.0, &x2)?;
+            }
+            None => lin(Target::Down, None, &h)?,
+        }
 
         Ok(LayerActs {
             xn1,
@@ -251,33 +270,33 @@ impl<B: Backend> Model<B> {
         };
 
         // out = x2 + down(h)
-        let mut dh = be.act_zeros(n * f)?;
+        let mut dh = be.act_uninit(n * f)?;
         lin_bwd(Target::Down, Some(&mut dh), false, dout, &h)?;
         drop(h);
         // h = silu(g) * u
-        let mut dg = be.act_zeros(n * f)?;
-        let mut du = be.act_zeros(n * f)?;
+        let mut dg = be.act_uninit(n * f)?;
+        let mut du = be.act_uninit(n * f)?;
         be.swiglu_backward(&mut dg, &mut du, &dh, &g, &u)?;
         drop((dh, g, u));
         // g, u = gate(xn2), up(xn2)
-        let mut dxn2 = be.act_zeros(n * c)?;
+        let mut dxn2 = be.act_uninit(n * c)?;
         lin_bwd(Target::Gate, Some(&mut dxn2), false, &dg, &xn2)?;
         drop(dg);
         lin_bwd(Target::Up, Some(&mut dxn2), true, &du, &xn2)?;
         drop((du, xn2));
         // xn2 = rmsnorm(x2); x2 also flows straight to out
-        let mut dx2 = be.act_zeros(n * c)?;
+        let mut dx2 = be.act_uninit(n * c)?;
         be.rmsnorm_backward(&mut dx2, &dxn2, &x2, &w.post_attn_norm, &rstd2, c)?;
         be.axpy(&mut dx2, 1.0, dout)?;
         drop((dxn2, x2, rstd2));
 
         // x2 = x + o(att)
-        let mut datt = be.act_zeros(n * qd)?;
+        let mut datt = be.act_uninit(n * qd)?;
         lin_bwd(Target::O, Some(&mut datt), false, &dx2, &att)?;
         // att = attention(q, k, v)
-        let mut dq = be.act_zeros(n * qd)?;
-        let mut dk = be.act_zeros(n * kvd)?;
-        let mut dv = be.act_zeros(n * kvd)?;
+        let mut dq = be.act_uninit(n * qd)?;
+        let mut dk = be.act_uninit(n * kvd)?;
+        let mut dv = be.act_uninit(n * kvd)?;
         be.attention_backward(
             &mut dq,
             &mut dk,
@@ -314,8 +333,8 @@ impl<B: Backend> Model<B> {
         )?;
         // q, k = rmsnorm(q_pre), rmsnorm(k_pre) per head (Qwen3)
         if let (Some(acts), Some(norm)) = (qk_norm, &w.qk_norm) {
-            let mut dq_pre = be.act_zeros(n * qd)?;
-            let mut dk_pre = be.act_zeros(n * kvd)?;
+            let mut dq_pre = be.act_uninit(n * qd)?;
+            let mut dk_pre = be.act_uninit(n * kvd)?;
             be.rmsnorm_backward(&mut dq_pre, &dq, &acts.q_pre, &norm.q, &acts.rstd_q, d)?;
             be.rmsnorm_backward(&mut dk_pre, &dk, &acts.k_pre, &norm.k, &acts.rstd_k, d)?;
             dq = dq_pre;
@@ -324,7 +343,7 @@ impl<B: Backend> Model<B> {
         // q, k, v = proj(xn1); xn1 = rmsnorm(x); x also flows straight to x2
         match dx {
             Some(dx) => {
-                let mut dxn1 = be.act_zeros(n * c)?;
+                let mut dxn1 = be.act_uninit(n * c)?;
                 lin_bwd(Target::Q, Some(&mut dxn1), false, &dq, &xn1)?;
                 lin_bwd(Target::K, Some(&mut dxn1), true, &dk, &xn1)?;
                 lin_bwd(Target::V, Some(&mut dxn1), true, &dv, &xn1)?;

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use temper_core::{rope, Backend, Gemm};
+use temper_core::{rope, Backend, DType, Gemm};
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
@@ -210,7 +210,7 @@ impl<B: Backend> Model<B> {
 
     /// Embedding lookup: (N, C).
     fn embed(&self, batch: &TokenBatch<'_>) -> Result<B::Buf> {
-        let mut x = self.be.act_zeros(batch.len() * self.cfg.hidden)?;
+        let mut x = self.be.act_uninit(batch.len() * self.cfg.hidden)?;
         self.be
             .embedding_forward(&mut x, batch.ids, &self.weights.embed, self.cfg.hidden)?;
         Ok(x)
@@ -223,7 +223,7 @@ impl<B: Backend> Model<B> {
         let (n, c) = (batch.len(), self.cfg.hidden);
         let mut x = self.embed(batch)?;
         for l in 0..self.cfg.layers {
-            let mut out = self.be.act_zeros(n * c)?;
+            let mut out = self.be.act_uninit(n * c)?;
             self.layer_forward(l, &x, &mut out, lora, batch, &ctx)?;
             x = out;
         }
@@ -234,8 +234,8 @@ impl<B: Backend> Model<B> {
     fn final_norm(&self, x: &B::Buf) -> Result<(B::Buf, B::Buf)> {
         let c = self.cfg.hidden;
         let n = self.be.len(x) / c;
-        let mut xf = self.be.act_zeros(n * c)?;
-        let mut rstd = self.be.zeros(n)?;
+        let mut xf = self.be.act_uninit(n * c)?;
+        let mut rstd = self.be.uninit_as(n, DType::F32)?;
         self.be.rmsnorm_forward(
             &mut xf,
             &mut rstd,
@@ -304,6 +304,21 @@ impl<B: Backend> Model<B> {
         layer_done: &mut dyn FnMut(usize, &mut LoraParams<B>) -> Result<()>,
     ) -> Result<Vec<f32>> {
         self.check_batch(batch)?;
+        lora.make_compute_copies(&*self.be)?;
+        let result = self.forward_backward_inner(lora, batch, grad_scale, ckpt, ctx, layer_done);
+        lora.drop_compute_copies();
+        result
+    }
+
+    fn forward_backward_inner(
+        &self,
+        lora: &mut LoraParams<B>,
+        batch: &TokenBatch<'_>,
+        grad_scale: f32,
+        ckpt: Checkpointing,
+        ctx: &StepCtx,
+        layer_done: &mut dyn FnMut(usize, &mut LoraParams<B>) -> Result<()>,
+    ) -> Result<Vec<f32>> {
         let be = &*self.be;
         let (n, c, v) = (batch.len(), self.cfg.hidden, self.cfg.vocab);
         let layers = self.cfg.layers;
@@ -314,23 +329,28 @@ impl<B: Backend> Model<B> {
         be.profile_stage("forward");
         let mut x = self.embed(batch)?;
         for l in 0..layers {
-            let mut out = be.act_zeros(n * c)?;
+            let mut out = be.act_uninit(n * c)?;
             let acts = self.layer_forward(l, &x, &mut out, Some(lora), batch, ctx)?;
             if ckpt == Checkpointing::Off {
                 kept.push(acts);
             }
             let input = std::mem::replace(&mut x, out);
             inputs.push(if ckpt == Checkpointing::EveryLayerOnHost {
-                Kept::Host(be.park_on_host(&input)?)
+                Kept::Host(be.park_on_host(input)?)
             } else {
                 Kept::Device(input)
             });
         }
 
+        // The last layer's input starts back while the head runs.
+        if let Some(Kept::Host(h)) = inputs.last() {
+            be.prefetch_from_host(h)?;
+        }
+
         // Final norm, then the LM head fused with the loss and its first backward step.
         be.profile_stage("head");
         let (xf, rstd) = self.final_norm(&x)?;
-        let mut dxf = be.act_zeros(n * c)?;
+        let mut dxf = be.act_uninit(n * c)?;
         let losses = be.linear_cross_entropy(
             Some(&mut dxf),
             &xf,
@@ -342,7 +362,7 @@ impl<B: Backend> Model<B> {
             self.loss_chunk,
         )?;
         drop(xf);
-        let mut dx = be.act_zeros(n * c)?;
+        let mut dx = be.act_uninit(n * c)?;
         be.rmsnorm_backward(&mut dx, &dxf, &x, &self.weights.final_norm, &rstd, c)?;
         drop((dxf, x));
 
@@ -357,17 +377,20 @@ impl<B: Backend> Model<B> {
                     ))
                 }
             };
+            // The next layer's input travels while this one recomputes and walks back.
+            if let Some(Kept::Host(h)) = inputs.last() {
+                be.prefetch_from_host(h)?;
+            }
             let acts = match kept.pop() {
                 Some(a) => a,
                 None => {
                     be.profile_stage("recompute");
-                    let mut scratch = be.act_zeros(n * c)?;
-                    self.layer_forward(l, &x_in, &mut scratch, Some(lora), batch, ctx)?
+                    self.layer_forward_opt(l, &x_in, None, Some(lora), batch, ctx)?
                 }
             };
             be.profile_stage("backward");
             if l > 0 {
-                let mut dx_in = be.act_zeros(n * c)?;
+                let mut dx_in = be.act_uninit(n * c)?;
                 self.layer_backward(l, &x_in, acts, &dx, Some(&mut dx_in), lora, batch, ctx)?;
                 dx = dx_in;
             } else {
