@@ -78,16 +78,20 @@ impl<B: Backend> Model<B> {
         batch: &TokenBatch<'_>,
         ctx: &StepCtx,
     ) -> Result<LayerActs<B>> {
-        self.layer_forward_opt(l, x, Some(out), lora, batch, ctx)
+        self.layer_forward_opt(l, x, Some(out), None, lora, batch, ctx)
     }
 
     /// [`Model::layer_forward`] where `out` may be None: a layer recomputed for its backward
-    /// skips the last projection's base GEMM and the residual add, which nothing reads.
+    /// skips the last projection's base GEMM and the residual add, which nothing reads. With
+    /// `attention` (att (N, Hq*D), lse (N, Hq) kept from the first forward) it also skips
+    /// the attention forward.
+    #[allow(clippy::too_many_arguments)]
     pub fn layer_forward_opt(
         &self,
         l: usize,
         x: &B::Buf,
         out: Option<&mut B::Buf>,
+        attention: Option<(B::Buf, B::Buf)>,
         lora: Option<&LoraParams<B>>,
         batch: &TokenBatch<'_>,
         ctx: &StepCtx,
@@ -148,20 +152,26 @@ impl<B: Backend> Model<B> {
             cfg.kv_heads,
             d,
         )?;
-        let mut att = be.act_uninit(n * qd)?;
-        let mut lse = be.uninit_as(n * cfg.heads, DType::F32)?;
-        be.attention_forward(
-            &mut att,
-            &mut lse,
-            &q,
-            &k,
-            &v,
-            batch.cu_seqlens,
-            cfg.heads,
-            cfg.kv_heads,
-            d,
-            cfg.window(l),
-        )?;
+        let (att, lse) = match attention {
+            Some(kept) => kept,
+            None => {
+                let mut att = be.act_uninit(n * qd)?;
+                let mut lse = be.uninit_as(n * cfg.heads, DType::F32)?;
+                be.attention_forward(
+                    &mut att,
+                    &mut lse,
+                    &q,
+                    &k,
+                    &v,
+                    batch.cu_seqlens,
+                    cfg.heads,
+                    cfg.kv_heads,
+                    d,
+                    cfg.window(l),
+                )?;
+                (att, lse)
+            }
+        };
         let mut x2 = be.act_uninit(n * c)?;
         lin(Target::O, Some(&mut x2), &att)?;
         be.axpy(&mut x2, 1.0, x)?;

@@ -131,7 +131,13 @@ impl Checkpointing {
 /// A layer's input kept for backward, on the device or in host memory.
 enum Kept<B: Backend> {
     Device(B::Buf),
-    Host(B::Host),
+    /// The layer's input in host memory, with its attention output (host) and log-sum-exp
+    /// (device), so the recompute before its backward skips the attention forward.
+    Host {
+        x: B::Host,
+        att: B::Host,
+        lse: B::Buf,
+    },
 }
 
 pub struct Model<B: Backend> {
@@ -331,20 +337,25 @@ impl<B: Backend> Model<B> {
         for l in 0..layers {
             let mut out = be.act_uninit(n * c)?;
             let acts = self.layer_forward(l, &x, &mut out, Some(lora), batch, ctx)?;
-            if ckpt == Checkpointing::Off {
-                kept.push(acts);
-            }
             let input = std::mem::replace(&mut x, out);
-            inputs.push(if ckpt == Checkpointing::EveryLayerOnHost {
-                Kept::Host(be.park_on_host(input)?)
-            } else {
-                Kept::Device(input)
-            });
+            match ckpt {
+                Checkpointing::Off => {
+                    kept.push(acts);
+                    inputs.push(Kept::Device(input));
+                }
+                Checkpointing::EveryLayer => inputs.push(Kept::Device(input)),
+                Checkpointing::EveryLayerOnHost => inputs.push(Kept::Host {
+                    x: be.park_on_host(input)?,
+                    att: be.park_on_host(acts.att)?,
+                    lse: acts.lse,
+                }),
+            }
         }
 
         // The last layer's input starts back while the head runs.
-        if let Some(Kept::Host(h)) = inputs.last() {
-            be.prefetch_from_host(h)?;
+        if let Some(Kept::Host { x, att, .. }) = inputs.last() {
+            be.prefetch_from_host(x)?;
+            be.prefetch_from_host(att)?;
         }
 
         // Final norm, then the LM head fused with the loss and its first backward step.
@@ -368,9 +379,12 @@ impl<B: Backend> Model<B> {
 
         // Backward, layer by layer in reverse.
         for l in (0..layers).rev() {
-            let x_in = match inputs.pop() {
-                Some(Kept::Device(b)) => b,
-                Some(Kept::Host(h)) => be.restore_from_host(&h)?,
+            let (x_in, attention) = match inputs.pop() {
+                Some(Kept::Device(b)) => (b, None),
+                Some(Kept::Host { x, att, lse }) => (
+                    be.restore_from_host(&x)?,
+                    Some((be.restore_from_host(&att)?, lse)),
+                ),
                 None => {
                     return Err(ModelError::Adapter(
                         "internal: layer inputs exhausted".into(),
@@ -378,14 +392,15 @@ impl<B: Backend> Model<B> {
                 }
             };
             // The next layer's input travels while this one recomputes and walks back.
-            if let Some(Kept::Host(h)) = inputs.last() {
-                be.prefetch_from_host(h)?;
+            if let Some(Kept::Host { x, att, .. }) = inputs.last() {
+                be.prefetch_from_host(x)?;
+                be.prefetch_from_host(att)?;
             }
             let acts = match kept.pop() {
                 Some(a) => a,
                 None => {
                     be.profile_stage("recompute");
-                    self.layer_forward_opt(l, &x_in, None, Some(lora), batch, ctx)?
+                    self.layer_forward_opt(l, &x_in, None, attention, Some(lora), batch, ctx)?
                 }
             };
             be.profile_stage("backward");
