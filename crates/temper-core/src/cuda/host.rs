@@ -61,26 +61,33 @@ fn lock_err(what: &str) -> CoreError {
 
 impl CudaBackend {
     /// Frees the device buffers of earlier parks, each after the compute stream has waited
-    /// for its copy (long finished, normally: a park happens once per layer).
-    fn release_parked(&self) -> Result<()> {
-        let parked = std::mem::take(
-            &mut *self
-                .host_pool
-                .in_flight
-                .lock()
-                .map_err(|_| lock_err("parked buffers"))?,
-        );
-        for (buf, copied) in parked {
-            self.stream
-                .wait(&copied)
-                .map_err(dev_err("wait for a copy to host"))?;
-            drop(buf);
+    /// for its copy: every one whose copy has finished, and the others except the `keep`
+    /// newest (a layer parks its input and its attention output back to back: the second
+    /// park must not stall the compute stream on the first one's copy).
+    fn release_parked(&self, keep: usize) -> Result<()> {
+        let mut in_flight = self
+            .host_pool
+            .in_flight
+            .lock()
+            .map_err(|_| lock_err("parked buffers"))?;
+        let force = in_flight.len().saturating_sub(keep);
+        let mut still = Vec::new();
+        for (i, (buf, copied)) in std::mem::take(&mut *in_flight).into_iter().enumerate() {
+            if i < force || copied.is_complete() {
+                self.stream
+                    .wait(&copied)
+                    .map_err(dev_err("wait for a copy to host"))?;
+                drop(buf);
+            } else {
+                still.push((buf, copied));
+            }
         }
+        *in_flight = still;
         Ok(())
     }
 
     pub(super) fn park_on_host_impl(&self, buf: CudaBuf) -> Result<CudaHost> {
-        self.release_parked()?;
+        self.release_parked(2)?;
         let (bytes, len, dtype) = (buf.bytes(), buf.len, buf.dtype);
         let reused = self
             .host_pool
@@ -128,7 +135,7 @@ impl CudaBackend {
     /// Queues the copy of `host` back to the device on the copy stream; the buffer is taken
     /// by [`CudaBackend::restore_from_host_impl`]. Does nothing when already queued.
     pub(super) fn prefetch_from_host_impl(&self, host: &CudaHost) -> Result<()> {
-        self.release_parked()?;
+        self.release_parked(0)?;
         let mut ahead = host.ahead.lock().map_err(|_| lock_err("prefetch"))?;
         if ahead.is_some() {
             return Ok(());
