@@ -306,6 +306,15 @@ pub trait Backend: Send + Sync + 'static {
     fn add_bias(&self, y: &mut Self::Buf, bias: &Self::Buf, c: usize) -> Result<()>;
     /// Sum of squares, accumulated in f64 (for gradient-norm clipping).
     fn sum_squares(&self, x: &Self::Buf) -> Result<f64>;
+    /// The sum of squares over every buffer of `xs`, with one wait for the device at the
+    /// end rather than one per buffer.
+    fn sum_squares_all(&self, xs: &[&Self::Buf]) -> Result<f64> {
+        let mut sum = 0.0;
+        for x in xs {
+            sum += self.sum_squares(x)?;
+        }
+        Ok(sum)
+    }
     /// Inverted dropout: y = x * keep / (1 - p), keep drawn from a counter-based hash of
     /// (seed, index), so the same seed gives the same mask on every device and on recompute.
     /// Backward is the same call on dy.

@@ -237,11 +237,8 @@ impl<B: Backend> AdamW<B> {
 
 /// The global L2 norm of all gradients.
 pub fn grad_norm<B: Backend>(be: &B, lora: &LoraParams<B>) -> Result<f64> {
-    let mut sum = 0.0;
-    for p in &lora.params {
-        sum += be.sum_squares(&p.grad)?;
-    }
-    Ok(sum.sqrt())
+    let grads: Vec<&B::Buf> = lora.params.iter().map(|p| &p.grad).collect();
+    Ok(be.sum_squares_all(&grads)?.sqrt())
 }
 
 /// Scales gradients so their global norm is at most `max_norm` (torch's rule:

@@ -432,21 +432,27 @@ impl Backend for CudaBackend {
     }
 
     fn sum_squares(&self, x: &CudaBuf) -> Result<f64> {
+        self.sum_squares_all(&[x])
+    }
+
+    fn sum_squares_all(&self, xs: &[&CudaBuf]) -> Result<f64> {
         let _span = self.span("elementwise");
         let mut out = self
             .stream
             .alloc_zeros::<f64>(1)
             .map_err(dev_err("alloc"))?;
-        let n = x.len as u64;
-        launch!(
-            self,
-            self.kernel("sum_squares", x.dtype)?,
-            grid_stride(x.len),
-            "sum_squares",
-            &mut out,
-            &x.data,
-            &n
-        )?;
+        for x in xs {
+            let n = x.len as u64;
+            launch!(
+                self,
+                self.kernel("sum_squares", x.dtype)?,
+                grid_stride(x.len),
+                "sum_squares",
+                &mut out,
+                &x.data,
+                &n
+            )?;
+        }
         let host = self.stream.clone_dtoh(&out).map_err(dev_err("download"))?;
         Ok(host[0])
     }
