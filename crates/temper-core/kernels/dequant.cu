@@ -12,9 +12,9 @@ __device__ __forceinline__ float block_absmax(unsigned long long b, const float*
     return absmax ? absmax[b] : __fadd_rn(__fmul_rn(map[codes[b]], nested[b / nested_bs]), offset);
 }
 
-// Each thread decodes 4 packed bytes (8 values, inside one block since blocksize is a
-// multiple of 8 on this path) and writes them with vector stores; a tail shorter than 8
-// values, or a blocksize that is not a multiple of 8, goes value pair by value pair.
+// Each thread decodes 8 packed bytes (16 values, inside one block since blocksize is a
+// multiple of 16 on this path) and writes them with two vector stores; a tail shorter than 16
+// values, or a blocksize that is not a multiple of 16, goes value pair by value pair.
 template <typename T>
 __device__ void dequant4(T* out, const unsigned char* packed, const float* code, const float* absmax,
                          const unsigned char* codes, const float* map, const float* nested, unsigned int nested_bs,
@@ -22,22 +22,24 @@ __device__ void dequant4(T* out, const unsigned char* packed, const float* code,
     __shared__ float code_s[16];
     if (threadIdx.x < 16) code_s[threadIdx.x] = code[threadIdx.x];
     __syncthreads();
-    const bool vec = blocksize % 8 == 0;
-    const unsigned long long groups = vec ? n / 8 : 0;
+    const bool vec = blocksize % 16 == 0;
+    const unsigned long long groups = vec ? n / 16 : 0;
     GRID_STRIDE(g, groups) {
-        const unsigned long long i = 8 * g;
+        const unsigned long long i = 16 * g;
         const float a = block_absmax(i / blocksize, absmax, codes, map, nested, nested_bs, offset);
-        const unsigned int word = reinterpret_cast<const unsigned int*>(packed)[g];
-        float v[8];
-        for (int k = 0; k < 4; ++k) {
-            const unsigned int byte = (word >> (8 * k)) & 255u;
+        const uint2 words = reinterpret_cast<const uint2*>(packed)[g];
+        float v[16];
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+            const unsigned int byte = ((k < 4 ? words.x : words.y) >> (8 * (k & 3))) & 255u;
             v[2 * k] = code_s[byte >> 4] * a;
             v[2 * k + 1] = code_s[byte & 15u] * a;
         }
         store8(out + i, v);
+        store8(out + i + 8, v + 8);
     }
     // The rest, two values per packed byte.
-    const unsigned long long first = groups * 4, bytes = (n + 1) / 2;
+    const unsigned long long first = groups * 8, bytes = (n + 1) / 2;
     GRID_STRIDE(t, bytes - first) {
         const unsigned long long j = first + t, i = 2 * j;
         const float a = block_absmax(i / blocksize, absmax, codes, map, nested, nested_bs, offset);

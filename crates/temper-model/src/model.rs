@@ -132,11 +132,10 @@ impl Checkpointing {
 enum Kept<B: Backend> {
     Device(B::Buf),
     /// The layer's input in host memory, with its attention output (host) and log-sum-exp
-    /// (device), so the recompute before its backward skips the attention forward.
+    /// (device) when kept, so the recompute before its backward skips the attention forward.
     Host {
         x: B::Host,
-        att: B::Host,
-        lse: B::Buf,
+        attention: Option<(B::Host, B::Buf)>,
     },
 }
 
@@ -330,6 +329,15 @@ impl<B: Backend> Model<B> {
         let layers = self.cfg.layers;
 
         // Forward, keeping each layer's input and (without checkpointing) its activations.
+        // With the inputs on the host, each layer's attention output goes there too (the
+        // recompute then skips attention) while host memory allows: at most half of what the
+        // system has available for both together.
+        let keep_attention = ckpt == Checkpointing::EveryLayerOnHost && {
+            let esize = be.compute_dtype().size() as u64;
+            let per_layer = (n * (c + self.cfg.q_dim())) as u64 * esize;
+            let need = per_layer.saturating_mul(layers as u64);
+            temper_core::memory::host_available_bytes().is_some_and(|avail| need <= avail / 2)
+        };
         let mut inputs: Vec<Kept<B>> = Vec::with_capacity(layers);
         let mut kept: Vec<LayerActs<B>> = Vec::new();
         be.profile_stage("forward");
@@ -346,16 +354,21 @@ impl<B: Backend> Model<B> {
                 Checkpointing::EveryLayer => inputs.push(Kept::Device(input)),
                 Checkpointing::EveryLayerOnHost => inputs.push(Kept::Host {
                     x: be.park_on_host(input)?,
-                    att: be.park_on_host(acts.att)?,
-                    lse: acts.lse,
+                    attention: if keep_attention {
+                        Some((be.park_on_host(acts.att)?, acts.lse))
+                    } else {
+                        None
+                    },
                 }),
             }
         }
 
         // The last layer's input starts back while the head runs.
-        if let Some(Kept::Host { x, att, .. }) = inputs.last() {
+        if let Some(Kept::Host { x, attention }) = inputs.last() {
             be.prefetch_from_host(x)?;
-            be.prefetch_from_host(att)?;
+            if let Some((att, _)) = attention {
+                be.prefetch_from_host(att)?;
+            }
         }
 
         // Final norm, then the LM head fused with the loss and its first backward step.
@@ -381,9 +394,12 @@ impl<B: Backend> Model<B> {
         for l in (0..layers).rev() {
             let (x_in, attention) = match inputs.pop() {
                 Some(Kept::Device(b)) => (b, None),
-                Some(Kept::Host { x, att, lse }) => (
+                Some(Kept::Host { x, attention }) => (
                     be.restore_from_host(&x)?,
-                    Some((be.restore_from_host(&att)?, lse)),
+                    match attention {
+                        Some((att, lse)) => Some((be.restore_from_host(&att)?, lse)),
+                        None => None,
+                    },
                 ),
                 None => {
                     return Err(ModelError::Adapter(
@@ -392,9 +408,11 @@ impl<B: Backend> Model<B> {
                 }
             };
             // The next layer's input travels while this one recomputes and walks back.
-            if let Some(Kept::Host { x, att, .. }) = inputs.last() {
+            if let Some(Kept::Host { x, attention }) = inputs.last() {
                 be.prefetch_from_host(x)?;
-                be.prefetch_from_host(att)?;
+                if let Some((att, _)) = attention {
+                    be.prefetch_from_host(att)?;
+                }
             }
             let acts = match kept.pop() {
                 Some(a) => a,
