@@ -289,12 +289,7 @@ fn host_fallbacks_equal_the_cpu_kernels() {
 fn longrope_inv_freq_matches_transformers() {
     // transformers' _compute_longrope_parameters for dim 8, base 1e4, short factors
     // [1, 1.7, 1.1, 3]: 1 / (ext * base ** (arange(0, 8, 2) / 8)) in float32.
-    let torch_short = [
-        1.0f32,
-        0.05882352963089943,
-        0.00909090880304575,
-        0.00033333332976326346,
-    ];
+    let torch_short: [f32; 4] = [1.0, 0.058_823_53, 0.009_090_909, 0.000_333_333_33];
     let scaling = RopeScaling::LongRope {
         short_factor: vec![1.0, 1.7, 1.1, 3.0],
         long_factor: vec![2.0, 2.0, 2.0, 2.0],

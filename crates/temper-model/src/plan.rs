@@ -34,7 +34,8 @@ impl MemoryPlan {
 /// Every frozen value: embeddings, head (unless tied), layers, norms, RoPE tables.
 pub fn weight_values(cfg: &ModelConfig) -> usize {
     let (c, v) = (cfg.hidden, cfg.vocab);
-    let per_layer: usize = Target::ALL
+    let per_layer: usize = cfg
+        .linears()
         .iter()
         .map(|t| {
             let (i, o) = t.dims(cfg);
@@ -47,6 +48,7 @@ pub fn weight_values(cfg: &ModelConfig) -> usize {
         })
         .sum::<usize>()
         + 2 * c
+        + if cfg.sandwich_norms { 2 * c } else { 0 }
         + if cfg.qk_norm { 2 * cfg.head_dim } else { 0 };
     let head = if cfg.tie_embeddings { 0 } else { v * c };
     let rope = cfg.max_positions.max(1) * cfg.head_dim; // cos and sin, (P, d/2) each
@@ -58,7 +60,8 @@ pub fn weight_values(cfg: &ModelConfig) -> usize {
 /// embeddings, head and norms stay in `dtype`.
 pub fn weight_bytes_4bit(cfg: &ModelConfig, dtype: DType, blocksize: usize, double: bool) -> usize {
     let linear: usize = cfg.layers
-        * Target::ALL
+        * cfg
+            .linears()
             .iter()
             .map(|t| {
                 let (i, o) = t.dims(cfg);
@@ -78,7 +81,7 @@ pub fn weight_bytes_4bit(cfg: &ModelConfig, dtype: DType, blocksize: usize, doub
 /// per value and an f32 scale per row, as bitsandbytes' LLM.int8 stores them); embeddings,
 /// head and norms stay in `dtype`.
 pub fn weight_bytes_8bit(cfg: &ModelConfig, dtype: DType) -> usize {
-    let (linear, rows) = Target::ALL.iter().fold((0, 0), |(n, r), t| {
+    let (linear, rows) = cfg.linears().iter().fold((0, 0), |(n, r), t| {
         let (i, o) = t.dims(cfg);
         (n + cfg.layers * i * o, r + cfg.layers * o)
     });

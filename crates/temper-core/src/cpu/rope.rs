@@ -73,6 +73,7 @@ pub fn rope_backward<T: Float>(
 }
 
 /// Checks a partial rotation: `rot` even, positive and at most d; the tables are (P, rot/2).
+#[allow(clippy::too_many_arguments)]
 fn check_partial(
     op: &'static str,
     x_len: usize,
