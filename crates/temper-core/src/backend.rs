@@ -130,7 +130,10 @@ pub fn copy_range_via_host<B: Backend + ?Sized>(
 pub fn not_on_backend(op: &'static str, backend: &str, what: &str) -> crate::CoreError {
     crate::CoreError::Invalid {
         op,
-        msg: format!("{what} is not supported on {backend} yet; use --device cpu"),
+        msg: format!(
+            "{what} is not supported on {} yet; use --device cpu",
+            backend.to_uppercase()
+        ),
     }
 }
 

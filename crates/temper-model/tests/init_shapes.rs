@@ -18,7 +18,11 @@ fn check(name: &str, arch: Arch, linears: &[Target]) {
     assert_eq!(cfg.arch, arch, "{name}");
     assert_eq!(cfg.linears(), linears, "{name}");
     let rope = cfg.max_positions * cfg.head_dim;
-    assert_eq!(plan::weight_values(&cfg) - rope, params, "{name}: planned parameters");
+    assert_eq!(
+        plan::weight_values(&cfg) - rope,
+        params,
+        "{name}: planned parameters"
+    );
 
     let be = Arc::new(CpuBackend::new());
     let model = Model::load(be.clone(), dir.path()).expect("loads");

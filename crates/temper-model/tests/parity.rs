@@ -428,3 +428,39 @@ fn cuda_refuses_a_sliding_window_shorter_than_the_sequence() {
         .logits(None, &batch)
         .expect("windows as long as the sequences run");
 }
+
+/// Phi-3 and Gemma on the GPU: the column split, partial RoPE and GeGLU run through host
+/// memory there (no CUDA kernels for them yet), so the results are the CPU's.
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test -- --ignored"]
+fn cuda_phi3_and_gemma_match_transformers_and_peft() {
+    check_cuda("phi3_longrope");
+    check_cuda("gemma");
+}
+
+/// Gemma 2's soft-capped attention has no CUDA kernel: refused with the way out, not
+/// computed as plain attention.
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test -- --ignored"]
+fn cuda_refuses_soft_capped_attention() {
+    let dir = fixture_dir("gemma2_softcap");
+    let be = cuda(DType::F32);
+    let model = Model::load(be.clone(), &dir.join("model")).expect("model loads");
+    let ids: Vec<u32> = (3..7).collect();
+    let positions: Vec<u32> = (0..4).collect();
+    let targets = vec![-100i32; 4];
+    let batch = TokenBatch {
+        ids: &ids,
+        positions: &positions,
+        cu_seqlens: &[0, 4],
+        targets: &targets,
+    };
+    let err = match model.logits(None, &batch) {
+        Ok(_) => panic!("soft-capped attention must be refused on CUDA"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("attn_logit_softcapping") && err.contains("--device cpu"),
+        "{err}"
+    );
+}
