@@ -6,21 +6,6 @@
 // (no fused multiply-add, so the CPU twin matches bit for bit).
 #include "common.cuh"
 
-// Eight values to out[0..8], out 16-byte aligned: one or two vector stores.
-__device__ __forceinline__ void store8(float* out, const float* v) {
-    reinterpret_cast<float4*>(out)[0] = make_float4(v[0], v[1], v[2], v[3]);
-    reinterpret_cast<float4*>(out)[1] = make_float4(v[4], v[5], v[6], v[7]);
-}
-template <typename H>
-__device__ __forceinline__ void store8_16bit(H* out, const float* v) {
-    unsigned int w[4];
-    for (int k = 0; k < 4; ++k)
-        w[k] = (unsigned int)from_f32<H>(v[2 * k]).bits | ((unsigned int)from_f32<H>(v[2 * k + 1]).bits << 16);
-    reinterpret_cast<uint4*>(out)[0] = make_uint4(w[0], w[1], w[2], w[3]);
-}
-__device__ __forceinline__ void store8(bf16* out, const float* v) { store8_16bit(out, v); }
-__device__ __forceinline__ void store8(f16* out, const float* v) { store8_16bit(out, v); }
-
 __device__ __forceinline__ float block_absmax(unsigned long long b, const float* absmax, const unsigned char* codes,
                                               const float* map, const float* nested, unsigned int nested_bs,
                                               float offset) {

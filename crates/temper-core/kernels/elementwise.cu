@@ -11,12 +11,25 @@ __device__ void fill(T* y, float v, unsigned long long n) {
 // y += alpha * x
 template <typename T>
 __device__ void axpy(T* y, float alpha, const T* x, unsigned long long n) {
-    GRID_STRIDE(i, n) y[i] = from_f32<T>(to_f32(y[i]) + alpha * to_f32(x[i]));
+    GRID_STRIDE8(i, n) {
+        float a[8], b[8];
+        load8(y + i, a);
+        load8(x + i, b);
+        for (int k = 0; k < 8; ++k) a[k] = a[k] + alpha * b[k];
+        store8(y + i, a);
+    }
+    TAIL8(i, n) y[i] = from_f32<T>(to_f32(y[i]) + alpha * to_f32(x[i]));
 }
 
 template <typename T>
 __device__ void scale(T* y, float alpha, unsigned long long n) {
-    GRID_STRIDE(i, n) y[i] = from_f32<T>(to_f32(y[i]) * alpha);
+    GRID_STRIDE8(i, n) {
+        float a[8];
+        load8(y + i, a);
+        for (int k = 0; k < 8; ++k) a[k] = a[k] * alpha;
+        store8(y + i, a);
+    }
+    TAIL8(i, n) y[i] = from_f32<T>(to_f32(y[i]) * alpha);
 }
 
 // y (rows, c) += bias (c)
@@ -57,23 +70,44 @@ __device__ void dropout(T* y, const T* x, float p, unsigned long long seed, unsi
 }
 
 // h = silu(g) * u
+__device__ __forceinline__ float swiglu(float g, float u) {
+    const float s = 1.0f / (1.0f + expf(-g));
+    return g * s * u;
+}
 template <typename T>
 __device__ void swiglu_forward(T* h, const T* g, const T* u, unsigned long long n) {
-    GRID_STRIDE(i, n) {
-        const float gi = to_f32(g[i]);
-        const float s = 1.0f / (1.0f + expf(-gi));
-        h[i] = from_f32<T>(gi * s * to_f32(u[i]));
+    GRID_STRIDE8(i, n) {
+        float gv[8], uv[8];
+        load8(g + i, gv);
+        load8(u + i, uv);
+        for (int k = 0; k < 8; ++k) gv[k] = swiglu(gv[k], uv[k]);
+        store8(h + i, gv);
     }
+    TAIL8(i, n) h[i] = from_f32<T>(swiglu(to_f32(g[i]), to_f32(u[i])));
 }
 
 // dgate = dh * u * s * (1 + g (1 - s)), dup = dh * g * s
+__device__ __forceinline__ void swiglu_grad(float g, float u, float dh, float* dg, float* du) {
+    const float s = 1.0f / (1.0f + expf(-g));
+    *dg = dh * u * s * (1.0f + g * (1.0f - s));
+    *du = dh * g * s;
+}
 template <typename T>
 __device__ void swiglu_backward(T* dg, T* du, const T* dh, const T* g, const T* u, unsigned long long n) {
-    GRID_STRIDE(i, n) {
-        const float gi = to_f32(g[i]), ui = to_f32(u[i]), dhi = to_f32(dh[i]);
-        const float s = 1.0f / (1.0f + expf(-gi));
-        dg[i] = from_f32<T>(dhi * ui * s * (1.0f + gi * (1.0f - s)));
-        du[i] = from_f32<T>(dhi * gi * s);
+    GRID_STRIDE8(i, n) {
+        float gv[8], uv[8], dhv[8], dgv[8], duv[8];
+        load8(g + i, gv);
+        load8(u + i, uv);
+        load8(dh + i, dhv);
+        for (int k = 0; k < 8; ++k) swiglu_grad(gv[k], uv[k], dhv[k], &dgv[k], &duv[k]);
+        store8(dg + i, dgv);
+        store8(du + i, duv);
+    }
+    TAIL8(i, n) {
+        float a, b;
+        swiglu_grad(to_f32(g[i]), to_f32(u[i]), to_f32(dh[i]), &a, &b);
+        dg[i] = from_f32<T>(a);
+        du[i] = from_f32<T>(b);
     }
 }
 

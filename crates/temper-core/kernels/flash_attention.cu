@@ -6,7 +6,8 @@
 // Layouts as attention.cu: q, dq, out, dout (N, hq, D); k, v, dk, dv (N, hkv, D); lse and
 // Dsum (N, hq), f32. Query head h reads kv head h / (hq / hkv).
 //
-// Forward: a block owns BR = 64 queries of one head, 16 per warp. Keys and values of its
+// Forward: a block owns 64 FM queries of one head, 16 FM per warp (FM = 2 up to head dim 128:
+// each K and V fragment read from shared memory then feeds two products). Keys and values of its
 // sequence stream through shared memory in tiles of BC rows, the next tile's copy in flight
 // (cp.async from sm_80) while the current one is used. S = Q K^T and O += P V run on
 // mma.sync (m16n8k16; two m16n8k8 for f16 on sm_75) with f32 accumulators; the softmax is
@@ -19,7 +20,7 @@
 //   the saved lse, dP^T = V dO^T, dS^T = P^T (dP^T - Dsum); dV += P^T dO and dK += dS^T Q in
 //   registers. Head dims above 128 accumulate dK and dV in column chunks of DC (grid z),
 //   recomputing S and dP for each chunk.
-// - flash_bwd_dq: a block owns BR = 64 queries of one head and walks their keys: S, P, dP and
+// - flash_bwd_dq: a block owns 64 FM queries of one head and walks their keys: S, P, dP and
 //   dS again, dQ += dS K.
 //
 // tiles: three u32 per block, (first token of the sequence, its length, first row of the
@@ -30,7 +31,6 @@
 #define FA_LOG2E 1.4426950408889634f
 #define FA_LN2 0.6931471805599453f
 #define FA_THREADS 128
-#define FA_BR 64  // queries per forward / dq block
 #define FA_BK 64  // keys per dkv block
 
 #if __CUDA_ARCH__ >= 800
@@ -211,6 +211,52 @@ __device__ __forceinline__ void mma_frags_kn(float acc[NT][4], const float p[2 *
     }
 }
 
+// FM row blocks of 16 at once: acc[f] (16 x 8*NT) += A (rows r0 + 16 f.., 16*KT columns) B^T,
+// B stored (n, k) from row n0. Each B fragment read from shared memory serves all FM blocks.
+template <typename T, int SD, int KT, int NT, int FM>
+__device__ __forceinline__ void mma_rows_nk_fm(float acc[FM][NT][4], const T* a, int r0, const T* b, int n0,
+                                               int lane) {
+#pragma unroll
+    for (int kk = 0; kk < KT; ++kk) {
+        unsigned int af[FM][4];
+#pragma unroll
+        for (int f = 0; f < FM; ++f) ldsm4(af[f], frag_a<T, SD>(a, r0 + 16 * f, kk * 16, lane));
+#pragma unroll
+        for (int np = 0; np < NT / 2; ++np) {
+            unsigned int bf[4];
+            ldsm4(bf, frag_b_nk<T, SD>(b, n0 + np * 16, kk * 16, lane));
+#pragma unroll
+            for (int f = 0; f < FM; ++f) {
+                mma16816(T{}, acc[f][2 * np], af[f], bf[0], bf[1]);
+                mma16816(T{}, acc[f][2 * np + 1], af[f], bf[2], bf[3]);
+            }
+        }
+    }
+}
+
+// FM row blocks of 16 at once: acc[f] (16 x 8*NT) += P[f] (16 x 16*KT, accumulator fragments) B,
+// B stored (k, n) from row 0, columns c0.. (read transposed, each fragment once for all FM).
+template <typename T, int SD, int KT, int NT, int FM>
+__device__ __forceinline__ void mma_frags_kn_fm(float acc[FM][NT][4], const float p[FM][2 * KT][4], const T* b,
+                                                int c0, int lane) {
+#pragma unroll
+    for (int kk = 0; kk < KT; ++kk) {
+        unsigned int pa[FM][4];
+#pragma unroll
+        for (int f = 0; f < FM; ++f) c_to_a<T>(pa[f], p[f][2 * kk], p[f][2 * kk + 1]);
+#pragma unroll
+        for (int dp = 0; dp < NT / 2; ++dp) {
+            unsigned int bf[4];
+            ldsm4_t(bf, frag_b_kn<T, SD>(b, kk * 16, c0 + dp * 16, lane));
+#pragma unroll
+            for (int f = 0; f < FM; ++f) {
+                mma16816(T{}, acc[f][2 * dp], pa[f], bf[0], bf[1]);
+                mma16816(T{}, acc[f][2 * dp + 1], pa[f], bf[2], bf[3]);
+            }
+        }
+    }
+}
+
 // ROWS rows of D values from global rows r0.. (row i at base + i * stride) into a shared tile
 // with row stride SD; rows at or past len are zeros.
 template <typename T, int D, int SD, int ROWS>
@@ -250,14 +296,16 @@ __device__ __forceinline__ void store_rows(T* s, int r0, const float acc[NT][4],
 
 // ---- forward ----
 
-// grid (tiles, hq), block FA_THREADS; shared (FA_BR + 2 FA_STAGES BC) (D + FA_PAD) values.
-template <typename T, int D, int BC>
+// grid (tiles, hq), block FA_THREADS; shared (64 FM + 2 FA_STAGES BC) (D + FA_PAD) values. Each
+// warp owns 16 FM queries (FM blocks of 16 rows), so every K and V fragment it reads from
+// shared memory feeds FM products.
+template <typename T, int D, int BC, int FM>
 __device__ void flash_forward(T* out, float* lse, const T* q, const T* k, const T* v, const unsigned int* tiles,
                               unsigned int hq, unsigned int hkv, float scale) {
-    constexpr int SD = D + FA_PAD, KT = D / 16, NB = BC / 8, NO = D / 8;
+    constexpr int SD = D + FA_PAD, KT = D / 16, NB = BC / 8, NO = D / 8, WR = 16 * FM, BRF = 4 * WR;
     extern __shared__ __align__(16) unsigned char fa_smem[];
-    T* Qs = reinterpret_cast<T*>(fa_smem);  // (BR, SD)
-    T* Ks = Qs + FA_BR * SD;                // (STAGES, BC, SD)
+    T* Qs = reinterpret_cast<T*>(fa_smem);  // (BRF, SD)
+    T* Ks = Qs + BRF * SD;                  // (STAGES, BC, SD)
     T* Vs = Ks + FA_STAGES * BC * SD;       // (STAGES, BC, SD)
     const int a = tiles[3 * blockIdx.x], len = tiles[3 * blockIdx.x + 1], q0 = tiles[3 * blockIdx.x + 2];
     const unsigned int h = blockIdx.y, hk = h / (hq / hkv);
@@ -266,21 +314,25 @@ __device__ void flash_forward(T* out, float* lse, const T* q, const T* k, const 
     const T* qb = q + (unsigned long long)a * qstride + h * D;
     const T* kb = k + (unsigned long long)a * kstride + hk * D;
     const T* vb = v + (unsigned long long)a * kstride + hk * D;
-    const int kend = min(len, q0 + FA_BR);  // keys 0..kend are seen by some row of the tile
+    const int kend = min(len, q0 + BRF);  // keys 0..kend are seen by some row of the tile
     const int ntiles = (kend + BC - 1) / BC;
-    const int row0 = q0 + warp * 16;  // the warp's first query
+    const int row0 = q0 + warp * WR;  // the warp's first query
     const bool warp_live = row0 < len;
     const float sl2 = scale * FA_LOG2E;
 
-    load_rows<T, D, SD, FA_BR>(Qs, qb, qstride, q0, len);
+    load_rows<T, D, SD, BRF>(Qs, qb, qstride, q0, len);
     load_rows<T, D, SD, BC>(Ks, kb, kstride, 0, len);
     load_rows<T, D, SD, BC>(Vs, vb, kstride, 0, len);
     copies_commit();
 
-    float o[NO][4];
+    float o[FM][NO][4];
 #pragma unroll
-    for (int i = 0; i < NO; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
-    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    for (int f = 0; f < FM; ++f)
+#pragma unroll
+        for (int i = 0; i < NO; ++i) o[f][i][0] = o[f][i][1] = o[f][i][2] = o[f][i][3] = 0.0f;
+    float m[FM][2], l[FM][2];
+#pragma unroll
+    for (int f = 0; f < FM; ++f) m[f][0] = m[f][1] = -INFINITY, l[f][0] = l[f][1] = 0.0f;
 
     for (int j = 0; j < ntiles; ++j) {
         const int stage = FA_STAGES == 1 ? 0 : (j & 1);
@@ -302,72 +354,83 @@ __device__ void flash_forward(T* out, float* lse, const T* q, const T* k, const 
         __syncthreads();
         const int k0 = j * BC;
         // Skip a warp whose queries all precede the tile's keys (or lie past the sequence).
-        if (warp_live && k0 <= row0 + 15) {
+        if (warp_live && k0 <= row0 + WR - 1) {
             const T* Kt = Ks + stage * BC * SD;
             const T* Vt = Vs + stage * BC * SD;
-            float s[NB][4];
+            float s[FM][NB][4];
 #pragma unroll
-            for (int i = 0; i < NB; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.0f;
-            mma_rows_nk<T, SD, KT, NB>(s, Qs, warp * 16, Kt, 0, lane);
-            const bool mask = k0 + BC - 1 > row0 || k0 + BC > len;
-            float mx[2] = {-INFINITY, -INFINITY};
+            for (int f = 0; f < FM; ++f)
 #pragma unroll
-            for (int nt = 0; nt < NB; ++nt) {
+                for (int i = 0; i < NB; ++i) s[f][i][0] = s[f][i][1] = s[f][i][2] = s[f][i][3] = 0.0f;
+            mma_rows_nk_fm<T, SD, KT, NB, FM>(s, Qs, warp * WR, Kt, 0, lane);
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    float x = s[nt][e] * sl2;
-                    if (mask) {
-                        const int key = k0 + nt * 8 + 2 * t + (e & 1), row = row0 + g + 8 * (e >> 1);
-                        if (key > row || key >= len) x = -INFINITY;
+            for (int f = 0; f < FM; ++f) {
+                const int frow0 = row0 + 16 * f;
+                const bool mask = k0 + BC - 1 > frow0 || k0 + BC > len;
+                float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+                for (int nt = 0; nt < NB; ++nt) {
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        float x = s[f][nt][e] * sl2;
+                        if (mask) {
+                            const int key = k0 + nt * 8 + 2 * t + (e & 1), row = frow0 + g + 8 * (e >> 1);
+                            if (key > row || key >= len) x = -INFINITY;
+                        }
+                        s[f][nt][e] = x;
+                        mx[e >> 1] = fmaxf(mx[e >> 1], x);
                     }
-                    s[nt][e] = x;
-                    mx[e >> 1] = fmaxf(mx[e >> 1], x);
+                }
+                float base[2], corr[2];
+#pragma unroll
+                for (int i = 0; i < 2; ++i) {
+                    mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+                    mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+                    const float nm = fmaxf(m[f][i], mx[i]);
+                    base[i] = nm == -INFINITY ? 0.0f : nm;
+                    corr[i] = exp2f(m[f][i] - base[i]);
+                    m[f][i] = nm;
+                    l[f][i] *= corr[i];
+                }
+#pragma unroll
+                for (int nt = 0; nt < NB; ++nt) {
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const float p = exp2f(s[f][nt][e] - base[e >> 1]);
+                        s[f][nt][e] = p;
+                        l[f][e >> 1] += p;
+                    }
+                }
+#pragma unroll
+                for (int i = 0; i < NO; ++i) {
+                    o[f][i][0] *= corr[0];
+                    o[f][i][1] *= corr[0];
+                    o[f][i][2] *= corr[1];
+                    o[f][i][3] *= corr[1];
                 }
             }
-            float base[2], corr[2];
-#pragma unroll
-            for (int i = 0; i < 2; ++i) {
-                mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
-                mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
-                const float nm = fmaxf(m[i], mx[i]);
-                base[i] = nm == -INFINITY ? 0.0f : nm;
-                corr[i] = exp2f(m[i] - base[i]);
-                m[i] = nm;
-                l[i] *= corr[i];
-            }
-#pragma unroll
-            for (int nt = 0; nt < NB; ++nt) {
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const float p = exp2f(s[nt][e] - base[e >> 1]);
-                    s[nt][e] = p;
-                    l[e >> 1] += p;
-                }
-            }
-#pragma unroll
-            for (int i = 0; i < NO; ++i) {
-                o[i][0] *= corr[0];
-                o[i][1] *= corr[0];
-                o[i][2] *= corr[1];
-                o[i][3] *= corr[1];
-            }
-            mma_frags_kn<T, SD, BC / 16, NO>(o, s, Vt, 0, lane);
+            mma_frags_kn_fm<T, SD, BC / 16, NO, FM>(o, s, Vt, 0, lane);
         }
         __syncthreads();
     }
     if (!warp_live) return;
-    float inv[2];
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
-        l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
-        l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
-        inv[i] = 1.0f / l[i];
-        const int row = row0 + g + 8 * i;
-        if (t == 0 && row < len) lse[(unsigned long long)(a + row) * hq + h] = (m[i] + log2f(l[i])) * FA_LN2;
+    for (int f = 0; f < FM; ++f) {
+        const int frow0 = row0 + 16 * f;
+        float inv[2];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            float li = l[f][i];
+            li += __shfl_xor_sync(0xffffffffu, li, 1);
+            li += __shfl_xor_sync(0xffffffffu, li, 2);
+            inv[i] = 1.0f / li;
+            const int row = frow0 + g + 8 * i;
+            if (t == 0 && row < len) lse[(unsigned long long)(a + row) * hq + h] = (m[f][i] + log2f(li)) * FA_LN2;
+        }
+        // The warp's rows of Qs are its own from here (no other warp reads them).
+        store_rows<T, SD, NO>(Qs, warp * WR + 16 * f, o[f], inv, out + (unsigned long long)a * qstride + h * D,
+                              qstride, frow0, 0, len, lane);
     }
-    // The warp's rows of Qs are its own from here (no other warp reads them).
-    store_rows<T, SD, NO>(Qs, warp * 16, o, inv, out + (unsigned long long)a * qstride + h * D, qstride, row0, 0,
-                          len, lane);
 }
 
 // ---- backward ----
@@ -483,17 +546,17 @@ __device__ void flash_bwd_dkv(T* dk, T* dv, const T* q, const T* k, const T* v, 
     store_rows<T, SD, NC>(Vs, warp * 16, dva, one, dv + off, kstride, key0, c0, len, lane);
 }
 
-// dQ of FA_BR queries of head blockIdx.y. grid (tiles, hq), block FA_THREADS; shared
-// 2 FA_BR + 2 FA_STAGES BC rows of (D + FA_PAD) values.
-template <typename T, int D, int BC>
+// dQ of 64 FM queries of head blockIdx.y (16 FM per warp). grid (tiles, hq), block FA_THREADS;
+// shared 2 (64 FM) + 2 FA_STAGES BC rows of (D + FA_PAD) values.
+template <typename T, int D, int BC, int FM>
 __device__ void flash_bwd_dq(T* dq, const T* q, const T* k, const T* v, const T* dout, const float* lse,
                              const float* Dsum, const unsigned int* tiles, unsigned int hq, unsigned int hkv,
                              float scale) {
-    constexpr int SD = D + FA_PAD, KT = D / 16, NB = BC / 8, NO = D / 8;
+    constexpr int SD = D + FA_PAD, KT = D / 16, NB = BC / 8, NO = D / 8, WR = 16 * FM, BRF = 4 * WR;
     extern __shared__ __align__(16) unsigned char fa_smem[];
-    T* Qs = reinterpret_cast<T*>(fa_smem);  // (BR, SD)
-    T* Os = Qs + FA_BR * SD;                // dO: (BR, SD)
-    T* Ks = Os + FA_BR * SD;                // (STAGES, BC, SD)
+    T* Qs = reinterpret_cast<T*>(fa_smem);  // (BRF, SD)
+    T* Os = Qs + BRF * SD;                  // dO: (BRF, SD)
+    T* Ks = Os + BRF * SD;                  // (STAGES, BC, SD)
     T* Vs = Ks + FA_STAGES * BC * SD;       // (STAGES, BC, SD)
     const int a = tiles[3 * blockIdx.x], len = tiles[3 * blockIdx.x + 1], q0 = tiles[3 * blockIdx.x + 2];
     const unsigned int h = blockIdx.y, hk = h / (hq / hkv);
@@ -502,29 +565,33 @@ __device__ void flash_bwd_dq(T* dq, const T* q, const T* k, const T* v, const T*
     const unsigned long long qoff = (unsigned long long)a * qstride + h * D;
     const T* kb = k + (unsigned long long)a * kstride + hk * D;
     const T* vb = v + (unsigned long long)a * kstride + hk * D;
-    const int kend = min(len, q0 + FA_BR);
+    const int kend = min(len, q0 + BRF);
     const int ntiles = (kend + BC - 1) / BC;
-    const int row0 = q0 + warp * 16;
+    const int row0 = q0 + warp * WR;
     const bool warp_live = row0 < len;
     const float sl2 = scale * FA_LOG2E;
-    float lrow[2], drow[2];
+    float lrow[FM][2], drow[FM][2];
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
-        const int row = row0 + g + 8 * i;
-        const unsigned long long idx = (unsigned long long)(a + row) * hq + h;
-        lrow[i] = row < len ? lse[idx] * FA_LOG2E : 0.0f;
-        drow[i] = row < len ? Dsum[idx] : 0.0f;
-    }
+    for (int f = 0; f < FM; ++f)
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const int row = row0 + 16 * f + g + 8 * i;
+            const unsigned long long idx = (unsigned long long)(a + row) * hq + h;
+            lrow[f][i] = row < len ? lse[idx] * FA_LOG2E : 0.0f;
+            drow[f][i] = row < len ? Dsum[idx] : 0.0f;
+        }
 
-    load_rows<T, D, SD, FA_BR>(Qs, q + qoff, qstride, q0, len);
-    load_rows<T, D, SD, FA_BR>(Os, dout + qoff, qstride, q0, len);
+    load_rows<T, D, SD, BRF>(Qs, q + qoff, qstride, q0, len);
+    load_rows<T, D, SD, BRF>(Os, dout + qoff, qstride, q0, len);
     load_rows<T, D, SD, BC>(Ks, kb, kstride, 0, len);
     load_rows<T, D, SD, BC>(Vs, vb, kstride, 0, len);
     copies_commit();
 
-    float dqa[NO][4];
+    float dqa[FM][NO][4];
 #pragma unroll
-    for (int i = 0; i < NO; ++i) dqa[i][0] = dqa[i][1] = dqa[i][2] = dqa[i][3] = 0.0f;
+    for (int f = 0; f < FM; ++f)
+#pragma unroll
+        for (int i = 0; i < NO; ++i) dqa[f][i][0] = dqa[f][i][1] = dqa[f][i][2] = dqa[f][i][3] = 0.0f;
 
     for (int j = 0; j < ntiles; ++j) {
         const int stage = FA_STAGES == 1 ? 0 : (j & 1);
@@ -545,48 +612,56 @@ __device__ void flash_bwd_dq(T* dq, const T* q, const T* k, const T* v, const T*
         }
         __syncthreads();
         const int k0 = j * BC;
-        if (warp_live && k0 <= row0 + 15) {
+        if (warp_live && k0 <= row0 + WR - 1) {
             const T* Kt = Ks + stage * BC * SD;
             const T* Vt = Vs + stage * BC * SD;
-            float p[NB][4], ds[NB][4];
+            float p[FM][NB][4], ds[FM][NB][4];
 #pragma unroll
-            for (int i = 0; i < NB; ++i) {
-                p[i][0] = p[i][1] = p[i][2] = p[i][3] = 0.0f;
-                ds[i][0] = ds[i][1] = ds[i][2] = ds[i][3] = 0.0f;
-            }
-            mma_rows_nk<T, SD, KT, NB>(p, Qs, warp * 16, Kt, 0, lane);   // S
-            mma_rows_nk<T, SD, KT, NB>(ds, Os, warp * 16, Vt, 0, lane);  // dP
-            const bool mask = k0 + BC - 1 > row0 || k0 + BC > len || row0 + 16 > len;
+            for (int f = 0; f < FM; ++f)
 #pragma unroll
-            for (int nt = 0; nt < NB; ++nt) {
+                for (int i = 0; i < NB; ++i) {
+                    p[f][i][0] = p[f][i][1] = p[f][i][2] = p[f][i][3] = 0.0f;
+                    ds[f][i][0] = ds[f][i][1] = ds[f][i][2] = ds[f][i][3] = 0.0f;
+                }
+            mma_rows_nk_fm<T, SD, KT, NB, FM>(p, Qs, warp * WR, Kt, 0, lane);   // S
+            mma_rows_nk_fm<T, SD, KT, NB, FM>(ds, Os, warp * WR, Vt, 0, lane);  // dP
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int i = e >> 1;
-                    float pv = exp2f(p[nt][e] * sl2 - lrow[i]);
-                    if (mask) {
-                        const int key = k0 + nt * 8 + 2 * t + (e & 1), row = row0 + g + 8 * i;
-                        if (key > row || key >= len || row >= len) pv = 0.0f;
+            for (int f = 0; f < FM; ++f) {
+                const int frow0 = row0 + 16 * f;
+                const bool mask = k0 + BC - 1 > frow0 || k0 + BC > len || frow0 + 16 > len;
+#pragma unroll
+                for (int nt = 0; nt < NB; ++nt) {
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const int i = e >> 1;
+                        float pv = exp2f(p[f][nt][e] * sl2 - lrow[f][i]);
+                        if (mask) {
+                            const int key = k0 + nt * 8 + 2 * t + (e & 1), row = frow0 + g + 8 * i;
+                            if (key > row || key >= len || row >= len) pv = 0.0f;
+                        }
+                        ds[f][nt][e] = pv * (ds[f][nt][e] - drow[f][i]);
                     }
-                    ds[nt][e] = pv * (ds[nt][e] - drow[i]);
                 }
             }
-            mma_frags_kn<T, SD, BC / 16, NO>(dqa, ds, Kt, 0, lane);  // dQ += dS K
+            mma_frags_kn_fm<T, SD, BC / 16, NO, FM>(dqa, ds, Kt, 0, lane);  // dQ += dS K
         }
         __syncthreads();
     }
     if (!warp_live) return;
     const float sc[2] = {scale, scale};
-    store_rows<T, SD, NO>(Qs, warp * 16, dqa, sc, dq + qoff, qstride, row0, 0, len, lane);
+#pragma unroll
+    for (int f = 0; f < FM; ++f)
+        store_rows<T, SD, NO>(Qs, warp * WR + 16 * f, dqa[f], sc, dq + qoff, qstride, row0 + 16 * f, 0, len, lane);
 }
 
 // Entry points per storage type and head dim, with the tile sizes each head dim uses (the
-// host's table in src/cuda/flash.rs must agree): forward key tile, dkv query tile and column
-// chunk, dq key tile.
-#define FLASH(sfx, T, D, FWD_BC, DKV_BQ, DKV_DC, DQ_BC)                                                              \
+// host's table in src/cuda/flash.rs must agree): forward key tile and blocks of 16 queries per
+// warp, dkv query tile and column chunk, dq key tile and blocks of 16 queries per warp.
+#define FLASH(sfx, T, D, FWD_BC, FWD_FM, DKV_BQ, DKV_DC, DQ_BC, DQ_FM)                                                              \
     extern "C" __global__ void __launch_bounds__(FA_THREADS)                                                       \
         flash_fwd_##sfx##_d##D(T* out, float* lse, const T* q, const T* k, const T* v, const unsigned int* tiles, \
                                unsigned int hq, unsigned int hkv, float scale) {                                   \
-        flash_forward<T, D, FWD_BC>(out, lse, q, k, v, tiles, hq, hkv, scale);                                     \
+        flash_forward<T, D, FWD_BC, FWD_FM>(out, lse, q, k, v, tiles, hq, hkv, scale);                                 \
     }                                                                                                              \
     extern "C" __global__ void __launch_bounds__(FA_THREADS)                                                       \
         flash_bwd_dkv_##sfx##_d##D(T* dk, T* dv, const T* q, const T* k, const T* v, const T* dout,               \
@@ -598,15 +673,15 @@ __device__ void flash_bwd_dq(T* dq, const T* q, const T* k, const T* v, const T*
         flash_bwd_dq_##sfx##_d##D(T* dq, const T* q, const T* k, const T* v, const T* dout, const float* lse,     \
                                   const float* Dsum, const unsigned int* tiles, unsigned int hq, unsigned int hkv, \
                                   float scale) {                                                                   \
-        flash_bwd_dq<T, D, DQ_BC>(dq, q, k, v, dout, lse, Dsum, tiles, hq, hkv, scale);                            \
+        flash_bwd_dq<T, D, DQ_BC, DQ_FM>(dq, q, k, v, dout, lse, Dsum, tiles, hq, hkv, scale);                        \
     }
 
-#define FLASH_DIMS(sfx, T)             \
-    FLASH(sfx, T, 64, 64, 64, 64, 64)   \
-    FLASH(sfx, T, 80, 64, 32, 80, 32)   \
-    FLASH(sfx, T, 96, 64, 32, 96, 32)   \
-    FLASH(sfx, T, 128, 64, 32, 128, 32) \
-    FLASH(sfx, T, 256, 32, 32, 128, 32)
+#define FLASH_DIMS(sfx, T)                   \
+    FLASH(sfx, T, 64, 64, 2, 64, 64, 32, 2)   \
+    FLASH(sfx, T, 80, 64, 2, 32, 80, 32, 2)   \
+    FLASH(sfx, T, 96, 64, 2, 32, 96, 32, 2)   \
+    FLASH(sfx, T, 128, 32, 2, 32, 128, 32, 2) \
+    FLASH(sfx, T, 256, 32, 1, 32, 128, 32, 1)
 
 FLASH_DIMS(bf16, bf16)
 FLASH_DIMS(f16, f16)

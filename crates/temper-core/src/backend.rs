@@ -274,6 +274,16 @@ pub trait Backend: Send + Sync + 'static {
     fn act_zeros(&self, n: usize) -> Result<Self::Buf> {
         self.zeros_as(n, self.compute_dtype())
     }
+    /// A buffer of `n` elements stored as `dtype` whose contents are unspecified: only for
+    /// outputs that the next op writes in full (a GEMM with beta 0, a kernel that writes
+    /// every element). The CPU backend fills it with NaN, so a test catches a reader.
+    fn uninit_as(&self, n: usize, dtype: DType) -> Result<Self::Buf> {
+        self.zeros_as(n, dtype)
+    }
+    /// [`Backend::uninit_as`] in the compute dtype: an activation the next op writes in full.
+    fn act_uninit(&self, n: usize) -> Result<Self::Buf> {
+        self.uninit_as(n, self.compute_dtype())
+    }
     /// A frozen weight in the compute dtype.
     fn upload_frozen(&self, host: &[f32]) -> Result<Self::Buf> {
         self.upload_as(host, self.compute_dtype())
@@ -283,9 +293,17 @@ pub trait Backend: Send + Sync + 'static {
     fn upload_stored(&self, bytes: &[u8], stored: DType) -> Result<Self::Buf> {
         self.upload_frozen(&crate::dtype::decode_le(bytes, stored))
     }
-    /// Copies `buf` to host memory (queued on the device's stream: the copy may still be in
-    /// flight when this returns; [`Backend::restore_from_host`] is ordered after it).
-    fn park_on_host(&self, buf: &Self::Buf) -> Result<Self::Host>;
+    /// Moves `buf` to host memory (queued: the copy may still be in flight when this
+    /// returns, and the device memory is freed once it has run; [`Backend::restore_from_host`]
+    /// is ordered after it).
+    fn park_on_host(&self, buf: Self::Buf) -> Result<Self::Host>;
+    /// Starts copying `host` back to the device ahead of [`Backend::restore_from_host`], so
+    /// the copy overlaps the work queued between the two (backends without a copy engine do
+    /// nothing here).
+    fn prefetch_from_host(&self, host: &Self::Host) -> Result<()> {
+        let _ = host;
+        Ok(())
+    }
     /// A device buffer holding the values `park_on_host` saved, in the same storage type.
     fn restore_from_host(&self, host: &Self::Host) -> Result<Self::Buf>;
     /// `n` zeros in mapped host memory.

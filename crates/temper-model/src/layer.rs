@@ -13,11 +13,11 @@
 //!   (Gemma 2/3) m = rmsnorm(m, wm);  out = x2 + m
 //! backward walks the same lines bottom-up.
 
-use temper_core::Backend;
+use temper_core::{Backend, DType};
 
 use crate::config::MlpAct;
 use crate::error::Result;
-use crate::linear::{linear_backward, linear_forward, LoraMut, LoraRef, LoraSaved};
+use crate::linear::{linear_backward, linear_forward_opt, LoraMut, LoraRef, LoraSaved};
 use crate::lora::{LoraParams, Target};
 use crate::model::{Model, StepCtx, TokenBatch};
 
@@ -109,7 +109,7 @@ impl<B: Backend> Model<B> {
     /// The inverse of [`Model::split_columns`]: the parts' gradients side by side (N, total).
     fn join_columns(&self, parts: &[(&B::Buf, usize)], n: usize) -> Result<B::Buf> {
         let total: usize = parts.iter().map(|(_, w)| w).sum();
-        let mut y = self.be.act_zeros(n * total)?;
+        let mut y = self.be.act_uninit(n * total)?;
         let mut off = 0;
         for (src, width) in parts {
             self.be
@@ -129,6 +129,24 @@ impl<B: Backend> Model<B> {
         batch: &TokenBatch<'_>,
         ctx: &StepCtx,
     ) -> Result<LayerActs<B>> {
+        self.layer_forward_opt(l, x, Some(out), None, lora, batch, ctx)
+    }
+
+    /// [`Model::layer_forward`] where `out` may be None: a layer recomputed for its backward
+    /// skips the last projection's base GEMM and the residual add, which nothing reads (Gemma
+    /// 2/3 still run the GEMM: its norm's input and rstd are read). With `attention` (att
+    /// (N, Hq*D), lse (N, Hq) kept from the first forward) it also skips the attention forward.
+    #[allow(clippy::too_many_arguments)]
+    pub fn layer_forward_opt(
+        &self,
+        l: usize,
+        x: &B::Buf,
+        out: Option<&mut B::Buf>,
+        attention: Option<(B::Buf, B::Buf)>,
+        lora: Option<&LoraParams<B>>,
+        batch: &TokenBatch<'_>,
+        ctx: &StepCtx,
+    ) -> Result<LayerActs<B>> {
         let be = &*self.be;
         let cfg = &self.cfg;
         let w = &self.weights.layers[l];
@@ -136,40 +154,34 @@ impl<B: Backend> Model<B> {
         let (c, f, d) = (cfg.hidden, cfg.intermediate, cfg.head_dim);
         let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
         let mut saved: Vec<Option<LoraSaved<B>>> = (0..Target::COUNT).map(|_| None).collect();
-        let mut lin = |t: Target, y: &mut B::Buf, input: &B::Buf| -> Result<()> {
-            saved[t.index()] = linear_forward(
-                be,
-                y,
-                input,
-                w.linear(t)?,
-                n,
-                self.lora_ref(lora, l, t, ctx),
-            )?;
+        let mut lin = |t: Target, y: Option<&mut B::Buf>, input: &B::Buf| -> Result<()> {
+            let adapter = self.lora_ref(lora, l, t, ctx);
+            saved[t.index()] = linear_forward_opt(be, y, input, w.linear(t)?, n, adapter)?;
             Ok(())
         };
 
-        let mut xn1 = be.act_zeros(n * c)?;
-        let mut rstd1 = be.zeros(n)?;
+        let mut xn1 = be.act_uninit(n * c)?;
+        let mut rstd1 = be.uninit_as(n, DType::F32)?;
         be.rmsnorm_forward(&mut xn1, &mut rstd1, x, &w.input_norm, c, cfg.rms_eps)?;
-        let mut q = be.act_zeros(n * qd)?;
-        let mut k = be.act_zeros(n * kvd)?;
-        let mut v = be.act_zeros(n * kvd)?;
+        let mut q = be.act_uninit(n * qd)?;
+        let mut k = be.act_uninit(n * kvd)?;
+        let mut v = be.act_uninit(n * kvd)?;
         if cfg.fused_proj {
-            let mut qkv = be.act_zeros(n * (qd + 2 * kvd))?; // (N, Hq*D + 2*Hkv*D)
-            lin(Target::Qkv, &mut qkv, &xn1)?;
+            let mut qkv = be.act_uninit(n * (qd + 2 * kvd))?; // (N, Hq*D + 2*Hkv*D)
+            lin(Target::Qkv, Some(&mut qkv), &xn1)?;
             self.split_columns(&qkv, &mut [(&mut q, qd), (&mut k, kvd), (&mut v, kvd)], n)?;
         } else {
-            lin(Target::Q, &mut q, &xn1)?;
-            lin(Target::K, &mut k, &xn1)?;
-            lin(Target::V, &mut v, &xn1)?;
+            lin(Target::Q, Some(&mut q), &xn1)?;
+            lin(Target::K, Some(&mut k), &xn1)?;
+            lin(Target::V, Some(&mut v), &xn1)?;
         }
         // Qwen3 / Gemma 3: RMSNorm over each head's D values, rows (N*H, D), before RoPE.
         let qk_norm = match &w.qk_norm {
             Some(norm) => {
-                let q_pre = std::mem::replace(&mut q, be.act_zeros(n * qd)?);
-                let k_pre = std::mem::replace(&mut k, be.act_zeros(n * kvd)?);
-                let mut rstd_q = be.zeros(n * cfg.heads)?;
-                let mut rstd_k = be.zeros(n * cfg.kv_heads)?;
+                let q_pre = std::mem::replace(&mut q, be.act_uninit(n * qd)?);
+                let k_pre = std::mem::replace(&mut k, be.act_uninit(n * kvd)?);
+                let mut rstd_q = be.uninit_as(n * cfg.heads, DType::F32)?;
+                let mut rstd_k = be.uninit_as(n * cfg.kv_heads, DType::F32)?;
                 be.rmsnorm_forward(&mut q, &mut rstd_q, &q_pre, &norm.q, d, cfg.rms_eps)?;
                 be.rmsnorm_forward(&mut k, &mut rstd_k, &k_pre, &norm.k, d, cfg.rms_eps)?;
                 Some(QkNormActs {
@@ -205,69 +217,98 @@ impl<B: Backend> Model<B> {
         if q_mult != 1.0 {
             be.scale(&mut q, q_mult)?;
         }
-        let mut att = be.act_zeros(n * qd)?;
-        let mut lse = be.zeros(n * cfg.heads)?;
-        be.attention_forward_capped(
-            &mut att,
-            &mut lse,
-            &q,
-            &k,
-            &v,
-            batch.cu_seqlens,
-            cfg.heads,
-            cfg.kv_heads,
-            d,
-            cfg.window(l),
-            cfg.attn_softcap,
-        )?;
-        let mut x2 = be.act_zeros(n * c)?;
+        let (att, lse) = match attention {
+            Some(kept) => kept,
+            None => {
+                let mut att = be.act_uninit(n * qd)?;
+                let mut lse = be.uninit_as(n * cfg.heads, DType::F32)?;
+                be.attention_forward_capped(
+                    &mut att,
+                    &mut lse,
+                    &q,
+                    &k,
+                    &v,
+                    batch.cu_seqlens,
+                    cfg.heads,
+                    cfg.kv_heads,
+                    d,
+                    cfg.window(l),
+                    cfg.attn_softcap,
+                )?;
+                (att, lse)
+            }
+        };
+        let mut x2 = be.act_uninit(n * c)?;
         let attn_out = match &w.sandwich {
             Some(norms) => {
-                let mut a = be.act_zeros(n * c)?; // (N, C)
-                lin(Target::O, &mut a, &att)?;
-                let mut rstd = be.zeros(n)?;
+                let mut a = be.act_uninit(n * c)?; // (N, C)
+                lin(Target::O, Some(&mut a), &att)?;
+                let mut rstd = be.uninit_as(n, DType::F32)?;
                 be.rmsnorm_forward(&mut x2, &mut rstd, &a, &norms.attn_out, c, cfg.rms_eps)?;
                 Some((a, rstd))
             }
             None => {
-                lin(Target::O, &mut x2, &att)?;
+                lin(Target::O, Some(&mut x2), &att)?;
                 None
             }
         };
         be.axpy(&mut x2, 1.0, x)?;
 
-        let mut xn2 = be.act_zeros(n * c)?;
-        let mut rstd2 = be.zeros(n)?;
+        let mut xn2 = be.act_uninit(n * c)?;
+        let mut rstd2 = be.uninit_as(n, DType::F32)?;
         be.rmsnorm_forward(&mut xn2, &mut rstd2, &x2, &w.mlp_norm, c, cfg.rms_eps)?;
-        let mut g = be.act_zeros(n * f)?;
-        let mut u = be.act_zeros(n * f)?;
+        let mut g = be.act_uninit(n * f)?;
+        let mut u = be.act_uninit(n * f)?;
         if cfg.fused_proj {
-            let mut gu = be.act_zeros(n * 2 * f)?; // (N, 2F): gate, then up
-            lin(Target::GateUp, &mut gu, &xn2)?;
+            let mut gu = be.act_uninit(n * 2 * f)?; // (N, 2F): gate, then up
+            lin(Target::GateUp, Some(&mut gu), &xn2)?;
             self.split_columns(&gu, &mut [(&mut g, f), (&mut u, f)], n)?;
         } else {
-            lin(Target::Gate, &mut g, &xn2)?;
-            lin(Target::Up, &mut u, &xn2)?;
+            lin(Target::Gate, Some(&mut g), &xn2)?;
+            lin(Target::Up, Some(&mut u), &xn2)?;
         }
-        let mut h = be.act_zeros(n * f)?;
+        let mut h = be.act_uninit(n * f)?;
         match cfg.mlp_act {
             MlpAct::Silu => be.swiglu_forward(&mut h, &g, &u)?,
             MlpAct::GeluTanh => be.geglu_forward(&mut h, &g, &u)?,
         }
         let mlp_out = match &w.sandwich {
+            // The norm's input and rstd are kept for backward, so the GEMM runs even when
+            // nothing reads `out`.
             Some(norms) => {
-                let mut m = be.act_zeros(n * c)?; // (N, C)
-                lin(Target::Down, &mut m, &h)?;
-                let mut rstd = be.zeros(n)?;
-                be.rmsnorm_forward(out, &mut rstd, &m, &norms.mlp_out, c, cfg.rms_eps)?;
+                let mut m = be.act_uninit(n * c)?; // (N, C)
+                lin(Target::Down, Some(&mut m), &h)?;
+                let mut rstd = be.uninit_as(n, DType::F32)?;
+                match out {
+                    Some(out) => {
+                        be.rmsnorm_forward(out, &mut rstd, &m, &norms.mlp_out, c, cfg.rms_eps)?;
+                        be.axpy(out, 1.0, &x2)?;
+                    }
+                    None => {
+                        let mut normed = be.act_uninit(n * c)?;
+                        be.rmsnorm_forward(
+                            &mut normed,
+                            &mut rstd,
+                            &m,
+                            &norms.mlp_out,
+                            c,
+                            cfg.rms_eps,
+                        )?;
+                    }
+                }
                 Some((m, rstd))
             }
             None => {
-                lin(Target::Down, out, &h)?;
+                match out {
+                    Some(out) => {
+                        lin(Target::Down, Some(&mut *out), &h)?;
+                        be.axpy(out, 1.0, &x2)?;
+                    }
+                    None => lin(Target::Down, None, &h)?,
+                }
                 None
             }
         };
-        be.axpy(out, 1.0, &x2)?;
 
         Ok(LayerActs {
             xn1,
@@ -360,10 +401,10 @@ impl<B: Backend> Model<B> {
         };
 
         // out = x2 + m, m = down(h) (Gemma 2/3: m = rmsnorm(down(h)))
-        let mut dh = be.act_zeros(n * f)?;
+        let mut dh = be.act_uninit(n * f)?;
         match (mlp_out, &w.sandwich) {
             (Some((m, rstd)), Some(norms)) => {
-                let mut dm = be.act_zeros(n * c)?;
+                let mut dm = be.act_uninit(n * c)?;
                 be.rmsnorm_backward(&mut dm, dout, &m, &norms.mlp_out, &rstd, c)?;
                 drop((m, rstd));
                 lin_bwd(Target::Down, Some(&mut dh), false, &dm, &h)?;
@@ -372,15 +413,15 @@ impl<B: Backend> Model<B> {
         }
         drop(h);
         // h = act(g) * u
-        let mut dg = be.act_zeros(n * f)?;
-        let mut du = be.act_zeros(n * f)?;
+        let mut dg = be.act_uninit(n * f)?;
+        let mut du = be.act_uninit(n * f)?;
         match cfg.mlp_act {
             MlpAct::Silu => be.swiglu_backward(&mut dg, &mut du, &dh, &g, &u)?,
             MlpAct::GeluTanh => be.geglu_backward(&mut dg, &mut du, &dh, &g, &u)?,
         }
         drop((dh, g, u));
         // g, u = gate(xn2), up(xn2)
-        let mut dxn2 = be.act_zeros(n * c)?;
+        let mut dxn2 = be.act_uninit(n * c)?;
         if cfg.fused_proj {
             let dgu = self.join_columns(&[(&dg, f), (&du, f)], n)?;
             drop((dg, du));
@@ -392,16 +433,16 @@ impl<B: Backend> Model<B> {
         }
         drop(xn2);
         // xn2 = rmsnorm(x2); x2 also flows straight to out
-        let mut dx2 = be.act_zeros(n * c)?;
+        let mut dx2 = be.act_uninit(n * c)?;
         be.rmsnorm_backward(&mut dx2, &dxn2, &x2, &w.mlp_norm, &rstd2, c)?;
         be.axpy(&mut dx2, 1.0, dout)?;
         drop((dxn2, x2, rstd2));
 
         // x2 = x + a, a = o(att) (Gemma 2/3: a = rmsnorm(o(att)))
-        let mut datt = be.act_zeros(n * qd)?;
+        let mut datt = be.act_uninit(n * qd)?;
         match (attn_out, &w.sandwich) {
             (Some((a, rstd)), Some(norms)) => {
-                let mut da = be.act_zeros(n * c)?;
+                let mut da = be.act_uninit(n * c)?;
                 be.rmsnorm_backward(&mut da, &dx2, &a, &norms.attn_out, &rstd, c)?;
                 drop((a, rstd));
                 lin_bwd(Target::O, Some(&mut datt), false, &da, &att)?;
@@ -409,9 +450,9 @@ impl<B: Backend> Model<B> {
             _ => lin_bwd(Target::O, Some(&mut datt), false, &dx2, &att)?,
         }
         // att = attention(q, k, v)
-        let mut dq = be.act_zeros(n * qd)?;
-        let mut dk = be.act_zeros(n * kvd)?;
-        let mut dv = be.act_zeros(n * kvd)?;
+        let mut dq = be.act_uninit(n * qd)?;
+        let mut dk = be.act_uninit(n * kvd)?;
+        let mut dv = be.act_uninit(n * kvd)?;
         be.attention_backward_capped(
             &mut dq,
             &mut dk,
@@ -458,8 +499,8 @@ impl<B: Backend> Model<B> {
         )?;
         // q, k = rmsnorm(q_pre), rmsnorm(k_pre) per head (Qwen3, Gemma 3)
         if let (Some(acts), Some(norm)) = (qk_norm, &w.qk_norm) {
-            let mut dq_pre = be.act_zeros(n * qd)?;
-            let mut dk_pre = be.act_zeros(n * kvd)?;
+            let mut dq_pre = be.act_uninit(n * qd)?;
+            let mut dk_pre = be.act_uninit(n * kvd)?;
             be.rmsnorm_backward(&mut dq_pre, &dq, &acts.q_pre, &norm.q, &acts.rstd_q, d)?;
             be.rmsnorm_backward(&mut dk_pre, &dk, &acts.k_pre, &norm.k, &acts.rstd_k, d)?;
             dq = dq_pre;
@@ -473,7 +514,7 @@ impl<B: Backend> Model<B> {
         };
         match dx {
             Some(dx) => {
-                let mut dxn1 = be.act_zeros(n * c)?;
+                let mut dxn1 = be.act_uninit(n * c)?;
                 if let Some(dqkv) = &dqkv {
                     lin_bwd(Target::Qkv, Some(&mut dxn1), false, dqkv, &xn1)?;
                 } else {

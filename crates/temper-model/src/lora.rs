@@ -176,6 +176,16 @@ pub struct Param<B: Backend> {
     pub shape: [usize; 2],
     pub value: B::Buf,
     pub grad: B::Buf,
+    /// `value` in the backend's compute dtype while one forward and backward runs (see
+    /// [`LoraParams::make_compute_copies`]); None otherwise, and always on an f32 backend.
+    pub compute: Option<B::Buf>,
+}
+
+impl<B: Backend> Param<B> {
+    /// The value for GEMMs with activations: the compute-dtype copy when one is current.
+    pub fn for_compute(&self) -> &B::Buf {
+        self.compute.as_ref().unwrap_or(&self.value)
+    }
 }
 
 /// All LoRA tensors of a model, in PEFT's key order (layer, then target, A before B).
@@ -253,6 +263,7 @@ impl<B: Backend> LoraParams<B> {
                     params.push(Param {
                         value: be.upload(&host)?,
                         grad: be.zeros(host.len())?,
+                        compute: None,
                         key,
                         shape,
                     });
@@ -299,6 +310,30 @@ impl<B: Backend> LoraParams<B> {
         let i = self.slots.get(layer)?[t.index()]?;
         let (left, right) = self.params.split_at_mut(i + 1);
         Some((&mut left[i], &mut right[0]))
+    }
+
+    /// Copies every value into the compute dtype once, for a forward and backward that use
+    /// them in many GEMMs with 16-bit activations (instead of converting at every GEMM).
+    /// The copies are only valid until the values change: drop them with
+    /// [`LoraParams::drop_compute_copies`] before the optimizer runs.
+    pub fn make_compute_copies(&mut self, be: &B) -> Result<()> {
+        let dt = be.compute_dtype();
+        if dt == temper_core::DType::F32 {
+            return Ok(());
+        }
+        for p in &mut self.params {
+            let mut copy = be.uninit_as(be.len(&p.value), dt)?;
+            be.copy(&mut copy, &p.value)?;
+            p.compute = Some(copy);
+        }
+        Ok(())
+    }
+
+    /// Frees the copies [`LoraParams::make_compute_copies`] made.
+    pub fn drop_compute_copies(&mut self) {
+        for p in &mut self.params {
+            p.compute = None;
+        }
     }
 
     /// Sets every gradient to zero.

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use temper_core::rope::{self, RopeScaling};
-use temper_core::{Backend, Gemm};
+use temper_core::{Backend, DType, Gemm};
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
@@ -132,7 +132,13 @@ impl Checkpointing {
 /// A layer's input kept for backward, on the device or in host memory.
 enum Kept<B: Backend> {
     Device(B::Buf),
-    Host(B::Host),
+    /// The layer's input in host memory, with its attention output (host) and log-sum-exp
+    /// (device), so the recompute before its backward skips the attention forward.
+    Host {
+        x: B::Host,
+        att: B::Host,
+        lse: B::Buf,
+    },
 }
 
 /// RoPE cos and sin tables, (P, R/2) for positions 0..P and R rotated dims per head.
@@ -290,7 +296,7 @@ impl<B: Backend> Model<B> {
     /// the compute dtype first, as transformers casts it to the embeddings' dtype).
     pub(crate) fn embed_ids(&self, ids: &[u32]) -> Result<B::Buf> {
         let c = self.cfg.hidden;
-        let mut x = self.be.act_zeros(ids.len() * c)?;
+        let mut x = self.be.act_uninit(ids.len() * c)?;
         self.be
             .embedding_forward(&mut x, ids, &self.weights.embed, c)?;
         if self.cfg.embed_scale {
@@ -314,7 +320,7 @@ impl<B: Backend> Model<B> {
         let (n, c) = (batch.len(), self.cfg.hidden);
         let mut x = self.embed(batch)?;
         for l in 0..self.cfg.layers {
-            let mut out = self.be.act_zeros(n * c)?;
+            let mut out = self.be.act_uninit(n * c)?;
             self.layer_forward(l, &x, &mut out, lora, batch, &ctx)?;
             x = out;
         }
@@ -325,8 +331,8 @@ impl<B: Backend> Model<B> {
     fn final_norm(&self, x: &B::Buf) -> Result<(B::Buf, B::Buf)> {
         let c = self.cfg.hidden;
         let n = self.be.len(x) / c;
-        let mut xf = self.be.act_zeros(n * c)?;
-        let mut rstd = self.be.zeros(n)?;
+        let mut xf = self.be.act_uninit(n * c)?;
+        let mut rstd = self.be.uninit_as(n, DType::F32)?;
         self.be.rmsnorm_forward(
             &mut xf,
             &mut rstd,
@@ -398,6 +404,21 @@ impl<B: Backend> Model<B> {
         layer_done: &mut dyn FnMut(usize, &mut LoraParams<B>) -> Result<()>,
     ) -> Result<Vec<f32>> {
         self.check_batch(batch)?;
+        lora.make_compute_copies(&*self.be)?;
+        let result = self.forward_backward_inner(lora, batch, grad_scale, ckpt, ctx, layer_done);
+        lora.drop_compute_copies();
+        result
+    }
+
+    fn forward_backward_inner(
+        &self,
+        lora: &mut LoraParams<B>,
+        batch: &TokenBatch<'_>,
+        grad_scale: f32,
+        ckpt: Checkpointing,
+        ctx: &StepCtx,
+        layer_done: &mut dyn FnMut(usize, &mut LoraParams<B>) -> Result<()>,
+    ) -> Result<Vec<f32>> {
         let be = &*self.be;
         let (n, c, v) = (batch.len(), self.cfg.hidden, self.cfg.vocab);
         let layers = self.cfg.layers;
@@ -408,23 +429,33 @@ impl<B: Backend> Model<B> {
         be.profile_stage("forward");
         let mut x = self.embed(batch)?;
         for l in 0..layers {
-            let mut out = be.act_zeros(n * c)?;
+            let mut out = be.act_uninit(n * c)?;
             let acts = self.layer_forward(l, &x, &mut out, Some(lora), batch, ctx)?;
-            if ckpt == Checkpointing::Off {
-                kept.push(acts);
-            }
             let input = std::mem::replace(&mut x, out);
-            inputs.push(if ckpt == Checkpointing::EveryLayerOnHost {
-                Kept::Host(be.park_on_host(&input)?)
-            } else {
-                Kept::Device(input)
-            });
+            match ckpt {
+                Checkpointing::Off => {
+                    kept.push(acts);
+                    inputs.push(Kept::Device(input));
+                }
+                Checkpointing::EveryLayer => inputs.push(Kept::Device(input)),
+                Checkpointing::EveryLayerOnHost => inputs.push(Kept::Host {
+                    x: be.park_on_host(input)?,
+                    att: be.park_on_host(acts.att)?,
+                    lse: acts.lse,
+                }),
+            }
+        }
+
+        // The last layer's input starts back while the head runs.
+        if let Some(Kept::Host { x, att, .. }) = inputs.last() {
+            be.prefetch_from_host(x)?;
+            be.prefetch_from_host(att)?;
         }
 
         // Final norm, then the LM head fused with the loss and its first backward step.
         be.profile_stage("head");
         let (xf, rstd) = self.final_norm(&x)?;
-        let mut dxf = be.act_zeros(n * c)?;
+        let mut dxf = be.act_uninit(n * c)?;
         let losses = be.linear_cross_entropy_capped(
             Some(&mut dxf),
             &xf,
@@ -437,32 +468,39 @@ impl<B: Backend> Model<B> {
             self.cfg.final_softcap,
         )?;
         drop(xf);
-        let mut dx = be.act_zeros(n * c)?;
+        let mut dx = be.act_uninit(n * c)?;
         be.rmsnorm_backward(&mut dx, &dxf, &x, &self.weights.final_norm, &rstd, c)?;
         drop((dxf, x));
 
         // Backward, layer by layer in reverse.
         for l in (0..layers).rev() {
-            let x_in = match inputs.pop() {
-                Some(Kept::Device(b)) => b,
-                Some(Kept::Host(h)) => be.restore_from_host(&h)?,
+            let (x_in, attention) = match inputs.pop() {
+                Some(Kept::Device(b)) => (b, None),
+                Some(Kept::Host { x, att, lse }) => (
+                    be.restore_from_host(&x)?,
+                    Some((be.restore_from_host(&att)?, lse)),
+                ),
                 None => {
                     return Err(ModelError::Adapter(
                         "internal: layer inputs exhausted".into(),
                     ))
                 }
             };
+            // The next layer's input travels while this one recomputes and walks back.
+            if let Some(Kept::Host { x, att, .. }) = inputs.last() {
+                be.prefetch_from_host(x)?;
+                be.prefetch_from_host(att)?;
+            }
             let acts = match kept.pop() {
                 Some(a) => a,
                 None => {
                     be.profile_stage("recompute");
-                    let mut scratch = be.act_zeros(n * c)?;
-                    self.layer_forward(l, &x_in, &mut scratch, Some(lora), batch, ctx)?
+                    self.layer_forward_opt(l, &x_in, None, attention, Some(lora), batch, ctx)?
                 }
             };
             be.profile_stage("backward");
             if l > 0 {
-                let mut dx_in = be.act_zeros(n * c)?;
+                let mut dx_in = be.act_uninit(n * c)?;
                 self.layer_backward(l, &x_in, acts, &dx, Some(&mut dx_in), lora, batch, ctx)?;
                 dx = dx_in;
             } else {

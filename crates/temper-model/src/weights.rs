@@ -49,12 +49,12 @@ impl<B: Backend> Linear<B> {
         Ok(match &self.w {
             Frozen::Dense(w) => WeightRef::Stored(w),
             Frozen::Quant4(q) => {
-                let mut w = be.act_zeros(self.d_out * self.d_in)?;
+                let mut w = be.act_uninit(self.d_out * self.d_in)?;
                 be.dequantize4(&mut w, q)?;
                 WeightRef::Dequantised(w)
             }
             Frozen::Int8(q) => {
-                let mut w = be.act_zeros(self.d_out * self.d_in)?;
+                let mut w = be.act_uninit(self.d_out * self.d_in)?;
                 be.dequantize_int8(&mut w, q)?;
                 WeightRef::Dequantised(w)
             }

@@ -159,7 +159,7 @@ impl Backend for CpuBackend {
         adamw8bit::adamw8bit(param, grad, m, v, s)
     }
 
-    fn park_on_host(&self, buf: &CpuBuf) -> Result<Vec<f32>> {
+    fn park_on_host(&self, buf: CpuBuf) -> Result<Vec<f32>> {
         Ok(buf.data.clone())
     }
 
@@ -199,6 +199,10 @@ impl Backend for CpuBackend {
 
     fn zeros(&self, n: usize) -> Result<CpuBuf> {
         Ok(self.buf(vec![0.0; n]))
+    }
+
+    fn uninit_as(&self, n: usize, _dtype: crate::DType) -> Result<CpuBuf> {
+        Ok(self.buf(vec![f32::NAN; n]))
     }
 
     fn upload(&self, host: &[f32]) -> Result<CpuBuf> {

@@ -18,8 +18,7 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaModule, LaunchConfig};
 use super::{dev_err, launch, CudaBackend, CudaBuf};
 use crate::{CoreError, DType, Result};
 
-/// Queries per forward and dQ block, keys per dK/dV block (FA_BR, FA_BK).
-const BR: usize = 64;
+/// Keys per dK/dV block (FA_BK); query blocks: FlashDim::fwd_br and FlashDim::dq_br.
 const BK: usize = 64;
 /// Threads per block (FA_THREADS) and padding per shared row in elements (FA_PAD).
 const THREADS: u32 = 128;
@@ -32,48 +31,62 @@ struct FlashDim {
     d: usize,
     /// Keys per shared tile of the forward.
     fwd_bc: usize,
+    /// Blocks of 16 queries per warp in the forward (the block's queries: 4 warps x 16 x this).
+    fwd_fm: usize,
     /// Queries per shared tile of the dK/dV kernel, and the dK/dV columns one block sums.
     dkv_bq: usize,
     dkv_dc: usize,
     /// Keys per shared tile of the dQ kernel.
     dq_bc: usize,
+    /// Blocks of 16 queries per warp in the dQ kernel.
+    dq_fm: usize,
 }
 
 const FLASH_DIMS: [FlashDim; 5] = [
     FlashDim {
         d: 64,
         fwd_bc: 64,
+        fwd_fm: 2,
         dkv_bq: 64,
         dkv_dc: 64,
-        dq_bc: 64,
+        dq_bc: 32,
+        dq_fm: 2,
     },
     FlashDim {
         d: 80,
         fwd_bc: 64,
+        fwd_fm: 2,
         dkv_bq: 32,
         dkv_dc: 80,
         dq_bc: 32,
+        dq_fm: 2,
     },
     FlashDim {
         d: 96,
         fwd_bc: 64,
+        fwd_fm: 2,
         dkv_bq: 32,
         dkv_dc: 96,
         dq_bc: 32,
+        dq_fm: 2,
     },
     FlashDim {
         d: 128,
-        fwd_bc: 64,
+        fwd_bc: 32,
+        fwd_fm: 2,
         dkv_bq: 32,
         dkv_dc: 128,
         dq_bc: 32,
+        dq_fm: 2,
     },
     FlashDim {
         d: 256,
         fwd_bc: 32,
+        fwd_fm: 1,
         dkv_bq: 32,
         dkv_dc: 128,
         dq_bc: 32,
+        dq_fm: 1,
     },
 ];
 
@@ -83,14 +96,22 @@ impl FlashDim {
     }
     /// Dynamic shared memory of each kernel with `stages` tiles in flight (FA_STAGES: 2 from
     /// sm_80, where copies are asynchronous, else 1).
+    /// Queries per forward block.
+    fn fwd_br(&self) -> usize {
+        4 * 16 * self.fwd_fm
+    }
     fn fwd_smem(&self, stages: usize) -> usize {
-        (BR + 2 * stages * self.fwd_bc) * self.row_bytes()
+        (self.fwd_br() + 2 * stages * self.fwd_bc) * self.row_bytes()
     }
     fn dkv_smem(&self, stages: usize) -> usize {
         (2 * BK + 2 * stages * self.dkv_bq) * self.row_bytes() + 2 * stages * self.dkv_bq * 4
     }
+    /// Queries per dQ block.
+    fn dq_br(&self) -> usize {
+        4 * 16 * self.dq_fm
+    }
     fn dq_smem(&self, stages: usize) -> usize {
-        (2 * BR + 2 * stages * self.dq_bc) * self.row_bytes()
+        (2 * self.dq_br() + 2 * stages * self.dq_bc) * self.row_bytes()
     }
 }
 
@@ -235,7 +256,8 @@ impl CudaBackend {
         d: usize,
     ) -> Result<()> {
         let e = self.flash_entry(out.dtype, d)?;
-        let list = tiles(cu, BR, |len, r| len.min(r + BR));
+        let br = e.dim.fwd_br();
+        let list = tiles(cu, br, |len, r| len.min(r + br));
         if list.is_empty() {
             return Ok(());
         }
@@ -305,7 +327,8 @@ impl CudaBackend {
             &hkv32,
             &scale
         )?;
-        let query_tiles = tiles(cu, BR, |len, r| len.min(r + BR));
+        let br = e.dim.dq_br();
+        let query_tiles = tiles(cu, br, |len, r| len.min(r + br));
         let query_tiles_d = self.upload_u32(&query_tiles)?;
         let cfg = grid(&query_tiles, hq, 1, e.dim.dq_smem(self.flash.stages));
         launch!(

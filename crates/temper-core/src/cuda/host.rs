@@ -1,13 +1,21 @@
 //! Buffers parked in pinned host memory (layer inputs kept for backward off the device).
 //! Pinned allocations are slow to make, so freed ones return to a pool by size.
+//!
+//! Every copy runs on the backend's copy stream, so the compute stream goes on while a
+//! layer input travels. Ordering is by events: a copy to the host starts once the compute
+//! stream has written the buffer, and the device buffer is freed (in compute-stream order)
+//! only after the compute stream has waited for that copy, one park later. A copy back is
+//! queued early by [`CudaBackend::prefetch_from_host_impl`] into memory allocated in
+//! compute-stream order, and the compute stream waits for it where the buffer is taken.
+//! Copies to and from the same pinned memory are ordered by the copy stream itself.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{DeviceRepr, PinnedHostSlice, ValidAsZeroBits};
+use cudarc::driver::{CudaEvent, CudaStream, DeviceRepr, PinnedHostSlice, ValidAsZeroBits};
 
 use super::{dev_err, CudaBackend, CudaBuf};
-use crate::{DType, Result};
+use crate::{CoreError, DType, Result};
 
 type Pool = Arc<Mutex<HashMap<usize, Vec<PinnedHostSlice<u8>>>>>;
 
@@ -17,10 +25,23 @@ pub struct CudaHost {
     len: usize,
     dtype: DType,
     pool: Pool,
+    /// The copy back to the device queued ahead of use, and the event that ends it.
+    ahead: Mutex<Option<(CudaBuf, CudaEvent)>>,
+    compute: Arc<CudaStream>,
 }
 
 impl Drop for CudaHost {
     fn drop(&mut self) {
+        // A copy back that was never taken: the compute stream waits for it before the
+        // device buffer is freed in its order.
+        if let Ok(mut ahead) = self.ahead.lock() {
+            if let Some((buf, done)) = ahead.take() {
+                let _ = self.compute.wait(&done);
+                drop(buf);
+            }
+        }
+        // The pinned memory goes back to the pool; its next user copies on the copy stream
+        // too, so it is written only after the copies queued here have read it.
         if let (Some(data), Ok(mut pool)) = (self.data.take(), self.pool.lock()) {
             pool.entry(data.len()).or_default().push(data);
         }
@@ -30,11 +51,44 @@ impl Drop for CudaHost {
 #[derive(Default)]
 pub(super) struct HostPool {
     free: Pool,
+    /// Parked device buffers whose copy to the host may still run, with its end event.
+    in_flight: Mutex<Vec<(CudaBuf, CudaEvent)>>,
+}
+
+fn lock_err(what: &str) -> CoreError {
+    CoreError::Device(format!("{what} lock poisoned"))
 }
 
 impl CudaBackend {
-    pub(super) fn park_on_host_impl(&self, buf: &CudaBuf) -> Result<CudaHost> {
-        let bytes = buf.bytes();
+    /// Frees the device buffers of earlier parks, each after the compute stream has waited
+    /// for its copy: every one whose copy has finished, and the others except the `keep`
+    /// newest (a layer parks its input and its attention output back to back: the second
+    /// park must not stall the compute stream on the first one's copy).
+    fn release_parked(&self, keep: usize) -> Result<()> {
+        let mut in_flight = self
+            .host_pool
+            .in_flight
+            .lock()
+            .map_err(|_| lock_err("parked buffers"))?;
+        let force = in_flight.len().saturating_sub(keep);
+        let mut still = Vec::new();
+        for (i, (buf, copied)) in std::mem::take(&mut *in_flight).into_iter().enumerate() {
+            if i < force || copied.is_complete() {
+                self.stream
+                    .wait(&copied)
+                    .map_err(dev_err("wait for a copy to host"))?;
+                drop(buf);
+            } else {
+                still.push((buf, copied));
+            }
+        }
+        *in_flight = still;
+        Ok(())
+    }
+
+    pub(super) fn park_on_host_impl(&self, buf: CudaBuf) -> Result<CudaHost> {
+        self.release_parked(2)?;
+        let (bytes, len, dtype) = (buf.bytes(), buf.len, buf.dtype);
         let reused = self
             .host_pool
             .free
@@ -48,27 +102,78 @@ impl CudaBackend {
                 .map_err(dev_err("alloc pinned host memory"))?,
         };
         if bytes > 0 {
-            self.stream
+            let written = self
+                .stream
+                .record_event(None)
+                .map_err(dev_err("record event"))?;
+            self.copy_stream
+                .wait(&written)
+                .map_err(dev_err("order a copy to host"))?;
+            self.copy_stream
                 .memcpy_dtoh(&buf.data, &mut data)
                 .map_err(dev_err("copy to host"))?;
+            let copied = self
+                .copy_stream
+                .record_event(None)
+                .map_err(dev_err("record event"))?;
+            self.host_pool
+                .in_flight
+                .lock()
+                .map_err(|_| lock_err("parked buffers"))?
+                .push((buf, copied));
         }
         Ok(CudaHost {
             data: Some(data),
-            len: buf.len,
-            dtype: buf.dtype,
+            len,
+            dtype,
             pool: self.host_pool.free.clone(),
+            ahead: Mutex::new(None),
+            compute: self.stream.clone(),
         })
     }
 
-    pub(super) fn restore_from_host_impl(&self, host: &CudaHost) -> Result<CudaBuf> {
-        let mut out = self.alloc(host.len, host.dtype)?;
+    /// Queues the copy of `host` back to the device on the copy stream; the buffer is taken
+    /// by [`CudaBackend::restore_from_host_impl`]. Does nothing when already queued.
+    pub(super) fn prefetch_from_host_impl(&self, host: &CudaHost) -> Result<()> {
+        self.release_parked(0)?;
+        let mut ahead = host.ahead.lock().map_err(|_| lock_err("prefetch"))?;
+        if ahead.is_some() {
+            return Ok(());
+        }
+        let mut out = self.alloc_uninit(host.len, host.dtype)?;
+        let allocated = self
+            .stream
+            .record_event(None)
+            .map_err(dev_err("record event"))?;
+        self.copy_stream
+            .wait(&allocated)
+            .map_err(dev_err("order a copy from host"))?;
         if let Some(data) = &host.data {
             if out.bytes() > 0 {
-                self.stream
+                self.copy_stream
                     .memcpy_htod(data, &mut out.data)
                     .map_err(dev_err("copy from host"))?;
             }
         }
+        let copied = self
+            .copy_stream
+            .record_event(None)
+            .map_err(dev_err("record event"))?;
+        *ahead = Some((out, copied));
+        Ok(())
+    }
+
+    pub(super) fn restore_from_host_impl(&self, host: &CudaHost) -> Result<CudaBuf> {
+        self.prefetch_from_host_impl(host)?;
+        let (out, copied) = host
+            .ahead
+            .lock()
+            .map_err(|_| lock_err("prefetch"))?
+            .take()
+            .ok_or_else(|| CoreError::Device("internal: prefetched buffer missing".into()))?;
+        self.stream
+            .wait(&copied)
+            .map_err(dev_err("wait for a copy from host"))?;
         Ok(out)
     }
 }

@@ -95,6 +95,8 @@ const DTYPES: [DType; 3] = [DType::F32, DType::BF16, DType::F16];
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
+    /// Copies between pinned host memory and the device (layer inputs), beside `stream`.
+    copy_stream: Arc<CudaStream>,
     blas: CudaBlas,
     kernels: HashMap<String, CudaFunction>,
     accounting: Arc<Accounting>,
@@ -235,7 +237,14 @@ impl CudaBackend {
         }
         let device_name = ctx.name().map_err(dev_err("device name"))?;
         let arch = compile::arch_for(major, minor)?;
+        // Streams are ordered by events the backend records itself (host.rs); cudarc's
+        // automatic per-buffer events would add two events to every allocation.
+        // SAFETY: called before any buffer or second stream exists in this context.
+        unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
+        let copy_stream = ctx
+            .new_stream()
+            .map_err(dev_err("creating the copy stream"))?;
         keep_freed_memory_pooled(&ctx)?;
         let blas = CudaBlas::new(stream.clone()).map_err(blas_err)?;
         let mut kernels = HashMap::new();
@@ -305,6 +314,7 @@ impl CudaBackend {
         Ok(CudaBackend {
             ctx,
             stream,
+            copy_stream,
             blas,
             kernels,
             accounting,
@@ -364,6 +374,15 @@ impl CudaBackend {
         Ok(self.wrap(data, n, dtype))
     }
 
+    /// [`CudaBackend::alloc`] without the zero fill, for buffers the next op writes in full.
+    fn alloc_uninit(&self, n: usize, dtype: DType) -> Result<CudaBuf> {
+        // SAFETY: the bytes are plain data of no particular value; every caller's next op
+        // writes all of them before anything reads them.
+        let data =
+            unsafe { self.stream.alloc::<u8>(n * dtype.size()) }.map_err(dev_err("alloc"))?;
+        Ok(self.wrap(data, n, dtype))
+    }
+
     /// Index arrays (positions, token bounds, attention tiles) on the device. A step passes the
     /// same few arrays to many ops (every layer's RoPE, every attention call), so the last
     /// [`INDEX_CACHE`] uploads are kept by content and reused instead of copied again.
@@ -413,7 +432,7 @@ impl CudaBackend {
         if b.dtype == dt {
             return Ok(Converted::Same(b));
         }
-        let out = self.alloc(b.len, dt)?;
+        let out = self.alloc_uninit(b.len, dt)?;
         self.cast_raw(self.ptr(&out, 0), dt, self.ptr(b, 0), b.dtype, b.len)?;
         Ok(Converted::Owned(out))
     }

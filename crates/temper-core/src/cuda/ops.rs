@@ -77,7 +77,7 @@ impl CudaBackend {
             return self.gemm_raw(shape, oa, ob, self.operand(c, c_off, g.n));
         }
         // cuBLAS has no f32 x f32 -> 16-bit GEMM: go through an f32 copy of C.
-        let tmp = self.alloc(g.m * g.n, DType::F32)?;
+        let tmp = self.alloc_uninit(g.m * g.n, DType::F32)?;
         if g.beta != 0.0 {
             self.cast_raw(
                 self.ptr(&tmp, 0),
@@ -94,7 +94,7 @@ impl CudaBackend {
 
     /// Elements off..off+n of `b` converted to `dt`, in a new buffer.
     fn converted_range(&self, b: &CudaBuf, off: usize, n: usize, dt: DType) -> Result<CudaBuf> {
-        let out = self.alloc(n, dt)?;
+        let out = self.alloc_uninit(n, dt)?;
         self.cast_raw(self.ptr(&out, 0), dt, self.ptr(b, off), b.dtype, n)?;
         Ok(out)
     }
@@ -223,9 +223,14 @@ impl Backend for CudaBackend {
         self.adamw8bit_impl(param, grad, m, v, s)
     }
 
-    fn park_on_host(&self, buf: &CudaBuf) -> Result<super::CudaHost> {
+    fn park_on_host(&self, buf: CudaBuf) -> Result<super::CudaHost> {
         let _span = self.span("offload_copy");
         self.park_on_host_impl(buf)
+    }
+
+    fn prefetch_from_host(&self, host: &super::CudaHost) -> Result<()> {
+        let _span = self.span("offload_copy");
+        self.prefetch_from_host_impl(host)
     }
 
     fn restore_from_host(&self, host: &super::CudaHost) -> Result<CudaBuf> {
@@ -303,6 +308,11 @@ impl Backend for CudaBackend {
     fn zeros_as(&self, n: usize, dtype: DType) -> Result<CudaBuf> {
         let _span = self.span("alloc");
         self.alloc(n, dtype)
+    }
+
+    fn uninit_as(&self, n: usize, dtype: DType) -> Result<CudaBuf> {
+        let _span = self.span("alloc");
+        self.alloc_uninit(n, dtype)
     }
 
     fn upload_as(&self, host: &[f32], dtype: DType) -> Result<CudaBuf> {
