@@ -10,7 +10,8 @@ Both tokenizers are trained here on a small corpus (no download), shaped as the 
   gemma_bpe: normalizer Replace(" " -> "\u2581"), no pre-tokenizer, BPE with byte_fallback and
              <0x00>..<0xFF> byte tokens, decoder Replace + ByteFallback + Fuse, a template
              post-processor putting <bos> first, tokenizer class GemmaTokenizer.
-  unigram:   Metaspace pre-tokenizer, Unigram model (T5 / older SentencePiece exports).
+  unigram:   Metaspace pre-tokenizer, Unigram model (T5 / older SentencePiece exports) on a
+             fixed vocabulary built from the corpus (Unigram training is not repeatable).
 
 Usage: python scripts/make_sentencepiece_tokenizer_fixtures.py
 Needs tokenizers and transformers.
@@ -72,12 +73,26 @@ def gemma_bpe():
 
 
 def unigram():
-    tok = Tokenizer(models.Unigram())
+    # A fixed vocabulary (Unigram training is not deterministic from run to run): every
+    # character of the corpus, "\u2581" + each word, and each word's first three letters,
+    # scored by frequency rank so that longer, frequent pieces win.
+    words, chars = {}, set()
+    for line in CORPUS:
+        for w in line.split():
+            words[w] = words.get(w, 0) + 1
+            chars.update(w)
+    ranked = sorted(words, key=lambda w: (-words[w], w))
+    pieces = [(t, 0.0) for t in SPECIAL] + [("\u2581", -2.0)]
+    pieces += [(c, -5.0) for c in sorted(chars)]
+    seen = {p for p, _ in pieces}
+    for i, w in enumerate(ranked):
+        for piece, score in (("\u2581" + w, -1.0 - 0.01 * i), (w[:3], -3.0 - 0.01 * i)):
+            if piece not in seen:
+                seen.add(piece)
+                pieces.append((piece, score))
+    tok = Tokenizer(models.Unigram(pieces, unk_id=SPECIAL.index("<unk>")))
     tok.normalizer = normalizers.NFKC()
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
-    trainer = trainers.UnigramTrainer(vocab_size=300, special_tokens=SPECIAL, unk_token="<unk>",
-                                      show_progress=False)
-    tok.train_from_iterator(CORPUS, trainer)
     tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<bos>",
               "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"}
