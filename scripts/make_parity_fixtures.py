@@ -26,8 +26,15 @@ How the numbers are made (so temper can reproduce them):
 * Everything is float32, attn_implementation="eager", one CPU thread.
 * Families: Llama (GQA, llama3 rope scaling), Qwen2 (q/k/v bias, tied embeddings),
   Qwen3 (per-head q/k RMSNorms, an explicit head_dim that is not hidden/heads, tied
-  embeddings), Mistral (sliding_window shorter than the sequences, explicit head_dim).
-  The Qwen3 and Mistral cases use a smaller shape (``SMALL``) to keep their files small.
+  embeddings), Mistral (sliding_window shorter than the sequences, explicit head_dim),
+  Phi-3 (fused qkv_proj / gate_up_proj, partial rotary factor 0.5, LongRoPE with an
+  original context of 16: the batch and the 20-token sequence use the long factors, the 7-
+  and 13-token sequences run alone use the short ones), Gemma (GeGLU, (1 + w) norms,
+  sqrt(hidden) embedding scale, head_dim beside hidden), Gemma 2 (sandwich norms, attention
+  and final soft caps small enough to bend the scores and logits, query_pre_attn_scalar 6,
+  sliding and full layers with a window of 4), Gemma 3 (q/k norms, local RoPE base 1e4 on
+  sliding layers, global base 1e6 with linear scaling, window 4).
+  All but the first three cases use a smaller shape (``SMALL``) to keep their files small.
 * Base weights: every parameter drawn from a seeded torch.Generator in the order of
   ``named_parameters()``: linear weights and embeddings N(0, 0.02^2), except q_proj
   and k_proj weights N(0, 0.15^2) so the attention scores are O(1) and position
@@ -69,10 +76,18 @@ import safetensors.torch  # noqa: E402
 import transformers  # noqa: E402
 from peft import LoraConfig, get_peft_model  # noqa: E402
 from transformers import (  # noqa: E402
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    GemmaConfig,
+    GemmaForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
     Qwen3Config,
@@ -84,9 +99,15 @@ ARCHS = {
     "qwen2": (Qwen2Config, Qwen2ForCausalLM),
     "qwen3": (Qwen3Config, Qwen3ForCausalLM),
     "mistral": (MistralConfig, MistralForCausalLM),
+    "phi3": (Phi3Config, Phi3ForCausalLM),
+    "gemma": (GemmaConfig, GemmaForCausalLM),
+    "gemma2": (Gemma2Config, Gemma2ForCausalLM),
+    "gemma3": (Gemma3TextConfig, Gemma3ForCausalLM),
 }
 
 ALL_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# PEFT's names for Phi-3's linear layers (q/k/v and gate/up are fused).
+PHI3_TARGETS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
 SEQ_LENS = [7, 13, 20]
 VOCAB = 263
 LR, BETAS, EPS, WD = 1e-2, (0.9, 0.999), 1e-8, 0.01
@@ -170,6 +191,55 @@ CASES = {
         use_rslora=False,
     ),
 }
+
+# Phi-3: hidden 32 over 4 heads gives head_dim 8, half of it rotated (4 dims, 2 factors).
+PHI3_SHAPE = dict(SMALL, hidden_size=32)
+del PHI3_SHAPE["head_dim"]
+CASES["phi3_longrope"] = dict(
+    seed=6007,
+    arch="phi3",
+    common=PHI3_SHAPE,
+    config=dict(rms_norm_eps=1e-5, tie_word_embeddings=False, max_position_embeddings=64,
+                original_max_position_embeddings=16, partial_rotary_factor=0.5,
+                rope_scaling={"type": "longrope", "rope_theta": 10000.0,
+                              "short_factor": [1.0, 1.7], "long_factor": [2.5, 6.0]}),
+    targets=PHI3_TARGETS,
+    use_rslora=False,
+    alone_differs=True,
+)
+CASES["gemma"] = dict(
+    seed=7007,
+    arch="gemma",
+    common=SMALL,
+    config=dict(rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=True),
+    targets=ALL_TARGETS,
+    use_rslora=False,
+)
+# Soft caps small enough to bend: scores here are O(1), logits O(0.1).
+CASES["gemma2_softcap"] = dict(
+    seed=8008,
+    arch="gemma2",
+    common=SMALL,
+    config=dict(rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=True,
+                query_pre_attn_scalar=6, sliding_window=4,
+                attn_logit_softcapping=1.0, final_logit_softcapping=0.1),
+    targets=ALL_TARGETS,
+    use_rslora=False,
+)
+CASES["gemma3"] = dict(
+    seed=9009,
+    arch="gemma3",
+    common=SMALL,
+    config=dict(rms_norm_eps=1e-6, tie_word_embeddings=True, query_pre_attn_scalar=6,
+                sliding_window=4, layer_types=["sliding_attention", "full_attention"],
+                rope_parameters={
+                    "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                    "full_attention": {"rope_type": "linear", "factor": 2.0,
+                                       "rope_theta": 1000000.0},
+                }),
+    targets=ALL_TARGETS,
+    use_rslora=False,
+)
 
 # Positions (in the unshifted labels) set to -100, per sequence, besides padding.
 MASKED = {0: [], 1: [0, 1, 2], 2: [5, 11]}
@@ -312,14 +382,16 @@ def make_case(name, case, out_root):
     for k, p in lora_params:
         expected[f"after_step.{k}"] = p.detach().clone().contiguous()
 
-    # Sanity: the batch loss is the token-weighted mean of the per-sequence losses.
+    # Sanity: the batch loss is the token-weighted mean of the per-sequence losses (not with
+    # LongRoPE, whose factors depend on the longest position of each forward).
     recon = sum(l * n for l, n in zip(per_seq, n_tok)) / sum(n_tok)
-    assert abs(recon - loss.item()) < 1e-5 * max(1.0, abs(recon)), (recon, loss.item())
+    if not case.get("alone_differs"):
+        assert abs(recon - loss.item()) < 1e-5 * max(1.0, abs(recon)), (recon, loss.item())
 
     safetensors.torch.save_file(expected, out / "expected.safetensors",
                                 metadata={"generator": "scripts/make_parity_fixtures.py"})
     (out / "adapter" / "README.md").unlink(missing_ok=True)  # PEFT's model-card stub
-    check_reload(out, expected)
+    check_reload(out, expected, case.get("alone_differs", False))
 
     scale = ALPHA / math.sqrt(R) if case["use_rslora"] else ALPHA / R
     info = {
@@ -352,6 +424,8 @@ def make_case(name, case, out_root):
         "n_loss_tokens": n_tok,
         "loss": loss.item(),
         "per_sequence_loss": per_seq,
+        # True when a sequence run alone differs from its rows of the batch (LongRoPE).
+        "alone_differs": bool(case.get("alone_differs", False)),
         "min_abs_grad": min_abs_grad,
         "lora_keys": [k for k, _ in lora_params],
         "versions": {
@@ -364,8 +438,9 @@ def make_case(name, case, out_root):
     return info
 
 
-def check_reload(out, expected):
-    """Load the saved folders back the way a user would and re-derive the logits."""
+def check_reload(out, expected, batched=False):
+    """Load the saved folders back the way a user would and re-derive the logits (from the
+    padded batch when a sequence alone runs differently, as with LongRoPE)."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -374,8 +449,14 @@ def check_reload(out, expected):
     pm = PeftModel.from_pretrained(m, out / "adapter")
     pm.eval()
     with torch.no_grad():
+        ids = [expected[f"input_ids.{i}"] for i in range(len(SEQ_LENS))]
+        input_ids, mask, _ = pad_batch(ids, ids)
+        padded = pm(input_ids=input_ids, attention_mask=mask).logits
         for i in range(len(SEQ_LENS)):
-            lg = pm(input_ids=expected[f"input_ids.{i}"][None]).logits[0]
+            if batched:
+                lg = padded[i, :SEQ_LENS[i]]
+            else:
+                lg = pm(input_ids=expected[f"input_ids.{i}"][None]).logits[0]
             diff = (lg - expected[f"logits.{i}"]).abs().max().item()
             assert diff < 1e-5, (out, i, diff)
 

@@ -153,7 +153,7 @@ pub const TRAIN_KEYS: &[Key] = &[
         name: "target_modules",
         default: "all-linear (or init_adapter's)",
         help:
-            "list of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, or all-linear",
+            "list of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj (Phi-3: qkv_proj, gate_up_proj), or all-linear",
     },
     Key {
         name: "learning_rate",

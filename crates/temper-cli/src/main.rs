@@ -147,7 +147,8 @@ enum Command {
     },
     /// Write a random-weight Hugging Face model folder of a named shape (for benchmarks).
     InitModel {
-        /// tiny | llama2-7b | llama3-8b | qwen3-8b | qwen3-tiny
+        /// tiny | llama2-7b | llama3-8b | qwen3-8b | qwen3-tiny | phi3-mini | phi3-tiny | gemma-7b |
+        /// gemma-tiny | gemma2-9b | gemma2-tiny | gemma3-1b | gemma3-tiny
         #[arg(long)]
         shape: String,
         #[arg(long)]

@@ -126,6 +126,106 @@ pub fn copy_range_via_host<B: Backend + ?Sized>(
     Ok(())
 }
 
+/// The error of a backend asked for an op it has no kernel for: names the op and the way out.
+pub fn not_on_backend(op: &'static str, backend: &str, what: &str) -> crate::CoreError {
+    crate::CoreError::Invalid {
+        op,
+        msg: format!(
+            "{what} is not supported on {} yet; use --device cpu",
+            backend.to_uppercase()
+        ),
+    }
+}
+
+/// [`Backend::geglu_forward`] through the host: download, the CPU kernel, upload. The
+/// trait's default, public so that tests can run it on any backend.
+pub fn geglu_forward_via_host<B: Backend + ?Sized>(
+    be: &B,
+    h: &mut B::Buf,
+    gate: &B::Buf,
+    up: &B::Buf,
+) -> Result<()> {
+    let (g, u) = (be.download(gate)?, be.download(up)?);
+    crate::error::check_len("geglu_forward", "up", u.len(), g.len())?;
+    crate::error::check_len("geglu_forward", "h", be.len(h), g.len())?;
+    let mut host = vec![0.0f32; g.len()];
+    crate::cpu::geglu::geglu_forward(&mut host, &g, &u);
+    *h = be.upload_as(&host, be.dtype(h))?;
+    Ok(())
+}
+
+/// [`Backend::geglu_backward`] through the host; the trait's default.
+pub fn geglu_backward_via_host<B: Backend + ?Sized>(
+    be: &B,
+    dgate: &mut B::Buf,
+    dup: &mut B::Buf,
+    dh: &B::Buf,
+    gate: &B::Buf,
+    up: &B::Buf,
+) -> Result<()> {
+    let (g, u, d) = (be.download(gate)?, be.download(up)?, be.download(dh)?);
+    for (name, len) in [
+        ("up", u.len()),
+        ("dh", d.len()),
+        ("dgate", be.len(dgate)),
+        ("dup", be.len(dup)),
+    ] {
+        crate::error::check_len("geglu_backward", name, len, g.len())?;
+    }
+    let (mut dg, mut du) = (vec![0.0f32; g.len()], vec![0.0f32; g.len()]);
+    crate::cpu::geglu::geglu_backward(&mut dg, &mut du, &d, &g, &u);
+    *dgate = be.upload_as(&dg, be.dtype(dgate))?;
+    *dup = be.upload_as(&du, be.dtype(dup))?;
+    Ok(())
+}
+
+/// [`Backend::copy_columns`] through the host; the trait's default.
+#[allow(clippy::too_many_arguments)]
+pub fn copy_columns_via_host<B: Backend + ?Sized>(
+    be: &B,
+    dst: &mut B::Buf,
+    dst_cols: usize,
+    dst_off: usize,
+    src: &B::Buf,
+    src_cols: usize,
+    src_off: usize,
+    width: usize,
+    rows: usize,
+) -> Result<()> {
+    let mut host = be.download(dst)?;
+    let src = be.download(src)?;
+    crate::cpu::columns::copy_columns(
+        &mut host, dst_cols, dst_off, &src, src_cols, src_off, width, rows,
+    )?;
+    *dst = be.upload_as(&host, be.dtype(dst))?;
+    Ok(())
+}
+
+/// [`Backend::rope_partial_forward`] (or its backward) through the host; the trait's default
+/// when `rot` is less than `d`.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_partial_via_host<B: Backend + ?Sized>(
+    be: &B,
+    x: &mut B::Buf,
+    pos: &[u32],
+    cos: &B::Buf,
+    sin: &B::Buf,
+    h: usize,
+    d: usize,
+    rot: usize,
+    backward: bool,
+) -> Result<()> {
+    let mut host = be.download(x)?;
+    let (c, s) = (be.download(cos)?, be.download(sin)?);
+    if backward {
+        crate::cpu::rope::rope_partial_backward(&mut host, pos, &c, &s, h, d, rot)?;
+    } else {
+        crate::cpu::rope::rope_partial_forward(&mut host, pos, &c, &s, h, d, rot)?;
+    }
+    *x = be.upload_as(&host, be.dtype(x))?;
+    Ok(())
+}
+
 pub trait Backend: Send + Sync + 'static {
     /// A flat array on the device.
     type Buf: Send + Sync;
@@ -457,6 +557,192 @@ pub trait Backend: Send + Sync + 'static {
         gate: &Self::Buf,
         up: &Self::Buf,
     ) -> Result<()>;
+    /// h = gelu_tanh(gate) * up, all (N, f): GeGLU with the tanh approximation (Gemma's
+    /// `gelu_pytorch_tanh`). The default goes through the host with the CPU kernel.
+    fn geglu_forward(&self, h: &mut Self::Buf, gate: &Self::Buf, up: &Self::Buf) -> Result<()> {
+        geglu_forward_via_host(self, h, gate, up)
+    }
+    /// Writes dgate and dup from dh. The default goes through the host.
+    fn geglu_backward(
+        &self,
+        dgate: &mut Self::Buf,
+        dup: &mut Self::Buf,
+        dh: &Self::Buf,
+        gate: &Self::Buf,
+        up: &Self::Buf,
+    ) -> Result<()> {
+        geglu_backward_via_host(self, dgate, dup, dh, gate, up)
+    }
+    /// For every row r < rows: dst[r, dst_off..dst_off+width] = src[r, src_off..src_off+width],
+    /// dst (rows, dst_cols), src (rows, src_cols): a fused projection's output split into its
+    /// parts, or the parts' gradients joined. The default goes through the host.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_columns(
+        &self,
+        dst: &mut Self::Buf,
+        dst_cols: usize,
+        dst_off: usize,
+        src: &Self::Buf,
+        src_cols: usize,
+        src_off: usize,
+        width: usize,
+        rows: usize,
+    ) -> Result<()> {
+        copy_columns_via_host(
+            self, dst, dst_cols, dst_off, src, src_cols, src_off, width, rows,
+        )
+    }
+    /// [`Backend::rope_forward`] over the first `rot` values of each head (cos, sin (P, rot/2));
+    /// the other d - rot values pass through (a partial rotary factor). With rot == d it is
+    /// `rope_forward`; otherwise the default goes through the host.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_partial_forward(
+        &self,
+        x: &mut Self::Buf,
+        pos: &[u32],
+        cos: &Self::Buf,
+        sin: &Self::Buf,
+        h: usize,
+        d: usize,
+        rot: usize,
+    ) -> Result<()> {
+        if rot == d {
+            self.rope_forward(x, pos, cos, sin, h, d)
+        } else {
+            rope_partial_via_host(self, x, pos, cos, sin, h, d, rot, false)
+        }
+    }
+    /// The backward of [`Backend::rope_partial_forward`], in place on dx.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_partial_backward(
+        &self,
+        dx: &mut Self::Buf,
+        pos: &[u32],
+        cos: &Self::Buf,
+        sin: &Self::Buf,
+        h: usize,
+        d: usize,
+        rot: usize,
+    ) -> Result<()> {
+        if rot == d {
+            self.rope_backward(dx, pos, cos, sin, h, d)
+        } else {
+            rope_partial_via_host(self, dx, pos, cos, sin, h, d, rot, true)
+        }
+    }
+    /// [`Backend::attention_forward`] with the scaled scores soft-capped (s -> cap * tanh(s /
+    /// cap), Gemma 2's `attn_logit_softcapping`) when `softcap` is given. A backend without
+    /// the capped kernel refuses a cap.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_forward_capped(
+        &self,
+        out: &mut Self::Buf,
+        lse: &mut Self::Buf,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        cu_seqlens: &[u32],
+        hq: usize,
+        hkv: usize,
+        d: usize,
+        window: Option<usize>,
+        softcap: Option<f32>,
+    ) -> Result<()> {
+        if softcap.is_some() {
+            return Err(not_on_backend(
+                "attention_forward",
+                self.name(),
+                "attention logit soft-capping (attn_logit_softcapping)",
+            ));
+        }
+        self.attention_forward(out, lse, q, k, v, cu_seqlens, hq, hkv, d, window)
+    }
+    /// The backward of [`Backend::attention_forward_capped`].
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward_capped(
+        &self,
+        dq: &mut Self::Buf,
+        dk: &mut Self::Buf,
+        dv: &mut Self::Buf,
+        dout: &Self::Buf,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        out: &Self::Buf,
+        lse: &Self::Buf,
+        cu_seqlens: &[u32],
+        hq: usize,
+        hkv: usize,
+        d: usize,
+        window: Option<usize>,
+        softcap: Option<f32>,
+    ) -> Result<()> {
+        if softcap.is_some() {
+            return Err(not_on_backend(
+                "attention_backward",
+                self.name(),
+                "attention logit soft-capping (attn_logit_softcapping)",
+            ));
+        }
+        self.attention_backward(
+            dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, hq, hkv, d, window,
+        )
+    }
+    /// [`Backend::attention_decode`] with soft-capped scores when `softcap` is given. The
+    /// default runs a cap through the host with the CPU kernel.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_decode_capped(
+        &self,
+        out: &mut Self::Buf,
+        q: &Self::Buf,
+        k_cache: &Self::Buf,
+        v_cache: &Self::Buf,
+        past: usize,
+        hq: usize,
+        hkv: usize,
+        d: usize,
+        softcap: Option<f32>,
+    ) -> Result<()> {
+        if softcap.is_none() {
+            return self.attention_decode(out, q, k_cache, v_cache, past, hq, hkv, d);
+        }
+        let mut host = self.download(out)?;
+        let (q, k, v) = (
+            self.download(q)?,
+            self.download(k_cache)?,
+            self.download(v_cache)?,
+        );
+        crate::cpu::attention_cache::attention_decode_capped(
+            &mut host, &q, &k, &v, past, hq, hkv, d, softcap,
+        )?;
+        *out = self.upload_as(&host, self.dtype(out))?;
+        Ok(())
+    }
+    /// [`Backend::linear_cross_entropy`] with the logits soft-capped first when `softcap` is
+    /// given (logit -> cap * tanh(logit / cap), Gemma 2's `final_logit_softcapping`). A
+    /// backend without the capped kernel refuses a cap.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_cross_entropy_capped(
+        &self,
+        dx: Option<&mut Self::Buf>,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        targets: &[i32],
+        c: usize,
+        v: usize,
+        grad_scale: f32,
+        chunk: usize,
+        softcap: Option<f32>,
+    ) -> Result<Vec<f32>> {
+        if softcap.is_some() {
+            return Err(not_on_backend(
+                "linear_cross_entropy",
+                self.name(),
+                "final logit soft-capping (final_logit_softcapping)",
+            ));
+        }
+        self.linear_cross_entropy(dx, x, w, targets, c, v, grad_scale, chunk)
+    }
     /// The LM head fused with cross-entropy, chunked over tokens so full logits never exist.
     /// x (N, c), w (V, c), targets (N) with -100 = no loss. Returns each token's loss (N,
     /// 0 where ignored) on the host. When `dx` is given, writes dx (N, c) =

@@ -32,6 +32,15 @@ pub enum RopeScaling {
         attention_factor: f64,
         truncate: bool,
     },
+    /// Phi-3's LongRoPE: inv_freq[i] divided by short_factor[i] while every position is within
+    /// the pretrained context, by long_factor[i] once one is past it (transformers switches on
+    /// the longest position of each forward); cos/sin scaled by `attention_factor`.
+    LongRope {
+        short_factor: Vec<f64>,
+        long_factor: Vec<f64>,
+        original_max_position_embeddings: f64,
+        attention_factor: f64,
+    },
 }
 
 impl RopeScaling {
@@ -39,6 +48,9 @@ impl RopeScaling {
     pub fn attention_factor(&self) -> f32 {
         match self {
             RopeScaling::Yarn {
+                attention_factor, ..
+            }
+            | RopeScaling::LongRope {
                 attention_factor, ..
             } => *attention_factor as f32,
             _ => 1.0,
@@ -78,6 +90,26 @@ pub fn inv_freq(
     let base = default_inv_freq(head_dim, theta);
     match scaling {
         None => base,
+        Some(RopeScaling::LongRope {
+            short_factor,
+            long_factor,
+            original_max_position_embeddings,
+            ..
+        }) => {
+            // transformers: 1.0 / (ext_factors * base ** (arange(0, dim, 2) / dim)), in f32.
+            let ext = if positions as f64 > *original_max_position_embeddings {
+                long_factor
+            } else {
+                short_factor
+            };
+            (0..head_dim / 2)
+                .map(|i| {
+                    let exponent = (2 * i) as f32 / head_dim as f32;
+                    let e = ext.get(i).copied().unwrap_or(1.0) as f32;
+                    1.0f32 / (e * (theta as f32).powf(exponent))
+                })
+                .collect()
+        }
         Some(RopeScaling::Dynamic {
             factor,
             original_max_position_embeddings,

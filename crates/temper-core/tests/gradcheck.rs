@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use temper_core::cpu::{
-    attention, cross_entropy, elementwise, matmul::matmul, rmsnorm, rope, swiglu,
+    attention, cross_entropy, elementwise, geglu, matmul::matmul, rmsnorm, rope, swiglu,
 };
 use temper_core::Gemm;
 
@@ -302,4 +302,112 @@ fn linear_cross_entropy_dx_matches_finite_differences() {
         }
     }
     grad_check("linear_cross_entropy dx", &x, &dx, &r, losses);
+}
+
+#[test]
+fn geglu_backward_matches_finite_differences() {
+    let mut rng = rng(11);
+    let n = 301;
+    let gate = uniform(&mut rng, n, 5.0);
+    let up = uniform(&mut rng, n, 2.0);
+    let r = uniform(&mut rng, n, 1.0);
+    let forward = |g: &[f64], u: &[f64]| {
+        let mut h = vec![0.0; n];
+        geglu::geglu_forward(&mut h, g, u);
+        h
+    };
+    let (mut dgate, mut dup) = (vec![f64::NAN; n], vec![f64::NAN; n]);
+    geglu::geglu_backward(&mut dgate, &mut dup, &r, &gate, &up);
+    grad_check("geglu dgate", &gate, &dgate, &r, |g| forward(g, &up));
+    grad_check("geglu dup", &up, &dup, &r, |u| forward(&gate, u));
+}
+
+#[test]
+fn partial_rope_backward_matches_finite_differences() {
+    let mut rng = rng(12);
+    // 6 of 10 dims rotated: pairs (0, 3), (1, 4), (2, 5); dims 6..10 pass through.
+    let (n, h, d, rot, positions) = (5, 2, 10, 6, 7);
+    let angles = uniform(&mut rng, positions * rot / 2, 3.0);
+    let cos: Vec<f64> = angles.iter().map(|a| a.cos()).collect();
+    let sin: Vec<f64> = angles.iter().map(|a| a.sin()).collect();
+    let pos: Vec<u32> = vec![0, 6, 2, 2, 4];
+    let x = uniform(&mut rng, n * h * d, 1.0);
+    let r = uniform(&mut rng, n * h * d, 1.0);
+    let mut dx = r.clone();
+    rope::rope_partial_backward(&mut dx, &pos, &cos, &sin, h, d, rot).unwrap();
+    grad_check("partial rope dx", &x, &dx, &r, |x| {
+        let mut y = x.to_vec();
+        rope::rope_partial_forward(&mut y, &pos, &cos, &sin, h, d, rot).unwrap();
+        y
+    });
+}
+
+#[test]
+fn soft_capped_attention_backward_matches_finite_differences() {
+    // A cap of 0.8 on scores of O(1): tanh bends most of them. With and without a window,
+    // across a 64-token tile boundary in the second case.
+    let mut rng = rng(13);
+    for (lens, window, hq, hkv, d) in [
+        (vec![9usize, 1, 20], None, 4usize, 2usize, 6usize),
+        (vec![70, 5], Some(66usize), 2, 1, 3),
+    ] {
+        let cu = cu_seqlens(&lens);
+        let n = *cu.last().unwrap() as usize;
+        let q = uniform(&mut rng, n * hq * d, 2.0);
+        let k = uniform(&mut rng, n * hkv * d, 2.0);
+        let v = uniform(&mut rng, n * hkv * d, 1.0);
+        let r = uniform(&mut rng, n * hq * d, 1.0);
+        let cap = Some(0.8f32);
+        let forward = |q: &[f64], k: &[f64], v: &[f64]| {
+            let (mut out, mut lse) = (vec![f64::NAN; n * hq * d], vec![f64::NAN; n * hq]);
+            attention::attention_forward_capped(
+                &mut out, &mut lse, q, k, v, &cu, hq, hkv, d, window, cap,
+            )
+            .unwrap();
+            (out, lse)
+        };
+        let (out, lse) = forward(&q, &k, &v);
+        let mut dq = vec![f64::NAN; q.len()];
+        let mut dk = vec![f64::NAN; k.len()];
+        let mut dv = vec![f64::NAN; v.len()];
+        attention::attention_backward_capped(
+            &mut dq, &mut dk, &mut dv, &r, &q, &k, &v, &out, &lse, &cu, hq, hkv, d, window, cap,
+        )
+        .unwrap();
+        let name = format!("capped attention (window {window:?})");
+        grad_check(&format!("{name} dq"), &q, &dq, &r, |q| forward(q, &k, &v).0);
+        grad_check(&format!("{name} dk"), &k, &dk, &r, |k| forward(&q, k, &v).0);
+        grad_check(&format!("{name} dv"), &v, &dv, &r, |v| forward(&q, &k, v).0);
+    }
+}
+
+#[test]
+fn soft_capped_linear_cross_entropy_dx_matches_finite_differences() {
+    let mut rng = rng(14);
+    let (n, c, v) = (9, 7, 13);
+    let x = uniform(&mut rng, n * c, 1.0);
+    let w = uniform(&mut rng, v * c, 1.0);
+    let targets: Vec<i32> = vec![3, -100, 12, 0, 5, 7, 7, 1, 9];
+    let (grad_scale, chunk, cap) = (0.37f32, 4, Some(1.5f32));
+    let r = vec![grad_scale as f64; n];
+    let losses = |x: &[f64]| {
+        cross_entropy::linear_cross_entropy_capped_t::<f64>(
+            None, x, &w, &targets, c, v, 1.0, chunk, cap,
+        )
+        .unwrap()
+    };
+    let mut dx = vec![f64::NAN; n * c];
+    cross_entropy::linear_cross_entropy_capped_t(
+        Some(&mut dx),
+        &x,
+        &w,
+        &targets,
+        c,
+        v,
+        grad_scale,
+        chunk,
+        cap,
+    )
+    .unwrap();
+    grad_check("capped linear_cross_entropy dx", &x, &dx, &r, losses);
 }

@@ -171,7 +171,7 @@ pub fn parse_targets(v: &serde_json::Value) -> std::result::Result<Vec<Target>, 
         let leaf = name.rsplit('.').next().unwrap_or(&name);
         let t = Target::parse(leaf).ok_or_else(|| {
             format!(
-                "target module `{name}` is not a linear layer temper adapts; choose from q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj or all-linear"
+                "target module `{name}` is not a linear layer temper adapts; choose from q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj (Phi-3: qkv_proj, o_proj, gate_up_proj, down_proj) or all-linear"
             )
         })?;
         if !targets.contains(&t) {

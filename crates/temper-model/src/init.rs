@@ -1,7 +1,7 @@
 //! Random-weight Hugging Face folders of a named shape: the benchmark model for temper and
 //! its peers alike (transformers loads them unchanged). Weights are bf16, linear layers and
 //! embeddings drawn uniformly with standard deviation 0.02 (transformers' initializer_range),
-//! norms 1. Large models are written in shards of at most 5 GB with an index, as
+//! norms 1 (Gemma's, stored as w in (1 + w), 0). Large models are written in shards of at most 5 GB with an index, as
 //! `save_pretrained(max_shard_size="5GB")` does.
 
 use std::collections::BTreeMap;
@@ -21,6 +21,21 @@ pub enum Family {
     Llama,
     /// Qwen3ForCausalLM: per-head q/k norms, no q/k/v bias.
     Qwen3,
+    /// Phi3ForCausalLM: fused qkv_proj and gate_up_proj.
+    Phi3,
+    /// GemmaForCausalLM: GeGLU, (1 + w) norms, scaled embeddings, tied.
+    Gemma,
+    /// Gemma2ForCausalLM: Gemma with sandwich norms, soft caps, alternating windows.
+    Gemma2,
+    /// Gemma3ForCausalLM (text): Gemma 2 with q/k norms and a local RoPE base, one global
+    /// layer in six.
+    Gemma3,
+}
+
+impl Family {
+    fn is_gemma(self) -> bool {
+        matches!(self, Family::Gemma | Family::Gemma2 | Family::Gemma3)
+    }
 }
 
 /// The geometry of a Llama-family model.
@@ -39,6 +54,8 @@ pub struct Shape {
     pub max_positions: usize,
     pub rope_theta: f64,
     pub tie_embeddings: bool,
+    /// Gemma 2 / 3: the sliding window of the local layers.
+    pub sliding_window: Option<usize>,
 }
 
 /// The shapes `temper init-model --shape` knows.
@@ -56,6 +73,7 @@ pub const SHAPES: &[Shape] = &[
         max_positions: 2048,
         rope_theta: 10000.0,
         tie_embeddings: false,
+        sliding_window: None,
     },
     Shape {
         name: "llama2-7b",
@@ -70,6 +88,7 @@ pub const SHAPES: &[Shape] = &[
         max_positions: 4096,
         rope_theta: 10000.0,
         tie_embeddings: false,
+        sliding_window: None,
     },
     Shape {
         name: "llama3-8b",
@@ -84,6 +103,7 @@ pub const SHAPES: &[Shape] = &[
         max_positions: 8192,
         rope_theta: 500000.0,
         tie_embeddings: false,
+        sliding_window: None,
     },
     // Qwen3-8B's config.json.
     Shape {
@@ -99,6 +119,7 @@ pub const SHAPES: &[Shape] = &[
         max_positions: 40960,
         rope_theta: 1000000.0,
         tie_embeddings: false,
+        sliding_window: None,
     },
     // A small Qwen3 for tests: head_dim 64 beside hidden / heads = 32, tied like Qwen3-0.6B.
     Shape {
@@ -114,6 +135,131 @@ pub const SHAPES: &[Shape] = &[
         max_positions: 2048,
         rope_theta: 1000000.0,
         tie_embeddings: true,
+        sliding_window: None,
+    },
+    // Phi-3-mini-4k's config.json (head_dim 96 = hidden / heads).
+    Shape {
+        name: "phi3-mini",
+        family: Family::Phi3,
+        hidden: 3072,
+        intermediate: 8192,
+        layers: 32,
+        heads: 32,
+        kv_heads: 32,
+        head_dim: 96,
+        vocab: 32064,
+        max_positions: 4096,
+        rope_theta: 10000.0,
+        tie_embeddings: false,
+        sliding_window: None,
+    },
+    Shape {
+        name: "phi3-tiny",
+        family: Family::Phi3,
+        hidden: 256,
+        intermediate: 688,
+        layers: 4,
+        heads: 8,
+        kv_heads: 4,
+        head_dim: 32,
+        vocab: 2048,
+        max_positions: 2048,
+        rope_theta: 10000.0,
+        tie_embeddings: false,
+        sliding_window: None,
+    },
+    // Gemma-7B's config.json.
+    Shape {
+        name: "gemma-7b",
+        family: Family::Gemma,
+        hidden: 3072,
+        intermediate: 24576,
+        layers: 28,
+        heads: 16,
+        kv_heads: 16,
+        head_dim: 256,
+        vocab: 256000,
+        max_positions: 8192,
+        rope_theta: 10000.0,
+        tie_embeddings: true,
+        sliding_window: None,
+    },
+    Shape {
+        name: "gemma-tiny",
+        family: Family::Gemma,
+        hidden: 256,
+        intermediate: 688,
+        layers: 4,
+        heads: 8,
+        kv_heads: 4,
+        head_dim: 64,
+        vocab: 2048,
+        max_positions: 2048,
+        rope_theta: 10000.0,
+        tie_embeddings: true,
+        sliding_window: None,
+    },
+    // Gemma-2-9B's config.json.
+    Shape {
+        name: "gemma2-9b",
+        family: Family::Gemma2,
+        hidden: 3584,
+        intermediate: 14336,
+        layers: 42,
+        heads: 16,
+        kv_heads: 8,
+        head_dim: 256,
+        vocab: 256000,
+        max_positions: 8192,
+        rope_theta: 10000.0,
+        tie_embeddings: true,
+        sliding_window: Some(4096),
+    },
+    Shape {
+        name: "gemma2-tiny",
+        family: Family::Gemma2,
+        hidden: 256,
+        intermediate: 688,
+        layers: 4,
+        heads: 8,
+        kv_heads: 4,
+        head_dim: 64,
+        vocab: 2048,
+        max_positions: 2048,
+        rope_theta: 10000.0,
+        tie_embeddings: true,
+        sliding_window: Some(512),
+    },
+    // Gemma-3-1B's config.json (the text-only Gemma 3).
+    Shape {
+        name: "gemma3-1b",
+        family: Family::Gemma3,
+        hidden: 1152,
+        intermediate: 6912,
+        layers: 26,
+        heads: 4,
+        kv_heads: 1,
+        head_dim: 256,
+        vocab: 262144,
+        max_positions: 32768,
+        rope_theta: 1000000.0,
+        tie_embeddings: true,
+        sliding_window: Some(512),
+    },
+    Shape {
+        name: "gemma3-tiny",
+        family: Family::Gemma3,
+        hidden: 256,
+        intermediate: 688,
+        layers: 6,
+        heads: 8,
+        kv_heads: 4,
+        head_dim: 64,
+        vocab: 2048,
+        max_positions: 2048,
+        rope_theta: 1000000.0,
+        tie_embeddings: true,
+        sliding_window: Some(512),
     },
 ];
 
@@ -122,13 +268,17 @@ pub fn shape(name: &str) -> Option<&'static Shape> {
 }
 
 impl Shape {
-    /// config.json as transformers writes it for LlamaForCausalLM or Qwen3ForCausalLM.
+    /// config.json as transformers writes it for the shape's class.
     pub fn config_json(&self) -> serde_json::Value {
         let (class, model_type, eps) = match self.family {
             Family::Llama => ("LlamaForCausalLM", "llama", 1e-5),
             Family::Qwen3 => ("Qwen3ForCausalLM", "qwen3", 1e-6),
+            Family::Phi3 => ("Phi3ForCausalLM", "phi3", 1e-5),
+            Family::Gemma => ("GemmaForCausalLM", "gemma", 1e-6),
+            Family::Gemma2 => ("Gemma2ForCausalLM", "gemma2", 1e-6),
+            Family::Gemma3 => ("Gemma3ForCausalLM", "gemma3_text", 1e-6),
         };
-        serde_json::json!({
+        let mut c = serde_json::json!({
             "architectures": [class],
             "model_type": model_type,
             "hidden_size": self.hidden,
@@ -150,7 +300,72 @@ impl Shape {
             "pad_token_id": 0,
             "initializer_range": 0.02,
             "torch_dtype": "bfloat16",
-        })
+        });
+        let Some(map) = c.as_object_mut() else {
+            return c;
+        };
+        match self.family {
+            Family::Llama | Family::Qwen3 => {}
+            Family::Phi3 => {
+                // Phi3Config derives head_dim from hidden / heads.
+                map.remove("head_dim");
+                map.remove("mlp_bias");
+                map.remove("attention_bias");
+                map.insert(
+                    "original_max_position_embeddings".into(),
+                    self.max_positions.into(),
+                );
+                map.insert("sliding_window".into(), serde_json::Value::Null);
+            }
+            Family::Gemma => {
+                map.insert("hidden_act".into(), "gelu_pytorch_tanh".into());
+            }
+            Family::Gemma2 | Family::Gemma3 => {
+                map.remove("hidden_act");
+                map.remove("mlp_bias");
+                map.insert("hidden_activation".into(), "gelu_pytorch_tanh".into());
+                map.insert("query_pre_attn_scalar".into(), self.head_dim.into());
+                map.insert(
+                    "sliding_window".into(),
+                    self.sliding_window
+                        .map_or(serde_json::Value::Null, Into::into),
+                );
+                let gemma2 = self.family == Family::Gemma2;
+                // Gemma 2: even layers slide; Gemma 3: all but every sixth.
+                let types: Vec<&str> = (0..self.layers)
+                    .map(|i| {
+                        let global = if gemma2 { i % 2 == 1 } else { (i + 1) % 6 == 0 };
+                        if global {
+                            "full_attention"
+                        } else {
+                            "sliding_attention"
+                        }
+                    })
+                    .collect();
+                map.insert("layer_types".into(), serde_json::json!(types));
+                map.insert(
+                    "final_logit_softcapping".into(),
+                    if gemma2 {
+                        30.0.into()
+                    } else {
+                        serde_json::Value::Null
+                    },
+                );
+                map.insert(
+                    "attn_logit_softcapping".into(),
+                    if gemma2 {
+                        50.0.into()
+                    } else {
+                        serde_json::Value::Null
+                    },
+                );
+                if !gemma2 {
+                    map.insert("rope_local_base_freq".into(), 10000.0.into());
+                    map.insert("sliding_window_pattern".into(), 6.into());
+                }
+            }
+        }
+        c
     }
 
     /// Every tensor: (name, shape, is_norm), in transformers' order.
@@ -162,11 +377,19 @@ impl Shape {
         for l in 0..self.layers {
             let p = format!("model.layers.{l}");
             t.push((format!("{p}.input_layernorm.weight"), vec![c], true));
-            t.push((format!("{p}.self_attn.q_proj.weight"), vec![q, c], false));
-            t.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, c], false));
-            t.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, c], false));
+            if self.family == Family::Phi3 {
+                t.push((
+                    format!("{p}.self_attn.qkv_proj.weight"),
+                    vec![q + 2 * kv, c],
+                    false,
+                ));
+            } else {
+                t.push((format!("{p}.self_attn.q_proj.weight"), vec![q, c], false));
+                t.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, c], false));
+                t.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, c], false));
+            }
             t.push((format!("{p}.self_attn.o_proj.weight"), vec![c, q], false));
-            if self.family == Family::Qwen3 {
+            if matches!(self.family, Family::Qwen3 | Family::Gemma3) {
                 t.push((format!("{p}.self_attn.q_norm.weight"), vec![d], true));
                 t.push((format!("{p}.self_attn.k_norm.weight"), vec![d], true));
             }
@@ -175,8 +398,21 @@ impl Shape {
                 vec![c],
                 true,
             ));
-            t.push((format!("{p}.mlp.gate_proj.weight"), vec![f, c], false));
-            t.push((format!("{p}.mlp.up_proj.weight"), vec![f, c], false));
+            if matches!(self.family, Family::Gemma2 | Family::Gemma3) {
+                for norm in ["pre_feedforward_layernorm", "post_feedforward_layernorm"] {
+                    t.push((format!("{p}.{norm}.weight"), vec![c], true));
+                }
+            }
+            if self.family == Family::Phi3 {
+                t.push((
+                    format!("{p}.mlp.gate_up_proj.weight"),
+                    vec![2 * f, c],
+                    false,
+                ));
+            } else {
+                t.push((format!("{p}.mlp.gate_proj.weight"), vec![f, c], false));
+                t.push((format!("{p}.mlp.up_proj.weight"), vec![f, c], false));
+            }
             t.push((format!("{p}.mlp.down_proj.weight"), vec![c, f], false));
         }
         t.push(("model.norm.weight".to_string(), vec![c], true));
@@ -187,9 +423,10 @@ impl Shape {
     }
 }
 
-/// bf16 bytes of `n` values: 1.0 for norms, else uniform with std 0.02, in parallel chunks
-/// each seeded from (seed, tensor index, chunk) so the result does not depend on threads.
-fn random_bf16(n: usize, is_norm: bool, seed: u64, index: usize) -> Vec<u8> {
+/// bf16 bytes of `n` values: `norm` for norms (1, or Gemma's 0 in 1 + w), else uniform with
+/// std 0.02, in parallel chunks each seeded from (seed, tensor index, chunk) so the result
+/// does not depend on threads.
+fn random_bf16(n: usize, norm: Option<f32>, seed: u64, index: usize) -> Vec<u8> {
     const CHUNK: usize = 1 << 20;
     let bound = 0.02f32 * 3f32.sqrt();
     let mut out = vec![0u8; n * 2];
@@ -198,10 +435,9 @@ fn random_bf16(n: usize, is_norm: bool, seed: u64, index: usize) -> Vec<u8> {
         .for_each(|(ci, bytes)| {
             let mut rng = ChaCha8Rng::seed_from_u64(seed ^ ((index as u64) << 32) ^ ci as u64);
             for b in bytes.chunks_exact_mut(2) {
-                let x = if is_norm {
-                    1.0
-                } else {
-                    rng.random_range(-bound..bound)
+                let x = match norm {
+                    Some(v) => v,
+                    None => rng.random_range(-bound..bound),
                 };
                 b.copy_from_slice(&half::bf16::from_f32(x).to_le_bytes());
             }
@@ -223,6 +459,7 @@ pub fn write_random_model(shape: &Shape, dir: &Path, seed: u64) -> Result<usize>
     )?;
 
     const SHARD_BYTES: usize = 5_000_000_000;
+    let norm_value = if shape.family.is_gemma() { 0.0 } else { 1.0 };
     let tensors = shape.tensors();
     // Group tensors into shards in order.
     let mut shards: Vec<Vec<usize>> = vec![vec![]];
@@ -253,7 +490,12 @@ pub fn write_random_model(shape: &Shape, dir: &Path, seed: u64) -> Result<usize>
             .map(|&i| {
                 (
                     i,
-                    random_bf16(tensors[i].1.iter().product(), tensors[i].2, seed, i),
+                    random_bf16(
+                        tensors[i].1.iter().product(),
+                        tensors[i].2.then_some(norm_value),
+                        seed,
+                        i,
+                    ),
                 )
             })
             .collect();

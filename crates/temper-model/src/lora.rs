@@ -11,7 +11,8 @@ use temper_core::Backend;
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 
-/// The seven linear layers of a Llama-family block that can carry an adapter.
+/// The linear layers of a decoder block that can carry an adapter: the seven of a
+/// Llama-style block, and Phi-3's two fused ones.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Target {
     Q,
@@ -21,9 +22,17 @@ pub enum Target {
     Gate,
     Up,
     Down,
+    /// q, k and v in one projection (Phi-3's `qkv_proj`): output rows q, then k, then v.
+    Qkv,
+    /// gate and up in one projection (Phi-3's `gate_up_proj`): output rows gate, then up.
+    GateUp,
 }
 
 impl Target {
+    /// How many kinds there are (the size of per-target tables).
+    pub const COUNT: usize = 9;
+
+    /// Every linear layer of a Llama-style block (Llama, Mistral, Qwen, Gemma).
     pub const ALL: [Target; 7] = [
         Target::Q,
         Target::K,
@@ -32,6 +41,21 @@ impl Target {
         Target::Gate,
         Target::Up,
         Target::Down,
+    ];
+
+    /// Every linear layer of a block with fused projections (Phi-3).
+    pub const FUSED: [Target; 4] = [Target::Qkv, Target::O, Target::GateUp, Target::Down];
+
+    const EVERY: [Target; 9] = [
+        Target::Q,
+        Target::K,
+        Target::V,
+        Target::O,
+        Target::Gate,
+        Target::Up,
+        Target::Down,
+        Target::Qkv,
+        Target::GateUp,
     ];
 
     /// The module name PEFT's `target_modules` uses.
@@ -44,6 +68,8 @@ impl Target {
             Target::Gate => "gate_proj",
             Target::Up => "up_proj",
             Target::Down => "down_proj",
+            Target::Qkv => "qkv_proj",
+            Target::GateUp => "gate_up_proj",
         }
     }
 
@@ -57,11 +83,13 @@ impl Target {
             Target::Gate => "mlp.gate_proj",
             Target::Up => "mlp.up_proj",
             Target::Down => "mlp.down_proj",
+            Target::Qkv => "self_attn.qkv_proj",
+            Target::GateUp => "mlp.gate_up_proj",
         }
     }
 
     pub fn parse(name: &str) -> Option<Target> {
-        Target::ALL.into_iter().find(|t| t.name() == name)
+        Target::EVERY.into_iter().find(|t| t.name() == name)
     }
 
     /// (in_features, out_features) of this linear layer.
@@ -72,12 +100,47 @@ impl Target {
             Target::O => (cfg.q_dim(), cfg.hidden),
             Target::Gate | Target::Up => (cfg.hidden, cfg.intermediate),
             Target::Down => (cfg.intermediate, cfg.hidden),
+            Target::Qkv => (cfg.hidden, cfg.q_dim() + 2 * cfg.kv_dim()),
+            Target::GateUp => (cfg.hidden, 2 * cfg.intermediate),
         }
     }
 
     pub fn index(self) -> usize {
         self as usize
     }
+}
+
+/// The adapter targets `targets` names, for this model: the Llama-style list of all seven
+/// (what `all-linear` and the default give) means every linear layer the model has; any other
+/// list must name layers the model has, by PEFT's names for its family.
+pub fn resolve_targets(
+    cfg: &ModelConfig,
+    targets: &[Target],
+) -> std::result::Result<Vec<Target>, String> {
+    let linears = cfg.linears();
+    let mut all = Target::ALL.to_vec();
+    let mut given = targets.to_vec();
+    given.sort();
+    given.dedup();
+    all.sort();
+    if given == all {
+        return Ok(linears.to_vec());
+    }
+    if let Some(t) = given.iter().find(|t| !linears.contains(t)) {
+        let names: Vec<&str> = linears.iter().map(|t| t.name()).collect();
+        let why = if cfg.fused_proj {
+            " (Phi-3 fuses q/k/v into qkv_proj and gate/up into gate_up_proj, as PEFT names them)"
+        } else {
+            ""
+        };
+        return Err(format!(
+            "target module `{}` is not a linear layer of this {} model{why}; choose from {} or all-linear",
+            t.name(),
+            cfg.model_type,
+            names.join(", ")
+        ));
+    }
+    Ok(given)
 }
 
 impl fmt::Display for Target {
@@ -130,7 +193,7 @@ pub struct LoraParams<B: Backend> {
     pub config: LoraConfig,
     pub params: Vec<Param<B>>,
     /// [layer][target] -> index of lora_A in `params` (lora_B is the next one).
-    slots: Vec<[Option<usize>; 7]>,
+    slots: Vec<[Option<usize>; Target::COUNT]>,
 }
 
 /// PEFT's key for a LoRA tensor of a causal LM.
@@ -169,14 +232,19 @@ impl<B: Backend> LoraParams<B> {
             return Err(ModelError::Adapter("LoRA rank r must be at least 1".into()));
         }
         if lora.targets.is_empty() {
-            return Err(ModelError::Adapter(
-                "no target modules: name at least one of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj".into(),
-            ));
+            let names: Vec<&str> = cfg.linears().iter().map(|t| t.name()).collect();
+            return Err(ModelError::Adapter(format!(
+                "no target modules: name at least one of {}",
+                names.join(", ")
+            )));
         }
+        let mut lora = lora.clone();
+        lora.targets = resolve_targets(cfg, &lora.targets).map_err(ModelError::Adapter)?;
+        let lora = &lora;
         let mut params = Vec::new();
-        let mut slots = vec![[None; 7]; cfg.layers];
+        let mut slots = vec![[None; Target::COUNT]; cfg.layers];
         for (layer, slot) in slots.iter_mut().enumerate() {
-            for t in Target::ALL {
+            for t in cfg.linears().iter().copied() {
                 if !lora.targets.contains(&t) {
                     continue;
                 }
@@ -219,7 +287,7 @@ impl<B: Backend> LoraParams<B> {
     /// tensors are exactly the tail of `params` (true for adapters made or loaded here, which
     /// go layer by layer); None otherwise.
     pub fn tail_from_layer(&self, layer: usize) -> Option<usize> {
-        let first = |slot: &[Option<usize>; 7]| slot.iter().flatten().min().copied();
+        let first = |slot: &[Option<usize>; Target::COUNT]| slot.iter().flatten().min().copied();
         let mut prev_end = 0;
         for slot in &self.slots {
             if let Some(f) = first(slot) {

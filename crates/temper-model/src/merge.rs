@@ -152,7 +152,8 @@ fn state_dict_order(name: &str) -> (u8, usize, usize, String) {
 }
 
 /// The linear layer a tensor name is the weight of, if any.
-fn linear_of(name: &str, layers: usize) -> Option<(usize, Target)> {
+fn linear_of(name: &str, cfg: &ModelConfig) -> Option<(usize, Target)> {
+    let layers = cfg.layers;
     let rest = name.strip_prefix("model.layers.")?;
     let (l, inner) = rest.split_once('.')?;
     let l: usize = l.parse().ok()?;
@@ -160,8 +161,9 @@ fn linear_of(name: &str, layers: usize) -> Option<(usize, Target)> {
         return None;
     }
     let path = inner.strip_suffix(".weight")?;
-    Target::ALL
-        .into_iter()
+    cfg.linears()
+        .iter()
+        .copied()
         .find(|t| t.path() == path)
         .map(|t| (l, t))
 }
@@ -266,7 +268,7 @@ impl HostAdapter {
         let params = crate::adapter::load(&be, cfg, dir)?;
         let mut ab = HashMap::new();
         for l in 0..cfg.layers {
-            for t in Target::ALL {
+            for t in cfg.linears().iter().copied() {
                 if let Some((a, b)) = params.get(l, t) {
                     ab.insert((l, t), (be.download(&a.value)?, be.download(&b.value)?));
                 }
@@ -336,7 +338,7 @@ pub fn merge_folder(
             continue;
         }
         let (dtype, shape) = st.info(name)?;
-        let linear = linear_of(name, cfg.layers);
+        let linear = linear_of(name, &cfg);
         let four_bit = ["nf4", "fp4"]
             .iter()
             .find(|q| names.contains(&format!("{name}.quant_state.bitsandbytes__{q}")));

@@ -4,7 +4,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use temper_core::{rope, Backend, DType, Gemm};
+use temper_core::rope::{self, RopeScaling};
+use temper_core::{Backend, DType, Gemm};
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
@@ -139,13 +140,43 @@ enum Kept<B: Backend> {
     },
 }
 
+/// RoPE cos and sin tables, (P, R/2) for positions 0..P and R rotated dims per head.
+pub struct RopeTables<B: Backend> {
+    pub cos: B::Buf,
+    pub sin: B::Buf,
+}
+
+impl<B: Backend> RopeTables<B> {
+    fn new(
+        be: &B,
+        cfg: &ModelConfig,
+        theta: f64,
+        scaling: Option<&RopeScaling>,
+        select: usize,
+    ) -> Result<Self> {
+        let positions = cfg.max_positions.max(1);
+        let inv_freq = rope::inv_freq(cfg.rope_dims, theta, scaling, select);
+        let attention_factor = scaling.map_or(1.0, |s| s.attention_factor());
+        let (cos, sin) = rope::scaled_tables(&inv_freq, positions, attention_factor);
+        Ok(RopeTables {
+            cos: be.upload(&cos)?,
+            sin: be.upload(&sin)?,
+        })
+    }
+}
+
 pub struct Model<B: Backend> {
     pub be: Arc<B>,
     pub cfg: ModelConfig,
     pub weights: Weights<B>,
-    /// (P, D/2) RoPE tables for positions 0..P.
-    pub rope_cos: B::Buf,
-    pub rope_sin: B::Buf,
+    /// RoPE tables of the (global) layers.
+    pub rope: RopeTables<B>,
+    /// Gemma 3: the tables of the local (sliding-window) layers, from rope_local_base_freq.
+    pub rope_local: Option<RopeTables<B>>,
+    /// LongRoPE: the tables with the long factors, used by a forward whose longest position
+    /// is past the pretrained context (`rope` then holds the short factors), as transformers
+    /// switches; with the position past which they apply.
+    pub rope_long: Option<(RopeTables<B>, usize)>,
     /// Tokens per chunk of the fused LM head + loss.
     pub loss_chunk: usize,
 }
@@ -178,12 +209,36 @@ impl<B: Backend> Model<B> {
     pub fn from_parts(be: Arc<B>, cfg: ModelConfig, weights: Weights<B>) -> Result<Self> {
         let positions = cfg.max_positions.max(1);
         let scaling = cfg.rope_scaling.as_ref();
-        let inv_freq = rope::inv_freq(cfg.head_dim, cfg.rope_theta, scaling, positions);
-        let attention_factor = scaling.map_or(1.0, |s| s.attention_factor());
-        let (cos, sin) = rope::scaled_tables(&inv_freq, positions, attention_factor);
+        let (rope, rope_long) = match scaling {
+            Some(RopeScaling::LongRope {
+                original_max_position_embeddings,
+                ..
+            }) => {
+                let original = *original_max_position_embeddings as usize;
+                let short = RopeTables::new(&*be, &cfg, cfg.rope_theta, scaling, original)?;
+                let long = if positions > original {
+                    Some((
+                        RopeTables::new(&*be, &cfg, cfg.rope_theta, scaling, positions)?,
+                        original,
+                    ))
+                } else {
+                    None
+                };
+                (short, long)
+            }
+            _ => (
+                RopeTables::new(&*be, &cfg, cfg.rope_theta, scaling, positions)?,
+                None,
+            ),
+        };
+        let rope_local = match cfg.local_rope_theta {
+            Some(theta) => Some(RopeTables::new(&*be, &cfg, theta, None, positions)?),
+            None => None,
+        };
         Ok(Model {
-            rope_cos: be.upload(&cos)?,
-            rope_sin: be.upload(&sin)?,
+            rope,
+            rope_local,
+            rope_long,
             be,
             cfg,
             weights,
@@ -213,12 +268,48 @@ impl<B: Backend> Model<B> {
         Ok(())
     }
 
+    /// The RoPE tables layer `l` uses for a forward over `positions`: Gemma 3's local tables
+    /// on its sliding-window layers; LongRoPE's long ones when a position is past the
+    /// pretrained context.
+    pub fn rope_for(&self, l: usize, positions: &[u32]) -> &RopeTables<B> {
+        if self.cfg.local_rope(l) {
+            if let Some(local) = &self.rope_local {
+                return local;
+            }
+        }
+        if let Some((long, original)) = &self.rope_long {
+            let longest = positions.iter().max().map_or(0, |&p| p as usize + 1);
+            if longest > *original {
+                return long;
+            }
+        }
+        &self.rope
+    }
+
     /// Embedding lookup: (N, C).
     fn embed(&self, batch: &TokenBatch<'_>) -> Result<B::Buf> {
-        let mut x = self.be.act_uninit(batch.len() * self.cfg.hidden)?;
+        self.embed_ids(batch.ids)
+    }
+
+    /// Embedding rows of `ids` (N, C), times sqrt(hidden) for Gemma (the factor rounded to
+    /// the compute dtype first, as transformers casts it to the embeddings' dtype).
+    pub(crate) fn embed_ids(&self, ids: &[u32]) -> Result<B::Buf> {
+        let c = self.cfg.hidden;
+        let mut x = self.be.act_uninit(ids.len() * c)?;
         self.be
-            .embedding_forward(&mut x, batch.ids, &self.weights.embed, self.cfg.hidden)?;
+            .embedding_forward(&mut x, ids, &self.weights.embed, c)?;
+        if self.cfg.embed_scale {
+            let normalizer = self.be.compute_dtype().round((c as f64).sqrt() as f32);
+            self.be.scale(&mut x, normalizer)?;
+        }
         Ok(x)
+    }
+
+    /// Logits soft-capped on the host (Gemma 2's final_logit_softcapping), in place.
+    pub(crate) fn cap_logits(&self, logits: &mut [f32]) {
+        if let Some(cap) = self.cfg.final_softcap {
+            logits.iter_mut().for_each(|l| *l = cap * (*l / cap).tanh());
+        }
     }
 
     /// Runs all layers and the final norm. Returns the normed hidden states (N, C).
@@ -259,7 +350,9 @@ impl<B: Backend> Model<B> {
         let mut logits = self.be.zeros(n * v)?;
         self.be
             .matmul(&mut logits, &xf, self.weights.head(), Gemm::nt(n, v, c))?;
-        Ok(self.be.download(&logits)?)
+        let mut logits = self.be.download(&logits)?;
+        self.cap_logits(&mut logits);
+        Ok(logits)
     }
 
     /// Each token's loss (N), 0 where the target is -100. No gradients.
@@ -270,7 +363,7 @@ impl<B: Backend> Model<B> {
     ) -> Result<Vec<f32>> {
         let xf = self.trunk(lora, batch)?;
         let (c, v) = (self.cfg.hidden, self.cfg.vocab);
-        Ok(self.be.linear_cross_entropy(
+        Ok(self.be.linear_cross_entropy_capped(
             None,
             &xf,
             self.weights.head(),
@@ -279,6 +372,7 @@ impl<B: Backend> Model<B> {
             v,
             1.0,
             self.loss_chunk,
+            self.cfg.final_softcap,
         )?)
     }
 
@@ -375,7 +469,7 @@ impl<B: Backend> Model<B> {
         be.profile_stage("head");
         let (xf, rstd) = self.final_norm(&x)?;
         let mut dxf = be.act_uninit(n * c)?;
-        let losses = be.linear_cross_entropy(
+        let losses = be.linear_cross_entropy_capped(
             Some(&mut dxf),
             &xf,
             self.weights.head(),
@@ -384,6 +478,7 @@ impl<B: Backend> Model<B> {
             v,
             grad_scale,
             self.loss_chunk,
+            self.cfg.final_softcap,
         )?;
         drop(xf);
         let mut dx = be.act_uninit(n * c)?;

@@ -34,7 +34,8 @@ impl MemoryPlan {
 /// Every frozen value: embeddings, head (unless tied), layers, norms, RoPE tables.
 pub fn weight_values(cfg: &ModelConfig) -> usize {
     let (c, v) = (cfg.hidden, cfg.vocab);
-    let per_layer: usize = Target::ALL
+    let per_layer: usize = cfg
+        .linears()
         .iter()
         .map(|t| {
             let (i, o) = t.dims(cfg);
@@ -47,6 +48,7 @@ pub fn weight_values(cfg: &ModelConfig) -> usize {
         })
         .sum::<usize>()
         + 2 * c
+        + if cfg.sandwich_norms { 2 * c } else { 0 }
         + if cfg.qk_norm { 2 * cfg.head_dim } else { 0 };
     let head = if cfg.tie_embeddings { 0 } else { v * c };
     let rope = cfg.max_positions.max(1) * cfg.head_dim; // cos and sin, (P, d/2) each
@@ -58,7 +60,8 @@ pub fn weight_values(cfg: &ModelConfig) -> usize {
 /// embeddings, head and norms stay in `dtype`.
 pub fn weight_bytes_4bit(cfg: &ModelConfig, dtype: DType, blocksize: usize, double: bool) -> usize {
     let linear: usize = cfg.layers
-        * Target::ALL
+        * cfg
+            .linears()
             .iter()
             .map(|t| {
                 let (i, o) = t.dims(cfg);
@@ -78,7 +81,7 @@ pub fn weight_bytes_4bit(cfg: &ModelConfig, dtype: DType, blocksize: usize, doub
 /// per value and an f32 scale per row, as bitsandbytes' LLM.int8 stores them); embeddings,
 /// head and norms stay in `dtype`.
 pub fn weight_bytes_8bit(cfg: &ModelConfig, dtype: DType) -> usize {
-    let (linear, rows) = Target::ALL.iter().fold((0, 0), |(n, r), t| {
+    let (linear, rows) = cfg.linears().iter().fold((0, 0), |(n, r), t| {
         let (i, o) = t.dims(cfg);
         (n + cfg.layers * i * o, r + cfg.layers * o)
     });
@@ -87,7 +90,7 @@ pub fn weight_bytes_8bit(cfg: &ModelConfig, dtype: DType) -> usize {
 
 /// LoRA values of one layer.
 fn lora_values_per_layer(cfg: &ModelConfig, lora: &LoraConfig) -> usize {
-    lora.targets
+    targets(cfg, lora)
         .iter()
         .map(|t| {
             let (i, o) = t.dims(cfg);
@@ -107,9 +110,14 @@ fn layer_acts(cfg: &ModelConfig, lora: &LoraConfig, n: usize, training: bool) ->
     } else {
         0
     };
-    let base = base + qk_norm;
-    let lora_saved: usize = lora
-        .targets
+    // Gemma 2/3 keep the attention and MLP outputs before their norms, with their rstd.
+    let sandwich = if cfg.sandwich_norms {
+        2 * n * (c + 1)
+    } else {
+        0
+    };
+    let base = base + qk_norm + sandwich;
+    let lora_saved: usize = targets(cfg, lora)
         .iter()
         .map(|t| {
             let (i, _) = t.dims(cfg);
@@ -130,7 +138,15 @@ fn layer_acts(cfg: &ModelConfig, lora: &LoraConfig, n: usize, training: bool) ->
 fn layer_backward_scratch(cfg: &ModelConfig, lora: &LoraConfig, n: usize) -> usize {
     let (c, f) = (cfg.hidden, cfg.intermediate);
     let widest = cfg.intermediate.max(cfg.hidden).max(cfg.q_dim());
-    n * (2 * f + 3 * c) + n * lora.r + n * widest
+    // Phi-3 joins dg and du into one (N, 2F) gradient for gate_up_proj.
+    let joined = if cfg.fused_proj { 2 * f } else { 0 };
+    n * (2 * f + 3 * c + joined) + n * lora.r + n * widest
+}
+
+/// The adapter's targets as the model resolves them (Phi-3's all-linear is its four fused
+/// and plain layers); the given list when it does not resolve (the adapter refuses it).
+fn targets(cfg: &ModelConfig, lora: &LoraConfig) -> Vec<crate::lora::Target> {
+    crate::lora::resolve_targets(cfg, &lora.targets).unwrap_or_else(|_| lora.targets.clone())
 }
 
 /// Scores and probabilities of the GPU attention for sequences of `seq` tokens.

@@ -62,14 +62,27 @@ impl<B: Backend> Linear<B> {
     }
 }
 
-/// One decoder layer's frozen weights.
+/// One decoder layer's frozen weights. Norm weights are stored as they multiply (Gemma's
+/// (1 + w) already added, in f32 then).
 pub struct LayerWeights<B: Backend> {
-    pub input_norm: B::Buf,     // (C)
-    pub post_attn_norm: B::Buf, // (C)
-    /// RMSNorm weights over each query and key head (D), when the model has them (Qwen3).
+    pub input_norm: B::Buf, // (C)
+    /// The norm before the MLP: `post_attention_layernorm` of Llama-style blocks,
+    /// `pre_feedforward_layernorm` of Gemma 2 / 3.
+    pub mlp_norm: B::Buf, // (C)
+    /// Gemma 2 / 3: the norms of the attention output (`post_attention_layernorm`) and of the
+    /// MLP output (`post_feedforward_layernorm`), before each residual add.
+    pub sandwich: Option<SandwichNorms<B>>,
+    /// RMSNorm weights over each query and key head (D), when the model has them (Qwen3,
+    /// Gemma 3).
     pub qk_norm: Option<QkNorm<B>>,
-    /// Indexed by [`Target::index`]: q, k, v, o, gate, up, down.
-    pub linears: Vec<Linear<B>>,
+    /// Indexed by [`Target::index`]: the model's linear layers ([`ModelConfig::linears`]).
+    pub linears: Vec<Option<Linear<B>>>,
+}
+
+/// Gemma 2 / 3's norms after attention and after the MLP, each (C).
+pub struct SandwichNorms<B: Backend> {
+    pub attn_out: B::Buf,
+    pub mlp_out: B::Buf,
 }
 
 /// Qwen3's per-head norms: `q_norm` and `k_norm`, each (D).
@@ -79,8 +92,14 @@ pub struct QkNorm<B: Backend> {
 }
 
 impl<B: Backend> LayerWeights<B> {
-    pub fn linear(&self, t: Target) -> &Linear<B> {
-        &self.linears[t.index()]
+    /// The layer's linear `t`; an error when this family has no such layer.
+    pub fn linear(&self, t: Target) -> Result<&Linear<B>> {
+        self.linears
+            .get(t.index())
+            .and_then(Option::as_ref)
+            .ok_or_else(|| {
+                ModelError::Adapter(format!("this model's layers have no `{}`", t.path()))
+            })
     }
 }
 
@@ -121,12 +140,21 @@ impl<B: Backend> Weights<B> {
                 Ok(be.upload_stored(bytes, stored)?)
             })
         };
+        // Gemma's RMSNorm multiplies by (1 + w) in f32: kept as that sum, in f32.
+        let norm = |name: &str, len: usize| -> Result<B::Buf> {
+            if !cfg.norm_plus_one {
+                return get(name, &[len]);
+            }
+            let mut w = st.read_shaped(name, &[len])?.data;
+            w.iter_mut().for_each(|x| *x += 1.0);
+            Ok(be.upload(&w)?)
+        };
         let embed = get("model.embed_tokens.weight", &[v, c])?;
         let mut layers = Vec::with_capacity(cfg.layers);
         for l in 0..cfg.layers {
             let p = format!("model.layers.{l}");
-            let mut linears = Vec::with_capacity(7);
-            for t in Target::ALL {
+            let mut linears: Vec<Option<Linear<B>>> = (0..Target::COUNT).map(|_| None).collect();
+            for t in cfg.linears().iter().copied() {
                 let (d_in, d_out) = t.dims(cfg);
                 let prefix = format!("{p}.{}", t.path());
                 let name = format!("{prefix}.weight");
@@ -159,7 +187,7 @@ impl<B: Backend> Weights<B> {
                 } else {
                     None
                 };
-                linears.push(Linear {
+                linears[t.index()] = Some(Linear {
                     w,
                     bias,
                     d_in,
@@ -169,20 +197,35 @@ impl<B: Backend> Weights<B> {
             let qk_norm = if cfg.qk_norm {
                 let d = cfg.head_dim;
                 Some(QkNorm {
-                    q: get(&format!("{p}.self_attn.q_norm.weight"), &[d])?,
-                    k: get(&format!("{p}.self_attn.k_norm.weight"), &[d])?,
+                    q: norm(&format!("{p}.self_attn.q_norm.weight"), d)?,
+                    k: norm(&format!("{p}.self_attn.k_norm.weight"), d)?,
                 })
             } else {
                 None
             };
+            let (mlp_norm, sandwich) = if cfg.sandwich_norms {
+                (
+                    norm(&format!("{p}.pre_feedforward_layernorm.weight"), c)?,
+                    Some(SandwichNorms {
+                        attn_out: norm(&format!("{p}.post_attention_layernorm.weight"), c)?,
+                        mlp_out: norm(&format!("{p}.post_feedforward_layernorm.weight"), c)?,
+                    }),
+                )
+            } else {
+                (
+                    norm(&format!("{p}.post_attention_layernorm.weight"), c)?,
+                    None,
+                )
+            };
             layers.push(LayerWeights {
-                input_norm: get(&format!("{p}.input_layernorm.weight"), &[c])?,
-                post_attn_norm: get(&format!("{p}.post_attention_layernorm.weight"), &[c])?,
+                input_norm: norm(&format!("{p}.input_layernorm.weight"), c)?,
+                mlp_norm,
+                sandwich,
                 qk_norm,
                 linears,
             });
         }
-        let final_norm = get("model.norm.weight", &[c])?;
+        let final_norm = norm("model.norm.weight", c)?;
         let lm_head = if st.contains("lm_head.weight") && !cfg.tie_embeddings {
             Some(get("lm_head.weight", &[v, c])?)
         } else if cfg.tie_embeddings {

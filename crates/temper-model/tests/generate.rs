@@ -209,3 +209,60 @@ fn generation_stops_at_the_context_length() {
     let long: Vec<u32> = (0..21).collect();
     assert!(generate(&m, None, &long, &opts, &mut sampler, no_stream).is_err());
 }
+
+/// The cached forward of the newer families (Phi-3's fused projections and partial rotary,
+/// Gemma's scaled embeddings and GeGLU, Gemma 2's soft caps and windows shorter than the
+/// prompt, Gemma 3's local RoPE base) gives, token by token, the full forward's logits.
+#[test]
+fn cached_forward_equals_the_full_forward_for_phi3_and_gemma() {
+    for (case, len) in [
+        ("phi3_longrope", 14), // within Phi-3's original context: short factors throughout
+        ("gemma", 18),
+        ("gemma2_softcap", 18),
+        ("gemma3", 18),
+    ] {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/parity")
+            .join(case);
+        let be = Arc::new(CpuBackend::new());
+        let m = Model::load(be.clone(), &dir.join("model")).expect("model");
+        let lora = adapter::load(&*be, &m.cfg, &dir.join("adapter")).expect("adapter");
+        let ids: Vec<u32> = (0..len as u32).map(|i| (i * 11 + 5) % 60).collect();
+        let positions: Vec<u32> = (0..len as u32).collect();
+        let targets = vec![-100i32; len];
+        let full = m
+            .logits(
+                Some(&lora),
+                &TokenBatch {
+                    ids: &ids,
+                    positions: &positions,
+                    cu_seqlens: &[0, len as u32],
+                    targets: &targets,
+                },
+            )
+            .expect("logits");
+        let v = m.cfg.vocab;
+        let mut cache = KvCache::new(&*be, &m.cfg, len).expect("cache");
+        let prompt = 9; // longer than the windows of 4
+        let mut worst = 0f32;
+        let mut got = m
+            .forward_cached(Some(&lora), &ids[..prompt], &mut cache)
+            .expect("prefill");
+        for t in prompt..=len {
+            let want = &full[(t - 1) * v..t * v];
+            let scale = want.iter().fold(0f32, |a, &x| a.max(x.abs()));
+            let diff = got
+                .iter()
+                .zip(want)
+                .fold(0f32, |a, (&g, &w)| a.max((g - w).abs()));
+            worst = worst.max(diff / scale);
+            if t < len {
+                got = m
+                    .forward_cached(Some(&lora), &ids[t..t + 1], &mut cache)
+                    .expect("decode");
+            }
+        }
+        println!("{case}: cached logits within {worst:.2e} of the full forward");
+        assert!(worst < 1e-5, "{case}: {worst:.2e}");
+    }
+}

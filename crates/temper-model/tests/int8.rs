@@ -234,7 +234,7 @@ fn quantising_on_the_gpu_while_loading_gives_the_saved_int8_weights() {
         for t in Target::ALL {
             let (d_in, d_out) = t.dims(&cfg);
             let prefix = format!("model.layers.{l}.{}", t.path());
-            let Frozen::Int8(q) = &layer.linear(t).w else {
+            let Frozen::Int8(q) = &layer.linear(t).expect("linear").w else {
                 panic!("{prefix}: not held in 8 bits");
             };
             let got = be.download_int8(q).expect("download");

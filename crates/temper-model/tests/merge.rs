@@ -481,3 +481,42 @@ fn a_bitsandbytes_folder_merges_like_its_original_quantised_on_load() {
         assert_eq!(cfg["dtype"], "bfloat16");
     }
 }
+
+/// Phi-3's fused qkv_proj / gate_up_proj adapters fold into the fused weights, and Gemma's
+/// norms (1 + w) are copied as stored: the merged folder's logits equal the base with the
+/// adapter applied on the fly.
+#[test]
+fn fused_phi3_and_gemma_adapters_merge_into_the_same_logits() {
+    use std::sync::Arc;
+    use temper_core::CpuBackend;
+    use temper_model::{adapter, Model, TokenBatch};
+    for case in ["phi3_longrope", "gemma2_softcap"] {
+        let (base, adapter_dir) = parity(case);
+        let out = tempfile::tempdir().expect("tempdir");
+        merge_folder(&base, &adapter_dir, out.path(), &opts(DType::F32)).expect("merge");
+        let be = Arc::new(CpuBackend::new());
+        let model = Model::load(be.clone(), &base).expect("base");
+        let lora = adapter::load(&*be, &model.cfg, &adapter_dir).expect("adapter");
+        let merged = Model::load(be.clone(), out.path()).expect("merged");
+        let ids: Vec<u32> = (0..20).map(|i| (i * 5 + 3) % 60).collect();
+        let positions: Vec<u32> = (0..20).collect();
+        let targets = vec![-100i32; 20];
+        let batch = TokenBatch {
+            ids: &ids,
+            positions: &positions,
+            cu_seqlens: &[0, 20],
+            targets: &targets,
+        };
+        let want = model.logits(Some(&lora), &batch).expect("logits");
+        let got = merged.logits(None, &batch).expect("merged logits");
+        // max |got - want| / max |want|: logits near zero make elementwise ratios noisy.
+        let scale = want.iter().fold(0f64, |m, &w| m.max((w as f64).abs()));
+        let diff = got
+            .iter()
+            .zip(&want)
+            .fold(0f64, |m, (&g, &w)| m.max((g as f64 - w as f64).abs()));
+        let err = diff / scale;
+        println!("{case}: merged logits within {err:.2e} of the unmerged adapter");
+        assert!(err < 1e-5, "{case}: {err:.2e}");
+    }
+}

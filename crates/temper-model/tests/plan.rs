@@ -10,8 +10,12 @@ use temper_model::{Checkpointing, LmRows, LoraConfig, LoraParams, Model, StepCtx
 
 fn measured_and_predicted(ckpt: Checkpointing, dropout: f32) -> (usize, usize) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tiny/model");
+    measured_and_predicted_in(&dir, ckpt, dropout)
+}
+
+fn measured_and_predicted_in(dir: &Path, ckpt: Checkpointing, dropout: f32) -> (usize, usize) {
     let be = Arc::new(CpuBackend::new());
-    let model = Model::load(be.clone(), &dir).expect("model");
+    let model = Model::load(be.clone(), dir).expect("model");
     let lora_cfg = LoraConfig {
         r: 16,
         alpha: 32.0,
@@ -78,5 +82,24 @@ fn the_plan_bounds_the_measured_peak_closely() {
             ratio <= 1.5,
             "{ckpt:?}: the plan is {ratio:.2}x the measured peak"
         );
+    }
+}
+
+/// Phi-3's fused projections and Gemma 2's extra norms are in the plan too.
+#[test]
+fn the_plan_bounds_phi3_and_gemma2_peaks() {
+    for name in ["phi3-tiny", "gemma2-tiny"] {
+        let shape = temper_model::init::shape(name).expect("shape");
+        let dir = tempfile::tempdir().expect("tempdir");
+        temper_model::init::write_random_model(shape, dir.path(), 5).expect("writes");
+        for ckpt in [Checkpointing::EveryLayer, Checkpointing::Off] {
+            let (measured, predicted) = measured_and_predicted_in(dir.path(), ckpt, 0.0);
+            let ratio = predicted as f64 / measured as f64;
+            println!(
+                "{name} {ckpt:?}: measured {measured} bytes, predicted {predicted} ({ratio:.3}x)"
+            );
+            assert!(predicted >= measured, "{name} {ckpt:?}: under-predicts");
+            assert!(ratio <= 1.5, "{name} {ckpt:?}: {ratio:.2}x");
+        }
     }
 }

@@ -1,5 +1,6 @@
-//! `temper init-model --shape tiny|llama2-7b|llama3-8b|qwen3-8b|qwen3-tiny --out DIR`: a random-weight Hugging
-//! Face folder (bf16 safetensors, config.json, a word-level tokenizer covering the whole
+//! `temper init-model --shape NAME --out DIR` (tiny, llama2-7b, llama3-8b, qwen3-8b,
+//! qwen3-tiny, phi3-mini, phi3-tiny, gemma-7b, gemma-tiny, gemma2-9b, gemma2-tiny, gemma3-1b,
+//! gemma3-tiny): a random-weight Hugging Face folder (bf16 safetensors, config.json, a word-level tokenizer covering the whole
 //! vocabulary) that transformers loads unchanged, for benchmarks of temper and its peers.
 
 use std::collections::HashMap;

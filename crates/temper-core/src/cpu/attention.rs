@@ -1,5 +1,6 @@
 //! Causal varlen attention with GQA, optionally within a sliding window: with window w,
-//! query i sees keys j with i - w < j <= i (transformers' `kv_idx > q_idx - sliding_window`).
+//! query i sees keys j with i - w < j <= i (transformers' `kv_idx > q_idx - sliding_window`),
+//! and optionally with the scores soft-capped (Gemma 2): s -> cap * tanh(s / cap).
 //!
 //! Work is cut into tiles of at most [`BLOCK`] consecutive tokens of one sequence; rayon runs
 //! the tiles in parallel and each tile owns the output rows of its tokens, so no two threads
@@ -98,9 +99,41 @@ pub fn attention_forward<T: Float>(
     d: usize,
     window: Option<usize>,
 ) -> Result<()> {
+    attention_forward_capped(out, lse, q, k, v, cu_seqlens, hq, hkv, d, window, None)
+}
+
+/// A soft cap `cap` on attention scores: s -> cap * tanh(s / cap) (Gemma 2's
+/// `attn_logit_softcapping`), applied to the scaled scores before the softmax.
+pub fn softcap_checked(op: &'static str, softcap: Option<f32>) -> Result<Option<f32>> {
+    match softcap {
+        Some(c) if !(c.is_finite() && c > 0.0) => Err(crate::CoreError::Invalid {
+            op,
+            msg: format!("the soft cap must be a positive number, got {c}"),
+        }),
+        other => Ok(other),
+    }
+}
+
+/// [`attention_forward`] with the scaled scores soft-capped first when `softcap` is given:
+/// s -> cap * tanh(s / cap); the lse is of the capped scores.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_forward_capped<T: Float>(
+    out: &mut [T],      // (N, hq, d)
+    lse: &mut [T],      // (N, hq)
+    q: &[T],            // (N, hq, d)
+    k: &[T],            // (N, hkv, d)
+    v: &[T],            // (N, hkv, d)
+    cu_seqlens: &[u32], // (S + 1)
+    hq: usize,
+    hkv: usize,
+    d: usize,
+    window: Option<usize>,
+    softcap: Option<f32>,
+) -> Result<()> {
     const OP: &str = "attention_forward";
     let (group, n) = crate::checks::attention(OP, q.len(), cu_seqlens, hq, hkv, d)?;
     let window = crate::checks::attention_window(OP, cu_seqlens, window)?;
+    let cap = softcap_checked(OP, softcap)?.map(|c| lit::<T>(c as f64));
     check_len(OP, "k", k.len(), n * hkv * d)?;
     check_len(OP, "v", v.len(), n * hkv * d)?;
     check_len(OP, "out", out.len(), n * hq * d)?;
@@ -136,6 +169,9 @@ pub fn attention_forward<T: Float>(
                     after.fill(T::zero());
                     let (before, live) = row.split_at_mut(lo);
                     before.fill(T::zero());
+                    if let Some(cap) = cap {
+                        live.iter_mut().for_each(|s| *s = cap * (*s / cap).tanh());
+                    }
                     let max = live.iter().fold(T::neg_infinity(), |m, &s| m.max(s));
                     let mut sum = T::zero();
                     for s in live.iter_mut() {
@@ -185,9 +221,48 @@ pub fn attention_backward<T: Float>(
     d: usize,
     window: Option<usize>,
 ) -> Result<()> {
+    attention_backward_capped(
+        dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, hq, hkv, d, window, None,
+    )
+}
+
+/// The gradient's factor for a raw score s: with t = tanh(s / cap), the capped score is
+/// cap * t and d(cap * t)/ds = 1 - t^2; returns (the capped score, that factor).
+#[inline]
+fn capped<T: Float>(s: T, cap: Option<T>) -> (T, T) {
+    match cap {
+        Some(cap) => {
+            let t = (s / cap).tanh();
+            (cap * t, T::one() - t * t)
+        }
+        None => (s, T::one()),
+    }
+}
+
+/// [`attention_backward`] of [`attention_forward_capped`]: dS is multiplied by the cap's
+/// derivative 1 - tanh^2(s / cap) before it reaches q and k.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward_capped<T: Float>(
+    dq: &mut [T],       // (N, hq, d)
+    dk: &mut [T],       // (N, hkv, d)
+    dv: &mut [T],       // (N, hkv, d)
+    dout: &[T],         // (N, hq, d)
+    q: &[T],            // (N, hq, d)
+    k: &[T],            // (N, hkv, d)
+    v: &[T],            // (N, hkv, d)
+    out: &[T],          // (N, hq, d)
+    lse: &[T],          // (N, hq)
+    cu_seqlens: &[u32], // (S + 1)
+    hq: usize,
+    hkv: usize,
+    d: usize,
+    window: Option<usize>,
+    softcap: Option<f32>,
+) -> Result<()> {
     const OP: &str = "attention_backward";
     let (group, n) = crate::checks::attention(OP, q.len(), cu_seqlens, hq, hkv, d)?;
     let window = crate::checks::attention_window(OP, cu_seqlens, window)?;
+    let cap = softcap_checked(OP, softcap)?.map(|c| lit::<T>(c as f64));
     check_len(OP, "k", k.len(), n * hkv * d)?;
     check_len(OP, "v", v.len(), n * hkv * d)?;
     check_len(OP, "out", out.len(), n * hq * d)?;
@@ -252,7 +327,8 @@ pub fn attention_backward<T: Float>(
                     let (before, live) = row.split_at_mut(lo);
                     before.fill(T::zero());
                     for (s, &dp) in live.iter_mut().zip(&dp_row[lo..hi]) {
-                        *s = (*s - lse_i).exp() * (dp - d_i); // dS
+                        let (sc, dcap) = capped(*s, cap);
+                        *s = (sc - lse_i).exp() * (dp - d_i) * dcap; // dS
                     }
                 }
                 // dq_j (rows, d) = scale * dS (rows, lk) k_g (lk, d)
@@ -329,8 +405,9 @@ pub fn attention_backward<T: Float>(
                         dp_row[..r].fill(T::zero());
                         for (c, (s, dp)) in live.iter_mut().zip(&mut dp_row[r..hi]).enumerate() {
                             let i = t0 + r + c;
-                            *s = (*s - lse[i * hq + j]).exp(); // P^T
-                            *dp = *s * (*dp - delta[i * hq + j]); // dS^T
+                            let (sc, dcap) = capped(*s, cap);
+                            *s = (sc - lse[i * hq + j]).exp(); // P^T
+                            *dp = *s * (*dp - delta[i * hq + j]) * dcap; // dS^T
                         }
                     }
                     // dv_g (rows, d) (+)= P^T (rows, lq) dout_j (lq, d)

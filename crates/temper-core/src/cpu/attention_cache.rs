@@ -35,7 +35,25 @@ pub fn attention_decode<T: Float>(
     hkv: usize,
     d: usize,
 ) -> Result<()> {
+    attention_decode_capped(out, q, k_cache, v_cache, past, hq, hkv, d, None)
+}
+
+/// [`attention_decode`] with the scaled scores soft-capped (s -> cap * tanh(s / cap)) when
+/// `softcap` is given, as [`super::attention::attention_forward_capped`] does.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_decode_capped<T: Float>(
+    out: &mut [T], // (n, hq, d)
+    q: &[T],       // (n, hq, d)
+    k_cache: &[T], // (cap, hkv, d), rows 0..past+n filled
+    v_cache: &[T], // (cap, hkv, d), rows 0..past+n filled
+    past: usize,
+    hq: usize,
+    hkv: usize,
+    d: usize,
+    softcap: Option<f32>,
+) -> Result<()> {
     const OP: &str = "attention_decode";
+    let cap = super::attention::softcap_checked(OP, softcap)?.map(|c| lit::<T>(c as f64));
     if hq == 0 || hkv == 0 || d == 0 {
         return Err(invalid(format!(
             "hq {hq}, hkv {hkv} and d {d} must be positive"
@@ -75,7 +93,8 @@ pub fn attention_decode<T: Float>(
             s.clear();
             s.extend((0..keys).map(|t| {
                 let k_t = &k_cache[(t * hkv + g) * d..][..d];
-                scale * q_r.iter().zip(k_t).map(|(&a, &b)| a * b).sum::<T>()
+                let s = scale * q_r.iter().zip(k_t).map(|(&a, &b)| a * b).sum::<T>();
+                cap.map_or(s, |cap| cap * (s / cap).tanh())
             }));
             let max = s.iter().fold(T::neg_infinity(), |m, &x| m.max(x));
             let mut sum = T::zero();

@@ -31,6 +31,41 @@ pub fn linear_cross_entropy<T: Float>(
 /// difference them without the f32 rounding.
 #[allow(clippy::too_many_arguments)]
 pub fn linear_cross_entropy_t<T: Float>(
+    dx: Option<&mut [T]>, // (N, c)
+    x: &[T],              // (N, c)
+    w: &[T],              // (V, c)
+    targets: &[i32],      // (N), negative = ignored
+    c: usize,
+    v: usize,
+    grad_scale: f32,
+    chunk: usize,
+) -> Result<Vec<T>> {
+    linear_cross_entropy_capped_t(dx, x, w, targets, c, v, grad_scale, chunk, None)
+}
+
+/// [`linear_cross_entropy`] with the logits soft-capped first when `softcap` is given
+/// (Gemma 2's `final_logit_softcapping`): logit -> cap * tanh(logit / cap), and dlogits
+/// multiplied by the cap's derivative 1 - tanh^2.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_cross_entropy_capped<T: Float>(
+    dx: Option<&mut [T]>, // (N, c)
+    x: &[T],              // (N, c)
+    w: &[T],              // (V, c)
+    targets: &[i32],      // (N), negative = ignored
+    c: usize,
+    v: usize,
+    grad_scale: f32,
+    chunk: usize,
+    softcap: Option<f32>,
+) -> Result<Vec<f32>> {
+    let losses =
+        linear_cross_entropy_capped_t(dx, x, w, targets, c, v, grad_scale, chunk, softcap)?;
+    Ok(losses.into_iter().map(|l| l.to_f64c() as f32).collect())
+}
+
+/// [`linear_cross_entropy_capped`] with the losses kept in T.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_cross_entropy_capped_t<T: Float>(
     mut dx: Option<&mut [T]>, // (N, c)
     x: &[T],                  // (N, c)
     w: &[T],                  // (V, c)
@@ -39,8 +74,10 @@ pub fn linear_cross_entropy_t<T: Float>(
     v: usize,
     grad_scale: f32,
     chunk: usize,
+    softcap: Option<f32>,
 ) -> Result<Vec<T>> {
     const OP: &str = "linear_cross_entropy";
+    let cap = crate::cpu::attention::softcap_checked(OP, softcap)?.map(|c| lit::<T>(c as f64));
     let n = targets.len();
     check_len(OP, "x", x.len(), n * c)?;
     check_len(OP, "w", w.len(), v * c)?;
@@ -91,6 +128,9 @@ pub fn linear_cross_entropy_t<T: Float>(
                     return;
                 }
                 let t = t as usize;
+                if let Some(cap) = cap {
+                    row.iter_mut().for_each(|l| *l = cap * (*l / cap).tanh());
+                }
                 let max = row.iter().fold(T::neg_infinity(), |m, &l| m.max(l));
                 // Summed in f64: a sequential f32 sum over a 50k vocabulary comes out low by
                 // about 1e-4 relative, which the loss would inherit.
@@ -100,10 +140,25 @@ pub fn linear_cross_entropy_t<T: Float>(
                 *loss = T::from_f64c(sum64.ln()) - (row[t] - max);
                 if want_grad {
                     let inv = grad_scale / sum;
-                    for l in row.iter_mut() {
-                        *l = (*l - max).exp() * inv;
+                    match cap {
+                        None => {
+                            for l in row.iter_mut() {
+                                *l = (*l - max).exp() * inv;
+                            }
+                            row[t] -= grad_scale;
+                        }
+                        // Back through the cap: d capped / d raw = 1 - (capped / cap)^2.
+                        Some(cap) => {
+                            for (j, l) in row.iter_mut().enumerate() {
+                                let r = *l / cap;
+                                let mut g = (*l - max).exp() * inv;
+                                if j == t {
+                                    g -= grad_scale;
+                                }
+                                *l = g * (T::one() - r * r);
+                            }
+                        }
                     }
-                    row[t] -= grad_scale;
                 }
             });
         if let Some(dx) = dx.as_deref_mut() {

@@ -6,9 +6,11 @@ pub mod adamw;
 pub mod adamw8bit;
 pub mod attention;
 pub mod attention_cache;
+pub mod columns;
 pub mod cross_entropy;
 pub mod elementwise;
 pub mod embedding;
+pub mod geglu;
 pub mod matmul;
 pub mod rmsnorm;
 pub mod rope;
@@ -433,6 +435,155 @@ impl Backend for CpuBackend {
         check_len("swiglu_backward", "dup", dup.len(), gate.len())?;
         swiglu::swiglu_backward(dgate, dup, dh, gate, up);
         Ok(())
+    }
+
+    fn geglu_forward(&self, h: &mut CpuBuf, gate: &CpuBuf, up: &CpuBuf) -> Result<()> {
+        check_len("geglu_forward", "up", up.len(), gate.len())?;
+        check_len("geglu_forward", "h", h.len(), gate.len())?;
+        geglu::geglu_forward(h, gate, up);
+        Ok(())
+    }
+
+    fn geglu_backward(
+        &self,
+        dgate: &mut CpuBuf,
+        dup: &mut CpuBuf,
+        dh: &CpuBuf,
+        gate: &CpuBuf,
+        up: &CpuBuf,
+    ) -> Result<()> {
+        check_len("geglu_backward", "dh", dh.len(), gate.len())?;
+        check_len("geglu_backward", "up", up.len(), gate.len())?;
+        check_len("geglu_backward", "dgate", dgate.len(), gate.len())?;
+        check_len("geglu_backward", "dup", dup.len(), gate.len())?;
+        geglu::geglu_backward(dgate, dup, dh, gate, up);
+        Ok(())
+    }
+
+    fn copy_columns(
+        &self,
+        dst: &mut CpuBuf,
+        dst_cols: usize,
+        dst_off: usize,
+        src: &CpuBuf,
+        src_cols: usize,
+        src_off: usize,
+        width: usize,
+        rows: usize,
+    ) -> Result<()> {
+        columns::copy_columns(dst, dst_cols, dst_off, src, src_cols, src_off, width, rows)
+    }
+
+    fn rope_partial_forward(
+        &self,
+        x: &mut CpuBuf,
+        pos: &[u32],
+        cos: &CpuBuf,
+        sin: &CpuBuf,
+        h: usize,
+        d: usize,
+        rot: usize,
+    ) -> Result<()> {
+        rope::rope_partial_forward(x, pos, cos, sin, h, d, rot)
+    }
+
+    fn rope_partial_backward(
+        &self,
+        dx: &mut CpuBuf,
+        pos: &[u32],
+        cos: &CpuBuf,
+        sin: &CpuBuf,
+        h: usize,
+        d: usize,
+        rot: usize,
+    ) -> Result<()> {
+        rope::rope_partial_backward(dx, pos, cos, sin, h, d, rot)
+    }
+
+    fn attention_forward_capped(
+        &self,
+        out: &mut CpuBuf,
+        lse: &mut CpuBuf,
+        q: &CpuBuf,
+        k: &CpuBuf,
+        v: &CpuBuf,
+        cu_seqlens: &[u32],
+        hq: usize,
+        hkv: usize,
+        d: usize,
+        window: Option<usize>,
+        softcap: Option<f32>,
+    ) -> Result<()> {
+        attention::attention_forward_capped(
+            out, lse, q, k, v, cu_seqlens, hq, hkv, d, window, softcap,
+        )
+    }
+
+    fn attention_backward_capped(
+        &self,
+        dq: &mut CpuBuf,
+        dk: &mut CpuBuf,
+        dv: &mut CpuBuf,
+        dout: &CpuBuf,
+        q: &CpuBuf,
+        k: &CpuBuf,
+        v: &CpuBuf,
+        out: &CpuBuf,
+        lse: &CpuBuf,
+        cu_seqlens: &[u32],
+        hq: usize,
+        hkv: usize,
+        d: usize,
+        window: Option<usize>,
+        softcap: Option<f32>,
+    ) -> Result<()> {
+        attention::attention_backward_capped(
+            dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, hq, hkv, d, window, softcap,
+        )
+    }
+
+    fn attention_decode_capped(
+        &self,
+        out: &mut CpuBuf,
+        q: &CpuBuf,
+        k_cache: &CpuBuf,
+        v_cache: &CpuBuf,
+        past: usize,
+        hq: usize,
+        hkv: usize,
+        d: usize,
+        softcap: Option<f32>,
+    ) -> Result<()> {
+        attention_cache::attention_decode_capped(
+            out, q, k_cache, v_cache, past, hq, hkv, d, softcap,
+        )
+    }
+
+    fn linear_cross_entropy_capped(
+        &self,
+        dx: Option<&mut CpuBuf>,
+        x: &CpuBuf,
+        w: &CpuBuf,
+        targets: &[i32],
+        c: usize,
+        v: usize,
+        grad_scale: f32,
+        chunk: usize,
+        softcap: Option<f32>,
+    ) -> Result<Vec<f32>> {
+        check_len("linear_cross_entropy", "x", x.len(), targets.len() * c)?;
+        check_len("linear_cross_entropy", "w", w.len(), v * c)?;
+        cross_entropy::linear_cross_entropy_capped(
+            dx.map(|d| &mut d[..]),
+            x,
+            w,
+            targets,
+            c,
+            v,
+            grad_scale,
+            chunk,
+            softcap,
+        )
     }
 
     fn linear_cross_entropy(

@@ -1,10 +1,13 @@
-//! Rotary embedding, rotate_half layout.
+//! Rotary embedding, rotate_half layout, over a head's first `rot` values (all of them
+//! unless the model rotates only part of each head: Phi's `partial_rotary_factor`).
 use rayon::prelude::*;
 
 use crate::{Float, Result};
 
-/// Rotates every head of every token by angle `sign * pos * inv_freq`: sign +1 is the forward
-/// rotation, -1 its transpose (= inverse), which is the backward.
+/// Rotates the first `rot` values of every head of every token by angle
+/// `sign * pos * inv_freq`: sign +1 is the forward rotation, -1 its transpose (= inverse),
+/// which is the backward. Values rot..d of each head pass through.
+#[allow(clippy::too_many_arguments)]
 fn rotate<T: Float>(
     x: &mut [T],
     pos: &[u32],
@@ -12,9 +15,10 @@ fn rotate<T: Float>(
     sin: &[T],
     h: usize,
     d: usize,
+    rot: usize,
     inverse: bool,
 ) {
-    let half = d / 2;
+    let half = rot / 2;
     x.par_chunks_mut(h * d)
         .zip(pos.par_iter())
         .with_min_len((4096 / (h * d)).max(1))
@@ -23,7 +27,7 @@ fn rotate<T: Float>(
             let cos = &cos[p * half..(p + 1) * half];
             let sin = &sin[p * half..(p + 1) * half];
             for head in token.chunks_exact_mut(d) {
-                let (x1, x2) = head.split_at_mut(half);
+                let (x1, x2) = head[..rot].split_at_mut(half);
                 for (((a, b), &c), &s) in x1.iter_mut().zip(x2.iter_mut()).zip(cos).zip(sin) {
                     let (u, v) = (*a, *b);
                     if inverse {
@@ -49,7 +53,7 @@ pub fn rope_forward<T: Float>(
     d: usize,
 ) -> Result<()> {
     crate::checks::rope("rope_forward", x.len(), pos, cos.len(), sin.len(), h, d)?;
-    rotate(x, pos, cos, sin, h, d, false);
+    rotate(x, pos, cos, sin, h, d, d, false);
     Ok(())
 }
 
@@ -64,6 +68,80 @@ pub fn rope_backward<T: Float>(
     d: usize,
 ) -> Result<()> {
     crate::checks::rope("rope_backward", dx.len(), pos, cos.len(), sin.len(), h, d)?;
-    rotate(dx, pos, cos, sin, h, d, true);
+    rotate(dx, pos, cos, sin, h, d, d, true);
+    Ok(())
+}
+
+/// Checks a partial rotation: `rot` even, positive and at most d; the tables are (P, rot/2).
+#[allow(clippy::too_many_arguments)]
+fn check_partial(
+    op: &'static str,
+    x_len: usize,
+    pos: &[u32],
+    cos_len: usize,
+    sin_len: usize,
+    h: usize,
+    d: usize,
+    rot: usize,
+) -> Result<()> {
+    if rot == 0 || !rot.is_multiple_of(2) || rot > d {
+        return Err(crate::CoreError::Invalid {
+            op,
+            msg: format!("rotated dims {rot} must be even, positive and at most head_dim {d}"),
+        });
+    }
+    crate::error::check_len(op, "x", x_len, pos.len() * h * d)?;
+    // The tables and positions are checked as for a head of `rot` values.
+    crate::checks::rope(op, pos.len() * h * rot, pos, cos_len, sin_len, h, rot)
+}
+
+/// [`rope_forward`] over the first `rot` of each head's d values (cos/sin are (P, rot/2));
+/// the other d - rot values pass through, as transformers' partial rotary embedding.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_partial_forward<T: Float>(
+    x: &mut [T], // (N, h, d)
+    pos: &[u32], // (N)
+    cos: &[T],   // (P, rot/2)
+    sin: &[T],   // (P, rot/2)
+    h: usize,
+    d: usize,
+    rot: usize,
+) -> Result<()> {
+    check_partial(
+        "rope_partial_forward",
+        x.len(),
+        pos,
+        cos.len(),
+        sin.len(),
+        h,
+        d,
+        rot,
+    )?;
+    rotate(x, pos, cos, sin, h, d, rot, false);
+    Ok(())
+}
+
+/// The backward of [`rope_partial_forward`]: the inverse rotation of the first `rot` values.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_partial_backward<T: Float>(
+    dx: &mut [T], // (N, h, d)
+    pos: &[u32],  // (N)
+    cos: &[T],    // (P, rot/2)
+    sin: &[T],    // (P, rot/2)
+    h: usize,
+    d: usize,
+    rot: usize,
+) -> Result<()> {
+    check_partial(
+        "rope_partial_backward",
+        dx.len(),
+        pos,
+        cos.len(),
+        sin.len(),
+        h,
+        d,
+        rot,
+    )?;
+    rotate(dx, pos, cos, sin, h, d, rot, true);
     Ok(())
 }

@@ -9,9 +9,13 @@
 //!   (a layer with a sliding window shorter than the positions so far reads only the last
 //!   `window` keys: the prompt through the windowed training attention, each later token
 //!   through the last `window` rows of the cache)
-//!   xn2 = rmsnorm(x2);  out = x2 + down(silu(gate(xn2)) * up(xn2))
+//!   xn2 = rmsnorm(x2);  out = x2 + down(act(gate(xn2)) * up(xn2))
+//! with each family's variations as in [`Model::layer_forward`] (fused projections, Gemma's
+//! extra norms, query scale, soft caps, local RoPE tables).
 
 use temper_core::{Backend, CoreError, Gemm};
+
+use crate::config::MlpAct;
 
 use crate::error::{ModelError, Result};
 use crate::generate::KvCache;
@@ -60,8 +64,7 @@ impl<B: Backend> Model<B> {
         }
         let positions: Vec<u32> = (past..past + n).map(|p| p as u32).collect(); // (n)
 
-        let mut x = be.act_zeros(n * c)?; // (n, C)
-        be.embedding_forward(&mut x, ids, &self.weights.embed, c)?;
+        let mut x = self.embed_ids(ids)?; // (n, C)
         for l in 0..self.cfg.layers {
             let mut out = be.act_zeros(n * c)?; // (n, C)
             self.layer_cached(l, &x, &mut out, lora, &positions, cache)?;
@@ -84,7 +87,9 @@ impl<B: Backend> Model<B> {
         )?;
         let mut logits = be.zeros(v)?; // (1, V)
         be.matmul(&mut logits, &xf, self.weights.head(), Gemm::nt(1, v, c))?;
-        Ok(be.download(&logits)?)
+        let mut logits = be.download(&logits)?;
+        self.cap_logits(&mut logits);
+        Ok(logits)
     }
 
     /// Layer `l` on the new tokens x (n, C), writing out (n, C) and their k, v into the cache
@@ -115,7 +120,7 @@ impl<B: Backend> Model<B> {
                     seed: 0,
                 })
             });
-            linear_forward(be, y, input, w.linear(t), n, adapter)?;
+            linear_forward(be, y, input, w.linear(t)?, n, adapter)?;
             Ok(())
         };
 
@@ -125,9 +130,15 @@ impl<B: Backend> Model<B> {
         let mut q = be.act_zeros(n * qd)?; // (n, Hq*D)
         let mut k = be.act_zeros(n * kvd)?; // (n, Hkv*D)
         let mut v = be.act_zeros(n * kvd)?; // (n, Hkv*D)
-        lin(Target::Q, &mut q, &xn1)?;
-        lin(Target::K, &mut k, &xn1)?;
-        lin(Target::V, &mut v, &xn1)?;
+        if cfg.fused_proj {
+            let mut qkv = be.act_zeros(n * (qd + 2 * kvd))?; // (n, Hq*D + 2*Hkv*D)
+            lin(Target::Qkv, &mut qkv, &xn1)?;
+            self.split_columns(&qkv, &mut [(&mut q, qd), (&mut k, kvd), (&mut v, kvd)], n)?;
+        } else {
+            lin(Target::Q, &mut q, &xn1)?;
+            lin(Target::K, &mut k, &xn1)?;
+            lin(Target::V, &mut v, &xn1)?;
+        }
         drop(xn1);
         if let Some(norm) = &w.qk_norm {
             let (q_pre, k_pre) = (
@@ -139,27 +150,28 @@ impl<B: Backend> Model<B> {
             be.rmsnorm_forward(&mut q, &mut rstd_q, &q_pre, &norm.q, d, cfg.rms_eps)?;
             be.rmsnorm_forward(&mut k, &mut rstd_k, &k_pre, &norm.k, d, cfg.rms_eps)?;
         }
-        be.rope_forward(
-            &mut q,
-            positions,
-            &self.rope_cos,
-            &self.rope_sin,
-            cfg.heads,
-            d,
-        )?;
-        be.rope_forward(
+        let rope = self.rope_for(l, positions);
+        let rot = cfg.rope_dims;
+        be.rope_partial_forward(&mut q, positions, &rope.cos, &rope.sin, cfg.heads, d, rot)?;
+        be.rope_partial_forward(
             &mut k,
             positions,
-            &self.rope_cos,
-            &self.rope_sin,
+            &rope.cos,
+            &rope.sin,
             cfg.kv_heads,
             d,
+            rot,
         )?;
+        let q_mult = self.q_multiplier();
+        if q_mult != 1.0 {
+            be.scale(&mut q, q_mult)?;
+        }
         be.copy_range(&mut cache.k[l], past * kvd, &k, 0, n * kvd)?;
         be.copy_range(&mut cache.v[l], past * kvd, &v, 0, n * kvd)?;
         let mut att = be.act_zeros(n * qd)?; // (n, Hq*D)
+        let cap = cfg.attn_softcap;
         match cfg.window(l).filter(|&win| past + n > win) {
-            None => be.attention_decode(
+            None => be.attention_decode_capped(
                 &mut att,
                 &q,
                 &cache.k[l],
@@ -168,12 +180,13 @@ impl<B: Backend> Model<B> {
                 cfg.heads,
                 cfg.kv_heads,
                 d,
+                cap,
             )?,
             // A prompt longer than the window: the training attention with its window.
             Some(win) if past == 0 => {
                 let mut lse = be.zeros(n * cfg.heads)?; // (n, Hq)
                 let cu = [0, n as u32];
-                be.attention_forward(
+                be.attention_forward_capped(
                     &mut att,
                     &mut lse,
                     &q,
@@ -184,6 +197,7 @@ impl<B: Backend> Model<B> {
                     cfg.kv_heads,
                     d,
                     Some(win),
+                    cap,
                 )?;
             }
             // One new token: the cache's last `win` rows, itself included.
@@ -193,7 +207,17 @@ impl<B: Backend> Model<B> {
                 let first = past + 1 - win;
                 be.copy_range(&mut kw, 0, &cache.k[l], first * kvd, win * kvd)?;
                 be.copy_range(&mut vw, 0, &cache.v[l], first * kvd, win * kvd)?;
-                be.attention_decode(&mut att, &q, &kw, &vw, win - 1, cfg.heads, cfg.kv_heads, d)?;
+                be.attention_decode_capped(
+                    &mut att,
+                    &q,
+                    &kw,
+                    &vw,
+                    win - 1,
+                    cfg.heads,
+                    cfg.kv_heads,
+                    d,
+                    cap,
+                )?;
             }
             Some(win) => {
                 return Err(invalid(format!(
@@ -204,19 +228,42 @@ impl<B: Backend> Model<B> {
         }
         drop((q, k, v));
         let mut x2 = be.act_zeros(n * c)?; // (n, C)
-        lin(Target::O, &mut x2, &att)?;
+        match &w.sandwich {
+            Some(norms) => {
+                let mut a = be.act_zeros(n * c)?; // (n, C)
+                lin(Target::O, &mut a, &att)?;
+                be.rmsnorm_forward(&mut x2, &mut rstd, &a, &norms.attn_out, c, cfg.rms_eps)?;
+            }
+            None => lin(Target::O, &mut x2, &att)?,
+        }
         be.axpy(&mut x2, 1.0, x)?;
         drop(att);
 
         let mut xn2 = be.act_zeros(n * c)?; // (n, C)
-        be.rmsnorm_forward(&mut xn2, &mut rstd, &x2, &w.post_attn_norm, c, cfg.rms_eps)?;
+        be.rmsnorm_forward(&mut xn2, &mut rstd, &x2, &w.mlp_norm, c, cfg.rms_eps)?;
         let mut g = be.act_zeros(n * f)?; // (n, F)
         let mut u = be.act_zeros(n * f)?; // (n, F)
-        lin(Target::Gate, &mut g, &xn2)?;
-        lin(Target::Up, &mut u, &xn2)?;
+        if cfg.fused_proj {
+            let mut gu = be.act_zeros(n * 2 * f)?; // (n, 2F)
+            lin(Target::GateUp, &mut gu, &xn2)?;
+            self.split_columns(&gu, &mut [(&mut g, f), (&mut u, f)], n)?;
+        } else {
+            lin(Target::Gate, &mut g, &xn2)?;
+            lin(Target::Up, &mut u, &xn2)?;
+        }
         let mut h = be.act_zeros(n * f)?; // (n, F)
-        be.swiglu_forward(&mut h, &g, &u)?;
-        lin(Target::Down, out, &h)?;
+        match cfg.mlp_act {
+            MlpAct::Silu => be.swiglu_forward(&mut h, &g, &u)?,
+            MlpAct::GeluTanh => be.geglu_forward(&mut h, &g, &u)?,
+        }
+        match &w.sandwich {
+            Some(norms) => {
+                let mut m = be.act_zeros(n * c)?; // (n, C)
+                lin(Target::Down, &mut m, &h)?;
+                be.rmsnorm_forward(out, &mut rstd, &m, &norms.mlp_out, c, cfg.rms_eps)?;
+            }
+            None => lin(Target::Down, out, &h)?,
+        }
         be.axpy(out, 1.0, &x2)?;
         Ok(())
     }

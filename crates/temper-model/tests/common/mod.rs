@@ -107,7 +107,7 @@ pub fn dequantised<B: Backend>(
     let mut out = vec![];
     for (l, layer) in w.layers.iter().enumerate() {
         for t in Target::ALL {
-            let lin = layer.linear(t);
+            let lin = layer.linear(t).expect("the layer has this linear");
             let name = format!("layers.{l}.{}", t.path());
             let mut buf = be.zeros(lin.d_out * lin.d_in).expect("zeros");
             dequantise(&name, lin, &mut buf);
