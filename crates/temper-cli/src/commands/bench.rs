@@ -157,11 +157,13 @@ fn run_on<B: Backend>(be: Arc<B>, args: &BenchArgs, sync: Option<Sync>) -> Resul
         }
         losses.push(token_losses.iter().map(|&x| x as f64).sum::<f64>() / counted as f64);
     }
-    // The first steps include kernel compilation and allocator warm-up.
-    let mut steady: Vec<f64> = times.iter().copied().skip(times.len().min(3)).collect();
-    if steady.is_empty() {
-        steady = times.clone();
-    }
+    // The first steps include kernel compilation, allocator warm-up and the first pinned host
+    // allocations: up to three are left out, always leaving at least one step.
+    let mut steady: Vec<f64> = times
+        .iter()
+        .copied()
+        .skip(times.len().saturating_sub(1).min(3))
+        .collect();
     steady.sort_by(f64::total_cmp);
     let median = steady[steady.len() / 2];
     let per_step: Vec<(String, f64)> = {
