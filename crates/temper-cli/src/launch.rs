@@ -56,13 +56,13 @@ fn describe(status: ExitStatus) -> String {
 /// LD_LIBRARY_PATH for the ranks: when NCCL is installed only as libnccl.so.2, a folder with
 /// a `libnccl.so` link to it comes first, so the ranks can open it by that name.
 fn library_path() -> Option<OsString> {
-    let lib = temper_train::nccl_lib::versioned_library()?;
+    let lib = temper_train::dist::nccl_lib::versioned_library()?;
     if lib.with_file_name("libnccl.so").exists() {
         return None;
     }
     let cache =
         std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache/temper"))?;
-    let dir = temper_train::nccl_lib::link_dir(&lib, &cache).ok()?;
+    let dir = temper_train::dist::nccl_lib::link_dir(&lib, &cache).ok()?;
     let mut paths = vec![dir];
     if let Some(old) = std::env::var_os("LD_LIBRARY_PATH") {
         paths.extend(std::env::split_paths(&old));

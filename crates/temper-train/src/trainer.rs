@@ -3,7 +3,7 @@
 //! optimizer step (all its micro-batches), not per micro-batch.
 //!
 //! Data parallel ([`train_with`]): each rank trains its slice of the step's rows
-//! ([`crate::shard`]), the loss tokens are counted over all ranks before backward, the
+//! ([`crate::dist::shard`]), the loss tokens are counted over all ranks before backward, the
 //! gradients are summed over ranks before clipping, so every rank takes the step one process
 //! would take with the whole global batch. Only rank 0 writes files and reports progress.
 
@@ -17,13 +17,13 @@ use temper_data::{shuffled_order, Batch, PackedRow};
 use temper_model::{adapter, Checkpointing, LoraConfig, LoraParams, Model, StepCtx, TokenBatch};
 
 use crate::checkpoint::{self, TrainerState};
-use crate::collective::{Collective, Single};
+use crate::dist::collective::{Collective, Single};
+use crate::dist::grad_sync::GradSync;
+use crate::dist::shard::Shard;
 use crate::error::{io_err, Result, TrainError};
-use crate::grad_sync::GradSync;
 use crate::loss_scale::LossScaler;
 use crate::optimizer::{clip_grad_norm, unscale_and_clip, AdamW, AdamWConfig};
 use crate::schedule::{Schedule, ScheduleKind};
-use crate::shard::Shard;
 
 /// Resolved training settings (the CLI fills these from the YAML config).
 #[derive(Clone, Debug)]

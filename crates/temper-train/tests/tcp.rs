@@ -6,7 +6,7 @@ use std::net::TcpListener;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use temper_train::rendezvous::rendezvous;
+use temper_train::dist::rendezvous::rendezvous;
 use temper_train::{HostCollective, InProcess, RendezvousConfig, Tcp};
 
 fn free_port() -> u16 {

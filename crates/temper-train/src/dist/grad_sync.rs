@@ -7,7 +7,7 @@ use std::ops::Range;
 use temper_core::Backend;
 use temper_model::LoraParams;
 
-use crate::collective::Collective;
+use crate::dist::collective::Collective;
 use crate::error::Result;
 
 /// Consecutive index ranges over tensors of `bytes[i]` bytes, from the last tensor to the

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::collective::{
+use crate::dist::collective::{
     sum_in_rank_order_f32, sum_in_rank_order_f64, HostCollective, DEFAULT_BUCKET_BYTES,
 };
 use crate::error::{Result, TrainError};

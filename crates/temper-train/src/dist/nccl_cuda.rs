@@ -6,8 +6,8 @@ use cudarc::driver::sys as cu;
 use cudarc::driver::DevicePtrMut;
 use temper_core::{CoreError, CudaBackend};
 
+use crate::dist::nccl::{NcclDevice, RawDeviceBuf};
 use crate::error::Result;
-use crate::nccl::{NcclDevice, RawDeviceBuf};
 
 // SAFETY: the addresses come from cudarc's `device_ptr_mut` on the backend's own stream,
 // which makes that stream wait for earlier uses; the returned guards are dropped only after

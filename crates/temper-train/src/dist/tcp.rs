@@ -11,9 +11,9 @@ use std::net::TcpStream;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::collective::{sum_in_rank_order_f32, sum_in_rank_order_f64, HostCollective};
+use crate::dist::collective::{sum_in_rank_order_f32, sum_in_rank_order_f64, HostCollective};
+use crate::dist::rendezvous::{rendezvous, Peers, RendezvousConfig};
 use crate::error::{Result, TrainError};
-use crate::rendezvous::{rendezvous, Peers, RendezvousConfig};
 
 const TAG_F32: u8 = 1;
 const TAG_F64: u8 = 2;

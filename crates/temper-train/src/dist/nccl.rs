@@ -3,7 +3,7 @@
 //! carry the NCCL unique id, the per-step scalars (loss-token counts, the loss, stop flags)
 //! and broadcasts, in f64 and in rank order, so those agree bit for bit on every rank.
 //!
-//! NCCL is opened only here, when a job asks for it ([`crate::nccl_lib::ensure_loadable`]).
+//! NCCL is opened only here, when a job asks for it ([`crate::dist::nccl_lib::ensure_loadable`]).
 //! A collective that does not finish within the timeout (a rank died or hung) aborts the
 //! communicator and fails, so no rank waits forever inside NCCL.
 
@@ -16,10 +16,10 @@ use cudarc::driver::sys as cu;
 use cudarc::nccl::{result as nccl, sys};
 use temper_core::{Backend, DType};
 
-use crate::collective::{Collective, HostCollective};
+use crate::dist::collective::{Collective, HostCollective};
+use crate::dist::nccl_lib;
+use crate::dist::tcp::Tcp;
 use crate::error::{Result, TrainError};
-use crate::nccl_lib;
-use crate::tcp::Tcp;
 
 /// A device buffer as raw parts: its address, element count and element type.
 #[derive(Clone, Copy, Debug)]
