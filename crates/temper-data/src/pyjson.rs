@@ -1,10 +1,12 @@
 //! `tojson` as Hugging Face defines it for chat templates: Python's
 //! `json.dumps(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)`.
 //! minijinja's own `tojson` writes compact JSON and HTML-escapes `<>&'`, which would
-//! change what tool-calling templates render.
+//! change what tool-calling templates render. Numbers and strings follow temper-core's
+//! `pyjson` (Python's float `repr` and string escapes); this file walks minijinja's values.
 
 use minijinja::value::{Kwargs, ValueKind};
 use minijinja::{Error, ErrorKind, Value};
+use temper_pyjson::{py_float_repr, py_string_as};
 
 struct Style {
     indent: Option<String>,
@@ -152,74 +154,9 @@ fn write_number(out: &mut String, v: &Value) {
         return;
     }
     let f = f64::try_from(v.clone()).unwrap_or(f64::NAN);
-    out.push_str(&python_float_repr(f));
-}
-
-/// Python's `repr(float)`: shortest round-trip digits, exponent form outside
-/// 1e-4 <= |x| < 1e16, always a `.0` or exponent so it reads back as a float.
-fn python_float_repr(f: f64) -> String {
-    if f.is_nan() {
-        return "NaN".to_string();
-    }
-    if f.is_infinite() {
-        return if f > 0.0 { "Infinity" } else { "-Infinity" }.to_string();
-    }
-    let a = f.abs();
-    if a != 0.0 && !(1e-4..1e16).contains(&a) {
-        // Rust: "1e-5" / "1.5e20"; Python: "1e-05" / "1.5e+20".
-        let s = format!("{f:e}");
-        if let Some((mant, exp)) = s.split_once('e') {
-            let (sign, digits) = match exp.strip_prefix('-') {
-                Some(d) => ('-', d),
-                None => ('+', exp),
-            };
-            return format!("{mant}e{sign}{digits:0>2}");
-        }
-        return s;
-    }
-    let s = format!("{f}");
-    if s.contains('.') {
-        s
-    } else {
-        format!("{s}.0")
-    }
+    out.push_str(&py_float_repr(f));
 }
 
 fn write_string(out: &mut String, s: &str, ensure_ascii: bool) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{08}' => out.push_str("\\b"),
-            '\u{0c}' => out.push_str("\\f"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c if ensure_ascii && !c.is_ascii() => {
-                let mut buf = [0u16; 2];
-                for unit in c.encode_utf16(&mut buf) {
-                    out.push_str(&format!("\\u{unit:04x}"));
-                }
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
-#[cfg(test)]
-mod tests {
-    use super::python_float_repr;
-
-    #[test]
-    fn floats_read_like_python() {
-        assert_eq!(python_float_repr(1.0), "1.0");
-        assert_eq!(python_float_repr(0.1), "0.1");
-        assert_eq!(python_float_repr(-2.5), "-2.5");
-        assert_eq!(python_float_repr(1e-5), "1e-05");
-        assert_eq!(python_float_repr(1.5e20), "1.5e+20");
-        assert_eq!(python_float_repr(1e16), "1e+16");
-    }
+    out.push_str(&py_string_as(s, ensure_ascii));
 }

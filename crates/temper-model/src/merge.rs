@@ -473,7 +473,7 @@ pub fn merge_folder(
             obj.insert("torch_dtype".into(), dtype.hf_name().into());
         }
     }
-    let text = temper_quant::pyjson::dumps_sorted_indent2(&config) + "\n";
+    let text = temper_pyjson::dumps_sorted_indent2(&config) + "\n";
     crate::adapter::write_atomic(&out.join("config.json"), text.as_bytes())?;
 
     // Tokenizer files, generation_config.json, chat templates: everything else of the base.
@@ -496,7 +496,7 @@ pub fn merge_folder(
                 g.insert(key.into(), v.clone());
             }
         }
-        let text = temper_quant::pyjson::dumps_sorted_indent2(&serde_json::Value::Object(g));
+        let text = temper_pyjson::dumps_sorted_indent2(&serde_json::Value::Object(g));
         crate::adapter::write_atomic(&gen, (text + "\n").as_bytes())?;
     }
     debug_assert!(shards.len() > 1 || shards[0].file == SINGLE_FILE);

@@ -175,7 +175,7 @@ pub fn write_shards(
             "weight_map": weight_map,
         });
         let path = dir.join(INDEX_FILE);
-        let text = temper_quant::pyjson::dumps_sorted_indent2(&index) + "\n";
+        let text = temper_pyjson::dumps_sorted_indent2(&index) + "\n";
         crate::adapter::write_atomic(&path, text.as_bytes())?;
     }
     Ok(written)

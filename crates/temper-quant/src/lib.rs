@@ -24,7 +24,6 @@ pub mod error;
 pub mod folder;
 pub mod fourbit;
 pub mod int8;
-pub mod pyjson;
 pub mod quant_state;
 pub mod torch_sum;
 

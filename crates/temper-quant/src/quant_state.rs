@@ -23,7 +23,7 @@ use crate::codes::QuantType;
 use crate::double_quant::{double_quant, Nested, NESTED_BLOCKSIZE};
 use crate::error::{check_blocksize, QuantError, Result};
 use crate::fourbit::{dequantize_4bit_into, quantize_4bit, Packed4};
-use crate::pyjson::{py_float_repr, py_string};
+use temper_pyjson::{py_float_repr, py_string};
 
 /// The block scales of a 4-bit weight.
 #[derive(Clone, Debug, PartialEq)]

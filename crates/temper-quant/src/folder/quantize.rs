@@ -18,8 +18,8 @@ use super::config::{quantization_config, ComputeDtype};
 use super::shards::{weight_files, Shard, INDEX, SINGLE};
 use crate::codes::QuantType;
 use crate::error::{check_blocksize, io_err, QuantError, Result};
-use crate::pyjson::dumps_sorted_indent2;
 use crate::quant_state::{OwnedTensor, QuantState};
+use temper_pyjson::dumps_sorted_indent2;
 
 /// What to quantise and how.
 #[derive(Clone, Debug)]

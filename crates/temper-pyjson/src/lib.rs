@@ -1,7 +1,9 @@
-//! JSON as Python's `json.dumps` writes it, for files bitsandbytes and transformers compare
-//! byte for byte with their own: the quant_state blob (`json.dumps(d)`: `", "` and `": "`
-//! separators, insertion order) and config.json / the shard index (`indent=2,
-//! sort_keys=True`). Floats are Python's `repr`; non-ASCII is escaped (`ensure_ascii`).
+//! temper-pyjson: JSON as Python's `json.dumps` writes it, the one place its rules live: for files
+//! bitsandbytes and transformers compare byte for byte with their own (the quant_state blob,
+//! `json.dumps(d)`: `", "` and `": "` separators, insertion order; config.json and the shard
+//! index, `indent=2, sort_keys=True`) and for chat templates' `tojson` (temper-data walks
+//! minijinja's values with these same float and string rules). Floats are Python's `repr`;
+//! strings escape as `ensure_ascii` says.
 
 use serde_json::Value;
 
@@ -45,6 +47,13 @@ pub fn py_float_repr(x: f64) -> String {
 
 /// A JSON string literal with Python's escapes and `ensure_ascii=True`.
 pub fn py_string(s: &str) -> String {
+    py_string_as(s, true)
+}
+
+/// A JSON string literal with Python's escapes: control characters always as `\uXXXX`
+/// (or their short forms), and with `ensure_ascii` everything outside space..`~` as UTF-16
+/// `\uXXXX` units.
+pub fn py_string_as(s: &str, ensure_ascii: bool) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {
@@ -56,7 +65,7 @@ pub fn py_string(s: &str) -> String {
             '\t' => out.push_str("\\t"),
             '\u{08}' => out.push_str("\\b"),
             '\u{0c}' => out.push_str("\\f"),
-            c if (c as u32) < 0x20 || (c as u32) > 0x7e => {
+            c if (c as u32) < 0x20 || (ensure_ascii && (c as u32) > 0x7e) => {
                 let mut buf = [0u16; 2];
                 for unit in c.encode_utf16(&mut buf) {
                     out.push_str(&format!("\\u{unit:04x}"));
@@ -142,6 +151,15 @@ mod tests {
         ] {
             assert_eq!(py_float_repr(x), s);
         }
+    }
+
+    #[test]
+    fn strings_escape_as_python_with_and_without_ensure_ascii() {
+        assert_eq!(
+            py_string_as("a\"b\\\n\u{1}é\u{7f}😀", true),
+            r#""a\"b\\\n\u0001\u00e9\u007f\ud83d\ude00""#
+        );
+        assert_eq!(py_string_as("a\u{1}é\u{7f}", false), "\"a\\u0001é\u{7f}\"");
     }
 
     #[test]
