@@ -75,7 +75,7 @@ pub fn resolve(k: DataKeys<'_>, base: &Path) -> Result<DataConfig> {
             None if Path::new(s).is_absolute() => PathBuf::from(s),
             None => base.join(s),
         }),
-        None => home().ok().map(|h| h.join(".cache/temper/data")),
+        None => temper_core::cache::dir("data"),
     };
     Ok(DataConfig {
         train: k.train,

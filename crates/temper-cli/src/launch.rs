@@ -60,8 +60,7 @@ fn library_path() -> Option<OsString> {
     if lib.with_file_name("libnccl.so").exists() {
         return None;
     }
-    let cache =
-        std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache/temper"))?;
+    let cache = temper_core::cache::root()?;
     let dir = temper_train::dist::nccl_lib::link_dir(&lib, &cache).ok()?;
     let mut paths = vec![dir];
     if let Some(old) = std::env::var_os("LD_LIBRARY_PATH") {

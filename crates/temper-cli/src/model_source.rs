@@ -3,7 +3,7 @@
 //! version of the import (`temper_gguf::IMPORT_VERSION`, so a folder written by an older
 //! temper is not reused), and the folder is used from then on.
 //!
-//! The cache is `$TEMPER_CACHE/gguf`, else `$XDG_CACHE_HOME/temper/gguf`, else
+//! The cache is `$TEMPER_CACHE_DIR/gguf`, else `$XDG_CACHE_HOME/temper/gguf`, else
 //! `~/.cache/temper/gguf`.
 
 use std::fs::File;
@@ -27,16 +27,8 @@ fn is_gguf(path: &Path) -> bool {
 }
 
 fn cache_root() -> PathBuf {
-    if let Some(d) = std::env::var_os("TEMPER_CACHE") {
-        return PathBuf::from(d).join("gguf");
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(d).join("temper").join("gguf");
-    }
-    match std::env::var_os("HOME") {
-        Some(h) => PathBuf::from(h).join(".cache").join("temper").join("gguf"),
-        None => std::env::temp_dir().join("temper-cache").join("gguf"),
-    }
+    temper_core::cache::dir("gguf")
+        .unwrap_or_else(|| std::env::temp_dir().join("temper-cache").join("gguf"))
 }
 
 /// FNV-1a (64-bit) of the file's bytes: cheap, stable across builds, enough to tell files apart.

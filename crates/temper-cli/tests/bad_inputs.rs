@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::{repo, s, temper_with, text};
 
 fn temper_in(args: &[&str], cache: &Path) -> Output {
-    temper_with(args, &[("TEMPER_CACHE", cache)])
+    temper_with(args, &[("TEMPER_CACHE_DIR", cache)])
 }
 
 /// Runs temper and expects a plain failure (exit 1, not a panic's 101 or a signal) whose

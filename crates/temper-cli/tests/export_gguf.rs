@@ -13,7 +13,7 @@ use common::{repo, s, temper_with};
 use temper_gguf::{unpermute_rows, GgufFile};
 
 fn temper(args: &[&str], cache: &Path) -> Output {
-    temper_with(args, &[("TEMPER_CACHE", cache)])
+    temper_with(args, &[("TEMPER_CACHE_DIR", cache)])
 }
 
 fn ok(o: Output) -> Output {

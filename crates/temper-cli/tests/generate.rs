@@ -261,7 +261,7 @@ fn a_trained_adapter_changes_the_output() {
     );
 }
 
-/// `--model FILE.gguf`: the GGUF is imported once into the cache ($TEMPER_CACHE) and
+/// `--model FILE.gguf`: the GGUF is imported once into the cache ($TEMPER_CACHE_DIR) and
 /// generates exactly what its imported folder generates.
 #[test]
 fn a_gguf_model_is_imported_once_and_generates_as_its_folder() {
@@ -284,7 +284,7 @@ fn a_gguf_model_is_imported_once_and_generates_as_its_folder() {
                 "--device",
                 "cpu",
             ])
-            .env("TEMPER_CACHE", cache.path())
+            .env("TEMPER_CACHE_DIR", cache.path())
             .output()
             .expect("temper runs");
         assert!(o.status.success(), "generate failed:\n{}", stderr(&o));

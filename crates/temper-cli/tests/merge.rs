@@ -12,7 +12,7 @@ use temper_core::{Backend, CpuBackend};
 use temper_model::{LoraConfig, LoraParams, ModelConfig, Target};
 
 fn temper(args: &[&str], cache: &Path) -> Output {
-    temper_with(args, &[("TEMPER_CACHE", cache)])
+    temper_with(args, &[("TEMPER_CACHE_DIR", cache)])
 }
 
 /// Each row's loss from `temper eval --json`.

@@ -219,3 +219,41 @@ pub fn optimizer_step(
     check_len(op, "v", v, param)?;
     step_from_one(op, step)
 }
+
+/// `len` elements are whole rows of width `c` (c > 0).
+pub fn rows(op: &'static str, name: &'static str, len: usize, c: usize) -> Result<()> {
+    if c > 0 && len.is_multiple_of(c) {
+        Ok(())
+    } else {
+        Err(invalid(
+            op,
+            format!("`{name}` holds {len} elements, not a whole number of rows of width {c}"),
+        ))
+    }
+}
+
+/// RMSNorm forward's sizes: x (N, c) in whole rows, w (c), y like x, rstd (N).
+pub fn rmsnorm_forward(x: usize, w: usize, y: usize, rstd: usize, c: usize) -> Result<()> {
+    let op = "rmsnorm_forward";
+    rows(op, "x", x, c)?;
+    check_len(op, "w", w, c)?;
+    check_len(op, "y", y, x)?;
+    check_len(op, "rstd", rstd, x / c)
+}
+
+/// RMSNorm backward's sizes: x (N, c) in whole rows, w (c), rstd (N), dy and dx like x.
+pub fn rmsnorm_backward(
+    x: usize,
+    w: usize,
+    rstd: usize,
+    dy: usize,
+    dx: usize,
+    c: usize,
+) -> Result<()> {
+    let op = "rmsnorm_backward";
+    rows(op, "x", x, c)?;
+    check_len(op, "w", w, c)?;
+    check_len(op, "rstd", rstd, x / c)?;
+    check_len(op, "dy", dy, x)?;
+    check_len(op, "dx", dx, x)
+}

@@ -5,6 +5,7 @@
 //! generically over [`Float`] so tests can run it in f64 for finite-difference checks.
 
 pub mod backend;
+pub mod cache;
 pub mod checks;
 pub mod cpu;
 pub mod cuda;

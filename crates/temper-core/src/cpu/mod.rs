@@ -261,7 +261,7 @@ impl Backend for CpuBackend {
 
     fn add_bias(&self, y: &mut CpuBuf, bias: &CpuBuf, c: usize) -> Result<()> {
         check_len("add_bias", "bias", bias.len(), c)?;
-        check_rows("add_bias", "y", y.len(), c)?;
+        crate::checks::rows("add_bias", "y", y.len(), c)?;
         elementwise::add_bias(y, bias);
         Ok(())
     }
@@ -301,10 +301,7 @@ impl Backend for CpuBackend {
         c: usize,
         eps: f32,
     ) -> Result<()> {
-        check_rows("rmsnorm_forward", "x", x.len(), c)?;
-        check_len("rmsnorm_forward", "w", w.len(), c)?;
-        check_len("rmsnorm_forward", "y", y.len(), x.len())?;
-        check_len("rmsnorm_forward", "rstd", rstd.len(), x.len() / c)?;
+        crate::checks::rmsnorm_forward(x.len(), w.len(), y.len(), rstd.len(), c)?;
         rmsnorm::rmsnorm_forward(y, rstd, x, w, c, eps as f64);
         Ok(())
     }
@@ -318,11 +315,7 @@ impl Backend for CpuBackend {
         rstd: &CpuBuf,
         c: usize,
     ) -> Result<()> {
-        check_rows("rmsnorm_backward", "x", x.len(), c)?;
-        check_len("rmsnorm_backward", "w", w.len(), c)?;
-        check_len("rmsnorm_backward", "rstd", rstd.len(), x.len() / c)?;
-        check_len("rmsnorm_backward", "dy", dy.len(), x.len())?;
-        check_len("rmsnorm_backward", "dx", dx.len(), x.len())?;
+        crate::checks::rmsnorm_backward(x.len(), w.len(), rstd.len(), dy.len(), dx.len(), c)?;
         rmsnorm::rmsnorm_backward(dx, dy, x, w, rstd, c);
         Ok(())
     }
@@ -626,17 +619,6 @@ impl Backend for CpuBackend {
 }
 
 /// Checks that a (rows, c) buffer of `len` elements has a positive width and whole rows.
-fn check_rows(op: &'static str, name: &'static str, len: usize, c: usize) -> Result<()> {
-    if c > 0 && len.is_multiple_of(c) {
-        Ok(())
-    } else {
-        Err(CoreError::Invalid {
-            op,
-            msg: format!("`{name}` holds {len} elements, not a whole number of rows of width {c}"),
-        })
-    }
-}
-
 /// Converts an f64 constant to the kernel's element type.
 #[inline]
 pub(crate) fn lit<T: Float>(x: f64) -> T {

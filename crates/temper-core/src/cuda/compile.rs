@@ -75,13 +75,7 @@ pub fn nvrtc_version() -> Result<(i32, i32)> {
 }
 
 fn cache_dir() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("TEMPER_CACHE_DIR") {
-        return Some(PathBuf::from(dir).join("kernels"));
-    }
-    let home = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(home.join("temper").join("kernels"))
+    crate::cache::dir("kernels")
 }
 
 /// Compiles one source for `arch`, without the disk cache. The error carries NVRTC's log.

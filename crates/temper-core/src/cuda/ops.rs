@@ -530,9 +530,7 @@ impl Backend for CudaBackend {
         eps: f32,
     ) -> Result<()> {
         let _span = self.span("rmsnorm");
-        check_len("rmsnorm_forward", "w", w.len, c)?;
-        check_len("rmsnorm_forward", "y", y.len, x.len)?;
-        check_len("rmsnorm_forward", "rstd", rstd.len, x.len / c.max(1))?;
+        crate::checks::rmsnorm_forward(x.len, w.len, y.len, rstd.len, c)?;
         check_f32("rmsnorm_forward", "rstd", rstd)?;
         let rows = (x.len / c.max(1)) as u32;
         if rows == 0 {
@@ -564,9 +562,7 @@ impl Backend for CudaBackend {
         c: usize,
     ) -> Result<()> {
         let _span = self.span("rmsnorm");
-        check_len("rmsnorm_backward", "dy", dy.len, x.len)?;
-        check_len("rmsnorm_backward", "dx", dx.len, x.len)?;
-        check_len("rmsnorm_backward", "w", w.len, c)?;
+        crate::checks::rmsnorm_backward(x.len, w.len, rstd.len, dy.len, dx.len, c)?;
         check_f32("rmsnorm_backward", "rstd", rstd)?;
         let rows = (x.len / c.max(1)) as u32;
         if rows == 0 {
