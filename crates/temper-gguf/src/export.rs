@@ -1,6 +1,7 @@
 //! Hugging Face folder -> GGUF, as llama.cpp's `convert_hf_to_gguf.py` lays a llama or qwen2
 //! model out: tensors renamed to llama.cpp's names (llama's q/k rows permuted for its rotary
-//! layout), 1-D tensors in f32 and matrices in the asked type (f32, f16, bf16 or q8_0), the
+//! layout), 1-D tensors in f32 and matrices in the asked type (f32, f16, bf16, or quantised
+//! as llama.cpp's `quantize` does: q8_0, q4_0, q4_k_m, q5_k_m, q6_k, see [`crate::mix`]), the
 //! `<arch>.*` hyperparameters, and a byte-level BPE tokenizer (tokens, token types, merges,
 //! `tokenizer.ggml.pre`, special-token ids, the chat template).
 //!
@@ -19,64 +20,11 @@ use serde_json::Value as Json;
 
 use crate::dequant::GgmlType;
 use crate::error::{io_err, GgufError, Result};
+pub use crate::mix::ExportType;
+use crate::mix::{tensor_type, MixModel};
+use crate::quantize::quantize;
 use crate::reader::Value;
-use crate::writer::{quantize_q8_0, write_gguf, OutTensor};
-
-/// The type matrices are written in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ExportType {
-    F32,
-    F16,
-    BF16,
-    Q8_0,
-}
-
-impl ExportType {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "f32" | "float32" => Some(ExportType::F32),
-            "f16" | "float16" => Some(ExportType::F16),
-            "bf16" | "bfloat16" => Some(ExportType::BF16),
-            "q8_0" => Some(ExportType::Q8_0),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            ExportType::F32 => "f32",
-            ExportType::F16 => "f16",
-            ExportType::BF16 => "bf16",
-            ExportType::Q8_0 => "q8_0",
-        }
-    }
-
-    /// `general.file_type` (llama.cpp's `enum llama_ftype`).
-    fn file_type(self) -> u32 {
-        match self {
-            ExportType::F32 => 0,
-            ExportType::F16 => 1,
-            ExportType::Q8_0 => 7,
-            ExportType::BF16 => 32,
-        }
-    }
-
-    /// The ggml type of a tensor with `inner` values per row and `n_dims` dims: 1-D tensors
-    /// stay f32; q8_0 needs rows of whole 32-value blocks, else the tensor is written in f16
-    /// (as convert_hf_to_gguf.py falls back).
-    fn ggml(self, n_dims: usize, inner: u64) -> GgmlType {
-        if n_dims < 2 {
-            return GgmlType::F32;
-        }
-        match self {
-            ExportType::F32 => GgmlType::F32,
-            ExportType::F16 => GgmlType::F16,
-            ExportType::BF16 => GgmlType::BF16,
-            ExportType::Q8_0 if inner.is_multiple_of(32) => GgmlType::Q8_0,
-            ExportType::Q8_0 => GgmlType::F16,
-        }
-    }
-}
+use crate::writer::{write_gguf, OutTensor};
 
 /// What an export wrote.
 #[derive(Debug)]
@@ -316,20 +264,13 @@ pub fn permute_rows(w: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f
     out
 }
 
-/// Values encoded as ggml type `ty` (f32, f16, bf16 or q8_0), appended to `buf`.
-fn encode(values: &[f32], ty: GgmlType, buf: &mut Vec<u8>) {
-    match ty {
-        GgmlType::F16 => values
-            .iter()
-            .for_each(|&x| buf.extend_from_slice(&f16::from_f32(x).to_le_bytes())),
-        GgmlType::BF16 => values
-            .iter()
-            .for_each(|&x| buf.extend_from_slice(&bf16::from_f32(x).to_le_bytes())),
-        GgmlType::Q8_0 => quantize_q8_0(values, buf),
-        _ => values
-            .iter()
-            .for_each(|x| buf.extend_from_slice(&x.to_le_bytes())),
-    }
+/// Values encoded as ggml type `ty`, appended to `buf`.
+fn encode(values: &[f32], ty: GgmlType, buf: &mut Vec<u8>, path: &Path, name: &str) -> Result<()> {
+    quantize(ty, values, buf).map_err(|msg| GgufError::Tensor {
+        path: path.to_path_buf(),
+        tensor: name.to_string(),
+        msg,
+    })
 }
 
 /// One tensor of the output: its GGUF name, the HF tensor it comes from, and the heads to
@@ -408,11 +349,15 @@ pub fn export(dir: &Path, out: &Path, ty: ExportType, name: Option<&str>) -> Res
     let h = hparams(dir)?;
     let st = Folder::model(dir)?;
     let tied = !st.contains("lm_head.weight");
+    let mix = MixModel {
+        layers: h.layers,
+        tied,
+    };
     let mut plan: Vec<Planned> = Vec::new();
     let mut add = |st: &Folder, hf: String, gguf: String, permute: Option<usize>| -> Result<()> {
         let (shape, _) = shape_of(st, &hf)?;
         let dims: Vec<u64> = shape.iter().rev().map(|&d| d as u64).collect();
-        let ty = ty.ggml(dims.len(), dims[0]);
+        let ty = tensor_type(ty, mix, &gguf, &dims);
         plan.push(Planned {
             out: OutTensor {
                 name: gguf,
@@ -491,7 +436,7 @@ pub fn export(dir: &Path, out: &Path, ty: ExportType, name: Option<&str>) -> Res
         ),
         ("general.file_type".into(), Value::U32(ty.file_type())),
     ];
-    if ty == ExportType::Q8_0 {
+    if ty.is_quantized() {
         meta.push(("general.quantization_version".into(), Value::U32(2)));
     }
     arch_metadata(&h, &mut meta);
@@ -518,8 +463,7 @@ pub fn export(dir: &Path, out: &Path, ty: ExportType, name: Option<&str>) -> Res
             }
             v
         };
-        encode(&values, p.out.ty, buf);
-        Ok(())
+        encode(&values, p.out.ty, buf, out, &p.out.name)
     })?;
     Ok(ExportSummary {
         arch: h.arch,
@@ -716,6 +660,18 @@ pub fn export_lora(
     out: &Path,
     ty: ExportType,
 ) -> Result<ExportSummary> {
+    if !matches!(
+        ty,
+        ExportType::F32 | ExportType::F16 | ExportType::BF16 | ExportType::Q8_0
+    ) {
+        return Err(unsupported(
+            out,
+            format!(
+                "a LoRA adapter is written in f32, f16, bf16 or q8_0, not {}",
+                ty.name()
+            ),
+        ));
+    }
     let h = hparams(model)?;
     let cfg_path = adapter.join("adapter_config.json");
     let cfg = read_json(&cfg_path)?;
@@ -763,6 +719,10 @@ pub fn export_lora(
         names.push((l, format!("blk.{l}.{g}.weight"), which, key.clone()));
     }
     names.sort();
+    let lora_mix = MixModel {
+        layers: h.layers,
+        tied: false,
+    };
     let mut plan: Vec<Planned> = Vec::new();
     for (_, base, which, key) in &names {
         let (shape, _) = shape_of(&st, key)?;
@@ -776,7 +736,7 @@ pub fn export_lora(
         plan.push(Planned {
             out: OutTensor {
                 name: format!("{base}.{suffix}"),
-                ty: ty.ggml(dims.len(), dims[0]),
+                ty: tensor_type(ty, lora_mix, &format!("{base}.{suffix}"), &dims),
                 dims,
             },
             hf: key.clone(),
@@ -798,8 +758,7 @@ pub fn export_lora(
         if let Some(n) = p.permute {
             v = permute_rows(&v, shape[0], shape[1], n);
         }
-        encode(&v, p.out.ty, buf);
-        Ok(())
+        encode(&v, p.out.ty, buf, out, &p.out.name)
     })?;
     Ok(ExportSummary {
         arch: h.arch,

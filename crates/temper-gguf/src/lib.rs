@@ -9,7 +9,10 @@ pub mod convert;
 pub mod dequant;
 pub mod error;
 pub mod export;
+mod kquant;
+pub mod mix;
 pub mod pretokenizer;
+pub mod quantize;
 pub mod reader;
 pub mod tokenizer;
 pub mod writer;
@@ -19,4 +22,5 @@ pub use convert::{hf_name, import, unpermute_rows, ImportSummary, OutDtype, IMPO
 pub use dequant::{dequantize, GgmlType};
 pub use error::{GgufError, Result};
 pub use export::{export, export_lora, ExportSummary, ExportType};
+pub use quantize::quantize;
 pub use reader::{GgufFile, TensorInfo, Value};
