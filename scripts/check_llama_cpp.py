@@ -134,6 +134,9 @@ def main():
     if not (model / "config.json").exists():
         temper("import-gguf", args.gguf, "--out", model, "--dtype", "float32", "--force")
 
+    p_orig = perplexity(args.llama_bin, args.gguf, text, args.chunks, args.ctx)
+    print(f"the original (llama.cpp's conversion, Q4_1): perplexity {p_orig:.4f} over "
+          f"{args.chunks} chunks of {args.ctx} tokens", flush=True)
     failed = False
     ref = {}
     for ours, theirs in TYPES:

@@ -1,6 +1,7 @@
 // llama_logits MODEL.gguf LORA.gguf|- TEXT_FILE OUT: llama.cpp's logits for every token of a
 // text, with an optional LoRA adapter applied at scale 1, written as
-// i32 n_tokens, i32 n_vocab, i32 tokens[n_tokens], f32 logits[n_tokens][n_vocab].
+// i32 n_tokens, i32 n_vocab, i32 tokens[n_tokens], f32 logits[n_tokens][n_vocab]. The KV
+// cache is kept in f32.
 // Built and run by scripts/check_llama_cpp.py against the libllama it builds.
 #include "llama.h"
 
@@ -44,6 +45,11 @@ int main(int argc, char ** argv) {
     cp.n_ctx = n;
     cp.n_batch = n;
     cp.n_ubatch = n;
+    // An f32 KV cache: with the default f16 one, K and V values that differ in their last f32
+    // bits can round to different f16 values, and the two runs compared would differ by that.
+    cp.type_k = GGML_TYPE_F32;
+    cp.type_v = GGML_TYPE_F32;
+    cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
     llama_context * ctx = llama_init_from_model(model, cp);
     if (!ctx) {
         return fail("cannot make a context");

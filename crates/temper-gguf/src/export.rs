@@ -22,6 +22,7 @@ use crate::dequant::GgmlType;
 use crate::error::{io_err, GgufError, Result};
 pub use crate::mix::ExportType;
 use crate::mix::{tensor_type, MixModel};
+use crate::pretokenizer::{PreTokenizer, KNOWN_NAMES};
 use crate::quantize::quantize;
 use crate::reader::Value;
 use crate::writer::{write_gguf, OutTensor};
@@ -582,7 +583,13 @@ fn tokenizer_metadata(dir: &Path, h: &Hparams, meta: &mut Vec<(String, Value)>) 
     meta.push(("tokenizer.ggml.model".into(), Value::String("gpt2".into())));
     meta.push((
         "tokenizer.ggml.pre".into(),
-        Value::String(pre_name(&tok["pre_tokenizer"]).into()),
+        Value::String(
+            pre_name(
+                &tok["pre_tokenizer"],
+                model["ignore_merges"].as_bool().unwrap_or(false),
+            )
+            .into(),
+        ),
     ));
     meta.push(("tokenizer.ggml.tokens".into(), Value::Array(tokens.clone())));
     meta.push(("tokenizer.ggml.token_type".into(), Value::Array(types)));
@@ -622,9 +629,10 @@ const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L
 const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// `tokenizer.ggml.pre` for a tokenizer.json pre-tokenizer: the llama.cpp name of the known
-/// splits (llama-bpe, qwen2, smollm, gpt-2), else "default". llama.cpp itself names the
+/// splits (llama-bpe, qwen2, smollm, gpt-2, as Hugging Face writes them, or any llama.cpp
+/// split as temper's GGUF import writes it), else "default". llama.cpp itself names the
 /// pre-tokenizer by hashing how a test text tokenises; this reads the regexes instead.
-fn pre_name(pre: &Json) -> &'static str {
+fn pre_name(pre: &Json, ignore_merges: bool) -> &'static str {
     let parts: Vec<&Json> = match pre["type"].as_str() {
         Some("Sequence") => pre["pretokenizers"]
             .as_array()
@@ -642,12 +650,29 @@ fn pre_name(pre: &Json) -> &'static str {
         p["type"].as_str() == Some("ByteLevel") && p["use_regex"].as_bool() != Some(false)
     });
     match (regexes.as_slice(), byte_level_regex) {
-        ([r], false) if *r == LLAMA3_SPLIT => "llama-bpe",
-        ([r], false) if *r == QWEN2_SPLIT => "qwen2",
-        ([r], true) if *r == r"\p{N}" => "smollm",
-        ([], true) => "gpt-2",
-        _ => "default",
+        ([r], false) if *r == LLAMA3_SPLIT => return "llama-bpe",
+        ([r], false) if *r == QWEN2_SPLIT => return "qwen2",
+        ([r], true) if *r == r"\p{N}" => return "smollm",
+        ([], true) => return "gpt-2",
+        _ => {}
     }
+    // temper's import writes llama.cpp's own regexes, in order, with a ByteLevel step that
+    // does not split: name the first llama.cpp pre-tokenizer with the same splits (the usual
+    // names first, as several names share one split).
+    const USUAL: [&str; 5] = ["llama-bpe", "qwen2", "smollm", "gpt-2", "default"];
+    if !byte_level_regex {
+        for name in USUAL.iter().chain(KNOWN_NAMES) {
+            if let Some(p) = PreTokenizer::from_name(name) {
+                if p.pre_type.byte_level()
+                    && p.ignore_merges == ignore_merges
+                    && p.pre_type.regexes() == regexes.as_slice()
+                {
+                    return name;
+                }
+            }
+        }
+    }
+    "default"
 }
 
 /// Writes the PEFT adapter in `adapter` (for the model in `model`, whose config.json names the
