@@ -805,4 +805,37 @@ mod tests {
         assert_ne!(p, w);
         assert_eq!(crate::unpermute_rows(&p, rows, cols, heads), w);
     }
+
+    /// The pre-tokenizer as temper's import writes it: llama.cpp's regexes, then a ByteLevel
+    /// step that does not split.
+    fn imported(name: &str) -> (Json, bool) {
+        let p = PreTokenizer::from_name(name).expect("known");
+        let mut steps: Vec<Json> = p
+            .pre_type
+            .regexes()
+            .iter()
+            .map(|r| serde_json::json!({"type": "Split", "pattern": {"Regex": r}}))
+            .collect();
+        steps.push(serde_json::json!({"type": "ByteLevel", "use_regex": false}));
+        (
+            serde_json::json!({"type": "Sequence", "pretokenizers": steps}),
+            p.ignore_merges,
+        )
+    }
+
+    #[test]
+    fn imported_pre_tokenizers_keep_their_names() {
+        for name in ["smollm", "llama-bpe", "qwen2", "gpt-2", "default"] {
+            let (pre, ignore_merges) = imported(name);
+            assert_eq!(pre_name(&pre, ignore_merges), name);
+        }
+        // Another name with one of those splits comes back as the usual name for it.
+        let (pre, ignore_merges) = imported("phi-2");
+        assert_eq!(pre_name(&pre, ignore_merges), "gpt-2");
+        // Hugging Face's own SmolLM2 tokenizer.json.
+        let hf = serde_json::json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": "\\p{N}"}, "behavior": "Isolated"},
+            {"type": "ByteLevel", "add_prefix_space": false, "use_regex": true}]});
+        assert_eq!(pre_name(&hf, false), "smollm");
+    }
 }
