@@ -197,7 +197,11 @@ fn scale_min_block(
             max_min = m;
         }
     }
-    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
     let mut packed = [0u8; 12];
     for j in 0..8 {
@@ -298,7 +302,8 @@ pub fn q6_k(x: &[f32], out: &mut Vec<u8>) {
             let q = |k: usize| l[128 * h + 32 * k + i];
             ql[64 * h + i] = (q(0) & 0x0F) | ((q(2) & 0x0F) << 4);
             ql[64 * h + 32 + i] = (q(1) & 0x0F) | ((q(3) & 0x0F) << 4);
-            qh[32 * h + i] = (q(0) >> 4) | ((q(1) >> 4) << 2) | ((q(2) >> 4) << 4) | ((q(3) >> 4) << 6);
+            qh[32 * h + i] =
+                (q(0) >> 4) | ((q(1) >> 4) << 2) | ((q(2) >> 4) << 4) | ((q(3) >> 4) << 6);
         }
     }
     out.extend_from_slice(&ql);

@@ -193,9 +193,18 @@ fn type_mix_follows_llama_cpp() {
     assert_eq!(t(Q4KM, "blk.2.attn_v.weight", &[256, 128]), GgmlType::Q6_K);
     assert_eq!(t(Q5KM, "blk.2.attn_v.weight", &[256, 128]), GgmlType::Q6_K);
     assert_eq!(t(Q5KM, "blk.1.attn_q.weight", &[256, 256]), GgmlType::Q5_K);
-    assert_eq!(t(Q4KM, "blk.2.ffn_down.weight", &[672, 256]), GgmlType::Q8_0);
-    assert_eq!(t(Q4KM, "blk.1.ffn_down.weight", &[672, 256]), GgmlType::Q5_0);
-    assert_eq!(t(Q5KM, "blk.1.ffn_down.weight", &[672, 256]), GgmlType::Q5_1);
+    assert_eq!(
+        t(Q4KM, "blk.2.ffn_down.weight", &[672, 256]),
+        GgmlType::Q8_0
+    );
+    assert_eq!(
+        t(Q4KM, "blk.1.ffn_down.weight", &[672, 256]),
+        GgmlType::Q5_0
+    );
+    assert_eq!(
+        t(Q5KM, "blk.1.ffn_down.weight", &[672, 256]),
+        GgmlType::Q5_1
+    );
     assert_eq!(t(Q4KM, "token_embd.weight", &[256, 1024]), GgmlType::Q6_K);
     assert_eq!(t(Q4_0, "token_embd.weight", &[256, 1024]), GgmlType::Q6_K);
     assert_eq!(t(Q8_0, "token_embd.weight", &[256, 1024]), GgmlType::Q8_0);
@@ -226,8 +235,17 @@ fn type_mix_follows_llama_cpp() {
     assert_eq!(t(Q4KM, "token_embd.weight", &[576, 49152]), GgmlType::Q8_0);
     assert_eq!(t(Q4KM, "blk.3.attn_q.weight", &[576, 576]), GgmlType::Q5_0);
     assert_eq!(t(Q4KM, "blk.5.attn_v.weight", &[576, 192]), GgmlType::Q8_0);
-    assert_eq!(t(Q4KM, "blk.5.ffn_down.weight", &[1536, 576]), GgmlType::Q6_K);
-    assert_eq!(t(Q4KM, "blk.6.ffn_down.weight", &[1536, 576]), GgmlType::Q4_K);
-    assert_eq!(t(Q5KM, "blk.6.ffn_down.weight", &[1536, 576]), GgmlType::Q5_K);
+    assert_eq!(
+        t(Q4KM, "blk.5.ffn_down.weight", &[1536, 576]),
+        GgmlType::Q6_K
+    );
+    assert_eq!(
+        t(Q4KM, "blk.6.ffn_down.weight", &[1536, 576]),
+        GgmlType::Q4_K
+    );
+    assert_eq!(
+        t(Q5KM, "blk.6.ffn_down.weight", &[1536, 576]),
+        GgmlType::Q5_K
+    );
     assert_eq!(t(Q5KM, "blk.6.ffn_up.weight", &[576, 1536]), GgmlType::Q5_1);
 }

@@ -87,7 +87,10 @@ fn round_trip_error_per_type() {
         let mse = y.iter().zip(w).map(|(a, b)| (a - b).powi(2)).sum::<f32>() / ROW as f32;
         let rel = mse.sqrt() / sigma;
         println!("{name}: RMSE {:.4} sigma", rel);
-        assert!(rel < bound, "{name}: RMSE {rel} sigma, expected under {bound}");
+        assert!(
+            rel < bound,
+            "{name}: RMSE {rel} sigma, expected under {bound}"
+        );
     }
 }
 
