@@ -150,7 +150,7 @@ mod tests {
         let mut b = Vec::new();
         quantize(GgmlType::Q4_0, &x, &mut b).expect("quantize");
         assert_eq!(&b[0..2], &f16::from_f32(0.5).to_le_bytes());
-        assert_eq!(b[2], 0 | (9 << 4));
+        assert_eq!(b[2], 9 << 4); // value 0: level 0 (low nibble); value 16: level 9 (high)
         assert_eq!(b[3] & 0x0F, 15);
         assert_eq!(b[4] & 0x0F, 10);
         let y = dequantize(GgmlType::Q4_0, &b, 32).expect("dequantize");
