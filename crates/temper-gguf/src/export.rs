@@ -23,7 +23,7 @@ use crate::error::{io_err, GgufError, Result};
 pub use crate::mix::ExportType;
 use crate::mix::{tensor_type, MixModel};
 use crate::pretokenizer::{PreTokenizer, KNOWN_NAMES};
-use crate::quantize::quantize;
+use crate::quantize::quantize_par;
 use crate::reader::Value;
 use crate::writer::{write_gguf, OutTensor};
 
@@ -267,7 +267,7 @@ pub fn permute_rows(w: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f
 
 /// Values encoded as ggml type `ty`, appended to `buf`.
 fn encode(values: &[f32], ty: GgmlType, buf: &mut Vec<u8>, path: &Path, name: &str) -> Result<()> {
-    quantize(ty, values, buf).map_err(|msg| GgufError::Tensor {
+    quantize_par(ty, values, buf).map_err(|msg| GgufError::Tensor {
         path: path.to_path_buf(),
         tensor: name.to_string(),
         msg,

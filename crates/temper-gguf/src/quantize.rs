@@ -15,6 +15,29 @@ use crate::dequant::GgmlType;
 /// Values per block of the 32-value formats.
 const QK: usize = 32;
 
+/// Values per parallel piece of [`quantize_par`]: whole blocks of every type.
+const PIECE: usize = 1 << 16;
+
+/// [`quantize`] over pieces of `values` on rayon's threads; the same bytes, since every block
+/// is quantised on its own.
+pub fn quantize_par(ty: GgmlType, values: &[f32], out: &mut Vec<u8>) -> Result<(), String> {
+    use rayon::prelude::*;
+    if values.len() <= PIECE {
+        return quantize(ty, values, out);
+    }
+    let pieces: Vec<Result<Vec<u8>, String>> = values
+        .par_chunks(PIECE)
+        .map(|p| {
+            let mut b = Vec::new();
+            quantize(ty, p, &mut b).map(|()| b)
+        })
+        .collect();
+    for p in pieces {
+        out.extend_from_slice(&p?);
+    }
+    Ok(())
+}
+
 /// Appends `values` as ggml type `ty` to `out`. F32, F16 and BF16 are written value by value;
 /// quantised types need a whole number of blocks.
 pub fn quantize(ty: GgmlType, values: &[f32], out: &mut Vec<u8>) -> Result<(), String> {
@@ -173,6 +196,20 @@ mod tests {
             let mut b = Vec::new();
             quantize(ty, &x, &mut b).expect("quantize");
             assert_eq!(dequantize(ty, &b, 256).expect("dequantize"), x, "{ty}");
+        }
+    }
+
+    #[test]
+    fn parallel_pieces_give_the_same_bytes() {
+        // Three pieces and a part, of values that are not all alike.
+        let x: Vec<f32> = (0..3 * PIECE + 512)
+            .map(|i| ((i * 7919 % 1009) as f32 - 500.0) * 1e-3)
+            .collect();
+        for ty in [GgmlType::Q4_K, GgmlType::Q5_0, GgmlType::F16] {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            quantize(ty, &x, &mut a).expect("quantize");
+            quantize_par(ty, &x, &mut b).expect("quantize_par");
+            assert!(a == b, "{ty}");
         }
     }
 
