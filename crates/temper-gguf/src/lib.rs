@@ -2,7 +2,8 @@
 //! common tensor types to f32, and conversion of `llama` / `qwen2` models to a Hugging Face
 //! folder (config.json, model.safetensors, tokenizer.json, tokenizer_config.json) that
 //! temper-model and transformers load; and the way back: a Hugging Face folder (or a PEFT
-//! adapter) written as a GGUF file that llama.cpp loads.
+//! adapter) written as a GGUF file that llama.cpp loads, quantised as llama.cpp's `quantize`
+//! would quantise it.
 
 pub mod config;
 pub mod convert;

@@ -4,7 +4,7 @@
 //! the inverse of its reader in [`crate::dequant`], whose comments give the block layouts.
 //!
 //! The 32-value formats (Q8_0, Q4_0, Q5_0, Q5_1) take one scale per block from its extreme
-//! value; the k-quants (Q4_K, Q5_K, Q6_K, in [`crate::kquant`]) search for scales per 16- or
+//! value; the k-quants (Q4_K, Q5_K, Q6_K, in kquant.rs) search for scales per 16- or
 //! 32-value sub-block. Arithmetic is in f32 in the reference's order: a sum accumulated in
 //! another order, or fused into an FMA, can move a value across a rounding boundary.
 
