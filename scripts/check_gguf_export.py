@@ -2,10 +2,14 @@
 """Checks `temper export-gguf` with llama.cpp's own reader, gguf-py (PyPI `gguf`).
 
 Exports the embedded tiny model with the PEFT-trained adapter of tests/fixtures/merge in f32,
-bf16 and q8_0, and the adapter alone, then reads every file with ``gguf.GGUFReader`` and
-compares: each tensor, dequantised by ``gguf.quants.dequantize`` and with llama's q/k row
-permutation undone, against the merged model temper writes (``temper merge --dtype
-float32``); the token list against tokenizer.json; the LoRA tensors against the adapter.
+bf16, q8_0, q4_0, q4_k_m, q5_k_m and q6_k, and the adapter alone, then reads every file with
+``gguf.GGUFReader`` and compares: each tensor, dequantised by ``gguf.quants.dequantize`` and
+with llama's q/k row permutation undone, against the merged model temper writes (``temper
+merge --dtype float32``) and, exactly, against temper's own dequantisation (``temper
+import-gguf --dtype float32`` of the same file); the token list against tokenizer.json; the
+LoRA tensors against the adapter. (The tiny model's rows of 128 are not whole k-quant
+super-blocks, so its k-quant files hold llama.cpp's fallback types; the k-quant blocks
+themselves are checked in crates/temper-gguf/tests/quantize.rs and scripts/check_llama_cpp.sh.)
 
 Usage:  python scripts/check_gguf_export.py --temper target/release/temper
 Needs gguf, numpy, safetensors.
@@ -60,13 +64,17 @@ def main():
         run("merge", "--model", str(TINY), "--adapter", str(ADAPTER), "--out", str(tmp / "merged"),
             "--dtype", "float32")
         merged = load_file(tmp / "merged" / "model.safetensors")
-        for ty in ["f32", "bf16", "q8_0"]:
+        for ty in ["f32", "bf16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k"]:
             out = tmp / f"tiny-{ty}.gguf"
             run("export-gguf", "--model", str(TINY), "--adapter", str(ADAPTER), "--out", str(out),
                 "--type", ty)
             r = gguf.GGUFReader(out)
+            run("import-gguf", str(out), "--out", str(tmp / f"back-{ty}"), "--dtype", "float32")
+            back = load_file(tmp / f"back-{ty}" / "model.safetensors")
             worst = 0.0
+            types = set()
             for t in r.tensors:
+                types.add(t.tensor_type.name)
                 got = dequantize(t.data, t.tensor_type).reshape([int(d) for d in reversed(t.shape)])
                 got = got.astype(np.float32)
                 if ".attn_q." in t.name:
@@ -74,13 +82,15 @@ def main():
                 elif ".attn_k." in t.name:
                     got = unpermute(got, kv)
                 want = merged[hf_name(t.name)]
+                assert np.array_equal(got, back[hf_name(t.name)]), f"{ty} {t.name}"
                 err = float(np.abs(got - want).max() / np.abs(want).max())
                 worst = max(worst, err)
             tokens = r.fields["tokenizer.ggml.tokens"].contents()
             vocab = {v: k for k, v in tok["model"]["vocab"].items()}
             assert tokens == [vocab[i] for i in range(len(tokens))]
             print(f"{ty}: gguf-py reads {len(r.tensors)} tensors, {len(r.fields)} fields; worst "
-                  f"max|gguf - merged| / max|merged| over tensors {worst:.2e}; "
+                  f"max|gguf - merged| / max|merged| over tensors {worst:.2e}, equal to temper's "
+                  f"dequantisation; types {sorted(types)}; "
                   f"pre {r.fields['tokenizer.ggml.pre'].contents()}, {len(tokens)} tokens as in "
                   f"tokenizer.json")
             if ty == "f32":

@@ -218,3 +218,70 @@ fn a_lora_only_export_holds_the_adapter_as_llama_cpp_reads_it() {
     let b_rows = f.tensor_f32(b).expect("b");
     assert_eq!(unpermute_rows(&b_rows, 128, 4, 4), read(&key("B")));
 }
+
+#[test]
+fn quantised_types_follow_llama_cpp_and_adapters_stay_unquantised() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let tiny = repo().join("examples/tiny/model");
+    let adapter = repo().join("tests/fixtures/merge/init_adapter");
+    let out = tmp.path().join("tiny-q4_k_m.gguf");
+    let o = ok(temper(
+        &[
+            "export-gguf",
+            "--model",
+            s(&tiny),
+            "--adapter",
+            s(&adapter),
+            "--out",
+            s(&out),
+            "--type",
+            "q4_k_m",
+        ],
+        tmp.path(),
+    ));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("in q4_k_m"));
+    let f = GgufFile::open(&out).expect("read");
+    assert_eq!(f.opt_u64("general.file_type").expect("file_type"), Some(15));
+    assert_eq!(
+        f.opt_u64("general.quantization_version").expect("version"),
+        Some(2)
+    );
+    // Rows of 128 are not whole 256-value super-blocks: Q4_K falls back to Q5_0 as in
+    // llama.cpp, and the tied embedding (Q6_K) to Q8_0.
+    let ty = |n: &str| f.tensor(n).expect("tensor").ty;
+    assert_eq!(ty("blk.0.attn_q.weight"), temper_gguf::GgmlType::Q5_0);
+    assert_eq!(ty("token_embd.weight"), temper_gguf::GgmlType::Q8_0);
+    assert_eq!(ty("blk.0.attn_norm.weight"), temper_gguf::GgmlType::F32);
+
+    let o = temper(
+        &[
+            "export-gguf",
+            "--model",
+            s(&tiny),
+            "--adapter",
+            s(&adapter),
+            "--out",
+            s(&tmp.path().join("lora.gguf")),
+            "--type",
+            "q4_k_m",
+            "--lora-only",
+        ],
+        tmp.path(),
+    );
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("f32, f16, bf16 or q8_0"));
+    let o = temper(
+        &[
+            "export-gguf",
+            "--model",
+            s(&tiny),
+            "--out",
+            s(&tmp.path().join("x.gguf")),
+            "--type",
+            "q3_k",
+        ],
+        tmp.path(),
+    );
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("q4_k_m"));
+}

@@ -261,7 +261,7 @@ fn q3_k(b: &[u8], y: &mut [f32]) {
 /// The eight 6-bit (scale, min) pairs of q4_K / q5_K (`get_scale_min_k4`): for j < 4 the low
 /// 6 bits of bytes j and j + 4; for j >= 4 a nibble of byte j + 4 plus the top 2 bits of
 /// bytes j - 4 and j.
-fn scale_min_k4(sc: &[u8]) -> [(u8, u8); 8] {
+pub(crate) fn scale_min_k4(sc: &[u8]) -> [(u8, u8); 8] {
     let mut out = [(0, 0); 8];
     for (j, o) in out.iter_mut().enumerate() {
         *o = if j < 4 {

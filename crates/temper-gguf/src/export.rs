@@ -1,6 +1,7 @@
 //! Hugging Face folder -> GGUF, as llama.cpp's `convert_hf_to_gguf.py` lays a llama or qwen2
 //! model out: tensors renamed to llama.cpp's names (llama's q/k rows permuted for its rotary
-//! layout), 1-D tensors in f32 and matrices in the asked type (f32, f16, bf16 or q8_0), the
+//! layout), 1-D tensors in f32 and matrices in the asked type (f32, f16, bf16, or quantised
+//! as llama.cpp's `quantize` does: q8_0, q4_0, q4_k_m, q5_k_m, q6_k, see [`crate::mix`]), the
 //! `<arch>.*` hyperparameters, and a byte-level BPE tokenizer (tokens, token types, merges,
 //! `tokenizer.ggml.pre`, special-token ids, the chat template).
 //!
@@ -19,64 +20,12 @@ use serde_json::Value as Json;
 
 use crate::dequant::GgmlType;
 use crate::error::{io_err, GgufError, Result};
+pub use crate::mix::ExportType;
+use crate::mix::{tensor_type, MixModel};
+use crate::pretokenizer::{PreTokenizer, KNOWN_NAMES};
+use crate::quantize::quantize_par;
 use crate::reader::Value;
-use crate::writer::{quantize_q8_0, write_gguf, OutTensor};
-
-/// The type matrices are written in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ExportType {
-    F32,
-    F16,
-    BF16,
-    Q8_0,
-}
-
-impl ExportType {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "f32" | "float32" => Some(ExportType::F32),
-            "f16" | "float16" => Some(ExportType::F16),
-            "bf16" | "bfloat16" => Some(ExportType::BF16),
-            "q8_0" => Some(ExportType::Q8_0),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            ExportType::F32 => "f32",
-            ExportType::F16 => "f16",
-            ExportType::BF16 => "bf16",
-            ExportType::Q8_0 => "q8_0",
-        }
-    }
-
-    /// `general.file_type` (llama.cpp's `enum llama_ftype`).
-    fn file_type(self) -> u32 {
-        match self {
-            ExportType::F32 => 0,
-            ExportType::F16 => 1,
-            ExportType::Q8_0 => 7,
-            ExportType::BF16 => 32,
-        }
-    }
-
-    /// The ggml type of a tensor with `inner` values per row and `n_dims` dims: 1-D tensors
-    /// stay f32; q8_0 needs rows of whole 32-value blocks, else the tensor is written in f16
-    /// (as convert_hf_to_gguf.py falls back).
-    fn ggml(self, n_dims: usize, inner: u64) -> GgmlType {
-        if n_dims < 2 {
-            return GgmlType::F32;
-        }
-        match self {
-            ExportType::F32 => GgmlType::F32,
-            ExportType::F16 => GgmlType::F16,
-            ExportType::BF16 => GgmlType::BF16,
-            ExportType::Q8_0 if inner.is_multiple_of(32) => GgmlType::Q8_0,
-            ExportType::Q8_0 => GgmlType::F16,
-        }
-    }
-}
+use crate::writer::{write_gguf, OutTensor};
 
 /// What an export wrote.
 #[derive(Debug)]
@@ -316,20 +265,13 @@ pub fn permute_rows(w: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f
     out
 }
 
-/// Values encoded as ggml type `ty` (f32, f16, bf16 or q8_0), appended to `buf`.
-fn encode(values: &[f32], ty: GgmlType, buf: &mut Vec<u8>) {
-    match ty {
-        GgmlType::F16 => values
-            .iter()
-            .for_each(|&x| buf.extend_from_slice(&f16::from_f32(x).to_le_bytes())),
-        GgmlType::BF16 => values
-            .iter()
-            .for_each(|&x| buf.extend_from_slice(&bf16::from_f32(x).to_le_bytes())),
-        GgmlType::Q8_0 => quantize_q8_0(values, buf),
-        _ => values
-            .iter()
-            .for_each(|x| buf.extend_from_slice(&x.to_le_bytes())),
-    }
+/// Values encoded as ggml type `ty`, appended to `buf`.
+fn encode(values: &[f32], ty: GgmlType, buf: &mut Vec<u8>, path: &Path, name: &str) -> Result<()> {
+    quantize_par(ty, values, buf).map_err(|msg| GgufError::Tensor {
+        path: path.to_path_buf(),
+        tensor: name.to_string(),
+        msg,
+    })
 }
 
 /// One tensor of the output: its GGUF name, the HF tensor it comes from, and the heads to
@@ -408,11 +350,15 @@ pub fn export(dir: &Path, out: &Path, ty: ExportType, name: Option<&str>) -> Res
     let h = hparams(dir)?;
     let st = Folder::model(dir)?;
     let tied = !st.contains("lm_head.weight");
+    let mix = MixModel {
+        layers: h.layers,
+        tied,
+    };
     let mut plan: Vec<Planned> = Vec::new();
     let mut add = |st: &Folder, hf: String, gguf: String, permute: Option<usize>| -> Result<()> {
         let (shape, _) = shape_of(st, &hf)?;
         let dims: Vec<u64> = shape.iter().rev().map(|&d| d as u64).collect();
-        let ty = ty.ggml(dims.len(), dims[0]);
+        let ty = tensor_type(ty, mix, &gguf, &dims);
         plan.push(Planned {
             out: OutTensor {
                 name: gguf,
@@ -491,7 +437,7 @@ pub fn export(dir: &Path, out: &Path, ty: ExportType, name: Option<&str>) -> Res
         ),
         ("general.file_type".into(), Value::U32(ty.file_type())),
     ];
-    if ty == ExportType::Q8_0 {
+    if ty.is_quantized() {
         meta.push(("general.quantization_version".into(), Value::U32(2)));
     }
     arch_metadata(&h, &mut meta);
@@ -518,8 +464,7 @@ pub fn export(dir: &Path, out: &Path, ty: ExportType, name: Option<&str>) -> Res
             }
             v
         };
-        encode(&values, p.out.ty, buf);
-        Ok(())
+        encode(&values, p.out.ty, buf, out, &p.out.name)
     })?;
     Ok(ExportSummary {
         arch: h.arch,
@@ -638,7 +583,13 @@ fn tokenizer_metadata(dir: &Path, h: &Hparams, meta: &mut Vec<(String, Value)>) 
     meta.push(("tokenizer.ggml.model".into(), Value::String("gpt2".into())));
     meta.push((
         "tokenizer.ggml.pre".into(),
-        Value::String(pre_name(&tok["pre_tokenizer"]).into()),
+        Value::String(
+            pre_name(
+                &tok["pre_tokenizer"],
+                model["ignore_merges"].as_bool().unwrap_or(false),
+            )
+            .into(),
+        ),
     ));
     meta.push(("tokenizer.ggml.tokens".into(), Value::Array(tokens.clone())));
     meta.push(("tokenizer.ggml.token_type".into(), Value::Array(types)));
@@ -678,9 +629,10 @@ const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L
 const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// `tokenizer.ggml.pre` for a tokenizer.json pre-tokenizer: the llama.cpp name of the known
-/// splits (llama-bpe, qwen2, smollm, gpt-2), else "default". llama.cpp itself names the
+/// splits (llama-bpe, qwen2, smollm, gpt-2, as Hugging Face writes them, or any llama.cpp
+/// split as temper's GGUF import writes it), else "default". llama.cpp itself names the
 /// pre-tokenizer by hashing how a test text tokenises; this reads the regexes instead.
-fn pre_name(pre: &Json) -> &'static str {
+fn pre_name(pre: &Json, ignore_merges: bool) -> &'static str {
     let parts: Vec<&Json> = match pre["type"].as_str() {
         Some("Sequence") => pre["pretokenizers"]
             .as_array()
@@ -698,12 +650,29 @@ fn pre_name(pre: &Json) -> &'static str {
         p["type"].as_str() == Some("ByteLevel") && p["use_regex"].as_bool() != Some(false)
     });
     match (regexes.as_slice(), byte_level_regex) {
-        ([r], false) if *r == LLAMA3_SPLIT => "llama-bpe",
-        ([r], false) if *r == QWEN2_SPLIT => "qwen2",
-        ([r], true) if *r == r"\p{N}" => "smollm",
-        ([], true) => "gpt-2",
-        _ => "default",
+        ([r], false) if *r == LLAMA3_SPLIT => return "llama-bpe",
+        ([r], false) if *r == QWEN2_SPLIT => return "qwen2",
+        ([r], true) if *r == r"\p{N}" => return "smollm",
+        ([], true) => return "gpt-2",
+        _ => {}
     }
+    // temper's import writes llama.cpp's own regexes, in order, with a ByteLevel step that
+    // does not split: name the first llama.cpp pre-tokenizer with the same splits (the usual
+    // names first, as several names share one split).
+    const USUAL: [&str; 5] = ["llama-bpe", "qwen2", "smollm", "gpt-2", "default"];
+    if !byte_level_regex {
+        for name in USUAL.iter().chain(KNOWN_NAMES) {
+            if let Some(p) = PreTokenizer::from_name(name) {
+                if p.pre_type.byte_level()
+                    && p.ignore_merges == ignore_merges
+                    && p.pre_type.regexes() == regexes.as_slice()
+                {
+                    return name;
+                }
+            }
+        }
+    }
+    "default"
 }
 
 /// Writes the PEFT adapter in `adapter` (for the model in `model`, whose config.json names the
@@ -716,6 +685,18 @@ pub fn export_lora(
     out: &Path,
     ty: ExportType,
 ) -> Result<ExportSummary> {
+    if !matches!(
+        ty,
+        ExportType::F32 | ExportType::F16 | ExportType::BF16 | ExportType::Q8_0
+    ) {
+        return Err(unsupported(
+            out,
+            format!(
+                "a LoRA adapter is written in f32, f16, bf16 or q8_0, not {}",
+                ty.name()
+            ),
+        ));
+    }
     let h = hparams(model)?;
     let cfg_path = adapter.join("adapter_config.json");
     let cfg = read_json(&cfg_path)?;
@@ -763,6 +744,10 @@ pub fn export_lora(
         names.push((l, format!("blk.{l}.{g}.weight"), which, key.clone()));
     }
     names.sort();
+    let lora_mix = MixModel {
+        layers: h.layers,
+        tied: false,
+    };
     let mut plan: Vec<Planned> = Vec::new();
     for (_, base, which, key) in &names {
         let (shape, _) = shape_of(&st, key)?;
@@ -776,7 +761,7 @@ pub fn export_lora(
         plan.push(Planned {
             out: OutTensor {
                 name: format!("{base}.{suffix}"),
-                ty: ty.ggml(dims.len(), dims[0]),
+                ty: tensor_type(ty, lora_mix, &format!("{base}.{suffix}"), &dims),
                 dims,
             },
             hf: key.clone(),
@@ -798,8 +783,7 @@ pub fn export_lora(
         if let Some(n) = p.permute {
             v = permute_rows(&v, shape[0], shape[1], n);
         }
-        encode(&v, p.out.ty, buf);
-        Ok(())
+        encode(&v, p.out.ty, buf, out, &p.out.name)
     })?;
     Ok(ExportSummary {
         arch: h.arch,
@@ -820,5 +804,38 @@ mod tests {
         let p = permute_rows(&w, rows, cols, heads);
         assert_ne!(p, w);
         assert_eq!(crate::unpermute_rows(&p, rows, cols, heads), w);
+    }
+
+    /// The pre-tokenizer as temper's import writes it: llama.cpp's regexes, then a ByteLevel
+    /// step that does not split.
+    fn imported(name: &str) -> (Json, bool) {
+        let p = PreTokenizer::from_name(name).expect("known");
+        let mut steps: Vec<Json> = p
+            .pre_type
+            .regexes()
+            .iter()
+            .map(|r| serde_json::json!({"type": "Split", "pattern": {"Regex": r}}))
+            .collect();
+        steps.push(serde_json::json!({"type": "ByteLevel", "use_regex": false}));
+        (
+            serde_json::json!({"type": "Sequence", "pretokenizers": steps}),
+            p.ignore_merges,
+        )
+    }
+
+    #[test]
+    fn imported_pre_tokenizers_keep_their_names() {
+        for name in ["smollm", "llama-bpe", "qwen2", "gpt-2", "default"] {
+            let (pre, ignore_merges) = imported(name);
+            assert_eq!(pre_name(&pre, ignore_merges), name);
+        }
+        // Another name with one of those splits comes back as the usual name for it.
+        let (pre, ignore_merges) = imported("phi-2");
+        assert_eq!(pre_name(&pre, ignore_merges), "gpt-2");
+        // Hugging Face's own SmolLM2 tokenizer.json.
+        let hf = serde_json::json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": "\\p{N}"}, "behavior": "Isolated"},
+            {"type": "ByteLevel", "add_prefix_space": false, "use_regex": true}]});
+        assert_eq!(pre_name(&hf, false), "smollm");
     }
 }

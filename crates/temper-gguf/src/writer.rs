@@ -7,8 +7,6 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
-use half::f16;
-
 use crate::dequant::GgmlType;
 use crate::error::{io_err, GgufError, Result};
 use crate::reader::Value;
@@ -160,20 +158,6 @@ pub fn write_gguf(
     Ok(total)
 }
 
-/// f32 values as ggml's Q8_0 blocks (`quantize_row_q8_0_ref`): per 32 values, d = max|x| / 127
-/// stored as f16, then each x * (1/d) rounded half away from zero to an i8.
-pub fn quantize_q8_0(values: &[f32], out: &mut Vec<u8>) {
-    for block in values.chunks(32) {
-        let amax = block.iter().fold(0f32, |m, x| m.max(x.abs()));
-        let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
-        for &x in block {
-            out.push((x * id).round() as i8 as u8);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,7 +195,7 @@ mod tests {
         write_gguf(&path, &meta, &tensors, |i, buf| {
             match i {
                 0 => (0..15).for_each(|k| buf.extend_from_slice(&(k as f32).to_le_bytes())),
-                _ => quantize_q8_0(&values, buf),
+                _ => crate::quantize::quantize(GgmlType::Q8_0, &values, buf).expect("q8_0"),
             }
             Ok(())
         })

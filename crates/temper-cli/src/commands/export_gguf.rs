@@ -1,5 +1,6 @@
-//! `temper export-gguf --model DIR [--adapter DIR] --out FILE.gguf --type f32|f16|bf16|q8_0
-//! [--lora-only]`: a model (with its adapter merged in) as a GGUF file llama.cpp runs, or the
+//! `temper export-gguf --model DIR [--adapter DIR] --out FILE.gguf
+//! --type f32|f16|bf16|q8_0|q4_0|q4_k_m|q5_k_m|q6_k [--lora-only]`: a model (with its adapter
+//! merged in) as a GGUF file llama.cpp runs, quantised as llama.cpp's `quantize` would, or the
 //! adapter alone as llama.cpp's LoRA GGUF.
 
 use std::path::PathBuf;
@@ -22,7 +23,9 @@ pub struct ExportGgufArgs {
     /// The .gguf file to write.
     #[arg(long)]
     pub out: PathBuf,
-    /// Type of the matrices: f32 | f16 | bf16 | q8_0 (norms and biases stay f32).
+    /// Type of the matrices: f32 | f16 | bf16 | q8_0 | q4_0 | q4_k_m | q5_k_m | q6_k (norms and
+    /// biases stay f32; the quantised types mix types per tensor as llama.cpp's quantize does).
+    /// --lora-only takes f32, f16, bf16 or q8_0.
     #[arg(long = "type", default_value = "bf16")]
     pub ty: String,
     /// Write the adapter alone (general.type = adapter), for llama.cpp's --lora.
@@ -34,8 +37,19 @@ pub struct ExportGgufArgs {
 }
 
 pub fn run(args: ExportGgufArgs) -> Result<()> {
-    let ty = ExportType::parse(&args.ty)
-        .ok_or_else(|| anyhow!("--type `{}`: use f32, f16, bf16 or q8_0", args.ty))?;
+    let ty = ExportType::parse(&args.ty).ok_or_else(|| {
+        anyhow!(
+            "--type `{}`: use one of {}",
+            args.ty,
+            ExportType::ALL.map(ExportType::name).join(", ")
+        )
+    })?;
+    if args.lora_only && ty.is_quantized() && ty != ExportType::Q8_0 {
+        bail!(
+            "--lora-only --type {}: llama.cpp adapters are f32, f16, bf16 or q8_0",
+            ty.name()
+        );
+    }
     if args.out.exists() && !args.force {
         bail!(
             "{} exists; choose another --out or pass --force to replace it",
@@ -53,7 +67,7 @@ pub fn run(args: ExportGgufArgs) -> Result<()> {
             let dtype = match ty {
                 ExportType::F16 => DType::F16,
                 ExportType::BF16 => DType::BF16,
-                ExportType::F32 | ExportType::Q8_0 => DType::F32,
+                _ => DType::F32,
             };
             let opts = MergeOptions {
                 dtype: Some(dtype),
