@@ -27,6 +27,7 @@ const SHAPE: Shape = Shape {
     max_positions: 512,
     rope_theta: 10000.0,
     tie_embeddings: true,
+    sliding_window: None,
 };
 
 /// Deterministic values in (-1, 1) from a 64-bit LCG.
