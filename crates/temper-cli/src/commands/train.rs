@@ -90,7 +90,11 @@ fn run_on<B: Backend + 'static>(
     join: impl FnOnce(&B) -> Result<Box<dyn Collective<B>>>,
 ) -> Result<()> {
     let lead = rank.is_lead();
-    let (_, predicted) = crate::commands::plan::predict(&plan, be.compute_dtype())?;
+    let device = match be.name() {
+        "cpu" => temper_model::plan::PlanDevice::Cpu,
+        _ => temper_model::plan::PlanDevice::Cuda,
+    };
+    let (_, predicted) = crate::commands::plan::predict(&plan, be.compute_dtype(), device)?;
     if lead {
         eprintln!("{}", crate::commands::plan::memory_line(&predicted));
     }

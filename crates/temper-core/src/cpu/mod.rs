@@ -43,6 +43,15 @@ impl CpuBackend {
     }
 }
 
+/// Takes `bytes` off the accounting when dropped: for temporaries that are not [`CpuBuf`]s.
+struct Uncount<'a>(&'a Accounting, usize);
+
+impl Drop for Uncount<'_> {
+    fn drop(&mut self) {
+        self.0.sub(self.1);
+    }
+}
+
 /// A CPU buffer: f32 values, counted by the backend that made it until dropped.
 pub struct CpuBuf {
     data: Vec<f32>,
@@ -444,6 +453,16 @@ impl Backend for CpuBackend {
     ) -> Result<Vec<f32>> {
         check_len("linear_cross_entropy", "x", x.len(), targets.len() * c)?;
         check_len("linear_cross_entropy", "w", w.len(), v * c)?;
+        // The (chunk, V) logits it works in are the step's largest temporary for a big
+        // vocabulary: counted while they live, as the GPU's are.
+        let n = targets.len();
+        let scratch = if n == 0 {
+            0
+        } else {
+            chunk.clamp(1, n) * v * std::mem::size_of::<f32>()
+        };
+        self.accounting.add(scratch);
+        let _counted = Uncount(&self.accounting, scratch);
         cross_entropy::linear_cross_entropy(
             dx.map(|d| &mut d[..]),
             x,
