@@ -306,9 +306,9 @@ pub fn load(path: Option<&Path>, overrides: &[(String, String)]) -> Result<(Trai
     let written = |key: &str| -> String {
         match renamed.iter().find(|(ours, _)| ours == key) {
             Some((_, theirs)) if !from_command_line.contains(&key) => {
-                format!("{theirs}` (temper's `{key}`)")
+                format!("`{theirs}` (temper's `{key}`)")
             }
-            _ => format!("{key}`"),
+            _ => format!("`{key}`"),
         }
     };
     for key in map.keys() {
@@ -368,7 +368,12 @@ fn wrong_type(
                 .iter()
                 .find(|d| d.name == key)
                 .map(|d| {
-                    let d = d.default.trim_start_matches('(').trim_end_matches(')');
+                    // "(from epochs)" reads "default: from epochs"
+                    let d = d
+                        .default
+                        .strip_prefix('(')
+                        .and_then(|x| x.strip_suffix(')'))
+                        .unwrap_or(d.default);
                     format!(" (default: {d})")
                 })
                 .unwrap_or_default();
@@ -380,7 +385,7 @@ fn wrong_type(
             return (
                 Some(key.to_string()),
                 format!(
-                    "key `{} has the value `{shown}`, which is not valid for it: {}{default}",
+                    "key {} has the value `{shown}`, which is not valid for it: {}{default}",
                     written(key),
                     plain_type_error(key, &e.to_string())
                 ),
