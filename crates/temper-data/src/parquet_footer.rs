@@ -5,6 +5,13 @@
 //! the bytes that follow it, by walking the footer's Thrift compact encoding once (linear
 //! in its size), and a file is refused with what is wrong before anything is allocated.
 //!
+//! The library reads a field of a known id as the type parquet.thrift gives it, whatever
+//! type the field header declares; a field declared as one type and read as another would
+//! make it read the following bytes differently from this walk (the fuzzer found a
+//! `created_by` declared as a list, after which the library read a list of 2^31 column
+//! orders that this walk never saw). So every field of a known id must be declared with the
+//! wire type the library reads ([`FILE_METADATA`] and the structs under it).
+//!
 //! Layout (parquet-format's README): `PAR1`, column data, the FileMetaData struct in the
 //! Thrift compact protocol, its length (u32 little-endian), `PAR1`.
 
@@ -94,6 +101,181 @@ mod code {
     pub const STRUCT: u8 = 12;
     pub const UUID: u8 = 13;
 }
+
+/// What the `parquet` library reads for a field: the wire type, and for lists and structs
+/// what is inside.
+#[derive(Clone, Copy)]
+enum Ty {
+    Bool,
+    Byte,
+    /// i16, i32, i64 and enums: a zigzag varint.
+    Varint,
+    Double,
+    Binary,
+    List(&'static Ty),
+    Struct(&'static [(i64, Ty)]),
+}
+
+impl Ty {
+    /// Whether a field header's type code is this type on the wire.
+    fn matches(self, code: u8) -> bool {
+        match self {
+            Ty::Bool => code == code::TRUE || code == code::FALSE,
+            Ty::Byte => code == code::BYTE,
+            Ty::Varint => matches!(code, code::I16 | code::I32 | code::I64),
+            Ty::Double => code == code::DOUBLE,
+            Ty::Binary => code == code::BINARY,
+            Ty::List(_) => code == code::LIST,
+            Ty::Struct(_) => code == code::STRUCT,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Ty::Bool => "a bool",
+            Ty::Byte => "a byte",
+            Ty::Varint => "an integer",
+            Ty::Double => "a double",
+            Ty::Binary => "a string",
+            Ty::List(_) => "a list",
+            Ty::Struct(_) => "a struct",
+        }
+    }
+}
+
+// The structs of a footer as parquet.thrift (and parquet 57's readers) define them: (field
+// id, type). Unions are structs of one field. Ids not listed are skipped by their declared
+// type, by the library as here.
+const EMPTY: &[(i64, Ty)] = &[];
+const KEY_VALUE: &[(i64, Ty)] = &[(1, Ty::Binary), (2, Ty::Binary)];
+const TIME_UNIT: &[(i64, Ty)] = &[
+    (1, Ty::Struct(EMPTY)),
+    (2, Ty::Struct(EMPTY)),
+    (3, Ty::Struct(EMPTY)),
+];
+const TIME_TYPE: &[(i64, Ty)] = &[(1, Ty::Bool), (2, Ty::Struct(TIME_UNIT))];
+const LOGICAL_TYPE: &[(i64, Ty)] = &[
+    (1, Ty::Struct(EMPTY)),
+    (2, Ty::Struct(EMPTY)),
+    (3, Ty::Struct(EMPTY)),
+    (4, Ty::Struct(EMPTY)),
+    (5, Ty::Struct(&[(1, Ty::Varint), (2, Ty::Varint)])),
+    (6, Ty::Struct(EMPTY)),
+    (7, Ty::Struct(TIME_TYPE)),
+    (8, Ty::Struct(TIME_TYPE)),
+    (10, Ty::Struct(&[(1, Ty::Byte), (2, Ty::Bool)])),
+    (11, Ty::Struct(EMPTY)),
+    (12, Ty::Struct(EMPTY)),
+    (13, Ty::Struct(EMPTY)),
+    (14, Ty::Struct(EMPTY)),
+    (15, Ty::Struct(EMPTY)),
+    (16, Ty::Struct(&[(1, Ty::Byte)])),
+    (17, Ty::Struct(&[(1, Ty::Binary)])),
+    (18, Ty::Struct(&[(1, Ty::Binary), (2, Ty::Varint)])),
+];
+const SCHEMA_ELEMENT: &[(i64, Ty)] = &[
+    (1, Ty::Varint),
+    (2, Ty::Varint),
+    (3, Ty::Varint),
+    (4, Ty::Binary),
+    (5, Ty::Varint),
+    (6, Ty::Varint),
+    (7, Ty::Varint),
+    (8, Ty::Varint),
+    (9, Ty::Varint),
+    (10, Ty::Struct(LOGICAL_TYPE)),
+];
+const STATISTICS: &[(i64, Ty)] = &[
+    (1, Ty::Binary),
+    (2, Ty::Binary),
+    (3, Ty::Varint),
+    (4, Ty::Varint),
+    (5, Ty::Binary),
+    (6, Ty::Binary),
+    (7, Ty::Bool),
+    (8, Ty::Bool),
+];
+const SIZE_STATISTICS: &[(i64, Ty)] = &[
+    (1, Ty::Varint),
+    (2, Ty::List(&Ty::Varint)),
+    (3, Ty::List(&Ty::Varint)),
+];
+const BOUNDING_BOX: &[(i64, Ty)] = &[
+    (1, Ty::Double),
+    (2, Ty::Double),
+    (3, Ty::Double),
+    (4, Ty::Double),
+    (5, Ty::Double),
+    (6, Ty::Double),
+    (7, Ty::Double),
+    (8, Ty::Double),
+];
+const GEOSPATIAL_STATISTICS: &[(i64, Ty)] =
+    &[(1, Ty::Struct(BOUNDING_BOX)), (2, Ty::List(&Ty::Varint))];
+const PAGE_ENCODING_STATS: &[(i64, Ty)] = &[(1, Ty::Varint), (2, Ty::Varint), (3, Ty::Varint)];
+const COLUMN_METADATA: &[(i64, Ty)] = &[
+    (1, Ty::Varint),
+    (2, Ty::List(&Ty::Varint)),
+    (3, Ty::List(&Ty::Binary)),
+    (4, Ty::Varint),
+    (5, Ty::Varint),
+    (6, Ty::Varint),
+    (7, Ty::Varint),
+    (8, Ty::List(&Ty::Struct(KEY_VALUE))),
+    (9, Ty::Varint),
+    (10, Ty::Varint),
+    (11, Ty::Varint),
+    (12, Ty::Struct(STATISTICS)),
+    (13, Ty::List(&Ty::Struct(PAGE_ENCODING_STATS))),
+    (14, Ty::Varint),
+    (15, Ty::Varint),
+    (16, Ty::Struct(SIZE_STATISTICS)),
+    (17, Ty::Struct(GEOSPATIAL_STATISTICS)),
+];
+const COLUMN_CRYPTO_METADATA: &[(i64, Ty)] = &[
+    (1, Ty::Struct(EMPTY)),
+    (
+        2,
+        Ty::Struct(&[(1, Ty::List(&Ty::Binary)), (2, Ty::Binary)]),
+    ),
+];
+const COLUMN_CHUNK: &[(i64, Ty)] = &[
+    (1, Ty::Binary),
+    (2, Ty::Varint),
+    (3, Ty::Struct(COLUMN_METADATA)),
+    (4, Ty::Varint),
+    (5, Ty::Varint),
+    (6, Ty::Varint),
+    (7, Ty::Varint),
+    (8, Ty::Struct(COLUMN_CRYPTO_METADATA)),
+    (9, Ty::Binary),
+];
+const SORTING_COLUMN: &[(i64, Ty)] = &[(1, Ty::Varint), (2, Ty::Bool), (3, Ty::Bool)];
+const ROW_GROUP: &[(i64, Ty)] = &[
+    (1, Ty::List(&Ty::Struct(COLUMN_CHUNK))),
+    (2, Ty::Varint),
+    (3, Ty::Varint),
+    (4, Ty::List(&Ty::Struct(SORTING_COLUMN))),
+    (5, Ty::Varint),
+    (6, Ty::Varint),
+    (7, Ty::Varint),
+];
+const AES_GCM: &[(i64, Ty)] = &[(1, Ty::Binary), (2, Ty::Binary), (3, Ty::Bool)];
+/// The footer's top struct.
+const FILE_METADATA: &[(i64, Ty)] = &[
+    (1, Ty::Varint),
+    (2, Ty::List(&Ty::Struct(SCHEMA_ELEMENT))),
+    (3, Ty::Varint),
+    (4, Ty::List(&Ty::Struct(ROW_GROUP))),
+    (5, Ty::List(&Ty::Struct(KEY_VALUE))),
+    (6, Ty::Binary),
+    (7, Ty::List(&Ty::Struct(&[(1, Ty::Struct(EMPTY))]))),
+    (
+        8,
+        Ty::Struct(&[(1, Ty::Struct(AES_GCM)), (2, Ty::Struct(AES_GCM))]),
+    ),
+    (9, Ty::Binary),
+];
 
 impl Walker<'_> {
     fn left(&self) -> usize {
@@ -188,7 +370,7 @@ impl Walker<'_> {
                 }
                 Ok(())
             }
-            code::STRUCT => self.fields(depth + 1, |_, _| Ok(false)),
+            code::STRUCT => self.fields(depth + 1, |_, _, _| Ok(false)),
             other => Err(format!("unknown value type {other} at byte {}", self.at)),
         }
     }
@@ -208,12 +390,12 @@ impl Walker<'_> {
         Ok(())
     }
 
-    /// A struct's fields up to its stop byte; `on_field(id, walker)` may read a field itself
-    /// (returning true) instead of the generic walk.
+    /// A struct's fields up to its stop byte; `on_field(id, declared type, walker)` may read
+    /// a field itself (returning true) instead of the generic walk.
     fn fields(
         &mut self,
         depth: usize,
-        mut on_field: impl FnMut(i64, &mut Self) -> std::result::Result<bool, String>,
+        mut on_field: impl FnMut(i64, u8, &mut Self) -> std::result::Result<bool, String>,
     ) -> std::result::Result<(), String> {
         if depth > MAX_DEPTH {
             return Err(format!("values nest deeper than {MAX_DEPTH} levels"));
@@ -232,28 +414,81 @@ impl Walker<'_> {
                 }
                 delta => id + i64::from(delta),
             };
-            if !on_field(id, self)? {
+            if !on_field(id, ty, self)? {
                 self.value(ty, depth)?;
             }
         }
     }
 
-    fn file_metadata(&mut self) -> std::result::Result<(), String> {
-        self.fields(1, |id, w| {
-            if id != 4 {
+    /// A struct whose known fields are read as `fields` says (each must be declared with the
+    /// type the library reads), the others skipped by their declared type. `top`: the
+    /// FileMetaData, whose field 4 lists the row groups.
+    fn typed_struct(
+        &mut self,
+        fields: &'static [(i64, Ty)],
+        depth: usize,
+        top: bool,
+    ) -> std::result::Result<(), String> {
+        self.fields(depth, |id, declared, w| {
+            let Some(&(_, ty)) = fields.iter().find(|(f, _)| *f == id) else {
                 return Ok(false);
-            }
-            // row_groups: list<RowGroup>
-            let (elem, n) = w.list_header()?;
-            if n > MAX_ROW_GROUPS {
+            };
+            if !ty.matches(declared) {
                 return Err(format!(
-                    "it lists {n} row groups; temper reads files of at most {MAX_ROW_GROUPS} \
-                     (write the dataset with larger row groups)"
+                    "field {id} before byte {} is declared as type {declared}, but parquet \
+                     reads {} there (the footer is damaged)",
+                    w.at,
+                    ty.name()
                 ));
             }
-            w.elements(elem, n, 1)?;
+            w.typed_value(ty, declared, depth, top && id == 4)?;
             Ok(true)
         })
+    }
+
+    /// A value of `ty`, declared as `code` (which matches it).
+    fn typed_value(
+        &mut self,
+        ty: Ty,
+        code: u8,
+        depth: usize,
+        row_groups: bool,
+    ) -> std::result::Result<(), String> {
+        if depth > MAX_DEPTH {
+            return Err(format!("values nest deeper than {MAX_DEPTH} levels"));
+        }
+        match ty {
+            Ty::List(elem) => {
+                let (elem_code, n) = self.list_header()?;
+                if n > 0 && !elem.matches(elem_code) {
+                    return Err(format!(
+                        "a list before byte {} holds type {elem_code}, but parquet reads {} \
+                         there (the footer is damaged)",
+                        self.at,
+                        elem.name()
+                    ));
+                }
+                if row_groups && n > MAX_ROW_GROUPS {
+                    return Err(format!(
+                        "it lists {n} row groups; temper reads files of at most \
+                         {MAX_ROW_GROUPS} (write the dataset with larger row groups)"
+                    ));
+                }
+                for _ in 0..n {
+                    match elem {
+                        Ty::Struct(fields) => self.typed_struct(fields, depth + 1, false)?,
+                        _ => self.element(elem_code, depth + 1)?,
+                    }
+                }
+                Ok(())
+            }
+            Ty::Struct(fields) => self.typed_struct(fields, depth + 1, false),
+            _ => self.value(code, depth),
+        }
+    }
+
+    fn file_metadata(&mut self) -> std::result::Result<(), String> {
+        self.typed_struct(FILE_METADATA, 1, true)
     }
 }
 
@@ -314,8 +549,8 @@ mod tests {
         let f = file(&m, m.len() as u32);
         let e = check(f.path()).expect_err("refused").to_string();
         assert!(e.contains("claims 2147483647 entries"), "{e}");
-        // A string claiming more bytes than there are.
-        let mut m = vec![0x18];
+        // A string (created_by, field 6) claiming more bytes than there are.
+        let mut m = vec![0x68];
         m.extend(v(1 << 40));
         let e = check_metadata(&m).expect_err("refused");
         assert!(e.contains("claims 1099511627776 bytes"), "{e}");
@@ -330,8 +565,30 @@ mod tests {
     }
 
     #[test]
+    fn a_field_declared_as_another_type_than_parquet_reads_is_refused() {
+        // created_by (field 6, a string) declared as a list: the library would read it as a
+        // string and go on out of step with the encoding (found by the fuzzer: it then
+        // reserved 2^31 column orders).
+        let f = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/fuzz/dataset_parquet/footer-field-declared-as-another-type.parquet");
+        let e = check(&f).expect_err("refused").to_string();
+        assert!(
+            e.contains("field 6 before byte 1 is declared as type 9, but parquet reads a string"),
+            "{e}"
+        );
+        // A list of the wrong element type: row groups (structs) as integers.
+        let e = check_metadata(&[0x49, 0x15, 0x02, 0x00]).expect_err("refused");
+        assert!(
+            e.contains("holds type 5, but parquet reads a struct"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn deep_nesting_and_truncation_are_refused() {
-        let mut m = vec![0x1c; 100];
+        // An unknown field (15) is walked by its declared type: structs in structs.
+        let mut m = vec![0xfc];
+        m.extend([0x1c; 99]);
         m.push(0);
         assert!(check_metadata(&m)
             .expect_err("refused")
