@@ -235,8 +235,23 @@ pub struct TrainPlan {
     pub resolved_yaml: String,
 }
 
-/// Reads the YAML file, applies `--key value` overrides, and checks every key.
+/// Reads the YAML file (temper's keys, or axolotl's, mapped: see [`crate::axolotl`]),
+/// applies `--key value` overrides, and checks every key. An error about a key names where
+/// it came from: the file, or the command line. `--config-format temper|axolotl|auto` among
+/// the overrides says how to read the file (auto: axolotl's when it has `base_model` or
+/// `datasets`).
 pub fn load(path: Option<&Path>, overrides: &[(String, String)]) -> Result<(TrainFile, PathBuf)> {
+    let mut format = "auto".to_string();
+    let overrides: Vec<&(String, String)> = overrides
+        .iter()
+        .filter(|(k, v)| {
+            let is_format = k == "config_format";
+            if is_format {
+                format = v.clone();
+            }
+            !is_format
+        })
+        .collect();
     let (mut map, base) = match path {
         Some(p) => {
             let text =
@@ -253,52 +268,155 @@ pub fn load(path: Option<&Path>, overrides: &[(String, String)]) -> Result<(Trai
         }
         None => (Mapping::new(), PathBuf::new()),
     };
+    let file_name = path
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "command line".into());
+    let axolotl = match format.as_str() {
+        "auto" => crate::axolotl::looks_like_axolotl(&map),
+        "axolotl" => true,
+        "temper" => false,
+        other => bail!("--config-format `{other}` is not one of temper, axolotl, auto"),
+    };
+    let mut renamed = Vec::new();
+    if axolotl {
+        let mapped = crate::axolotl::to_temper(&map)
+            .with_context(|| format!("{file_name}: reading it as an axolotl config"))?;
+        eprintln!("config: {file_name} read as an axolotl config (keys mapped to temper's)");
+        for n in &mapped.notes {
+            eprintln!("{n}");
+        }
+        map = mapped.map;
+        renamed = mapped.renamed;
+    }
+    let mut from_command_line = Vec::new();
     for (k, v) in overrides {
         let value: Value = serde_yaml::from_str(v).unwrap_or_else(|_| Value::String(v.clone()));
         map.insert(Value::String(k.clone()), value);
+        from_command_line.push(k.as_str());
     }
-    let origin = path
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| "command line".into());
+    // Where a key was given, for errors about it.
+    let origin = |key: &str| -> String {
+        if from_command_line.contains(&key) {
+            "command line".into()
+        } else {
+            file_name.clone()
+        }
+    };
+    // The key as the user wrote it: axolotl's name for it when the file is axolotl's.
+    let written = |key: &str| -> String {
+        match renamed.iter().find(|(ours, _)| ours == key) {
+            Some((_, theirs)) if !from_command_line.contains(&key) => {
+                format!("`{theirs}` (temper's `{key}`)")
+            }
+            _ => format!("`{key}`"),
+        }
+    };
     for key in map.keys() {
         let name = key
             .as_str()
-            .ok_or_else(|| anyhow!("{origin}: key {key:?} is not a string"))?;
+            .ok_or_else(|| anyhow!("{file_name}: key {key:?} is not a string"))?;
         if !TRAIN_KEYS.iter().any(|k| k.name == name) {
-            let hint = suggest(name)
-                .map(|s| format!("; did you mean `{s}`?"))
-                .unwrap_or_default();
-            bail!("{origin}: unknown key `{name}`{hint} (`temper train --help` lists every key)");
+            let cli = from_command_line.contains(&name);
+            let dashes = if cli { "--" } else { "" };
+            let hint = match crate::axolotl::RENAMED.iter().find(|(a, _)| *a == name) {
+                Some((_, ours)) if !axolotl => format!(
+                    "; did you mean `{dashes}{ours}`? `{name}` is axolotl's name for it \
+                     (`--config-format axolotl` reads an axolotl config as it is)"
+                ),
+                _ => suggest(name)
+                    .map(|s| format!("; did you mean `{dashes}{s}`?"))
+                    .unwrap_or_default(),
+            };
+            if cli {
+                bail!(
+                    "command line: unknown option `--{name}`{hint} (`temper train --help` \
+                     lists every key)"
+                );
+            }
+            bail!(
+                "{}: unknown key `{name}`{hint} (`temper train --help` lists every key)",
+                origin(name)
+            );
         }
     }
     let file: TrainFile = match serde_yaml::from_value(Value::Mapping(map.clone())) {
         Ok(f) => f,
-        Err(e) => bail!("{origin}: {}", wrong_type(&map, e)),
+        Err(e) => {
+            let (key, msg) = wrong_type(&map, e, &written);
+            match key {
+                Some(k) => bail!("{}: {msg}", origin(&k)),
+                None => bail!("{file_name}: {msg}"),
+            }
+        }
     };
     Ok((file, base))
 }
 
-/// Names the key whose value does not fit its type: every key is optional, so each one is
-/// tried alone.
-fn wrong_type(map: &Mapping, whole: serde_yaml::Error) -> String {
+/// Names the key whose value does not fit its type, and the value: every key is optional,
+/// so each one is tried alone.
+fn wrong_type(
+    map: &Mapping,
+    whole: serde_yaml::Error,
+    written: &dyn Fn(&str) -> String,
+) -> (Option<String>, String) {
     for (k, v) in map {
         let mut one = Mapping::new();
         one.insert(k.clone(), v.clone());
         if let Err(e) = serde_yaml::from_value::<TrainFile>(Value::Mapping(one)) {
             let key = k.as_str().unwrap_or("?");
-            let expected = TRAIN_KEYS
+            let default = TRAIN_KEYS
                 .iter()
                 .find(|d| d.name == key)
-                .map(|d| format!(" (default {})", d.default))
+                .map(|d| {
+                    // "(from epochs)" reads "default: from epochs"
+                    let d = d
+                        .default
+                        .strip_prefix('(')
+                        .and_then(|x| x.strip_suffix(')'))
+                        .unwrap_or(d.default);
+                    format!(" (default: {d})")
+                })
                 .unwrap_or_default();
-            let shown = serde_yaml::to_string(v).unwrap_or_default();
-            return format!(
-                "key `{key}` has the value `{}`, which is not valid for it: {e}{expected}",
-                shown.trim()
+            // Shown on one line: `abc`, `[1, 2]`, `{a: 1}`.
+            let shown = match v {
+                Value::String(t) => t.clone(),
+                other => serde_json::to_string(other).unwrap_or_default(),
+            };
+            return (
+                Some(key.to_string()),
+                format!(
+                    "key {} has the value `{shown}`, which is not valid for it: {}{default}",
+                    written(key),
+                    plain_type_error(key, &e.to_string())
+                ),
             );
         }
     }
-    format!("a key has a value of the wrong type: {whole}")
+    (
+        None,
+        format!("a key has a value of the wrong type: {whole}"),
+    )
+}
+
+/// serde's message for a value of the wrong type, in words: "invalid type: string "abc",
+/// expected a whole number" (not "expected i64"), without the key's name it starts with.
+fn plain_type_error(key: &str, serde: &str) -> String {
+    let why = serde.strip_prefix(&format!("{key}: ")).unwrap_or(serde);
+    let why = why.split(" at line ").next().unwrap_or(why);
+    let mut out = why.to_string();
+    for (rust, words) in [
+        ("expected i64", "expected a whole number"),
+        ("expected u64", "expected a whole number of 0 or more"),
+        ("expected usize", "expected a whole number of 0 or more"),
+        ("expected f64", "expected a number"),
+        ("expected f32", "expected a number"),
+        ("expected a boolean", "expected true or false"),
+    ] {
+        if let Some(head) = out.strip_suffix(rust) {
+            out = format!("{head}{words}");
+        }
+    }
+    out
 }
 
 /// A number-valued key must lie in its domain; `what` says the domain in words.

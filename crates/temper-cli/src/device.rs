@@ -1,5 +1,6 @@
 //! `--device auto|cpu|cuda`: which backend runs the command.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -38,11 +39,12 @@ fn start_cuda(dtype: Option<DType>, ordinal: usize) -> Result<CudaBackend> {
 /// `auto` (bfloat16 on GPUs from Ampere on, float16 with loss scaling on older ones) or a dtype name; the CPU
 /// backend always computes in float32.
 pub fn resolve(choice: &str, dtype: &str) -> Result<DeviceChoice> {
-    resolve_on(choice, dtype, 0)
+    resolve_on(choice, dtype, 0, true)
 }
 
-/// [`resolve`] on GPU `ordinal` (a rank's LOCAL_RANK).
-pub fn resolve_on(choice: &str, dtype: &str, ordinal: usize) -> Result<DeviceChoice> {
+/// [`resolve`] on GPU `ordinal` (a rank's LOCAL_RANK). `lead`: this process says why it
+/// runs on the CPU (one rank of several keeps quiet: the others run on the same host).
+pub fn resolve_on(choice: &str, dtype: &str, ordinal: usize, lead: bool) -> Result<DeviceChoice> {
     let dtype = parse_dtype(dtype)?;
     let cpu = || {
         if let Some(d) = dtype.filter(|&d| d != DType::F32) {
@@ -64,11 +66,36 @@ pub fn resolve_on(choice: &str, dtype: &str, ordinal: usize) -> Result<DeviceCho
                     Err(e) => e.to_string(),
                 },
             };
-            eprintln!("device: cpu ({reason})");
+            if lead {
+                eprintln!("{}", cpu_notice(&reason, notice_marker().as_deref()));
+            }
             cpu()
         }
         other => bail!("--device `{other}` is not one of auto, cpu, cuda"),
     }
+}
+
+/// Where the last reason for running on the CPU is kept: `~/.cache/temper/cpu-notice`.
+fn notice_marker() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/temper/cpu-notice"))
+}
+
+/// The line `device: auto` prints when it falls back to the CPU: the reason and its advice
+/// in full the first time, then (same reason, `marker` says so) one short line, so that a
+/// script running temper several times says it once. Without a marker file: always in full.
+fn cpu_notice(reason: &str, marker: Option<&Path>) -> String {
+    let Some(marker) = marker else {
+        return format!("device: cpu ({reason})");
+    };
+    if std::fs::read_to_string(marker).is_ok_and(|seen| seen == reason) {
+        return "device: cpu (no usable GPU, as before; `--device cuda` says why)".into();
+    }
+    if let Some(dir) = marker.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    // Best effort: a read-only home only means the reason is printed in full each time.
+    let _ = std::fs::write(marker, reason);
+    format!("device: cpu ({reason})")
 }
 
 /// The process's peak resident memory in bytes (VmHWM), where the OS reports it.
@@ -81,4 +108,24 @@ pub fn peak_rss_bytes() -> Option<u64> {
 
 pub fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_cpu_notice_is_in_full_once_per_reason() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let marker = dir.path().join("cache/cpu-notice");
+        let full = super::cpu_notice("libcuda.so could not be loaded", Some(&marker));
+        assert!(full.contains("libcuda.so could not be loaded"), "{full}");
+        let again = super::cpu_notice("libcuda.so could not be loaded", Some(&marker));
+        assert!(
+            again.contains("as before") && !again.contains("libcuda"),
+            "{again}"
+        );
+        // Another reason is news.
+        let other = super::cpu_notice("the NVIDIA driver reports no GPU", Some(&marker));
+        assert!(other.contains("reports no GPU"), "{other}");
+        assert!(super::cpu_notice("x", None).contains("(x)"));
+    }
 }

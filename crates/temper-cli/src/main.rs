@@ -1,5 +1,6 @@
 //! `temper`: LoRA fine-tuning of Llama-family models in one binary.
 
+mod axolotl;
 mod commands;
 mod config;
 mod dataset;
@@ -44,6 +45,11 @@ enum Command {
         /// Device: auto | cpu | cuda (overrides the `device` key).
         #[arg(long)]
         device: Option<String>,
+        /// How to read CONFIG: temper (its keys), axolotl (an axolotl YAML: the keys the two
+        /// share are mapped, the others refused by name) or auto (axolotl's when the file
+        /// has `base_model` or `datasets`).
+        #[arg(long, value_name = "FORMAT")]
+        config_format: Option<String>,
         /// Start N ranks on this host (data parallel, one GPU each), as torchrun would.
         /// Under a launcher that sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and
         /// MASTER_PORT, leave it out: each process runs as the rank it is told.
@@ -242,6 +248,39 @@ fn parse_overrides(args: &[String], resume: &mut Option<String>) -> Result<Vec<(
     Ok(out)
 }
 
+/// `--resume` takes an optional folder, so the parser gives it whatever follows: in
+/// `--resume --max_steps 24` that is the next key, put back among the keys here.
+fn untangle_resume(
+    resume: Option<String>,
+    mut overrides: Vec<String>,
+) -> (Option<String>, Vec<String>) {
+    match resume {
+        Some(v) if v.starts_with('-') => {
+            overrides.insert(0, v);
+            (Some(String::new()), overrides)
+        }
+        other => (other, overrides),
+    }
+}
+
+/// `temper train --resume CONFIG.yaml ...`: the config is not the checkpoint folder to
+/// resume from (that is never a .yaml file): it is moved before `--resume`, where the parser
+/// takes it as the config.
+fn config_before_resume(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    if args.get(1).is_some_and(|a| a == "train") {
+        let is_yaml = |a: &std::ffi::OsString| {
+            let a = a.to_string_lossy().to_ascii_lowercase();
+            a.ends_with(".yaml") || a.ends_with(".yml")
+        };
+        if let Some(i) = args.iter().position(|a| a == "--resume") {
+            if args.get(i + 1).is_some_and(is_yaml) {
+                args.swap(i, i + 1);
+            }
+        }
+    }
+    args
+}
+
 /// `--nproc-per-node N` given after the config keys lands among them: take it out.
 fn take_nproc(overrides: &mut Vec<(String, String)>, nproc: &mut Option<usize>) -> Result<()> {
     if let Some(i) = overrides.iter().position(|(k, _)| k == "nproc_per_node") {
@@ -254,8 +293,38 @@ fn take_nproc(overrides: &mut Vec<(String, String)>, nproc: &mut Option<usize>) 
     Ok(())
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+/// Exits 1 after printing the error and its causes, as anyhow prints them but without the
+/// backtrace that `RUST_BACKTRACE=1` would add: an error is the user's input or environment,
+/// not a bug (panics keep their backtrace).
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{}", error_report(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// "Error: outer" and, when there are causes, "Caused by:" with each one numbered.
+fn error_report(e: &anyhow::Error) -> String {
+    let mut s = format!("Error: {e}");
+    let causes: Vec<String> = e.chain().skip(1).map(|c| c.to_string()).collect();
+    match causes.as_slice() {
+        [] => {}
+        [one] => s.push_str(&format!("\n\nCaused by:\n    {one}")),
+        many => {
+            s.push_str("\n\nCaused by:");
+            for (i, c) in many.iter().enumerate() {
+                s.push_str(&format!("\n    {i}: {c}"));
+            }
+        }
+    }
+    s
+}
+
+fn run() -> Result<()> {
+    let cli = Cli::parse_from(config_before_resume(std::env::args_os().collect()));
     match cli.command {
         Command::Plan { config, overrides } => {
             let mut resume = None;
@@ -316,9 +385,11 @@ fn main() -> Result<()> {
             config,
             resume,
             device,
+            config_format,
             nproc_per_node,
             overrides,
         } => {
+            let (resume, overrides) = untangle_resume(resume, overrides);
             let mut resume = resume;
             let mut overrides = parse_overrides(&overrides, &mut resume)?;
             let mut nproc = nproc_per_node;
@@ -329,6 +400,9 @@ fn main() -> Result<()> {
             }
             if let Some(d) = device {
                 overrides.push(("device".into(), d));
+            }
+            if let Some(f) = config_format {
+                overrides.push(("config_format".into(), f));
             }
             let resume = resume.map(|r| {
                 if r.is_empty() {

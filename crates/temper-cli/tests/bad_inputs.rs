@@ -363,6 +363,9 @@ fn runaway_chat_templates_stop_with_an_error_naming_the_template() {
     for template in [
         "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
         "{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
+        // One repetition of 100 MB (minijinja's largest) per message: refused before it is
+        // made, since the budget is smaller (the fuzzer found it taking seconds).
+        "{% for m in messages %}{{ 'x' * 100000000 + m['content'] }}{% endfor %}",
     ] {
         let jinja = dir.path().join("t.jinja");
         std::fs::write(&jinja, template).expect("write");

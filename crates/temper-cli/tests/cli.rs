@@ -200,7 +200,8 @@ fn unknown_keys_are_errors_with_a_suggestion() {
     assert!(!o.status.success());
     let t = text(&o);
     assert!(
-        t.contains("unknown key `lora_rank`") && t.contains("did you mean `lora_r`"),
+        t.contains("command line: unknown option `--lora_rank`")
+            && t.contains("did you mean `--lora_r`"),
         "{t}"
     );
 }

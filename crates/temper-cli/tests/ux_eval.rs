@@ -94,14 +94,60 @@ fn memory_line(out: &str) -> String {
         .to_string()
 }
 
+/// The MiB figure after `label` in `line` ("predicted peak 24.8 MiB", "backend peak 24.7 MiB").
+fn mib_after(line: &str, label: &str) -> f64 {
+    let rest = &line[line
+        .find(label)
+        .unwrap_or_else(|| panic!("no {label} in {line}"))
+        + label.len()..];
+    let number = rest.split_whitespace().next().expect("a number");
+    let unit = rest.split_whitespace().nth(1).expect("a unit");
+    let v: f64 = number.parse().expect("a number");
+    match unit {
+        "MiB" => v,
+        "GiB" => v * 1024.0,
+        other => panic!("unit {other} in {line}"),
+    }
+}
+
 #[test]
 fn plan_prints_the_prediction_train_makes_on_the_same_device() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = config(dir.path(), "");
-    let plan = temper(&["plan", s(&cfg)]);
-    assert!(plan.status.success(), "{}", text(&plan));
-    let train = temper(&["train", s(&cfg), "--max_steps", "1"]);
-    assert!(train.status.success(), "{}", text(&train));
-    assert_eq!(memory_line(&text(&plan)), memory_line(&text(&train)));
-    assert!(text(&plan).contains("float32"), "{}", text(&plan));
+    // The embedded default's settings (4 rows of 256 tokens), with and without
+    // checkpointing; enough steps that some micro-batch is packed nearly full.
+    for (i, ckpt) in ["true", "false"].iter().enumerate() {
+        let sub = dir.path().join(format!("run{i}"));
+        std::fs::create_dir_all(&sub).expect("mkdir");
+        let cfg = config(&sub, "");
+        let args = [
+            "--max_seq_len",
+            "256",
+            "--per_device_train_batch_size",
+            "4",
+            "--gradient_checkpointing",
+            ckpt,
+        ];
+        let plan = temper(&[&["plan", s(&cfg)][..], &args].concat());
+        assert!(plan.status.success(), "{}", text(&plan));
+        assert!(text(&plan).contains("float32"), "{}", text(&plan));
+        let train = temper(&[&["train", s(&cfg), "--max_steps", "12"][..], &args].concat());
+        assert!(train.status.success(), "{}", text(&train));
+        let line = memory_line(&text(&train));
+        assert_eq!(memory_line(&text(&plan)), line);
+        // The prediction is for a full micro-batch; the CPU backend counts every buffer.
+        let predicted = mib_after(&line, "predicted peak ");
+        let peak_line = text(&train)
+            .lines()
+            .find(|l| l.starts_with("peak memory:"))
+            .expect("a peak line")
+            .to_string();
+        let measured = mib_after(&peak_line, "cpu backend peak ");
+        println!(
+            "gradient_checkpointing {ckpt}: predicted {predicted} MiB, measured {measured} MiB"
+        );
+        assert!(
+            predicted >= measured && predicted <= 1.10 * measured,
+            "gradient_checkpointing {ckpt}: predicted {predicted} MiB, measured {measured} MiB"
+        );
+    }
 }

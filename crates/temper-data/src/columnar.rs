@@ -12,6 +12,8 @@ use crate::error::{DataError, Result};
 use crate::source::{Origin, Record};
 
 pub(crate) fn read_parquet(path: &Path) -> Result<Vec<Record>> {
+    // Counts in a damaged footer would size the library's first allocations: checked first.
+    crate::parquet_footer::check(path)?;
     // The parquet library panics on some damaged files (a page size past its buffer, an
     // index out of bounds) instead of returning an error: such a panic becomes one.
     std::panic::catch_unwind(|| read_parquet_unguarded(path)).unwrap_or_else(|_| {

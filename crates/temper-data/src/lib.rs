@@ -15,6 +15,7 @@ mod error;
 mod format;
 pub mod hub;
 mod pack;
+mod parquet_footer;
 mod pipeline;
 mod prefix_masks;
 mod pyjson;

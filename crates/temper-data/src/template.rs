@@ -56,9 +56,12 @@ pub struct ChatTemplate {
 }
 
 /// The work one render may do, in minijinja's fuel: about one unit per instruction or per
-/// 64 bytes of data made. 2M bounds a render to about half a second and 128 MiB of
-/// strings, still 100 times what a real chat template needs for a long conversation.
-pub const TEMPLATE_FUEL: u64 = 2 << 20;
+/// 64 bytes of data made. 1M bounds a render to 64 MiB of strings, still 50 times what a
+/// real chat template makes for a long conversation. It is below 100 MB on purpose:
+/// minijinja checks a string repetition against the fuel left before allocating it, so
+/// `'x' * 100000000` (the largest repetition minijinja allows) is refused at once, where
+/// with 2M it was made for every render and took seconds over a few rows.
+pub const TEMPLATE_FUEL: u64 = 1 << 20;
 
 impl std::fmt::Debug for ChatTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

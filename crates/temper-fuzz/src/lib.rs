@@ -134,16 +134,19 @@ fn config_target(bytes: &[u8]) -> String {
             temper_model::Checkpointing::EveryLayer,
             temper_model::Checkpointing::EveryLayerOnHost,
         ] {
-            let m = plan::plan(
-                cfg,
-                &lora,
-                tokens,
-                cfg.max_positions,
-                ckpt,
-                1024,
-                temper_core::DType::F32,
-            );
-            let _ = m.total();
+            for device in [plan::PlanDevice::Cpu, plan::PlanDevice::Cuda] {
+                let m = plan::plan(
+                    cfg,
+                    &lora,
+                    tokens,
+                    cfg.max_positions,
+                    ckpt,
+                    1024,
+                    temper_core::DType::F32,
+                    device,
+                );
+                let _ = m.total();
+            }
         }
         let _ = plan::weight_bytes_4bit(cfg, temper_core::DType::BF16, 64, true);
         let _ = plan::weight_bytes_8bit(cfg, temper_core::DType::BF16);

@@ -1,8 +1,9 @@
 //! Peak memory of a training run, predicted from the shapes alone (no device needed), for
 //! `temper plan` and `max_memory`. Counts what the backends allocate: frozen weights and
 //! activations in the compute dtype, RoPE tables, LoRA values, gradients and AdamW moments in
-//! f32, and the largest set of activations alive at once, which is the backward of one layer
-//! (with the GPU attention's scores for sequences long enough to take cuBLAS).
+//! f32, and the largest set of activations alive at once: at the loss (the logits chunk) or
+//! in the backward of the last layer (with the GPU attention's scores for sequences long
+//! enough to take cuBLAS), whichever is larger.
 
 use temper_core::DType;
 
@@ -132,15 +133,38 @@ fn layer_acts(cfg: &ModelConfig, lora: &LoraConfig, n: usize, training: bool) ->
     base + lora_saved
 }
 
-/// The temporaries of one layer's backward at their peak: at the SwiGLU backward, h is freed
-/// and dh, dg, du live (+2 F), beside the incoming gradient, the gradient being built and the
-/// layer input (3 C), a LoRA scratch and a dequantised or converted weight row block.
-fn layer_backward_scratch(cfg: &ModelConfig, lora: &LoraConfig, n: usize) -> usize {
-    let (c, f) = (cfg.hidden, cfg.intermediate);
-    let widest = cfg.intermediate.max(cfg.hidden).max(cfg.q_dim());
+/// A layer's backward at its peak, beside the residual-stream buffers counted by [`plan`]:
+/// the layer's activations `acts` and the temporaries alive with them (see
+/// `layer_backward` and `linear_backward`), at whichever of two points holds more:
+/// - the down projection's backward: every activation, dh (F), and the LoRA backward's
+///   dxa (r) and, with dropout, d drop(x) and its masked copy (2 F);
+/// - the SwiGLU backward: h is freed and dh, dg, du live (+2 F).
+///
+/// On the GPU a dequantised or converted weight row block (the widest projection) may live
+/// beside them. Measured on the CPU backend for the tiny model, within a few values per token.
+fn layer_backward_peak(
+    cfg: &ModelConfig,
+    lora: &LoraConfig,
+    n: usize,
+    acts: usize,
+    device: PlanDevice,
+) -> usize {
+    let f = cfg.intermediate;
+    let down_lora = if targets(cfg, lora).contains(&Target::Down) {
+        n * lora.r + if lora.dropout > 0.0 { 2 * n * f } else { 0 }
+    } else {
+        0
+    };
+    let at_down = acts + n * f + down_lora;
     // Phi-3 joins dg and du into one (N, 2F) gradient for gate_up_proj.
-    let joined = if cfg.fused_proj { 2 * f } else { 0 };
-    n * (2 * f + 3 * c + joined) + n * lora.r + n * widest
+    let joined = if cfg.fused_proj { 2 * n * f } else { 0 };
+    let at_swiglu = acts + 2 * n * f + joined;
+    let widest = cfg.intermediate.max(cfg.hidden).max(cfg.q_dim());
+    at_down.max(at_swiglu)
+        + match device {
+            PlanDevice::Cuda => n * widest,
+            PlanDevice::Cpu => 0,
+        }
 }
 
 /// The adapter's targets as the model resolves them (Phi-3's all-linear is its four fused
@@ -158,8 +182,25 @@ fn attention_scores(cfg: &ModelConfig, seq: usize, dtype: DType) -> usize {
     (SCORES_BUDGET / per_head).clamp(1, cfg.kv_heads.max(1)) * per_head
 }
 
+/// Where the step runs: the GPU attention holds its scores in device memory for long
+/// sequences; the CPU's works in tiles of host memory outside the accounting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlanDevice {
+    Cpu,
+    Cuda,
+}
+
 /// The predicted peak for micro-batches of `tokens` tokens in sequences of at most `seq`,
 /// with activations and frozen weights stored as `dtype`.
+///
+/// A step's activations peak in one of two places, whichever is larger (see
+/// `Model::forward_backward_with`):
+/// - the loss: every kept layer input, the last hidden state, its norm, the norm's
+///   gradient and rstd, and the (chunk, V) logits of the fused LM head and loss;
+/// - the backward of the last layer: every kept layer input, the incoming and the
+///   outgoing gradient, the layer's activations (recomputed with checkpointing) and its
+///   backward temporaries (with the GPU attention's scores).
+#[allow(clippy::too_many_arguments)]
 pub fn plan(
     cfg: &ModelConfig,
     lora: &LoraConfig,
@@ -168,32 +209,66 @@ pub fn plan(
     ckpt: Checkpointing,
     loss_chunk: usize,
     dtype: DType,
+    device: PlanDevice,
 ) -> MemoryPlan {
     let n = tokens;
     let c = cfg.hidden;
     let bytes = dtype.size();
     let lora_values = cfg.layers * lora_values_per_layer(cfg, lora);
-    // value, gradient, and AdamW's two moments
-    let lora_and_optimizer = 4 * lora_values * F32;
-    let kept = match ckpt {
-        // every layer's input, and the layer being recomputed
-        Checkpointing::EveryLayer => cfg.layers * n * c + layer_acts(cfg, lora, n, true),
-        // the layer's input back from the host, and the layer being recomputed
-        Checkpointing::EveryLayerOnHost => n * c + layer_acts(cfg, lora, n, true),
-        Checkpointing::Off => cfg.layers * (n * c + layer_acts(cfg, lora, n, true)),
+    // value, gradient, and AdamW's two moments; on the GPU with 16-bit activations, a copy
+    // of the values in that type for the step's GEMMs
+    let compute_copies = match device {
+        PlanDevice::Cuda if bytes < F32 => lora_values * bytes,
+        _ => 0,
     };
-    // final norm output, its gradient and rstd, the running gradient
-    let head = (3 * n * c + 2 * n) * bytes;
+    let lora_and_optimizer = 4 * lora_values * F32 + compute_copies;
+    let acts = layer_acts(cfg, lora, n, true);
+    // Layer inputs (n, c) on the device at the loss and in backward, and the activations
+    // kept for every layer.
+    let (inputs_at_loss, inputs, every_layer_acts) = match ckpt {
+        Checkpointing::EveryLayer => (cfg.layers, cfg.layers, 0),
+        // parked in host memory; the layer being run back brings its own back
+        Checkpointing::EveryLayerOnHost => (0, 1, 0),
+        Checkpointing::Off => (cfg.layers, cfg.layers, cfg.layers * acts),
+    };
+    // With the inputs on the host, each layer's attention lse (n, heads) stays on the device
+    // until its backward; on the GPU the next layer's input and attention output are
+    // fetched back ahead of use (from before the loss on).
+    let (kept_lse, ahead) = match ckpt {
+        Checkpointing::EveryLayerOnHost => (
+            n * cfg.heads * F32,
+            match device {
+                PlanDevice::Cuda => n * (c + cfg.q_dim()) * bytes,
+                PlanDevice::Cpu => 0,
+            },
+        ),
+        _ => (0, 0),
+    };
+    // the last hidden state, its norm and the norm's gradient (n, c) and rstd (n)
+    let at_loss_values = (inputs_at_loss + 3) * n * c + n + every_layer_acts;
     // the f32 logits chunk, and its gradient in the compute dtype when that is narrower
-    let chunk = loss_chunk.min(n) * cfg.vocab;
+    let chunk = loss_chunk.clamp(1, n.max(1)) * cfg.vocab;
     let logits = chunk * F32 + if bytes < F32 { chunk * bytes } else { 0 };
-    let activations = (kept + layer_backward_scratch(cfg, lora, n)) * bytes
-        + head
-        + logits
-        + attention_scores(cfg, seq.min(n), dtype);
+    let at_loss = at_loss_values * bytes + logits + cfg.layers * kept_lse + ahead;
+    // dx and dx_in beside the inputs, the final norm's rstd (kept to the end of the
+    // step), and the layer's backward; with checkpointing the layer was just recomputed,
+    // without it the earlier layers' activations wait their turn
+    let in_backward_values = (inputs + 2) * n * c
+        + n
+        + layer_backward_peak(cfg, lora, n, acts, device)
+        + match ckpt {
+            Checkpointing::Off => every_layer_acts - acts,
+            _ => 0,
+        };
+    let scores = match device {
+        PlanDevice::Cuda => attention_scores(cfg, seq.min(n), dtype),
+        PlanDevice::Cpu => 0,
+    };
+    let in_backward =
+        in_backward_values * bytes + scores + cfg.layers.saturating_sub(1) * kept_lse + ahead;
     MemoryPlan {
         weights: weight_values(cfg) * bytes,
         lora_and_optimizer,
-        activations,
+        activations: at_loss.max(in_backward),
     }
 }

@@ -1,19 +1,14 @@
 //! The memory plan against the CPU backend's measured peak for the same step: the plan must
-//! not under-predict, and must stay within 1.5x of what was really allocated.
+//! not under-predict, and must stay within 10% of what was really allocated.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use temper_core::{Backend, CpuBackend};
-use temper_model::plan::plan;
+use temper_model::plan::{plan, PlanDevice};
 use temper_model::{Checkpointing, LmRows, LoraConfig, LoraParams, Model, StepCtx, Target};
 
-fn measured_and_predicted(ckpt: Checkpointing, dropout: f32) -> (usize, usize) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tiny/model");
-    measured_and_predicted_in(&dir, ckpt, dropout)
-}
-
-fn measured_and_predicted_in(dir: &Path, ckpt: Checkpointing, dropout: f32) -> (usize, usize) {
+fn measured_and_predicted(dir: &Path, ckpt: Checkpointing, dropout: f32) -> (usize, usize) {
     let be = Arc::new(CpuBackend::new());
     let model = Model::load(be.clone(), dir).expect("model");
     let lora_cfg = LoraConfig {
@@ -58,29 +53,70 @@ fn measured_and_predicted_in(dir: &Path, ckpt: Checkpointing, dropout: f32) -> (
         ckpt,
         model.loss_chunk,
         temper_core::DType::F32,
+        PlanDevice::Cpu,
     )
     .total();
     (be.peak_bytes(), predicted)
 }
 
+/// The embedded default model (the peak is in a layer's backward), qwen3-tiny (per-head
+/// norms, tied embeddings), and a model whose vocabulary dwarfs its layers (the peak is at
+/// the loss, in the logits chunk).
+fn models(dir: &Path) -> Vec<(String, std::path::PathBuf)> {
+    let mut out = vec![(
+        "tiny".to_string(),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tiny/model"),
+    )];
+    let qwen = temper_model::init::shape("qwen3-tiny")
+        .expect("shape")
+        .clone();
+    let big_vocab = temper_model::init::Shape {
+        name: "big-vocab",
+        hidden: 64,
+        intermediate: 128,
+        layers: 2,
+        heads: 2,
+        kv_heads: 1,
+        head_dim: 32,
+        vocab: 16384,
+        max_positions: 512,
+        ..qwen.clone()
+    };
+    for shape in [qwen, big_vocab] {
+        let d = dir.join(shape.name);
+        temper_model::init::write_random_model(&shape, &d, 5).expect("write model");
+        out.push((shape.name.to_string(), d));
+    }
+    out
+}
+
 #[test]
 fn the_plan_bounds_the_measured_peak_closely() {
-    for (ckpt, dropout) in [
-        (Checkpointing::EveryLayer, 0.0),
-        (Checkpointing::EveryLayer, 0.1),
-        (Checkpointing::EveryLayerOnHost, 0.0),
-        (Checkpointing::Off, 0.0),
-    ] {
-        let (measured, predicted) = measured_and_predicted(ckpt, dropout);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for (name, dir) in models(tmp.path()) {
+        for (ckpt, dropout) in [
+            (Checkpointing::EveryLayer, 0.0),
+            (Checkpointing::EveryLayer, 0.1),
+            (Checkpointing::EveryLayerOnHost, 0.0),
+            (Checkpointing::Off, 0.0),
+        ] {
+            check(&name, &dir, ckpt, dropout);
+        }
+    }
+}
+
+fn check(name: &str, dir: &Path, ckpt: Checkpointing, dropout: f32) {
+    {
+        let (measured, predicted) = measured_and_predicted(dir, ckpt, dropout);
         let ratio = predicted as f64 / measured as f64;
-        println!("{ckpt:?} dropout {dropout}: measured {measured} bytes, predicted {predicted} ({ratio:.3}x)");
+        println!("{name} {ckpt:?} dropout {dropout}: measured {measured} bytes, predicted {predicted} ({ratio:.3}x)");
         assert!(
             predicted >= measured,
-            "{ckpt:?}: the plan under-predicts: {predicted} < {measured}"
+            "{name} {ckpt:?}: the plan under-predicts: {predicted} < {measured}"
         );
         assert!(
-            ratio <= 1.5,
-            "{ckpt:?}: the plan is {ratio:.2}x the measured peak"
+            ratio <= 1.10,
+            "{name} {ckpt:?}: the plan is {ratio:.2}x the measured peak"
         );
     }
 }
@@ -93,7 +129,7 @@ fn the_plan_bounds_phi3_and_gemma2_peaks() {
         let dir = tempfile::tempdir().expect("tempdir");
         temper_model::init::write_random_model(shape, dir.path(), 5).expect("writes");
         for ckpt in [Checkpointing::EveryLayer, Checkpointing::Off] {
-            let (measured, predicted) = measured_and_predicted_in(dir.path(), ckpt, 0.0);
+            let (measured, predicted) = measured_and_predicted(dir.path(), ckpt, 0.0);
             let ratio = predicted as f64 / measured as f64;
             println!(
                 "{name} {ckpt:?}: measured {measured} bytes, predicted {predicted} ({ratio:.3}x)"

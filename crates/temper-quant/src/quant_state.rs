@@ -335,16 +335,35 @@ impl QuantState {
                     format!("is {:?} {:?}; expected F32 ({n},)", t.dtype, t.shape),
                 ));
             }
-            Ok(t.data
+            let values: Vec<f32> = t
+                .data
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect())
+                .collect();
+            // A NaN or infinite scale turns its whole block into NaN or infinity.
+            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                return Err(bad(
+                    key,
+                    format!(
+                        "holds a non-finite value ({}) at index {i}: the file is damaged or was \
+                         saved from a diverged run; use an intact copy of the weights",
+                        values[i]
+                    ),
+                ));
+            }
+            Ok(values)
         };
         let absmax = if meta.get("nested_offset").is_some() {
             let offset = field("nested_offset")?
                 .as_f64()
                 .ok_or_else(|| bad(&json_key, "`nested_offset` is not a number".into()))?
                 as f32;
+            if !offset.is_finite() {
+                return Err(bad(
+                    &json_key,
+                    format!("`nested_offset` is {offset}, not a finite number"),
+                ));
+            }
             let nb = field("nested_blocksize")?.as_u64();
             if nb != Some(NESTED_BLOCKSIZE as u64) {
                 return Err(bad(

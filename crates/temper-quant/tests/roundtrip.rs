@@ -186,6 +186,48 @@ fn quant_state_round_trips_through_its_tensors() {
         )
         .expect_err("missing absmax");
         assert!(e.to_string().contains("q_proj.weight.absmax"), "{e}");
+
+        // A non-finite scale (a plain absmax, or the nested one of double quantisation) is
+        // refused, naming the tensor: it would turn its whole block into NaN.
+        let (scales, at) = if double {
+            ("m.layers.0.q_proj.weight.nested_absmax", 0)
+        } else {
+            ("m.layers.0.q_proj.weight.absmax", 1)
+        };
+        for bad in [f32::NAN, f32::INFINITY] {
+            let mut damaged: Vec<_> = ts
+                .iter()
+                .map(|t| (t.name.clone(), t.dtype, t.shape.clone(), t.data.clone()))
+                .collect();
+            let (_, _, _, data) = damaged
+                .iter_mut()
+                .find(|(n, ..)| n == scales)
+                .expect("the scales");
+            data[4 * at..4 * at + 4].copy_from_slice(&bad.to_le_bytes());
+            let get_damaged = |name: &str| {
+                damaged
+                    .iter()
+                    .find(|(n, ..)| n == name)
+                    .map(|(_, dtype, shape, data)| TensorRef {
+                        dtype: *dtype,
+                        shape: shape.clone(),
+                        data,
+                    })
+            };
+            let e = QuantState::from_tensors(
+                std::path::Path::new("mem"),
+                "m.layers.0.q_proj.weight",
+                get_damaged,
+            )
+            .expect_err("a non-finite scale");
+            let e = e.to_string();
+            assert!(
+                e.contains(&format!("tensor `{scales}`"))
+                    && e.contains("non-finite value")
+                    && e.contains(&format!("at index {at}")),
+                "{e}"
+            );
+        }
     }
 }
 

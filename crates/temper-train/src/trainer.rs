@@ -237,6 +237,9 @@ pub struct TrainSummary {
     pub interrupted: bool,
     /// The step this run started from (0, or the checkpoint's when resuming).
     pub start_step: u64,
+    /// The steps the run was asked for (max_steps, or from num_train_epochs): a resumed
+    /// run whose checkpoint is at or past it has nothing to train.
+    pub total_steps: u64,
     /// True when `early_stopping_patience` ended training.
     pub early_stopped: bool,
     /// (step, eval loss) of the best evaluation during training.
@@ -507,6 +510,7 @@ pub fn train_eval<B: Backend>(
         adapter_dir: s.output_dir.clone(),
         interrupted: false,
         start_step,
+        total_steps,
         early_stopped: false,
         best: None,
         last_eval: None,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use temper_core::{Backend, DType};
-use temper_model::plan::{plan, MemoryPlan};
+use temper_model::plan::{plan, MemoryPlan, PlanDevice};
 use temper_model::ModelConfig;
 
 use crate::config::{self, TrainPlan};
@@ -21,8 +21,13 @@ pub struct PlanArgs {
 const LOSS_CHUNK: usize = 1024;
 
 /// The prediction for a resolved training plan: micro-batches of at most
-/// per_device_train_batch_size rows of max_seq_len tokens.
-pub fn predict(p: &TrainPlan, dtype: DType) -> Result<(ModelConfig, MemoryPlan)> {
+/// per_device_train_batch_size rows of max_seq_len tokens, on `device` in `dtype`. `temper
+/// plan` and `temper train` both call it, so the two never disagree.
+pub fn predict(
+    p: &TrainPlan,
+    dtype: DType,
+    device: PlanDevice,
+) -> Result<(ModelConfig, MemoryPlan)> {
     let cfg = ModelConfig::from_dir(&p.model_dir)?;
     let tokens = p
         .settings
@@ -45,6 +50,7 @@ pub fn predict(p: &TrainPlan, dtype: DType) -> Result<(ModelConfig, MemoryPlan)>
         p.settings.checkpointing,
         LOSS_CHUNK,
         dtype,
+        device,
     );
     let m = match p.load.quantize {
         Some(q) => MemoryPlan {
@@ -122,20 +128,20 @@ pub fn run(args: PlanArgs) -> Result<()> {
     p.model_dir = crate::model_source::resolve(&p.model_dir)?;
     // The device `train` would run on, opened as `train` opens it, so the prediction is the
     // one `train` makes. `device: cuda` on a machine without a GPU is planned as that GPU.
-    let dtype = match crate::device::resolve(&p.device, &p.dtype) {
-        Ok(DeviceChoice::Cpu) => DType::F32,
-        Ok(DeviceChoice::Cuda(be)) => be.compute_dtype(),
+    let (dtype, device) = match crate::device::resolve(&p.device, &p.dtype) {
+        Ok(DeviceChoice::Cpu) => (DType::F32, PlanDevice::Cpu),
+        Ok(DeviceChoice::Cuda(be)) => (be.compute_dtype(), PlanDevice::Cuda),
         Err(e) if p.device == "cuda" => {
             let d = match p.dtype.as_str() {
                 "auto" => DType::BF16,
                 d => d.parse::<DType>().map_err(anyhow::Error::msg)?,
             };
             eprintln!("device: no usable GPU here ({e:#}); planned as a GPU would run it in {d}");
-            d
+            (d, PlanDevice::Cuda)
         }
         Err(e) => return Err(e),
     };
-    let (cfg, m) = predict(&p, dtype)?;
+    let (cfg, m) = predict(&p, dtype, device)?;
     println!(
         "model: {} layers, hidden {}, vocab {}; micro-batch {} x {} tokens; checkpointing {:?}; {dtype}",
         cfg.layers,

@@ -44,7 +44,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         None
     };
     let timeout = plan.dist_timeout;
-    match device::resolve_on(&plan.device, &plan.dtype, rank.local_rank)? {
+    match device::resolve_on(&plan.device, &plan.dtype, rank.local_rank, rank.is_lead())? {
         DeviceChoice::Cpu => {
             let backend = plan.dist_backend;
             run_on(Arc::new(CpuBackend::new()), plan, &rank, |_| {
@@ -90,7 +90,11 @@ fn run_on<B: Backend + 'static>(
     join: impl FnOnce(&B) -> Result<Box<dyn Collective<B>>>,
 ) -> Result<()> {
     let lead = rank.is_lead();
-    let (_, predicted) = crate::commands::plan::predict(&plan, be.compute_dtype())?;
+    let device = match be.name() {
+        "cpu" => temper_model::plan::PlanDevice::Cpu,
+        _ => temper_model::plan::PlanDevice::Cuda,
+    };
+    let (_, predicted) = crate::commands::plan::predict(&plan, be.compute_dtype(), device)?;
     if lead {
         eprintln!("{}", crate::commands::plan::memory_line(&predicted));
     }
@@ -199,6 +203,22 @@ fn run_on<B: Backend + 'static>(
     if !lead {
         return finish(summary.interrupted);
     }
+    if summary.steps == 0 && !summary.interrupted {
+        // A resumed run that was already finished: its metrics, eval and files are there.
+        eprintln!(
+            "nothing to train: the checkpoint is at step {}, {} this run's {} steps; raise \
+             max_steps (or num_train_epochs) to train further",
+            summary.start_step,
+            if summary.start_step == summary.total_steps {
+                "the last of"
+            } else {
+                "past"
+            },
+            summary.total_steps
+        );
+        eprintln!("adapter: {}", summary.adapter_dir.display());
+        return Ok(());
+    }
     eprintln!(
         "trained {} steps ({} trainable parameters) in {:.1}s; loss {:.4} -> {:.4}",
         summary.steps,
@@ -235,8 +255,13 @@ fn run_on<B: Backend + 'static>(
         // Written unless training evaluated these weights at this step already, or the
         // weights are the best step's (load_best_model_at_end), whose row is there.
         if !evaluated_at_end && !plan.eval.load_best_model_at_end {
-            let line =
-                serde_json::json!({"step": end_step, "eval_loss": loss, "eval_tokens": tokens});
+            // Keys in the order of the evaluation rows written during training.
+            let line = serde_json::to_string(&temper_train::EvalReport {
+                step: end_step,
+                eval_loss: loss,
+                eval_tokens: tokens,
+            })
+            .context("writing the final eval row")?;
             let path = s.output_dir.join("metrics.jsonl");
             let mut f = std::fs::OpenOptions::new()
                 .append(true)

@@ -45,6 +45,29 @@ impl CpuBackend {
     }
 }
 
+/// Takes `bytes` off the accounting when dropped: for temporaries that are not [`CpuBuf`]s.
+struct Uncount<'a>(&'a Accounting, usize);
+
+impl CpuBackend {
+    /// Counts the (chunk, V) f32 logits the fused LM head and loss work in while the guard
+    /// lives: the step's largest temporary for a big vocabulary, counted as the GPU's are.
+    fn count_logits_chunk(&self, n: usize, chunk: usize, v: usize) -> Uncount<'_> {
+        let bytes = if n == 0 {
+            0
+        } else {
+            chunk.clamp(1, n) * v * std::mem::size_of::<f32>()
+        };
+        self.accounting.add(bytes);
+        Uncount(&self.accounting, bytes)
+    }
+}
+
+impl Drop for Uncount<'_> {
+    fn drop(&mut self) {
+        self.0.sub(self.1);
+    }
+}
+
 /// A CPU buffer: f32 values, counted by the backend that made it until dropped.
 pub struct CpuBuf {
     data: Vec<f32>,
@@ -566,6 +589,7 @@ impl Backend for CpuBackend {
     ) -> Result<Vec<f32>> {
         check_len("linear_cross_entropy", "x", x.len(), targets.len() * c)?;
         check_len("linear_cross_entropy", "w", w.len(), v * c)?;
+        let _counted = self.count_logits_chunk(targets.len(), chunk, v);
         cross_entropy::linear_cross_entropy_capped(
             dx.map(|d| &mut d[..]),
             x,
@@ -592,6 +616,7 @@ impl Backend for CpuBackend {
     ) -> Result<Vec<f32>> {
         check_len("linear_cross_entropy", "x", x.len(), targets.len() * c)?;
         check_len("linear_cross_entropy", "w", w.len(), v * c)?;
+        let _counted = self.count_logits_chunk(targets.len(), chunk, v);
         cross_entropy::linear_cross_entropy(
             dx.map(|d| &mut d[..]),
             x,
