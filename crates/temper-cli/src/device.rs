@@ -75,9 +75,10 @@ pub fn resolve_on(choice: &str, dtype: &str, ordinal: usize, lead: bool) -> Resu
     }
 }
 
-/// Where the last reason for running on the CPU is kept: `~/.cache/temper/cpu-notice`.
+/// Where the last reason for running on the CPU is kept: `cpu-notice` in temper's cache
+/// folder (`temper_core::cache`).
 fn notice_marker() -> Option<PathBuf> {
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/temper/cpu-notice"))
+    temper_core::cache::dir("cpu-notice")
 }
 
 /// The line `device: auto` prints when it falls back to the CPU: the reason and its advice
