@@ -37,6 +37,18 @@ fn read_parquet_unguarded(path: &Path) -> Result<Vec<Record>> {
     })?;
     let reader =
         SerializedFileReader::new(file).map_err(|e| bad(format!("not a parquet file: {e}")))?;
+    // Page headers size the library's buffers before anything is decompressed: checked too.
+    let chunks: Vec<(u64, u64)> = reader
+        .metadata()
+        .row_groups()
+        .iter()
+        .flat_map(|g| g.columns())
+        .map(|c| {
+            let start = c.dictionary_page_offset().unwrap_or(c.data_page_offset());
+            (start.max(0) as u64, c.compressed_size().max(0) as u64)
+        })
+        .collect();
+    crate::parquet_footer::check_pages(path, &chunks)?;
     let rows = reader
         .get_row_iter(None)
         .map_err(|e| bad(format!("cannot read rows: {e}")))?;

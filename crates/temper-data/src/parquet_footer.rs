@@ -79,6 +79,72 @@ pub(crate) fn check_metadata(bytes: &[u8]) -> std::result::Result<(), String> {
     w.file_metadata()
 }
 
+/// The most bytes one page may declare once decompressed: the library allocates that much
+/// before it decompresses (real pages hold about a megabyte).
+const MAX_PAGE_BYTES: i64 = 256 << 20;
+
+/// A page header at the start of `bytes` (Thrift compact PageHeader): the uncompressed and
+/// compressed sizes it declares, and the header's own length.
+pub(crate) fn page_header(bytes: &[u8]) -> std::result::Result<(i64, i64, usize), String> {
+    let mut w = Walker { bytes, at: 0 };
+    let (mut uncompressed, mut compressed) = (None, None);
+    w.fields(1, |id, ty, w| {
+        if (id == 2 || id == 3) && Ty::Varint.matches(ty) {
+            let z = w.varint()?;
+            let v = (z >> 1) as i64 ^ -((z & 1) as i64);
+            if id == 2 {
+                uncompressed = Some(v);
+            } else {
+                compressed = Some(v);
+            }
+            return Ok(true);
+        }
+        Ok(false)
+    })?;
+    match (uncompressed, compressed) {
+        (Some(u), Some(c)) if u >= 0 && c >= 0 => Ok((u, c, w.at)),
+        _ => Err("a page header without valid sizes".into()),
+    }
+}
+
+/// Checks every page header of the column chunks the footer lists (`chunks`: the byte
+/// range of each): no page may declare more than [`MAX_PAGE_BYTES`] once decompressed, as
+/// the library would allocate that much before reading it. Reads only the headers.
+pub(crate) fn check_pages(path: &Path, chunks: &[(u64, u64)]) -> Result<()> {
+    let bad = |message: String| DataError::Config {
+        path: path.to_path_buf(),
+        message: format!("not a readable parquet file: {message}"),
+    };
+    let io = |source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let len = f.metadata().map_err(io)?.len();
+    let mut head = vec![0u8; 64 << 10];
+    for &(start, size) in chunks {
+        let end = start.saturating_add(size).min(len);
+        let mut at = start;
+        while at < end {
+            f.seek(SeekFrom::Start(at)).map_err(io)?;
+            let n = ((end - at) as usize).min(head.len());
+            f.read_exact(&mut head[..n]).map_err(io)?;
+            let (uncompressed, compressed, header) = page_header(&head[..n])
+                .map_err(|m| bad(format!("the page header at byte {at}: {m}")))?;
+            if uncompressed > MAX_PAGE_BYTES {
+                return Err(bad(format!(
+                    "the page at byte {at} claims {uncompressed} bytes once decompressed, more than the {} MiB temper reads in one page (the file is damaged)",
+                    MAX_PAGE_BYTES >> 20
+                )));
+            }
+            at = at
+                .saturating_add(header as u64)
+                .saturating_add(compressed as u64);
+        }
+    }
+    Ok(())
+}
+
 struct Walker<'a> {
     bytes: &'a [u8],
     at: usize,

@@ -36,3 +36,14 @@ fn a_tag_whose_open_and_close_overlap_compiles_or_fails_cleanly() {
         let _ = temper_data::ChatTemplate::new(&src, None, None);
     }
 }
+
+#[test]
+fn a_page_claiming_gigabytes_once_decompressed_is_refused_before_the_library_allocates() {
+    let f = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/fuzz/dataset_parquet/page-claims-1.5g-decompressed.parquet");
+    let e = temper_data::read_records(&f)
+        .expect_err("a damaged page header")
+        .to_string();
+    assert!(e.contains("once decompressed"), "{e}");
+    assert!(e.contains("page-claims-1.5g-decompressed.parquet"), "{e}");
+}
