@@ -83,15 +83,64 @@ pub(crate) fn check_metadata(bytes: &[u8]) -> std::result::Result<(), String> {
 /// before it decompresses (real pages hold about a megabyte).
 const MAX_PAGE_BYTES: i64 = 256 << 20;
 
-/// A page header at the start of `bytes` (Thrift compact PageHeader): the uncompressed and
-/// compressed sizes it declares, and the header's own length.
-pub(crate) fn page_header(bytes: &[u8]) -> std::result::Result<(i64, i64, usize), String> {
+/// The most entries a dictionary page may declare: the library makes room for all of them
+/// (tens of bytes each) before decoding one (writers keep dictionary pages near a megabyte).
+const MAX_DICTIONARY_VALUES: i64 = 1 << 24;
+
+/// What a page header declares (Thrift compact PageHeader).
+struct PageSizes {
+    uncompressed: i64,
+    compressed: i64,
+    /// Entries of a dictionary page (its DictionaryPageHeader's num_values).
+    dictionary_values: Option<i64>,
+    /// The header's own length in bytes.
+    header: usize,
+}
+
+fn zigzag(z: u64) -> i64 {
+    (z >> 1) as i64 ^ -((z & 1) as i64)
+}
+
+// A page header's structs as parquet.thrift defines them (the library reads each known
+// field as this type whatever the header declares, as in the footer).
+const DATA_PAGE_HEADER: &[(i64, Ty)] = &[
+    (1, Ty::Varint),
+    (2, Ty::Varint),
+    (3, Ty::Varint),
+    (4, Ty::Varint),
+    (5, Ty::Struct(STATISTICS)),
+];
+const DICTIONARY_PAGE_HEADER: &[(i64, Ty)] = &[(1, Ty::Varint), (2, Ty::Varint), (3, Ty::Bool)];
+const DATA_PAGE_HEADER_V2: &[(i64, Ty)] = &[
+    (1, Ty::Varint),
+    (2, Ty::Varint),
+    (3, Ty::Varint),
+    (4, Ty::Varint),
+    (5, Ty::Varint),
+    (6, Ty::Varint),
+    (7, Ty::Bool),
+    (8, Ty::Struct(STATISTICS)),
+];
+const PAGE_HEADER: &[(i64, Ty)] = &[
+    (1, Ty::Varint),
+    (2, Ty::Varint),
+    (3, Ty::Varint),
+    (4, Ty::Varint),
+    (5, Ty::Struct(DATA_PAGE_HEADER)),
+    (6, Ty::Struct(EMPTY)),
+    (7, Ty::Struct(DICTIONARY_PAGE_HEADER)),
+    (8, Ty::Struct(DATA_PAGE_HEADER_V2)),
+];
+
+/// The page header at the start of `bytes`.
+fn page_header(bytes: &[u8]) -> std::result::Result<PageSizes, String> {
+    // Every known field declared with the type the library reads, before any is taken.
+    Walker { bytes, at: 0 }.typed_struct(PAGE_HEADER, 1, false)?;
     let mut w = Walker { bytes, at: 0 };
-    let (mut uncompressed, mut compressed) = (None, None);
+    let (mut uncompressed, mut compressed, mut dictionary_values) = (None, None, None);
     w.fields(1, |id, ty, w| {
         if (id == 2 || id == 3) && Ty::Varint.matches(ty) {
-            let z = w.varint()?;
-            let v = (z >> 1) as i64 ^ -((z & 1) as i64);
+            let v = zigzag(w.varint()?);
             if id == 2 {
                 uncompressed = Some(v);
             } else {
@@ -99,10 +148,25 @@ pub(crate) fn page_header(bytes: &[u8]) -> std::result::Result<(i64, i64, usize)
             }
             return Ok(true);
         }
+        if id == 7 && ty == code::STRUCT {
+            w.fields(2, |id, ty, w| {
+                if id == 1 && Ty::Varint.matches(ty) {
+                    dictionary_values = Some(zigzag(w.varint()?));
+                    return Ok(true);
+                }
+                Ok(false)
+            })?;
+            return Ok(true);
+        }
         Ok(false)
     })?;
     match (uncompressed, compressed) {
-        (Some(u), Some(c)) if u >= 0 && c >= 0 => Ok((u, c, w.at)),
+        (Some(u), Some(c)) if u >= 0 && c >= 0 => Ok(PageSizes {
+            uncompressed: u,
+            compressed: c,
+            dictionary_values,
+            header: w.at,
+        }),
         _ => Err("a page header without valid sizes".into()),
     }
 }
@@ -129,8 +193,16 @@ pub(crate) fn check_pages(path: &Path, chunks: &[(u64, u64)]) -> Result<()> {
             f.seek(SeekFrom::Start(at)).map_err(io)?;
             let n = ((end - at) as usize).min(head.len());
             f.read_exact(&mut head[..n]).map_err(io)?;
-            let (uncompressed, compressed, header) = page_header(&head[..n])
+            let page = page_header(&head[..n])
                 .map_err(|m| bad(format!("the page header at byte {at}: {m}")))?;
+            let uncompressed = page.uncompressed;
+            if let Some(values) = page.dictionary_values {
+                if values < 0 || values > MAX_DICTIONARY_VALUES || values > uncompressed {
+                    return Err(bad(format!(
+                        "the dictionary page at byte {at} claims {values} entries in {uncompressed} bytes (at most one per byte and {MAX_DICTIONARY_VALUES} in all; the file is damaged)"
+                    )));
+                }
+            }
             if uncompressed > MAX_PAGE_BYTES {
                 return Err(bad(format!(
                     "the page at byte {at} claims {uncompressed} bytes once decompressed, more than the {} MiB temper reads in one page (the file is damaged)",
@@ -138,8 +210,8 @@ pub(crate) fn check_pages(path: &Path, chunks: &[(u64, u64)]) -> Result<()> {
                 )));
             }
             at = at
-                .saturating_add(header as u64)
-                .saturating_add(compressed as u64);
+                .saturating_add(page.header as u64)
+                .saturating_add(page.compressed as u64);
         }
     }
     Ok(())
@@ -502,7 +574,7 @@ impl Walker<'_> {
             if !ty.matches(declared) {
                 return Err(format!(
                     "field {id} before byte {} is declared as type {declared}, but parquet \
-                     reads {} there (the footer is damaged)",
+                     reads {} there (the file is damaged)",
                     w.at,
                     ty.name()
                 ));
@@ -529,7 +601,7 @@ impl Walker<'_> {
                 if n > 0 && !elem.matches(elem_code) {
                     return Err(format!(
                         "a list before byte {} holds type {elem_code}, but parquet reads {} \
-                         there (the footer is damaged)",
+                         there (the file is damaged)",
                         self.at,
                         elem.name()
                     ));

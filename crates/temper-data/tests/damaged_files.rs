@@ -47,3 +47,13 @@ fn a_page_claiming_gigabytes_once_decompressed_is_refused_before_the_library_all
     assert!(e.contains("once decompressed"), "{e}");
     assert!(e.contains("page-claims-1.5g-decompressed.parquet"), "{e}");
 }
+
+#[test]
+fn a_dictionary_page_claiming_more_entries_than_bytes_is_refused() {
+    let f = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/fuzz/dataset_parquet/dictionary-claims-642m-entries.parquet");
+    let e = temper_data::read_records(&f)
+        .expect_err("a damaged dictionary page")
+        .to_string();
+    assert!(e.contains("dictionary page"), "{e}");
+}
