@@ -197,7 +197,7 @@ pub(crate) fn check_pages(path: &Path, chunks: &[(u64, u64)]) -> Result<()> {
                 .map_err(|m| bad(format!("the page header at byte {at}: {m}")))?;
             let uncompressed = page.uncompressed;
             if let Some(values) = page.dictionary_values {
-                if values < 0 || values > MAX_DICTIONARY_VALUES || values > uncompressed {
+                if !(0..=MAX_DICTIONARY_VALUES).contains(&values) || values > uncompressed {
                     return Err(bad(format!(
                         "the dictionary page at byte {at} claims {values} entries in {uncompressed} bytes (at most one per byte and {MAX_DICTIONARY_VALUES} in all; the file is damaged)"
                     )));
