@@ -28,16 +28,24 @@ pub(crate) const MAX_ROW_GROUPS: u64 = i16::MAX as u64;
 /// Nesting of structs and lists in a footer (a real schema nests a few levels).
 const MAX_DEPTH: usize = 64;
 
-/// Checks the footer of the Parquet file at `path`.
-pub(crate) fn check(path: &Path) -> Result<()> {
-    let bad = |message: String| DataError::Config {
+/// The error for a file the library must not be given, naming it.
+fn not_readable(path: &Path) -> impl Fn(String) -> DataError + Copy + '_ {
+    move |message| DataError::Config {
         path: path.to_path_buf(),
         message: format!("not a readable parquet file: {message}"),
-    };
-    let io = |source| DataError::Io {
+    }
+}
+
+fn io_error(path: &Path) -> impl Fn(std::io::Error) -> DataError + Copy + '_ {
+    move |source| DataError::Io {
         path: path.to_path_buf(),
         source,
-    };
+    }
+}
+
+/// Checks the footer of the Parquet file at `path`.
+pub(crate) fn check(path: &Path) -> Result<()> {
+    let (bad, io) = (not_readable(path), io_error(path));
     let mut f = std::fs::File::open(path).map_err(io)?;
     let len = f.metadata().map_err(io)?.len();
     if len < 12 {
@@ -175,14 +183,7 @@ fn page_header(bytes: &[u8]) -> std::result::Result<PageSizes, String> {
 /// range of each): no page may declare more than [`MAX_PAGE_BYTES`] once decompressed, as
 /// the library would allocate that much before reading it. Reads only the headers.
 pub(crate) fn check_pages(path: &Path, chunks: &[(u64, u64)]) -> Result<()> {
-    let bad = |message: String| DataError::Config {
-        path: path.to_path_buf(),
-        message: format!("not a readable parquet file: {message}"),
-    };
-    let io = |source| DataError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let (bad, io) = (not_readable(path), io_error(path));
     let mut f = std::fs::File::open(path).map_err(io)?;
     let len = f.metadata().map_err(io)?.len();
     let mut head = vec![0u8; 64 << 10];
