@@ -654,9 +654,10 @@ __device__ void flash_bwd_dq(T* dq, const T* q, const T* k, const T* v, const T*
         store_rows<T, SD, NO>(Qs, warp * WR + 16 * f, dqa[f], sc, dq + qoff, qstride, row0 + 16 * f, 0, len, lane);
 }
 
-// Entry points per storage type and head dim, with the tile sizes each head dim uses (the
-// host's table in src/cuda/flash.rs must agree): forward key tile and blocks of 16 queries per
-// warp, dkv query tile and column chunk, dq key tile and blocks of 16 queries per warp.
+// Entry points per storage type and head dim, with the tile sizes each head dim uses: forward
+// key tile and blocks of 16 queries per warp, dkv query tile and column chunk, dq key tile and
+// blocks of 16 queries per warp. The host (src/cuda/flash.rs) reads the FLASH_DIMS lines below
+// for the same numbers (grids and shared memory), so they are written only here.
 #define FLASH(sfx, T, D, FWD_BC, FWD_FM, DKV_BQ, DKV_DC, DQ_BC, DQ_FM)                                                              \
     extern "C" __global__ void __launch_bounds__(FA_THREADS)                                                       \
         flash_fwd_##sfx##_d##D(T* out, float* lse, const T* q, const T* k, const T* v, const unsigned int* tiles, \

@@ -32,6 +32,38 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("quant.cu", include_str!("../../kernels/quant.cu")),
 ];
 
+/// Kernel tuning without a rebuild: when `TEMPER_KERNEL_SOURCES` names a folder, a kernel file
+/// found there (same name as in `SOURCES`, with `common.cuh` beside it if it includes it)
+/// replaces the built-in one. Unset in normal use.
+pub fn source_override_dir() -> Option<PathBuf> {
+    std::env::var_os("TEMPER_KERNEL_SOURCES")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+/// The text of `file` in the override folder `dir`, with its `common.cuh` include expanded from
+/// the same folder when one is there; `None` when the folder has no such file.
+pub fn read_override(dir: &std::path::Path, file: &str) -> Result<Option<String>> {
+    let path = dir.join(file);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p).map_err(|e| {
+            CoreError::Device(format!(
+                "TEMPER_KERNEL_SOURCES: could not read {}: {e}; unset the variable to use the built-in kernels",
+                p.display()
+            ))
+        })
+    };
+    let mut text = read(&path)?;
+    let header = dir.join("common.cuh");
+    if header.exists() {
+        text = text.replace("#include \"common.cuh\"", &read(&header)?);
+    }
+    Ok(Some(text))
+}
+
 /// The virtual architectures temper compiles for, oldest first (T4 .. H100/H200).
 pub const ARCHS: &[(u32, &str)] = &[
     (75, "compute_75"),

@@ -24,9 +24,9 @@ const BK: usize = 64;
 const THREADS: u32 = 128;
 const PAD: usize = 8;
 
-/// A head dim with flash kernels and the tile sizes its entry points are instantiated with
-/// (FLASH_DIMS in the kernel source: the two must agree).
-#[derive(Clone, Copy, Debug)]
+/// A head dim with flash kernels and the tile sizes its entry points are instantiated with,
+/// read from the kernel source's FLASH_DIMS lines (the one place they are written).
+#[derive(Clone, Copy, Debug, PartialEq)]
 struct FlashDim {
     d: usize,
     /// Keys per shared tile of the forward.
@@ -42,53 +42,50 @@ struct FlashDim {
     dq_fm: usize,
 }
 
-const FLASH_DIMS: [FlashDim; 5] = [
-    FlashDim {
-        d: 64,
-        fwd_bc: 64,
-        fwd_fm: 2,
-        dkv_bq: 64,
-        dkv_dc: 64,
-        dq_bc: 32,
-        dq_fm: 2,
-    },
-    FlashDim {
-        d: 80,
-        fwd_bc: 64,
-        fwd_fm: 2,
-        dkv_bq: 32,
-        dkv_dc: 80,
-        dq_bc: 32,
-        dq_fm: 2,
-    },
-    FlashDim {
-        d: 96,
-        fwd_bc: 64,
-        fwd_fm: 2,
-        dkv_bq: 32,
-        dkv_dc: 96,
-        dq_bc: 32,
-        dq_fm: 2,
-    },
-    FlashDim {
-        d: 128,
-        fwd_bc: 32,
-        fwd_fm: 2,
-        dkv_bq: 32,
-        dkv_dc: 128,
-        dq_bc: 32,
-        dq_fm: 2,
-    },
-    FlashDim {
-        d: 256,
-        fwd_bc: 32,
-        fwd_fm: 1,
-        dkv_bq: 32,
-        dkv_dc: 128,
-        dq_bc: 32,
-        dq_fm: 1,
-    },
-];
+/// The instantiations in a flash kernel source: each `FLASH(sfx, T, D, FWD_BC, FWD_FM, DKV_BQ,
+/// DKV_DC, DQ_BC, DQ_FM)` line of its FLASH_DIMS macro.
+fn dims_in_source(source: &str) -> Result<Vec<FlashDim>> {
+    let mut dims = vec![];
+    for line in source.lines() {
+        let Some(rest) = line.trim_start().strip_prefix("FLASH(sfx, T,") else {
+            continue;
+        };
+        let numbers: Vec<usize> = rest
+            .split(')')
+            .next()
+            .unwrap_or("")
+            .split(',')
+            .map(|n| n.trim().parse::<usize>())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| {
+                CoreError::Device(format!(
+                    "flash_attention.cu: tile line {:?} does not parse: {e}",
+                    line.trim()
+                ))
+            })?;
+        let [d, fwd_bc, fwd_fm, dkv_bq, dkv_dc, dq_bc, dq_fm] = numbers[..] else {
+            return Err(CoreError::Device(format!(
+                "flash_attention.cu: tile line {:?} needs 7 numbers (D, FWD_BC, FWD_FM, DKV_BQ, DKV_DC, DQ_BC, DQ_FM)",
+                line.trim()
+            )));
+        };
+        dims.push(FlashDim {
+            d,
+            fwd_bc,
+            fwd_fm,
+            dkv_bq,
+            dkv_dc,
+            dq_bc,
+            dq_fm,
+        });
+    }
+    if dims.is_empty() {
+        return Err(CoreError::Device(
+            "flash_attention.cu instantiates no head dim (no FLASH(sfx, T, ...) line)".into(),
+        ));
+    }
+    Ok(dims)
+}
 
 impl FlashDim {
     fn row_bytes(&self) -> usize {
@@ -137,8 +134,10 @@ impl FlashKernels {
     pub(super) fn load(
         ctx: &Arc<CudaContext>,
         module: &Arc<CudaModule>,
+        source: &str,
         major: i32,
     ) -> Result<Self> {
+        let dims = dims_in_source(source)?;
         let stages = if major >= 8 { 2 } else { 1 };
         let max_smem = ctx
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
@@ -148,7 +147,7 @@ impl FlashKernels {
             if dtype == DType::BF16 && major < 8 {
                 continue;
             }
-            for dim in FLASH_DIMS {
+            for &dim in &dims {
                 let needs = [
                     dim.fwd_smem(stages),
                     dim.dkv_smem(stages),
@@ -388,7 +387,11 @@ mod tests {
     #[test]
     fn shared_memory_of_the_largest_tiles_fits_hopper_and_ampere() {
         // sm_90 allows 227 KiB per block, sm_80 163 KiB: every head dim fits both.
-        for dim in FLASH_DIMS {
+        let source = crate::cuda::compile::expand(include_str!("../../kernels/flash_attention.cu"));
+        let dims = dims_in_source(&source).unwrap();
+        let ds: Vec<usize> = dims.iter().map(|d| d.d).collect();
+        assert_eq!(ds, [64, 80, 96, 128, 256]);
+        for dim in dims {
             for need in [dim.fwd_smem(2), dim.dkv_smem(2), dim.dq_smem(2)] {
                 assert!(need <= 163 * 1024, "{dim:?} needs {need} bytes");
             }

@@ -249,13 +249,18 @@ impl CudaBackend {
         let blas = CudaBlas::new(stream.clone()).map_err(blas_err)?;
         let mut kernels = HashMap::new();
         let mut flash = None;
+        let override_dir = compile::source_override_dir();
         for (file, src) in compile::SOURCES {
-            let ptx = compile::compile(file, src, arch)?;
+            let src = match &override_dir {
+                Some(dir) => compile::read_override(dir, file)?.unwrap_or_else(|| src.to_string()),
+                None => src.to_string(),
+            };
+            let ptx = compile::compile(file, &src, arch)?;
             let module = ctx
                 .load_module(ptx)
                 .map_err(dev_err("loading a kernel module"))?;
             if *file == "flash_attention.cu" {
-                flash = Some(flash::FlashKernels::load(&ctx, &module, major)?);
+                flash = Some(flash::FlashKernels::load(&ctx, &module, &src, major)?);
                 continue;
             }
             let mut names: Vec<String> = vec![];
