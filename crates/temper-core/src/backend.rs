@@ -9,7 +9,9 @@
 //! gradients, optimizer state, rstd and lse are f32 (`zeros`, `upload`). The CPU backend
 //! stores everything in f32. Ops compute in f32 and accept any mix of storage types.
 
-use crate::{DType, Int8Rows, Quant4, Quantize4Spec, Result};
+use temper_quant::{Int8Rows, Quant4, Quantize4Spec};
+
+use crate::{DType, Result};
 
 /// A general matrix product `C = alpha * op(A) op(B) + beta * C`, all row-major.
 /// `op(A)` is (m, k): A is stored (m, k), or (k, m) when `ta`. `op(B)` is (k, n): B is stored

@@ -4,11 +4,12 @@ use std::ops::Deref;
 use std::path::Path;
 
 use temper_core::Backend;
+use temper_quant::Quant4;
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::lora::Target;
-use crate::quantized::{int8_on_load, quantize4_on_load, read_int8, to_quant4, LoadOptions};
+use crate::quantized::{int8_on_load, quantize4_on_load, read_int8, LoadOptions};
 use crate::safetensors_dir::SafetensorsDir;
 
 /// A frozen weight matrix: stored in the compute dtype, or in 4 or 8 bits and dequantised
@@ -170,7 +171,7 @@ impl<B: Backend> Weights<B> {
                             expected: vec![d_out, d_in],
                         });
                     }
-                    Frozen::Quant4(be.upload_quant4(&to_quant4(q))?)
+                    Frozen::Quant4(be.upload_quant4(&Quant4::from_state(q))?)
                 } else if stored8 {
                     Frozen::Int8(be.upload_int8(&read_int8(&st, &prefix, d_out, d_in)?)?)
                 } else if let Some(spec) = opts.quantize {

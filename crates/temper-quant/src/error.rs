@@ -62,6 +62,25 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> QuantError +
     }
 }
 
+/// Checks that `what` has exactly `expected` elements.
+pub(crate) fn check_len(
+    op: &'static str,
+    what: &'static str,
+    got: usize,
+    expected: usize,
+) -> Result<()> {
+    if got == expected {
+        Ok(())
+    } else {
+        Err(QuantError::Length {
+            op,
+            what,
+            got,
+            expected,
+        })
+    }
+}
+
 /// bitsandbytes' block sizes: powers of two from 32 to 4096.
 pub(crate) fn check_blocksize(op: &'static str, blocksize: usize) -> Result<()> {
     if blocksize.is_power_of_two() && (32..=4096).contains(&blocksize) {

@@ -7,9 +7,11 @@
 //! - [`quantize_blockwise`] / [`dequantize_blockwise`] with [`dynamic_map`]: the 8-bit
 //!   blockwise format of bitsandbytes' 8-bit optimizer states.
 //! - [`int8_vectorwise_quant`] / [`int8_colwise_quant`]: LLM.int8 absmax int8 with outlier
-//!   columns.
+//!   columns; [`Int8Rows`]: an 8-bit weight as bitsandbytes stores it and the backends hold it.
 //! - [`QuantState`]: one 4-bit weight in transformers + bitsandbytes' safetensors layout;
 //!   [`quantize_folder`] / [`load_4bit_folder`]: whole model folders.
+//! - [`Quant4`]: a 4-bit weight as temper-core's backends hold it (and [`Quantize4Spec`]:
+//!   how to quantise one on a device).
 //!
 //! The 4-bit and 8-bit blockwise functions are the CPU twins of the kernels in
 //! `crates/temper-core/kernels/quant.cu` (its header lists the pairs). Pure CPU: no CUDA
@@ -24,6 +26,8 @@ pub mod error;
 pub mod folder;
 pub mod fourbit;
 pub mod int8;
+pub mod int8_rows;
+pub mod quant4;
 pub mod quant_state;
 pub mod torch_sum;
 
@@ -41,8 +45,8 @@ pub use folder::{
     ComputeDtype, QuantizeOptions, QuantizeSummary,
 };
 pub use fourbit::{dequantize_4bit, dequantize_4bit_into, quantize_4bit, Packed4};
-pub use int8::{
-    int8_colwise_quant, int8_vectorwise_dequant, int8_vectorwise_quant, Int8Cols, Int8Rows,
-};
+pub use int8::{int8_colwise_quant, int8_vectorwise_dequant, int8_vectorwise_quant, Int8Cols};
+pub use int8_rows::{Int8Rows, INV_127};
+pub use quant4::{Absmax4, NestedSpec, Quant4, Quantize4Spec};
 pub use quant_state::{Absmax, OwnedTensor, QuantState, TensorRef};
 pub use torch_sum::{torch_mean, torch_sum};

@@ -19,10 +19,12 @@ pub mod swiglu;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
+use temper_quant::{Int8Rows, Quant4};
+
 use crate::backend::{AdamWStep, Backend, Gemm};
 use crate::error::check_len;
 use crate::memory::Accounting;
-use crate::{CoreError, Float, Int8Rows, Quant4, Result};
+use crate::{CoreError, Float, Result};
 
 /// The CPU backend: buffers are [`CpuBuf`]s of f32.
 #[derive(Default)]
@@ -200,7 +202,7 @@ impl Backend for CpuBackend {
     }
 
     fn dequantize4(&self, out: &mut CpuBuf, q: &CpuQuant) -> Result<()> {
-        q.q.dequantize_into(out)
+        Ok(q.q.dequantize_into(out)?)
     }
 
     fn upload_int8(&self, q: &Int8Rows) -> Result<CpuInt8> {
@@ -213,7 +215,7 @@ impl Backend for CpuBackend {
     }
 
     fn dequantize_int8(&self, out: &mut CpuBuf, q: &CpuInt8) -> Result<()> {
-        q.q.dequantize_into(out)
+        Ok(q.q.dequantize_into(out)?)
     }
 
     fn name(&self) -> &'static str {
