@@ -333,7 +333,7 @@ pub trait Backend: Send + Sync + 'static {
     /// [`Backend::adamw`] with 8-bit moments (bitsandbytes' `adamw_8bit` step): each block of
     /// 256 values is dequantised, updated in f32 and requantised to the nearest codes of its
     /// map with the block's new absmax. `m` is made with the signed dynamic map and `v` with
-    /// the unsigned one. See [`crate::cpu::adamw8bit`].
+    /// the unsigned one. See [`crate::cpu::adamw8bit`] and [`temper_quant::State8`].
     fn adamw8bit(
         &self,
         param: &mut Self::Buf,

@@ -3,7 +3,8 @@
 //!
 //! Model code calls only [`Backend`] methods. Each method has a CPU twin in [`cpu`], written
 //! generically over [`Float`] so tests can run it in f64 for finite-difference checks. The
-//! quantised weights the backends hold (4-bit and 8-bit) are temper-quant's.
+//! quantised formats the backends hold (4-bit and 8-bit weights, 8-bit optimizer state) are
+//! temper-quant's.
 
 pub mod backend;
 pub mod cache;

@@ -10,6 +10,8 @@
 //!   columns; [`Int8Rows`]: an 8-bit weight as bitsandbytes stores it and the backends hold it.
 //! - [`QuantState`]: one 4-bit weight in transformers + bitsandbytes' safetensors layout;
 //!   [`quantize_folder`] / [`load_4bit_folder`]: whole model folders.
+//! - [`State8`]: one moment of bitsandbytes' 8-bit AdamW (codes of [`dynamic_map`], blocks
+//!   of 256).
 //! - [`Quant4`]: a 4-bit weight as temper-core's backends hold it (and [`Quantize4Spec`]:
 //!   how to quantise one on a device).
 //!
@@ -29,6 +31,7 @@ pub mod int8;
 pub mod int8_rows;
 pub mod quant4;
 pub mod quant_state;
+pub mod state8;
 pub mod torch_sum;
 
 pub use blockwise8::{
@@ -49,4 +52,5 @@ pub use int8::{int8_colwise_quant, int8_vectorwise_dequant, int8_vectorwise_quan
 pub use int8_rows::{Int8Rows, INV_127};
 pub use quant4::{Absmax4, NestedSpec, Quant4, Quantize4Spec};
 pub use quant_state::{Absmax, OwnedTensor, QuantState, TensorRef};
+pub use state8::State8;
 pub use torch_sum::{torch_mean, torch_sum};
