@@ -1,7 +1,7 @@
-//! 4-bit and 8-bit frozen weights: quantising a bf16/fp16 folder's linear layers as it loads,
-//! or reading a folder saved in bitsandbytes' 4-bit or 8-bit layout as it is (no
-//! requantising). Quantisation is temper-quant's (bit-exact with bitsandbytes); the backend
-//! holds the codes and scales and dequantises each weight right before its GEMM.
+//! 4-bit and 8-bit frozen weights: quantising a bf16/fp16 folder's linear layers as it loads.
+//! Quantisation, and reading a folder saved in bitsandbytes' 4-bit or 8-bit layout as it is,
+//! are temper-quant's (bit-exact with bitsandbytes); the backend holds the codes and scales
+//! and dequantises each weight right before its GEMM.
 
 use rayon::prelude::*;
 use temper_core::Backend;
@@ -140,34 +140,6 @@ pub fn int8_on_load<B: Backend>(
         }
         let values = temper_core::dtype::decode_le(bytes, stored);
         Ok(be.upload_int8(&to_int8(name, &values, d_out, d_in)?)?)
-    })
-}
-
-/// Reads a linear weight saved by transformers + bitsandbytes in 8 bits: `{prefix}.weight`
-/// (d_out, d_in) int8 codes, `{prefix}.SCB` (d_out,) f32 row absmax, and maybe
-/// `{prefix}.weight_format`, which must say row-major (0): the tiled layouts of bitsandbytes
-/// before 0.45 (col32, col_turing, col_ampere) are not read, as bitsandbytes 0.45 on no
-/// longer reads them.
-pub fn read_int8(st: &SafetensorsDir, prefix: &str, d_out: usize, d_in: usize) -> Result<Int8Rows> {
-    let format_name = format!("{prefix}.weight_format");
-    if st.contains(&format_name) {
-        let format = st.read_u8(&format_name)?;
-        if format != [0] {
-            return Err(ModelError::Quantize {
-                name: format_name,
-                msg: format!(
-                    "weight_format {format:?}: only 0 (row-major) is read; the tiled layouts of \
-                     bitsandbytes before 0.45 are not (load and save the model again with a \
-                     current bitsandbytes)"
-                ),
-            });
-        }
-    }
-    Ok(Int8Rows {
-        rows: d_out,
-        cols: d_in,
-        codes: st.read_i8(&format!("{prefix}.weight"), &[d_out, d_in])?,
-        scales: st.read_shaped(&format!("{prefix}.SCB"), &[d_out])?.data,
     })
 }
 

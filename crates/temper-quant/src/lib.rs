@@ -9,7 +9,8 @@
 //! - [`int8_vectorwise_quant`] / [`int8_colwise_quant`]: LLM.int8 absmax int8 with outlier
 //!   columns; [`Int8Rows`]: an 8-bit weight as bitsandbytes stores it and the backends hold it.
 //! - [`QuantState`]: one 4-bit weight in transformers + bitsandbytes' safetensors layout;
-//!   [`quantize_folder`] / [`load_4bit_folder`]: whole model folders.
+//!   [`quantize_folder`] / [`load_4bit_folder`]: whole model folders; [`read_int8`]: an
+//!   8-bit weight of a folder bitsandbytes saved; [`stored_bits`]: which layout a folder holds.
 //! - [`State8`]: one moment of bitsandbytes' 8-bit AdamW (codes of [`dynamic_map`], blocks
 //!   of 256).
 //! - [`Quant4`]: a 4-bit weight as temper-core's backends hold it (and [`Quantize4Spec`]:
@@ -44,8 +45,9 @@ pub use double_quant::{
 pub use dynamic_map::dynamic_map;
 pub use error::{QuantError, Result};
 pub use folder::{
-    is_quantized_linear, load_4bit_folder, quantization_config, quantize_folder, weight_files,
-    ComputeDtype, QuantizeOptions, QuantizeSummary,
+    is_quantized_linear, load_4bit_folder, quantization_config, quantize_folder, read_int8,
+    stored_bits, weight_files, ComputeDtype, Int8Tensors, QuantizeOptions, QuantizeSummary,
+    StoredBits,
 };
 pub use fourbit::{dequantize_4bit, dequantize_4bit_into, quantize_4bit, Packed4};
 pub use int8::{int8_colwise_quant, int8_vectorwise_dequant, int8_vectorwise_quant, Int8Cols};
