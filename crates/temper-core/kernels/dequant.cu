@@ -1,5 +1,5 @@
 // 4-bit dequantisation of frozen weights (bitsandbytes' NF4 / FP4 layout); twin of
-// Quant4::dequantize_into in src/quant4.rs. One thread per packed byte (two values):
+// Quant4::dequantize_into in temper-quant. One thread per packed byte (two values):
 // element 2j is the high nibble of byte j, 2j+1 the low one; value = code[q] * absmax[block].
 // With double quantisation (absmax == nullptr) the block's absmax is
 // map[codes[b]] * nested[b / nested_bs] + offset, rounded after the product as PyTorch does
@@ -59,7 +59,7 @@ __device__ void dequant4(T* out, const unsigned char* packed, const float* code,
 STORAGE_TYPES(DEQUANT)
 
 // 8-bit dequantisation of frozen weights (bitsandbytes' LLM.int8 row-wise layout: int8 codes
-// (rows, cols) and an f32 absmax per row); twin of Int8Rows::dequantize_into in src/int8.rs.
+// (rows, cols) and an f32 absmax per row); twin of Int8Rows::dequantize_into in temper-quant.
 // value = code * scale[row] * inv127, the two f32 products rounded in that order as
 // bitsandbytes' int8_vectorwise_dequant does (`A * stats.view(-1, 1) * 7.874015718698502e-3`);
 // inv127 comes from the host so both twins use the same f32.

@@ -1,7 +1,7 @@
 // Quantisation on the device: 4-bit (NF4 / FP4) and the 8-bit blockwise coding of double
 // quantisation. Twins of crates/temper-quant (Rust, CPU), which is bit-exact with bitsandbytes
 // 0.50's reference ops; these kernels give the same bits as their twin on every input
-// (temper-quant's tests/cuda_quant_twins.rs). The 4-bit kernel exists per storage type of its
+// (tests/cuda_quant_twins.rs). The 4-bit kernel exists per storage type of its
 // input (suffix f32, bf16, f16); its twin takes the values converted to f32 (exact).
 //
 //   kernel                     CPU twin (temper_quant::)                              launch
@@ -12,7 +12,7 @@
 //                              quantises); the loader's twin is temper-model's to_int8
 //
 // Dequantisation is dequant.cu (dequant4_*, which decodes nested scales itself), twin of
-// temper_core::Quant4::dequantize_into.
+// temper_quant::Quant4::dequantize_into.
 //
 //   A: one thread block per quantisation block, grid-stride over blocks: blockDim.x a
 //      multiple of 32 up to 1024, any gridDim.x (e.g. min(blocks, 65535)).

@@ -9,7 +9,9 @@
 //! gradients, optimizer state, rstd and lse are f32 (`zeros`, `upload`). The CPU backend
 //! stores everything in f32. Ops compute in f32 and accept any mix of storage types.
 
-use crate::{DType, Int8Rows, Quant4, Quantize4Spec, Result};
+use temper_quant::{Int8Rows, Quant4, Quantize4Spec};
+
+use crate::{DType, Result};
 
 /// A general matrix product `C = alpha * op(A) op(B) + beta * C`, all row-major.
 /// `op(A)` is (m, k): A is stored (m, k), or (k, m) when `ta`. `op(B)` is (k, n): B is stored
@@ -331,7 +333,7 @@ pub trait Backend: Send + Sync + 'static {
     /// [`Backend::adamw`] with 8-bit moments (bitsandbytes' `adamw_8bit` step): each block of
     /// 256 values is dequantised, updated in f32 and requantised to the nearest codes of its
     /// map with the block's new absmax. `m` is made with the signed dynamic map and `v` with
-    /// the unsigned one. See [`crate::cpu::adamw8bit`].
+    /// the unsigned one. See [`crate::cpu::adamw8bit`] and [`temper_quant::State8`].
     fn adamw8bit(
         &self,
         param: &mut Self::Buf,

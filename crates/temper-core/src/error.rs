@@ -14,6 +14,9 @@ pub enum CoreError {
     Invalid { op: &'static str, msg: String },
     #[error("device: {0}")]
     Device(String),
+    /// A quantised format's own check (temper-quant).
+    #[error(transparent)]
+    Quant(#[from] temper_quant::QuantError),
 }
 
 pub type Result<T> = std::result::Result<T, CoreError>;

@@ -2,7 +2,9 @@
 //! reference implementation of every op (plain loops, rayon and the `gemm` crate).
 //!
 //! Model code calls only [`Backend`] methods. Each method has a CPU twin in [`cpu`], written
-//! generically over [`Float`] so tests can run it in f64 for finite-difference checks.
+//! generically over [`Float`] so tests can run it in f64 for finite-difference checks. The
+//! quantised formats the backends hold (4-bit and 8-bit weights, 8-bit optimizer state) are
+//! temper-quant's.
 
 pub mod backend;
 pub mod cache;
@@ -12,9 +14,7 @@ pub mod cuda;
 pub mod dtype;
 pub mod error;
 pub mod float;
-pub mod int8;
 pub mod memory;
-pub mod quant4;
 pub mod rope;
 
 pub use backend::{AdamWStep, Backend, Gemm};
@@ -23,5 +23,3 @@ pub use cuda::CudaBackend;
 pub use dtype::DType;
 pub use error::{CoreError, Result};
 pub use float::Float;
-pub use int8::Int8Rows;
-pub use quant4::{Absmax4, NestedSpec, Quant4, Quantize4Spec};

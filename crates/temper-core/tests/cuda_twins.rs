@@ -7,9 +7,8 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use temper_core::{
-    Absmax4, AdamWStep, Backend, CpuBackend, CudaBackend, DType, Gemm, Int8Rows, Quant4,
-};
+use temper_core::{AdamWStep, Backend, CpuBackend, CudaBackend, DType, Gemm};
+use temper_quant::{Absmax4, Int8Rows, Quant4};
 
 const DTYPES: [DType; 3] = [DType::F32, DType::BF16, DType::F16];
 

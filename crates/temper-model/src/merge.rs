@@ -19,12 +19,12 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use safetensors::Dtype;
 use temper_core::{Backend, CpuBackend, DType};
-use temper_quant::QuantState;
+use temper_quant::{read_int8, QuantState};
 
 use crate::config::ModelConfig;
 use crate::error::{io_err, ModelError, Result};
 use crate::lora::{LoraConfig, Target};
-use crate::quantized::{read_int8, to_int8, LoadOptions};
+use crate::quantized::{to_int8, LoadOptions};
 use crate::safetensors_dir::SafetensorsDir;
 use crate::sharded_out::{plan_shards, write_shards, OutTensor, INDEX_FILE, SINGLE_FILE};
 

@@ -1,11 +1,11 @@
-//! 4-bit and 8-bit frozen weights: quantising a bf16/fp16 folder's linear layers as it loads,
-//! or reading a folder saved in bitsandbytes' 4-bit or 8-bit layout as it is (no
-//! requantising). Quantisation is temper-quant's (bit-exact with bitsandbytes); the backend
-//! holds the codes and scales and dequantises each weight right before its GEMM.
+//! 4-bit and 8-bit frozen weights: quantising a bf16/fp16 folder's linear layers as it loads.
+//! Quantisation, and reading a folder saved in bitsandbytes' 4-bit or 8-bit layout as it is,
+//! are temper-quant's (bit-exact with bitsandbytes); the backend holds the codes and scales
+//! and dequantises each weight right before its GEMM.
 
 use rayon::prelude::*;
-use temper_core::{Absmax4, Backend, Int8Rows, NestedSpec, Quant4, Quantize4Spec};
-use temper_quant::{Absmax, QuantState, QuantType};
+use temper_core::Backend;
+use temper_quant::{Int8Rows, Quant4, QuantState, QuantType, Quantize4Spec};
 
 use crate::error::{ModelError, Result};
 use crate::safetensors_dir::SafetensorsDir;
@@ -56,15 +56,7 @@ impl LoadOptions {
 impl QuantizeOnLoad {
     /// What a backend that quantises on its device needs to know.
     pub fn device_spec(&self) -> Quantize4Spec {
-        Quantize4Spec {
-            code: *self.quant_type.code(),
-            blocksize: self.blocksize,
-            nested: self.double_quant.then(|| NestedSpec {
-                map: Box::new(*temper_quant::double_quant::signed_map()),
-                blocksize: temper_quant::double_quant::NESTED_BLOCKSIZE,
-                offset_of: temper_quant::torch_sum::torch_mean,
-            }),
-        }
+        Quantize4Spec::new(self.quant_type, self.blocksize, self.double_quant)
     }
 }
 
@@ -96,29 +88,8 @@ pub fn quantize4_on_load<B: Backend>(
             name: name.to_string(),
             msg: e.to_string(),
         })?;
-        Ok(be.upload_quant4(&to_quant4(&q))?)
+        Ok(be.upload_quant4(&Quant4::from_state(&q))?)
     })
-}
-
-/// The backend's view of a bitsandbytes 4-bit weight.
-pub fn to_quant4(q: &QuantState) -> Quant4 {
-    let absmax = match &q.absmax {
-        Absmax::Plain(a) => Absmax4::Plain(a.clone()),
-        Absmax::Nested(n) => Absmax4::Nested {
-            codes: n.codes.clone(),
-            map: n.map.clone(),
-            nested_absmax: n.nested_absmax.clone(),
-            nested_blocksize: temper_quant::double_quant::NESTED_BLOCKSIZE,
-            offset: n.offset,
-        },
-    };
-    Quant4 {
-        code: *q.quant_type.code(),
-        blocksize: q.blocksize,
-        numel: q.numel(),
-        bytes: q.bytes.clone(),
-        absmax,
-    }
 }
 
 /// Quantises a linear weight (d_out, d_in) to 8 bits as bitsandbytes' `Int8Params` does when
@@ -147,14 +118,10 @@ pub fn to_int8(name: &str, values: &[f32], d_out: usize, d_in: usize) -> Result<
             values[i]
         )));
     }
-    let q = temper_quant::int8_vectorwise_quant(&f16, d_out, d_in, 0.0)
+    // No threshold: no outlier columns.
+    let (q, _) = temper_quant::int8_vectorwise_quant(&f16, d_out, d_in, 0.0)
         .map_err(|e| quantize_err(e.to_string()))?;
-    Ok(Int8Rows {
-        rows: d_out,
-        cols: d_in,
-        codes: q.codes,
-        scales: q.row_stats,
-    })
+    Ok(q)
 }
 
 /// Reads linear weight `name` (d_out, d_in) and quantises it to 8 bits as [`to_int8`] does:
@@ -173,34 +140,6 @@ pub fn int8_on_load<B: Backend>(
         }
         let values = temper_core::dtype::decode_le(bytes, stored);
         Ok(be.upload_int8(&to_int8(name, &values, d_out, d_in)?)?)
-    })
-}
-
-/// Reads a linear weight saved by transformers + bitsandbytes in 8 bits: `{prefix}.weight`
-/// (d_out, d_in) int8 codes, `{prefix}.SCB` (d_out,) f32 row absmax, and maybe
-/// `{prefix}.weight_format`, which must say row-major (0): the tiled layouts of bitsandbytes
-/// before 0.45 (col32, col_turing, col_ampere) are not read, as bitsandbytes 0.45 on no
-/// longer reads them.
-pub fn read_int8(st: &SafetensorsDir, prefix: &str, d_out: usize, d_in: usize) -> Result<Int8Rows> {
-    let format_name = format!("{prefix}.weight_format");
-    if st.contains(&format_name) {
-        let format = st.read_u8(&format_name)?;
-        if format != [0] {
-            return Err(ModelError::Quantize {
-                name: format_name,
-                msg: format!(
-                    "weight_format {format:?}: only 0 (row-major) is read; the tiled layouts of \
-                     bitsandbytes before 0.45 are not (load and save the model again with a \
-                     current bitsandbytes)"
-                ),
-            });
-        }
-    }
-    Ok(Int8Rows {
-        rows: d_out,
-        cols: d_in,
-        codes: st.read_i8(&format!("{prefix}.weight"), &[d_out, d_in])?,
-        scales: st.read_shaped(&format!("{prefix}.SCB"), &[d_out])?.data,
     })
 }
 
@@ -260,22 +199,5 @@ mod tests {
         let err = to_int8("layers.0.w", &[1.0, 7e4, 0.0, 0.0], 2, 2).expect_err("overflow");
         assert!(err.to_string().contains("layers.0.w"), "{err}");
         assert!(err.to_string().contains("65504"), "{err}");
-    }
-
-    #[test]
-    fn the_backend_view_dequantises_like_temper_quant() {
-        let values: Vec<f32> = (0..64 * 300 + 10)
-            .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * (1.0 + (i / 64) as f32 * 0.01))
-            .collect();
-        for double in [false, true] {
-            for qt in [QuantType::Nf4, QuantType::Fp4] {
-                let q = QuantState::quantize(&values, &[values.len()], "float32", 64, qt, double)
-                    .expect("quantize");
-                let want = q.dequantize_to_f32().expect("dequantize");
-                let mut got = vec![0.0; values.len()];
-                to_quant4(&q).dequantize_into(&mut got).expect("dequantize");
-                assert_eq!(got, want, "{qt:?} double {double}");
-            }
-        }
     }
 }

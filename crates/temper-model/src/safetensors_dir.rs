@@ -293,6 +293,28 @@ impl SafetensorsDir {
     }
 }
 
+/// bitsandbytes' 8-bit weights ([`temper_quant::read_int8`]) read through the checks above:
+/// errors name the file and tensor, and the file pages are released once read.
+impl temper_quant::Int8Tensors for SafetensorsDir {
+    type Error = ModelError;
+
+    fn contains(&self, name: &str) -> bool {
+        SafetensorsDir::contains(self, name)
+    }
+
+    fn read_u8(&self, name: &str) -> Result<Vec<u8>> {
+        SafetensorsDir::read_u8(self, name)
+    }
+
+    fn read_i8(&self, name: &str, expected: &[usize]) -> Result<Vec<i8>> {
+        SafetensorsDir::read_i8(self, name, expected)
+    }
+
+    fn read_f32(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
+        Ok(self.read_shaped(name, expected)?.data)
+    }
+}
+
 /// FNV-1a, 64-bit: stable across builds, enough to tell files apart.
 pub(crate) struct Fnv(u64);
 

@@ -4,11 +4,12 @@ use std::ops::Deref;
 use std::path::Path;
 
 use temper_core::Backend;
+use temper_quant::{read_int8, stored_bits, Quant4, StoredBits};
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::lora::Target;
-use crate::quantized::{int8_on_load, quantize4_on_load, read_int8, to_quant4, LoadOptions};
+use crate::quantized::{int8_on_load, quantize4_on_load, LoadOptions};
 use crate::safetensors_dir::SafetensorsDir;
 
 /// A frozen weight matrix: stored in the compute dtype, or in 4 or 8 bits and dequantised
@@ -128,9 +129,9 @@ impl<B: Backend> Weights<B> {
     pub fn load_with(be: &B, cfg: &ModelConfig, dir: &Path, opts: &LoadOptions) -> Result<Self> {
         opts.check()?;
         let st = SafetensorsDir::open(dir)?;
-        let stored = stored_quantization(dir)?;
+        let stored = stored_bits(dir)?;
         let prequantized = match stored {
-            Stored::FourBit => Some(temper_quant::load_4bit_folder(dir)?),
+            StoredBits::FourBit => Some(temper_quant::load_4bit_folder(dir)?),
             _ => None,
         };
         check_layers(&st, cfg, dir)?;
@@ -161,7 +162,8 @@ impl<B: Backend> Weights<B> {
                 let stored4 = prequantized.as_ref().and_then(|m| m.get(&name));
                 // An 8-bit folder keeps the modules bitsandbytes skipped (llm_int8_skip_modules)
                 // in 16 bits, without a SCB.
-                let stored8 = stored == Stored::EightBit && st.contains(&format!("{prefix}.SCB"));
+                let stored8 =
+                    stored == StoredBits::EightBit && st.contains(&format!("{prefix}.SCB"));
                 let w = if let Some(q) = stored4 {
                     if q.shape != [d_out, d_in] {
                         return Err(ModelError::Shape {
@@ -170,7 +172,7 @@ impl<B: Backend> Weights<B> {
                             expected: vec![d_out, d_in],
                         });
                     }
-                    Frozen::Quant4(be.upload_quant4(&to_quant4(q))?)
+                    Frozen::Quant4(be.upload_quant4(&Quant4::from_state(q))?)
                 } else if stored8 {
                     Frozen::Int8(be.upload_int8(&read_int8(&st, &prefix, d_out, d_in)?)?)
                 } else if let Some(spec) = opts.quantize {
@@ -295,39 +297,4 @@ pub fn check_layers(st: &SafetensorsDir, cfg: &ModelConfig, dir: &Path) -> Resul
         });
     }
     Ok(())
-}
-
-/// How config.json says the folder's linear weights are stored.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Stored {
-    Plain,
-    /// bitsandbytes 4-bit (NF4 / FP4) layout.
-    FourBit,
-    /// bitsandbytes 8-bit (LLM.int8 row-wise) layout.
-    EightBit,
-}
-
-fn stored_quantization(dir: &Path) -> Result<Stored> {
-    let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io {
-        path: path.clone(),
-        source,
-    })?;
-    let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|source| ModelError::Json {
-            path: path.clone(),
-            what: "a model config",
-            source,
-        })?;
-    let q = &json["quantization_config"];
-    let flag = |key: &str| {
-        q[key].as_bool() == Some(true) || q[format!("_{key}").as_str()].as_bool() == Some(true)
-    };
-    Ok(if flag("load_in_4bit") {
-        Stored::FourBit
-    } else if flag("load_in_8bit") {
-        Stored::EightBit
-    } else {
-        Stored::Plain
-    })
 }

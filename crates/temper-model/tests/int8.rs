@@ -12,10 +12,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use temper_core::{Backend, CpuBackend};
-use temper_model::quantized::{read_int8, to_int8};
+use temper_model::quantized::to_int8;
 use temper_model::safetensors_dir::SafetensorsDir;
 use temper_model::weights::{Frozen, Weights};
 use temper_model::{LoadOptions, Model, QuantType, QuantizeOnLoad, Target};
+use temper_quant::read_int8;
 
 /// Relative tolerance on each row's mean loss and on row 0's logits (max |diff| / max |want|)
 /// against bitsandbytes' dequantised-weight forward. Both run in f32 from the same weights,

@@ -165,7 +165,8 @@ fn quantising_the_original_on_load_gives_the_saved_weights_bit_for_bit() {
 #[test]
 #[ignore = "needs an NVIDIA GPU: cargo test -- --ignored"]
 fn quantising_on_the_gpu_while_loading_gives_the_saved_bytes() {
-    use temper_core::{Absmax4, CudaBackend, DType};
+    use temper_core::{CudaBackend, DType};
+    use temper_quant::Absmax4;
     let be = CudaBackend::with_dtype(0, DType::BF16).unwrap_or_else(|e| panic!("CUDA: {e}"));
     let models = bnb_models();
     let cfg = temper_model::ModelConfig::from_dir(&models.join("src")).expect("config");
@@ -180,7 +181,7 @@ fn quantising_on_the_gpu_while_loading_gives_the_saved_bytes() {
                     panic!("{name}: not held in 4 bits");
                 };
                 let got = be.download_quant4(q).expect("download");
-                let want = temper_model::quantized::to_quant4(&saved[&name]);
+                let want = temper_quant::Quant4::from_state(&saved[&name]);
                 assert_eq!(got.bytes, want.bytes, "{folder} {name}: packed codes");
                 match (&got.absmax, &want.absmax) {
                     (Absmax4::Plain(a), Absmax4::Plain(b)) => {

@@ -44,6 +44,13 @@ pub enum QuantError {
     /// A folder or file that is not what the operation needs; `msg` says what to do.
     #[error("{path}: {msg}")]
     Folder { path: PathBuf, msg: String },
+    /// An 8-bit weight saved in a tiled layout (`weight_format` other than 0, row-major).
+    #[error(
+        "tensor `{name}`: weight_format {format:?}: only 0 (row-major) is read; the tiled \
+         layouts of bitsandbytes before 0.45 are not (load and save the model again with a \
+         current bitsandbytes)"
+    )]
+    WeightFormat { name: String, format: Vec<u8> },
     /// A tensor of a 4-bit checkpoint that is missing or malformed.
     #[error("{path}: tensor `{name}`: {msg}")]
     Tensor {
@@ -59,6 +66,25 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> QuantError +
     move |source| QuantError::Io {
         path: path.to_path_buf(),
         source,
+    }
+}
+
+/// Checks that `what` has exactly `expected` elements.
+pub(crate) fn check_len(
+    op: &'static str,
+    what: &'static str,
+    got: usize,
+    expected: usize,
+) -> Result<()> {
+    if got == expected {
+        Ok(())
+    } else {
+        Err(QuantError::Length {
+            op,
+            what,
+            got,
+            expected,
+        })
     }
 }
 

@@ -2,26 +2,11 @@
 //! quantisation with outlier columns, bit-exact with bitsandbytes 0.50's
 //! `int8_vectorwise_quant` (its PyTorch reference op) and the column half of
 //! `int8_double_quant`. Inputs are float16 in bitsandbytes; here they come as f32 holding
-//! float16 values.
+//! float16 values. The row-wise result is an [`Int8Rows`], the format bitsandbytes stores.
 
 use crate::error::{check_finite, QuantError, Result};
+use crate::int8_rows::{dequantize_rows_into, Int8Rows};
 use rayon::prelude::*;
-
-/// bitsandbytes' `int8_vectorwise_dequant` constant: 1/127 as a Python float, rounded to f32
-/// when it multiplies the f32 tensor.
-const INV_127: f32 = 7.874_015_718_698_502e-3_f64 as f32;
-
-/// Row-wise int8 codes.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Int8Rows {
-    /// (rows, cols) round(x * 127 / row_stats[r]); 0 for outliers, and with more than one
-    /// row for every element of an outlier column.
-    pub codes: Vec<i8>,
-    /// (rows,) absmax of each row, outliers left out.
-    pub row_stats: Vec<f32>,
-    /// Columns holding at least one |x| >= threshold, ascending (empty when threshold is 0).
-    pub outlier_cols: Vec<usize>,
-}
 
 /// Column-wise int8 codes (the second half of `int8_double_quant`).
 #[derive(Clone, Debug, PartialEq)]
@@ -58,15 +43,17 @@ fn check_threshold(op: &'static str, threshold: f32) -> Result<()> {
     }
 }
 
-/// Row-wise quantisation of `values` (rows, cols). With `threshold > 0`, values with
-/// |x| >= threshold are outliers: left out of the row absmax and coded 0, and with more than
-/// one row their whole columns are coded 0 (bitsandbytes keeps those columns in 16 bits).
+/// Row-wise quantisation of `values` (rows, cols): the codes `round(x * 127 / scales[r])` and
+/// each row's absmax `scales` (bitsandbytes' `row_stats`), and the outlier columns, ascending.
+/// With `threshold > 0`, values with |x| >= threshold are outliers: left out of the row
+/// absmax and coded 0, and with more than one row their whole columns are coded 0
+/// (bitsandbytes keeps those columns in 16 bits). With threshold 0 there are none.
 pub fn int8_vectorwise_quant(
     values: &[f32],
     rows: usize,
     cols: usize,
     threshold: f32,
-) -> Result<Int8Rows> {
+) -> Result<(Int8Rows, Vec<usize>)> {
     const OP: &str = "int8_vectorwise_quant";
     check_matrix(OP, values, rows, cols)?;
     check_threshold(OP, threshold)?;
@@ -98,11 +85,13 @@ pub fn int8_vectorwise_quant(
                 }
             }
         });
-    Ok(Int8Rows {
+    let q = Int8Rows {
+        rows,
+        cols,
         codes,
-        row_stats,
-        outlier_cols: (0..cols).filter(|&c| outlier[c]).collect(),
-    })
+        scales: row_stats,
+    };
+    Ok((q, (0..cols).filter(|&c| outlier[c]).collect()))
 }
 
 /// Column-wise quantisation of `values` (rows, cols) as `int8_double_quant` does it:
@@ -154,11 +143,9 @@ pub fn int8_vectorwise_dequant(codes: &[i8], row_stats: &[f32], cols: usize) -> 
             expected: row_stats.len() * cols,
         });
     }
-    Ok(codes
-        .chunks_exact(cols)
-        .zip(row_stats)
-        .flat_map(|(row, &s)| row.iter().map(move |&q| q as f32 * s * INV_127))
-        .collect())
+    let mut out = vec![0.0; codes.len()];
+    dequantize_rows_into(codes, row_stats, cols, &mut out);
+    Ok(out)
 }
 
 /// `torch.round` (half to even) then the cast to int8. A 0/0 (an all-zero row) gives 0.

@@ -7,9 +7,14 @@
 //! - [`quantize_blockwise`] / [`dequantize_blockwise`] with [`dynamic_map`]: the 8-bit
 //!   blockwise format of bitsandbytes' 8-bit optimizer states.
 //! - [`int8_vectorwise_quant`] / [`int8_colwise_quant`]: LLM.int8 absmax int8 with outlier
-//!   columns.
+//!   columns; [`Int8Rows`]: an 8-bit weight as bitsandbytes stores it and the backends hold it.
 //! - [`QuantState`]: one 4-bit weight in transformers + bitsandbytes' safetensors layout;
-//!   [`quantize_folder`] / [`load_4bit_folder`]: whole model folders.
+//!   [`quantize_folder`] / [`load_4bit_folder`]: whole model folders; [`read_int8`]: an
+//!   8-bit weight of a folder bitsandbytes saved; [`stored_bits`]: which layout a folder holds.
+//! - [`State8`]: one moment of bitsandbytes' 8-bit AdamW (codes of [`dynamic_map`], blocks
+//!   of 256).
+//! - [`Quant4`]: a 4-bit weight as temper-core's backends hold it (and [`Quantize4Spec`]:
+//!   how to quantise one on a device).
 //!
 //! The 4-bit and 8-bit blockwise functions are the CPU twins of the kernels in
 //! `crates/temper-core/kernels/quant.cu` (its header lists the pairs). Pure CPU: no CUDA
@@ -24,7 +29,10 @@ pub mod error;
 pub mod folder;
 pub mod fourbit;
 pub mod int8;
+pub mod int8_rows;
+pub mod quant4;
 pub mod quant_state;
+pub mod state8;
 pub mod torch_sum;
 
 pub use blockwise8::{
@@ -37,12 +45,14 @@ pub use double_quant::{
 pub use dynamic_map::dynamic_map;
 pub use error::{QuantError, Result};
 pub use folder::{
-    is_quantized_linear, load_4bit_folder, quantization_config, quantize_folder, weight_files,
-    ComputeDtype, QuantizeOptions, QuantizeSummary,
+    is_quantized_linear, load_4bit_folder, quantization_config, quantize_folder, read_int8,
+    stored_bits, weight_files, ComputeDtype, Int8Tensors, QuantizeOptions, QuantizeSummary,
+    StoredBits,
 };
 pub use fourbit::{dequantize_4bit, dequantize_4bit_into, quantize_4bit, Packed4};
-pub use int8::{
-    int8_colwise_quant, int8_vectorwise_dequant, int8_vectorwise_quant, Int8Cols, Int8Rows,
-};
+pub use int8::{int8_colwise_quant, int8_vectorwise_dequant, int8_vectorwise_quant, Int8Cols};
+pub use int8_rows::{Int8Rows, INV_127};
+pub use quant4::{Absmax4, NestedSpec, Quant4, Quantize4Spec};
 pub use quant_state::{Absmax, OwnedTensor, QuantState, TensorRef};
+pub use state8::State8;
 pub use torch_sum::{torch_mean, torch_sum};

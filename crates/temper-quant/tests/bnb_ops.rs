@@ -136,21 +136,21 @@ fn int8_is_bitsandbytes() {
         let (rows, cols) = (s[0], s[1]);
         let x = ops.f32s(&format!("{name}.input"));
 
-        let r = int8_vectorwise_quant(&x, rows, cols, thr).expect("rows");
+        let (r, outlier_cols) = int8_vectorwise_quant(&x, rows, cols, thr).expect("rows");
         assert_eq!(
             r.codes,
             ops.i8s(&format!("{name}.codes")),
             "{name}: row codes"
         );
-        let d = bit_diffs(&r.row_stats, &ops.f32s(&format!("{name}.row_stats")));
+        let d = bit_diffs(&r.scales, &ops.f32s(&format!("{name}.row_stats")));
         assert!(d.is_empty(), "{name}: row stats {d:?}");
         let cols_want: Vec<usize> = ops
             .i64s(&format!("{name}.outlier_cols"))
             .iter()
             .map(|&c| c as usize)
             .collect();
-        assert_eq!(r.outlier_cols, cols_want, "{name}: outlier columns");
-        let deq = int8_vectorwise_dequant(&r.codes, &r.row_stats, cols).expect("dequant");
+        assert_eq!(outlier_cols, cols_want, "{name}: outlier columns");
+        let deq = int8_vectorwise_dequant(&r.codes, &r.scales, cols).expect("dequant");
         let d = bit_diffs(&deq, &ops.f32s(&format!("{name}.dequant")));
         assert!(d.is_empty(), "{name}: dequantized {d:?}");
 

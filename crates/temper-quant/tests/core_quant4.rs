@@ -1,33 +1,13 @@
-//! temper-core's `Quant4` (the weights the backends hold; its `dequantize_into` is the CPU
-//! twin of the CUDA `dequant4_*` kernels) built from temper-quant's `QuantState` dequantises
-//! to the same bits, so the backend's 4-bit path matches bitsandbytes' fixtures too.
+//! `Quant4` (the weights the backends hold; its `dequantize_into` is the CPU twin of the CUDA
+//! `dequant4_*` kernels) built from a `QuantState` dequantises to the same bits, so the
+//! backend's 4-bit path matches bitsandbytes' fixtures too.
 
 mod common;
 
-use temper_core::{Absmax4, Quant4};
-use temper_quant::{load_4bit_folder, Absmax, QuantState, QuantType, NESTED_BLOCKSIZE};
-
-fn to_quant4(qs: &QuantState) -> Quant4 {
-    Quant4 {
-        code: *qs.quant_type.code(),
-        blocksize: qs.blocksize,
-        numel: qs.numel(),
-        bytes: qs.bytes.clone(),
-        absmax: match &qs.absmax {
-            Absmax::Plain(a) => Absmax4::Plain(a.clone()),
-            Absmax::Nested(n) => Absmax4::Nested {
-                codes: n.codes.clone(),
-                map: n.map.clone(),
-                nested_absmax: n.nested_absmax.clone(),
-                nested_blocksize: NESTED_BLOCKSIZE,
-                offset: n.offset,
-            },
-        },
-    }
-}
+use temper_quant::{load_4bit_folder, Quant4, QuantState, QuantType};
 
 fn same_bits(qs: &QuantState, what: &str) {
-    let q = to_quant4(qs);
+    let q = Quant4::from_state(qs);
     q.validate().unwrap_or_else(|e| panic!("{what}: {e}"));
     let mut core = vec![0.0f32; q.numel];
     q.dequantize_into(&mut core).expect("core dequantize");

@@ -124,27 +124,28 @@ fn int8_round_trip_and_outliers() {
     let (rows, cols) = (7, 33);
     let mut x: Vec<f32> = values(rows * cols, 5).iter().map(|v| v * 1.5).collect();
     x[2 * cols + 5] = 9.5; // an outlier in column 5
-    let r = int8_vectorwise_quant(&x, rows, cols, 6.0).expect("quant");
-    assert_eq!(r.outlier_cols, vec![5]);
+    let (r, outlier_cols) = int8_vectorwise_quant(&x, rows, cols, 6.0).expect("quant");
+    assert_eq!(outlier_cols, vec![5]);
     assert!(
         (0..rows).all(|i| r.codes[i * cols + 5] == 0),
         "column 5 zeroed"
     );
-    let d = int8_vectorwise_dequant(&r.codes, &r.row_stats, cols).expect("dequant");
+    let d = int8_vectorwise_dequant(&r.codes, &r.scales, cols).expect("dequant");
     for i in 0..rows {
         for j in (0..cols).filter(|&j| j != 5) {
             let k = i * cols + j;
             assert!(
-                (x[k] - d[k]).abs() <= r.row_stats[i] / 127.0 * 0.5001,
+                (x[k] - d[k]).abs() <= r.scales[i] / 127.0 * 0.5001,
                 "[{i},{j}] {} -> {}",
                 x[k],
                 d[k]
             );
         }
     }
-    let none = int8_vectorwise_quant(&x, rows, cols, 0.0).expect("no threshold");
-    assert!(none.outlier_cols.is_empty());
-    assert_eq!(none.row_stats[2], 9.5);
+    let (none, outlier_cols) = int8_vectorwise_quant(&x, rows, cols, 0.0).expect("no threshold");
+    assert!(outlier_cols.is_empty());
+    assert_eq!(none.scales[2], 9.5);
+    assert_eq!((none.rows, none.cols), (rows, cols));
 }
 
 #[test]

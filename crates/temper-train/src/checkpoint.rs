@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
-use temper_core::cpu::adamw8bit::{State8, BLOCKSIZE};
 use temper_core::Backend;
 use temper_model::{adapter, LoraParams, ModelConfig};
+use temper_quant::state8::{State8, BLOCKSIZE};
 use temper_quant::{signed_map, unsigned_map};
 
 use crate::error::{io_err, Result, TrainError};

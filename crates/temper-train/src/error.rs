@@ -8,6 +8,8 @@ pub enum TrainError {
     #[error(transparent)]
     Core(#[from] temper_core::CoreError),
     #[error(transparent)]
+    Quant(#[from] temper_quant::QuantError),
+    #[error(transparent)]
     Data(#[from] temper_data::DataError),
     #[error("{path}: {source}")]
     Io {

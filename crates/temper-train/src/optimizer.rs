@@ -2,10 +2,9 @@
 //! or bitsandbytes' 8-bit blockwise moments (`adamw_8bit`, `paged_adamw_8bit`), and
 //! gradient-norm clipping as `torch.nn.utils.clip_grad_norm_` does it.
 
-use temper_core::cpu::adamw8bit::State8;
 use temper_core::{AdamWStep, Backend};
 use temper_model::LoraParams;
-use temper_quant::{signed_map, unsigned_map};
+use temper_quant::{signed_map, unsigned_map, State8};
 
 use crate::error::Result;
 

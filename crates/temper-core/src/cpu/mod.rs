@@ -19,10 +19,12 @@ pub mod swiglu;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
+use temper_quant::{Int8Rows, Quant4, State8};
+
 use crate::backend::{AdamWStep, Backend, Gemm};
 use crate::error::check_len;
 use crate::memory::Accounting;
-use crate::{CoreError, Float, Int8Rows, Quant4, Result};
+use crate::{CoreError, Float, Result};
 
 /// The CPU backend: buffers are [`CpuBuf`]s of f32.
 #[derive(Default)]
@@ -125,7 +127,7 @@ impl Backend for CpuBackend {
     /// Host memory is where CPU buffers live already: a copy, not counted as device memory.
     type Host = Vec<f32>;
     type Mapped = Vec<f32>;
-    type State8 = adamw8bit::State8;
+    type State8 = State8;
 
     fn mapped_zeros(&self, n: usize) -> Result<Vec<f32>> {
         Ok(vec![0.0; n])
@@ -154,29 +156,24 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn state8_zeros(
-        &self,
-        n: usize,
-        map: &[f32; 256],
-        _on_host: bool,
-    ) -> Result<adamw8bit::State8> {
-        adamw8bit::State8::zeros(n, map)
+    fn state8_zeros(&self, n: usize, map: &[f32; 256], _on_host: bool) -> Result<State8> {
+        Ok(State8::zeros(n, map)?)
     }
 
-    fn state8_read(&self, s: &adamw8bit::State8) -> Result<(Vec<u8>, Vec<f32>)> {
+    fn state8_read(&self, s: &State8) -> Result<(Vec<u8>, Vec<f32>)> {
         Ok((s.codes().to_vec(), s.absmax().to_vec()))
     }
 
-    fn state8_write(&self, s: &mut adamw8bit::State8, codes: &[u8], absmax: &[f32]) -> Result<()> {
-        s.set(codes, absmax)
+    fn state8_write(&self, s: &mut State8, codes: &[u8], absmax: &[f32]) -> Result<()> {
+        Ok(s.set(codes, absmax)?)
     }
 
     fn adamw8bit(
         &self,
         param: &mut CpuBuf,
         grad: &CpuBuf,
-        m: &mut adamw8bit::State8,
-        v: &mut adamw8bit::State8,
+        m: &mut State8,
+        v: &mut State8,
         s: AdamWStep,
     ) -> Result<()> {
         adamw8bit::adamw8bit(param, grad, m, v, s)
@@ -200,7 +197,7 @@ impl Backend for CpuBackend {
     }
 
     fn dequantize4(&self, out: &mut CpuBuf, q: &CpuQuant) -> Result<()> {
-        q.q.dequantize_into(out)
+        Ok(q.q.dequantize_into(out)?)
     }
 
     fn upload_int8(&self, q: &Int8Rows) -> Result<CpuInt8> {
@@ -213,7 +210,7 @@ impl Backend for CpuBackend {
     }
 
     fn dequantize_int8(&self, out: &mut CpuBuf, q: &CpuInt8) -> Result<()> {
-        q.q.dequantize_into(out)
+        Ok(q.q.dequantize_into(out)?)
     }
 
     fn name(&self) -> &'static str {

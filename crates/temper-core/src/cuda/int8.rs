@@ -5,12 +5,12 @@
 use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, LaunchConfig};
+use temper_quant::{Int8Rows, INV_127};
 
 use super::{dev_err, grid_stride, launch, CudaBackend, CudaBuf};
 use crate::error::check_len;
-use crate::int8::INV_127;
 use crate::memory::Accounting;
-use crate::{CoreError, Int8Rows, Result};
+use crate::{CoreError, Result};
 
 /// An [`Int8Rows`] in device memory, counted until dropped.
 pub struct CudaInt8 {

@@ -238,7 +238,7 @@ impl Backend for CudaBackend {
         self.restore_from_host_impl(host)
     }
 
-    fn upload_quant4(&self, q: &crate::Quant4) -> Result<super::CudaQuant> {
+    fn upload_quant4(&self, q: &temper_quant::Quant4) -> Result<super::CudaQuant> {
         self.upload_quant4_impl(q)
     }
 
@@ -251,7 +251,7 @@ impl Backend for CudaBackend {
         &self,
         bytes: &[u8],
         stored: DType,
-        spec: &crate::Quantize4Spec,
+        spec: &temper_quant::Quantize4Spec,
         name: &str,
     ) -> Result<Option<super::CudaQuant>> {
         let values = self.upload_staged(bytes, stored, stored)?;
@@ -274,7 +274,7 @@ impl Backend for CudaBackend {
         self.upload_staged(bytes, stored, self.compute_dtype)
     }
 
-    fn upload_int8(&self, q: &crate::Int8Rows) -> Result<super::CudaInt8> {
+    fn upload_int8(&self, q: &temper_quant::Int8Rows) -> Result<super::CudaInt8> {
         self.upload_int8_impl(q)
     }
 

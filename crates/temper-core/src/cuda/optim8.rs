@@ -5,10 +5,11 @@
 use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, DevicePtrMut, LaunchConfig, PinnedHostSlice, SyncOnDrop};
+use temper_quant::state8::{check_state8, BLOCKSIZE};
 
 use super::{check_f32, dev_err, launch, CudaBackend, CudaBuf};
 use crate::backend::AdamWStep;
-use crate::cpu::adamw8bit::{check_state8, Scalars8, BLOCKSIZE};
+use crate::cpu::adamw8bit::Scalars8;
 use crate::memory::Accounting;
 use crate::{DType, Result};
 
@@ -56,7 +57,7 @@ impl CudaBackend {
         on_host: bool,
     ) -> Result<CudaState8> {
         // Refuses an unsorted map as the CPU does.
-        crate::cpu::adamw8bit::bounds(map)?;
+        temper_quant::state8::bounds(map)?;
         let blocks = n.div_ceil(BLOCKSIZE);
         let map_dev = self
             .stream

@@ -5,11 +5,12 @@
 use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig, SyncOnDrop};
+use temper_quant::{Absmax4, Quant4, Quantize4Spec};
 
 use super::{dev_err, grid_stride, launch, CudaBackend, CudaBuf};
 use crate::error::check_len;
 use crate::memory::Accounting;
-use crate::{Absmax4, CoreError, DType, Quant4, Quantize4Spec, Result};
+use crate::{CoreError, DType, Result};
 
 /// Block scales on the device.
 enum Scales {
@@ -225,7 +226,7 @@ impl CudaBackend {
         // (scale - offset) and one f32 scale per nested block.
         let nbs = nested.blocksize;
         let nested_blocks = blocks.div_ceil(nbs);
-        let offset = (nested.offset_of)(host);
+        let offset = temper_quant::torch_mean(host);
         let map = self.stream.clone_htod(&nested.map[..]).map_err(&alloc)?;
         let mut codes = self
             .stream

@@ -1,13 +1,14 @@
 //! 8-bit frozen weights as bitsandbytes' LLM.int8 stores them (`Int8Params`: `weight` int8
-//! codes (out, in) and `SCB` f32 row scales (out,)), and the CPU twin of the CUDA
-//! dequantisation kernel (`dequant_int8_*` in `kernels/dequant.cu`). Quantising lives in
-//! temper-quant (`int8_vectorwise_quant`).
+//! codes (out, in) and `SCB` f32 row scales (out,)) and temper-core's backends hold them, and
+//! the CPU twin of the CUDA dequantisation kernel (`dequant_int8_*` in
+//! `crates/temper-core/kernels/dequant.cu`). Quantising is [`crate::int8_vectorwise_quant`].
 
-use crate::{CoreError, Result};
+use rayon::prelude::*;
+
+use crate::error::{check_len, QuantError, Result};
 
 /// bitsandbytes' `int8_vectorwise_dequant` constant `7.874015718698502e-3` (1/127 as a Python
-/// float), rounded to f32 when it multiplies the f32 tensor. The same constant as
-/// temper-quant's; written here again since temper-core does not depend on it.
+/// float), rounded to f32 when it multiplies the f32 tensor.
 pub const INV_127: f32 = 7.874_015_718_698_502e-3_f64 as f32;
 
 /// A (rows, cols) matrix in row-wise absmax int8: value = code * scale[row] / 127.
@@ -24,7 +25,7 @@ pub struct Int8Rows {
 impl Int8Rows {
     /// Checks that the parts agree with each other.
     pub fn validate(&self) -> Result<()> {
-        let bad = |msg: String| Err(CoreError::Invalid { op: "int8", msg });
+        let bad = |msg: String| Err(QuantError::Invalid { op: "int8", msg });
         match self.rows.checked_mul(self.cols) {
             Some(n) if n == self.codes.len() => {}
             _ => {
@@ -63,21 +64,26 @@ impl Int8Rows {
     /// training path `MatMul8bitFp` multiplies the code by `SCB * (1/127)` instead, which can
     /// differ in the last bit of f32.)
     pub fn dequantize_into(&self, out: &mut [f32]) -> Result<()> {
-        crate::error::check_len("dequantize_int8", "out", out.len(), self.numel())?;
-        if self.cols == 0 {
-            return Ok(());
-        }
-        use rayon::prelude::*;
-        out.par_chunks_mut(self.cols)
-            .zip(self.codes.par_chunks(self.cols))
-            .zip(self.scales.par_iter())
-            .for_each(|((row, codes), &s)| {
-                for (v, &q) in row.iter_mut().zip(codes) {
-                    *v = q as f32 * s * INV_127;
-                }
-            });
+        check_len("dequantize_int8", "out", out.len(), self.numel())?;
+        dequantize_rows_into(&self.codes, &self.scales, self.cols, out);
         Ok(())
     }
+}
+
+/// `out = codes * scales[row] * INV_127` for codes (rows, cols), rows in parallel; `out` and
+/// `codes` have the same length, `scales` one entry per row.
+pub(crate) fn dequantize_rows_into(codes: &[i8], scales: &[f32], cols: usize, out: &mut [f32]) {
+    if cols == 0 {
+        return;
+    }
+    out.par_chunks_mut(cols)
+        .zip(codes.par_chunks(cols))
+        .zip(scales.par_iter())
+        .for_each(|((row, codes), &s)| {
+            for (v, &q) in row.iter_mut().zip(codes) {
+                *v = q as f32 * s * INV_127;
+            }
+        });
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! `load_4bit_folder`: the 4-bit weights of a folder in bitsandbytes' layout (made by
+//! [`load_4bit_folder`]: the 4-bit weights of a folder in bitsandbytes' layout (made by
 //! `temper quantize`, or by transformers + bitsandbytes `save_pretrained`), as they are
 //! stored: no requantisation.
 

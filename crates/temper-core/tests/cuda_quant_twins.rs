@@ -1,5 +1,5 @@
-//! The CUDA quantisation kernels (crates/temper-core/kernels/quant.cu, reached through
-//! `Backend::quantize4`) against their CPU twins here, which are bit-exact with
+//! The CUDA quantisation kernels (`kernels/quant.cu`, reached through `Backend::quantize4`)
+//! against their CPU twins in temper-quant, which are bit-exact with
 //! bitsandbytes' reference ops: packed codes, block scales, nested codes, nested scales and
 //! offset must be the same bits, for NF4 and FP4, with and without double quantisation, from
 //! f32, bf16 and f16 input, at awkward sizes (odd counts, a partial last block, more than 256
@@ -9,43 +9,14 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use temper_core::dtype::encode_le;
-use temper_core::{Absmax4, Backend, CudaBackend, DType, NestedSpec, Quant4, Quantize4Spec};
-use temper_quant::{
-    int8_vectorwise_quant, signed_map, torch_mean, Absmax, QuantState, QuantType, NESTED_BLOCKSIZE,
-};
-
-fn spec(qt: QuantType, blocksize: usize, double: bool) -> Quantize4Spec {
-    Quantize4Spec {
-        code: *qt.code(),
-        blocksize,
-        nested: double.then(|| NestedSpec {
-            map: Box::new(*signed_map()),
-            blocksize: NESTED_BLOCKSIZE,
-            offset_of: torch_mean,
-        }),
-    }
-}
+use temper_core::{Backend, CudaBackend, DType};
+use temper_quant::{int8_vectorwise_quant, Absmax4, Quant4, QuantState, QuantType, Quantize4Spec};
 
 /// temper-quant's result in the backend's layout.
 fn cpu_twin(values: &[f32], qt: QuantType, blocksize: usize, double: bool) -> Quant4 {
     let q = QuantState::quantize(values, &[values.len()], "float32", blocksize, qt, double)
         .expect("CPU quantize");
-    Quant4 {
-        code: *qt.code(),
-        blocksize,
-        numel: values.len(),
-        bytes: q.bytes,
-        absmax: match q.absmax {
-            Absmax::Plain(a) => Absmax4::Plain(a),
-            Absmax::Nested(n) => Absmax4::Nested {
-                codes: n.codes,
-                map: n.map,
-                nested_absmax: n.nested_absmax,
-                nested_blocksize: NESTED_BLOCKSIZE,
-                offset: n.offset,
-            },
-        },
-    }
+    Quant4::from_state(&q)
 }
 
 fn bits(v: &[f32]) -> Vec<u32> {
@@ -154,7 +125,7 @@ fn quantize4_on_the_gpu_equals_the_cpu_bit_for_bit() {
                 for double in [false, true] {
                     let what = format!("{dt:?} n={n} bs={bs} {qt:?} double={double}");
                     let q = gpu
-                        .quantize4(&bytes, dt, &spec(qt, bs, double), &what)
+                        .quantize4(&bytes, dt, &Quantize4Spec::new(qt, bs, double), &what)
                         .unwrap_or_else(|e| panic!("{what}: {e}"))
                         .expect("the CUDA backend quantises on the device");
                     let got = gpu.download_quant4(&q).expect("download");
@@ -178,7 +149,7 @@ fn quantize4_on_the_gpu_refuses_non_finite_values_and_names_the_tensor() {
             .quantize4(
                 &encode_le(&values, DType::F32),
                 DType::F32,
-                &spec(QuantType::Nf4, 64, true),
+                &Quantize4Spec::new(QuantType::Nf4, 64, true),
                 "model.layers.3.mlp.up_proj.weight",
             )
             .err()
@@ -198,7 +169,7 @@ fn quantize4_on_the_gpu_refuses_unsupported_block_sizes() {
             .quantize4(
                 &encode_le(&[1.0; 100], DType::F32),
                 DType::F32,
-                &spec(QuantType::Nf4, bs, false),
+                &Quantize4Spec::new(QuantType::Nf4, bs, false),
                 "w",
             )
             .err()
@@ -242,7 +213,7 @@ fn quantize_int8_on_the_gpu_equals_the_cpu_bit_for_bit() {
                 .expect("the CUDA backend quantises on the device");
             let got = gpu.download_int8(&q).expect("download");
             let f16: Vec<f32> = values.iter().map(|&x| DType::F16.round(x)).collect();
-            let want = int8_vectorwise_quant(&f16, rows, cols, 0.0).expect("CPU twin");
+            let (want, _) = int8_vectorwise_quant(&f16, rows, cols, 0.0).expect("CPU twin");
             if let Some(i) = (0..rows * cols).find(|&i| got.codes[i] != want.codes[i]) {
                 panic!(
                     "{what}: code {i} (row {}): GPU {}, CPU {} (value {})",
@@ -252,7 +223,7 @@ fn quantize_int8_on_the_gpu_equals_the_cpu_bit_for_bit() {
                     f16[i]
                 );
             }
-            assert_eq!(bits(&got.scales), bits(&want.row_stats), "{what}: scales");
+            assert_eq!(bits(&got.scales), bits(&want.scales), "{what}: scales");
             cases += 1;
         }
     }
