@@ -565,7 +565,7 @@ pub fn train_eval<B: Backend>(
                 // The last micro-batch sums each layer's gradients over ranks as soon as
                 // its backward is queued, overlapping the rest of backward.
                 let last = j + 1 == batches.len();
-                let losses = model.forward_backward_with(
+                let losses = model.forward_backward_with::<TrainError>(
                     &mut lora,
                     &tb,
                     grad_scale,
@@ -573,8 +573,7 @@ pub fn train_eval<B: Backend>(
                     &ctx,
                     &mut |l, lora| {
                         if last {
-                            sync.layer_done(be, coll, lora, l)
-                                .map_err(|e| temper_model::ModelError::Hook(e.to_string()))?;
+                            sync.layer_done(be, coll, lora, l)?;
                         }
                         Ok(())
                     },
