@@ -7,21 +7,23 @@
 //! gradients are summed over ranks before clipping, so every rank takes the step one process
 //! would take with the whole global batch. Only rank 0 writes files and reports progress.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use serde::Serialize;
 use temper_core::{Backend, DType};
 use temper_data::{shuffled_order, Batch, PackedRow};
-use temper_model::{adapter, Checkpointing, LoraConfig, LoraParams, Model, StepCtx, TokenBatch};
+use temper_model::{adapter, Checkpointing, LoraConfig, LoraParams, Model, StepCtx};
 
+use crate::batches::token_batch;
 use crate::checkpoint::{self, TrainerState};
 use crate::dist::collective::{Collective, Single};
 use crate::dist::grad_sync::GradSync;
 use crate::dist::shard::Shard;
 use crate::error::{io_err, Result, TrainError};
+use crate::eval::{eval_loss, EvalOptions, EvalReport};
 use crate::loss_scale::LossScaler;
+use crate::metrics::MetricsLog;
 use crate::optimizer::{clip_grad_norm, unscale_and_clip, AdamW, AdamWConfig};
 use crate::schedule::{Schedule, ScheduleKind};
 
@@ -118,67 +120,6 @@ fn resume_changes(state: &TrainerState, now: &TrainerState) -> Vec<String> {
         }
     }
     out
-}
-
-/// Rewrites metrics.jsonl keeping only the lines of steps up to `step` (all of them on a
-/// fresh run there are none to keep), so that steps redone after a resume appear once.
-fn keep_metrics_until(path: &std::path::Path, step: u64) -> Result<()> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io_err(path)(e)),
-    };
-    let kept: String = text
-        .lines()
-        .filter(|line| {
-            serde_json::from_str::<serde_json::Value>(line)
-                .ok()
-                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
-                .is_some_and(|s| s <= step)
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    if kept.len() != text.len() {
-        let tmp = path.with_extension("jsonl.tmp");
-        std::fs::write(&tmp, kept).map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, path).map_err(io_err(path))?;
-    }
-    Ok(())
-}
-
-/// When to evaluate during training (TrainingArguments' `eval_strategy` / `eval_steps`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum EvalEvery {
-    #[default]
-    Never,
-    /// Every this many optimizer steps.
-    Steps(u64),
-    /// At the end of every epoch.
-    Epoch,
-}
-
-/// Evaluation during training and what follows from it, named as in transformers'
-/// `TrainingArguments`, and how many checkpoints to keep.
-#[derive(Clone, Debug, Default)]
-pub struct EvalOptions {
-    pub every: EvalEvery,
-    /// Packed eval rows per forward pass (0: one).
-    pub batch_size: usize,
-    /// At the end, write the adapter of the step with the lowest eval loss (a checkpoint is
-    /// saved at every evaluation so that it can be).
-    pub load_best_model_at_end: bool,
-    /// Stop after this many evaluations in a row without a lower eval loss.
-    pub early_stopping_patience: Option<u64>,
-    /// Keep only the newest this many checkpoints (and the best one when it is tracked).
-    pub save_total_limit: Option<usize>,
-}
-
-/// One evaluation during training, as reported to observers and written to metrics.jsonl.
-#[derive(Clone, Debug, Serialize)]
-pub struct EvalReport {
-    pub step: u64,
-    pub eval_loss: f64,
-    pub eval_tokens: usize,
 }
 
 /// One optimizer step, as reported to observers and written to metrics.jsonl.
@@ -312,47 +253,6 @@ pub fn train_with<B: Backend>(
         observer,
         coll,
     )
-}
-
-/// Mean loss per loss token of `model` with `lora` over `rows`, `rows_per_batch` packed rows
-/// at a time, each rank scoring its share: (loss, loss tokens), the same on every rank.
-pub fn eval_loss<B: Backend>(
-    model: &Model<B>,
-    lora: &LoraParams<B>,
-    rows: &[PackedRow],
-    rows_per_batch: usize,
-    coll: &dyn Collective<B>,
-) -> Result<(f64, usize)> {
-    let mine: Vec<&PackedRow> = rows
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| i % coll.world() == coll.rank())
-        .map(|(_, r)| r)
-        .collect();
-    let (mut sum, mut count) = (0f64, 0usize);
-    for chunk in mine.chunks(rows_per_batch.max(1)) {
-        let b = Batch::from_rows(chunk);
-        let tb = TokenBatch {
-            ids: &b.input_ids,
-            positions: &b.position_ids,
-            cu_seqlens: &b.cu_seqlens,
-            targets: &b.targets,
-        };
-        let losses = model.token_losses(Some(lora), &tb)?;
-        sum += losses.iter().map(|&x| x as f64).sum::<f64>();
-        count += b.loss_tokens();
-    }
-    let mut both = [sum, count as f64];
-    coll.all_reduce_f64(&mut both)?;
-    let count = both[1] as usize;
-    Ok((
-        if count > 0 {
-            both[0] / count as f64
-        } else {
-            f64::NAN
-        },
-        count,
-    ))
 }
 
 /// [`train_with`], evaluating on `eval_rows` during training as `eval` says (every rank passes
@@ -489,13 +389,10 @@ pub fn train_eval<B: Backend>(
         check_ranks_agree(be, coll, &lora, rows, &fingerprint, start_step, total_steps)?;
     }
 
-    let metrics_path = s.output_dir.join("metrics.jsonl");
+    let mut metrics = MetricsLog::new(&s.output_dir);
     if lead {
-        keep_metrics_until(&metrics_path, start_step)?;
+        metrics.keep_until(start_step)?;
     }
-    // Opened at the first step's line, so that a run failing before any step leaves no
-    // file behind (which would make its output_dir non-empty for the next fresh run).
-    let mut metrics: Option<std::fs::File> = None;
 
     if lead {
         observer.on_start(start_step, total_steps);
@@ -515,7 +412,6 @@ pub fn train_eval<B: Backend>(
         best: None,
         last_eval: None,
     };
-    let evaluating = !eval_rows.is_empty() && eval.every != EvalEvery::Never;
     // float16 activations train with dynamic loss scaling; bf16 and f32 need none.
     let mut scaler = (be.compute_dtype() == DType::F16).then(LossScaler::default);
     let mut zero_grad_steps = 0u64;
@@ -550,12 +446,6 @@ pub fn train_eval<B: Backend>(
         if loss_tokens > 0 {
             let grad_scale = scaler.as_ref().map_or(1.0, |sc| sc.scale) / loss_tokens as f32;
             for (j, b) in batches.iter().enumerate() {
-                let tb = TokenBatch {
-                    ids: &b.input_ids,
-                    positions: &b.position_ids,
-                    cu_seqlens: &b.cu_seqlens,
-                    targets: &b.targets,
-                };
                 // Dropout is seeded by the global micro-batch index, as one process would.
                 let mb = shard.first_micro_batch() + j;
                 let ctx = StepCtx {
@@ -567,7 +457,7 @@ pub fn train_eval<B: Backend>(
                 let last = j + 1 == batches.len();
                 let losses = model.forward_backward_with::<TrainError>(
                     &mut lora,
-                    &tb,
+                    &token_batch(b),
                     grad_scale,
                     s.checkpointing,
                     &ctx,
@@ -643,19 +533,7 @@ pub fn train_eval<B: Backend>(
             elapsed_s: started.elapsed().as_secs_f64(),
         };
         if lead {
-            let m = match metrics.as_mut() {
-                Some(m) => m,
-                None => metrics.insert(
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(&metrics_path)
-                        .map_err(io_err(&metrics_path))?,
-                ),
-            };
-            let line =
-                serde_json::to_string(&report).map_err(|e| TrainError::Config(e.to_string()))?;
-            writeln!(m, "{line}").map_err(io_err(&metrics_path))?;
+            metrics.append(&report)?;
             observer.on_step(&report);
         }
         summary.first_loss.get_or_insert(loss);
@@ -664,12 +542,7 @@ pub fn train_eval<B: Backend>(
         summary.tokens += tokens;
 
         let done = k + 1 == total_steps;
-        let eval_now = evaluating
-            && match eval.every {
-                EvalEvery::Never => false,
-                EvalEvery::Steps(n) => (k + 1) % n.max(1) == 0,
-                EvalEvery::Epoch => (k + 1) % steps_per_epoch == 0 || done,
-            };
+        let eval_now = !eval_rows.is_empty() && eval.every.due(k + 1, steps_per_epoch, done);
         let mut early_stop = false;
         if eval_now {
             let (loss, tokens) = eval_loss(model, &lora, eval_rows, eval.batch_size, coll)?;
@@ -678,10 +551,8 @@ pub fn train_eval<B: Backend>(
                 eval_loss: loss,
                 eval_tokens: tokens,
             };
-            if let Some(m) = metrics.as_mut() {
-                let line = serde_json::to_string(&report)
-                    .map_err(|e| TrainError::Config(e.to_string()))?;
-                writeln!(m, "{line}").map_err(io_err(&metrics_path))?;
+            if lead {
+                metrics.append(&report)?;
                 observer.on_eval(&report);
             }
             if best.is_none_or(|(_, b)| loss < b) {
