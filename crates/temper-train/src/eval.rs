@@ -1,5 +1,6 @@
-//! Evaluation: when to evaluate during training, the mean eval loss over ranks, the
-//! evaluation after training, and each row's loss for `temper eval`.
+//! Evaluation: when to evaluate during training and what follows from it (the best step,
+//! early stopping), the mean eval loss over ranks, the evaluation after training, and each
+//! row's loss for `temper eval`.
 
 use std::path::Path;
 
@@ -59,6 +60,27 @@ pub struct EvalReport {
     pub step: u64,
     pub eval_loss: f64,
     pub eval_tokens: usize,
+}
+
+/// The lowest eval loss so far and how many evaluations since have not beaten it (what
+/// checkpoints record, so that a resumed run goes on counting).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Best {
+    /// (step, eval loss).
+    pub best: Option<(u64, f64)>,
+    pub evals_since_best: u64,
+}
+
+impl Best {
+    /// Counts evaluation `loss` at `step`.
+    pub fn record(&mut self, step: u64, loss: f64) {
+        if self.best.is_none_or(|(_, b)| loss < b) {
+            self.best = Some((step, loss));
+            self.evals_since_best = 0;
+        } else {
+            self.evals_since_best += 1;
+        }
+    }
 }
 
 /// Mean loss per loss token of `model` with `lora` over `rows`, `rows_per_batch` packed rows
@@ -204,5 +226,17 @@ mod tests {
         // A short last epoch is evaluated at its end too.
         assert_eq!(due_steps(EvalEvery::Epoch, 4, 10), [4, 8, 10]);
         assert_eq!(due_steps(EvalEvery::Steps(0), 4, 3), [1, 2, 3]);
+    }
+
+    #[test]
+    fn the_best_step_and_the_evaluations_since() {
+        let mut b = Best::default();
+        let mut seen = Vec::new();
+        for (step, loss) in [(1, 3.0), (2, 2.0), (3, 2.5), (4, 2.0), (5, 1.0), (6, 1.5)] {
+            b.record(step, loss);
+            seen.push((b.best.unwrap().0, b.evals_since_best));
+        }
+        // A tie does not beat the best.
+        assert_eq!(seen, [(1, 0), (2, 0), (2, 1), (2, 2), (5, 0), (5, 1)]);
     }
 }

@@ -9,8 +9,12 @@ pub mod error;
 pub mod eval;
 pub mod loss_scale;
 mod metrics;
+mod nonfinite;
 pub mod optimizer;
+mod report;
 pub mod schedule;
+mod setup;
+mod step;
 pub mod trainer;
 
 pub use dist::collective::{Collective, HostCollective, Single};
