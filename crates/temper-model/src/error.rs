@@ -50,9 +50,6 @@ pub enum ModelError {
     LoadOptions(String),
     #[error("adapter: {0}")]
     Adapter(String),
-    /// Raised by a caller's per-layer hook (e.g. a failed gradient sum across ranks).
-    #[error("{0}")]
-    Hook(String),
     #[error(transparent)]
     Core(#[from] temper_core::CoreError),
     #[error(transparent)]

@@ -111,6 +111,11 @@ impl StepCtx {
     }
 }
 
+/// A caller's hook run after each layer's backward (see [`Model::forward_backward_with`]),
+/// failing with the caller's own error type `E`.
+pub type LayerHook<'a, B, E> =
+    dyn FnMut(usize, &mut LoraParams<B>) -> std::result::Result<(), E> + 'a;
+
 /// When to keep activations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Checkpointing {
@@ -387,21 +392,28 @@ impl<B: Backend> Model<B> {
         ckpt: Checkpointing,
         ctx: &StepCtx,
     ) -> Result<Vec<f32>> {
-        self.forward_backward_with(lora, batch, grad_scale, ckpt, ctx, &mut |_, _| Ok(()))
+        self.forward_backward_with::<ModelError>(lora, batch, grad_scale, ckpt, ctx, &mut |_, _| {
+            Ok(())
+        })
     }
 
     /// [`Model::forward_backward`], calling `layer_done(l, lora)` right after layer l's
     /// backward has been queued: from then on this micro-batch adds nothing more to the LoRA
-    /// gradients of layers l and above (data parallelism starts summing them there).
-    pub fn forward_backward_with(
+    /// gradients of layers l and above (data parallelism starts summing them there). The
+    /// hook's error type is the caller's: its errors come back as they were raised, and the
+    /// model's own become `E` through `From`.
+    pub fn forward_backward_with<E>(
         &self,
         lora: &mut LoraParams<B>,
         batch: &TokenBatch<'_>,
         grad_scale: f32,
         ckpt: Checkpointing,
         ctx: &StepCtx,
-        layer_done: &mut dyn FnMut(usize, &mut LoraParams<B>) -> Result<()>,
-    ) -> Result<Vec<f32>> {
+        layer_done: &mut LayerHook<'_, B, E>,
+    ) -> std::result::Result<Vec<f32>, E>
+    where
+        E: From<ModelError> + From<temper_core::CoreError>,
+    {
         self.check_batch(batch)?;
         lora.make_compute_copies(&*self.be)?;
         let result = self.forward_backward_inner(lora, batch, grad_scale, ckpt, ctx, layer_done);
@@ -409,15 +421,18 @@ impl<B: Backend> Model<B> {
         result
     }
 
-    fn forward_backward_inner(
+    fn forward_backward_inner<E>(
         &self,
         lora: &mut LoraParams<B>,
         batch: &TokenBatch<'_>,
         grad_scale: f32,
         ckpt: Checkpointing,
         ctx: &StepCtx,
-        layer_done: &mut dyn FnMut(usize, &mut LoraParams<B>) -> Result<()>,
-    ) -> Result<Vec<f32>> {
+        layer_done: &mut LayerHook<'_, B, E>,
+    ) -> std::result::Result<Vec<f32>, E>
+    where
+        E: From<ModelError> + From<temper_core::CoreError>,
+    {
         let be = &*self.be;
         let (n, c, v) = (batch.len(), self.cfg.hidden, self.cfg.vocab);
         let layers = self.cfg.layers;
@@ -497,9 +512,9 @@ impl<B: Backend> Model<B> {
                     },
                 ),
                 None => {
-                    return Err(ModelError::Adapter(
-                        "internal: layer inputs exhausted".into(),
-                    ))
+                    return Err(
+                        ModelError::Adapter("internal: layer inputs exhausted".into()).into(),
+                    )
                 }
             };
             // The next layer's input travels while this one recomputes and walks back.

@@ -13,17 +13,17 @@
 //! appended, and every next token counts: what transformers computes with `labels=input_ids`.
 //! Chat and prompt/completion rows are rendered and masked with the model's template,
 //! assistant turns only.
+//!
+//! The scoring is temper-train's ([`temper_train::row_losses`]); this file picks the rows,
+//! the model and the adapter, and prints.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use serde::Serialize;
 use temper_core::{Backend, CpuBackend};
-use temper_data::{
-    read_jsonl, tokenize_row, unpacked, Batch, PackedRow, Row, TokenizeOptions, Tokenizer,
-};
-use temper_model::{adapter, LoraParams, Model, TokenBatch};
+use temper_data::{read_jsonl, tokenize_row, unpacked, PackedRow, Row, TokenizeOptions, Tokenizer};
+use temper_model::{adapter, Model};
 
 use crate::config::{self, TrainPlan};
 use crate::device::{self, DeviceChoice};
@@ -39,21 +39,6 @@ pub struct EvalArgs {
     pub dtype: Option<String>,
     pub max_seq_len: Option<usize>,
 }
-
-#[derive(Serialize)]
-struct RowLoss {
-    loss: f64,
-    tokens: usize,
-}
-
-#[derive(Serialize)]
-struct Report {
-    mean_loss: f64,
-    rows: Vec<RowLoss>,
-}
-
-/// Tokens per forward pass when evaluating several rows together.
-const EVAL_BATCH_TOKENS: usize = 4096;
 
 /// What to score and how to load it, from the config or the flags.
 struct Job {
@@ -149,7 +134,7 @@ fn run_on<B: Backend>(be: Arc<B>, job: Job, args: &EvalArgs) -> Result<()> {
             rows_as_given(&tok, data, args.max_seq_len)?
         }
     };
-    let report = score(&model, lora.as_ref(), &seqs)?;
+    let report = temper_train::row_losses(&model, lora.as_ref(), &seqs)?;
     let total_tokens: usize = report.rows.iter().map(|r| r.tokens).sum();
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -215,56 +200,4 @@ fn rows_as_given(
         examples.push(ex);
     }
     Ok(unpacked(&examples))
-}
-
-/// Each sequence's mean loss and the token-weighted mean.
-fn score<B: Backend>(
-    model: &Model<B>,
-    lora: Option<&LoraParams<B>>,
-    seqs: &[PackedRow],
-) -> Result<Report> {
-    let mut results: Vec<RowLoss> = Vec::with_capacity(seqs.len());
-    let mut start = 0;
-    while start < seqs.len() {
-        // Group whole rows up to EVAL_BATCH_TOKENS (a longer row goes alone).
-        let mut end = start + 1;
-        let mut tokens = seqs[start].len();
-        while end < seqs.len() && tokens + seqs[end].len() <= EVAL_BATCH_TOKENS {
-            tokens += seqs[end].len();
-            end += 1;
-        }
-        let refs: Vec<_> = seqs[start..end].iter().collect();
-        let batch = Batch::from_rows(&refs);
-        let tb = TokenBatch {
-            ids: &batch.input_ids,
-            positions: &batch.position_ids,
-            cu_seqlens: &batch.cu_seqlens,
-            targets: &batch.targets,
-        };
-        let losses = model.token_losses(lora, &tb)?;
-        for w in batch.cu_seqlens.windows(2) {
-            let (a, b) = (w[0] as usize, w[1] as usize);
-            let counted = batch.targets[a..b].iter().filter(|&&t| t >= 0).count();
-            let sum: f64 = losses[a..b].iter().map(|&x| x as f64).sum();
-            results.push(RowLoss {
-                loss: if counted > 0 {
-                    sum / counted as f64
-                } else {
-                    0.0
-                },
-                tokens: counted,
-            });
-        }
-        start = end;
-    }
-    let total_tokens: usize = results.iter().map(|r| r.tokens).sum();
-    let total: f64 = results.iter().map(|r| r.loss * r.tokens as f64).sum();
-    Ok(Report {
-        mean_loss: if total_tokens > 0 {
-            total / total_tokens as f64
-        } else {
-            f64::NAN
-        },
-        rows: results,
-    })
 }

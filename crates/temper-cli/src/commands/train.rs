@@ -1,6 +1,5 @@
 //! `temper train CONFIG.yaml [--key value ...]`
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -238,38 +237,20 @@ fn run_on<B: Backend + 'static>(
     }
     let mut final_eval = None;
     if !data.inner.eval.is_empty() {
-        let end_step = summary.start_step + summary.steps;
-        let evaluated_at_end = summary.last_eval.as_ref().map(|e| e.step) == Some(end_step);
-        let (loss, tokens) = temper_train::eval_loss(
+        let (loss, tokens) = temper_train::eval_after_training(
             &model,
             &lora,
             &data.inner.eval,
             s.micro_batch_size,
-            &temper_train::Single,
+            &summary,
+            &plan.eval,
+            &s.output_dir,
         )?;
         eprintln!(
             "eval: loss {loss:.4} (perplexity {:.3}) over {tokens} tokens of {} rows",
             loss.exp(),
             data.inner.eval.len()
         );
-        // Written unless training evaluated these weights at this step already, or the
-        // weights are the best step's (load_best_model_at_end), whose row is there.
-        if !evaluated_at_end && !plan.eval.load_best_model_at_end {
-            // Keys in the order of the evaluation rows written during training.
-            let line = serde_json::to_string(&temper_train::EvalReport {
-                step: end_step,
-                eval_loss: loss,
-                eval_tokens: tokens,
-            })
-            .context("writing the final eval row")?;
-            let path = s.output_dir.join("metrics.jsonl");
-            let mut f = std::fs::OpenOptions::new()
-                .append(true)
-                .create(true)
-                .open(&path)
-                .with_context(|| format!("opening {}", path.display()))?;
-            writeln!(f, "{line}").with_context(|| format!("writing {}", path.display()))?;
-        }
         final_eval = Some(loss);
     }
     crate::run_files::write_all(&plan, &tok, &summary, final_eval);
