@@ -15,6 +15,7 @@ pub mod mix;
 pub mod pretokenizer;
 pub mod quantize;
 pub mod reader;
+pub mod spm;
 pub mod tokenizer;
 pub mod writer;
 
