@@ -61,8 +61,10 @@ impl OutDtype {
 /// The version of what `import` writes, raised whenever the folder it writes for the same
 /// file changes, so that a cache of imports keyed on the file can tell one made by an older
 /// temper. 2: the tokenizer splits text as llama.cpp does for the file's `tokenizer.ggml.pre`.
-/// 3: llama3 RoPE scaling from `rope_freqs`; qwen3 files.
-pub const IMPORT_VERSION: u32 = 3;
+/// 3: llama3 RoPE scaling from `rope_freqs`; qwen3 files. 4: SentencePiece tokenizers; tokens
+/// llama.cpp treats as control by their text (`</s>`, `<|end|>`...) are special whatever their
+/// type, and Phi-3's strip the whitespace after them.
+pub const IMPORT_VERSION: u32 = 4;
 
 /// What an import wrote.
 #[derive(Debug)]

@@ -318,3 +318,115 @@ fn tokenizer_config_follows_the_file() {
     assert_eq!(cfg["eos_token"], "</s>");
     assert!(cfg.get("chat_template").is_none());
 }
+
+/// `import` (what `temper import-gguf` runs) on a llama-architecture GGUF carrying Phi-3's
+/// SentencePiece vocabulary: the tiny llama fixture's layers with embeddings resized to the
+/// vocabulary and every `tokenizer.*` key and `general.name` of llama.cpp's ggml-vocab-phi-3.
+/// The folder's tokenizer, loaded as temper loads it, encodes the chats as llama.cpp does (BOS
+/// from add_bos_token, control tokens parsed), and the model loads.
+#[test]
+fn import_writes_a_folder_whose_tokenizer_encodes_as_llama_cpp() {
+    use std::sync::Arc;
+    use temper_gguf::dequant::GgmlType;
+    use temper_gguf::reader::Value as GValue;
+    use temper_gguf::writer::{write_gguf, OutTensor};
+
+    let Some(dir) = common::llama_cpp_vocabs() else {
+        return;
+    };
+    let vocab_file = GgufFile::open(&vocab_path(&dir, "phi-3")).unwrap();
+    let n_vocab = vocab_file
+        .opt_strings("tokenizer.ggml.tokens")
+        .unwrap()
+        .unwrap()
+        .len() as u64;
+    let tiny = GgufFile::open(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/gguf/tiny_llama.gguf"),
+    )
+    .unwrap();
+    let mut meta: Vec<(String, GValue)> = tiny
+        .metadata
+        .iter()
+        .filter(|(k, _)| !k.starts_with("tokenizer.") && k != "general.name")
+        .map(|(k, v)| match k.as_str() {
+            "llama.vocab_size" => (k.clone(), GValue::U32(n_vocab as u32)),
+            _ => (k.clone(), v.clone()),
+        })
+        .collect();
+    meta.extend(
+        vocab_file
+            .metadata
+            .iter()
+            .filter(|(k, _)| k.starts_with("tokenizer.") || k == "general.name")
+            .cloned(),
+    );
+    let resized = |name: &str| name == "token_embd.weight" || name == "output.weight";
+    let tensors: Vec<OutTensor> = tiny
+        .tensors
+        .iter()
+        .map(|t| {
+            if resized(&t.name) {
+                OutTensor {
+                    name: t.name.clone(),
+                    dims: vec![t.dims[0], n_vocab],
+                    ty: GgmlType::F32,
+                }
+            } else {
+                OutTensor {
+                    name: t.name.clone(),
+                    dims: t.dims.clone(),
+                    ty: t.ty,
+                }
+            }
+        })
+        .collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = tmp.path().join("phi3-vocab-llama.gguf");
+    let mut rng = Rng(7);
+    write_gguf(&gguf, &meta, &tensors, |i, buf| {
+        let t = &tiny.tensors[i];
+        if resized(&t.name) {
+            for _ in 0..t.dims[0] * n_vocab {
+                let x = (rng.next() % 2001) as f32 / 1000.0 - 1.0;
+                buf.extend_from_slice(&(0.02 * x).to_le_bytes());
+            }
+        } else {
+            buf.extend_from_slice(tiny.tensor_bytes(t)?);
+        }
+        Ok(())
+    })
+    .unwrap();
+
+    let out = tmp.path().join("imported");
+    temper_gguf::import(
+        &GgufFile::open(&gguf).unwrap(),
+        &out,
+        temper_gguf::OutDtype::F32,
+    )
+    .unwrap();
+    let tok = temper_data::Tokenizer::from_dir(&out).unwrap();
+    assert_eq!(tok.bos_id(), Some(1));
+    assert_eq!(tok.eos_id(), Some(32000));
+    assert!(tok.chat_template().is_some(), "the GGUF's chat template");
+    let fx = fixture();
+    let phi3 = fx["vocabs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["vocab"] == "phi-3")
+        .unwrap();
+    let chats = phi3["chat_strings"].as_array().unwrap();
+    for (text, want) in chats.iter().zip(phi3["chat"].as_array().unwrap()) {
+        let text = text.as_str().unwrap();
+        assert_eq!(tok.encode(text, true).unwrap(), ids(want), "{text:?}");
+    }
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["vocab_size"], n_vocab);
+    assert_eq!(config["bos_token_id"], 1);
+    assert_eq!(config["eos_token_id"], 32000);
+    let model = temper_model::Model::load(Arc::new(temper_core::CpuBackend::new()), &out).unwrap();
+    assert_eq!(model.cfg.vocab, n_vocab as usize);
+    println!("{} chats encode as llama.cpp after import", chats.len());
+}
