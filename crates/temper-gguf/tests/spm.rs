@@ -430,3 +430,45 @@ fn import_writes_a_folder_whose_tokenizer_encodes_as_llama_cpp() {
     assert_eq!(model.cfg.vocab, n_vocab as usize);
     println!("{} chats encode as llama.cpp after import", chats.len());
 }
+
+/// `tokenizer.ggml.add_space_prefix = false`, as llama.cpp's converter writes for Gemma: no
+/// "▁" before the text, and none stripped when decoding. Llama's vocabulary with the key added,
+/// against the plain copy of llama.cpp's loop.
+#[test]
+fn without_a_space_prefix_texts_merge_and_decode_as_llama_cpp() {
+    use temper_gguf::reader::Value as GValue;
+    use temper_gguf::writer::write_gguf;
+
+    let Some(dir) = common::llama_cpp_vocabs() else {
+        return;
+    };
+    let src = GgufFile::open(&vocab_path(&dir, "llama-spm")).unwrap();
+    let mut meta = src.metadata.clone();
+    meta.push((
+        "tokenizer.ggml.add_space_prefix".into(),
+        GValue::Bool(false),
+    ));
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("no-prefix.gguf");
+    write_gguf(&path, &meta, &[], |_, _| Ok(())).unwrap();
+    let (file, mut tok, _) = rebuilt(&path);
+    tok.set_encode_special_tokens(true);
+    let reference = LlamaSpm::new(&file);
+    // "Hello" alone: no prefix, so not the "▁Hello" token.
+    assert_ne!(
+        tok.encode("Hello", false).unwrap().get_ids(),
+        reference_with_prefix(&dir, "Hello").as_slice()
+    );
+    for text in random_texts(300) {
+        let want = reference.encode(&text);
+        let got = tok.encode(text.as_str(), false).unwrap().get_ids().to_vec();
+        assert_eq!(got, want, "{text:?}");
+        if !text.contains('\u{2581}') {
+            assert_eq!(tok.decode(&got, false).unwrap(), text);
+        }
+    }
+}
+
+fn reference_with_prefix(dir: &Path, text: &str) -> Vec<u32> {
+    LlamaSpm::new(&GgufFile::open(&vocab_path(dir, "llama-spm")).unwrap()).encode(text)
+}
