@@ -13,6 +13,16 @@ pub enum GgufArch {
     Qwen2,
     /// Qwen3 (dense): per-head `attn_q_norm` / `attn_k_norm`, head_dim in `key_length`.
     Qwen3,
+    /// Phi-3 / Phi-3.5 / Phi-4-mini: fused `attn_qkv` and `ffn_up` (gate and up), LongRoPE
+    /// factors as `rope_factors_long` / `rope_factors_short` tensors.
+    Phi3,
+    /// Gemma: norms stored as 1 + w, head_dim in `key_length`, tied embeddings.
+    Gemma,
+    /// Gemma 2: Gemma plus post-norms, soft-capping, alternating sliding layers.
+    Gemma2,
+    /// Gemma 3 (text): Gemma 2 without attention soft-capping, with q/k norms and a local
+    /// RoPE base for the sliding layers.
+    Gemma3,
 }
 
 impl GgufArch {
@@ -21,10 +31,15 @@ impl GgufArch {
             "llama" => Ok(GgufArch::Llama),
             "qwen2" => Ok(GgufArch::Qwen2),
             "qwen3" => Ok(GgufArch::Qwen3),
+            "phi3" => Ok(GgufArch::Phi3),
+            "gemma" => Ok(GgufArch::Gemma),
+            "gemma2" => Ok(GgufArch::Gemma2),
+            "gemma3" => Ok(GgufArch::Gemma3),
             other => Err(GgufError::Unsupported {
                 path: file.path().to_path_buf(),
                 msg: format!(
-                    "architecture `{other}` cannot be converted; temper converts llama, qwen2 and qwen3 GGUFs"
+                    "architecture `{other}` cannot be converted; temper converts llama, qwen2, \
+                     qwen3, phi3, gemma, gemma2 and gemma3 GGUFs"
                 ),
             }),
         }
@@ -35,7 +50,25 @@ impl GgufArch {
             GgufArch::Llama => "llama",
             GgufArch::Qwen2 => "qwen2",
             GgufArch::Qwen3 => "qwen3",
+            GgufArch::Phi3 => "phi3",
+            GgufArch::Gemma => "gemma",
+            GgufArch::Gemma2 => "gemma2",
+            GgufArch::Gemma3 => "gemma3",
         }
+    }
+
+    /// Gemma's RMSNorm multiplies by (1 + w); llama.cpp's converter stores w + 1
+    /// (`GemmaModel.modify_tensors`, `Gemma2Model`, `Gemma3Model.norm_shift`: every tensor
+    /// whose name ends in `norm.weight`), so the import subtracts it again.
+    pub fn norm_shift(self) -> f32 {
+        match self {
+            GgufArch::Gemma | GgufArch::Gemma2 | GgufArch::Gemma3 => 1.0,
+            _ => 0.0,
+        }
+    }
+
+    fn is_gemma(self) -> bool {
+        self.norm_shift() != 0.0
     }
 }
 
@@ -102,6 +135,10 @@ pub fn hf_config(file: &GgufFile, arch: GgufArch, dtype: &str) -> Result<(Json, 
         GgufArch::Llama => ("LlamaForCausalLM", "llama"),
         GgufArch::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
         GgufArch::Qwen3 => ("Qwen3ForCausalLM", "qwen3"),
+        GgufArch::Phi3 => ("Phi3ForCausalLM", "phi3"),
+        GgufArch::Gemma => ("GemmaForCausalLM", "gemma"),
+        GgufArch::Gemma2 => ("Gemma2ForCausalLM", "gemma2"),
+        GgufArch::Gemma3 => ("Gemma3ForCausalLM", "gemma3_text"),
     };
     c.insert("architectures".into(), json!([class]));
     c.insert("model_type".into(), json!(model_type));
@@ -129,8 +166,22 @@ pub fn hf_config(file: &GgufFile, arch: GgufArch, dtype: &str) -> Result<(Json, 
         c.insert("head_dim".into(), json!(head_dim));
         c.insert("attention_bias".into(), json!(has_qkv_bias));
     }
-    c.insert("hidden_act".into(), json!("silu"));
+    if arch.is_gemma() {
+        gemma_keys(file, arch, &mut c, hidden, heads, layers, key_length)?;
+    } else {
+        c.insert("hidden_act".into(), json!("silu"));
+    }
+    if arch == GgufArch::Phi3 {
+        phi3_keys(file, &mut c, hidden, heads, context)?;
+    }
     c.insert("rms_norm_eps".into(), json!(eps));
+    // llama.cpp's converter writes no rope.freq_base for Gemma and Gemma 2 (their
+    // `set_gguf_parameters` skip the base class's), whose configs use transformers' default.
+    let theta = match (arch, file.opt_f64(&k("rope.freq_base"))?) {
+        (_, Some(t)) => t,
+        (GgufArch::Gemma3, None) => 1_000_000.0,
+        (_, None) => theta,
+    };
     c.insert("rope_theta".into(), json!(theta));
     let rope_dim = match c.get("head_dim").and_then(|v| v.as_u64()) {
         Some(d) => d,
@@ -164,6 +215,172 @@ pub fn hf_config(file: &GgufFile, arch: GgufArch, dtype: &str) -> Result<(Json, 
             kv_heads: kv_heads as usize,
         },
     ))
+}
+
+/// Gemma, Gemma 2 and Gemma 3's config keys: head_dim (`attention.key_length`), the tanh GeLU,
+/// and for Gemma 2 / 3 the sliding window and its layer pattern, soft-capping, the query scale
+/// and Gemma 3's local RoPE base, each read as llama.cpp's `load_arch_hparams` reads it.
+fn gemma_keys(
+    file: &GgufFile,
+    arch: GgufArch,
+    c: &mut Map<String, Json>,
+    hidden: u64,
+    heads: u64,
+    layers: u64,
+    key_length: Option<u64>,
+) -> Result<()> {
+    let a = arch.key();
+    let k = |name: &str| format!("{a}.{name}");
+    let head_dim = key_length.unwrap_or(hidden / heads);
+    c.insert("head_dim".into(), json!(head_dim));
+    c.insert("attention_bias".into(), json!(false));
+    if arch == GgufArch::Gemma {
+        c.insert("hidden_act".into(), json!("gelu_pytorch_tanh"));
+        c.insert("hidden_activation".into(), json!("gelu_pytorch_tanh"));
+        return Ok(());
+    }
+    c.insert("hidden_activation".into(), json!("gelu_pytorch_tanh"));
+    // llama.cpp scales queries by 1/sqrt(hidden / heads) for the 27B models (Gemma 2: 46
+    // layers, Gemma 3: 62) and by 1/sqrt(head_dim) otherwise; transformers by
+    // 1/sqrt(query_pre_attn_scalar).
+    let is_27b =
+        (arch == GgufArch::Gemma2 && layers == 46) || (arch == GgufArch::Gemma3 && layers == 62);
+    let scalar = if is_27b { hidden / heads } else { head_dim };
+    c.insert("query_pre_attn_scalar".into(), json!(scalar));
+    let window = file.opt_u64(&k("attention.sliding_window"))?;
+    // llama.cpp's defaults: Gemma 2 slides over 4096 on even layers (pattern 2); Gemma 3 on
+    // five of every six layers (pattern 6), and not at all when no window is written.
+    let (window, pattern) = match arch {
+        GgufArch::Gemma2 => (Some(window.unwrap_or(4096)), 2),
+        _ => (window.filter(|&w| w > 0), 6),
+    };
+    // `attention.sliding_window_pattern`: a period, or one flag per layer (llama.cpp's
+    // `load_swa_pattern` reads either).
+    let pattern_key = k("attention.sliding_window_pattern");
+    let (pattern, flags) = match file.get(&pattern_key).and_then(|v| v.as_array()) {
+        Some(arr) => {
+            let flags = arr
+                .iter()
+                .map(|v| v.as_bool().or(v.as_u64().map(|x| x != 0)))
+                .collect::<Option<Vec<bool>>>()
+                .filter(|f| f.len() as u64 == layers)
+                .ok_or_else(|| GgufError::Metadata {
+                    path: file.path().to_path_buf(),
+                    key: pattern_key.clone(),
+                    msg: format!("should hold one flag per layer ({layers})"),
+                })?;
+            (pattern, Some(flags))
+        }
+        None => (file.opt_u64(&pattern_key)?.unwrap_or(pattern), None),
+    };
+    c.insert("sliding_window".into(), json!(window));
+    // llama.cpp's `set_swa_pattern`: layer il slides when il % pattern < pattern - 1.
+    let types: Vec<&str> = (0..layers)
+        .map(|il| {
+            let slides = match &flags {
+                Some(f) => f[il as usize],
+                None => pattern > 0 && il % pattern < pattern - 1,
+            };
+            if window.is_some() && slides {
+                "sliding_attention"
+            } else {
+                "full_attention"
+            }
+        })
+        .collect();
+    c.insert("layer_types".into(), json!(types));
+    let cap = |key: &str| -> Result<Json> {
+        Ok(match file.opt_f64(&k(key))? {
+            Some(v) if v != 0.0 => json!(v),
+            _ => Json::Null,
+        })
+    };
+    c.insert(
+        "final_logit_softcapping".into(),
+        cap("final_logit_softcapping")?,
+    );
+    if arch == GgufArch::Gemma2 {
+        c.insert(
+            "attn_logit_softcapping".into(),
+            cap("attn_logit_softcapping")?,
+        );
+    } else {
+        c.insert("attn_logit_softcapping".into(), Json::Null);
+        c.insert("sliding_window_pattern".into(), json!(pattern));
+        // The converter writes transformers' rope_local_base_freq as rope.freq_base_swa.
+        let local = file.opt_f64(&k("rope.freq_base_swa"))?.unwrap_or(10000.0);
+        c.insert("rope_local_base_freq".into(), json!(local));
+    }
+    Ok(())
+}
+
+/// Phi-3's config keys: the original context (`rope.scaling.original_context_length`), the
+/// sliding window (0 is none, the converter's mark for Phi-4), a partial rotary factor from
+/// `rope.dimension_count`, and LongRoPE from the `rope_factors_short` / `rope_factors_long`
+/// tensors (`Phi3MiniModel.generate_extra_tensors`).
+fn phi3_keys(
+    file: &GgufFile,
+    c: &mut Map<String, Json>,
+    hidden: u64,
+    heads: u64,
+    context: Option<u64>,
+) -> Result<()> {
+    let orig = file
+        .opt_u64("phi3.rope.scaling.original_context_length")?
+        .or(context);
+    if let Some(o) = orig {
+        c.insert("original_max_position_embeddings".into(), json!(o));
+    }
+    let window = file
+        .opt_u64("phi3.attention.sliding_window")?
+        .filter(|&w| w > 0);
+    c.insert("sliding_window".into(), json!(window));
+    let head_dim = hidden / heads;
+    let rope_dims = file
+        .opt_u64("phi3.rope.dimension_count")?
+        .unwrap_or(head_dim);
+    if rope_dims != head_dim {
+        c.insert(
+            "partial_rotary_factor".into(),
+            json!(rope_dims as f64 / head_dim as f64),
+        );
+    }
+    let factors = |name: &str| -> Result<Option<Vec<f32>>> {
+        file.tensor(name).map(|t| file.tensor_f32(t)).transpose()
+    };
+    match (
+        factors("rope_factors_short.weight")?,
+        factors("rope_factors_long.weight")?,
+    ) {
+        (Some(short), Some(long)) => {
+            if short.len() != long.len() || short.len() as u64 != rope_dims / 2 {
+                return Err(GgufError::Tensor {
+                    path: file.path().to_path_buf(),
+                    tensor: "rope_factors_short.weight".into(),
+                    msg: format!(
+                        "{} short and {} long factors for {rope_dims} rotary dims (want {} each)",
+                        short.len(),
+                        long.len(),
+                        rope_dims / 2
+                    ),
+                });
+            }
+            c.insert(
+                "rope_scaling".into(),
+                json!({"type": "longrope", "rope_type": "longrope", "short_factor": short, "long_factor": long}),
+            );
+        }
+        (None, None) => {}
+        _ => {
+            return Err(GgufError::Unsupported {
+                path: file.path().to_path_buf(),
+                msg: "the file holds one of rope_factors_short / rope_factors_long without the \
+                      other; LongRoPE needs both"
+                    .into(),
+            })
+        }
+    }
+    Ok(())
 }
 
 /// `block_count` must be the number of `blk.<i>.` tensor groups the file holds: a larger one

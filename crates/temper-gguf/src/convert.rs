@@ -61,8 +61,10 @@ impl OutDtype {
 /// The version of what `import` writes, raised whenever the folder it writes for the same
 /// file changes, so that a cache of imports keyed on the file can tell one made by an older
 /// temper. 2: the tokenizer splits text as llama.cpp does for the file's `tokenizer.ggml.pre`.
-/// 3: llama3 RoPE scaling from `rope_freqs`; qwen3 files.
-pub const IMPORT_VERSION: u32 = 3;
+/// 3: llama3 RoPE scaling from `rope_freqs`; qwen3 files. 4: SentencePiece tokenizers; tokens
+/// llama.cpp treats as control by their text (`</s>`, `<|end|>`...) are special whatever their
+/// type, and Phi-3's strip the whitespace after them; phi3, gemma, gemma2 and gemma3 files.
+pub const IMPORT_VERSION: u32 = 4;
 
 /// What an import wrote.
 #[derive(Debug)]
@@ -105,6 +107,49 @@ pub fn hf_name(gguf: &str) -> Option<String> {
     Some(format!("model.layers.{layer}.{hf}.{param}"))
 }
 
+/// transformers' name for a GGUF tensor of `arch`: as [`hf_name`], with the tensors llama.cpp
+/// names differently per family (its `gguf-py/gguf/tensor_mapping.py`): Phi-3's fused
+/// `attn_qkv` (qkv_proj) and `ffn_up` (gate_up_proj); Gemma 2 / 3's `post_attention_norm`
+/// (post_attention_layernorm), `ffn_norm` (pre_feedforward_layernorm) and `post_ffw_norm`
+/// (post_feedforward_layernorm).
+pub fn hf_name_for(arch: GgufArch, gguf: &str) -> Option<String> {
+    let layer_tensor = |hf: &str| -> Option<String> {
+        let rest = gguf.strip_prefix("blk.")?;
+        let (layer, rest) = rest.split_once('.')?;
+        let layer: usize = layer.parse().ok()?;
+        let (_, param) = rest.rsplit_once('.')?;
+        Some(format!("model.layers.{layer}.{hf}.{param}"))
+    };
+    let module = gguf
+        .strip_prefix("blk.")
+        .and_then(|r| r.split_once('.'))
+        .and_then(|(_, r)| r.rsplit_once('.'))
+        .map(|(m, _)| m);
+    match (arch, module) {
+        (GgufArch::Phi3, Some("attn_qkv")) => layer_tensor("self_attn.qkv_proj"),
+        (GgufArch::Phi3, Some("ffn_up")) => layer_tensor("mlp.gate_up_proj"),
+        (GgufArch::Gemma2 | GgufArch::Gemma3, Some("post_attention_norm")) => {
+            layer_tensor("post_attention_layernorm")
+        }
+        (GgufArch::Gemma2 | GgufArch::Gemma3, Some("ffn_norm")) => {
+            layer_tensor("pre_feedforward_layernorm")
+        }
+        (GgufArch::Gemma2 | GgufArch::Gemma3, Some("post_ffw_norm")) => {
+            layer_tensor("post_feedforward_layernorm")
+        }
+        _ => hf_name(gguf),
+    }
+}
+
+/// GGUF tensors with no tensor counterpart: llama3's `rope_freqs` and Phi-3's LongRoPE
+/// factors, read into config.json's `rope_scaling` instead.
+fn is_config_tensor(name: &str) -> bool {
+    matches!(
+        name,
+        "rope_freqs.weight" | "rope_factors_long.weight" | "rope_factors_short.weight"
+    )
+}
+
 /// Undoes llama.cpp's rotary permutation of q_proj / k_proj rows (`convert_hf_to_gguf.py`
 /// `LlamaModel.permute`, reversed as transformers' `LlamaTensorProcessor` does): within each
 /// head, GGUF row `2d + t` is HF row `t * half + d` (half = head_dim / 2, t in {0, 1}).
@@ -132,13 +177,15 @@ struct Planned<'a> {
     info: &'a TensorInfo,
     /// Heads to un-permute over (llama q/k), if any.
     unpermute: Option<usize>,
+    /// Subtracted from every value (Gemma's norms, stored as 1 + w).
+    shift: f32,
 }
 
 fn plan<'a>(file: &'a GgufFile, arch: GgufArch, dims: &Dims) -> Result<Vec<Planned<'a>>> {
     let mut out = Vec::new();
     for t in &file.tensors {
-        let Some(name) = hf_name(&t.name) else {
-            if t.name != "rope_freqs.weight" {
+        let Some(name) = hf_name_for(arch, &t.name) else {
+            if !is_config_tensor(&t.name) {
                 return Err(GgufError::Unsupported {
                     path: file.path().to_path_buf(),
                     msg: format!(
@@ -173,11 +220,17 @@ fn plan<'a>(file: &'a GgufFile, arch: GgufArch, dims: &Dims) -> Result<Vec<Plann
                 msg: format!("type {} is not one temper dequantises", t.ty),
             });
         }
+        let shift = if name.ends_with("norm.weight") {
+            arch.norm_shift()
+        } else {
+            0.0
+        };
         out.push(Planned {
             name,
             shape,
             info: t,
             unpermute,
+            shift,
         });
     }
     Ok(out)
@@ -225,6 +278,9 @@ fn write_safetensors(
         if let Some(n) = p.unpermute {
             let rows = p.shape[0];
             v = unpermute_rows(&v, rows, v.len() / rows, n);
+        }
+        if p.shift != 0.0 {
+            v.iter_mut().for_each(|x| *x -= p.shift);
         }
         params += v.len() as u64;
         let mut buf = Vec::with_capacity(v.len() * dtype.size());

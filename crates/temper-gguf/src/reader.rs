@@ -456,6 +456,24 @@ impl GgufFile {
             .map(Some)
     }
 
+    /// An optional array of numbers (floats or integers of any width, read as f32).
+    pub fn opt_floats(&self, key: &str) -> Result<Option<Vec<f32>>> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        let arr = v
+            .as_array()
+            .ok_or_else(|| self.meta_err(key, "should be an array of numbers"))?;
+        arr.iter()
+            .map(|x| {
+                x.as_f64()
+                    .map(|f| f as f32)
+                    .ok_or_else(|| self.meta_err(key, format!("holds {x:?}, not a number")))
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
     /// The raw bytes of a tensor (bounds were checked at open for known types).
     pub fn tensor_bytes(&self, t: &TensorInfo) -> Result<&[u8]> {
         let bytes =
