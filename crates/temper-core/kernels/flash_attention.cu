@@ -689,7 +689,7 @@ __device__ void flash_bwd_dq(T* dq, const T* q, const T* k, const T* v, const T*
     FLASH(sfx, T, 64, 64, 2, 64, 64, 32, 2)   \
     FLASH(sfx, T, 80, 64, 2, 32, 80, 32, 2)   \
     FLASH(sfx, T, 96, 64, 2, 32, 96, 32, 2)   \
-    FLASH(sfx, T, 128, 32, 2, 32, 128, 32, 2) \
+    FLASH(sfx, T, 128, 64, 2, 64, 128, 32, 2) \
     FLASH(sfx, T, 256, 32, 1, 32, 128, 32, 1)
 
 FLASH_DIMS(bf16, bf16)
