@@ -119,7 +119,7 @@ enum Command {
     },
     /// Generate text from a model (and adapter) with a KV cache, streaming it to stdout.
     Generate(commands::generate::GenerateArgs),
-    /// Convert a llama.cpp GGUF file (llama, qwen2) to a Hugging Face model folder.
+    /// Convert a llama.cpp GGUF file (llama, qwen2, qwen3, phi3, gemma, gemma2, gemma3) to a Hugging Face model folder.
     ImportGguf {
         /// The .gguf file.
         gguf: PathBuf,
