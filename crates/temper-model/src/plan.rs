@@ -90,6 +90,11 @@ pub fn weight_bytes_8bit(cfg: &ModelConfig, dtype: DType) -> usize {
 }
 
 /// LoRA values of one layer.
+/// LoRA values of the whole model (each kept as value, gradient and two AdamW moments).
+pub fn lora_values(cfg: &ModelConfig, lora: &LoraConfig) -> usize {
+    cfg.layers * lora_values_per_layer(cfg, lora)
+}
+
 fn lora_values_per_layer(cfg: &ModelConfig, lora: &LoraConfig) -> usize {
     targets(cfg, lora)
         .iter()
@@ -173,9 +178,13 @@ fn targets(cfg: &ModelConfig, lora: &LoraConfig) -> Vec<crate::lora::Target> {
     crate::lora::resolve_targets(cfg, &lora.targets).unwrap_or_else(|_| lora.targets.clone())
 }
 
-/// Scores and probabilities of the GPU attention for sequences of `seq` tokens.
+/// Scores and probabilities of the GPU attention for sequences of `seq` tokens: none where the
+/// flash kernels serve the model (bf16 at their head dims: they need sm_80, where they are on
+/// by default); float16 is planned as on a T4, where the GEMM path holds the scores.
 fn attention_scores(cfg: &ModelConfig, seq: usize, dtype: DType) -> usize {
-    if seq < GEMM_ATTENTION_MIN_LEN {
+    let flash =
+        dtype == DType::BF16 && temper_core::cuda::flash_head_dims().contains(&cfg.head_dim);
+    if seq < GEMM_ATTENTION_MIN_LEN || flash {
         return 0;
     }
     let per_head = seq * seq * (F32 + dtype.size());
@@ -270,5 +279,22 @@ pub fn plan(
         weights: weight_values(cfg) * bytes,
         lora_and_optimizer,
         activations: at_loss.max(in_backward),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flash_attention_keeps_no_scores_in_bf16() {
+        let shape = crate::init::shape("llama3-8b").expect("shape");
+        let text = shape.config_json().to_string();
+        let cfg = ModelConfig::from_json(&text, std::path::Path::new("llama3-8b/config.json"))
+            .expect("config");
+        // bf16 at head dim 128: the flash kernels, no scores; float16 (planned as on a T4):
+        // the GEMM path's scores, at least one head of 4096 x 4096.
+        assert_eq!(attention_scores(&cfg, 4096, DType::BF16), 0);
+        assert!(attention_scores(&cfg, 4096, DType::F16) >= 4096 * 4096 * 6);
     }
 }

@@ -52,6 +52,16 @@ pub fn predict(
         dtype,
         device,
     );
+    // Paged AdamW keeps its two f32 moments in mapped host memory on the GPU.
+    let m = if device == PlanDevice::Cuda && p.settings.adamw.on_host {
+        let moments = 2 * temper_model::plan::lora_values(&cfg, &p.settings.lora) * 4;
+        MemoryPlan {
+            lora_and_optimizer: m.lora_and_optimizer.saturating_sub(moments),
+            ..m
+        }
+    } else {
+        m
+    };
     let m = match p.load.quantize {
         Some(q) => MemoryPlan {
             weights: temper_model::plan::weight_bytes_4bit(

@@ -42,6 +42,15 @@ struct FlashDim {
     dq_fm: usize,
 }
 
+/// The head dims the built-in flash kernels serve (for planners that must know whether a
+/// model's attention keeps scores in memory).
+pub fn flash_head_dims() -> Vec<usize> {
+    let source = super::compile::expand(include_str!("../../kernels/flash_attention.cu"));
+    dims_in_source(&source)
+        .map(|dims| dims.iter().map(|d| d.d).collect())
+        .unwrap_or_default()
+}
+
 /// The instantiations in a flash kernel source: each `FLASH(sfx, T, D, FWD_BC, FWD_FM, DKV_BQ,
 /// DKV_DC, DQ_BC, DQ_FM)` line of its FLASH_DIMS macro.
 fn dims_in_source(source: &str) -> Result<Vec<FlashDim>> {

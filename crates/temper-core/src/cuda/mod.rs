@@ -25,6 +25,7 @@ use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig};
 
 pub use buffer::CudaBuf;
+pub use flash::flash_head_dims;
 pub use host::{CudaHost, CudaMapped};
 pub use int8::CudaInt8;
 pub use optim8::CudaState8;
