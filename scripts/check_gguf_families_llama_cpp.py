@@ -68,17 +68,7 @@ int main(int argc, char ** argv) {
 
 def build_logits_driver(src: Path, build: Path) -> Path:
     base.build_driver(src, build)  # builds libllama and the static ggml libraries
-    driver = build / "logits-driver"
-    cpp = build / "logits-driver.cpp"
-    cpp.write_text(DRIVER)
-    libs = [str(p) for name in ("libllama.a", "libggml.a", "libggml-cpu.a", "libggml-base.a")
-            for p in build.rglob(name)]
-    subprocess.run(
-        ["c++", "-std=c++17", "-O1", "-I", str(src / "include"), "-I", str(src / "ggml" / "include"),
-         str(cpp), *libs, "-lpthread", "-ldl", "-lm", "-o", str(driver)],
-        check=True,
-    )
-    return driver
+    return base.link_driver(src, build, DRIVER, build / "logits-driver")
 
 
 def main() -> None:

@@ -238,8 +238,13 @@ def build_driver(src: Path, build: Path) -> Path:
         check=True,
     )
     subprocess.run(["cmake", "--build", str(build), "--target", "llama", "-j", str(os.cpu_count() or 2)], check=True)
-    cpp = build / "tokenize-driver.cpp"
-    cpp.write_text(DRIVER)
+    return link_driver(src, build, DRIVER, driver)
+
+
+def link_driver(src: Path, build: Path, source: str, driver: Path) -> Path:
+    """A C++ program (`source`) compiled and linked against the static libllama in `build`."""
+    cpp = driver.with_suffix(".cpp")
+    cpp.write_text(source)
     libs = [str(p) for name in ("libllama.a", "libggml.a", "libggml-cpu.a", "libggml-base.a")
             for p in build.rglob(name)]
     subprocess.run(

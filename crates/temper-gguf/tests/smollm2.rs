@@ -8,7 +8,8 @@
 
 mod common;
 
-use std::path::PathBuf;
+use common::{gguf_fixture as fixture, ids};
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,21 +18,6 @@ use temper_core::CpuBackend;
 use temper_gguf::{import, GgufFile, OutDtype};
 use temper_model::{Model, TokenBatch};
 use tokenizers::Tokenizer;
-
-fn fixture(name: &str) -> Value {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/gguf")
-        .join(name);
-    serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
 
 #[test]
 fn smollm2_import_tokenizer_and_loss_parity() {

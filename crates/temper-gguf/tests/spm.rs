@@ -17,6 +17,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use common::ids;
 use common::llama_spm::LlamaSpm;
 use serde_json::Value;
 use temper_gguf::{tokenizer::tokenizer_files, GgufFile};
@@ -36,18 +37,8 @@ fn rebuilt(gguf: &Path) -> (GgufFile, Tokenizer, Value) {
     (file, tok, cfg)
 }
 
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
 fn fixture() -> Value {
-    let p =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gguf/spm_tokens.json");
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    common::gguf_fixture("spm_tokens.json")
 }
 
 #[test]

@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::ids;
+
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -50,12 +52,7 @@ fn small_vocabularies_match_llama_cpp() {
         let file = case["file"].as_str().unwrap();
         let (_dir, tok) = rebuilt(&fixtures().join(file));
         for (s, want) in strings.iter().zip(case["ids"].as_array().unwrap()) {
-            let want: Vec<u32> = want
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_u64().unwrap() as u32)
-                .collect();
+            let want = ids(want);
             let got = tok.encode(*s, true).unwrap().get_ids().to_vec();
             assert_eq!(got, want, "{file} ({}): {s:?}", case["pre"]);
             checked += 1;
@@ -122,14 +119,6 @@ fn an_unknown_pre_tokenizer_is_an_error_naming_it_and_the_file() {
     // The same file under another name llama.cpp knows loads.
     let path = with_pre(dir.path(), "falcon");
     assert!(tokenizer_files(&GgufFile::open(&path).unwrap()).is_ok());
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .expect("an array of ids")
-        .iter()
-        .map(|x| x.as_u64().expect("an id") as u32)
-        .collect()
 }
 
 #[test]

@@ -178,3 +178,21 @@ pub fn with_pre(gguf: &[u8], name: &str) -> Vec<u8> {
     out.extend_from_slice(&gguf[at + 12 + old_len..]);
     out
 }
+
+/// A JSON fixture of `tests/fixtures/gguf/` (repository root).
+pub fn gguf_fixture(name: &str) -> serde_json::Value {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/gguf")
+        .join(name);
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// A JSON array of token ids.
+pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .expect("an array of ids")
+        .iter()
+        .map(|x| x.as_u64().expect("an id") as u32)
+        .collect()
+}
