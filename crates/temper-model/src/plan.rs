@@ -89,12 +89,12 @@ pub fn weight_bytes_8bit(cfg: &ModelConfig, dtype: DType) -> usize {
     (weight_values(cfg) - linear) * dtype.size() + linear + 4 * rows
 }
 
-/// LoRA values of one layer.
-/// LoRA values of the whole model (each kept as value, gradient and two AdamW moments).
-pub fn lora_values(cfg: &ModelConfig, lora: &LoraConfig) -> usize {
-    cfg.layers * lora_values_per_layer(cfg, lora)
+/// Bytes of AdamW's two f32 moments over every LoRA value (in host memory with paged AdamW).
+pub fn adamw_moment_bytes(cfg: &ModelConfig, lora: &LoraConfig) -> usize {
+    2 * cfg.layers * lora_values_per_layer(cfg, lora) * F32
 }
 
+/// LoRA values of one layer.
 fn lora_values_per_layer(cfg: &ModelConfig, lora: &LoraConfig) -> usize {
     targets(cfg, lora)
         .iter()

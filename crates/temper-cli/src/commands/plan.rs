@@ -54,7 +54,7 @@ pub fn predict(
     );
     // Paged AdamW keeps its two f32 moments in mapped host memory on the GPU.
     let m = if device == PlanDevice::Cuda && p.settings.adamw.on_host {
-        let moments = 2 * temper_model::plan::lora_values(&cfg, &p.settings.lora) * 4;
+        let moments = temper_model::plan::adamw_moment_bytes(&cfg, &p.settings.lora);
         MemoryPlan {
             lora_and_optimizer: m.lora_and_optimizer.saturating_sub(moments),
             ..m

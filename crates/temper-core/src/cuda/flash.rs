@@ -45,10 +45,14 @@ struct FlashDim {
 /// The head dims the built-in flash kernels serve (for planners that must know whether a
 /// model's attention keeps scores in memory).
 pub fn flash_head_dims() -> Vec<usize> {
-    let source = super::compile::expand(include_str!("../../kernels/flash_attention.cu"));
-    dims_in_source(&source)
+    builtin_dims()
         .map(|dims| dims.iter().map(|d| d.d).collect())
         .unwrap_or_default()
+}
+
+/// The tiles of the built-in kernel source (the FLASH_DIMS lines are in the file itself).
+fn builtin_dims() -> Result<Vec<FlashDim>> {
+    dims_in_source(include_str!("../../kernels/flash_attention.cu"))
 }
 
 /// The instantiations in a flash kernel source: each `FLASH(sfx, T, D, FWD_BC, FWD_FM, DKV_BQ,
@@ -396,8 +400,7 @@ mod tests {
     #[test]
     fn shared_memory_of_the_largest_tiles_fits_hopper_and_ampere() {
         // sm_90 allows 227 KiB per block, sm_80 163 KiB: every head dim fits both.
-        let source = crate::cuda::compile::expand(include_str!("../../kernels/flash_attention.cu"));
-        let dims = dims_in_source(&source).unwrap();
+        let dims = builtin_dims().unwrap();
         let ds: Vec<usize> = dims.iter().map(|d| d.d).collect();
         assert_eq!(ds, [64, 80, 96, 128, 256]);
         for dim in dims {
