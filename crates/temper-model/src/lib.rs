@@ -2,6 +2,7 @@
 //! forward and backward written by hand, and LoRA adapters in PEFT's format.
 
 pub mod adapter;
+pub mod batch;
 pub mod config;
 pub mod error;
 pub mod generate;
@@ -13,14 +14,16 @@ pub mod merge;
 pub mod model;
 pub mod plan;
 pub mod quantized;
+pub mod rope_tables;
 pub mod safetensors_dir;
 pub mod sharded_out;
 pub mod weights;
 
+pub use batch::{LmRows, StepCtx, TokenBatch};
 pub use config::{Arch, ModelConfig};
 pub use error::{ModelError, Result};
 pub use lora::{LoraConfig, LoraParams, Target};
-pub use model::{Checkpointing, LmRows, Model, StepCtx, TokenBatch};
+pub use model::{Checkpointing, Model};
 pub use quantized::{LoadOptions, QuantizeOnLoad};
 pub use temper_core::Backend;
 pub use temper_quant::QuantType;

@@ -4,112 +4,17 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use temper_core::rope::{self, RopeScaling};
+use temper_core::rope::RopeScaling;
 use temper_core::{Backend, DType, Gemm};
 
+use crate::batch::{StepCtx, TokenBatch};
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
-use crate::layer::LayerActs;
-use crate::lora::{LoraParams, Target};
+use crate::layer::{Attention, DecoderLayer, Keep, LayerActs};
+use crate::lora::LoraParams;
 use crate::quantized::LoadOptions;
+use crate::rope_tables::RopeTables;
 use crate::weights::Weights;
-
-/// A flat, varlen batch of N tokens: sequences laid end to end, no padding.
-#[derive(Clone, Copy, Debug)]
-pub struct TokenBatch<'a> {
-    pub ids: &'a [u32],       // (N)
-    pub positions: &'a [u32], // (N), restarting at 0 for each sequence
-    /// (S+1) offsets of the sequences in the batch.
-    pub cu_seqlens: &'a [u32],
-    /// (N) the token each position must predict, -100 where no loss is taken.
-    pub targets: &'a [i32],
-}
-
-impl TokenBatch<'_> {
-    pub fn len(&self) -> usize {
-        self.ids.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-    }
-}
-
-/// An owned batch of equal-length rows trained as a causal LM on their own tokens
-/// (`labels=input_ids`): what benchmarks and memory checks feed the model.
-pub struct LmRows {
-    pub ids: Vec<u32>,
-    pub positions: Vec<u32>,
-    pub cu_seqlens: Vec<u32>,
-    pub targets: Vec<i32>,
-}
-
-impl LmRows {
-    /// `ids` holds rows of `seq` tokens laid end to end; each row predicts its own next
-    /// token and its last token predicts nothing.
-    pub fn new(ids: Vec<u32>, seq: usize) -> Self {
-        let n = ids.len();
-        let seq = seq.max(1);
-        let targets = (0..n)
-            .map(|i| {
-                if (i + 1) % seq == 0 || i + 1 == n {
-                    -100
-                } else {
-                    ids[i + 1] as i32
-                }
-            })
-            .collect();
-        LmRows {
-            positions: (0..n).map(|i| (i % seq) as u32).collect(),
-            cu_seqlens: (0..n.div_ceil(seq))
-                .map(|r| (r * seq) as u32)
-                .chain([n as u32])
-                .collect(),
-            targets,
-            ids,
-        }
-    }
-
-    pub fn batch(&self) -> TokenBatch<'_> {
-        TokenBatch {
-            ids: &self.ids,
-            positions: &self.positions,
-            cu_seqlens: &self.cu_seqlens,
-            targets: &self.targets,
-        }
-    }
-
-    /// Tokens that carry a loss.
-    pub fn loss_tokens(&self) -> usize {
-        self.targets.iter().filter(|&&t| t >= 0).count()
-    }
-}
-
-/// Per-step settings shared by forward and backward.
-#[derive(Clone, Copy, Debug)]
-pub struct StepCtx {
-    /// Dropout is active only when training.
-    pub training: bool,
-    /// Seeds this step's dropout masks; recompute uses the same masks.
-    pub seed: u64,
-}
-
-impl StepCtx {
-    pub fn eval() -> Self {
-        StepCtx {
-            training: false,
-            seed: 0,
-        }
-    }
-
-    /// A distinct dropout seed for each (step, layer, target).
-    pub fn dropout_seed(&self, layer: usize, t: Target) -> u64 {
-        let mut z = self.seed
-            ^ ((layer as u64) << 8 | t.index() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
 
 /// A caller's hook run after each layer's backward (see [`Model::forward_backward_with`]),
 /// failing with the caller's own error type `E`.
@@ -143,31 +48,6 @@ enum Kept<B: Backend> {
         x: B::Host,
         attention: Option<(B::Host, B::Buf)>,
     },
-}
-
-/// RoPE cos and sin tables, (P, R/2) for positions 0..P and R rotated dims per head.
-pub struct RopeTables<B: Backend> {
-    pub cos: B::Buf,
-    pub sin: B::Buf,
-}
-
-impl<B: Backend> RopeTables<B> {
-    fn new(
-        be: &B,
-        cfg: &ModelConfig,
-        theta: f64,
-        scaling: Option<&RopeScaling>,
-        select: usize,
-    ) -> Result<Self> {
-        let positions = cfg.max_positions.max(1);
-        let inv_freq = rope::inv_freq(cfg.rope_dims, theta, scaling, select);
-        let attention_factor = scaling.map_or(1.0, |s| s.attention_factor());
-        let (cos, sin) = rope::scaled_tables(&inv_freq, positions, attention_factor);
-        Ok(RopeTables {
-            cos: be.upload(&cos)?,
-            sin: be.upload(&sin)?,
-        })
-    }
 }
 
 pub struct Model<B: Backend> {
@@ -291,6 +171,18 @@ impl<B: Backend> Model<B> {
         &self.rope
     }
 
+    /// Layer `l` over tokens at `positions` (N), with the RoPE tables those positions use.
+    pub fn layer<'m>(&'m self, l: usize, positions: &'m [u32]) -> DecoderLayer<'m, B> {
+        DecoderLayer {
+            be: &*self.be,
+            cfg: &self.cfg,
+            index: l,
+            weights: &self.weights.layers[l],
+            rope: self.rope_for(l, positions),
+            positions,
+        }
+    }
+
     /// Embedding lookup: (N, C).
     fn embed(&self, batch: &TokenBatch<'_>) -> Result<B::Buf> {
         self.embed_ids(batch.ids)
@@ -324,8 +216,19 @@ impl<B: Backend> Model<B> {
         let (n, c) = (batch.len(), self.cfg.hidden);
         let mut x = self.embed(batch)?;
         for l in 0..self.cfg.layers {
-            let mut out = self.be.act_uninit(n * c)?;
-            self.layer_forward(l, &x, &mut out, lora, batch, &ctx)?;
+            let mut out = self.be.act_uninit(n * c)?; // (N, C)
+            let attention = Attention::Varlen {
+                cu_seqlens: batch.cu_seqlens,
+                kept: None,
+            };
+            self.layer(l, batch.positions).forward(
+                &x,
+                Some(&mut out),
+                attention,
+                Keep::Nothing,
+                lora,
+                &ctx,
+            )?;
             x = out;
         }
         Ok(self.final_norm(&x)?.0)
@@ -453,7 +356,14 @@ impl<B: Backend> Model<B> {
         let mut x = self.embed(batch)?;
         for l in 0..layers {
             let mut out = be.act_uninit(n * c)?;
-            let acts = self.layer_forward(l, &x, &mut out, Some(lora), batch, ctx)?;
+            let acts = self.layer(l, batch.positions).forward_for_backward(
+                &x,
+                Some(&mut out),
+                batch.cu_seqlens,
+                None,
+                Some(lora),
+                ctx,
+            )?;
             let input = std::mem::replace(&mut x, out);
             match ckpt {
                 Checkpointing::Off => {
@@ -524,20 +434,23 @@ impl<B: Backend> Model<B> {
                     be.prefetch_from_host(att)?;
                 }
             }
+            let layer = self.layer(l, batch.positions);
             let acts = match kept.pop() {
                 Some(a) => a,
                 None => {
                     be.profile_stage("recompute");
-                    self.layer_forward_opt(l, &x_in, None, attention, Some(lora), batch, ctx)?
+                    let cu = batch.cu_seqlens;
+                    layer.forward_for_backward(&x_in, None, cu, attention, Some(lora), ctx)?
                 }
             };
             be.profile_stage("backward");
+            let cu = batch.cu_seqlens;
             if l > 0 {
                 let mut dx_in = be.act_uninit(n * c)?;
-                self.layer_backward(l, &x_in, acts, &dx, Some(&mut dx_in), lora, batch, ctx)?;
+                layer.backward(&x_in, acts, &dx, Some(&mut dx_in), lora, cu, ctx)?;
                 dx = dx_in;
             } else {
-                self.layer_backward(l, &x_in, acts, &dx, None, lora, batch, ctx)?;
+                layer.backward(&x_in, acts, &dx, None, lora, cu, ctx)?;
             }
             layer_done(l, lora)?;
         }

@@ -140,7 +140,7 @@ fn layer_acts(cfg: &ModelConfig, lora: &LoraConfig, n: usize, training: bool) ->
 
 /// A layer's backward at its peak, beside the residual-stream buffers counted by [`plan`]:
 /// the layer's activations `acts` and the temporaries alive with them (see
-/// `layer_backward` and `linear_backward`), at whichever of two points holds more:
+/// `DecoderLayer::backward` and `linear_backward`), at whichever of two points holds more:
 /// - the down projection's backward: every activation, dh (F), and the LoRA backward's
 ///   dxa (r) and, with dropout, d drop(x) and its masked copy (2 F);
 /// - the SwiGLU backward: h is freed and dh, dg, du live (+2 F).

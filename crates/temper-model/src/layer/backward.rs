@@ -1,0 +1,211 @@
+//! The layer's backward: the forward's lines walked bottom-up, reading the kept
+//! [`LayerActs`]. Frozen weights get no gradient; LoRA gradients are added into the adapter.
+
+use temper_core::Backend;
+
+use crate::batch::StepCtx;
+use crate::config::MlpAct;
+use crate::error::Result;
+use crate::layer::columns::join_columns;
+use crate::layer::{DecoderLayer, LayerActs};
+use crate::linear::{linear_backward, LoraMut};
+use crate::lora::{LoraParams, Target};
+
+impl<B: Backend> DecoderLayer<'_, B> {
+    /// The backward of [`DecoderLayer::forward`] over the packed sequences of `cu_seqlens`
+    /// (S+1): from dout (N, C) writes dx (N, C) when asked for, and adds the layer's LoRA
+    /// gradients into `lora`. Takes the activations by value and frees each as soon as the
+    /// walk back has passed its last use, so one layer's backward peaks low.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &self,
+        x: &B::Buf,
+        acts: LayerActs<B>,
+        dout: &B::Buf,
+        dx: Option<&mut B::Buf>,
+        lora: &mut LoraParams<B>,
+        cu_seqlens: &[u32],
+        ctx: &StepCtx,
+    ) -> Result<()> {
+        let (be, cfg, w) = (self.be, self.cfg, self.weights);
+        let (l, n) = (self.index, self.tokens());
+        let (c, f, d) = (cfg.hidden, cfg.intermediate, cfg.head_dim);
+        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+        let scale = lora.config.scale();
+        let dropout = if ctx.training {
+            lora.config.dropout
+        } else {
+            0.0
+        };
+        let LayerActs {
+            xn1,
+            rstd1,
+            q,
+            k,
+            v,
+            att,
+            lse,
+            attn_out,
+            x2,
+            xn2,
+            rstd2,
+            g,
+            u,
+            h,
+            mlp_out,
+            qk_norm,
+            lora: mut saved,
+        } = acts;
+        let mut lin_bwd = |t: Target,
+                           dxin: Option<&mut B::Buf>,
+                           accumulate: bool,
+                           dy: &B::Buf,
+                           input: &B::Buf|
+         -> Result<()> {
+            let kept = saved[t.index()].take();
+            let adapter = match (lora.get_mut(l, t), kept.as_ref()) {
+                (Some((a, b)), Some(kept)) => Some((
+                    LoraMut {
+                        a,
+                        b,
+                        scale,
+                        dropout,
+                        seed: ctx.dropout_seed(l, t),
+                    },
+                    kept,
+                )),
+                _ => None,
+            };
+            linear_backward(be, dxin, accumulate, dy, input, w.linear(t)?, n, adapter)
+        };
+
+        // out = x2 + m, m = down(h) (Gemma 2/3: m = rmsnorm(down(h)))
+        let mut dh = be.act_uninit(n * f)?;
+        match (mlp_out, &w.sandwich) {
+            (Some((m, rstd)), Some(norms)) => {
+                let mut dm = be.act_uninit(n * c)?;
+                be.rmsnorm_backward(&mut dm, dout, &m, &norms.mlp_out, &rstd, c)?;
+                drop((m, rstd));
+                lin_bwd(Target::Down, Some(&mut dh), false, &dm, &h)?;
+            }
+            _ => lin_bwd(Target::Down, Some(&mut dh), false, dout, &h)?,
+        }
+        drop(h);
+        // h = act(g) * u
+        let mut dg = be.act_uninit(n * f)?;
+        let mut du = be.act_uninit(n * f)?;
+        match cfg.mlp_act {
+            MlpAct::Silu => be.swiglu_backward(&mut dg, &mut du, &dh, &g, &u)?,
+            MlpAct::GeluTanh => be.geglu_backward(&mut dg, &mut du, &dh, &g, &u)?,
+        }
+        drop((dh, g, u));
+        // g, u = gate(xn2), up(xn2)
+        let mut dxn2 = be.act_uninit(n * c)?;
+        if cfg.fused_proj {
+            let dgu = join_columns(be, &[(&dg, f), (&du, f)], n)?;
+            drop((dg, du));
+            lin_bwd(Target::GateUp, Some(&mut dxn2), false, &dgu, &xn2)?;
+        } else {
+            lin_bwd(Target::Gate, Some(&mut dxn2), false, &dg, &xn2)?;
+            drop(dg);
+            lin_bwd(Target::Up, Some(&mut dxn2), true, &du, &xn2)?;
+        }
+        drop(xn2);
+        // xn2 = rmsnorm(x2); x2 also flows straight to out
+        let mut dx2 = be.act_uninit(n * c)?;
+        be.rmsnorm_backward(&mut dx2, &dxn2, &x2, &w.mlp_norm, &rstd2, c)?;
+        be.axpy(&mut dx2, 1.0, dout)?;
+        drop((dxn2, x2, rstd2));
+
+        // x2 = x + a, a = o(att) (Gemma 2/3: a = rmsnorm(o(att)))
+        let mut datt = be.act_uninit(n * qd)?;
+        match (attn_out, &w.sandwich) {
+            (Some((a, rstd)), Some(norms)) => {
+                let mut da = be.act_uninit(n * c)?;
+                be.rmsnorm_backward(&mut da, &dx2, &a, &norms.attn_out, &rstd, c)?;
+                drop((a, rstd));
+                lin_bwd(Target::O, Some(&mut datt), false, &da, &att)?;
+            }
+            _ => lin_bwd(Target::O, Some(&mut datt), false, &dx2, &att)?,
+        }
+        // att = attention(q, k, v)
+        let mut dq = be.act_uninit(n * qd)?;
+        let mut dk = be.act_uninit(n * kvd)?;
+        let mut dv = be.act_uninit(n * kvd)?;
+        be.attention_backward_capped(
+            &mut dq,
+            &mut dk,
+            &mut dv,
+            &datt,
+            &q,
+            &k,
+            &v,
+            &att,
+            &lse,
+            cu_seqlens,
+            cfg.heads,
+            cfg.kv_heads,
+            d,
+            cfg.window(l),
+            cfg.attn_softcap,
+        )?;
+        drop((datt, q, k, v, att, lse));
+        // q *= the query scale
+        let q_mult = self.q_multiplier();
+        if q_mult != 1.0 {
+            be.scale(&mut dq, q_mult)?;
+        }
+        // q, k = rope(q), rope(k)
+        let (positions, rope, rot) = (self.positions, self.rope, cfg.rope_dims);
+        be.rope_partial_backward(&mut dq, positions, &rope.cos, &rope.sin, cfg.heads, d, rot)?;
+        be.rope_partial_backward(
+            &mut dk,
+            positions,
+            &rope.cos,
+            &rope.sin,
+            cfg.kv_heads,
+            d,
+            rot,
+        )?;
+        // q, k = rmsnorm(q_pre), rmsnorm(k_pre) per head (Qwen3, Gemma 3)
+        if let (Some(acts), Some(norm)) = (qk_norm, &w.qk_norm) {
+            let mut dq_pre = be.act_uninit(n * qd)?;
+            let mut dk_pre = be.act_uninit(n * kvd)?;
+            be.rmsnorm_backward(&mut dq_pre, &dq, &acts.q_pre, &norm.q, &acts.rstd_q, d)?;
+            be.rmsnorm_backward(&mut dk_pre, &dk, &acts.k_pre, &norm.k, &acts.rstd_k, d)?;
+            dq = dq_pre;
+            dk = dk_pre;
+        }
+        // q, k, v = proj(xn1); xn1 = rmsnorm(x); x also flows straight to x2
+        let dqkv = if cfg.fused_proj {
+            Some(join_columns(be, &[(&dq, qd), (&dk, kvd), (&dv, kvd)], n)?)
+        } else {
+            None
+        };
+        match dx {
+            Some(dx) => {
+                let mut dxn1 = be.act_uninit(n * c)?;
+                if let Some(dqkv) = &dqkv {
+                    lin_bwd(Target::Qkv, Some(&mut dxn1), false, dqkv, &xn1)?;
+                } else {
+                    lin_bwd(Target::Q, Some(&mut dxn1), false, &dq, &xn1)?;
+                    lin_bwd(Target::K, Some(&mut dxn1), true, &dk, &xn1)?;
+                    lin_bwd(Target::V, Some(&mut dxn1), true, &dv, &xn1)?;
+                }
+                be.rmsnorm_backward(dx, &dxn1, x, &w.input_norm, &rstd1, c)?;
+                be.axpy(dx, 1.0, &dx2)?;
+            }
+            None => {
+                // The first layer's input is the frozen embedding: only LoRA grads are needed.
+                if let Some(dqkv) = &dqkv {
+                    lin_bwd(Target::Qkv, None, false, dqkv, &xn1)?;
+                } else {
+                    lin_bwd(Target::Q, None, false, &dq, &xn1)?;
+                    lin_bwd(Target::K, None, false, &dk, &xn1)?;
+                    lin_bwd(Target::V, None, false, &dv, &xn1)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
