@@ -266,3 +266,42 @@ fn cached_forward_equals_the_full_forward_for_phi3_and_gemma() {
         assert!(worst < 1e-5, "{case}: {worst:.2e}");
     }
 }
+
+/// The one layer forward in its two attention modes: from an empty cache, one token at a
+/// time, every position's logits equal the full (training) forward's over the whole
+/// sequence, for a Llama with GQA, a Qwen3 (per-head q/k norms before RoPE) and a Mistral
+/// whose sliding window (4) is shorter than the sequence (each decoded token reads only the
+/// last rows of the cache).
+#[test]
+fn token_by_token_equals_the_full_forward_for_llama_qwen3_and_mistral() {
+    let len = 16;
+    for case in ["llama_gqa", "qwen3", "mistral_sliding"] {
+        let dir = root().join("tests/fixtures/parity").join(case);
+        let be = Arc::new(CpuBackend::new());
+        let m = Model::load(be.clone(), &dir.join("model")).expect("model");
+        let lora = adapter::load(&*be, &m.cfg, &dir.join("adapter")).expect("adapter");
+        let ids: Vec<u32> = (0..len as u32).map(|i| (i * 11 + 5) % 60).collect();
+        let positions: Vec<u32> = (0..len as u32).collect();
+        let targets = vec![-100i32; len];
+        let batch = TokenBatch {
+            ids: &ids,
+            positions: &positions,
+            cu_seqlens: &[0, len as u32],
+            targets: &targets,
+        };
+        let full = m.logits(Some(&lora), &batch).expect("full forward"); // (len, V)
+        let v = m.cfg.vocab;
+        let mut cache = KvCache::new(&*be, &m.cfg, len).expect("cache");
+        let mut worst = 0f64;
+        for t in 0..len {
+            let got = m
+                .forward_cached(Some(&lora), &ids[t..t + 1], &mut cache)
+                .expect("decode step");
+            let err = rel_err(&got, &full[t * v..(t + 1) * v]);
+            assert!(err < 1e-5, "{case} position {t}: {err:.2e} relative");
+            worst = worst.max(err);
+        }
+        assert_eq!(cache.len(), len);
+        println!("{case}: token-by-token logits within {worst:.2e} of the full forward");
+    }
+}
