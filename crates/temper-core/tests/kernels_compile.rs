@@ -48,6 +48,19 @@ fn every_kernel_compiles_for_every_supported_arch() {
             compiled += 1;
         }
     }
+    // The wgmma kernels need sm_90a's architecture-specific features: built for compute_90a
+    // (the only target the backend loads them for), they must contain warpgroup products.
+    let (name, source) = SOURCES
+        .iter()
+        .find(|(name, _)| *name == "flash_hopper.cu")
+        .expect("flash_hopper.cu in SOURCES");
+    let ptx = compile_uncached(name, source, "compute_90a").unwrap_or_else(|e| panic!("{e}"));
+    assert!(ptx.contains(".target sm_90a"), "{name} compute_90a");
+    assert!(
+        ptx.contains("wgmma.mma_async"),
+        "{name} for compute_90a has no warpgroup products"
+    );
+    compiled += 1;
     println!(
         "NVRTC {major}.{minor}: {compiled} kernel sources compiled for {} architectures",
         ARCHS.len()

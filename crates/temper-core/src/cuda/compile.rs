@@ -9,7 +9,15 @@ use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
 
 use crate::{CoreError, Result};
 
-const COMMON: &str = include_str!("../../kernels/common.cuh");
+/// Headers the sources include, by file name; NVRTC gets no include path, so [`expand`]
+/// pastes their text in.
+const HEADERS: &[(&str, &str)] = &[
+    ("common.cuh", include_str!("../../kernels/common.cuh")),
+    (
+        "flash_common.cuh",
+        include_str!("../../kernels/flash_common.cuh"),
+    ),
+];
 
 /// Every kernel source, by file name.
 pub const SOURCES: &[(&str, &str)] = &[
@@ -24,6 +32,10 @@ pub const SOURCES: &[(&str, &str)] = &[
         include_str!("../../kernels/flash_attention.cu"),
     ),
     (
+        "flash_hopper.cu",
+        include_str!("../../kernels/flash_hopper.cu"),
+    ),
+    (
         "cross_entropy.cu",
         include_str!("../../kernels/cross_entropy.cu"),
     ),
@@ -33,7 +45,7 @@ pub const SOURCES: &[(&str, &str)] = &[
 ];
 
 /// Kernel tuning without a rebuild: when `TEMPER_KERNEL_SOURCES` names a folder, a kernel file
-/// found there (same name as in `SOURCES`, with `common.cuh` beside it if it includes it)
+/// found there (same name as in `SOURCES`, with the headers it includes beside it or built in)
 /// replaces the built-in one. Unset in normal use.
 pub fn source_override_dir() -> Option<PathBuf> {
     std::env::var_os("TEMPER_KERNEL_SOURCES")
@@ -41,8 +53,9 @@ pub fn source_override_dir() -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
-/// The text of `file` in the override folder `dir`, with its `common.cuh` include expanded from
-/// the same folder when one is there; `None` when the folder has no such file.
+/// The text of `file` in the override folder `dir`, with the includes of headers found in the
+/// same folder expanded from there (the others from the built-in headers when compiled);
+/// `None` when the folder has no such file.
 pub fn read_override(dir: &std::path::Path, file: &str) -> Result<Option<String>> {
     let path = dir.join(file);
     if !path.exists() {
@@ -57,9 +70,11 @@ pub fn read_override(dir: &std::path::Path, file: &str) -> Result<Option<String>
         })
     };
     let mut text = read(&path)?;
-    let header = dir.join("common.cuh");
-    if header.exists() {
-        text = text.replace("#include \"common.cuh\"", &read(&header)?);
+    for (name, _) in HEADERS {
+        let header = dir.join(name);
+        if header.exists() {
+            text = text.replace(&format!("#include \"{name}\""), &read(&header)?);
+        }
     }
     Ok(Some(text))
 }
@@ -84,12 +99,14 @@ pub fn arch_for(major: i32, minor: i32) -> Result<&'static str> {
         .ok_or_else(|| CoreError::Device(format!("compute capability {major}.{minor} is below sm_75 (T4), the oldest GPU temper supports")))
 }
 
-/// The source as NVRTC sees it: `#include "common.cuh"` replaced by the header's text, since
-/// no include path is handed to NVRTC.
+/// The source as NVRTC sees it: each `#include` of one of [`HEADERS`] replaced by the
+/// header's text, since no include path is handed to NVRTC.
 pub fn expand(source: &str) -> String {
-    source
-        .replace("#include \"common.cuh\"", COMMON)
-        .replace("#pragma once", "")
+    let mut text = source.to_string();
+    for (name, header) in HEADERS {
+        text = text.replace(&format!("#include \"{name}\""), header);
+    }
+    text.replace("#pragma once", "")
 }
 
 /// NVRTC's version, part of the cache key.

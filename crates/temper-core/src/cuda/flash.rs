@@ -8,7 +8,9 @@
 //! docs/gpu-notes.md); on sm_75 (T4: synchronous tile copies and m16n8k8 products, not yet
 //! run on such a GPU) only with `TEMPER_ATTENTION=flash`. `TEMPER_ATTENTION=classic` keeps
 //! the GEMM / direct paths everywhere; [`CudaBackend::set_flash_attention`] sets it per
-//! backend.
+//! backend. On sm_90 (H100, H200), `TEMPER_ATTENTION=flash-wgmma` runs the head dims of
+//! kernels/flash_hopper.cu on warpgroup products (wgmma) instead of mma.sync (not the default:
+//! see docs/gpu-notes.md for where they stand against the mma.sync kernels).
 
 use std::sync::Arc;
 
@@ -20,7 +22,8 @@ use crate::{CoreError, DType, Result};
 
 /// Keys per dK/dV block (FA_BK); query blocks: FlashDim::fwd_br and FlashDim::dq_br.
 const BK: usize = 64;
-/// Threads per block (FA_THREADS) and padding per shared row in elements (FA_PAD).
+/// Threads per block (FA_THREADS) and padding per shared row in elements (FA_PAD) of the
+/// mma.sync kernels; the wgmma kernels' tiles have none.
 const THREADS: u32 = 128;
 const PAD: usize = 8;
 
@@ -40,6 +43,13 @@ struct FlashDim {
     dq_bc: usize,
     /// Blocks of 16 queries per warp in the dQ kernel.
     dq_fm: usize,
+    /// Tiles of K and V in the forward's shared memory when fixed by the kernel (else the
+    /// backend's stages: 2 from sm_80, 1 below).
+    fwd_stages: Option<usize>,
+    /// Elements of padding per shared row.
+    pad: usize,
+    /// Entry-point infix: "" for mma.sync, "wg_" for the wgmma kernels.
+    infix: &'static str,
 }
 
 /// The head dims the built-in flash kernels serve (for planners that must know whether a
@@ -90,6 +100,9 @@ fn dims_in_source(source: &str) -> Result<Vec<FlashDim>> {
             dkv_dc,
             dq_bc,
             dq_fm,
+            fwd_stages: None,
+            pad: PAD,
+            infix: "",
         });
     }
     if dims.is_empty() {
@@ -100,9 +113,52 @@ fn dims_in_source(source: &str) -> Result<Vec<FlashDim>> {
     Ok(dims)
 }
 
+/// The instantiations in the wgmma kernel source: each `FLASH_WG(sfx, T, D, FWD_BC, FWD_STAGES,
+/// DKV_BQ, DQ_BC)` line (64 rows per block, one warpgroup, no row padding, no column chunks).
+fn hopper_dims_in_source(source: &str) -> Result<Vec<FlashDim>> {
+    let mut dims = vec![];
+    for line in source.lines() {
+        let Some(rest) = line.trim_start().strip_prefix("FLASH_WG(sfx, T,") else {
+            continue;
+        };
+        let numbers: Vec<usize> = rest
+            .split(')')
+            .next()
+            .unwrap_or("")
+            .split(',')
+            .map(|n| n.trim().parse::<usize>())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| {
+                CoreError::Device(format!(
+                    "flash_hopper.cu: tile line {:?} does not parse: {e}",
+                    line.trim()
+                ))
+            })?;
+        let [d, fwd_bc, fwd_stages, dkv_bq, dq_bc] = numbers[..] else {
+            return Err(CoreError::Device(format!(
+                "flash_hopper.cu: tile line {:?} needs 5 numbers (D, FWD_BC, FWD_STAGES, DKV_BQ, DQ_BC)",
+                line.trim()
+            )));
+        };
+        dims.push(FlashDim {
+            d,
+            fwd_bc,
+            fwd_fm: 1,
+            dkv_bq,
+            dkv_dc: d,
+            dq_bc,
+            dq_fm: 1,
+            fwd_stages: Some(fwd_stages),
+            pad: 0,
+            infix: "wg_",
+        });
+    }
+    Ok(dims)
+}
+
 impl FlashDim {
     fn row_bytes(&self) -> usize {
-        (self.d + PAD) * 2
+        (self.d + self.pad) * 2
     }
     /// Dynamic shared memory of each kernel with `stages` tiles in flight (FA_STAGES: 2 from
     /// sm_80, where copies are asynchronous, else 1).
@@ -111,6 +167,7 @@ impl FlashDim {
         4 * 16 * self.fwd_fm
     }
     fn fwd_smem(&self, stages: usize) -> usize {
+        let stages = self.fwd_stages.unwrap_or(stages);
         (self.fwd_br() + 2 * stages * self.fwd_bc) * self.row_bytes()
     }
     fn dkv_smem(&self, stages: usize) -> usize {
@@ -139,6 +196,8 @@ pub(super) struct FlashKernels {
     entries: Vec<Entry>,
     stages: usize,
     enabled: bool,
+    /// `TEMPER_ATTENTION=flash-wgmma`: the wgmma kernels where they load (sm_90).
+    wgmma: bool,
 }
 
 impl FlashKernels {
@@ -150,30 +209,80 @@ impl FlashKernels {
         source: &str,
         major: i32,
     ) -> Result<Self> {
-        let dims = dims_in_source(source)?;
         let stages = if major >= 8 { 2 } else { 1 };
+        let mode = std::env::var("TEMPER_ATTENTION").unwrap_or_default();
+        let enabled = match mode.as_str() {
+            "flash" | "flash-wgmma" => true,
+            "classic" => false,
+            _ => major >= 8,
+        };
+        let mut kernels = FlashKernels {
+            entries: vec![],
+            stages,
+            enabled,
+            wgmma: mode == "flash-wgmma",
+        };
+        kernels.add(
+            ctx,
+            module,
+            &dims_in_source(source)?,
+            major,
+            "flash_attention.cu",
+        )?;
+        Ok(kernels)
+    }
+
+    /// Puts the wgmma kernels of flash_hopper.cu (compiled for sm_90a) in place of the mma.sync
+    /// ones of the same storage type and head dim.
+    pub(super) fn add_hopper(
+        &mut self,
+        ctx: &Arc<CudaContext>,
+        module: &Arc<CudaModule>,
+        source: &str,
+    ) -> Result<()> {
+        self.add(
+            ctx,
+            module,
+            &hopper_dims_in_source(source)?,
+            9,
+            "flash_hopper.cu",
+        )
+    }
+
+    /// Whether the wgmma kernels are asked for (`TEMPER_ATTENTION=flash-wgmma`).
+    pub(super) fn wants_wgmma(&self) -> bool {
+        self.wgmma
+    }
+
+    fn add(
+        &mut self,
+        ctx: &Arc<CudaContext>,
+        module: &Arc<CudaModule>,
+        dims: &[FlashDim],
+        major: i32,
+        file: &str,
+    ) -> Result<()> {
         let max_smem = ctx
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
             .map_err(dev_err("shared memory per block"))? as usize;
-        let mut entries = vec![];
         for dtype in [DType::BF16, DType::F16] {
             if dtype == DType::BF16 && major < 8 {
                 continue;
             }
-            for &dim in &dims {
+            for &dim in dims {
                 let needs = [
-                    dim.fwd_smem(stages),
-                    dim.dkv_smem(stages),
-                    dim.dq_smem(stages),
+                    dim.fwd_smem(self.stages),
+                    dim.dkv_smem(self.stages),
+                    dim.dq_smem(self.stages),
                 ];
                 if needs.iter().any(|&n| n > max_smem) {
                     continue;
                 }
                 let mut funcs = vec![];
                 for (kind, smem) in ["fwd", "bwd_dkv", "bwd_dq"].iter().zip(needs) {
-                    let name = format!("flash_{kind}_{}_d{}", dtype.suffix(), dim.d);
+                    let name = format!("flash_{kind}_{}{}_d{}", dim.infix, dtype.suffix(), dim.d);
                     let f = module.load_function(&name).map_err(|e| {
-                        CoreError::Device(format!("kernel {name} in flash_attention.cu: {e:?}"))
+                        CoreError::Device(format!("kernel {name} in {file}: {e:?}"))
                     })?;
                     f.set_attribute(
                         CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
@@ -186,7 +295,9 @@ impl FlashKernels {
                 let dkv = funcs.pop();
                 let fwd = funcs.pop();
                 if let (Some(fwd), Some(dkv), Some(dq)) = (fwd, dkv, dq) {
-                    entries.push(Entry {
+                    self.entries
+                        .retain(|e| !(e.dtype == dtype && e.dim.d == dim.d));
+                    self.entries.push(Entry {
                         dtype,
                         dim,
                         fwd,
@@ -196,16 +307,7 @@ impl FlashKernels {
                 }
             }
         }
-        let enabled = match std::env::var("TEMPER_ATTENTION").as_deref() {
-            Ok("flash") => true,
-            Ok("classic") => false,
-            _ => major >= 8,
-        };
-        Ok(FlashKernels {
-            entries,
-            stages,
-            enabled,
-        })
+        Ok(())
     }
 
     fn entry(&self, dtype: DType, d: usize) -> Option<&Entry> {
@@ -395,6 +497,23 @@ mod tests {
             .map(|[_, len, r]| (*len).min(r + 64))
             .collect();
         assert!(work.windows(2).all(|w| w[0] >= w[1]), "{work:?}");
+    }
+
+    #[test]
+    fn wgmma_tiles_fit_two_blocks_per_hopper_sm() {
+        let dims = hopper_dims_in_source(include_str!("../../kernels/flash_hopper.cu")).unwrap();
+        let ds: Vec<usize> = dims.iter().map(|d| d.d).collect();
+        assert_eq!(ds, [64, 128]);
+        // sm_90 has 227 KiB of shared memory per block and 228 per SM: two blocks each.
+        for dim in dims {
+            assert_eq!(
+                (dim.fwd_br(), dim.dq_br(), dim.dkv_dc, dim.pad),
+                (64, 64, dim.d, 0)
+            );
+            for need in [dim.fwd_smem(2), dim.dkv_smem(2), dim.dq_smem(2)] {
+                assert!(2 * need <= 228 * 1024, "{dim:?} needs {need} bytes");
+            }
+        }
     }
 
     #[test]

@@ -252,16 +252,30 @@ impl CudaBackend {
         let mut flash = None;
         let override_dir = compile::source_override_dir();
         for (file, src) in compile::SOURCES {
+            // The wgmma kernels exist for sm_90 only (compute_90a), in place of mma.sync ones.
+            let hopper = *file == "flash_hopper.cu";
+            let wgmma_asked = flash
+                .as_ref()
+                .is_some_and(|f: &flash::FlashKernels| f.wants_wgmma());
+            if hopper && (major != 9 || !wgmma_asked) {
+                continue;
+            }
             let src = match &override_dir {
                 Some(dir) => compile::read_override(dir, file)?.unwrap_or_else(|| src.to_string()),
                 None => src.to_string(),
             };
-            let ptx = compile::compile(file, &src, arch)?;
+            let ptx = compile::compile(file, &src, if hopper { "compute_90a" } else { arch })?;
             let module = ctx
                 .load_module(ptx)
                 .map_err(dev_err("loading a kernel module"))?;
             if *file == "flash_attention.cu" {
                 flash = Some(flash::FlashKernels::load(&ctx, &module, &src, major)?);
+                continue;
+            }
+            if hopper {
+                if let Some(flash) = flash.as_mut() {
+                    flash.add_hopper(&ctx, &module, &src)?;
+                }
                 continue;
             }
             let mut names: Vec<String> = vec![];
