@@ -1,6 +1,6 @@
 //! Compares the flash kernels of two backends on one H100 or H200: the wgmma kernels of
-//! flash_hopper.cu (`TEMPER_ATTENTION=flash-wgmma`) against the mma.sync ones of
-//! flash_attention.cu, on the same inputs, and prints the largest difference of each output. A
+//! flash_hopper.cu (the default there) against the mma.sync ones of flash_attention.cu
+//! (`TEMPER_ATTENTION=flash-mma`), on the same inputs, and prints the largest difference of each output. A
 //! diagnostic: it prints numbers and asserts nothing.
 //!
 //! cargo run --release -p temper-core --example flash_compare -- [hq hkv d] [lengths...]
@@ -22,9 +22,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         vec![1, 7, 64, 130, 1000]
     };
     // The variable is read when a backend is made.
-    std::env::set_var("TEMPER_ATTENTION", "flash-wgmma");
-    let wgmma = CudaBackend::with_dtype(0, DType::BF16)?;
     std::env::set_var("TEMPER_ATTENTION", "flash");
+    let wgmma = CudaBackend::with_dtype(0, DType::BF16)?;
+    std::env::set_var("TEMPER_ATTENTION", "flash-mma");
     let mma = CudaBackend::with_dtype(0, DType::BF16)?;
     println!("{} | hq {hq} hkv {hkv} d {d} bf16", wgmma.device_name());
     for &len in &lengths {

@@ -8,9 +8,9 @@
 //! docs/gpu-notes.md); on sm_75 (T4: synchronous tile copies and m16n8k8 products, not yet
 //! run on such a GPU) only with `TEMPER_ATTENTION=flash`. `TEMPER_ATTENTION=classic` keeps
 //! the GEMM / direct paths everywhere; [`CudaBackend::set_flash_attention`] sets it per
-//! backend. On sm_90 (H100, H200), `TEMPER_ATTENTION=flash-wgmma` runs the head dims of
-//! kernels/flash_hopper.cu on warpgroup products (wgmma) instead of mma.sync (not the default:
-//! see docs/gpu-notes.md for where they stand against the mma.sync kernels).
+//! backend. On sm_90 (H100, H200) the head dims of kernels/flash_hopper.cu run on warpgroup
+//! products (wgmma) instead of mma.sync (the backward 30% faster at 16k tokens:
+//! docs/gpu-notes.md); `TEMPER_ATTENTION=flash-mma` keeps the mma.sync kernels there.
 
 use std::sync::Arc;
 
@@ -196,7 +196,7 @@ pub(super) struct FlashKernels {
     entries: Vec<Entry>,
     stages: usize,
     enabled: bool,
-    /// `TEMPER_ATTENTION=flash-wgmma`: the wgmma kernels where they load (sm_90).
+    /// The wgmma kernels where they load (sm_90), unless `TEMPER_ATTENTION=flash-mma`.
     wgmma: bool,
 }
 
@@ -212,7 +212,7 @@ impl FlashKernels {
         let stages = if major >= 8 { 2 } else { 1 };
         let mode = std::env::var("TEMPER_ATTENTION").unwrap_or_default();
         let enabled = match mode.as_str() {
-            "flash" | "flash-wgmma" => true,
+            "flash" | "flash-mma" => true,
             "classic" => false,
             _ => major >= 8,
         };
@@ -220,7 +220,7 @@ impl FlashKernels {
             entries: vec![],
             stages,
             enabled,
-            wgmma: mode == "flash-wgmma",
+            wgmma: mode != "flash-mma",
         };
         kernels.add(
             ctx,
@@ -249,7 +249,7 @@ impl FlashKernels {
         )
     }
 
-    /// Whether the wgmma kernels are asked for (`TEMPER_ATTENTION=flash-wgmma`).
+    /// Whether the wgmma kernels may serve (not `TEMPER_ATTENTION=flash-mma`).
     pub(super) fn wants_wgmma(&self) -> bool {
         self.wgmma
     }
