@@ -1,9 +1,10 @@
 //! Peak memory of a training run, predicted from the shapes alone (no device needed), for
-//! `temper plan` and `max_memory`. Counts what the backends allocate: frozen weights and
-//! activations in the compute dtype, RoPE tables, LoRA values, gradients and AdamW moments in
-//! f32, and the largest set of activations alive at once: at the loss (the logits chunk) or
-//! in the backward of the last layer (with the GPU attention's scores for sequences long
-//! enough to take cuBLAS), whichever is larger.
+//! `temper plan` and `max_memory`. Counts what the backends allocate and count (the same
+//! accounting their `peak_bytes` reports): frozen weights and activations in the compute
+//! dtype, RoPE tables, norm statistics and the attention's log-sum-exp in f32, LoRA values,
+//! gradients and AdamW moments in f32, the GPU's cuBLAS workspace, and the largest set of
+//! activations alive at once: at the loss (the logits chunk) or at one of the points of the
+//! last layer's backward (see [`layer_backward_peak`]), whichever holds more.
 
 use temper_core::DType;
 
@@ -17,6 +18,9 @@ const F32: usize = 4;
 const SCORES_BUDGET: usize = 256 << 20;
 /// Sequences from this length on take the GEMM attention path.
 const GEMM_ATTENTION_MIN_LEN: usize = 128;
+/// The cuBLAS workspace the CUDA backend allocates once and counts (`CUBLAS_WORKSPACE` in
+/// temper-core's `cuda/mod.rs`).
+const CUBLAS_WORKSPACE: usize = 32 << 20;
 
 /// The predicted peak, by part, in bytes.
 #[derive(Clone, Debug, PartialEq)]
@@ -32,7 +36,8 @@ impl MemoryPlan {
     }
 }
 
-/// Every frozen value: embeddings, head (unless tied), layers, norms, RoPE tables.
+/// Every frozen value stored in the compute dtype: embeddings, head (unless tied), layers,
+/// norms. The RoPE tables are f32 ([`rope_table_bytes`]).
 pub fn weight_values(cfg: &ModelConfig) -> usize {
     let (c, v) = (cfg.hidden, cfg.vocab);
     let per_layer: usize = cfg
@@ -52,8 +57,24 @@ pub fn weight_values(cfg: &ModelConfig) -> usize {
         + if cfg.sandwich_norms { 2 * c } else { 0 }
         + if cfg.qk_norm { 2 * cfg.head_dim } else { 0 };
     let head = if cfg.tie_embeddings { 0 } else { v * c };
-    let rope = cfg.max_positions.max(1) * cfg.head_dim; // cos and sin, (P, d/2) each
-    v * c + head + cfg.layers * per_layer + c + rope
+    v * c + head + cfg.layers * per_layer + c
+}
+
+/// Bytes of the RoPE tables: cos and sin, (P, R/2) each in f32 (uploaded as computed), for
+/// P = max_position_embeddings and R the rotated dims per head; a second set for Gemma 3's
+/// local layers, and LongRoPE's long tables beside the short ones past the pretrained context
+/// (see `Model::from_parts`).
+pub fn rope_table_bytes(cfg: &ModelConfig) -> usize {
+    let one = cfg.max_positions.max(1) * cfg.rope_dims * F32;
+    let local = usize::from(cfg.local_rope_theta.is_some());
+    let long = usize::from(matches!(
+        &cfg.rope_scaling,
+        Some(temper_core::rope::RopeScaling::LongRope {
+            original_max_position_embeddings,
+            ..
+        }) if cfg.max_positions.max(1) > *original_max_position_embeddings as usize
+    ));
+    (1 + local + long) * one
 }
 
 /// Bytes of the frozen weights with the 7 linear kinds of every layer in 4 bits (codes, and
@@ -75,7 +96,10 @@ pub fn weight_bytes_4bit(cfg: &ModelConfig, dtype: DType, blocksize: usize, doub
     } else {
         4 * blocks
     };
-    (weight_values(cfg) - linear) * dtype.size() + linear.div_ceil(2) + scales
+    (weight_values(cfg) - linear) * dtype.size()
+        + rope_table_bytes(cfg)
+        + linear.div_ceil(2)
+        + scales
 }
 
 /// Bytes of the frozen weights with the 7 linear kinds of every layer in 8 bits (an int8 code
@@ -86,7 +110,7 @@ pub fn weight_bytes_8bit(cfg: &ModelConfig, dtype: DType) -> usize {
         let (i, o) = t.dims(cfg);
         (n + cfg.layers * i * o, r + cfg.layers * o)
     });
-    (weight_values(cfg) - linear) * dtype.size() + linear + 4 * rows
+    (weight_values(cfg) - linear) * dtype.size() + rope_table_bytes(cfg) + linear + 4 * rows
 }
 
 /// Bytes of AdamW's two f32 moments over every LoRA value (in host memory with paged AdamW).
@@ -105,25 +129,37 @@ fn lora_values_per_layer(cfg: &ModelConfig, lora: &LoraConfig) -> usize {
         .sum()
 }
 
-/// Activations of one layer's forward for n tokens (what [`crate::layer::LayerActs`] holds).
-fn layer_acts(cfg: &ModelConfig, lora: &LoraConfig, n: usize, training: bool) -> usize {
+/// Bytes of one layer's activations for n tokens (what [`crate::layer::LayerActs`] holds):
+/// xn1, x2, xn2 (C), q and att (Hq*D), k and v (Hkv*D), g, u, h (F) in the compute dtype;
+/// the two norms' rstd (1) and the attention's log-sum-exp (Hq) in f32; per adapter target
+/// its xa (r) and, with dropout while training, its dropped input.
+///
+/// A recompute before the backward rebuilds exactly these: with the attention kept on the
+/// host its output comes back instead of being recomputed (same size), and it skips the down
+/// projection's base GEMM and the residual add, whose output buffer is no activation (the
+/// backward never holds one), so neither changes this count.
+fn layer_acts(
+    cfg: &ModelConfig,
+    lora: &LoraConfig,
+    n: usize,
+    bytes: usize,
+    training: bool,
+) -> usize {
     let (c, f) = (cfg.hidden, cfg.intermediate);
     let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
-    let base = n * (3 * c + 2 + 2 * qd + 2 * kvd + cfg.heads + 3 * f);
+    let mut values = n * (3 * c + 2 * qd + 2 * kvd + 3 * f);
+    let mut stats = n * (2 + cfg.heads);
     // Qwen3's per-head norms keep q and k before the norm and an rstd per head.
-    let qk_norm = if cfg.qk_norm {
-        n * (qd + kvd + cfg.heads + cfg.kv_heads)
-    } else {
-        0
-    };
+    if cfg.qk_norm {
+        values += n * (qd + kvd);
+        stats += n * (cfg.heads + cfg.kv_heads);
+    }
     // Gemma 2/3 keep the attention and MLP outputs before their norms, with their rstd.
-    let sandwich = if cfg.sandwich_norms {
-        2 * n * (c + 1)
-    } else {
-        0
-    };
-    let base = base + qk_norm + sandwich;
-    let lora_saved: usize = targets(cfg, lora)
+    if cfg.sandwich_norms {
+        values += 2 * n * c;
+        stats += 2 * n;
+    }
+    values += targets(cfg, lora)
         .iter()
         .map(|t| {
             let (i, _) = t.dims(cfg);
@@ -134,42 +170,94 @@ fn layer_acts(cfg: &ModelConfig, lora: &LoraConfig, n: usize, training: bool) ->
                     0
                 }
         })
-        .sum();
-    base + lora_saved
+        .sum::<usize>();
+    values * bytes + stats * F32
 }
 
-/// A layer's backward at its peak, beside the residual-stream buffers counted by [`plan`]:
-/// the layer's activations `acts` and the temporaries alive with them (see
-/// `DecoderLayer::backward` and `linear_backward`), at whichever of two points holds more:
-/// - the down projection's backward: every activation, dh (F), and the LoRA backward's
-///   dxa (r) and, with dropout, d drop(x) and its masked copy (2 F);
-/// - the SwiGLU backward: h is freed and dh, dg, du live (+2 F).
+/// A layer's backward at its peak, beside the residual-stream buffers counted by [`plan`]
+/// (the layer's input, dout, dx): the layer's activations `acts` (bytes) and what is alive
+/// with them, at whichever point of `DecoderLayer::backward` holds most. Activations are
+/// freed as the walk passes their last use, a target's kept LoRA values (xa, its dropped
+/// input) after its own backward; `linear_backward` holds the LoRA's dxa (N, r) throughout,
+/// beside either the base GEMM's weight (on the GPU a dequantised 4-bit or 8-bit weight,
+/// (out, in), freed after that GEMM) or, with dropout, d drop(x) and its masked copy (2 in),
+/// which come after the GEMM. The points:
+/// - the down projection's backward: every activation, dh (F), dxa, and the weight or the
+///   dropout's two (N, F);
+/// - the SwiGLU backward: h and the down projection's dropped input are freed, dh, dg, du
+///   live (+2 F); Phi-3's joined (N, 2F) gradient comes after dh, g and u are freed, so it
+///   never holds more;
+/// - the gate (and up) projection's backward: h, g, u freed, dg and du (or Phi-3's dgu),
+///   dxn2 (C), dxa, and the weight (Phi-3's (2F, C)) or the dropout's two (N, C);
+/// - the attention side, bounded from above: g, u, h, x2 and xn2 freed; dx2 (C), datt
+///   (Hq*D), dq, dk, dv, a second copy of them (Qwen3's pre-norm gradients or Phi-3's joined
+///   dqkv), dxn1 (C), the backward's row sums (Hq, f32), dxa, the widest attention-side weight
+///   or dropout pair, and the GEMM attention's `scores` when it holds them.
 ///
-/// On the GPU a dequantised or converted weight row block (the widest projection) may live
-/// beside them. Measured on the CPU backend for the tiny model, within a few values per token.
+/// Measured on the CPU backend for the tiny models, within a few values per token; on an
+/// H100 for Llama-2-7B and Llama-3-8B under QLoRA (see the tests).
 fn layer_backward_peak(
     cfg: &ModelConfig,
     lora: &LoraConfig,
     n: usize,
     acts: usize,
+    bytes: usize,
+    scores: usize,
     device: PlanDevice,
 ) -> usize {
-    let f = cfg.intermediate;
-    let down_lora = if targets(cfg, lora).contains(&Target::Down) {
-        n * lora.r + if lora.dropout > 0.0 { 2 * n * f } else { 0 }
-    } else {
-        0
-    };
-    let at_down = acts + n * f + down_lora;
-    // Phi-3 joins dg and du into one (N, 2F) gradient for gate_up_proj.
-    let joined = if cfg.fused_proj { 2 * n * f } else { 0 };
-    let at_swiglu = acts + 2 * n * f + joined;
-    let widest = cfg.intermediate.max(cfg.hidden).max(cfg.q_dim());
-    at_down.max(at_swiglu)
-        + match device {
-            PlanDevice::Cuda => n * widest,
-            PlanDevice::Cpu => 0,
+    let (c, f) = (cfg.hidden, cfg.intermediate);
+    let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+    let ts = targets(cfg, lora);
+    let dropout = lora.dropout > 0.0;
+    // dxa of a target with an adapter
+    let dxa = |t: Target| if ts.contains(&t) { n * lora.r } else { 0 };
+    // its dropped input, kept from the forward until its backward ends
+    let dropped = |t: Target| {
+        if dropout && ts.contains(&t) {
+            n * t.dims(cfg).0
+        } else {
+            0
         }
+    };
+    // the larger of the base GEMM's dequantised weight (GPU) and the dropout's d drop(x)
+    // and masked copy, which are not alive together
+    let weight_or_dropout = |t: Target| {
+        let (i, o) = t.dims(cfg);
+        let weight = match device {
+            PlanDevice::Cuda => i * o,
+            PlanDevice::Cpu => 0,
+        };
+        weight.max(if dropout && ts.contains(&t) {
+            2 * n * i
+        } else {
+            0
+        })
+    };
+    let (gate, attn): (&[Target], &[Target]) = if cfg.fused_proj {
+        (&[Target::GateUp], &[Target::Qkv, Target::O])
+    } else {
+        (
+            &[Target::Gate, Target::Up],
+            &[Target::Q, Target::K, Target::V, Target::O],
+        )
+    };
+    let widest = |list: &[Target]| -> (usize, usize) {
+        list.iter()
+            .map(|&t| (dxa(t), weight_or_dropout(t)))
+            .fold((0, 0), |(a, b), (x, y)| (a.max(x), b.max(y)))
+    };
+    let down = Target::Down;
+    let at_down = n * f + dxa(down) + weight_or_dropout(down);
+    let at_swiglu = (2 * n * f).saturating_sub(dropped(down));
+    let (gate_dxa, gate_w) = widest(gate);
+    let at_gate = (n * c + gate_dxa + gate_w).saturating_sub(n * f + dropped(down));
+    let (attn_dxa, attn_w) = widest(attn);
+    let attn_grads = (n * (2 * c + qd + 2 * (qd + 2 * kvd)) + attn_dxa + attn_w) * bytes
+        + n * cfg.heads * F32
+        + scores;
+    let at_attention = attn_grads.saturating_sub(n * (3 * f + 2 * c) * bytes);
+    let mlp = at_down.max(at_swiglu).max(at_gate) * bytes;
+    acts + mlp.max(at_attention)
 }
 
 /// The adapter's targets as the model resolves them (Phi-3's all-linear is its four fused
@@ -204,11 +292,19 @@ pub enum PlanDevice {
 ///
 /// A step's activations peak in one of two places, whichever is larger (see
 /// `Model::forward_backward_with`):
-/// - the loss: every kept layer input, the last hidden state, its norm, the norm's
-///   gradient and rstd, and the (chunk, V) logits of the fused LM head and loss;
-/// - the backward of the last layer: every kept layer input, the incoming and the
-///   outgoing gradient, the layer's activations (recomputed with checkpointing) and its
-///   backward temporaries (with the GPU attention's scores).
+/// - the loss: the layer inputs kept on the device, the last hidden state, its norm, the
+///   norm's gradient and rstd, and the (chunk, V) logits of the fused LM head and loss;
+/// - the backward of the last layer: the layer inputs kept on the device (with
+///   `EveryLayerOnHost` only the one restored for this layer), the incoming and the outgoing
+///   gradient, the layer's activations (recomputed with checkpointing) and its backward's
+///   temporaries at their highest point ([`layer_backward_peak`]).
+///
+/// With the inputs on the host, every layer's log-sum-exp stays on the device until its
+/// backward, and on the GPU the next layer's input and attention output are fetched back
+/// ahead of use (from before the loss on). The forward never holds more than the backward:
+/// a layer's forward holds its activations, its input and output and the two parks in flight
+/// (C + Hq*D), where its backward holds the same activations beside dx, dx_in, the next
+/// layer's prefetch (C + Hq*D) and at least one more (N, F).
 #[allow(clippy::too_many_arguments)]
 pub fn plan(
     cfg: &ModelConfig,
@@ -231,7 +327,7 @@ pub fn plan(
         _ => 0,
     };
     let lora_and_optimizer = 4 * lora_values * F32 + compute_copies;
-    let acts = layer_acts(cfg, lora, n, true);
+    let acts = layer_acts(cfg, lora, n, bytes, true);
     // Layer inputs (n, c) on the device at the loss and in backward, and the activations
     // kept for every layer.
     let (inputs_at_loss, inputs, every_layer_acts) = match ckpt {
@@ -253,32 +349,38 @@ pub fn plan(
         ),
         _ => (0, 0),
     };
-    // the last hidden state, its norm and the norm's gradient (n, c) and rstd (n)
-    let at_loss_values = (inputs_at_loss + 3) * n * c + n + every_layer_acts;
+    // allocated once by the GPU backend, alive throughout
+    let workspace = match device {
+        PlanDevice::Cuda => CUBLAS_WORKSPACE,
+        PlanDevice::Cpu => 0,
+    };
+    // the final norm's rstd (n), f32, kept to the end of the step
+    let final_rstd = n * F32;
+    // the last hidden state, its norm and the norm's gradient (n, c)
+    let at_loss_values = (inputs_at_loss + 3) * n * c * bytes + every_layer_acts;
     // the f32 logits chunk, and its gradient in the compute dtype when that is narrower
     let chunk = loss_chunk.clamp(1, n.max(1)) * cfg.vocab;
     let logits = chunk * F32 + if bytes < F32 { chunk * bytes } else { 0 };
-    let at_loss = at_loss_values * bytes + logits + cfg.layers * kept_lse + ahead;
-    // dx and dx_in beside the inputs, the final norm's rstd (kept to the end of the
-    // step), and the layer's backward; with checkpointing the layer was just recomputed,
-    // without it the earlier layers' activations wait their turn
-    let in_backward_values = (inputs + 2) * n * c
-        + n
-        + layer_backward_peak(cfg, lora, n, acts, device)
-        + match ckpt {
-            Checkpointing::Off => every_layer_acts - acts,
-            _ => 0,
-        };
+    let at_loss = at_loss_values + final_rstd + logits + cfg.layers * kept_lse + ahead;
     let scores = match device {
         PlanDevice::Cuda => attention_scores(cfg, seq.min(n), dtype),
         PlanDevice::Cpu => 0,
     };
-    let in_backward =
-        in_backward_values * bytes + scores + cfg.layers.saturating_sub(1) * kept_lse + ahead;
+    // dx and dx_in beside the inputs, and the layer's backward; with checkpointing the layer
+    // was just recomputed, without it the earlier layers' activations wait their turn
+    let in_backward = (inputs + 2) * n * c * bytes
+        + final_rstd
+        + layer_backward_peak(cfg, lora, n, acts, bytes, scores, device)
+        + match ckpt {
+            Checkpointing::Off => every_layer_acts - acts,
+            _ => 0,
+        }
+        + cfg.layers.saturating_sub(1) * kept_lse
+        + ahead;
     MemoryPlan {
-        weights: weight_values(cfg) * bytes,
+        weights: weight_values(cfg) * bytes + rope_table_bytes(cfg),
         lora_and_optimizer,
-        activations: at_loss.max(in_backward),
+        activations: at_loss.max(in_backward) + workspace,
     }
 }
 
@@ -286,12 +388,71 @@ pub fn plan(
 mod tests {
     use super::*;
 
+    fn shape_config(name: &str) -> ModelConfig {
+        let shape = crate::init::shape(name).expect("shape");
+        let text = shape.config_json().to_string();
+        ModelConfig::from_json(&text, std::path::Path::new("config.json")).expect("config")
+    }
+
+    /// The QLoRA recipe's whole prediction, as `temper plan` makes it: NF4 with double
+    /// quantisation (blocks of 64), bf16, LoRA r=16 on the 7 linear kinds without dropout,
+    /// paged AdamW (moments in host memory), the layer inputs on the host, on the GPU.
+    fn qlora_gib(cfg: &ModelConfig, seq: usize, batch: usize) -> f64 {
+        let lora = LoraConfig {
+            r: 16,
+            alpha: 32.0,
+            dropout: 0.0,
+            use_rslora: false,
+            targets: Target::ALL.to_vec(),
+        };
+        let dtype = DType::BF16;
+        let ckpt = Checkpointing::EveryLayerOnHost;
+        let m = plan(
+            cfg,
+            &lora,
+            seq * batch,
+            seq,
+            ckpt,
+            1024,
+            dtype,
+            PlanDevice::Cuda,
+        );
+        let total = weight_bytes_4bit(cfg, dtype, 64, true) + m.lora_and_optimizer
+            - adamw_moment_bytes(cfg, &lora)
+            + m.activations;
+        total as f64 / (1u64 << 30) as f64
+    }
+
+    /// The peaks measured on an H100 (docs/gpu-notes.md, 2026-12-07, "Training steps, temper
+    /// and the peers in the same run": `temper bench --device cuda --dtype bfloat16
+    /// --load-in-4bit nf4 --double-quant --paged-optimizer --checkpoint-offload` on random
+    /// folders of `temper init-model`; bench trains without LoRA dropout). The Llama-3-8B
+    /// folder had max_position_embeddings raised to 131072 for 16k sequences, which sizes
+    /// its RoPE tables. The figures are rounded to 0.01 GiB; the plan must not be below them
+    /// (beyond that rounding) nor more than 10% above.
+    #[test]
+    fn qlora_plans_bound_the_h100_peaks_within_ten_percent() {
+        let llama2 = shape_config("llama2-7b");
+        let mut llama3 = shape_config("llama3-8b");
+        llama3.max_positions = 131072;
+        for (name, cfg, seq, batch, measured) in [
+            ("Llama-2-7B 1024 x 4", &llama2, 1024, 4, 4.82),
+            ("Llama-2-7B 4096 x 1", &llama2, 4096, 1, 4.82),
+            ("Llama-3-8B 16384 x 1", &llama3, 16384, 1, 9.36),
+        ] {
+            let planned = qlora_gib(cfg, seq, batch);
+            let ratio = planned / measured;
+            println!("{name}: planned {planned:.3} GiB, measured {measured} ({ratio:.3}x)");
+            assert!(
+                planned >= measured - 0.005 && ratio <= 1.10,
+                "{name}: planned {planned:.3} GiB against {measured} measured ({ratio:.3}x)"
+            );
+        }
+    }
+
     #[test]
     fn flash_attention_keeps_no_scores_in_bf16() {
-        let shape = crate::init::shape("llama3-8b").expect("shape");
-        let text = shape.config_json().to_string();
-        let cfg = ModelConfig::from_json(&text, std::path::Path::new("llama3-8b/config.json"))
-            .expect("config");
+        let cfg = shape_config("llama3-8b");
         // bf16 at head dim 128: the flash kernels, no scores; float16 (planned as on a T4):
         // the GEMM path's scores, at least one head of 4096 x 4096.
         assert_eq!(attention_scores(&cfg, 4096, DType::BF16), 0);
