@@ -20,61 +20,39 @@
 
 // ---- warpgroup products ----
 
-// Tiles in shared memory, ROWS rows of D values. With WG_SWIZZLE 1 (the default) a tile is
-// stored as 64-column halves of ROWS rows of 128 bytes, the 16-byte chunks of row r permuted by
-// XOR with r % 8 (the 128-byte swizzle the tensor cores undo as they read; it spreads the eight
-// rows of a chunk column over all banks). With 0, as 8 x 8 blocks of 128 contiguous bytes
-// ("core matrices"), block (r / 8, c / 8) at ((c / 8) (ROWS / 8) + r / 8) * 64 elements. Either
-// way a tile serves as a K-major operand (rows are M or N, columns K: S = Q K^T) and as an
-// MN-major one (rows are K, columns N: O += P V), so nothing is transposed.
-#ifndef WG_SWIZZLE
-#define WG_SWIZZLE 1
-#endif
-// The forward's Q as register fragments (1) or read from shared memory by each product (0).
-#ifndef WG_QREG
-#define WG_QREG 0
-#endif
-
+// Tiles in shared memory, ROWS rows of D values, are stored as 64-column halves of ROWS rows of
+// 128 bytes, the 16-byte chunks of row r permuted by XOR with r % 8: the 128-byte swizzle the
+// tensor cores undo as they read, which spreads the eight rows of a chunk column over all
+// banks (unswizzled 8 x 8 blocks were 1.7x slower for their bank conflicts). A tile serves as a
+// K-major operand (rows are M or N, columns K: S = Q K^T) and as an MN-major one (rows are K,
+// columns N: O += P V), so nothing is transposed. Tiles start at multiples of 1024 bytes.
 
 // Element offset of chunk c (8 values) of row r.
 template <int ROWS>
 __device__ __forceinline__ int tile_off(int r, int c) {
-#if WG_SWIZZLE
     return (c >> 3) * ROWS * 64 + r * 64 + (((c & 7) ^ (r & 7)) << 3);
-#else
-    return (c * (ROWS / 8) + (r >> 3)) * 64 + (r & 7) * 8;
-#endif
 }
 
-// A shared-memory matrix descriptor: start address, the leading and stride byte offsets
-// (between core matrices or swizzle atoms adjacent along K, and along M or N; PTX's canonical
-// layouts), and the swizzle mode.
+// A shared-memory matrix descriptor with the 128-byte swizzle: start address, then the byte
+// distances between swizzle atoms adjacent along K (leading) and along M or N (stride), as in
+// PTX's canonical layouts.
 __device__ __forceinline__ unsigned long long wg_desc(const void* p, unsigned int lbo, unsigned int sbo) {
     return (unsigned long long)((smem_u32(p) & 0x3FFFF) >> 4) | ((unsigned long long)(lbo >> 4) << 16) |
-           ((unsigned long long)(sbo >> 4) << 32) | ((unsigned long long)WG_SWIZZLE << 62);
+           ((unsigned long long)(sbo >> 4) << 32) | (1ull << 62);
 }
 
 // K-major operand: rows m0.. (a multiple of 8) of a ROWS-row tile, columns 16 kk.. (k-step kk).
+// Within a 128-byte line the k-step moves the start by 32 bytes; the swizzle is applied to the
+// addresses the tensor cores form, so the atoms (8 rows, 1024 bytes) stay aligned.
 template <int ROWS, typename T>
 __device__ __forceinline__ unsigned long long desc_k(const T* s, int m0, int kk) {
-#if WG_SWIZZLE
-    // Within a 128-byte line the k-step moves the start by 32 bytes; the swizzle is applied to
-    // the addresses the tensor cores form, so the atoms (8 rows, 1024 bytes) stay aligned.
     return wg_desc(s + (kk >> 2) * ROWS * 64 + m0 * 64 + (kk & 3) * 16, 16, 1024);
-#else
-    return wg_desc(s + (2 * kk * (ROWS / 8) + m0 / 8) * 64, ROWS * 16, 128);
-#endif
 }
 
-// MN-major operand: rows 16 kk.. of a ROWS-row tile are K, columns from c0 (a multiple of 64
-// when swizzled, else of 8) N.
+// MN-major operand: rows 16 kk.. of a ROWS-row tile are K, columns from c0 (a multiple of 64) N.
 template <int ROWS, typename T>
 __device__ __forceinline__ unsigned long long desc_mn(const T* s, int kk, int c0) {
-#if WG_SWIZZLE
     return wg_desc(s + (c0 >> 6) * ROWS * 64 + kk * 16 * 64, ROWS * 128, 1024);
-#else
-    return wg_desc(s + ((c0 / 8) * (ROWS / 8) + 2 * kk) * 64, 128, ROWS * 16);
-#endif
 }
 
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
@@ -98,8 +76,7 @@ __device__ __forceinline__ void pin(float (&d)[N][4]) {
 
 // d (64 x N, f32) (+)= A B with A (64 x 16) and B (16 x N) both K-major in shared memory
 // (wgmma_ss; `accumulate` 0 overwrites d), or A in registers (the m16n8k16 A fragments of the
-// warp's 16 rows) and B MN-major (wgmma_rs_tb, always accumulating) or K-major (wgmma_rs) in
-// shared memory.
+// warp's 16 rows) and B MN-major in shared memory (wgmma_rs_tb, always accumulating).
 __device__ __forceinline__ void wgmma_ss(float (&d)[8][4], bf16, unsigned long long da, unsigned long long db, int accumulate) {
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
@@ -168,69 +145,26 @@ __device__ __forceinline__ void wgmma_rs_tb(float (&d)[16][4], f16, const unsign
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
 }
 
-__device__ __forceinline__ void wgmma_rs(float (&d)[8][4], bf16, const unsigned int (&a)[4], unsigned long long db, int accumulate) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p, 1, 1, 0;\n}\n"
-        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate));
-}
-
-__device__ __forceinline__ void wgmma_rs(float (&d)[8][4], f16, const unsigned int (&a)[4], unsigned long long db, int accumulate) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
-        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p, 1, 1, 0;\n}\n"
-        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate));
-}
-
-__device__ __forceinline__ void wgmma_rs(float (&d)[16][4], bf16, const unsigned int (&a)[4], unsigned long long db, int accumulate) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%64,%65,%66,%67}, %68, p, 1, 1, 0;\n}\n"
-        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]), "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]), "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]), "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]), "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]), "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]), "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate));
-}
-
-__device__ __forceinline__ void wgmma_rs(float (&d)[16][4], f16, const unsigned int (&a)[4], unsigned long long db, int accumulate) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
-        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%64,%65,%66,%67}, %68, p, 1, 1, 0;\n}\n"
-        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]), "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]), "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]), "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]), "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]), "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]), "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate));
-}
-
 // ---- tiles ----
 
 // ROWS rows of D values from global rows r0.. (row i at base + i * stride) into a tile; rows at
-// or past len are zeros. Swizzled: consecutive threads take consecutive chunks of a row (a warp
-// reads two whole rows; the chunks of a line land on distinct banks). Core matrices: lanes
-// 8i..8i+7 take rows 0..7 of one chunk column (a warp reads 8 rows x 64 bytes).
+// or past len are zeros. Consecutive threads take consecutive chunks of a row, so a warp reads
+// whole rows and the chunks of a line land on distinct banks. A thread's rows are RSTEP apart,
+// a multiple of 8, so its chunk's swizzled column is the same in every row it copies.
 template <typename T, int D, int ROWS>
 __device__ __forceinline__ void load_tile(T* s, const T* base, unsigned long long stride, int r0, int len) {
-    constexpr int CH = D / 8;
-#pragma unroll 4
-    for (int i = threadIdx.x; i < ROWS * CH; i += FA_THREADS) {
-#if WG_SWIZZLE
-        const int r = i / CH, c = i % CH;
-#else
-        const int r = (i & 7) + 8 * ((i >> 3) / CH), c = (i >> 3) % CH;
-#endif
-        const bool ok = r0 + r < len;
-        copy16(s + tile_off<ROWS>(r, c), base + (ok ? (unsigned long long)(r0 + r) * stride : 0ull) + c * 8, ok);
-    }
-}
-
-// The A fragments of a 64-row tile (warp w's rows 16w..), for every k-step over D.
-template <typename T, int D>
-__device__ __forceinline__ void tile_to_a(unsigned int (&qa)[D / 16][4], const T* s, int lane) {
-    const int warp = threadIdx.x >> 5, row = 16 * warp + (lane & 7) + ((lane >> 3) & 1) * 8;
+    constexpr int CH = D / 8, RSTEP = FA_THREADS / CH, PASSES = ROWS / RSTEP;
+    static_assert(RSTEP % 8 == 0 && ROWS % RSTEP == 0, "rows per pass: a multiple of 8 dividing the tile");
+    const int c = threadIdx.x % CH, r = threadIdx.x / CH;
+    T* dst = s + tile_off<ROWS>(r, c);
+    const T* src = base + (unsigned long long)(r0 + r) * stride + c * 8;
+    const unsigned long long step = RSTEP * stride;
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) ldsm4(qa[kk], s + tile_off<64>(row, 2 * kk + (lane >> 4)));
+    for (int i = 0; i < PASSES; ++i) {
+        const bool ok = r0 + r + i * RSTEP < len;
+        copy16(dst + i * RSTEP * 64, ok ? src : base, ok);
+        src += step;
+    }
 }
 
 // Products of a 64-row A tile (K-major, k-steps over D) and a ROWS-row B tile: acc = A B^T.
@@ -252,6 +186,57 @@ template <typename T, int KS>
 __device__ __forceinline__ void to_a(unsigned int (&pa)[KS][4], const float (&c)[2 * KS][4]) {
 #pragma unroll
     for (int kk = 0; kk < KS; ++kk) c_to_a<T>(pa[kk], c[2 * kk], c[2 * kk + 1]);
+}
+
+// The online-softmax update of one tile's scores s (the warp's 16 queries x BC keys from k0):
+// masks, the running max m and sum l, O rescaled, P as A fragments for O += P V.
+template <typename T, int D, int BC>
+__device__ __forceinline__ void softmax_tile(float (&s)[BC / 8][4], unsigned int (&pa)[BC / 16][4],
+                                             float (&o)[D / 8][4], float (&m)[2], float (&l)[2], int k0, int row0,
+                                             int len, float sl2, int g, int t) {
+    // The max is taken over the raw scores (scaling by sl2 > 0 keeps the order), so each
+    // probability is one fused multiply-add and one exp2.
+    const bool mask = k0 + BC - 1 > row0 || k0 + BC > len;
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int nt = 0; nt < BC / 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            if (mask) {
+                const int key = k0 + nt * 8 + 2 * t + (e & 1), row = row0 + g + 8 * (e >> 1);
+                if (key > row || key >= len) s[nt][e] = -INFINITY;
+            }
+            mx[e >> 1] = fmaxf(mx[e >> 1], s[nt][e]);
+        }
+    }
+    float base[2], corr[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+        const float nm = fmaxf(m[i], mx[i] * sl2);
+        base[i] = nm == -INFINITY ? 0.0f : nm;
+        corr[i] = fast_exp2(m[i] - base[i]);
+        m[i] = nm;
+        l[i] *= corr[i];
+    }
+#pragma unroll
+    for (int nt = 0; nt < BC / 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const float p = fast_exp2(fmaf(s[nt][e], sl2, -base[e >> 1]));
+            s[nt][e] = p;
+            l[e >> 1] += p;
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i) {
+        o[i][0] *= corr[0];
+        o[i][1] *= corr[0];
+        o[i][2] *= corr[1];
+        o[i][3] *= corr[1];
+    }
+    to_a<T, BC / 16>(pa, s);
 }
 
 // ---- forward ----
@@ -285,9 +270,6 @@ __device__ void flash_forward_wg(T* out, float* lse, const T* q, const T* k, con
 #pragma unroll
     for (int i = 0; i < NO; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-#if WG_QREG
-    unsigned int qa[D / 16][4];  // Q as A fragments, read once the first tiles have landed
-#endif
 
     for (int j = 0; j < ntiles; ++j) {
         const int stage = j & 1;
@@ -305,62 +287,13 @@ __device__ void flash_forward_wg(T* out, float* lse, const T* q, const T* k, con
         const T* Vt = Vs + stage * BC * D;
         const int k0 = j * BC;
         float s[NB][4];
-#if WG_QREG
-        if (j == 0) tile_to_a<T, D>(qa, Qs, lane);
-        wg_fence();
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) wgmma_rs(s, T{}, qa[kk], desc_k<BC>(Kt, 0, kk), kk > 0);
-#else
         wg_fence();
         product_nt<T, D, BC>(s, Qs, Kt);
-#endif
         wg_commit();
         wg_wait<0>();
         pin(s);
-        const bool mask = k0 + BC - 1 > row0 || k0 + BC > len;
-        float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-        for (int nt = 0; nt < NB; ++nt) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                float x = s[nt][e] * sl2;
-                if (mask) {
-                    const int key = k0 + nt * 8 + 2 * t + (e & 1), row = row0 + g + 8 * (e >> 1);
-                    if (key > row || key >= len) x = -INFINITY;
-                }
-                s[nt][e] = x;
-                mx[e >> 1] = fmaxf(mx[e >> 1], x);
-            }
-        }
-        float base[2], corr[2];
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
-            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
-            const float nm = fmaxf(m[i], mx[i]);
-            base[i] = nm == -INFINITY ? 0.0f : nm;
-            corr[i] = fast_exp2(m[i] - base[i]);
-            m[i] = nm;
-            l[i] *= corr[i];
-        }
-#pragma unroll
-        for (int nt = 0; nt < NB; ++nt) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const float p = fast_exp2(s[nt][e] - base[e >> 1]);
-                s[nt][e] = p;
-                l[e >> 1] += p;
-            }
-        }
-#pragma unroll
-        for (int i = 0; i < NO; ++i) {
-            o[i][0] *= corr[0];
-            o[i][1] *= corr[0];
-            o[i][2] *= corr[1];
-            o[i][3] *= corr[1];
-        }
         unsigned int pa[BC / 16][4];
-        to_a<T, BC / 16>(pa, s);
+        softmax_tile<T, D, BC>(s, pa, o, m, l, k0, row0, len, sl2, g, t);
         wg_fence();
         product_pv<T, BC / 16, BC>(o, pa, Vt);
         wg_commit();
@@ -380,151 +313,6 @@ __device__ void flash_forward_wg(T* out, float* lse, const T* q, const T* k, con
     }
     if (row0 >= len) return;
     // The stages are free (the loop ended on a barrier): each warp stages its rows there.
-    store_rows<T, SD, NO>(Ks, warp * 16, o, inv, out + (unsigned long long)a * qstride + h * D, qstride, row0, 0,
-                          len, lane);
-}
-
-// The online-softmax update of one tile's scores s (the warp's 16 queries x BC keys from k0):
-// masks, the running max m and sum l, O rescaled, P as A fragments for O += P V.
-template <typename T, int D, int BC>
-__device__ __forceinline__ void softmax_tile(float (&s)[BC / 8][4], unsigned int (&pa)[BC / 16][4],
-                                             float (&o)[D / 8][4], float (&m)[2], float (&l)[2], int k0, int row0,
-                                             int len, float sl2, int g, int t) {
-    const bool mask = k0 + BC - 1 > row0 || k0 + BC > len;
-    float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-    for (int nt = 0; nt < BC / 8; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            float x = s[nt][e] * sl2;
-            if (mask) {
-                const int key = k0 + nt * 8 + 2 * t + (e & 1), row = row0 + g + 8 * (e >> 1);
-                if (key > row || key >= len) x = -INFINITY;
-            }
-            s[nt][e] = x;
-            mx[e >> 1] = fmaxf(mx[e >> 1], x);
-        }
-    }
-    float base[2], corr[2];
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
-        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
-        const float nm = fmaxf(m[i], mx[i]);
-        base[i] = nm == -INFINITY ? 0.0f : nm;
-        corr[i] = fast_exp2(m[i] - base[i]);
-        m[i] = nm;
-        l[i] *= corr[i];
-    }
-#pragma unroll
-    for (int nt = 0; nt < BC / 8; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            const float p = fast_exp2(s[nt][e] - base[e >> 1]);
-            s[nt][e] = p;
-            l[e >> 1] += p;
-        }
-    }
-#pragma unroll
-    for (int i = 0; i < D / 8; ++i) {
-        o[i][0] *= corr[0];
-        o[i][1] *= corr[0];
-        o[i][2] *= corr[1];
-        o[i][3] *= corr[1];
-    }
-    to_a<T, BC / 16>(pa, s);
-}
-
-// The forward with the next tile's scores on the tensor cores while this tile's softmax runs
-// (three stages of K and V: one read by O += P V, one by S = Q K^T, one being copied).
-// grid (tiles, hq), block FA_THREADS; shared (64 + 6 BC) D values.
-template <typename T, int D, int BC>
-__device__ void flash_forward_wg_pipe(T* out, float* lse, const T* q, const T* k, const T* v,
-                                      const unsigned int* tiles, unsigned int hq, unsigned int hkv, float scale) {
-    constexpr int NB = BC / 8, NO = D / 8, SD = D + FA_PAD;
-    extern __shared__ __align__(1024) unsigned char fa_smem[];
-    T* Qs = reinterpret_cast<T*>(fa_smem);  // (64, D)
-    T* Ks = Qs + 64 * D;                    // (3, BC, D)
-    T* Vs = Ks + 3 * BC * D;                // (3, BC, D)
-    const int a = tiles[3 * blockIdx.x], len = tiles[3 * blockIdx.x + 1], q0 = tiles[3 * blockIdx.x + 2];
-    const unsigned int h = blockIdx.y, hk = h / (hq / hkv);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-    const unsigned long long qstride = (unsigned long long)hq * D, kstride = (unsigned long long)hkv * D;
-    const T* kb = k + (unsigned long long)a * kstride + hk * D;
-    const T* vb = v + (unsigned long long)a * kstride + hk * D;
-    const int kend = min(len, q0 + 64);
-    const int ntiles = (kend + BC - 1) / BC;
-    const int row0 = q0 + warp * 16;
-    const float sl2 = scale * FA_LOG2E;
-    auto load_kv = [&](int j) {
-        load_tile<T, D, BC>(Ks + (j % 3) * BC * D, kb, kstride, j * BC, len);
-        load_tile<T, D, BC>(Vs + (j % 3) * BC * D, vb, kstride, j * BC, len);
-        copies_commit();
-    };
-
-    load_tile<T, D, 64>(Qs, q + (unsigned long long)a * qstride + h * D, qstride, q0, len);
-    load_kv(0);
-    if (ntiles > 1) {
-        load_kv(1);
-        copies_wait<1>();
-    } else {
-        copies_wait<0>();
-    }
-    fence_shared_async();
-    __syncthreads();
-
-    float o[NO][4];
-#pragma unroll
-    for (int i = 0; i < NO; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
-    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-    float s0[NB][4], s1[NB][4];
-    wg_fence();
-    product_nt<T, D, BC>(s0, Qs, Ks);
-    wg_commit();
-    wg_wait<0>();
-    pin(s0);
-
-    // cur holds tile j's scores; nxt receives tile j + 1's.
-    auto step = [&](float (&cur)[NB][4], float (&nxt)[NB][4], int j) {
-        if (j + 2 < ntiles) load_kv(j + 2);  // into tile j - 1's stage, free since its barrier
-        if (j + 1 < ntiles) {
-            if (j + 2 < ntiles) {
-                copies_wait<1>();
-            } else {
-                copies_wait<0>();
-            }
-            fence_shared_async();
-            __syncthreads();
-            wg_fence();
-            product_nt<T, D, BC>(nxt, Qs, Ks + ((j + 1) % 3) * BC * D);
-            wg_commit();
-        }
-        unsigned int pa[BC / 16][4];
-        softmax_tile<T, D, BC>(cur, pa, o, m, l, j * BC, row0, len, sl2, g, t);
-        wg_fence();
-        product_pv<T, BC / 16, BC>(o, pa, Vs + (j % 3) * BC * D);
-        wg_commit();
-        wg_wait<0>();
-        pin(o);
-        pin(nxt);
-        __syncthreads();  // tile j's stage is refilled by the next step
-    };
-    for (int j = 0; j < ntiles; j += 2) {
-        step(s0, s1, j);
-        if (j + 1 < ntiles) step(s1, s0, j + 1);
-    }
-
-    float inv[2];
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-        float li = l[i];
-        li += __shfl_xor_sync(0xffffffffu, li, 1);
-        li += __shfl_xor_sync(0xffffffffu, li, 2);
-        inv[i] = 1.0f / li;
-        const int row = row0 + g + 8 * i;
-        if (t == 0 && row < len) lse[(unsigned long long)(a + row) * hq + h] = (m[i] + log2f(li)) * FA_LN2;
-    }
-    if (row0 >= len) return;
     store_rows<T, SD, NO>(Ks, warp * 16, o, inv, out + (unsigned long long)a * qstride + h * D, qstride, row0, 0,
                           len, lane);
 }
@@ -734,33 +522,19 @@ __device__ void flash_bwd_dq_wg(T* dq, const T* q, const T* k, const T* v, const
     store_rows<T, SD, NO>(Ks, warp * 16, dqa, sc, dq + qoff, qstride, row0, 0, len, lane);
 }
 
-// The forward with two stages of K and V (each tile's products, then its softmax) or three
-// (the next tile's scores computed during this tile's softmax).
-template <typename T, int D, int BC, int STAGES>
-__device__ __forceinline__ void flash_forward_stages(T* out, float* lse, const T* q, const T* k, const T* v,
-                                                     const unsigned int* tiles, unsigned int hq, unsigned int hkv,
-                                                     float scale) {
-    static_assert(STAGES == 2 || STAGES == 3, "two or three stages of K and V");
-    if constexpr (STAGES == 3) {
-        flash_forward_wg_pipe<T, D, BC>(out, lse, q, k, v, tiles, hq, hkv, scale);
-    } else {
-        flash_forward_wg<T, D, BC>(out, lse, q, k, v, tiles, hq, hkv, scale);
-    }
-}
-
 #define WG_BODY(call) call
 #else
 #define WG_BODY(call) __trap()
 #endif
 
-// Entry points per storage type and head dim, with their tiles: forward key tile and stages of
-// K and V, dK/dV query tile, dQ key tile (64 rows per block throughout). The host
-// (src/cuda/flash.rs) reads the FLASH_WG lines below.
-#define FLASH_WG(sfx, T, D, FWD_BC, FWD_STAGES, DKV_BQ, DQ_BC)                                                                  \
+// Entry points per storage type and head dim, with their tiles: forward key tile, dK/dV query
+// tile, dQ key tile (64 rows per block throughout). The host (src/cuda/flash.rs) reads the
+// FLASH_WG lines below.
+#define FLASH_WG(sfx, T, D, FWD_BC, DKV_BQ, DQ_BC)                                                                  \
     extern "C" __global__ void __launch_bounds__(FA_THREADS)                                                       \
         flash_fwd_wg_##sfx##_d##D(T* out, float* lse, const T* q, const T* k, const T* v,                         \
                                   const unsigned int* tiles, unsigned int hq, unsigned int hkv, float scale) {     \
-        WG_BODY((flash_forward_stages<T, D, FWD_BC, FWD_STAGES>(out, lse, q, k, v, tiles, hq, hkv, scale)));       \
+        WG_BODY((flash_forward_wg<T, D, FWD_BC>(out, lse, q, k, v, tiles, hq, hkv, scale)));                       \
     }                                                                                                              \
     extern "C" __global__ void __launch_bounds__(FA_THREADS)                                                       \
         flash_bwd_dkv_wg_##sfx##_d##D(T* dk, T* dv, const T* q, const T* k, const T* v, const T* dout,            \
@@ -776,8 +550,8 @@ __device__ __forceinline__ void flash_forward_stages(T* out, float* lse, const T
     }
 
 #define FLASH_WG_DIMS(sfx, T)          \
-    FLASH_WG(sfx, T, 64, 64, 2, 64, 64)   \
-    FLASH_WG(sfx, T, 128, 64, 2, 64, 64)
+    FLASH_WG(sfx, T, 64, 64, 64, 64)   \
+    FLASH_WG(sfx, T, 128, 64, 64, 64)
 
 FLASH_WG_DIMS(bf16, bf16)
 FLASH_WG_DIMS(f16, f16)

@@ -43,9 +43,6 @@ struct FlashDim {
     dq_bc: usize,
     /// Blocks of 16 queries per warp in the dQ kernel.
     dq_fm: usize,
-    /// Tiles of K and V in the forward's shared memory when fixed by the kernel (else the
-    /// backend's stages: 2 from sm_80, 1 below).
-    fwd_stages: Option<usize>,
     /// Elements of padding per shared row.
     pad: usize,
     /// Entry-point infix: "" for mma.sync, "wg_" for the wgmma kernels.
@@ -100,7 +97,6 @@ fn dims_in_source(source: &str) -> Result<Vec<FlashDim>> {
             dkv_dc,
             dq_bc,
             dq_fm,
-            fwd_stages: None,
             pad: PAD,
             infix: "",
         });
@@ -113,8 +109,8 @@ fn dims_in_source(source: &str) -> Result<Vec<FlashDim>> {
     Ok(dims)
 }
 
-/// The instantiations in the wgmma kernel source: each `FLASH_WG(sfx, T, D, FWD_BC, FWD_STAGES,
-/// DKV_BQ, DQ_BC)` line (64 rows per block, one warpgroup, no row padding, no column chunks).
+/// The instantiations in the wgmma kernel source: each `FLASH_WG(sfx, T, D, FWD_BC, DKV_BQ,
+/// DQ_BC)` line (64 rows per block, one warpgroup, no row padding, no column chunks).
 fn hopper_dims_in_source(source: &str) -> Result<Vec<FlashDim>> {
     let mut dims = vec![];
     for line in source.lines() {
@@ -134,9 +130,9 @@ fn hopper_dims_in_source(source: &str) -> Result<Vec<FlashDim>> {
                     line.trim()
                 ))
             })?;
-        let [d, fwd_bc, fwd_stages, dkv_bq, dq_bc] = numbers[..] else {
+        let [d, fwd_bc, dkv_bq, dq_bc] = numbers[..] else {
             return Err(CoreError::Device(format!(
-                "flash_hopper.cu: tile line {:?} needs 5 numbers (D, FWD_BC, FWD_STAGES, DKV_BQ, DQ_BC)",
+                "flash_hopper.cu: tile line {:?} needs 4 numbers (D, FWD_BC, DKV_BQ, DQ_BC)",
                 line.trim()
             )));
         };
@@ -148,7 +144,6 @@ fn hopper_dims_in_source(source: &str) -> Result<Vec<FlashDim>> {
             dkv_dc: d,
             dq_bc,
             dq_fm: 1,
-            fwd_stages: Some(fwd_stages),
             pad: 0,
             infix: "wg_",
         });
@@ -167,7 +162,6 @@ impl FlashDim {
         4 * 16 * self.fwd_fm
     }
     fn fwd_smem(&self, stages: usize) -> usize {
-        let stages = self.fwd_stages.unwrap_or(stages);
         (self.fwd_br() + 2 * stages * self.fwd_bc) * self.row_bytes()
     }
     fn dkv_smem(&self, stages: usize) -> usize {
