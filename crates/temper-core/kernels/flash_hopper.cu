@@ -167,6 +167,24 @@ __device__ __forceinline__ void load_tile(T* s, const T* base, unsigned long lon
     }
 }
 
+// Starts the copies of key tile j + 1 (if any) into the stage after tile j's, then waits until
+// tile j has landed and is visible to the tensor cores, for every thread of the block.
+template <typename T, int D, int BC>
+__device__ __forceinline__ void next_kv_tile(T* Ks, T* Vs, const T* kb, const T* vb, unsigned long long kstride,
+                                             int j, int ntiles, int len) {
+    const int next = (j + 1) & 1;
+    if (j + 1 < ntiles) {
+        load_tile<T, D, BC>(Ks + next * BC * D, kb, kstride, (j + 1) * BC, len);
+        load_tile<T, D, BC>(Vs + next * BC * D, vb, kstride, (j + 1) * BC, len);
+        copies_commit();
+        copies_wait<1>();
+    } else {
+        copies_wait<0>();
+    }
+    fence_shared_async();
+    __syncthreads();
+}
+
 // Products of a 64-row A tile (K-major, k-steps over D) and a ROWS-row B tile: acc = A B^T.
 template <typename T, int D, int ROWS, int N>
 __device__ __forceinline__ void product_nt(float (&acc)[N][4], const T* a, const T* b) {
@@ -273,16 +291,7 @@ __device__ void flash_forward_wg(T* out, float* lse, const T* q, const T* k, con
 
     for (int j = 0; j < ntiles; ++j) {
         const int stage = j & 1;
-        if (j + 1 < ntiles) {
-            load_tile<T, D, BC>(Ks + (stage ^ 1) * BC * D, kb, kstride, (j + 1) * BC, len);
-            load_tile<T, D, BC>(Vs + (stage ^ 1) * BC * D, vb, kstride, (j + 1) * BC, len);
-            copies_commit();
-            copies_wait<1>();
-        } else {
-            copies_wait<0>();
-        }
-        fence_shared_async();
-        __syncthreads();
+        next_kv_tile<T, D, BC>(Ks, Vs, kb, vb, kstride, j, ntiles, len);
         const T* Kt = Ks + stage * BC * D;
         const T* Vt = Vs + stage * BC * D;
         const int k0 = j * BC;
@@ -473,16 +482,7 @@ __device__ void flash_bwd_dq_wg(T* dq, const T* q, const T* k, const T* v, const
 
     for (int j = 0; j < ntiles; ++j) {
         const int stage = j & 1;
-        if (j + 1 < ntiles) {
-            load_tile<T, D, BC>(Ks + (stage ^ 1) * BC * D, kb, kstride, (j + 1) * BC, len);
-            load_tile<T, D, BC>(Vs + (stage ^ 1) * BC * D, vb, kstride, (j + 1) * BC, len);
-            copies_commit();
-            copies_wait<1>();
-        } else {
-            copies_wait<0>();
-        }
-        fence_shared_async();
-        __syncthreads();
+        next_kv_tile<T, D, BC>(Ks, Vs, kb, vb, kstride, j, ntiles, len);
         const int k0 = j * BC;
         const T* Kt = Ks + stage * BC * D;
         const T* Vt = Vs + stage * BC * D;

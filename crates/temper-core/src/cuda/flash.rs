@@ -62,12 +62,12 @@ fn builtin_dims() -> Result<Vec<FlashDim>> {
     dims_in_source(include_str!("../../kernels/flash_attention.cu"))
 }
 
-/// The instantiations in a flash kernel source: each `FLASH(sfx, T, D, FWD_BC, FWD_FM, DKV_BQ,
-/// DKV_DC, DQ_BC, DQ_FM)` line of its FLASH_DIMS macro.
-fn dims_in_source(source: &str) -> Result<Vec<FlashDim>> {
-    let mut dims = vec![];
+/// The numbers of every instantiation line `PREFIX(sfx, T, n1, n2, ...)` of a kernel source,
+/// each line holding `names.len()` of them (named in the error for a wrong count).
+fn tile_lines(source: &str, file: &str, prefix: &str, names: &[&str]) -> Result<Vec<Vec<usize>>> {
+    let mut lines = vec![];
     for line in source.lines() {
-        let Some(rest) = line.trim_start().strip_prefix("FLASH(sfx, T,") else {
+        let Some(rest) = line.trim_start().strip_prefix(&format!("{prefix}(sfx, T,")) else {
             continue;
         };
         let numbers: Vec<usize> = rest
@@ -79,76 +79,70 @@ fn dims_in_source(source: &str) -> Result<Vec<FlashDim>> {
             .collect::<std::result::Result<_, _>>()
             .map_err(|e| {
                 CoreError::Device(format!(
-                    "flash_attention.cu: tile line {:?} does not parse: {e}",
+                    "{file}: tile line {:?} does not parse: {e}",
                     line.trim()
                 ))
             })?;
-        let [d, fwd_bc, fwd_fm, dkv_bq, dkv_dc, dq_bc, dq_fm] = numbers[..] else {
+        if numbers.len() != names.len() {
             return Err(CoreError::Device(format!(
-                "flash_attention.cu: tile line {:?} needs 7 numbers (D, FWD_BC, FWD_FM, DKV_BQ, DKV_DC, DQ_BC, DQ_FM)",
-                line.trim()
+                "{file}: tile line {:?} needs {} numbers ({})",
+                line.trim(),
+                names.len(),
+                names.join(", ")
             )));
-        };
-        dims.push(FlashDim {
-            d,
-            fwd_bc,
-            fwd_fm,
-            dkv_bq,
-            dkv_dc,
-            dq_bc,
-            dq_fm,
+        }
+        lines.push(numbers);
+    }
+    if lines.is_empty() {
+        return Err(CoreError::Device(format!(
+            "{file} instantiates no head dim (no {prefix}(sfx, T, ...) line)"
+        )));
+    }
+    Ok(lines)
+}
+
+/// The instantiations in a flash kernel source: each `FLASH(sfx, T, D, FWD_BC, FWD_FM, DKV_BQ,
+/// DKV_DC, DQ_BC, DQ_FM)` line of its FLASH_DIMS macro.
+fn dims_in_source(source: &str) -> Result<Vec<FlashDim>> {
+    let names = [
+        "D", "FWD_BC", "FWD_FM", "DKV_BQ", "DKV_DC", "DQ_BC", "DQ_FM",
+    ];
+    let lines = tile_lines(source, "flash_attention.cu", "FLASH", &names)?;
+    Ok(lines
+        .into_iter()
+        .map(|n| FlashDim {
+            d: n[0],
+            fwd_bc: n[1],
+            fwd_fm: n[2],
+            dkv_bq: n[3],
+            dkv_dc: n[4],
+            dq_bc: n[5],
+            dq_fm: n[6],
             pad: PAD,
             infix: "",
-        });
-    }
-    if dims.is_empty() {
-        return Err(CoreError::Device(
-            "flash_attention.cu instantiates no head dim (no FLASH(sfx, T, ...) line)".into(),
-        ));
-    }
-    Ok(dims)
+        })
+        .collect())
 }
 
 /// The instantiations in the wgmma kernel source: each `FLASH_WG(sfx, T, D, FWD_BC, DKV_BQ,
 /// DQ_BC)` line (64 rows per block, one warpgroup, no row padding, no column chunks).
 fn hopper_dims_in_source(source: &str) -> Result<Vec<FlashDim>> {
-    let mut dims = vec![];
-    for line in source.lines() {
-        let Some(rest) = line.trim_start().strip_prefix("FLASH_WG(sfx, T,") else {
-            continue;
-        };
-        let numbers: Vec<usize> = rest
-            .split(')')
-            .next()
-            .unwrap_or("")
-            .split(',')
-            .map(|n| n.trim().parse::<usize>())
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|e| {
-                CoreError::Device(format!(
-                    "flash_hopper.cu: tile line {:?} does not parse: {e}",
-                    line.trim()
-                ))
-            })?;
-        let [d, fwd_bc, dkv_bq, dq_bc] = numbers[..] else {
-            return Err(CoreError::Device(format!(
-                "flash_hopper.cu: tile line {:?} needs 4 numbers (D, FWD_BC, DKV_BQ, DQ_BC)",
-                line.trim()
-            )));
-        };
-        dims.push(FlashDim {
-            d,
-            fwd_bc,
+    let names = ["D", "FWD_BC", "DKV_BQ", "DQ_BC"];
+    let lines = tile_lines(source, "flash_hopper.cu", "FLASH_WG", &names)?;
+    Ok(lines
+        .into_iter()
+        .map(|n| FlashDim {
+            d: n[0],
+            fwd_bc: n[1],
             fwd_fm: 1,
-            dkv_bq,
-            dkv_dc: d,
-            dq_bc,
+            dkv_bq: n[2],
+            dkv_dc: n[0],
+            dq_bc: n[3],
             dq_fm: 1,
             pad: 0,
             infix: "wg_",
-        });
-    }
-    Ok(dims)
+        })
+        .collect())
 }
 
 impl FlashDim {
@@ -491,6 +485,27 @@ mod tests {
             .map(|[_, len, r]| (*len).min(r + 64))
             .collect();
         assert!(work.windows(2).all(|w| w[0] >= w[1]), "{work:?}");
+    }
+
+    #[test]
+    fn a_tile_line_with_the_wrong_count_names_the_file_and_the_numbers() {
+        let err = tile_lines(
+            "FLASH_WG(sfx, T, 128, 64)",
+            "x.cu",
+            "FLASH_WG",
+            &["D", "BC", "BQ"],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("x.cu") && err.contains("needs 3 numbers (D, BC, BQ)"),
+            "{err}"
+        );
+        let none = tile_lines("// no lines", "x.cu", "FLASH_WG", &["D"]).unwrap_err();
+        assert!(
+            none.to_string().contains("no FLASH_WG(sfx, T, ...) line"),
+            "{none}"
+        );
     }
 
     #[test]
