@@ -2,7 +2,7 @@
 //! the same messages.
 
 use crate::error::check_len;
-use crate::{CoreError, Result};
+use crate::{AttnShape, CoreError, Result};
 
 fn invalid(op: &'static str, msg: String) -> CoreError {
     CoreError::Invalid { op, msg }
@@ -14,10 +14,13 @@ pub fn attention(
     op: &'static str,
     q_len: usize,
     cu_seqlens: &[u32],
-    hq: usize,
-    hkv: usize,
-    d: usize,
+    shape: AttnShape,
 ) -> Result<(usize, usize)> {
+    let AttnShape {
+        q_heads: hq,
+        kv_heads: hkv,
+        head_dim: d,
+    } = shape;
     if hq == 0 || hkv == 0 || d == 0 {
         return Err(invalid(
             op,

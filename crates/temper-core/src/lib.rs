@@ -17,7 +17,7 @@ pub mod float;
 pub mod memory;
 pub mod rope;
 
-pub use backend::{AdamWStep, Backend, Gemm};
+pub use backend::{AdamWStep, AttnShape, Backend, Gemm};
 pub use cpu::CpuBackend;
 pub use cuda::CudaBackend;
 pub use dtype::DType;

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use crate::cpu::lit;
 use crate::cpu::matmul::{gemm_strided, Strided};
 use crate::error::check_len;
-use crate::{Float, Result};
+use crate::{AttnShape, Float, Result};
 
 /// Tokens per tile.
 const BLOCK: usize = 64;
@@ -94,12 +94,10 @@ pub fn attention_forward<T: Float>(
     k: &[T],            // (N, hkv, d)
     v: &[T],            // (N, hkv, d)
     cu_seqlens: &[u32], // (S + 1)
-    hq: usize,
-    hkv: usize,
-    d: usize,
+    shape: AttnShape,
     window: Option<usize>,
 ) -> Result<()> {
-    attention_forward_capped(out, lse, q, k, v, cu_seqlens, hq, hkv, d, window, None)
+    attention_forward_capped(out, lse, q, k, v, cu_seqlens, shape, window, None)
 }
 
 /// A soft cap `cap` on attention scores: s -> cap * tanh(s / cap) (Gemma 2's
@@ -124,14 +122,17 @@ pub fn attention_forward_capped<T: Float>(
     k: &[T],            // (N, hkv, d)
     v: &[T],            // (N, hkv, d)
     cu_seqlens: &[u32], // (S + 1)
-    hq: usize,
-    hkv: usize,
-    d: usize,
+    shape: AttnShape,
     window: Option<usize>,
     softcap: Option<f32>,
 ) -> Result<()> {
     const OP: &str = "attention_forward";
-    let (group, n) = crate::checks::attention(OP, q.len(), cu_seqlens, hq, hkv, d)?;
+    let AttnShape {
+        q_heads: hq,
+        kv_heads: hkv,
+        head_dim: d,
+    } = shape;
+    let (group, n) = crate::checks::attention(OP, q.len(), cu_seqlens, shape)?;
     let window = crate::checks::attention_window(OP, cu_seqlens, window)?;
     let cap = softcap_checked(OP, softcap)?.map(|c| lit::<T>(c as f64));
     check_len(OP, "k", k.len(), n * hkv * d)?;
@@ -216,13 +217,11 @@ pub fn attention_backward<T: Float>(
     out: &[T],          // (N, hq, d)
     lse: &[T],          // (N, hq)
     cu_seqlens: &[u32], // (S + 1)
-    hq: usize,
-    hkv: usize,
-    d: usize,
+    shape: AttnShape,
     window: Option<usize>,
 ) -> Result<()> {
     attention_backward_capped(
-        dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, hq, hkv, d, window, None,
+        dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, shape, window, None,
     )
 }
 
@@ -253,14 +252,17 @@ pub fn attention_backward_capped<T: Float>(
     out: &[T],          // (N, hq, d)
     lse: &[T],          // (N, hq)
     cu_seqlens: &[u32], // (S + 1)
-    hq: usize,
-    hkv: usize,
-    d: usize,
+    shape: AttnShape,
     window: Option<usize>,
     softcap: Option<f32>,
 ) -> Result<()> {
     const OP: &str = "attention_backward";
-    let (group, n) = crate::checks::attention(OP, q.len(), cu_seqlens, hq, hkv, d)?;
+    let AttnShape {
+        q_heads: hq,
+        kv_heads: hkv,
+        head_dim: d,
+    } = shape;
+    let (group, n) = crate::checks::attention(OP, q.len(), cu_seqlens, shape)?;
     let window = crate::checks::attention_window(OP, cu_seqlens, window)?;
     let cap = softcap_checked(OP, softcap)?.map(|c| lit::<T>(c as f64));
     check_len(OP, "k", k.len(), n * hkv * d)?;

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use crate::cpu::lit;
 use crate::error::check_len;
-use crate::{CoreError, Float, Result};
+use crate::{AttnShape, CoreError, Float, Result};
 
 fn invalid(msg: String) -> CoreError {
     CoreError::Invalid {
@@ -24,35 +24,34 @@ fn invalid(msg: String) -> CoreError {
 /// past..past+n, with k and v read from the first past+n rows of the caches (scale
 /// 1/sqrt(d)); query head j reads kv head j / (hq/hkv). The caches may be longer than
 /// past+n (their capacity); rows beyond are not read.
-#[allow(clippy::too_many_arguments)]
 pub fn attention_decode<T: Float>(
     out: &mut [T], // (n, hq, d)
     q: &[T],       // (n, hq, d)
     k_cache: &[T], // (cap, hkv, d), rows 0..past+n filled
     v_cache: &[T], // (cap, hkv, d), rows 0..past+n filled
     past: usize,
-    hq: usize,
-    hkv: usize,
-    d: usize,
+    shape: AttnShape,
 ) -> Result<()> {
-    attention_decode_capped(out, q, k_cache, v_cache, past, hq, hkv, d, None)
+    attention_decode_capped(out, q, k_cache, v_cache, past, shape, None)
 }
 
 /// [`attention_decode`] with the scaled scores soft-capped (s -> cap * tanh(s / cap)) when
 /// `softcap` is given, as [`super::attention::attention_forward_capped`] does.
-#[allow(clippy::too_many_arguments)]
 pub fn attention_decode_capped<T: Float>(
     out: &mut [T], // (n, hq, d)
     q: &[T],       // (n, hq, d)
     k_cache: &[T], // (cap, hkv, d), rows 0..past+n filled
     v_cache: &[T], // (cap, hkv, d), rows 0..past+n filled
     past: usize,
-    hq: usize,
-    hkv: usize,
-    d: usize,
+    shape: AttnShape,
     softcap: Option<f32>,
 ) -> Result<()> {
     const OP: &str = "attention_decode";
+    let AttnShape {
+        q_heads: hq,
+        kv_heads: hkv,
+        head_dim: d,
+    } = shape;
     let cap = super::attention::softcap_checked(OP, softcap)?.map(|c| lit::<T>(c as f64));
     if hq == 0 || hkv == 0 || d == 0 {
         return Err(invalid(format!(

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use temper_quant::{Int8Rows, Quant4, State8};
 
-use crate::backend::{AdamWStep, Backend, Gemm};
+use crate::backend::{AdamWStep, AttnShape, Backend, Gemm};
 use crate::error::check_len;
 use crate::memory::Accounting;
 use crate::{CoreError, Float, Result};
@@ -372,12 +372,10 @@ impl Backend for CpuBackend {
         k: &CpuBuf,
         v: &CpuBuf,
         cu_seqlens: &[u32],
-        hq: usize,
-        hkv: usize,
-        d: usize,
+        shape: AttnShape,
         window: Option<usize>,
     ) -> Result<()> {
-        attention::attention_forward(out, lse, q, k, v, cu_seqlens, hq, hkv, d, window)
+        attention::attention_forward(out, lse, q, k, v, cu_seqlens, shape, window)
     }
 
     fn attention_backward(
@@ -392,13 +390,11 @@ impl Backend for CpuBackend {
         out: &CpuBuf,
         lse: &CpuBuf,
         cu_seqlens: &[u32],
-        hq: usize,
-        hkv: usize,
-        d: usize,
+        shape: AttnShape,
         window: Option<usize>,
     ) -> Result<()> {
         attention::attention_backward(
-            dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, hq, hkv, d, window,
+            dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, shape, window,
         )
     }
 
@@ -409,11 +405,9 @@ impl Backend for CpuBackend {
         k_cache: &CpuBuf,
         v_cache: &CpuBuf,
         past: usize,
-        hq: usize,
-        hkv: usize,
-        d: usize,
+        shape: AttnShape,
     ) -> Result<()> {
-        attention_cache::attention_decode(out, q, k_cache, v_cache, past, hq, hkv, d)
+        attention_cache::attention_decode(out, q, k_cache, v_cache, past, shape)
     }
 
     fn copy_range(
@@ -521,15 +515,11 @@ impl Backend for CpuBackend {
         k: &CpuBuf,
         v: &CpuBuf,
         cu_seqlens: &[u32],
-        hq: usize,
-        hkv: usize,
-        d: usize,
+        shape: AttnShape,
         window: Option<usize>,
         softcap: Option<f32>,
     ) -> Result<()> {
-        attention::attention_forward_capped(
-            out, lse, q, k, v, cu_seqlens, hq, hkv, d, window, softcap,
-        )
+        attention::attention_forward_capped(out, lse, q, k, v, cu_seqlens, shape, window, softcap)
     }
 
     fn attention_backward_capped(
@@ -544,14 +534,12 @@ impl Backend for CpuBackend {
         out: &CpuBuf,
         lse: &CpuBuf,
         cu_seqlens: &[u32],
-        hq: usize,
-        hkv: usize,
-        d: usize,
+        shape: AttnShape,
         window: Option<usize>,
         softcap: Option<f32>,
     ) -> Result<()> {
         attention::attention_backward_capped(
-            dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, hq, hkv, d, window, softcap,
+            dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, shape, window, softcap,
         )
     }
 
@@ -562,14 +550,10 @@ impl Backend for CpuBackend {
         k_cache: &CpuBuf,
         v_cache: &CpuBuf,
         past: usize,
-        hq: usize,
-        hkv: usize,
-        d: usize,
+        shape: AttnShape,
         softcap: Option<f32>,
     ) -> Result<()> {
-        attention_cache::attention_decode_capped(
-            out, q, k_cache, v_cache, past, hq, hkv, d, softcap,
-        )
+        attention_cache::attention_decode_capped(out, q, k_cache, v_cache, past, shape, softcap)
     }
 
     fn linear_cross_entropy_capped(

@@ -7,7 +7,7 @@ use cudarc::driver::LaunchConfig;
 
 use super::gemm::{Operand, Shape};
 use super::{check_f32, dev_err, grid_stride, launch, per_row, CudaBackend, CudaBuf};
-use crate::backend::{AdamWStep, Backend, Gemm};
+use crate::backend::{AdamWStep, AttnShape, Backend, Gemm};
 use crate::error::check_len;
 use crate::{CoreError, DType, Result};
 
@@ -623,14 +623,12 @@ impl Backend for CudaBackend {
         k: &CudaBuf,
         v: &CudaBuf,
         cu_seqlens: &[u32],
-        hq: usize,
-        hkv: usize,
-        d: usize,
+        shape: AttnShape,
         window: Option<usize>,
     ) -> Result<()> {
         crate::checks::window_unsupported("attention_forward", "CUDA", cu_seqlens, window)?;
         let _span = self.span("attention");
-        self.attention_forward_impl(out, lse, q, k, v, cu_seqlens, hq, hkv, d)
+        self.attention_forward_impl(out, lse, q, k, v, cu_seqlens, shape)
     }
 
     fn attention_backward(
@@ -645,14 +643,12 @@ impl Backend for CudaBackend {
         out: &CudaBuf,
         lse: &CudaBuf,
         cu_seqlens: &[u32],
-        hq: usize,
-        hkv: usize,
-        d: usize,
+        shape: AttnShape,
         window: Option<usize>,
     ) -> Result<()> {
         crate::checks::window_unsupported("attention_backward", "CUDA", cu_seqlens, window)?;
         let _span = self.span("attention");
-        self.attention_backward_impl(dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, hq, hkv, d)
+        self.attention_backward_impl(dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, shape)
     }
 
     fn attention_decode(
@@ -662,12 +658,10 @@ impl Backend for CudaBackend {
         k_cache: &CudaBuf,
         v_cache: &CudaBuf,
         past: usize,
-        hq: usize,
-        hkv: usize,
-        d: usize,
+        shape: AttnShape,
     ) -> Result<()> {
         let _span = self.span("attention");
-        self.attention_decode_impl(out, q, k_cache, v_cache, past, hq, hkv, d)
+        self.attention_decode_impl(out, q, k_cache, v_cache, past, shape)
     }
 
     fn copy_range(
