@@ -168,8 +168,11 @@ pub fn geglu_forward_via_host<B: Backend + ?Sized>(
     up: &B::Buf,
 ) -> Result<()> {
     let (g, u) = (be.download(gate)?, be.download(up)?);
-    crate::error::check_len("geglu_forward", "up", u.len(), g.len())?;
-    crate::error::check_len("geglu_forward", "h", be.len(h), g.len())?;
+    crate::checks::same_len(
+        "geglu_forward",
+        g.len(),
+        &[("up", u.len()), ("h", be.len(h))],
+    )?;
     let mut host = vec![0.0f32; g.len()];
     crate::cpu::geglu::geglu_forward(&mut host, &g, &u);
     *h = be.upload_as(&host, be.dtype(h))?;
@@ -186,14 +189,16 @@ pub fn geglu_backward_via_host<B: Backend + ?Sized>(
     up: &B::Buf,
 ) -> Result<()> {
     let (g, u, d) = (be.download(gate)?, be.download(up)?, be.download(dh)?);
-    for (name, len) in [
-        ("up", u.len()),
-        ("dh", d.len()),
-        ("dgate", be.len(dgate)),
-        ("dup", be.len(dup)),
-    ] {
-        crate::error::check_len("geglu_backward", name, len, g.len())?;
-    }
+    crate::checks::same_len(
+        "geglu_backward",
+        g.len(),
+        &[
+            ("dh", d.len()),
+            ("up", u.len()),
+            ("dgate", be.len(dgate)),
+            ("dup", be.len(dup)),
+        ],
+    )?;
     let (mut dg, mut du) = (vec![0.0f32; g.len()], vec![0.0f32; g.len()]);
     crate::cpu::geglu::geglu_backward(&mut dg, &mut du, &d, &g, &u);
     *dgate = be.upload_as(&dg, be.dtype(dgate))?;

@@ -12,7 +12,6 @@ use rayon::prelude::*;
 
 use crate::cpu::lit;
 use crate::cpu::matmul::{gemm_strided, Strided};
-use crate::error::check_len;
 use crate::{AttnShape, Float, Result};
 
 /// Tokens per tile.
@@ -132,13 +131,10 @@ pub fn attention_forward_capped<T: Float>(
         kv_heads: hkv,
         head_dim: d,
     } = shape;
-    let (group, n) = crate::checks::attention(OP, q.len(), cu_seqlens, shape)?;
+    let (group, n) = crate::checks::attention(OP, q.len(), k.len(), v.len(), cu_seqlens, shape)?;
+    crate::checks::attention_buffers(OP, n, shape, &[("out", out.len())], &[], lse.len())?;
     let window = crate::checks::attention_window(OP, cu_seqlens, window)?;
     let cap = softcap_checked(OP, softcap)?.map(|c| lit::<T>(c as f64));
-    check_len(OP, "k", k.len(), n * hkv * d)?;
-    check_len(OP, "v", v.len(), n * hkv * d)?;
-    check_len(OP, "out", out.len(), n * hq * d)?;
-    check_len(OP, "lse", lse.len(), n * hq)?;
     let scale = T::one() / lit::<T>(d as f64).sqrt();
     let tiles = tiles(cu_seqlens);
     let outs = split_tiles(out, &tiles, hq * d);
@@ -262,17 +258,17 @@ pub fn attention_backward_capped<T: Float>(
         kv_heads: hkv,
         head_dim: d,
     } = shape;
-    let (group, n) = crate::checks::attention(OP, q.len(), cu_seqlens, shape)?;
+    let (group, n) = crate::checks::attention(OP, q.len(), k.len(), v.len(), cu_seqlens, shape)?;
+    crate::checks::attention_buffers(
+        OP,
+        n,
+        shape,
+        &[("out", out.len()), ("dout", dout.len()), ("dq", dq.len())],
+        &[("dk", dk.len()), ("dv", dv.len())],
+        lse.len(),
+    )?;
     let window = crate::checks::attention_window(OP, cu_seqlens, window)?;
     let cap = softcap_checked(OP, softcap)?.map(|c| lit::<T>(c as f64));
-    check_len(OP, "k", k.len(), n * hkv * d)?;
-    check_len(OP, "v", v.len(), n * hkv * d)?;
-    check_len(OP, "out", out.len(), n * hq * d)?;
-    check_len(OP, "dout", dout.len(), n * hq * d)?;
-    check_len(OP, "lse", lse.len(), n * hq)?;
-    check_len(OP, "dq", dq.len(), n * hq * d)?;
-    check_len(OP, "dk", dk.len(), n * hkv * d)?;
-    check_len(OP, "dv", dv.len(), n * hkv * d)?;
     let scale = T::one() / lit::<T>(d as f64).sqrt();
     let tiles = tiles(cu_seqlens);
 

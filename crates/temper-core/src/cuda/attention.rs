@@ -15,7 +15,6 @@ use cudarc::driver::LaunchConfig;
 
 use super::gemm::{Operand, Shape};
 use super::{check_f32, launch, CudaBackend, CudaBuf, ROW_THREADS};
-use crate::error::check_len;
 use crate::{AttnShape, CoreError, DType, Result};
 
 /// Sequences at least this long take the GEMM path.
@@ -265,9 +264,8 @@ impl CudaBackend {
             head_dim: d,
         } = shape;
         let op = "attention_forward";
-        let n = self.check_attention(op, q, k, v, cu_seqlens, shape)?;
-        check_len(op, "out", out.len, q.len)?;
-        check_len(op, "lse", lse.len, n * hq)?;
+        let (_, n) = crate::checks::attention(op, q.len, k.len, v.len, cu_seqlens, shape)?;
+        crate::checks::attention_buffers(op, n, shape, &[("out", out.len)], &[], lse.len)?;
         check_f32(op, "lse", lse)?;
         if n == 0 {
             return Ok(());
@@ -359,17 +357,15 @@ impl CudaBackend {
             head_dim: d,
         } = shape;
         let op = "attention_backward";
-        let n = self.check_attention(op, q, k, v, cu_seqlens, shape)?;
-        for (name, len, want) in [
-            ("dq", dq.len, q.len),
-            ("dk", dk.len, k.len),
-            ("dv", dv.len, v.len),
-            ("dout", dout.len, q.len),
-            ("out", out.len, q.len),
-            ("lse", lse.len, n * hq),
-        ] {
-            check_len(op, name, len, want)?;
-        }
+        let (_, n) = crate::checks::attention(op, q.len, k.len, v.len, cu_seqlens, shape)?;
+        crate::checks::attention_buffers(
+            op,
+            n,
+            shape,
+            &[("dq", dq.len), ("dout", dout.len), ("out", out.len)],
+            &[("dk", dk.len), ("dv", dv.len)],
+            lse.len,
+        )?;
         check_f32(op, "lse", lse)?;
         if n == 0 {
             return Ok(());
@@ -551,25 +547,12 @@ impl CudaBackend {
             op: "attention_decode",
             msg,
         };
-        if hq == 0 || hkv == 0 || !hq.is_multiple_of(hkv) {
+        let n =
+            crate::checks::attention_decode(q.len, out.len, k_cache.len, v_cache.len, past, shape)?;
+        if d > 4 * ATTN_THREADS as usize {
             return Err(bad(format!(
-                "{hq} query heads are not a multiple of {hkv} kv heads"
-            )));
-        }
-        if d == 0 || d > 4 * ATTN_THREADS as usize || !q.len.is_multiple_of(hq * d) {
-            return Err(bad(format!(
-                "q holds {} values, not whole rows of {hq} x {d} (head dim at most {})",
-                q.len,
+                "head dim {d} is more than the decode kernel's {}",
                 4 * ATTN_THREADS
-            )));
-        }
-        let n = q.len / (hq * d);
-        check_len("attention_decode", "out", out.len, q.len)?;
-        check_len("attention_decode", "v_cache", v_cache.len, k_cache.len)?;
-        let cap = k_cache.len / (hkv * d);
-        if past + n > cap {
-            return Err(bad(format!(
-                "{past} cached + {n} new positions exceed the cache's {cap} rows"
             )));
         }
         if n == 0 {
@@ -599,27 +582,6 @@ impl CudaBackend {
             &d32,
             &scale
         )
-    }
-
-    /// The shared checks plus the k/v lengths.
-    fn check_attention(
-        &self,
-        op: &'static str,
-        q: &CudaBuf,
-        k: &CudaBuf,
-        v: &CudaBuf,
-        cu_seqlens: &[u32],
-        shape: AttnShape,
-    ) -> Result<usize> {
-        let AttnShape {
-            kv_heads: hkv,
-            head_dim: d,
-            ..
-        } = shape;
-        let (_, n) = crate::checks::attention(op, q.len, cu_seqlens, shape)?;
-        check_len(op, "k", k.len, n * hkv * d)?;
-        check_len(op, "v", v.len, n * hkv * d)?;
-        Ok(n)
     }
 }
 
