@@ -15,6 +15,7 @@ pub mod dtype;
 pub mod error;
 pub mod float;
 pub mod memory;
+pub mod optim;
 pub mod rope;
 
 pub use backend::{AdamWStep, AttnShape, Backend, Gemm};

@@ -175,7 +175,7 @@ impl Backend for CudaBackend {
         crate::checks::optimizer_step("adamw", param.len, grad.len, m_len, v_len, s.step)?;
         check_f32("adamw", "param", param)?;
         check_f32("adamw", "grad", grad)?;
-        let c = crate::cpu::adamw::Scalars::new(s);
+        let c = crate::optim::Scalars::new(s);
         let n = param.len as u64;
         let (mp, vp) = (self.mapped_device_ptr(m), self.mapped_device_ptr(v));
         launch!(
@@ -827,7 +827,7 @@ impl Backend for CudaBackend {
         for (name, b) in [("param", &*param), ("grad", grad), ("m", &*m), ("v", &*v)] {
             check_f32("adamw", name, b)?;
         }
-        let c = crate::cpu::adamw::Scalars::new(s);
+        let c = crate::optim::Scalars::new(s);
         let n = param.len as u64;
         launch!(
             self,
