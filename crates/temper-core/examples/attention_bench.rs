@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use temper_core::{Backend, CudaBackend, DType};
+use temper_core::{AttnShape, Backend, CudaBackend, DType};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<usize> = std::env::args()
@@ -61,12 +61,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             for _ in 0..reps + 1 {
                 gpu.synchronize()?;
                 let t = Instant::now();
-                gpu.attention_forward(&mut out, &mut lse, &q, &k, &v, &cu, hq, hkv, d, None)?;
+                gpu.attention_forward(
+                    &mut out,
+                    &mut lse,
+                    &q,
+                    &k,
+                    &v,
+                    &cu,
+                    AttnShape::new(hq, hkv, d),
+                    None,
+                )?;
                 gpu.synchronize()?;
                 fwd.push(t.elapsed().as_secs_f64());
                 let t = Instant::now();
                 gpu.attention_backward(
-                    &mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &out, &lse, &cu, hq, hkv, d, None,
+                    &mut dq,
+                    &mut dk,
+                    &mut dv,
+                    &dout,
+                    &q,
+                    &k,
+                    &v,
+                    &out,
+                    &lse,
+                    &cu,
+                    AttnShape::new(hq, hkv, d),
+                    None,
                 )?;
                 gpu.synchronize()?;
                 bwd.push(t.elapsed().as_secs_f64());

@@ -5,7 +5,7 @@
 //!
 //! cargo run --release -p temper-core --example flash_compare -- [hq hkv d] [lengths...]
 
-use temper_core::{Backend, CudaBackend, DType};
+use temper_core::{AttnShape, Backend, CudaBackend, DType};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<usize> = std::env::args()
@@ -49,9 +49,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let mut dq = gpu.zeros_as(len * hq * d, DType::BF16)?;
             let mut dk = gpu.zeros_as(len * hkv * d, DType::BF16)?;
             let mut dv = gpu.zeros_as(len * hkv * d, DType::BF16)?;
-            gpu.attention_forward(&mut out, &mut lse, &qg, &kg, &vg, &cu, hq, hkv, d, None)?;
+            gpu.attention_forward(
+                &mut out,
+                &mut lse,
+                &qg,
+                &kg,
+                &vg,
+                &cu,
+                AttnShape::new(hq, hkv, d),
+                None,
+            )?;
             gpu.attention_backward(
-                &mut dq, &mut dk, &mut dv, &dg, &qg, &kg, &vg, &out, &lse, &cu, hq, hkv, d, None,
+                &mut dq,
+                &mut dk,
+                &mut dv,
+                &dg,
+                &qg,
+                &kg,
+                &vg,
+                &out,
+                &lse,
+                &cu,
+                AttnShape::new(hq, hkv, d),
+                None,
             )?;
             results.push([
                 gpu.download(&out)?,

@@ -87,9 +87,31 @@ pub struct AdamWStep {
     pub step: u64,
 }
 
+/// The head layout of an attention op: q and out (N, q_heads, head_dim), k and v
+/// (N, kv_heads, head_dim), lse (N, q_heads). Query head j reads kv head
+/// j / (q_heads / kv_heads) (grouped-query attention); scores are scaled by 1/sqrt(head_dim).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnShape {
+    /// Query heads (hq): a positive multiple of `kv_heads`.
+    pub q_heads: usize,
+    /// Key and value heads (hkv).
+    pub kv_heads: usize,
+    /// Values per head (d).
+    pub head_dim: usize,
+}
+
+impl AttnShape {
+    pub const fn new(q_heads: usize, kv_heads: usize, head_dim: usize) -> Self {
+        AttnShape {
+            q_heads,
+            kv_heads,
+            head_dim,
+        }
+    }
+}
+
 /// [`Backend::attention_decode`] through the host: download, the CPU kernel, upload. The
 /// trait's default, public so that tests can run it on any backend.
-#[allow(clippy::too_many_arguments)]
 pub fn attention_decode_via_host<B: Backend + ?Sized>(
     be: &B,
     out: &mut B::Buf,
@@ -97,9 +119,7 @@ pub fn attention_decode_via_host<B: Backend + ?Sized>(
     k_cache: &B::Buf,
     v_cache: &B::Buf,
     past: usize,
-    hq: usize,
-    hkv: usize,
-    d: usize,
+    shape: AttnShape,
 ) -> Result<()> {
     let mut host = be.download(out)?;
     let (q, k, v) = (
@@ -107,7 +127,7 @@ pub fn attention_decode_via_host<B: Backend + ?Sized>(
         be.download(k_cache)?,
         be.download(v_cache)?,
     );
-    crate::cpu::attention_cache::attention_decode(&mut host, &q, &k, &v, past, hq, hkv, d)?;
+    crate::cpu::attention_cache::attention_decode(&mut host, &q, &k, &v, past, shape)?;
     *out = be.upload_as(&host, be.dtype(out))?;
     Ok(())
 }
@@ -148,8 +168,11 @@ pub fn geglu_forward_via_host<B: Backend + ?Sized>(
     up: &B::Buf,
 ) -> Result<()> {
     let (g, u) = (be.download(gate)?, be.download(up)?);
-    crate::error::check_len("geglu_forward", "up", u.len(), g.len())?;
-    crate::error::check_len("geglu_forward", "h", be.len(h), g.len())?;
+    crate::checks::same_len(
+        "geglu_forward",
+        g.len(),
+        &[("up", u.len()), ("h", be.len(h))],
+    )?;
     let mut host = vec![0.0f32; g.len()];
     crate::cpu::geglu::geglu_forward(&mut host, &g, &u);
     *h = be.upload_as(&host, be.dtype(h))?;
@@ -166,14 +189,16 @@ pub fn geglu_backward_via_host<B: Backend + ?Sized>(
     up: &B::Buf,
 ) -> Result<()> {
     let (g, u, d) = (be.download(gate)?, be.download(up)?, be.download(dh)?);
-    for (name, len) in [
-        ("up", u.len()),
-        ("dh", d.len()),
-        ("dgate", be.len(dgate)),
-        ("dup", be.len(dup)),
-    ] {
-        crate::error::check_len("geglu_backward", name, len, g.len())?;
-    }
+    crate::checks::same_len(
+        "geglu_backward",
+        g.len(),
+        &[
+            ("dh", d.len()),
+            ("up", u.len()),
+            ("dgate", be.len(dgate)),
+            ("dup", be.len(dup)),
+        ],
+    )?;
     let (mut dg, mut du) = (vec![0.0f32; g.len()], vec![0.0f32; g.len()]);
     crate::cpu::geglu::geglu_backward(&mut dg, &mut du, &d, &g, &u);
     *dgate = be.upload_as(&dg, be.dtype(dgate))?;
@@ -472,7 +497,8 @@ pub trait Backend: Send + Sync + 'static {
         h: usize,
         d: usize,
     ) -> Result<()>;
-    /// Causal attention within each sequence of a varlen batch.
+    /// Causal attention within each sequence of a varlen batch; hq, hkv and d below are the
+    /// `shape`'s q_heads, kv_heads and head_dim.
     /// q (N, hq, d), k and v (N, hkv, d), cu_seqlens (S+1) token offsets with cu[0]=0, cu[S]=N;
     /// query head j reads kv head j / (hq/hkv). Writes out (N, hq, d) and lse (N, hq), the
     /// log-sum-exp of each query's scaled scores (scale 1/sqrt(d)), kept for backward.
@@ -488,9 +514,7 @@ pub trait Backend: Send + Sync + 'static {
         k: &Self::Buf,
         v: &Self::Buf,
         cu_seqlens: &[u32],
-        hq: usize,
-        hkv: usize,
-        d: usize,
+        shape: AttnShape,
         window: Option<usize>,
     ) -> Result<()>;
     /// Writes dq (N, hq, d), dk and dv (N, hkv, d); `window` as in the forward.
@@ -507,9 +531,7 @@ pub trait Backend: Send + Sync + 'static {
         out: &Self::Buf,
         lse: &Self::Buf,
         cu_seqlens: &[u32],
-        hq: usize,
-        hkv: usize,
-        d: usize,
+        shape: AttnShape,
         window: Option<usize>,
     ) -> Result<()>;
     /// Attention of n new queries of one sequence against its KV cache (generation).
@@ -520,7 +542,6 @@ pub trait Backend: Send + Sync + 'static {
     /// whole sequence. No lse: there is no backward.
     ///
     /// The default goes through the host with the CPU kernel; device backends override it.
-    #[allow(clippy::too_many_arguments)]
     fn attention_decode(
         &self,
         out: &mut Self::Buf,
@@ -528,11 +549,9 @@ pub trait Backend: Send + Sync + 'static {
         k_cache: &Self::Buf,
         v_cache: &Self::Buf,
         past: usize,
-        hq: usize,
-        hkv: usize,
-        d: usize,
+        shape: AttnShape,
     ) -> Result<()> {
-        attention_decode_via_host(self, out, q, k_cache, v_cache, past, hq, hkv, d)
+        attention_decode_via_host(self, out, q, k_cache, v_cache, past, shape)
     }
     /// dst[dst_off..dst_off+len] = src[src_off..src_off+len], e.g. appending a token's keys
     /// to a KV cache (cap, hkv, d) at row `past`, or taking the last row of (N, c).
@@ -644,9 +663,7 @@ pub trait Backend: Send + Sync + 'static {
         k: &Self::Buf,
         v: &Self::Buf,
         cu_seqlens: &[u32],
-        hq: usize,
-        hkv: usize,
-        d: usize,
+        shape: AttnShape,
         window: Option<usize>,
         softcap: Option<f32>,
     ) -> Result<()> {
@@ -657,7 +674,7 @@ pub trait Backend: Send + Sync + 'static {
                 "attention logit soft-capping (attn_logit_softcapping)",
             ));
         }
-        self.attention_forward(out, lse, q, k, v, cu_seqlens, hq, hkv, d, window)
+        self.attention_forward(out, lse, q, k, v, cu_seqlens, shape, window)
     }
     /// The backward of [`Backend::attention_forward_capped`].
     #[allow(clippy::too_many_arguments)]
@@ -673,9 +690,7 @@ pub trait Backend: Send + Sync + 'static {
         out: &Self::Buf,
         lse: &Self::Buf,
         cu_seqlens: &[u32],
-        hq: usize,
-        hkv: usize,
-        d: usize,
+        shape: AttnShape,
         window: Option<usize>,
         softcap: Option<f32>,
     ) -> Result<()> {
@@ -687,7 +702,7 @@ pub trait Backend: Send + Sync + 'static {
             ));
         }
         self.attention_backward(
-            dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, hq, hkv, d, window,
+            dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, shape, window,
         )
     }
     /// [`Backend::attention_decode`] with soft-capped scores when `softcap` is given. The
@@ -700,13 +715,11 @@ pub trait Backend: Send + Sync + 'static {
         k_cache: &Self::Buf,
         v_cache: &Self::Buf,
         past: usize,
-        hq: usize,
-        hkv: usize,
-        d: usize,
+        shape: AttnShape,
         softcap: Option<f32>,
     ) -> Result<()> {
         if softcap.is_none() {
-            return self.attention_decode(out, q, k_cache, v_cache, past, hq, hkv, d);
+            return self.attention_decode(out, q, k_cache, v_cache, past, shape);
         }
         let mut host = self.download(out)?;
         let (q, k, v) = (
@@ -715,7 +728,7 @@ pub trait Backend: Send + Sync + 'static {
             self.download(v_cache)?,
         );
         crate::cpu::attention_cache::attention_decode_capped(
-            &mut host, &q, &k, &v, past, hq, hkv, d, softcap,
+            &mut host, &q, &k, &v, past, shape, softcap,
         )?;
         *out = self.upload_as(&host, self.dtype(out))?;
         Ok(())

@@ -2,22 +2,20 @@
 //! the same messages.
 
 use crate::error::check_len;
-use crate::{CoreError, Result};
+use crate::{AttnShape, CoreError, Gemm, Result};
 
 fn invalid(op: &'static str, msg: String) -> CoreError {
     CoreError::Invalid { op, msg }
 }
 
-/// Attention's inputs, for every backend: checks head counts and cu_seqlens (cu[0] = 0, non-decreasing, cu[S] = N with N the
-/// number of tokens in q). Returns the group size hq/hkv and N.
-pub fn attention(
-    op: &'static str,
-    q_len: usize,
-    cu_seqlens: &[u32],
-    hq: usize,
-    hkv: usize,
-    d: usize,
-) -> Result<(usize, usize)> {
+/// The head layout for q of `q_len` elements: positive sizes, hq a multiple of hkv, q whole
+/// tokens of hq*d. Returns the number of tokens.
+fn attention_heads(op: &'static str, q_len: usize, shape: AttnShape) -> Result<usize> {
+    let AttnShape {
+        q_heads: hq,
+        kv_heads: hkv,
+        head_dim: d,
+    } = shape;
     if hq == 0 || hkv == 0 || d == 0 {
         return Err(invalid(
             op,
@@ -40,7 +38,21 @@ pub fn attention(
             ),
         ));
     }
-    let n = q_len / (hq * d);
+    Ok(q_len / (hq * d))
+}
+
+/// Attention's inputs, for every backend: the head layout, cu_seqlens (cu[0] = 0,
+/// non-decreasing, cu[S] = N with N the number of tokens in q), and k, v (N, hkv, d).
+/// Returns the group size hq/hkv and N.
+pub fn attention(
+    op: &'static str,
+    q_len: usize,
+    k_len: usize,
+    v_len: usize,
+    cu_seqlens: &[u32],
+    shape: AttnShape,
+) -> Result<(usize, usize)> {
+    let n = attention_heads(op, q_len, shape)?;
     match cu_seqlens {
         [] => {
             return Err(invalid(
@@ -70,7 +82,77 @@ pub fn attention(
             ),
         ));
     }
-    Ok((hq / hkv, n))
+    let kv = n * shape.kv_heads * shape.head_dim;
+    check_len(op, "k", k_len, kv)?;
+    check_len(op, "v", v_len, kv)?;
+    Ok((shape.q_heads / shape.kv_heads, n))
+}
+
+/// The other buffers of an attention op over N tokens: those of `like_q` hold
+/// (N, hq, d) elements, those of `like_kv` (N, hkv, d), and lse (N, hq).
+pub fn attention_buffers(
+    op: &'static str,
+    n: usize,
+    shape: AttnShape,
+    like_q: &[(&'static str, usize)],
+    like_kv: &[(&'static str, usize)],
+    lse: usize,
+) -> Result<()> {
+    let q = n * shape.q_heads * shape.head_dim;
+    let kv = n * shape.kv_heads * shape.head_dim;
+    for &(name, len) in like_q {
+        check_len(op, name, len, q)?;
+    }
+    for &(name, len) in like_kv {
+        check_len(op, name, len, kv)?;
+    }
+    check_len(op, "lse", lse, n * shape.q_heads)
+}
+
+/// Attention against a KV cache: the head layout, out like q (n, hq, d), and caches of whole
+/// rows of hkv*d, the same size, holding at least past + n rows. Returns n.
+pub fn attention_decode(
+    q: usize,
+    out: usize,
+    k_cache: usize,
+    v_cache: usize,
+    past: usize,
+    shape: AttnShape,
+) -> Result<usize> {
+    let op = "attention_decode";
+    let n = attention_heads(op, q, shape)?;
+    check_len(op, "out", out, q)?;
+    check_len(op, "v_cache", v_cache, k_cache)?;
+    let row = shape.kv_heads * shape.head_dim;
+    if !k_cache.is_multiple_of(row) || k_cache / row < past + n {
+        return Err(invalid(
+            op,
+            format!(
+                "the cache holds {k_cache} elements, fewer than past + n = {} tokens of \
+                 hkv*d = {row}",
+                past + n
+            ),
+        ));
+    }
+    Ok(n)
+}
+
+/// dst[dst_off..dst_off + len] and src[src_off..src_off + len] lie inside their buffers.
+pub fn copy_range(
+    dst: usize,
+    dst_off: usize,
+    src: usize,
+    src_off: usize,
+    len: usize,
+) -> Result<()> {
+    let fits = |off: usize, total: usize| off.checked_add(len).is_some_and(|end| end <= total);
+    if fits(dst_off, dst) && fits(src_off, src) {
+        return Ok(());
+    }
+    Err(invalid(
+        "copy_range",
+        format!("{len} elements from offset {src_off} of {src} into offset {dst_off} of {dst}"),
+    ))
 }
 
 /// A sliding attention window: positive when given. Returns the window that changes
@@ -256,4 +338,65 @@ pub fn rmsnorm_backward(
     check_len(op, "rstd", rstd, x / c)?;
     check_len(op, "dy", dy, x)?;
     check_len(op, "dx", dx, x)
+}
+
+/// Every buffer of `others` holds `len` elements, as the first operand does (elementwise ops:
+/// swiglu, geglu and their backwards).
+pub fn same_len(op: &'static str, len: usize, others: &[(&'static str, usize)]) -> Result<()> {
+    for &(name, got) in others {
+        check_len(op, name, got, len)?;
+    }
+    Ok(())
+}
+
+/// add_bias's sizes: bias (c), y whole rows of c.
+pub fn add_bias(y: usize, bias: usize, c: usize) -> Result<()> {
+    check_len("add_bias", "bias", bias, c)?;
+    rows("add_bias", "y", y, c)
+}
+
+/// Dropout's inputs: x like y, p in [0, 1].
+pub fn dropout(y: usize, x: usize, p: f32) -> Result<()> {
+    check_len("dropout", "x", x, y)?;
+    if !(0.0..=1.0).contains(&p) {
+        return Err(invalid("dropout", format!("p = {p} is not in [0, 1]")));
+    }
+    Ok(())
+}
+
+/// A matrix product's operands: a (m, k), b (k, n), c (m, n) in elements.
+pub fn matmul(a: usize, b: usize, c: usize, g: Gemm) -> Result<()> {
+    check_len("matmul", "a", a, g.m * g.k)?;
+    check_len("matmul", "b", b, g.k * g.n)?;
+    check_len("matmul", "c", c, g.m * g.n)
+}
+
+/// The fused LM head and loss: x (N, c), w (V, c), dx like x when given, and every target
+/// below V (negative targets are ignored).
+pub fn linear_cross_entropy(
+    x: usize,
+    w: usize,
+    dx: Option<usize>,
+    targets: &[i32],
+    c: usize,
+    v: usize,
+) -> Result<()> {
+    let op = "linear_cross_entropy";
+    let n = targets.len();
+    check_len(op, "x", x, n * c)?;
+    check_len(op, "w", w, v * c)?;
+    if let Some(dx) = dx {
+        check_len(op, "dx", dx, n * c)?;
+    }
+    if let Some((i, &t)) = targets
+        .iter()
+        .enumerate()
+        .find(|(_, &t)| t >= 0 && t as usize >= v)
+    {
+        return Err(invalid(
+            op,
+            format!("target {t} of token {i} is out of range for vocab size {v}"),
+        ));
+    }
+    Ok(())
 }

@@ -15,9 +15,10 @@ pub mod dtype;
 pub mod error;
 pub mod float;
 pub mod memory;
+pub mod optim;
 pub mod rope;
 
-pub use backend::{AdamWStep, Backend, Gemm};
+pub use backend::{AdamWStep, AttnShape, Backend, Gemm};
 pub use cpu::CpuBackend;
 pub use cuda::CudaBackend;
 pub use dtype::DType;

@@ -7,19 +7,20 @@ mod common;
 use common::{rng, to_f32, uniform};
 use temper_core::backend::{attention_decode_via_host, copy_range_via_host};
 use temper_core::cpu::{attention, attention_cache};
-use temper_core::{Backend, CpuBackend};
+use temper_core::{AttnShape, Backend, CpuBackend};
 
 /// (L, heads, d) shapes with L past one 64-token tile of attention_forward, GQA group 3.
 const L: usize = 70;
 const HQ: usize = 6;
 const HKV: usize = 2;
 const D: usize = 20;
+const SHAPE: AttnShape = AttnShape::new(HQ, HKV, D);
 
 fn full_attention(q: &[f64], k: &[f64], v: &[f64]) -> Vec<f64> {
     let mut out = vec![0.0; L * HQ * D];
     let mut lse = vec![0.0; L * HQ];
     let cu = [0u32, L as u32];
-    attention::attention_forward(&mut out, &mut lse, q, k, v, &cu, HQ, HKV, D, None).unwrap();
+    attention::attention_forward(&mut out, &mut lse, q, k, v, &cu, SHAPE, None).unwrap();
     out
 }
 
@@ -50,17 +51,8 @@ fn decode_equals_last_rows_of_full_attention_f64() {
     for past in [0, 1, 37, 64, L - 1] {
         let n = L - past;
         let mut out = vec![0.0; n * HQ * D];
-        attention_cache::attention_decode(
-            &mut out,
-            &q[past * HQ * D..],
-            &kc,
-            &vc,
-            past,
-            HQ,
-            HKV,
-            D,
-        )
-        .unwrap();
+        attention_cache::attention_decode(&mut out, &q[past * HQ * D..], &kc, &vc, past, SHAPE)
+            .unwrap();
         let (i, err) = max_abs_diff(&out, &want[past * HQ * D..]);
         assert!(err < 1e-12, "past {past}: worst element {i} off by {err}");
     }
@@ -96,7 +88,7 @@ fn token_by_token_decode_through_backend_f32() {
         be.copy_range(&mut qn, 0, &qb, past * HQ * D, n * HQ * D)
             .unwrap();
         let mut out = be.zeros(n * HQ * D).unwrap();
-        be.attention_decode(&mut out, &qn, &kc, &vc, past, HQ, HKV, D)
+        be.attention_decode(&mut out, &qn, &kc, &vc, past, SHAPE)
             .unwrap();
         got.extend(be.download(&out).unwrap().iter().map(|&x| x as f64));
         past += n;
@@ -111,11 +103,11 @@ fn decode_rejects_a_cache_too_short() {
     let kc = vec![0.0f32; 4 * HKV * D];
     let mut out = vec![0.0f32; 2 * HQ * D];
     // past 3 + 2 new tokens need 5 cached rows; there are 4.
-    let err = attention_cache::attention_decode(&mut out, &q, &kc, &kc, 3, HQ, HKV, D)
+    let err = attention_cache::attention_decode(&mut out, &q, &kc, &kc, 3, SHAPE)
         .unwrap_err()
         .to_string();
     assert!(err.contains("fewer than past + n = 5"), "{err}");
-    assert!(attention_cache::attention_decode(&mut out, &q, &kc, &kc, 2, HQ, HKV, D).is_ok());
+    assert!(attention_cache::attention_decode(&mut out, &q, &kc, &kc, 2, SHAPE).is_ok());
 }
 
 #[test]
@@ -145,12 +137,12 @@ fn host_defaults_equal_the_cpu_backend() {
         .upload(&to_f32(&uniform(&mut r, cap * HKV * D, 1.0)))
         .unwrap();
     let mut want = be.zeros(n * HQ * D).unwrap();
-    be.attention_decode(&mut want, &q, &k, &v, past, HQ, HKV, D)
+    be.attention_decode(&mut want, &q, &k, &v, past, SHAPE)
         .unwrap();
     let mut got = be.zeros(n * HQ * D).unwrap();
-    attention_decode_via_host(&be, &mut got, &q, &k, &v, past, HQ, HKV, D).unwrap();
+    attention_decode_via_host(&be, &mut got, &q, &k, &v, past, SHAPE).unwrap();
     assert_eq!(be.download(&got).unwrap(), be.download(&want).unwrap());
-    assert!(attention_decode_via_host(&be, &mut got, &q, &k, &v, cap, HQ, HKV, D).is_err());
+    assert!(attention_decode_via_host(&be, &mut got, &q, &k, &v, cap, SHAPE).is_err());
 
     let mut a = be.upload(&[0.0; 8]).unwrap();
     let mut b = be.upload(&[0.0; 8]).unwrap();

@@ -7,7 +7,7 @@ use temper_core::cpu::{
     adamw, attention, cross_entropy, elementwise, embedding, matmul::matmul, rmsnorm, rope, swiglu,
 };
 use temper_core::rope::{inv_freq, RopeScaling};
-use temper_core::{AdamWStep, Backend, CoreError, CpuBackend, Gemm};
+use temper_core::{AdamWStep, AttnShape, Backend, CoreError, CpuBackend, Gemm};
 
 /// Runs `f` on a one-thread rayon pool, to compare with the default (multi-thread) pool.
 fn single_thread<R: Send>(f: impl FnOnce() -> R + Send) -> R {
@@ -133,26 +133,26 @@ fn naive_attention(
     k: &[f64],
     v: &[f64],
     cu: &[u32],
-    hq: usize,
-    hkv: usize,
-    d: usize,
+    shape: AttnShape,
 ) -> (Vec<f64>, Vec<f64>) {
-    naive_attention_window(q, k, v, cu, hq, hkv, d, None)
+    naive_attention_window(q, k, v, cu, shape, None)
 }
 
 /// [`naive_attention`] with a sliding window: key j is allowed for query i iff also
 /// j + window > i.
-#[allow(clippy::too_many_arguments)]
 fn naive_attention_window(
     q: &[f64],
     k: &[f64],
     v: &[f64],
     cu: &[u32],
-    hq: usize,
-    hkv: usize,
-    d: usize,
+    shape: AttnShape,
     window: Option<usize>,
 ) -> (Vec<f64>, Vec<f64>) {
+    let AttnShape {
+        q_heads: hq,
+        kv_heads: hkv,
+        head_dim: d,
+    } = shape;
     let n = *cu.last().unwrap() as usize;
     let seq_of: Vec<usize> = (0..n)
         .map(|t| {
@@ -196,27 +196,23 @@ fn run_attention<T: temper_core::Float>(
     k: &[T],
     v: &[T],
     cu: &[u32],
-    hq: usize,
-    hkv: usize,
-    d: usize,
+    shape: AttnShape,
 ) -> (Vec<T>, Vec<T>) {
-    run_attention_window(q, k, v, cu, hq, hkv, d, None)
+    run_attention_window(q, k, v, cu, shape, None)
 }
 
-#[allow(clippy::too_many_arguments)]
 fn run_attention_window<T: temper_core::Float>(
     q: &[T],
     k: &[T],
     v: &[T],
     cu: &[u32],
-    hq: usize,
-    hkv: usize,
-    d: usize,
+    shape: AttnShape,
     window: Option<usize>,
 ) -> (Vec<T>, Vec<T>) {
+    let (hq, d) = (shape.q_heads, shape.head_dim);
     let n = q.len() / (hq * d);
     let (mut out, mut lse) = (vec![T::nan(); n * hq * d], vec![T::nan(); n * hq]);
-    attention::attention_forward(&mut out, &mut lse, q, k, v, cu, hq, hkv, d, window).unwrap();
+    attention::attention_forward(&mut out, &mut lse, q, k, v, cu, shape, window).unwrap();
     (out, lse)
 }
 
@@ -232,10 +228,11 @@ fn sliding_window_attention_matches_dense_masked_reference() {
     let q = uniform(&mut rng, n * hq * d, 2.0);
     let k = uniform(&mut rng, n * hkv * d, 2.0);
     let v = uniform(&mut rng, n * hkv * d, 1.0);
-    let (full, full_lse) = run_attention(&q, &k, &v, &cu, hq, hkv, d);
+    let (full, full_lse) = run_attention(&q, &k, &v, &cu, AttnShape::new(hq, hkv, d));
     for w in [1, 4, 63, 70, 150] {
-        let (ref_out, ref_lse) = naive_attention_window(&q, &k, &v, &cu, hq, hkv, d, Some(w));
-        let (out, lse) = run_attention_window(&q, &k, &v, &cu, hq, hkv, d, Some(w));
+        let (ref_out, ref_lse) =
+            naive_attention_window(&q, &k, &v, &cu, AttnShape::new(hq, hkv, d), Some(w));
+        let (out, lse) = run_attention_window(&q, &k, &v, &cu, AttnShape::new(hq, hkv, d), Some(w));
         assert_close(&format!("window {w} out"), &out, &ref_out, 1e-12, 1.0);
         assert_close(&format!("window {w} lse"), &lse, &ref_lse, 1e-12, 1.0);
         if w >= 150 {
@@ -243,7 +240,7 @@ fn sliding_window_attention_matches_dense_masked_reference() {
         }
     }
     // Window 1: each query sees only itself, so out = v of its kv head.
-    let (out, _) = run_attention_window(&q, &k, &v, &cu, hq, hkv, d, Some(1));
+    let (out, _) = run_attention_window(&q, &k, &v, &cu, AttnShape::new(hq, hkv, d), Some(1));
     for t in 0..n {
         for h in 0..hq {
             let g = h / (hq / hkv);
@@ -253,8 +250,17 @@ fn sliding_window_attention_matches_dense_masked_reference() {
     }
     // A window of 0 is refused.
     let (mut o, mut l) = (vec![0.0; n * hq * d], vec![0.0; n * hq]);
-    let err = attention::attention_forward(&mut o, &mut l, &q, &k, &v, &cu, hq, hkv, d, Some(0))
-        .unwrap_err();
+    let err = attention::attention_forward(
+        &mut o,
+        &mut l,
+        &q,
+        &k,
+        &v,
+        &cu,
+        AttnShape::new(hq, hkv, d),
+        Some(0),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("sliding window"), "{err}");
 }
 
@@ -288,12 +294,18 @@ fn attention_matches_dense_masked_reference() {
     let q = uniform(&mut rng, n * hq * d, 2.0);
     let k = uniform(&mut rng, n * hkv * d, 2.0);
     let v = uniform(&mut rng, n * hkv * d, 1.0);
-    let (ref_out, ref_lse) = naive_attention(&q, &k, &v, &cu, hq, hkv, d);
-    let (out, lse) = run_attention(&q, &k, &v, &cu, hq, hkv, d);
+    let (ref_out, ref_lse) = naive_attention(&q, &k, &v, &cu, AttnShape::new(hq, hkv, d));
+    let (out, lse) = run_attention(&q, &k, &v, &cu, AttnShape::new(hq, hkv, d));
     assert_close("attention out f64", &out, &ref_out, 1e-12, 1.0);
     assert_close("attention lse f64", &lse, &ref_lse, 1e-12, 1.0);
 
-    let (out32, lse32) = run_attention(&to_f32(&q), &to_f32(&k), &to_f32(&v), &cu, hq, hkv, d);
+    let (out32, lse32) = run_attention(
+        &to_f32(&q),
+        &to_f32(&k),
+        &to_f32(&v),
+        &cu,
+        AttnShape::new(hq, hkv, d),
+    );
     assert_close(
         "attention out f32",
         &f32_to_f64(&out32),
@@ -317,9 +329,7 @@ fn attention_matches_dense_masked_reference() {
             &k[t0 * hkv * d..t1 * hkv * d],
             &v[t0 * hkv * d..t1 * hkv * d],
             &[0, (t1 - t0) as u32],
-            hq,
-            hkv,
-            d,
+            AttnShape::new(hq, hkv, d),
         );
         assert_eq!(
             o,
@@ -338,13 +348,24 @@ fn attention_matches_dense_masked_reference() {
     let backward = || {
         let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
         attention::attention_backward(
-            &mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &out, &lse, &cu, hq, hkv, d, None,
+            &mut dq,
+            &mut dk,
+            &mut dv,
+            &dout,
+            &q,
+            &k,
+            &v,
+            &out,
+            &lse,
+            &cu,
+            AttnShape::new(hq, hkv, d),
+            None,
         )
         .unwrap();
         (dq, dk, dv)
     };
     assert_eq!(
-        single_thread(|| run_attention(&q, &k, &v, &cu, hq, hkv, d)),
+        single_thread(|| run_attention(&q, &k, &v, &cu, AttnShape::new(hq, hkv, d))),
         (out.clone(), lse.clone())
     );
     assert!(
@@ -358,9 +379,7 @@ fn attention_matches_dense_masked_reference() {
         &k[..hkv * d],
         &v[..hkv * d],
         &[0, 1],
-        hq,
-        hkv,
-        d,
+        AttnShape::new(hq, hkv, d),
     );
     assert_close("single token out", &o[..d], &v[..d], 1e-15, 1.0);
     assert_close("single token lse", &l, &ref_lse[..hq], 1e-12, 1.0);
@@ -380,9 +399,7 @@ fn attention_rejects_bad_input() {
             k,
             k,
             cu,
-            hq,
-            hkv,
-            d,
+            AttnShape::new(hq, hkv, d),
             None,
         )
     };
@@ -412,9 +429,7 @@ fn attention_rejects_bad_input() {
             &qb,
             &lse,
             &[0, 3, 4],
-            hq,
-            hkv,
-            d,
+            AttnShape::new(hq, hkv, d),
             None,
         )
         .unwrap_err();
@@ -589,7 +604,7 @@ fn rmsnorm_matches_formula() {
     .unwrap();
     assert_close("rmsnorm f32", &f32_to_f64(&y), &expected, 1e-6, 1.0);
     let (mut y, mut rstd) = (vec![0.0f64; n * c], vec![0.0f64; n]);
-    rmsnorm::rmsnorm_forward(&mut y, &mut rstd, &x, &w, c, eps);
+    rmsnorm::rmsnorm_forward(&mut y, &mut rstd, &x, &w, c, eps).unwrap();
     assert_close("rmsnorm f64", &y, &expected, 1e-14, 1.0);
     assert!(be
         .rmsnorm_forward(

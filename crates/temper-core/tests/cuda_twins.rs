@@ -7,7 +7,7 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use temper_core::{AdamWStep, Backend, CpuBackend, CudaBackend, DType, Gemm};
+use temper_core::{AdamWStep, AttnShape, Backend, CpuBackend, CudaBackend, DType, Gemm};
 use temper_quant::{Absmax4, Int8Rows, Quant4};
 
 const DTYPES: [DType; 3] = [DType::F32, DType::BF16, DType::F16];
@@ -357,10 +357,28 @@ fn attention_forward_and_backward_in(dt: DType) {
     let (mut oc, mut og) = p.up(&vec![0.0; n * hq * d]);
     let (mut lc, mut lg) = p.up32(&vec![0.0; n * hq]);
     p.cpu
-        .attention_forward(&mut oc, &mut lc, &qc, &kc, &vc, &cu, hq, hkv, d, None)
+        .attention_forward(
+            &mut oc,
+            &mut lc,
+            &qc,
+            &kc,
+            &vc,
+            &cu,
+            AttnShape::new(hq, hkv, d),
+            None,
+        )
         .expect("cpu");
     p.gpu
-        .attention_forward(&mut og, &mut lg, &qg, &kg, &vg, &cu, hq, hkv, d, None)
+        .attention_forward(
+            &mut og,
+            &mut lg,
+            &qg,
+            &kg,
+            &vg,
+            &cu,
+            AttnShape::new(hq, hkv, d),
+            None,
+        )
         .expect("gpu");
     p.twins(
         "attention out",
@@ -381,12 +399,34 @@ fn attention_forward_and_backward_in(dt: DType) {
     let (mut dvc, mut dvg) = p.up(&vec![0.0; n * hkv * d]);
     p.cpu
         .attention_backward(
-            &mut dqc, &mut dkc, &mut dvc, &doc, &qc, &kc, &vc, &oc, &lc, &cu, hq, hkv, d, None,
+            &mut dqc,
+            &mut dkc,
+            &mut dvc,
+            &doc,
+            &qc,
+            &kc,
+            &vc,
+            &oc,
+            &lc,
+            &cu,
+            AttnShape::new(hq, hkv, d),
+            None,
         )
         .expect("cpu");
     p.gpu
         .attention_backward(
-            &mut dqg, &mut dkg, &mut dvg, &dog, &qg, &kg, &vg, &og, &lg, &cu, hq, hkv, d, None,
+            &mut dqg,
+            &mut dkg,
+            &mut dvg,
+            &dog,
+            &qg,
+            &kg,
+            &vg,
+            &og,
+            &lg,
+            &cu,
+            AttnShape::new(hq, hkv, d),
+            None,
         )
         .expect("gpu");
     p.twins(
@@ -640,10 +680,10 @@ fn attention_decode_and_copy_range_in(dt: DType) {
     let ((qc, qg), (kc, kg), (vc, vg)) = (p.up(&q), p.up(&k), p.up(&v));
     let (mut oc, mut og) = p.up(&vec![0.0; n * hq * d]);
     p.cpu
-        .attention_decode(&mut oc, &qc, &kc, &vc, past, hq, hkv, d)
+        .attention_decode(&mut oc, &qc, &kc, &vc, past, AttnShape::new(hq, hkv, d))
         .expect("cpu");
     p.gpu
-        .attention_decode(&mut og, &qg, &kg, &vg, past, hq, hkv, d)
+        .attention_decode(&mut og, &qg, &kg, &vg, past, AttnShape::new(hq, hkv, d))
         .expect("gpu");
     p.twins(
         "attention_decode",
@@ -654,7 +694,7 @@ fn attention_decode_and_copy_range_in(dt: DType) {
     );
     assert!(p
         .gpu
-        .attention_decode(&mut og, &qg, &kg, &vg, cap - 1, hq, hkv, d)
+        .attention_decode(&mut og, &qg, &kg, &vg, cap - 1, AttnShape::new(hq, hkv, d))
         .is_err());
 
     let src = p.random(1001, 1.0);
@@ -880,10 +920,28 @@ fn flash_attention_case(dt: DType, d: usize, cu: &[u32], hq: usize, hkv: usize) 
         .expect("gpu");
     let (mut lc, mut lg) = p.up32(&vec![f32::NAN; n * hq]);
     p.cpu
-        .attention_forward(&mut oc, &mut lc, &qc, &kc, &vc, cu, hq, hkv, d, None)
+        .attention_forward(
+            &mut oc,
+            &mut lc,
+            &qc,
+            &kc,
+            &vc,
+            cu,
+            AttnShape::new(hq, hkv, d),
+            None,
+        )
         .expect("cpu");
     p.gpu
-        .attention_forward(&mut og, &mut lg, &qg, &kg, &vg, cu, hq, hkv, d, None)
+        .attention_forward(
+            &mut og,
+            &mut lg,
+            &qg,
+            &kg,
+            &vg,
+            cu,
+            AttnShape::new(hq, hkv, d),
+            None,
+        )
         .expect("gpu");
     p.twins(
         &what("out"),
@@ -906,12 +964,34 @@ fn flash_attention_case(dt: DType, d: usize, cu: &[u32], hq: usize, hkv: usize) 
     let (mut dqg, mut dkg, mut dvg) = (nan(n * hq * d), nan(n * hkv * d), nan(n * hkv * d));
     p.cpu
         .attention_backward(
-            &mut dqc, &mut dkc, &mut dvc, &doc, &qc, &kc, &vc, &oc, &lc, cu, hq, hkv, d, None,
+            &mut dqc,
+            &mut dkc,
+            &mut dvc,
+            &doc,
+            &qc,
+            &kc,
+            &vc,
+            &oc,
+            &lc,
+            cu,
+            AttnShape::new(hq, hkv, d),
+            None,
         )
         .expect("cpu");
     p.gpu
         .attention_backward(
-            &mut dqg, &mut dkg, &mut dvg, &dog, &qg, &kg, &vg, &og, &lg, cu, hq, hkv, d, None,
+            &mut dqg,
+            &mut dkg,
+            &mut dvg,
+            &dog,
+            &qg,
+            &kg,
+            &vg,
+            &og,
+            &lg,
+            cu,
+            AttnShape::new(hq, hkv, d),
+            None,
         )
         .expect("gpu");
     let (dq1, dk1, dv1) = (
@@ -925,7 +1005,18 @@ fn flash_attention_case(dt: DType, d: usize, cu: &[u32], hq: usize, hkv: usize) 
     // No atomics: a second backward gives the same bits.
     p.gpu
         .attention_backward(
-            &mut dqg, &mut dkg, &mut dvg, &dog, &qg, &kg, &vg, &og, &lg, cu, hq, hkv, d, None,
+            &mut dqg,
+            &mut dkg,
+            &mut dvg,
+            &dog,
+            &qg,
+            &kg,
+            &vg,
+            &og,
+            &lg,
+            cu,
+            AttnShape::new(hq, hkv, d),
+            None,
         )
         .expect("gpu");
     assert!(

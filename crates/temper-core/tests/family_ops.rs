@@ -9,7 +9,7 @@ use temper_core::backend::{
 };
 use temper_core::cpu::{attention, attention_cache, columns, cross_entropy, geglu, rope};
 use temper_core::rope::{inv_freq, RopeScaling};
-use temper_core::{Backend, CpuBackend};
+use temper_core::{AttnShape, Backend, CpuBackend};
 
 #[test]
 fn geglu_matches_torch_gelu_tanh() {
@@ -69,7 +69,15 @@ fn a_cap_far_above_the_scores_changes_nothing_and_a_small_one_bounds_them() {
     let run = |cap: Option<f32>| {
         let (mut out, mut lse) = (vec![0.0; n * hq * d], vec![0.0; n * hq]);
         attention::attention_forward_capped(
-            &mut out, &mut lse, &q, &k, &v, &cu, hq, hkv, d, None, cap,
+            &mut out,
+            &mut lse,
+            &q,
+            &k,
+            &v,
+            &cu,
+            AttnShape::new(hq, hkv, d),
+            None,
+            cap,
         )
         .unwrap();
         (out, lse)
@@ -106,9 +114,7 @@ fn capped_decode_equals_the_last_rows_of_capped_attention() {
         &k,
         &v,
         &[0, t as u32],
-        hq,
-        hkv,
-        d,
+        AttnShape::new(hq, hkv, d),
         None,
         cap,
     )
@@ -121,9 +127,7 @@ fn capped_decode_equals_the_last_rows_of_capped_attention() {
         &k,
         &v,
         past,
-        hq,
-        hkv,
-        d,
+        AttnShape::new(hq, hkv, d),
         cap,
     )
     .unwrap();

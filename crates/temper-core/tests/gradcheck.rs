@@ -7,7 +7,7 @@ use common::*;
 use temper_core::cpu::{
     attention, cross_entropy, elementwise, geglu, matmul::matmul, rmsnorm, rope, swiglu,
 };
-use temper_core::Gemm;
+use temper_core::{AttnShape, Gemm};
 
 #[test]
 fn rmsnorm_backward_matches_finite_differences() {
@@ -18,12 +18,12 @@ fn rmsnorm_backward_matches_finite_differences() {
     let r = uniform(&mut rng, n * c, 1.0);
     let forward = |x: &[f64]| {
         let (mut y, mut rstd) = (vec![0.0; n * c], vec![0.0; n]);
-        rmsnorm::rmsnorm_forward(&mut y, &mut rstd, x, &w, c, eps);
+        rmsnorm::rmsnorm_forward(&mut y, &mut rstd, x, &w, c, eps).unwrap();
         (y, rstd)
     };
     let (_, rstd) = forward(&x);
     let mut dx = vec![f64::NAN; n * c];
-    rmsnorm::rmsnorm_backward(&mut dx, &r, &x, &w, &rstd, c);
+    rmsnorm::rmsnorm_backward(&mut dx, &r, &x, &w, &rstd, c).unwrap();
     grad_check("rmsnorm dx", &x, &dx, &r, |x| forward(x).0);
 }
 
@@ -170,7 +170,17 @@ fn attention_backward_matches_finite_differences() {
     let r = uniform(&mut rng, n * hq * d, 1.0);
     let forward = |q: &[f64], k: &[f64], v: &[f64]| {
         let (mut out, mut lse) = (vec![f64::NAN; n * hq * d], vec![f64::NAN; n * hq]);
-        attention::attention_forward(&mut out, &mut lse, q, k, v, &cu, hq, hkv, d, None).unwrap();
+        attention::attention_forward(
+            &mut out,
+            &mut lse,
+            q,
+            k,
+            v,
+            &cu,
+            AttnShape::new(hq, hkv, d),
+            None,
+        )
+        .unwrap();
         (out, lse)
     };
     let (out, lse) = forward(&q, &k, &v);
@@ -178,7 +188,18 @@ fn attention_backward_matches_finite_differences() {
     let mut dk = vec![f64::NAN; k.len()];
     let mut dv = vec![f64::NAN; v.len()];
     attention::attention_backward(
-        &mut dq, &mut dk, &mut dv, &r, &q, &k, &v, &out, &lse, &cu, hq, hkv, d, None,
+        &mut dq,
+        &mut dk,
+        &mut dv,
+        &r,
+        &q,
+        &k,
+        &v,
+        &out,
+        &lse,
+        &cu,
+        AttnShape::new(hq, hkv, d),
+        None,
     )
     .unwrap();
     grad_check("attention dq", &q, &dq, &r, |q| forward(q, &k, &v).0);
@@ -198,13 +219,34 @@ fn attention_backward_without_gqa_and_odd_head_dim() {
     let r = uniform(&mut rng, n * hq * d, 1.0);
     let forward = |q: &[f64], k: &[f64], v: &[f64]| {
         let (mut out, mut lse) = (vec![0.0; n * hq * d], vec![0.0; n * hq]);
-        attention::attention_forward(&mut out, &mut lse, q, k, v, &cu, hq, hkv, d, None).unwrap();
+        attention::attention_forward(
+            &mut out,
+            &mut lse,
+            q,
+            k,
+            v,
+            &cu,
+            AttnShape::new(hq, hkv, d),
+            None,
+        )
+        .unwrap();
         (out, lse)
     };
     let (out, lse) = forward(&q, &k, &v);
     let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
     attention::attention_backward(
-        &mut dq, &mut dk, &mut dv, &r, &q, &k, &v, &out, &lse, &cu, hq, hkv, d, None,
+        &mut dq,
+        &mut dk,
+        &mut dv,
+        &r,
+        &q,
+        &k,
+        &v,
+        &out,
+        &lse,
+        &cu,
+        AttnShape::new(hq, hkv, d),
+        None,
     )
     .unwrap();
     grad_check("attention(mha) dq", &q, &dq, &r, |q| forward(q, &k, &v).0);
@@ -225,13 +267,34 @@ fn attention_backward_long_sequence() {
     let r = uniform(&mut rng, n * hq * d, 1.0);
     let forward = |q: &[f64], k: &[f64], v: &[f64]| {
         let (mut out, mut lse) = (vec![0.0; n * hq * d], vec![0.0; n * hq]);
-        attention::attention_forward(&mut out, &mut lse, q, k, v, &cu, hq, hkv, d, None).unwrap();
+        attention::attention_forward(
+            &mut out,
+            &mut lse,
+            q,
+            k,
+            v,
+            &cu,
+            AttnShape::new(hq, hkv, d),
+            None,
+        )
+        .unwrap();
         (out, lse)
     };
     let (out, lse) = forward(&q, &k, &v);
     let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
     attention::attention_backward(
-        &mut dq, &mut dk, &mut dv, &r, &q, &k, &v, &out, &lse, &cu, hq, hkv, d, None,
+        &mut dq,
+        &mut dk,
+        &mut dv,
+        &r,
+        &q,
+        &k,
+        &v,
+        &out,
+        &lse,
+        &cu,
+        AttnShape::new(hq, hkv, d),
+        None,
     )
     .unwrap();
     grad_check("attention(long) dq", &q, &dq, &r, |q| forward(q, &k, &v).0);
@@ -257,7 +320,17 @@ fn sliding_window_attention_backward_matches_finite_differences() {
         let w = Some(window);
         let forward = |q: &[f64], k: &[f64], v: &[f64]| {
             let (mut out, mut lse) = (vec![f64::NAN; n * hq * d], vec![f64::NAN; n * hq]);
-            attention::attention_forward(&mut out, &mut lse, q, k, v, &cu, hq, hkv, d, w).unwrap();
+            attention::attention_forward(
+                &mut out,
+                &mut lse,
+                q,
+                k,
+                v,
+                &cu,
+                AttnShape::new(hq, hkv, d),
+                w,
+            )
+            .unwrap();
             (out, lse)
         };
         let (out, lse) = forward(&q, &k, &v);
@@ -265,7 +338,18 @@ fn sliding_window_attention_backward_matches_finite_differences() {
         let mut dk = vec![f64::NAN; k.len()];
         let mut dv = vec![f64::NAN; v.len()];
         attention::attention_backward(
-            &mut dq, &mut dk, &mut dv, &r, &q, &k, &v, &out, &lse, &cu, hq, hkv, d, w,
+            &mut dq,
+            &mut dk,
+            &mut dv,
+            &r,
+            &q,
+            &k,
+            &v,
+            &out,
+            &lse,
+            &cu,
+            AttnShape::new(hq, hkv, d),
+            w,
         )
         .unwrap();
         let name = format!("attention(window {window})");
@@ -361,7 +445,15 @@ fn soft_capped_attention_backward_matches_finite_differences() {
         let forward = |q: &[f64], k: &[f64], v: &[f64]| {
             let (mut out, mut lse) = (vec![f64::NAN; n * hq * d], vec![f64::NAN; n * hq]);
             attention::attention_forward_capped(
-                &mut out, &mut lse, q, k, v, &cu, hq, hkv, d, window, cap,
+                &mut out,
+                &mut lse,
+                q,
+                k,
+                v,
+                &cu,
+                AttnShape::new(hq, hkv, d),
+                window,
+                cap,
             )
             .unwrap();
             (out, lse)
@@ -371,7 +463,19 @@ fn soft_capped_attention_backward_matches_finite_differences() {
         let mut dk = vec![f64::NAN; k.len()];
         let mut dv = vec![f64::NAN; v.len()];
         attention::attention_backward_capped(
-            &mut dq, &mut dk, &mut dv, &r, &q, &k, &v, &out, &lse, &cu, hq, hkv, d, window, cap,
+            &mut dq,
+            &mut dk,
+            &mut dv,
+            &r,
+            &q,
+            &k,
+            &v,
+            &out,
+            &lse,
+            &cu,
+            AttnShape::new(hq, hkv, d),
+            window,
+            cap,
         )
         .unwrap();
         let name = format!("capped attention (window {window:?})");

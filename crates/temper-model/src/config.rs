@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 use temper_core::rope::RopeScaling;
+use temper_core::AttnShape;
 
 use crate::error::{io_err, ModelError, Result};
 
@@ -503,6 +504,10 @@ impl ModelConfig {
     /// Width of the key and value projection outputs.
     pub fn kv_dim(&self) -> usize {
         self.kv_heads * self.head_dim
+    }
+    /// The head layout the attention ops take.
+    pub fn attn_shape(&self) -> AttnShape {
+        AttnShape::new(self.heads, self.kv_heads, self.head_dim)
     }
 }
 

@@ -7,53 +7,10 @@
 use rayon::prelude::*;
 
 use crate::backend::AdamWStep;
+use crate::optim::Scalars;
 
 /// Elements per rayon task.
 const PAR_CHUNK: usize = 1 << 14;
-
-/// The f64 a Python config would hold for this f32: its shortest decimal form re-read as
-/// f64 (0.9f32 -> 0.9, not 0.899999976...), so the f64 scalar arithmetic matches torch's.
-pub(crate) fn as_python_float(x: f32) -> f64 {
-    x.to_string().parse().unwrap_or(x as f64)
-}
-
-/// The per-step scalars of AdamW, computed in f64 from Python-rounded hyperparameters as
-/// torch does, then rounded to f32. Shared with the CUDA kernel so both devices agree.
-#[derive(Clone, Copy, Debug)]
-pub struct Scalars {
-    pub decay: f32,
-    /// lerp weight 1 - beta1
-    pub w1: f32,
-    pub b2: f32,
-    pub one_minus_b2: f32,
-    /// -lr / (1 - beta1^step)
-    pub neg_step_size: f32,
-    /// sqrt(1 - beta2^step)
-    pub bc2_sqrt: f32,
-    pub eps: f32,
-    /// 1 when weight decay is on (an i32 for the kernel's argument list).
-    pub apply_decay: i32,
-}
-
-impl Scalars {
-    pub fn new(s: AdamWStep) -> Self {
-        let lr = as_python_float(s.lr);
-        let (b1, b2) = (as_python_float(s.beta1), as_python_float(s.beta2));
-        let (eps, wd) = (as_python_float(s.eps), as_python_float(s.weight_decay));
-        // Python: beta ** step with a float step, i.e. C pow().
-        let step = s.step as f64;
-        Scalars {
-            decay: (1.0 - lr * wd) as f32,
-            w1: (1.0 - b1) as f32,
-            b2: b2 as f32,
-            one_minus_b2: (1.0 - b2) as f32,
-            neg_step_size: (-(lr / (1.0 - b1.powf(step)))) as f32,
-            bc2_sqrt: (1.0 - b2.powf(step)).sqrt() as f32,
-            eps: eps as f32,
-            apply_decay: i32::from(wd != 0.0),
-        }
-    }
-}
 
 /// One AdamW step:
 /// p *= 1 - lr wd; m = lerp(m, g, 1 - b1); v = v b2 + (1 - b2) g g;

@@ -27,26 +27,9 @@ use rayon::prelude::*;
 use temper_quant::state8::{check_state8, dequantize_block, quantize_block, State8, BLOCKSIZE};
 
 use crate::backend::AdamWStep;
-use crate::cpu::adamw::Scalars;
 use crate::error::check_len;
+use crate::optim::Scalars8;
 use crate::Result;
-
-/// The per-step scalars: torch's AdamW ones plus beta1 itself (the first moment is a
-/// multiply and a fused add here, not a lerp).
-#[derive(Clone, Copy, Debug)]
-pub struct Scalars8 {
-    pub adamw: Scalars,
-    pub b1: f32,
-}
-
-impl Scalars8 {
-    pub fn new(s: AdamWStep) -> Self {
-        Scalars8 {
-            adamw: Scalars::new(s),
-            b1: crate::cpu::adamw::as_python_float(s.beta1) as f32,
-        }
-    }
-}
 
 /// One 8-bit AdamW step over `param` (n) with `grad` (n), the first moment `m` (signed map)
 /// and the second `v` (unsigned map), block by block.

@@ -12,8 +12,7 @@ use rayon::prelude::*;
 
 use crate::cpu::lit;
 use crate::cpu::matmul::{gemm_strided, Strided};
-use crate::error::check_len;
-use crate::{Float, Result};
+use crate::{AttnShape, Float, Result};
 
 /// Tokens per tile.
 const BLOCK: usize = 64;
@@ -94,12 +93,10 @@ pub fn attention_forward<T: Float>(
     k: &[T],            // (N, hkv, d)
     v: &[T],            // (N, hkv, d)
     cu_seqlens: &[u32], // (S + 1)
-    hq: usize,
-    hkv: usize,
-    d: usize,
+    shape: AttnShape,
     window: Option<usize>,
 ) -> Result<()> {
-    attention_forward_capped(out, lse, q, k, v, cu_seqlens, hq, hkv, d, window, None)
+    attention_forward_capped(out, lse, q, k, v, cu_seqlens, shape, window, None)
 }
 
 /// A soft cap `cap` on attention scores: s -> cap * tanh(s / cap) (Gemma 2's
@@ -124,20 +121,20 @@ pub fn attention_forward_capped<T: Float>(
     k: &[T],            // (N, hkv, d)
     v: &[T],            // (N, hkv, d)
     cu_seqlens: &[u32], // (S + 1)
-    hq: usize,
-    hkv: usize,
-    d: usize,
+    shape: AttnShape,
     window: Option<usize>,
     softcap: Option<f32>,
 ) -> Result<()> {
     const OP: &str = "attention_forward";
-    let (group, n) = crate::checks::attention(OP, q.len(), cu_seqlens, hq, hkv, d)?;
+    let AttnShape {
+        q_heads: hq,
+        kv_heads: hkv,
+        head_dim: d,
+    } = shape;
+    let (group, n) = crate::checks::attention(OP, q.len(), k.len(), v.len(), cu_seqlens, shape)?;
+    crate::checks::attention_buffers(OP, n, shape, &[("out", out.len())], &[], lse.len())?;
     let window = crate::checks::attention_window(OP, cu_seqlens, window)?;
     let cap = softcap_checked(OP, softcap)?.map(|c| lit::<T>(c as f64));
-    check_len(OP, "k", k.len(), n * hkv * d)?;
-    check_len(OP, "v", v.len(), n * hkv * d)?;
-    check_len(OP, "out", out.len(), n * hq * d)?;
-    check_len(OP, "lse", lse.len(), n * hq)?;
     let scale = T::one() / lit::<T>(d as f64).sqrt();
     let tiles = tiles(cu_seqlens);
     let outs = split_tiles(out, &tiles, hq * d);
@@ -216,13 +213,11 @@ pub fn attention_backward<T: Float>(
     out: &[T],          // (N, hq, d)
     lse: &[T],          // (N, hq)
     cu_seqlens: &[u32], // (S + 1)
-    hq: usize,
-    hkv: usize,
-    d: usize,
+    shape: AttnShape,
     window: Option<usize>,
 ) -> Result<()> {
     attention_backward_capped(
-        dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, hq, hkv, d, window, None,
+        dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, shape, window, None,
     )
 }
 
@@ -253,24 +248,27 @@ pub fn attention_backward_capped<T: Float>(
     out: &[T],          // (N, hq, d)
     lse: &[T],          // (N, hq)
     cu_seqlens: &[u32], // (S + 1)
-    hq: usize,
-    hkv: usize,
-    d: usize,
+    shape: AttnShape,
     window: Option<usize>,
     softcap: Option<f32>,
 ) -> Result<()> {
     const OP: &str = "attention_backward";
-    let (group, n) = crate::checks::attention(OP, q.len(), cu_seqlens, hq, hkv, d)?;
+    let AttnShape {
+        q_heads: hq,
+        kv_heads: hkv,
+        head_dim: d,
+    } = shape;
+    let (group, n) = crate::checks::attention(OP, q.len(), k.len(), v.len(), cu_seqlens, shape)?;
+    crate::checks::attention_buffers(
+        OP,
+        n,
+        shape,
+        &[("out", out.len()), ("dout", dout.len()), ("dq", dq.len())],
+        &[("dk", dk.len()), ("dv", dv.len())],
+        lse.len(),
+    )?;
     let window = crate::checks::attention_window(OP, cu_seqlens, window)?;
     let cap = softcap_checked(OP, softcap)?.map(|c| lit::<T>(c as f64));
-    check_len(OP, "k", k.len(), n * hkv * d)?;
-    check_len(OP, "v", v.len(), n * hkv * d)?;
-    check_len(OP, "out", out.len(), n * hq * d)?;
-    check_len(OP, "dout", dout.len(), n * hq * d)?;
-    check_len(OP, "lse", lse.len(), n * hq)?;
-    check_len(OP, "dq", dq.len(), n * hq * d)?;
-    check_len(OP, "dk", dk.len(), n * hkv * d)?;
-    check_len(OP, "dv", dv.len(), n * hkv * d)?;
     let scale = T::one() / lit::<T>(d as f64).sqrt();
     let tiles = tiles(cu_seqlens);
 

@@ -10,76 +10,49 @@
 use rayon::prelude::*;
 
 use crate::cpu::lit;
-use crate::error::check_len;
-use crate::{CoreError, Float, Result};
-
-fn invalid(msg: String) -> CoreError {
-    CoreError::Invalid {
-        op: "attention_decode",
-        msg,
-    }
-}
+use crate::{AttnShape, Float, Result};
 
 /// Writes out (n, hq, d) = softmax(scale q k^T + causal mask) v for n queries at positions
 /// past..past+n, with k and v read from the first past+n rows of the caches (scale
 /// 1/sqrt(d)); query head j reads kv head j / (hq/hkv). The caches may be longer than
 /// past+n (their capacity); rows beyond are not read.
-#[allow(clippy::too_many_arguments)]
 pub fn attention_decode<T: Float>(
     out: &mut [T], // (n, hq, d)
     q: &[T],       // (n, hq, d)
     k_cache: &[T], // (cap, hkv, d), rows 0..past+n filled
     v_cache: &[T], // (cap, hkv, d), rows 0..past+n filled
     past: usize,
-    hq: usize,
-    hkv: usize,
-    d: usize,
+    shape: AttnShape,
 ) -> Result<()> {
-    attention_decode_capped(out, q, k_cache, v_cache, past, hq, hkv, d, None)
+    attention_decode_capped(out, q, k_cache, v_cache, past, shape, None)
 }
 
 /// [`attention_decode`] with the scaled scores soft-capped (s -> cap * tanh(s / cap)) when
 /// `softcap` is given, as [`super::attention::attention_forward_capped`] does.
-#[allow(clippy::too_many_arguments)]
 pub fn attention_decode_capped<T: Float>(
     out: &mut [T], // (n, hq, d)
     q: &[T],       // (n, hq, d)
     k_cache: &[T], // (cap, hkv, d), rows 0..past+n filled
     v_cache: &[T], // (cap, hkv, d), rows 0..past+n filled
     past: usize,
-    hq: usize,
-    hkv: usize,
-    d: usize,
+    shape: AttnShape,
     softcap: Option<f32>,
 ) -> Result<()> {
     const OP: &str = "attention_decode";
+    let AttnShape {
+        q_heads: hq,
+        kv_heads: hkv,
+        head_dim: d,
+    } = shape;
     let cap = super::attention::softcap_checked(OP, softcap)?.map(|c| lit::<T>(c as f64));
-    if hq == 0 || hkv == 0 || d == 0 {
-        return Err(invalid(format!(
-            "hq {hq}, hkv {hkv} and d {d} must be positive"
-        )));
-    }
-    if !hq.is_multiple_of(hkv) {
-        return Err(invalid(format!("hq {hq} is not a multiple of hkv {hkv}")));
-    }
-    if !q.len().is_multiple_of(hq * d) {
-        return Err(invalid(format!(
-            "q holds {} elements, not a whole number of tokens of hq*d = {}",
-            q.len(),
-            hq * d
-        )));
-    }
-    let n = q.len() / (hq * d);
-    check_len(OP, "out", out.len(), n * hq * d)?;
-    check_len(OP, "v_cache", v_cache.len(), k_cache.len())?;
-    let row = hkv * d;
-    if !k_cache.len().is_multiple_of(row) || k_cache.len() / row < past + n {
-        return Err(invalid(format!(
-            "the cache holds {} elements, fewer than past + n = {} tokens of hkv*d = {row}",
-            k_cache.len(),
-            past + n
-        )));
-    }
+    crate::checks::attention_decode(
+        q.len(),
+        out.len(),
+        k_cache.len(),
+        v_cache.len(),
+        past,
+        shape,
+    )?;
     let group = hq / hkv;
     let scale = T::one() / lit::<T>(d as f64).sqrt();
     out.par_chunks_mut(d)
@@ -124,17 +97,7 @@ pub fn copy_range<T: Copy>(
     src_off: usize,
     len: usize,
 ) -> Result<()> {
-    let fits = |off: usize, total: usize| off.checked_add(len).is_some_and(|end| end <= total);
-    if !fits(dst_off, dst.len()) || !fits(src_off, src.len()) {
-        return Err(CoreError::Invalid {
-            op: "copy_range",
-            msg: format!(
-                "{len} elements from offset {src_off} of {} into offset {dst_off} of {}",
-                src.len(),
-                dst.len()
-            ),
-        });
-    }
+    crate::checks::copy_range(dst.len(), dst_off, src.len(), src_off, len)?;
     dst[dst_off..dst_off + len].copy_from_slice(&src[src_off..src_off + len]);
     Ok(())
 }

@@ -8,8 +8,7 @@ use rayon::prelude::*;
 
 use crate::backend::Gemm;
 use crate::cpu::{lit, matmul::matmul};
-use crate::error::check_len;
-use crate::{CoreError, Float, Result};
+use crate::{Float, Result};
 
 /// Losses are returned as f32 on the host; see [`linear_cross_entropy_t`] for the kernel.
 #[allow(clippy::too_many_arguments)]
@@ -79,21 +78,8 @@ pub fn linear_cross_entropy_capped_t<T: Float>(
     const OP: &str = "linear_cross_entropy";
     let cap = crate::cpu::attention::softcap_checked(OP, softcap)?.map(|c| lit::<T>(c as f64));
     let n = targets.len();
-    check_len(OP, "x", x.len(), n * c)?;
-    check_len(OP, "w", w.len(), v * c)?;
-    if let Some(dx) = dx.as_deref() {
-        check_len(OP, "dx", dx.len(), n * c)?;
-    }
-    if let Some((i, &t)) = targets
-        .iter()
-        .enumerate()
-        .find(|(_, &t)| t >= 0 && t as usize >= v)
-    {
-        return Err(CoreError::Invalid {
-            op: OP,
-            msg: format!("target {t} of token {i} is out of range for vocab size {v}"),
-        });
-    }
+    let dx_len = dx.as_deref().map(|dx| dx.len());
+    crate::checks::linear_cross_entropy(x.len(), w.len(), dx_len, targets, c, v)?;
     let mut losses = vec![T::zero(); n];
     if n == 0 {
         return Ok(losses);

@@ -21,10 +21,10 @@ use std::sync::Arc;
 
 use temper_quant::{Int8Rows, Quant4, State8};
 
-use crate::backend::{AdamWStep, Backend, Gemm};
+use crate::backend::{AdamWStep, AttnShape, Backend, Gemm};
 use crate::error::check_len;
 use crate::memory::Accounting;
-use crate::{CoreError, Float, Result};
+use crate::{Float, Result};
 
 /// The CPU backend: buffers are [`CpuBuf`]s of f32.
 #[derive(Default)]
@@ -261,9 +261,7 @@ impl Backend for CpuBackend {
     }
 
     fn matmul(&self, c: &mut CpuBuf, a: &CpuBuf, b: &CpuBuf, g: Gemm) -> Result<()> {
-        check_len("matmul", "a", a.len(), g.m * g.k)?;
-        check_len("matmul", "b", b.len(), g.k * g.n)?;
-        check_len("matmul", "c", c.len(), g.m * g.n)?;
+        crate::checks::matmul(a.len(), b.len(), c.len(), g)?;
         matmul::matmul(c, a, b, g);
         Ok(())
     }
@@ -280,8 +278,7 @@ impl Backend for CpuBackend {
     }
 
     fn add_bias(&self, y: &mut CpuBuf, bias: &CpuBuf, c: usize) -> Result<()> {
-        check_len("add_bias", "bias", bias.len(), c)?;
-        crate::checks::rows("add_bias", "y", y.len(), c)?;
+        crate::checks::add_bias(y.len(), bias.len(), c)?;
         elementwise::add_bias(y, bias);
         Ok(())
     }
@@ -291,13 +288,7 @@ impl Backend for CpuBackend {
     }
 
     fn dropout(&self, y: &mut CpuBuf, x: &CpuBuf, p: f32, seed: u64) -> Result<()> {
-        check_len("dropout", "x", x.len(), y.len())?;
-        if !(0.0..=1.0).contains(&p) {
-            return Err(CoreError::Invalid {
-                op: "dropout",
-                msg: format!("p = {p} is not in [0, 1]"),
-            });
-        }
+        crate::checks::dropout(y.len(), x.len(), p)?;
         elementwise::dropout(y, x, p, seed);
         Ok(())
     }
@@ -321,9 +312,7 @@ impl Backend for CpuBackend {
         c: usize,
         eps: f32,
     ) -> Result<()> {
-        crate::checks::rmsnorm_forward(x.len(), w.len(), y.len(), rstd.len(), c)?;
-        rmsnorm::rmsnorm_forward(y, rstd, x, w, c, eps as f64);
-        Ok(())
+        rmsnorm::rmsnorm_forward(y, rstd, x, w, c, eps as f64)
     }
 
     fn rmsnorm_backward(
@@ -335,9 +324,7 @@ impl Backend for CpuBackend {
         rstd: &CpuBuf,
         c: usize,
     ) -> Result<()> {
-        crate::checks::rmsnorm_backward(x.len(), w.len(), rstd.len(), dy.len(), dx.len(), c)?;
-        rmsnorm::rmsnorm_backward(dx, dy, x, w, rstd, c);
-        Ok(())
+        rmsnorm::rmsnorm_backward(dx, dy, x, w, rstd, c)
     }
 
     fn rope_forward(
@@ -372,12 +359,10 @@ impl Backend for CpuBackend {
         k: &CpuBuf,
         v: &CpuBuf,
         cu_seqlens: &[u32],
-        hq: usize,
-        hkv: usize,
-        d: usize,
+        shape: AttnShape,
         window: Option<usize>,
     ) -> Result<()> {
-        attention::attention_forward(out, lse, q, k, v, cu_seqlens, hq, hkv, d, window)
+        attention::attention_forward(out, lse, q, k, v, cu_seqlens, shape, window)
     }
 
     fn attention_backward(
@@ -392,13 +377,11 @@ impl Backend for CpuBackend {
         out: &CpuBuf,
         lse: &CpuBuf,
         cu_seqlens: &[u32],
-        hq: usize,
-        hkv: usize,
-        d: usize,
+        shape: AttnShape,
         window: Option<usize>,
     ) -> Result<()> {
         attention::attention_backward(
-            dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, hq, hkv, d, window,
+            dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, shape, window,
         )
     }
 
@@ -409,11 +392,9 @@ impl Backend for CpuBackend {
         k_cache: &CpuBuf,
         v_cache: &CpuBuf,
         past: usize,
-        hq: usize,
-        hkv: usize,
-        d: usize,
+        shape: AttnShape,
     ) -> Result<()> {
-        attention_cache::attention_decode(out, q, k_cache, v_cache, past, hq, hkv, d)
+        attention_cache::attention_decode(out, q, k_cache, v_cache, past, shape)
     }
 
     fn copy_range(
@@ -428,8 +409,11 @@ impl Backend for CpuBackend {
     }
 
     fn swiglu_forward(&self, h: &mut CpuBuf, gate: &CpuBuf, up: &CpuBuf) -> Result<()> {
-        check_len("swiglu_forward", "up", up.len(), gate.len())?;
-        check_len("swiglu_forward", "h", h.len(), gate.len())?;
+        crate::checks::same_len(
+            "swiglu_forward",
+            gate.len(),
+            &[("up", up.len()), ("h", h.len())],
+        )?;
         swiglu::swiglu_forward(h, gate, up);
         Ok(())
     }
@@ -442,17 +426,26 @@ impl Backend for CpuBackend {
         gate: &CpuBuf,
         up: &CpuBuf,
     ) -> Result<()> {
-        check_len("swiglu_backward", "dh", dh.len(), gate.len())?;
-        check_len("swiglu_backward", "up", up.len(), gate.len())?;
-        check_len("swiglu_backward", "dgate", dgate.len(), gate.len())?;
-        check_len("swiglu_backward", "dup", dup.len(), gate.len())?;
+        crate::checks::same_len(
+            "swiglu_backward",
+            gate.len(),
+            &[
+                ("dh", dh.len()),
+                ("up", up.len()),
+                ("dgate", dgate.len()),
+                ("dup", dup.len()),
+            ],
+        )?;
         swiglu::swiglu_backward(dgate, dup, dh, gate, up);
         Ok(())
     }
 
     fn geglu_forward(&self, h: &mut CpuBuf, gate: &CpuBuf, up: &CpuBuf) -> Result<()> {
-        check_len("geglu_forward", "up", up.len(), gate.len())?;
-        check_len("geglu_forward", "h", h.len(), gate.len())?;
+        crate::checks::same_len(
+            "geglu_forward",
+            gate.len(),
+            &[("up", up.len()), ("h", h.len())],
+        )?;
         geglu::geglu_forward(h, gate, up);
         Ok(())
     }
@@ -465,10 +458,16 @@ impl Backend for CpuBackend {
         gate: &CpuBuf,
         up: &CpuBuf,
     ) -> Result<()> {
-        check_len("geglu_backward", "dh", dh.len(), gate.len())?;
-        check_len("geglu_backward", "up", up.len(), gate.len())?;
-        check_len("geglu_backward", "dgate", dgate.len(), gate.len())?;
-        check_len("geglu_backward", "dup", dup.len(), gate.len())?;
+        crate::checks::same_len(
+            "geglu_backward",
+            gate.len(),
+            &[
+                ("dh", dh.len()),
+                ("up", up.len()),
+                ("dgate", dgate.len()),
+                ("dup", dup.len()),
+            ],
+        )?;
         geglu::geglu_backward(dgate, dup, dh, gate, up);
         Ok(())
     }
@@ -521,15 +520,11 @@ impl Backend for CpuBackend {
         k: &CpuBuf,
         v: &CpuBuf,
         cu_seqlens: &[u32],
-        hq: usize,
-        hkv: usize,
-        d: usize,
+        shape: AttnShape,
         window: Option<usize>,
         softcap: Option<f32>,
     ) -> Result<()> {
-        attention::attention_forward_capped(
-            out, lse, q, k, v, cu_seqlens, hq, hkv, d, window, softcap,
-        )
+        attention::attention_forward_capped(out, lse, q, k, v, cu_seqlens, shape, window, softcap)
     }
 
     fn attention_backward_capped(
@@ -544,14 +539,12 @@ impl Backend for CpuBackend {
         out: &CpuBuf,
         lse: &CpuBuf,
         cu_seqlens: &[u32],
-        hq: usize,
-        hkv: usize,
-        d: usize,
+        shape: AttnShape,
         window: Option<usize>,
         softcap: Option<f32>,
     ) -> Result<()> {
         attention::attention_backward_capped(
-            dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, hq, hkv, d, window, softcap,
+            dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, shape, window, softcap,
         )
     }
 
@@ -562,14 +555,10 @@ impl Backend for CpuBackend {
         k_cache: &CpuBuf,
         v_cache: &CpuBuf,
         past: usize,
-        hq: usize,
-        hkv: usize,
-        d: usize,
+        shape: AttnShape,
         softcap: Option<f32>,
     ) -> Result<()> {
-        attention_cache::attention_decode_capped(
-            out, q, k_cache, v_cache, past, hq, hkv, d, softcap,
-        )
+        attention_cache::attention_decode_capped(out, q, k_cache, v_cache, past, shape, softcap)
     }
 
     fn linear_cross_entropy_capped(
@@ -584,8 +573,6 @@ impl Backend for CpuBackend {
         chunk: usize,
         softcap: Option<f32>,
     ) -> Result<Vec<f32>> {
-        check_len("linear_cross_entropy", "x", x.len(), targets.len() * c)?;
-        check_len("linear_cross_entropy", "w", w.len(), v * c)?;
         let _counted = self.count_logits_chunk(targets.len(), chunk, v);
         cross_entropy::linear_cross_entropy_capped(
             dx.map(|d| &mut d[..]),
@@ -611,8 +598,6 @@ impl Backend for CpuBackend {
         grad_scale: f32,
         chunk: usize,
     ) -> Result<Vec<f32>> {
-        check_len("linear_cross_entropy", "x", x.len(), targets.len() * c)?;
-        check_len("linear_cross_entropy", "w", w.len(), v * c)?;
         let _counted = self.count_logits_chunk(targets.len(), chunk, v);
         cross_entropy::linear_cross_entropy(
             dx.map(|d| &mut d[..]),

@@ -2,7 +2,7 @@
 use rayon::prelude::*;
 
 use crate::cpu::lit;
-use crate::Float;
+use crate::{Float, Result};
 
 /// Rows per rayon task at the least, so tiny rows do not drown in scheduling.
 fn min_rows(c: usize) -> usize {
@@ -18,15 +18,8 @@ pub fn rmsnorm_forward<T: Float>(
     w: &[T],        // (c)
     c: usize,
     eps: f64,
-) {
-    assert!(
-        c > 0 && x.len().is_multiple_of(c),
-        "rmsnorm_forward: x ({}) is not a whole number of rows of {c}",
-        x.len()
-    );
-    assert_eq!(w.len(), c, "rmsnorm_forward: w");
-    assert_eq!(y.len(), x.len(), "rmsnorm_forward: y");
-    assert_eq!(rstd.len(), x.len() / c, "rmsnorm_forward: rstd");
+) -> Result<()> {
+    crate::checks::rmsnorm_forward(x.len(), w.len(), y.len(), rstd.len(), c)?;
     let eps: T = lit(eps);
     y.par_chunks_mut(c)
         .zip(rstd.par_iter_mut())
@@ -42,6 +35,7 @@ pub fn rmsnorm_forward<T: Float>(
                 *y = w * (x * rs);
             }
         });
+    Ok(())
 }
 
 /// dx (N, c) written. With r = rstd and y = x r w, dr/dx_j = -r^3 x_j / c, so
@@ -53,16 +47,8 @@ pub fn rmsnorm_backward<T: Float>(
     w: &[T],      // (c)
     rstd: &[T],   // (N)
     c: usize,
-) {
-    assert!(
-        c > 0 && x.len().is_multiple_of(c),
-        "rmsnorm_backward: x ({}) is not a whole number of rows of {c}",
-        x.len()
-    );
-    assert_eq!(w.len(), c, "rmsnorm_backward: w");
-    assert_eq!(dy.len(), x.len(), "rmsnorm_backward: dy");
-    assert_eq!(dx.len(), x.len(), "rmsnorm_backward: dx");
-    assert_eq!(rstd.len(), x.len() / c, "rmsnorm_backward: rstd");
+) -> Result<()> {
+    crate::checks::rmsnorm_backward(x.len(), w.len(), rstd.len(), dy.len(), dx.len(), c)?;
     let inv_c: T = lit(1.0 / c as f64);
     dx.par_chunks_mut(c)
         .zip(dy.par_chunks(c))
@@ -81,4 +67,5 @@ pub fn rmsnorm_backward<T: Float>(
                 *dx = r * (dy * w) - x * coef;
             }
         });
+    Ok(())
 }

@@ -15,8 +15,7 @@ use cudarc::driver::LaunchConfig;
 
 use super::gemm::{Operand, Shape};
 use super::{check_f32, launch, CudaBackend, CudaBuf, ROW_THREADS};
-use crate::error::check_len;
-use crate::{CoreError, DType, Result};
+use crate::{AttnShape, CoreError, DType, Result};
 
 /// Sequences at least this long take the GEMM path.
 const GEMM_MIN_LEN: usize = 128;
@@ -176,17 +175,19 @@ impl CudaBackend {
     }
 
     /// S (heads, L, L) = scale Q K^T for the chunk.
-    #[allow(clippy::too_many_arguments)]
     fn scores(
         &self,
         s: &CudaBuf,
         q: &CudaBuf,
         k: &CudaBuf,
         c: &Chunk,
-        hq: usize,
-        hkv: usize,
-        d: usize,
+        shape: AttnShape,
     ) -> Result<()> {
+        let AttnShape {
+            q_heads: hq,
+            kv_heads: hkv,
+            head_dim: d,
+        } = shape;
         let group = hq / hkv;
         self.gemm_raw(
             Shape {
@@ -206,17 +207,20 @@ impl CudaBackend {
     }
 
     /// P from S: softmax with the causal mask (writing lse), or exp(S - lse) when `use_lse`.
-    #[allow(clippy::too_many_arguments)]
     fn probs(
         &self,
         p: &mut CudaBuf,
         lse: &CudaBuf,
         s: &CudaBuf,
         c: &Chunk,
-        hq: usize,
-        hkv: usize,
+        shape: AttnShape,
         use_lse: bool,
     ) -> Result<()> {
+        let AttnShape {
+            q_heads: hq,
+            kv_heads: hkv,
+            ..
+        } = shape;
         let group = hq / hkv;
         let (len, tok0, hq32) = (c.len as u32, c.a as u32, hq as u32);
         let (h0, hstep, flag) = (
@@ -252,14 +256,16 @@ impl CudaBackend {
         k: &CudaBuf,
         v: &CudaBuf,
         cu_seqlens: &[u32],
-        hq: usize,
-        hkv: usize,
-        d: usize,
+        shape: AttnShape,
     ) -> Result<()> {
+        let AttnShape {
+            q_heads: hq,
+            kv_heads: hkv,
+            head_dim: d,
+        } = shape;
         let op = "attention_forward";
-        let n = self.check_attention(op, q, k, v, cu_seqlens, hq, hkv, d)?;
-        check_len(op, "out", out.len, q.len)?;
-        check_len(op, "lse", lse.len, n * hq)?;
+        let (_, n) = crate::checks::attention(op, q.len, k.len, v.len, cu_seqlens, shape)?;
+        crate::checks::attention_buffers(op, n, shape, &[("out", out.len)], &[], lse.len)?;
         check_f32(op, "lse", lse)?;
         if n == 0 {
             return Ok(());
@@ -271,7 +277,7 @@ impl CudaBackend {
             self.converted(v, dt)?,
         );
         if self.flash_applies(dt, d) {
-            return self.flash_forward(out, lse, &q, &k, &v, cu_seqlens, hq, hkv, d);
+            return self.flash_forward(out, lse, &q, &k, &v, cu_seqlens, shape);
         }
         let work = plan(cu_seqlens, d);
         let scale = 1.0 / (d as f32).sqrt();
@@ -307,9 +313,9 @@ impl CudaBackend {
         let group = hq / hkv;
         for c in &chunks {
             let (a, len, kv0, g) = (c.a, c.len, c.kv0, c.g);
-            self.scores(&s, &q, &k, c, hq, hkv, d)?;
+            self.scores(&s, &q, &k, c, shape)?;
 
-            self.probs(&mut p, lse, &s, c, hq, hkv, false)?;
+            self.probs(&mut p, lse, &s, c, shape, false)?;
             // O[h] (L, d) = P (L, L) V[kv] (L, d)
             self.gemm_raw(
                 Shape {
@@ -343,22 +349,23 @@ impl CudaBackend {
         out: &CudaBuf,
         lse: &CudaBuf,
         cu_seqlens: &[u32],
-        hq: usize,
-        hkv: usize,
-        d: usize,
+        shape: AttnShape,
     ) -> Result<()> {
+        let AttnShape {
+            q_heads: hq,
+            kv_heads: hkv,
+            head_dim: d,
+        } = shape;
         let op = "attention_backward";
-        let n = self.check_attention(op, q, k, v, cu_seqlens, hq, hkv, d)?;
-        for (name, len, want) in [
-            ("dq", dq.len, q.len),
-            ("dk", dk.len, k.len),
-            ("dv", dv.len, v.len),
-            ("dout", dout.len, q.len),
-            ("out", out.len, q.len),
-            ("lse", lse.len, n * hq),
-        ] {
-            check_len(op, name, len, want)?;
-        }
+        let (_, n) = crate::checks::attention(op, q.len, k.len, v.len, cu_seqlens, shape)?;
+        crate::checks::attention_buffers(
+            op,
+            n,
+            shape,
+            &[("dq", dq.len), ("dout", dout.len), ("out", out.len)],
+            &[("dk", dk.len), ("dv", dv.len)],
+            lse.len,
+        )?;
         check_f32(op, "lse", lse)?;
         if n == 0 {
             return Ok(());
@@ -398,9 +405,8 @@ impl CudaBackend {
             &d32
         )?;
         if self.flash_applies(dt, d) {
-            return self.flash_backward(
-                dq, dk, dv, &dout, &q, &k, &v, lse, &dsum, cu_seqlens, hq, hkv, d,
-            );
+            return self
+                .flash_backward(dq, dk, dv, &dout, &q, &k, &v, lse, &dsum, cu_seqlens, shape);
         }
         let work = plan(cu_seqlens, d);
         if !work.direct.is_empty() {
@@ -461,7 +467,7 @@ impl CudaBackend {
             // The group's query heads add into the same dK and dV.
             let beta = if g == 0 { 0.0 } else { 1.0 };
             let h0 = kv0 * group + g;
-            let shape = |m, n, k, ta, tb, beta| Shape {
+            let gemm_shape = |m, n, k, ta, tb, beta| Shape {
                 m,
                 n,
                 k,
@@ -471,18 +477,18 @@ impl CudaBackend {
                 beta,
                 batch: c.heads,
             };
-            self.scores(&s, &q, &k, c, hq, hkv, d)?;
-            self.probs(&mut p, lse, &s, c, hq, hkv, true)?;
+            self.scores(&s, &q, &k, c, shape)?;
+            self.probs(&mut p, lse, &s, c, shape, true)?;
             // dV[kv] (L, d) (+)= P^T (L, L) dO[h] (L, d)
             self.gemm_raw(
-                shape(len, d, len, true, false, beta),
+                gemm_shape(len, d, len, true, false, beta),
                 self.scores_operand(&p, len),
                 self.heads_operand(&dout, a, hq, h0, group, d),
                 self.heads_operand(dv, a, hkv, kv0, 1, d),
             )?;
             // dP (L, L) = dO[h] V[kv]^T, over S
             self.gemm_raw(
-                shape(len, len, d, false, true, 0.0),
+                gemm_shape(len, len, d, false, true, 0.0),
                 self.heads_operand(&dout, a, hq, h0, group, d),
                 self.heads_operand(&v, a, hkv, kv0, 1, d),
                 self.scores_operand(&s, len),
@@ -507,14 +513,14 @@ impl CudaBackend {
             )?;
             // dQ[h] (L, d) = dS (L, L) K[kv] (L, d)
             self.gemm_raw(
-                shape(len, d, len, false, false, 0.0),
+                gemm_shape(len, d, len, false, false, 0.0),
                 self.scores_operand(&p, len),
                 self.heads_operand(&k, a, hkv, kv0, 1, d),
                 self.heads_operand(dq, a, hq, h0, group, d),
             )?;
             // dK[kv] (L, d) (+)= dS^T (L, L) Q[h] (L, d)
             self.gemm_raw(
-                shape(len, d, len, true, false, beta),
+                gemm_shape(len, d, len, true, false, beta),
                 self.scores_operand(&p, len),
                 self.heads_operand(&q, a, hq, h0, group, d),
                 self.heads_operand(dk, a, hkv, kv0, 1, d),
@@ -523,7 +529,6 @@ impl CudaBackend {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn attention_decode_impl(
         &self,
         out: &mut CudaBuf,
@@ -531,33 +536,23 @@ impl CudaBackend {
         k_cache: &CudaBuf,
         v_cache: &CudaBuf,
         past: usize,
-        hq: usize,
-        hkv: usize,
-        d: usize,
+        shape: AttnShape,
     ) -> Result<()> {
+        let AttnShape {
+            q_heads: hq,
+            kv_heads: hkv,
+            head_dim: d,
+        } = shape;
         let bad = |msg: String| CoreError::Invalid {
             op: "attention_decode",
             msg,
         };
-        if hq == 0 || hkv == 0 || !hq.is_multiple_of(hkv) {
+        let n =
+            crate::checks::attention_decode(q.len, out.len, k_cache.len, v_cache.len, past, shape)?;
+        if d > 4 * ATTN_THREADS as usize {
             return Err(bad(format!(
-                "{hq} query heads are not a multiple of {hkv} kv heads"
-            )));
-        }
-        if d == 0 || d > 4 * ATTN_THREADS as usize || !q.len.is_multiple_of(hq * d) {
-            return Err(bad(format!(
-                "q holds {} values, not whole rows of {hq} x {d} (head dim at most {})",
-                q.len,
+                "head dim {d} is more than the decode kernel's {}",
                 4 * ATTN_THREADS
-            )));
-        }
-        let n = q.len / (hq * d);
-        check_len("attention_decode", "out", out.len, q.len)?;
-        check_len("attention_decode", "v_cache", v_cache.len, k_cache.len)?;
-        let cap = k_cache.len / (hkv * d);
-        if past + n > cap {
-            return Err(bad(format!(
-                "{past} cached + {n} new positions exceed the cache's {cap} rows"
             )));
         }
         if n == 0 {
@@ -587,25 +582,6 @@ impl CudaBackend {
             &d32,
             &scale
         )
-    }
-
-    /// The shared checks plus the k/v lengths.
-    #[allow(clippy::too_many_arguments)]
-    fn check_attention(
-        &self,
-        op: &'static str,
-        q: &CudaBuf,
-        k: &CudaBuf,
-        v: &CudaBuf,
-        cu_seqlens: &[u32],
-        hq: usize,
-        hkv: usize,
-        d: usize,
-    ) -> Result<usize> {
-        let (_, n) = crate::checks::attention(op, q.len, cu_seqlens, hq, hkv, d)?;
-        check_len(op, "k", k.len, n * hkv * d)?;
-        check_len(op, "v", v.len, n * hkv * d)?;
-        Ok(n)
     }
 }
 

@@ -18,7 +18,7 @@ use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, LaunchConfig};
 
 use super::{dev_err, launch, CudaBackend, CudaBuf};
-use crate::{CoreError, DType, Result};
+use crate::{AttnShape, CoreError, DType, Result};
 
 /// Keys per dK/dV block (FA_BK); query blocks: FlashDim::fwd_br and FlashDim::dq_br.
 const BK: usize = 64;
@@ -353,10 +353,13 @@ impl CudaBackend {
         k: &CudaBuf,
         v: &CudaBuf,
         cu: &[u32],
-        hq: usize,
-        hkv: usize,
-        d: usize,
+        shape: AttnShape,
     ) -> Result<()> {
+        let AttnShape {
+            q_heads: hq,
+            kv_heads: hkv,
+            head_dim: d,
+        } = shape;
         let e = self.flash_entry(out.dtype, d)?;
         let br = e.dim.fwd_br();
         let list = tiles(cu, br, |len, r| len.min(r + br));
@@ -398,10 +401,13 @@ impl CudaBackend {
         lse: &CudaBuf,
         dsum: &CudaBuf,
         cu: &[u32],
-        hq: usize,
-        hkv: usize,
-        d: usize,
+        shape: AttnShape,
     ) -> Result<()> {
+        let AttnShape {
+            q_heads: hq,
+            kv_heads: hkv,
+            head_dim: d,
+        } = shape;
         let e = self.flash_entry(dq.dtype, d)?;
         let (hq32, hkv32, scale) = (hq as u32, hkv as u32, 1.0 / (d as f32).sqrt());
         let key_tiles = tiles(cu, BK, |len, r| len - r);

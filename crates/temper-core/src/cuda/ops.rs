@@ -7,7 +7,7 @@ use cudarc::driver::LaunchConfig;
 
 use super::gemm::{Operand, Shape};
 use super::{check_f32, dev_err, grid_stride, launch, per_row, CudaBackend, CudaBuf};
-use crate::backend::{AdamWStep, Backend, Gemm};
+use crate::backend::{AdamWStep, AttnShape, Backend, Gemm};
 use crate::error::check_len;
 use crate::{CoreError, DType, Result};
 
@@ -175,7 +175,7 @@ impl Backend for CudaBackend {
         crate::checks::optimizer_step("adamw", param.len, grad.len, m_len, v_len, s.step)?;
         check_f32("adamw", "param", param)?;
         check_f32("adamw", "grad", grad)?;
-        let c = crate::cpu::adamw::Scalars::new(s);
+        let c = crate::optim::Scalars::new(s);
         let n = param.len as u64;
         let (mp, vp) = (self.mapped_device_ptr(m), self.mapped_device_ptr(v));
         launch!(
@@ -371,9 +371,7 @@ impl Backend for CudaBackend {
 
     fn matmul(&self, c: &mut CudaBuf, a: &CudaBuf, b: &CudaBuf, g: Gemm) -> Result<()> {
         let _span = self.span("gemm");
-        check_len("matmul", "a", a.len, g.m * g.k)?;
-        check_len("matmul", "b", b.len, g.k * g.n)?;
-        check_len("matmul", "c", c.len, g.m * g.n)?;
+        crate::checks::matmul(a.len, b.len, c.len, g)?;
         self.matmul_at(c, 0, a, 0, b, 0, g)
     }
 
@@ -410,13 +408,7 @@ impl Backend for CudaBackend {
 
     fn add_bias(&self, y: &mut CudaBuf, bias: &CudaBuf, c: usize) -> Result<()> {
         let _span = self.span("elementwise");
-        check_len("add_bias", "bias", bias.len, c)?;
-        if c == 0 || !y.len.is_multiple_of(c) {
-            return Err(CoreError::Invalid {
-                op: "add_bias",
-                msg: format!("{} values are not whole rows of {c}", y.len),
-            });
-        }
+        crate::checks::add_bias(y.len, bias.len, c)?;
         let bias = self.converted(bias, y.dtype)?;
         let (n, c32) = (y.len as u64, c as u32);
         launch!(
@@ -459,13 +451,7 @@ impl Backend for CudaBackend {
 
     fn dropout(&self, y: &mut CudaBuf, x: &CudaBuf, p: f32, seed: u64) -> Result<()> {
         let _span = self.span("elementwise");
-        check_len("dropout", "x", x.len, y.len)?;
-        if !(0.0..=1.0).contains(&p) {
-            return Err(CoreError::Invalid {
-                op: "dropout",
-                msg: format!("p must be in [0, 1], got {p}"),
-            });
-        }
+        crate::checks::dropout(y.len, x.len, p)?;
         if p == 0.0 {
             return self.copy(y, x);
         }
@@ -623,14 +609,12 @@ impl Backend for CudaBackend {
         k: &CudaBuf,
         v: &CudaBuf,
         cu_seqlens: &[u32],
-        hq: usize,
-        hkv: usize,
-        d: usize,
+        shape: AttnShape,
         window: Option<usize>,
     ) -> Result<()> {
         crate::checks::window_unsupported("attention_forward", "CUDA", cu_seqlens, window)?;
         let _span = self.span("attention");
-        self.attention_forward_impl(out, lse, q, k, v, cu_seqlens, hq, hkv, d)
+        self.attention_forward_impl(out, lse, q, k, v, cu_seqlens, shape)
     }
 
     fn attention_backward(
@@ -645,14 +629,12 @@ impl Backend for CudaBackend {
         out: &CudaBuf,
         lse: &CudaBuf,
         cu_seqlens: &[u32],
-        hq: usize,
-        hkv: usize,
-        d: usize,
+        shape: AttnShape,
         window: Option<usize>,
     ) -> Result<()> {
         crate::checks::window_unsupported("attention_backward", "CUDA", cu_seqlens, window)?;
         let _span = self.span("attention");
-        self.attention_backward_impl(dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, hq, hkv, d)
+        self.attention_backward_impl(dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, shape)
     }
 
     fn attention_decode(
@@ -662,12 +644,10 @@ impl Backend for CudaBackend {
         k_cache: &CudaBuf,
         v_cache: &CudaBuf,
         past: usize,
-        hq: usize,
-        hkv: usize,
-        d: usize,
+        shape: AttnShape,
     ) -> Result<()> {
         let _span = self.span("attention");
-        self.attention_decode_impl(out, q, k_cache, v_cache, past, hq, hkv, d)
+        self.attention_decode_impl(out, q, k_cache, v_cache, past, shape)
     }
 
     fn copy_range(
@@ -679,15 +659,7 @@ impl Backend for CudaBackend {
         len: usize,
     ) -> Result<()> {
         let _span = self.span("elementwise");
-        if dst_off + len > dst.len || src_off + len > src.len {
-            return Err(CoreError::Invalid {
-                op: "copy_range",
-                msg: format!(
-                    "{len} values from {src_off} of {} into {dst_off} of {} run past an end",
-                    src.len, dst.len
-                ),
-            });
-        }
+        crate::checks::copy_range(dst.len, dst_off, src.len, src_off, len)?;
         if len == 0 {
             return Ok(());
         }
@@ -705,8 +677,7 @@ impl Backend for CudaBackend {
 
     fn swiglu_forward(&self, h: &mut CudaBuf, gate: &CudaBuf, up: &CudaBuf) -> Result<()> {
         let _span = self.span("swiglu");
-        check_len("swiglu_forward", "up", up.len, gate.len)?;
-        check_len("swiglu_forward", "h", h.len, gate.len)?;
+        crate::checks::same_len("swiglu_forward", gate.len, &[("up", up.len), ("h", h.len)])?;
         let (gate, up) = (self.converted(gate, h.dtype)?, self.converted(up, h.dtype)?);
         let n = h.len as u64;
         launch!(
@@ -730,14 +701,16 @@ impl Backend for CudaBackend {
         up: &CudaBuf,
     ) -> Result<()> {
         let _span = self.span("swiglu");
-        for (name, len) in [
-            ("dh", dh.len),
-            ("up", up.len),
-            ("dgate", dgate.len),
-            ("dup", dup.len),
-        ] {
-            check_len("swiglu_backward", name, len, gate.len)?;
-        }
+        crate::checks::same_len(
+            "swiglu_backward",
+            gate.len,
+            &[
+                ("dh", dh.len),
+                ("up", up.len),
+                ("dgate", dgate.len),
+                ("dup", dup.len),
+            ],
+        )?;
         let dt = dgate.dtype;
         if dup.dtype != dt {
             return Err(CoreError::Invalid {
@@ -778,17 +751,8 @@ impl Backend for CudaBackend {
     ) -> Result<Vec<f32>> {
         let _span = self.span("loss");
         let n = targets.len();
-        check_len("linear_cross_entropy", "x", x.len, n * c)?;
-        check_len("linear_cross_entropy", "w", w.len, v * c)?;
-        if let Some(dx) = dx.as_deref() {
-            check_len("linear_cross_entropy", "dx", dx.len, n * c)?;
-        }
-        if let Some(&bad) = targets.iter().find(|&&t| t >= v as i32) {
-            return Err(CoreError::Invalid {
-                op: "linear_cross_entropy",
-                msg: format!("target {bad} is outside the vocabulary of {v}"),
-            });
-        }
+        let dx_len = dx.as_deref().map(|dx| dx.len);
+        crate::checks::linear_cross_entropy(x.len, w.len, dx_len, targets, c, v)?;
         if n == 0 {
             return Ok(vec![]);
         }
@@ -863,7 +827,7 @@ impl Backend for CudaBackend {
         for (name, b) in [("param", &*param), ("grad", grad), ("m", &*m), ("v", &*v)] {
             check_f32("adamw", name, b)?;
         }
-        let c = crate::cpu::adamw::Scalars::new(s);
+        let c = crate::optim::Scalars::new(s);
         let n = param.len as u64;
         launch!(
             self,

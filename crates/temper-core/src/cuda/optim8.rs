@@ -9,8 +9,8 @@ use temper_quant::state8::{check_state8, BLOCKSIZE};
 
 use super::{check_f32, dev_err, launch, CudaBackend, CudaBuf};
 use crate::backend::AdamWStep;
-use crate::cpu::adamw8bit::Scalars8;
 use crate::memory::Accounting;
+use crate::optim::Scalars8;
 use crate::{DType, Result};
 
 enum Storage {

@@ -90,9 +90,7 @@ impl<B: Backend> DecoderLayer<'_, B> {
             k,
             v,
             cu_seqlens,
-            cfg.heads,
-            cfg.kv_heads,
-            cfg.head_dim,
+            cfg.attn_shape(),
             window,
             cfg.attn_softcap,
         )?;
@@ -110,7 +108,7 @@ impl<B: Backend> DecoderLayer<'_, B> {
         past: usize,
     ) -> Result<(B::Buf, Option<B::Buf>)> {
         let (be, cfg, n, l) = (self.be, self.cfg, self.tokens(), self.index);
-        let (qd, kvd, d) = (cfg.q_dim(), cfg.kv_dim(), cfg.head_dim);
+        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
         let cap = cfg.attn_softcap;
         be.copy_range(k_cache, past * kvd, k, 0, n * kvd)?;
         be.copy_range(v_cache, past * kvd, v, 0, n * kvd)?;
@@ -123,9 +121,7 @@ impl<B: Backend> DecoderLayer<'_, B> {
                     k_cache,
                     v_cache,
                     past,
-                    cfg.heads,
-                    cfg.kv_heads,
-                    d,
+                    cfg.attn_shape(),
                     cap,
                 )?;
                 Ok((att, None))
@@ -143,17 +139,7 @@ impl<B: Backend> DecoderLayer<'_, B> {
                 be.copy_range(&mut kw, 0, k_cache, first * kvd, win * kvd)?;
                 be.copy_range(&mut vw, 0, v_cache, first * kvd, win * kvd)?;
                 let mut att = be.act_uninit(n * qd)?; // (n, Hq*D)
-                be.attention_decode_capped(
-                    &mut att,
-                    q,
-                    &kw,
-                    &vw,
-                    win - 1,
-                    cfg.heads,
-                    cfg.kv_heads,
-                    d,
-                    cap,
-                )?;
+                be.attention_decode_capped(&mut att, q, &kw, &vw, win - 1, cfg.attn_shape(), cap)?;
                 Ok((att, None))
             }
             Some(win) => Err(invalid(format!(

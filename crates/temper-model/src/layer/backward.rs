@@ -143,9 +143,7 @@ impl<B: Backend> DecoderLayer<'_, B> {
             &att,
             &lse,
             cu_seqlens,
-            cfg.heads,
-            cfg.kv_heads,
-            d,
+            cfg.attn_shape(),
             cfg.window(l),
             cfg.attn_softcap,
         )?;
