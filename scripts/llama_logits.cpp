@@ -2,7 +2,8 @@
 // text, with an optional LoRA adapter applied at scale 1, written as
 // i32 n_tokens, i32 n_vocab, i32 tokens[n_tokens], f32 logits[n_tokens][n_vocab]. The KV
 // cache is kept in f32.
-// Built and run by scripts/check_llama_cpp.py against the libllama it builds.
+// Built by scripts/build_llama_cpp.sh against the libllama it builds, run by
+// scripts/check_llama_cpp.py.
 #include "llama.h"
 
 #include <cstdio>
@@ -10,6 +11,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 static int fail(const char * what) {
@@ -50,6 +52,13 @@ int main(int argc, char ** argv) {
     cp.type_k = GGML_TYPE_F32;
     cp.type_v = GGML_TYPE_F32;
     cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    // One thread a core: ggml's threads spin at barriers, so more threads than cores (its
+    // default is 4) is far slower on a small CI machine.
+    const int cores = (int) std::thread::hardware_concurrency();
+    if (cores > 0) {
+        cp.n_threads = cores;
+        cp.n_threads_batch = cores;
+    }
     llama_context * ctx = llama_init_from_model(model, cp);
     if (!ctx) {
         return fail("cannot make a context");
