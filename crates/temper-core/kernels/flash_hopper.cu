@@ -6,9 +6,9 @@
 // Each block is one warpgroup (four warps, 128 threads) that owns 64 rows of the product it
 // accumulates; warp w holds rows 16w.. in the mma.m16n8 accumulator layout, so the softmax,
 // masks and stores are those of flash_attention.cu with one block of 16 rows per warp.
-// Operands in shared memory are read by the tensor cores directly (no ldmatrix; the tile
-// layouts are described at tile_off below). P and dS go from the
-// accumulators to the A operand in registers, as in FlashAttention-2.
+// Operands in shared memory are read by the tensor cores directly (no ldmatrix; the tiles'
+// swizzled layout is described at tile_off below). P and dS go from the accumulators to the A
+// operand in registers, as in FlashAttention-2.
 //
 // Each iteration issues its products, waits for them, then does the softmax: the overlap of
 // tensor cores and ALU comes from the second block each SM holds (shared memory and registers
