@@ -144,6 +144,7 @@ fn config_target(bytes: &[u8]) -> String {
                     1024,
                     temper_core::DType::F32,
                     device,
+                    temper_core::memory::host_available_bytes(),
                 );
                 let _ = m.total();
             }

@@ -64,6 +64,24 @@ pub struct Model<B: Backend> {
     pub rope_long: Option<(RopeTables<B>, usize)>,
     /// Tokens per chunk of the fused LM head + loss.
     pub loss_chunk: usize,
+    /// Tokens per MLP tile of a sequence whose layers are not kept for the backward
+    /// (recomputed with checkpointing, or evaluated): see `layer/mlp.rs`.
+    pub mlp_tile_tokens: usize,
+}
+
+/// Whether a step over n tokens with the layer inputs in host memory parks each layer's
+/// attention output there too (its backward then skips the attention's recompute): when the
+/// inputs and outputs of every layer fit in half of the host memory available (`available`,
+/// bytes; unknown: no).
+pub fn attention_on_host(
+    cfg: &ModelConfig,
+    n: usize,
+    esize: usize,
+    available: Option<u64>,
+) -> bool {
+    let per_layer = (n * (cfg.hidden + cfg.q_dim())) as u64 * esize as u64;
+    let need = per_layer.saturating_mul(cfg.layers as u64);
+    available.is_some_and(|avail| need <= avail / 2)
 }
 
 impl<B: Backend> Model<B> {
@@ -128,6 +146,7 @@ impl<B: Backend> Model<B> {
             cfg,
             weights,
             loss_chunk: 1024,
+            mlp_tile_tokens: crate::layer::MLP_TILE_TOKENS,
         })
     }
 
@@ -180,6 +199,7 @@ impl<B: Backend> Model<B> {
             weights: &self.weights.layers[l],
             rope: self.rope_for(l, positions),
             positions,
+            mlp_tile_tokens: self.mlp_tile_tokens,
         }
     }
 
@@ -344,19 +364,29 @@ impl<B: Backend> Model<B> {
         // With the inputs on the host, each layer's attention output goes there too (the
         // recompute then skips attention) while host memory allows: at most half of what the
         // system has available for both together.
-        let keep_attention = ckpt == Checkpointing::EveryLayerOnHost && {
-            let esize = be.compute_dtype().size() as u64;
-            let per_layer = (n * (c + self.cfg.q_dim())) as u64 * esize;
-            let need = per_layer.saturating_mul(layers as u64);
-            temper_core::memory::host_available_bytes().is_some_and(|avail| need <= avail / 2)
-        };
+        let keep_attention = ckpt == Checkpointing::EveryLayerOnHost
+            && attention_on_host(
+                &self.cfg,
+                n,
+                be.compute_dtype().size(),
+                temper_core::memory::host_available_bytes(),
+            );
         let mut inputs: Vec<Kept<B>> = Vec::with_capacity(layers);
         let mut kept: Vec<LayerActs<B>> = Vec::new();
+        // Without checkpointing every layer keeps its whole MLP; with it, long sequences run
+        // the MLP in tiles that the backward rebuilds one at a time.
+        let layer = |l: usize| {
+            let mut layer = self.layer(l, batch.positions);
+            if !ckpt.recomputes() {
+                layer.mlp_tile_tokens = usize::MAX;
+            }
+            layer
+        };
         be.profile_stage("forward");
         let mut x = self.embed(batch)?;
         for l in 0..layers {
             let mut out = be.act_uninit(n * c)?;
-            let acts = self.layer(l, batch.positions).forward_for_backward(
+            let acts = layer(l).forward_for_backward(
                 &x,
                 Some(&mut out),
                 batch.cu_seqlens,
@@ -434,7 +464,7 @@ impl<B: Backend> Model<B> {
                     be.prefetch_from_host(att)?;
                 }
             }
-            let layer = self.layer(l, batch.positions);
+            let layer = layer(l);
             let acts = match kept.pop() {
                 Some(a) => a,
                 None => {

@@ -9,6 +9,7 @@
 use temper_core::DType;
 
 use crate::config::ModelConfig;
+use crate::layer::{tiles, MLP_TILE_TOKENS};
 use crate::lora::{LoraConfig, Target};
 use crate::model::Checkpointing;
 
@@ -130,9 +131,7 @@ fn lora_values_per_layer(cfg: &ModelConfig, lora: &LoraConfig) -> usize {
 }
 
 /// Bytes of one layer's activations for n tokens (what [`crate::layer::LayerActs`] holds):
-/// xn1, x2, xn2 (C), q and att (Hq*D), k and v (Hkv*D), g, u, h (F) in the compute dtype;
-/// the two norms' rstd (1) and the attention's log-sum-exp (Hq) in f32; per adapter target
-/// its xa (r) and, with dropout while training, its dropped input.
+/// the attention half's ([`attention_acts`]) and the MLP's ([`mlp_acts`]).
 ///
 /// A recompute before the backward rebuilds exactly these: with the attention kept on the
 /// host its output comes back instead of being recomputed (same size), and it skips the down
@@ -145,22 +144,57 @@ fn layer_acts(
     bytes: usize,
     training: bool,
 ) -> usize {
-    let (c, f) = (cfg.hidden, cfg.intermediate);
+    attention_acts(cfg, lora, n, bytes, training) + mlp_acts(cfg, lora, n, bytes, training)
+}
+
+/// The attention half's activations for n tokens: xn1, x2 (C), q and att (Hq*D), k and v
+/// (Hkv*D) in the compute dtype; the norm's rstd (1) and the attention's log-sum-exp (Hq) in
+/// f32; Qwen3's pre-norm q and k with an rstd per head, Gemma 2/3's output before its norm
+/// (C) with its rstd; the attention targets' kept LoRA values ([`kept_lora`]).
+fn attention_acts(
+    cfg: &ModelConfig,
+    lora: &LoraConfig,
+    n: usize,
+    bytes: usize,
+    training: bool,
+) -> usize {
+    let c = cfg.hidden;
     let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
-    let mut values = n * (3 * c + 2 * qd + 2 * kvd + 3 * f);
-    let mut stats = n * (2 + cfg.heads);
-    // Qwen3's per-head norms keep q and k before the norm and an rstd per head.
+    let mut values = n * (2 * c + 2 * qd + 2 * kvd);
+    let mut stats = n * (1 + cfg.heads);
     if cfg.qk_norm {
         values += n * (qd + kvd);
         stats += n * (cfg.heads + cfg.kv_heads);
     }
-    // Gemma 2/3 keep the attention and MLP outputs before their norms, with their rstd.
     if cfg.sandwich_norms {
-        values += 2 * n * c;
-        stats += 2 * n;
+        values += n * c;
+        stats += n;
     }
-    values += targets(cfg, lora)
+    values += kept_lora(cfg, lora, n, training, false);
+    values * bytes + stats * F32
+}
+
+/// The MLP's activations for n tokens ([`crate::layer::MlpActs`]): xn2 (C), g, u, h (F) in
+/// the compute dtype and the norm's rstd (1) in f32; Gemma 2/3's output before its norm (C)
+/// with its rstd; the MLP targets' kept LoRA values.
+fn mlp_acts(cfg: &ModelConfig, lora: &LoraConfig, n: usize, bytes: usize, training: bool) -> usize {
+    let (c, f) = (cfg.hidden, cfg.intermediate);
+    let mut values = n * (c + 3 * f);
+    let mut stats = n;
+    if cfg.sandwich_norms {
+        values += n * c;
+        stats += n;
+    }
+    values += kept_lora(cfg, lora, n, training, true);
+    values * bytes + stats * F32
+}
+
+/// Values the adapter targets of one half of the layer keep for n tokens: xa (r) and, with
+/// dropout while training, the dropped input.
+fn kept_lora(cfg: &ModelConfig, lora: &LoraConfig, n: usize, training: bool, mlp: bool) -> usize {
+    targets(cfg, lora)
         .iter()
+        .filter(|t| is_mlp(**t) == mlp)
         .map(|t| {
             let (i, _) = t.dims(cfg);
             n * lora.r
@@ -170,65 +204,77 @@ fn layer_acts(
                     0
                 }
         })
-        .sum::<usize>();
-    values * bytes + stats * F32
+        .sum()
+}
+
+fn is_mlp(t: Target) -> bool {
+    matches!(t, Target::Gate | Target::Up | Target::GateUp | Target::Down)
 }
 
 /// A layer's backward at its peak, beside the residual-stream buffers counted by [`plan`]
-/// (the layer's input, dout, dx): the layer's activations `acts` (bytes) and what is alive
-/// with them, at whichever point of `DecoderLayer::backward` holds most. Activations are
-/// freed as the walk passes their last use, a target's kept LoRA values (xa, its dropped
-/// input) after its own backward; `linear_backward` holds the LoRA's dxa (N, r) throughout,
-/// beside either the base GEMM's weight (on the GPU a dequantised 4-bit or 8-bit weight,
-/// (out, in), freed after that GEMM) or, with dropout, d drop(x) and its masked copy (2 in),
-/// which come after the GEMM. The points:
+/// (the layer's input, dout, dx): the layer's activations and what is alive with them, at
+/// whichever point of `DecoderLayer::backward` holds most. Activations are freed as the walk
+/// passes their last use, a target's kept LoRA values (xa, its dropped input) after its own
+/// backward; `linear_backward` holds the LoRA's dxa (N, r) throughout, beside either the base
+/// GEMM's weight (on the GPU a dequantised 4-bit or 8-bit weight, (out, in), freed after that
+/// GEMM) or, with dropout, d drop(x) and its masked copy (2 in), which come after the GEMM.
+/// The MLP's points, over the R rows it runs on at once:
 /// - the down projection's backward: every activation, dh (F), dxa, and the weight or the
-///   dropout's two (N, F);
+///   dropout's two (R, F);
 /// - the SwiGLU backward: h and the down projection's dropped input are freed, dh, dg, du
-///   live (+2 F); Phi-3's joined (N, 2F) gradient comes after dh, g and u are freed, so it
+///   live (+2 F); Phi-3's joined (R, 2F) gradient comes after dh, g and u are freed, so it
 ///   never holds more;
 /// - the gate (and up) projection's backward: h, g, u freed, dg and du (or Phi-3's dgu),
-///   dxn2 (C), dxa, and the weight (Phi-3's (2F, C)) or the dropout's two (N, C);
-/// - the attention side, bounded from above: g, u, h, x2 and xn2 freed; dx2 (C), datt
-///   (Hq*D), dq, dk, dv, a second copy of them (Qwen3's pre-norm gradients or Phi-3's joined
-///   dqkv), dxn1 (C), the backward's row sums (Hq, f32), dxa, the widest attention-side weight
-///   or dropout pair, and the GEMM attention's `scores` when it holds them.
+///   dxn2 (C), dxa, and the weight (Phi-3's (2F, C)) or the dropout's two (R, C).
+///
+/// With the MLP whole (R = N) its activations are the layer's; in tiles of R rows
+/// (`mlp_tile`) the layer keeps none of the MLP's, and each tile's rebuild holds its rows of
+/// x2 and dout, its own MLP activations and the points above, beside the whole dx2 (N, C).
+///
+/// The attention side, at the larger of two points, the MLP's activations and x2 freed:
+/// - the attention's backward: its inputs (xn1 and the attention's activations), dx2 (C),
+///   datt (Hq*D), dq, dk, dv, the backward's row sums (Hq, f32), and the GEMM attention's
+///   `scores` when it holds them;
+/// - the q/k/v projections' backward: q, k, v, att and datt freed; xn1, dx2, dq, dk, dv, a
+///   second copy of them where the family makes one (Qwen3's pre-norm gradients, Phi-3's
+///   joined dqkv), dxn1 (C), dxa, and the widest attention-side weight or dropout pair.
 ///
 /// Measured on the CPU backend for the tiny models, within a few values per token; on an
 /// H100 for Llama-2-7B and Llama-3-8B under QLoRA (see the tests).
+#[allow(clippy::too_many_arguments)]
 fn layer_backward_peak(
     cfg: &ModelConfig,
     lora: &LoraConfig,
     n: usize,
-    acts: usize,
     bytes: usize,
     scores: usize,
     device: PlanDevice,
+    mlp_tile: Option<usize>,
 ) -> usize {
     let (c, f) = (cfg.hidden, cfg.intermediate);
     let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
     let ts = targets(cfg, lora);
     let dropout = lora.dropout > 0.0;
-    // dxa of a target with an adapter
-    let dxa = |t: Target| if ts.contains(&t) { n * lora.r } else { 0 };
+    // dxa of a target with an adapter, over r rows
+    let dxa = |t: Target, r: usize| if ts.contains(&t) { r * lora.r } else { 0 };
     // its dropped input, kept from the forward until its backward ends
-    let dropped = |t: Target| {
+    let dropped = |t: Target, r: usize| {
         if dropout && ts.contains(&t) {
-            n * t.dims(cfg).0
+            r * t.dims(cfg).0
         } else {
             0
         }
     };
     // the larger of the base GEMM's dequantised weight (GPU) and the dropout's d drop(x)
     // and masked copy, which are not alive together
-    let weight_or_dropout = |t: Target| {
+    let weight_or_dropout = |t: Target, r: usize| {
         let (i, o) = t.dims(cfg);
         let weight = match device {
             PlanDevice::Cuda => i * o,
             PlanDevice::Cpu => 0,
         };
         weight.max(if dropout && ts.contains(&t) {
-            2 * n * i
+            2 * r * i
         } else {
             0
         })
@@ -241,23 +287,41 @@ fn layer_backward_peak(
             &[Target::Q, Target::K, Target::V, Target::O],
         )
     };
-    let widest = |list: &[Target]| -> (usize, usize) {
+    let widest = |list: &[Target], r: usize| -> (usize, usize) {
         list.iter()
-            .map(|&t| (dxa(t), weight_or_dropout(t)))
+            .map(|&t| (dxa(t, r), weight_or_dropout(t, r)))
             .fold((0, 0), |(a, b), (x, y)| (a.max(x), b.max(y)))
     };
-    let down = Target::Down;
-    let at_down = n * f + dxa(down) + weight_or_dropout(down);
-    let at_swiglu = (2 * n * f).saturating_sub(dropped(down));
-    let (gate_dxa, gate_w) = widest(gate);
-    let at_gate = (n * c + gate_dxa + gate_w).saturating_sub(n * f + dropped(down));
-    let (attn_dxa, attn_w) = widest(attn);
-    let attn_grads = (n * (2 * c + qd + 2 * (qd + 2 * kvd)) + attn_dxa + attn_w) * bytes
-        + n * cfg.heads * F32
-        + scores;
-    let at_attention = attn_grads.saturating_sub(n * (3 * f + 2 * c) * bytes);
-    let mlp = at_down.max(at_swiglu).max(at_gate) * bytes;
-    acts + mlp.max(at_attention)
+    // the MLP backward's temporaries over r rows, at its highest point
+    let mlp_temps = |r: usize| {
+        let down = Target::Down;
+        let at_down = r * f + dxa(down, r) + weight_or_dropout(down, r);
+        let at_swiglu = (2 * r * f).saturating_sub(dropped(down, r));
+        let (gate_dxa, gate_w) = widest(gate, r);
+        let at_gate = (r * c + gate_dxa + gate_w).saturating_sub(r * f + dropped(down, r));
+        at_down.max(at_swiglu).max(at_gate) * bytes
+    };
+    let attention = attention_acts(cfg, lora, n, bytes, true);
+    let at_mlp = attention
+        + match mlp_tile {
+            None => mlp_acts(cfg, lora, n, bytes, true) + mlp_temps(n),
+            Some(r) => {
+                let r = r.min(n);
+                (n + 2 * r) * c * bytes + mlp_acts(cfg, lora, r, bytes, true) + mlp_temps(r)
+            }
+        };
+    let (attn_dxa, attn_w) = widest(attn, n);
+    let outside_mlp = attention - n * c * bytes; // x2 freed
+    let at_attention =
+        outside_mlp + n * (c + 2 * qd + 2 * kvd) * bytes + n * cfg.heads * F32 + scores;
+    let copy = if cfg.qk_norm || cfg.fused_proj {
+        qd + 2 * kvd
+    } else {
+        0
+    };
+    let at_projections = outside_mlp - n * (2 * qd + 2 * kvd) * bytes
+        + (n * (2 * c + qd + 2 * kvd + copy) + attn_dxa + attn_w) * bytes;
+    at_mlp.max(at_attention).max(at_projections)
 }
 
 /// The adapter's targets as the model resolves them (Phi-3's all-linear is its four fused
@@ -315,6 +379,7 @@ pub fn plan(
     loss_chunk: usize,
     dtype: DType,
     device: PlanDevice,
+    host_available: Option<u64>,
 ) -> MemoryPlan {
     let n = tokens;
     let c = cfg.hidden;
@@ -328,6 +393,9 @@ pub fn plan(
     };
     let lora_and_optimizer = 4 * lora_values * F32 + compute_copies;
     let acts = layer_acts(cfg, lora, n, bytes, true);
+    // With checkpointing, sequences longer than a tile run the MLP in tiles of R rows.
+    let mlp_tile = (ckpt.recomputes() && n > MLP_TILE_TOKENS)
+        .then(|| tiles(n, MLP_TILE_TOKENS).first().map_or(n, |r| r.len));
     // Layer inputs (n, c) on the device at the loss and in backward, and the activations
     // kept for every layer.
     let (inputs_at_loss, inputs, every_layer_acts) = match ckpt {
@@ -339,11 +407,24 @@ pub fn plan(
     // With the inputs on the host, each layer's attention lse (n, heads) stays on the device
     // until its backward; on the GPU the next layer's input and attention output are
     // fetched back ahead of use (from before the loss on).
+    // Without the attention outputs on the host (they would take more than half of its
+    // available memory), only the inputs travel and nothing waits on the device.
     let (kept_lse, ahead) = match ckpt {
+        Checkpointing::EveryLayerOnHost
+            if crate::model::attention_on_host(cfg, n, bytes, host_available) =>
+        {
+            (
+                n * cfg.heads * F32,
+                match device {
+                    PlanDevice::Cuda => n * (c + cfg.q_dim()) * bytes,
+                    PlanDevice::Cpu => 0,
+                },
+            )
+        }
         Checkpointing::EveryLayerOnHost => (
-            n * cfg.heads * F32,
+            0,
             match device {
-                PlanDevice::Cuda => n * (c + cfg.q_dim()) * bytes,
+                PlanDevice::Cuda => n * c * bytes,
                 PlanDevice::Cpu => 0,
             },
         ),
@@ -370,7 +451,7 @@ pub fn plan(
     // was just recomputed, without it the earlier layers' activations wait their turn
     let in_backward = (inputs + 2) * n * c * bytes
         + final_rstd
-        + layer_backward_peak(cfg, lora, n, acts, bytes, scores, device)
+        + layer_backward_peak(cfg, lora, n, bytes, scores, device, mlp_tile)
         + match ckpt {
             Checkpointing::Off => every_layer_acts - acts,
             _ => 0,
@@ -394,6 +475,9 @@ mod tests {
         ModelConfig::from_json(&text, std::path::Path::new("config.json")).expect("config")
     }
 
+    /// Host memory available on the machine of the measurements below (`free`: 124 GiB).
+    const H100_HOST_AVAILABLE: u64 = 124 << 30;
+
     /// The QLoRA recipe's whole prediction, as `temper plan` makes it: NF4 with double
     /// quantisation (blocks of 64), bf16, LoRA r=16 on the 7 linear kinds without dropout,
     /// paged AdamW (moments in host memory), the layer inputs on the host, on the GPU.
@@ -416,6 +500,7 @@ mod tests {
             1024,
             dtype,
             PlanDevice::Cuda,
+            Some(H100_HOST_AVAILABLE),
         );
         let total = weight_bytes_4bit(cfg, dtype, 64, true) + m.lora_and_optimizer
             - adamw_moment_bytes(cfg, &lora)
@@ -423,13 +508,13 @@ mod tests {
         total as f64 / (1u64 << 30) as f64
     }
 
-    /// The peaks measured on an H100 (docs/gpu-notes.md, 2026-12-07, "Training steps, temper
-    /// and the peers in the same run": `temper bench --device cuda --dtype bfloat16
-    /// --load-in-4bit nf4 --double-quant --paged-optimizer --checkpoint-offload` on random
-    /// folders of `temper init-model`; bench trains without LoRA dropout). The Llama-3-8B
-    /// folder had max_position_embeddings raised to 131072 for 16k sequences, which sizes
-    /// its RoPE tables. The figures are rounded to 0.01 GiB; the plan must not be below them
-    /// (beyond that rounding) nor more than 10% above.
+    /// The peaks measured on an H100 (docs/gpu-notes.md, 2026-12-07, "the MLP in tiles":
+    /// `temper bench --device cuda --dtype bfloat16 --load-in-4bit nf4 --double-quant
+    /// --paged-optimizer --checkpoint-offload` on random folders of `temper init-model`; bench
+    /// trains without LoRA dropout). The Llama-3-8B folder had max_position_embeddings raised
+    /// to 131072 for long sequences, which sizes its RoPE tables. The figures are rounded to
+    /// 0.01 GiB; the plan must not be below them (beyond that rounding) nor more than 10%
+    /// above.
     #[test]
     fn qlora_plans_bound_the_h100_peaks_within_ten_percent() {
         let llama2 = shape_config("llama2-7b");
@@ -438,7 +523,11 @@ mod tests {
         for (name, cfg, seq, batch, measured) in [
             ("Llama-2-7B 1024 x 4", &llama2, 1024, 4, 4.82),
             ("Llama-2-7B 4096 x 1", &llama2, 4096, 1, 4.82),
-            ("Llama-3-8B 16384 x 1", &llama3, 16384, 1, 9.36),
+            ("Llama-3-8B 1024 x 4", &llama3, 1024, 4, 6.70),
+            ("Llama-3-8B 16384 x 1", &llama3, 16384, 1, 7.81),
+            ("Llama-3-8B 32768 x 1", &llama3, 32768, 1, 9.19),
+            ("Llama-3-8B 65536 x 1", &llama3, 65536, 1, 12.06),
+            ("Llama-3-8B 131072 x 1", &llama3, 131072, 1, 16.84),
         ] {
             let planned = qlora_gib(cfg, seq, batch);
             let ratio = planned / measured;

@@ -54,6 +54,7 @@ fn measured_and_predicted(dir: &Path, ckpt: Checkpointing, dropout: f32) -> (usi
         model.loss_chunk,
         temper_core::DType::F32,
         PlanDevice::Cpu,
+        temper_core::memory::host_available_bytes(),
     )
     .total();
     (be.peak_bytes(), predicted)

@@ -51,6 +51,7 @@ pub fn predict(
         LOSS_CHUNK,
         dtype,
         device,
+        temper_core::memory::host_available_bytes(),
     );
     // Paged AdamW keeps its two f32 moments in mapped host memory on the GPU.
     let m = if device == PlanDevice::Cuda && p.settings.adamw.on_host {

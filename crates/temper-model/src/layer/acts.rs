@@ -2,6 +2,7 @@
 
 use temper_core::Backend;
 
+use crate::layer::MlpActs;
 use crate::linear::LoraSaved;
 
 /// Everything a layer's backward reads, for N tokens. With gradient checkpointing this is
@@ -16,17 +17,12 @@ pub struct LayerActs<B: Backend> {
     pub lse: B::Buf,   // (N, Hq)
     /// Gemma 2/3: the output projection before its norm (N, C), and the norm's rstd (N).
     pub attn_out: Option<(B::Buf, B::Buf)>,
-    pub x2: B::Buf,    // (N, C)
-    pub xn2: B::Buf,   // (N, C)
-    pub rstd2: B::Buf, // (N)
-    pub g: B::Buf,     // (N, F)
-    pub u: B::Buf,     // (N, F)
-    pub h: B::Buf,     // (N, F)
-    /// Gemma 2/3: the down projection before its norm (N, C), and the norm's rstd (N).
-    pub mlp_out: Option<(B::Buf, B::Buf)>,
+    pub x2: B::Buf, // (N, C)
+    /// The MLP's, over all N tokens; None when it runs in tiles (the backward rebuilds each).
+    pub mlp: Option<MlpActs<B>>,
     /// The per-head q/k norms' inputs and statistics (Qwen3, Gemma 3).
     pub qk_norm: Option<QkNormActs<B>>,
-    /// Per target (indexed by [`crate::lora::Target::index`]).
+    /// Per target (indexed by [`crate::lora::Target::index`]); the MLP's are in `mlp`.
     pub lora: Vec<Option<LoraSaved<B>>>,
 }
 

@@ -4,10 +4,9 @@
 use temper_core::Backend;
 
 use crate::batch::StepCtx;
-use crate::config::MlpAct;
 use crate::error::Result;
 use crate::layer::columns::join_columns;
-use crate::layer::{DecoderLayer, LayerActs};
+use crate::layer::{DecoderLayer, LayerActs, Rows};
 use crate::linear::{linear_backward, LoraMut};
 use crate::lora::{LoraParams, Target};
 
@@ -29,14 +28,8 @@ impl<B: Backend> DecoderLayer<'_, B> {
     ) -> Result<()> {
         let (be, cfg, w) = (self.be, self.cfg, self.weights);
         let (l, n) = (self.index, self.tokens());
-        let (c, f, d) = (cfg.hidden, cfg.intermediate, cfg.head_dim);
+        let (c, d) = (cfg.hidden, cfg.head_dim);
         let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
-        let scale = lora.config.scale();
-        let dropout = if ctx.training {
-            lora.config.dropout
-        } else {
-            0.0
-        };
         let LayerActs {
             xn1,
             rstd1,
@@ -47,15 +40,20 @@ impl<B: Backend> DecoderLayer<'_, B> {
             lse,
             attn_out,
             x2,
-            xn2,
-            rstd2,
-            g,
-            u,
-            h,
-            mlp_out,
+            mlp,
             qk_norm,
             lora: mut saved,
         } = acts;
+
+        // The MLP and the residual around it: out = x2 + mlp(x2).
+        let dx2 = match mlp {
+            Some(mlp) => self.mlp_backward(mlp, &x2, dout, Rows::all(n), lora, ctx)?,
+            None => self.mlp_backward_tiled(&x2, dout, lora, ctx)?,
+        };
+        drop(x2);
+
+        let scale = lora.config.scale();
+        let dropout = self.dropout(lora, ctx);
         let mut lin_bwd = |t: Target,
                            dxin: Option<&mut B::Buf>,
                            accumulate: bool,
@@ -70,7 +68,7 @@ impl<B: Backend> DecoderLayer<'_, B> {
                         b,
                         scale,
                         dropout,
-                        seed: ctx.dropout_seed(l, t),
+                        seed: self.dropout_seed(ctx, t, 0),
                     },
                     kept,
                 )),
@@ -78,44 +76,6 @@ impl<B: Backend> DecoderLayer<'_, B> {
             };
             linear_backward(be, dxin, accumulate, dy, input, w.linear(t)?, n, adapter)
         };
-
-        // out = x2 + m, m = down(h) (Gemma 2/3: m = rmsnorm(down(h)))
-        let mut dh = be.act_uninit(n * f)?;
-        match (mlp_out, &w.sandwich) {
-            (Some((m, rstd)), Some(norms)) => {
-                let mut dm = be.act_uninit(n * c)?;
-                be.rmsnorm_backward(&mut dm, dout, &m, &norms.mlp_out, &rstd, c)?;
-                drop((m, rstd));
-                lin_bwd(Target::Down, Some(&mut dh), false, &dm, &h)?;
-            }
-            _ => lin_bwd(Target::Down, Some(&mut dh), false, dout, &h)?,
-        }
-        drop(h);
-        // h = act(g) * u
-        let mut dg = be.act_uninit(n * f)?;
-        let mut du = be.act_uninit(n * f)?;
-        match cfg.mlp_act {
-            MlpAct::Silu => be.swiglu_backward(&mut dg, &mut du, &dh, &g, &u)?,
-            MlpAct::GeluTanh => be.geglu_backward(&mut dg, &mut du, &dh, &g, &u)?,
-        }
-        drop((dh, g, u));
-        // g, u = gate(xn2), up(xn2)
-        let mut dxn2 = be.act_uninit(n * c)?;
-        if cfg.fused_proj {
-            let dgu = join_columns(be, &[(&dg, f), (&du, f)], n)?;
-            drop((dg, du));
-            lin_bwd(Target::GateUp, Some(&mut dxn2), false, &dgu, &xn2)?;
-        } else {
-            lin_bwd(Target::Gate, Some(&mut dxn2), false, &dg, &xn2)?;
-            drop(dg);
-            lin_bwd(Target::Up, Some(&mut dxn2), true, &du, &xn2)?;
-        }
-        drop(xn2);
-        // xn2 = rmsnorm(x2); x2 also flows straight to out
-        let mut dx2 = be.act_uninit(n * c)?;
-        be.rmsnorm_backward(&mut dx2, &dxn2, &x2, &w.mlp_norm, &rstd2, c)?;
-        be.axpy(&mut dx2, 1.0, dout)?;
-        drop((dxn2, x2, rstd2));
 
         // x2 = x + a, a = o(att) (Gemma 2/3: a = rmsnorm(o(att)))
         let mut datt = be.act_uninit(n * qd)?;

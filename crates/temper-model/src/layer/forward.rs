@@ -4,10 +4,9 @@
 use temper_core::{Backend, CoreError, DType};
 
 use crate::batch::StepCtx;
-use crate::config::MlpAct;
 use crate::error::{ModelError, Result};
 use crate::layer::columns::split_columns;
-use crate::layer::{Attention, DecoderLayer, LayerActs, QkNormActs};
+use crate::layer::{Attention, DecoderLayer, LayerActs, QkNormActs, Rows};
 use crate::linear::{linear_forward_opt, LoraSaved};
 use crate::lora::{LoraParams, Target};
 
@@ -27,7 +26,7 @@ impl<B: Backend> DecoderLayer<'_, B> {
     ///
     /// `out` may be None: a layer recomputed for its backward skips the last projection's
     /// base GEMM and the residual add, which nothing reads (Gemma 2/3 still run the GEMM: its
-    /// norm's input and rstd are read).
+    /// norm's input and rstd are read), and the whole MLP when it runs in tiles.
     pub fn forward(
         &self,
         x: &B::Buf,
@@ -39,11 +38,11 @@ impl<B: Backend> DecoderLayer<'_, B> {
     ) -> Result<Option<LayerActs<B>>> {
         let (be, cfg, w) = (self.be, self.cfg, self.weights);
         let n = self.tokens();
-        let (c, f, d) = (cfg.hidden, cfg.intermediate, cfg.head_dim);
+        let (c, d) = (cfg.hidden, cfg.head_dim);
         let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
         let mut saved: Vec<Option<LoraSaved<B>>> = (0..Target::COUNT).map(|_| None).collect();
         let mut lin = |t: Target, y: Option<&mut B::Buf>, input: &B::Buf| -> Result<()> {
-            let adapter = self.lora_ref(lora, t, ctx);
+            let adapter = self.lora_ref(lora, t, ctx, 0);
             saved[t.index()] = linear_forward_opt(be, y, input, w.linear(t)?, n, adapter)?;
             Ok(())
         };
@@ -118,60 +117,13 @@ impl<B: Backend> DecoderLayer<'_, B> {
         };
         be.axpy(&mut x2, 1.0, x)?;
 
-        let mut xn2 = be.act_uninit(n * c)?; // (N, C)
-        let mut rstd2 = be.uninit_as(n, DType::F32)?; // (N)
-        be.rmsnorm_forward(&mut xn2, &mut rstd2, &x2, &w.mlp_norm, c, cfg.rms_eps)?;
-        let mut g = be.act_uninit(n * f)?; // (N, F)
-        let mut u = be.act_uninit(n * f)?; // (N, F)
-        if cfg.fused_proj {
-            let mut gu = be.act_uninit(n * 2 * f)?; // (N, 2F): gate, then up
-            lin(Target::GateUp, Some(&mut gu), &xn2)?;
-            split_columns(be, &gu, &mut [(&mut g, f), (&mut u, f)], n)?;
+        // The MLP: whole, keeping what its backward reads, or tile by tile keeping nothing
+        // (the backward rebuilds it).
+        let mlp = if self.mlp_tiled() {
+            self.mlp_forward_tiled(&x2, out, lora, ctx)?;
+            None
         } else {
-            lin(Target::Gate, Some(&mut g), &xn2)?;
-            lin(Target::Up, Some(&mut u), &xn2)?;
-        }
-        let mut h = be.act_uninit(n * f)?; // (N, F)
-        match cfg.mlp_act {
-            MlpAct::Silu => be.swiglu_forward(&mut h, &g, &u)?,
-            MlpAct::GeluTanh => be.geglu_forward(&mut h, &g, &u)?,
-        }
-        let mlp_out = match &w.sandwich {
-            // The norm's input and rstd are kept for backward, so the GEMM runs even when
-            // nothing reads `out`.
-            Some(norms) => {
-                let mut m = be.act_uninit(n * c)?; // (N, C)
-                lin(Target::Down, Some(&mut m), &h)?;
-                let mut rstd = be.uninit_as(n, DType::F32)?; // (N)
-                match out {
-                    Some(out) => {
-                        be.rmsnorm_forward(out, &mut rstd, &m, &norms.mlp_out, c, cfg.rms_eps)?;
-                        be.axpy(out, 1.0, &x2)?;
-                    }
-                    None => {
-                        let mut normed = be.act_uninit(n * c)?; // (N, C)
-                        be.rmsnorm_forward(
-                            &mut normed,
-                            &mut rstd,
-                            &m,
-                            &norms.mlp_out,
-                            c,
-                            cfg.rms_eps,
-                        )?;
-                    }
-                }
-                Some((m, rstd))
-            }
-            None => {
-                match out {
-                    Some(out) => {
-                        lin(Target::Down, Some(&mut *out), &h)?;
-                        be.axpy(out, 1.0, &x2)?;
-                    }
-                    None => lin(Target::Down, None, &h)?,
-                }
-                None
-            }
+            Some(self.mlp_forward(&x2, out, Rows::all(n), lora, ctx)?)
         };
 
         if keep == Keep::Nothing {
@@ -197,12 +149,7 @@ impl<B: Backend> DecoderLayer<'_, B> {
             lse,
             attn_out,
             x2,
-            xn2,
-            rstd2,
-            g,
-            u,
-            h,
-            mlp_out,
+            mlp,
             qk_norm,
             lora: saved,
         }))

@@ -20,19 +20,22 @@
 //! backward ([`Keep::Activations`]); generation and evaluation keep nothing.
 //!
 //! files: `acts.rs` what the backward reads, `attention.rs` the two attention modes,
-//! `columns.rs` the column blocks of fused projections, `forward.rs`, `backward.rs`.
+//! `columns.rs` the column blocks of fused projections, `mlp.rs` the MLP half over a block
+//! of rows (whole, or in tiles for long sequences), `forward.rs`, `backward.rs`.
 
 mod acts;
 mod attention;
 mod backward;
 mod columns;
 mod forward;
+mod mlp;
 
 use temper_core::Backend;
 
 pub use acts::{LayerActs, QkNormActs};
 pub use attention::Attention;
 pub use forward::Keep;
+pub use mlp::{tiles, MlpActs, Rows, MLP_TILE_TOKENS};
 
 use crate::batch::StepCtx;
 use crate::config::ModelConfig;
@@ -52,6 +55,10 @@ pub struct DecoderLayer<'m, B: Backend> {
     /// sliding-window layers, LongRoPE's long ones past the pretrained context).
     pub rope: &'m RopeTables<B>,
     pub positions: &'m [u32], // (N)
+    /// Sequences longer than this run the MLP in tiles of at most this many tokens and keep
+    /// none of it for the backward, which rebuilds it tile by tile ([`MLP_TILE_TOKENS`] when
+    /// the layer is recomputed anyway; `usize::MAX` keeps the whole MLP).
+    pub mlp_tile_tokens: usize,
 }
 
 impl<B: Backend> DecoderLayer<'_, B> {
@@ -60,13 +67,15 @@ impl<B: Backend> DecoderLayer<'_, B> {
         self.positions.len()
     }
 
-    /// The adapter of linear `t` for a forward: dropout only when training, with the mask
-    /// seed of this step, layer and target (a recompute draws the same masks).
+    /// The adapter of linear `t` for a forward over the block of rows `tile` (0 for the
+    /// whole sequence): dropout only when training, with the mask seed of this step, layer,
+    /// target and block (a recompute draws the same masks).
     fn lora_ref<'a>(
         &self,
         lora: Option<&'a LoraParams<B>>,
         t: Target,
         ctx: &StepCtx,
+        tile: usize,
     ) -> Option<LoraRef<'a, B>> {
         let lora = lora?;
         let (a, b) = lora.get(self.index, t)?;
@@ -74,13 +83,29 @@ impl<B: Backend> DecoderLayer<'_, B> {
             a,
             b,
             scale: lora.config.scale(),
-            dropout: if ctx.training {
-                lora.config.dropout
-            } else {
-                0.0
-            },
-            seed: ctx.dropout_seed(self.index, t),
+            dropout: self.dropout(lora, ctx),
+            seed: self.dropout_seed(ctx, t, tile),
         })
+    }
+
+    /// The LoRA dropout probability: the adapter's while training, none otherwise.
+    fn dropout(&self, lora: &LoraParams<B>, ctx: &StepCtx) -> f32 {
+        if ctx.training {
+            lora.config.dropout
+        } else {
+            0.0
+        }
+    }
+
+    /// The dropout seed of linear `t` on the block of rows `tile`: the step's seed for this
+    /// layer and target on tile 0 (the whole sequence), a distinct one on every other tile.
+    fn dropout_seed(&self, ctx: &StepCtx, t: Target, tile: usize) -> u64 {
+        let seed = ctx.dropout_seed(self.index, t);
+        if tile == 0 {
+            seed
+        } else {
+            StepCtx { seed, ..*ctx }.dropout_seed(tile, t)
+        }
     }
 
     /// The factor q is multiplied by after RoPE so that the attention ops' 1/sqrt(D) gives
