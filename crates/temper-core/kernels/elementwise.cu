@@ -111,6 +111,64 @@ __device__ void swiglu_backward(T* dg, T* du, const T* dh, const T* g, const T* 
     }
 }
 
+// h = gelu_tanh(g) * u, gelu_tanh(g) = g/2 (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3)));
+// twin of src/cpu/geglu.rs. Returns gelu_tanh(g) and writes its slope.
+__device__ __forceinline__ float gelu_tanh(float g, float* slope) {
+    const float k = 0.7978845608028654f, c = 0.044715f;
+    const float t = tanhf(k * (g + c * g * g * g));
+    *slope = 0.5f * (1.0f + t) + 0.5f * g * (1.0f - t * t) * k * (1.0f + 3.0f * c * g * g);
+    return 0.5f * g * (1.0f + t);
+}
+template <typename T>
+__device__ void geglu_forward(T* h, const T* g, const T* u, unsigned long long n) {
+    float slope;
+    GRID_STRIDE8(i, n) {
+        float gv[8], uv[8];
+        load8(g + i, gv);
+        load8(u + i, uv);
+        for (int k = 0; k < 8; ++k) gv[k] = gelu_tanh(gv[k], &slope) * uv[k];
+        store8(h + i, gv);
+    }
+    TAIL8(i, n) h[i] = from_f32<T>(gelu_tanh(to_f32(g[i]), &slope) * to_f32(u[i]));
+}
+
+// dgate = dh * u * gelu_tanh'(g), dup = dh * gelu_tanh(g)
+__device__ __forceinline__ void geglu_grad(float g, float u, float dh, float* dg, float* du) {
+    float slope;
+    const float a = gelu_tanh(g, &slope);
+    *dg = dh * u * slope;
+    *du = dh * a;
+}
+template <typename T>
+__device__ void geglu_backward(T* dg, T* du, const T* dh, const T* g, const T* u, unsigned long long n) {
+    GRID_STRIDE8(i, n) {
+        float gv[8], uv[8], dhv[8], dgv[8], duv[8];
+        load8(g + i, gv);
+        load8(u + i, uv);
+        load8(dh + i, dhv);
+        for (int k = 0; k < 8; ++k) geglu_grad(gv[k], uv[k], dhv[k], &dgv[k], &duv[k]);
+        store8(dg + i, dgv);
+        store8(du + i, duv);
+    }
+    TAIL8(i, n) {
+        float a, b;
+        geglu_grad(to_f32(g[i]), to_f32(u[i]), to_f32(dh[i]), &a, &b);
+        dg[i] = from_f32<T>(a);
+        du[i] = from_f32<T>(b);
+    }
+}
+
+// dst[r, dst_off + c] = src[r, src_off + c] for r < rows, c < width; twin of
+// src/cpu/columns.rs (a fused projection's column blocks).
+template <typename T>
+__device__ void copy_columns(T* dst, unsigned int dst_cols, unsigned int dst_off, const T* src, unsigned int src_cols,
+                             unsigned int src_off, unsigned int width, unsigned long long n) {
+    GRID_STRIDE(i, n) {
+        const unsigned long long r = i / width, c = i % width;
+        dst[r * dst_cols + dst_off + c] = src[r * src_cols + src_off + c];
+    }
+}
+
 #define ELEMENTWISE(sfx, T)                                                                                  \
     extern "C" __global__ void fill_##sfx(T* y, float v, unsigned long long n) { fill<T>(y, v, n); }          \
     extern "C" __global__ void axpy_##sfx(T* y, float alpha, const T* x, unsigned long long n) {              \
@@ -133,6 +191,18 @@ __device__ void swiglu_backward(T* dg, T* du, const T* dh, const T* g, const T* 
     extern "C" __global__ void swiglu_backward_##sfx(T* dg, T* du, const T* dh, const T* g, const T* u,      \
                                                      unsigned long long n) {                                 \
         swiglu_backward<T>(dg, du, dh, g, u, n);                                                             \
+    }                                                                                                        \
+    extern "C" __global__ void geglu_forward_##sfx(T* h, const T* g, const T* u, unsigned long long n) {      \
+        geglu_forward<T>(h, g, u, n);                                                                        \
+    }                                                                                                        \
+    extern "C" __global__ void geglu_backward_##sfx(T* dg, T* du, const T* dh, const T* g, const T* u,       \
+                                                    unsigned long long n) {                                  \
+        geglu_backward<T>(dg, du, dh, g, u, n);                                                              \
+    }                                                                                                        \
+    extern "C" __global__ void copy_columns_##sfx(T* dst, unsigned int dst_cols, unsigned int dst_off,         \
+                                                  const T* src, unsigned int src_cols, unsigned int src_off, \
+                                                  unsigned int width, unsigned long long n) {                \
+        copy_columns<T>(dst, dst_cols, dst_off, src, src_cols, src_off, width, n);                           \
     }
 STORAGE_TYPES(ELEMENTWISE)
 

@@ -1,5 +1,5 @@
 // Flash attention on tensor cores (the FlashAttention-2 algorithm): causal, varlen, GQA,
-// forward and backward, for 16-bit storage (bf16 from sm_80, f16 from sm_75) and head dims
+// optionally within a sliding window (query i sees keys i - w < j <= i), forward and backward, for 16-bit storage (bf16 from sm_80, f16 from sm_75) and head dims
 // 64, 80, 96, 128 and 256. Twin of src/cpu/attention.rs; the host (src/cuda/flash.rs) picks
 // it over attention.cu's paths where it applies.
 //
@@ -24,7 +24,8 @@
 //   dS again, dQ += dS K.
 //
 // tiles: three u32 per block, (first token of the sequence, its length, first row of the
-// block's tile within the sequence); the host orders them heaviest first.
+// block's tile within the sequence); the host orders them heaviest first. window: the sliding
+// window in tokens, 0 for none; key tiles wholly outside every row's window are not visited.
 #include "common.cuh"
 #include "flash_common.cuh"
 
@@ -35,7 +36,7 @@
 // shared memory feeds FM products.
 template <typename T, int D, int BC, int FM>
 __device__ void flash_forward(T* out, float* lse, const T* q, const T* k, const T* v, const unsigned int* tiles,
-                              unsigned int hq, unsigned int hkv, float scale) {
+                              unsigned int hq, unsigned int hkv, float scale, unsigned int window) {
     constexpr int SD = D + FA_PAD, KT = D / 16, NB = BC / 8, NO = D / 8, WR = 16 * FM, BRF = 4 * WR;
     extern __shared__ __align__(16) unsigned char fa_smem[];
     T* Qs = reinterpret_cast<T*>(fa_smem);  // (BRF, SD)
@@ -48,15 +49,20 @@ __device__ void flash_forward(T* out, float* lse, const T* q, const T* k, const 
     const T* qb = q + (unsigned long long)a * qstride + h * D;
     const T* kb = k + (unsigned long long)a * kstride + hk * D;
     const T* vb = v + (unsigned long long)a * kstride + hk * D;
-    const int kend = min(len, q0 + BRF);  // keys 0..kend are seen by some row of the tile
+    const int w = fa_window(window);
+    const int kend = min(len, q0 + BRF);  // keys before kend are seen by some row of the tile
     const int ntiles = (kend + BC - 1) / BC;
+    const int jstart = max(0, q0 - w + 1) / BC;  // the first key tile inside the first row's window
     const int row0 = q0 + warp * WR;  // the warp's first query
     const bool warp_live = row0 < len;
     const float sl2 = scale * FA_LOG2E;
 
     load_rows<T, D, SD, BRF>(Qs, qb, qstride, q0, len);
-    load_rows<T, D, SD, BC>(Ks, kb, kstride, 0, len);
-    load_rows<T, D, SD, BC>(Vs, vb, kstride, 0, len);
+    {
+        const int s0 = FA_STAGES == 1 ? 0 : (jstart & 1);
+        load_rows<T, D, SD, BC>(Ks + s0 * BC * SD, kb, kstride, jstart * BC, len);
+        load_rows<T, D, SD, BC>(Vs + s0 * BC * SD, vb, kstride, jstart * BC, len);
+    }
     copies_commit();
 
     float o[FM][NO][4];
@@ -68,10 +74,10 @@ __device__ void flash_forward(T* out, float* lse, const T* q, const T* k, const 
 #pragma unroll
     for (int f = 0; f < FM; ++f) m[f][0] = m[f][1] = -INFINITY, l[f][0] = l[f][1] = 0.0f;
 
-    for (int j = 0; j < ntiles; ++j) {
+    for (int j = jstart; j < ntiles; ++j) {
         const int stage = FA_STAGES == 1 ? 0 : (j & 1);
         if (FA_STAGES == 1) {
-            if (j > 0) {
+            if (j > jstart) {
                 load_rows<T, D, SD, BC>(Ks, kb, kstride, j * BC, len);
                 load_rows<T, D, SD, BC>(Vs, vb, kstride, j * BC, len);
             }
@@ -87,8 +93,9 @@ __device__ void flash_forward(T* out, float* lse, const T* q, const T* k, const 
         }
         __syncthreads();
         const int k0 = j * BC;
-        // Skip a warp whose queries all precede the tile's keys (or lie past the sequence).
-        if (warp_live && k0 <= row0 + WR - 1) {
+        // Skip a warp whose queries all precede the tile's keys, or whose windows all begin
+        // after them (or that lies past the sequence).
+        if (warp_live && k0 <= row0 + WR - 1 && k0 + BC - 1 > row0 - w) {
             const T* Kt = Ks + stage * BC * SD;
             const T* Vt = Vs + stage * BC * SD;
             float s[FM][NB][4];
@@ -100,7 +107,7 @@ __device__ void flash_forward(T* out, float* lse, const T* q, const T* k, const 
 #pragma unroll
             for (int f = 0; f < FM; ++f) {
                 const int frow0 = row0 + 16 * f;
-                const bool mask = k0 + BC - 1 > frow0 || k0 + BC > len;
+                const bool mask = k0 + BC - 1 > frow0 || k0 + BC > len || k0 <= frow0 + 15 - w;
                 float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
                 for (int nt = 0; nt < NB; ++nt) {
@@ -109,7 +116,7 @@ __device__ void flash_forward(T* out, float* lse, const T* q, const T* k, const 
                         float x = s[f][nt][e] * sl2;
                         if (mask) {
                             const int key = k0 + nt * 8 + 2 * t + (e & 1), row = frow0 + g + 8 * (e >> 1);
-                            if (key > row || key >= len) x = -INFINITY;
+                            if (key > row || key >= len || key <= row - w) x = -INFINITY;
                         }
                         s[f][nt][e] = x;
                         mx[e >> 1] = fmaxf(mx[e >> 1], x);
@@ -175,7 +182,7 @@ __device__ void flash_forward(T* out, float* lse, const T* q, const T* k, const 
 template <typename T, int D, int BQ, int DC>
 __device__ void flash_bwd_dkv(T* dk, T* dv, const T* q, const T* k, const T* v, const T* dout, const float* lse,
                               const float* Dsum, const unsigned int* tiles, unsigned int hq, unsigned int hkv,
-                              float scale) {
+                              float scale, unsigned int window) {
     constexpr int SD = D + FA_PAD, KT = D / 16, NQ = BQ / 8, NC = DC / 8;
     extern __shared__ __align__(16) unsigned char fa_smem[];
     T* Ks = reinterpret_cast<T*>(fa_smem);   // (BK, SD)
@@ -192,8 +199,10 @@ __device__ void flash_bwd_dkv(T* dk, T* dv, const T* q, const T* k, const T* v, 
     const int key0 = k0 + warp * 16;  // the warp's first key
     const bool warp_live = key0 < len;
     const float sl2 = scale * FA_LOG2E;
+    const int w = fa_window(window);
     const int first_q = (k0 / BQ) * BQ;  // queries before the block's first key see none of its keys
-    const int nq = (len - first_q + BQ - 1) / BQ;
+    const int qend = min(len, k0 + FA_BK - 1 + w);  // nor do queries from qend on (the window)
+    const int nq = max(0, (qend - first_q + BQ - 1) / BQ);
     const int iters = (int)group * nq;
 
     // Queries, dO, lse and Dsum of iteration it into stage st.
@@ -238,8 +247,9 @@ __device__ void flash_bwd_dkv(T* dk, T* dv, const T* q, const T* k, const T* v, 
         }
         __syncthreads();
         const int qi = first_q + (it % nq) * BQ;
-        // Skip a warp whose keys all follow the tile's queries (or lie past the sequence).
-        if (warp_live && qi + BQ - 1 >= key0) {
+        // Skip a warp whose keys all follow the tile's queries, or whose windows all end
+        // before them (or that lies past the sequence).
+        if (warp_live && qi + BQ - 1 >= key0 && qi < key0 + 15 + w) {
             const T* Qt = Qs + stage * BQ * SD;
             const T* Ot = Os + stage * BQ * SD;
             const float* Lt = Ls + stage * BQ;
@@ -252,7 +262,7 @@ __device__ void flash_bwd_dkv(T* dk, T* dv, const T* q, const T* k, const T* v, 
             }
             mma_rows_nk<T, SD, KT, NQ>(p, Ks, warp * 16, Qt, 0, lane);   // S^T (keys, queries)
             mma_rows_nk<T, SD, KT, NQ>(ds, Vs, warp * 16, Ot, 0, lane);  // dP^T
-            const bool mask = qi < key0 + 15 || qi + BQ > len;
+            const bool mask = qi < key0 + 15 || qi + BQ > len || qi + BQ - 1 >= key0 + w;
 #pragma unroll
             for (int nt = 0; nt < NQ; ++nt) {
 #pragma unroll
@@ -261,7 +271,7 @@ __device__ void flash_bwd_dkv(T* dk, T* dv, const T* q, const T* k, const T* v, 
                     float pv = fast_exp2(p[nt][e] * sl2 - Lt[col] * FA_LOG2E);
                     if (mask) {
                         const int query = qi + col, key = key0 + g + 8 * (e >> 1);
-                        if (query < key || query >= len) pv = 0.0f;
+                        if (query < key || query >= len || query >= key + w) pv = 0.0f;
                     }
                     p[nt][e] = pv;
                     ds[nt][e] = pv * (ds[nt][e] - Dt[col]);
@@ -285,7 +295,7 @@ __device__ void flash_bwd_dkv(T* dk, T* dv, const T* q, const T* k, const T* v, 
 template <typename T, int D, int BC, int FM>
 __device__ void flash_bwd_dq(T* dq, const T* q, const T* k, const T* v, const T* dout, const float* lse,
                              const float* Dsum, const unsigned int* tiles, unsigned int hq, unsigned int hkv,
-                             float scale) {
+                             float scale, unsigned int window) {
     constexpr int SD = D + FA_PAD, KT = D / 16, NB = BC / 8, NO = D / 8, WR = 16 * FM, BRF = 4 * WR;
     extern __shared__ __align__(16) unsigned char fa_smem[];
     T* Qs = reinterpret_cast<T*>(fa_smem);  // (BRF, SD)
@@ -299,8 +309,10 @@ __device__ void flash_bwd_dq(T* dq, const T* q, const T* k, const T* v, const T*
     const unsigned long long qoff = (unsigned long long)a * qstride + h * D;
     const T* kb = k + (unsigned long long)a * kstride + hk * D;
     const T* vb = v + (unsigned long long)a * kstride + hk * D;
+    const int w = fa_window(window);
     const int kend = min(len, q0 + BRF);
     const int ntiles = (kend + BC - 1) / BC;
+    const int jstart = max(0, q0 - w + 1) / BC;
     const int row0 = q0 + warp * WR;
     const bool warp_live = row0 < len;
     const float sl2 = scale * FA_LOG2E;
@@ -317,8 +329,11 @@ __device__ void flash_bwd_dq(T* dq, const T* q, const T* k, const T* v, const T*
 
     load_rows<T, D, SD, BRF>(Qs, q + qoff, qstride, q0, len);
     load_rows<T, D, SD, BRF>(Os, dout + qoff, qstride, q0, len);
-    load_rows<T, D, SD, BC>(Ks, kb, kstride, 0, len);
-    load_rows<T, D, SD, BC>(Vs, vb, kstride, 0, len);
+    {
+        const int s0 = FA_STAGES == 1 ? 0 : (jstart & 1);
+        load_rows<T, D, SD, BC>(Ks + s0 * BC * SD, kb, kstride, jstart * BC, len);
+        load_rows<T, D, SD, BC>(Vs + s0 * BC * SD, vb, kstride, jstart * BC, len);
+    }
     copies_commit();
 
     float dqa[FM][NO][4];
@@ -327,10 +342,10 @@ __device__ void flash_bwd_dq(T* dq, const T* q, const T* k, const T* v, const T*
 #pragma unroll
         for (int i = 0; i < NO; ++i) dqa[f][i][0] = dqa[f][i][1] = dqa[f][i][2] = dqa[f][i][3] = 0.0f;
 
-    for (int j = 0; j < ntiles; ++j) {
+    for (int j = jstart; j < ntiles; ++j) {
         const int stage = FA_STAGES == 1 ? 0 : (j & 1);
         if (FA_STAGES == 1) {
-            if (j > 0) {
+            if (j > jstart) {
                 load_rows<T, D, SD, BC>(Ks, kb, kstride, j * BC, len);
                 load_rows<T, D, SD, BC>(Vs, vb, kstride, j * BC, len);
             }
@@ -346,7 +361,7 @@ __device__ void flash_bwd_dq(T* dq, const T* q, const T* k, const T* v, const T*
         }
         __syncthreads();
         const int k0 = j * BC;
-        if (warp_live && k0 <= row0 + WR - 1) {
+        if (warp_live && k0 <= row0 + WR - 1 && k0 + BC - 1 > row0 - w) {
             const T* Kt = Ks + stage * BC * SD;
             const T* Vt = Vs + stage * BC * SD;
             float p[FM][NB][4], ds[FM][NB][4];
@@ -362,7 +377,8 @@ __device__ void flash_bwd_dq(T* dq, const T* q, const T* k, const T* v, const T*
 #pragma unroll
             for (int f = 0; f < FM; ++f) {
                 const int frow0 = row0 + 16 * f;
-                const bool mask = k0 + BC - 1 > frow0 || k0 + BC > len || frow0 + 16 > len;
+                const bool mask =
+                    k0 + BC - 1 > frow0 || k0 + BC > len || frow0 + 16 > len || k0 <= frow0 + 15 - w;
 #pragma unroll
                 for (int nt = 0; nt < NB; ++nt) {
 #pragma unroll
@@ -371,7 +387,7 @@ __device__ void flash_bwd_dq(T* dq, const T* q, const T* k, const T* v, const T*
                         float pv = fast_exp2(p[f][nt][e] * sl2 - lrow[f][i]);
                         if (mask) {
                             const int key = k0 + nt * 8 + 2 * t + (e & 1), row = frow0 + g + 8 * i;
-                            if (key > row || key >= len || row >= len) pv = 0.0f;
+                            if (key > row || key >= len || row >= len || key <= row - w) pv = 0.0f;
                         }
                         ds[f][nt][e] = pv * (ds[f][nt][e] - drow[f][i]);
                     }
@@ -395,20 +411,20 @@ __device__ void flash_bwd_dq(T* dq, const T* q, const T* k, const T* v, const T*
 #define FLASH(sfx, T, D, FWD_BC, FWD_FM, DKV_BQ, DKV_DC, DQ_BC, DQ_FM)                                                              \
     extern "C" __global__ void __launch_bounds__(FA_THREADS)                                                       \
         flash_fwd_##sfx##_d##D(T* out, float* lse, const T* q, const T* k, const T* v, const unsigned int* tiles, \
-                               unsigned int hq, unsigned int hkv, float scale) {                                   \
-        flash_forward<T, D, FWD_BC, FWD_FM>(out, lse, q, k, v, tiles, hq, hkv, scale);                                 \
+                               unsigned int hq, unsigned int hkv, float scale, unsigned int window) {              \
+        flash_forward<T, D, FWD_BC, FWD_FM>(out, lse, q, k, v, tiles, hq, hkv, scale, window);                        \
     }                                                                                                              \
     extern "C" __global__ void __launch_bounds__(FA_THREADS)                                                       \
         flash_bwd_dkv_##sfx##_d##D(T* dk, T* dv, const T* q, const T* k, const T* v, const T* dout,               \
                                    const float* lse, const float* Dsum, const unsigned int* tiles,                 \
-                                   unsigned int hq, unsigned int hkv, float scale) {                               \
-        flash_bwd_dkv<T, D, DKV_BQ, DKV_DC>(dk, dv, q, k, v, dout, lse, Dsum, tiles, hq, hkv, scale);              \
+                                   unsigned int hq, unsigned int hkv, float scale, unsigned int window) {          \
+        flash_bwd_dkv<T, D, DKV_BQ, DKV_DC>(dk, dv, q, k, v, dout, lse, Dsum, tiles, hq, hkv, scale, window);      \
     }                                                                                                              \
     extern "C" __global__ void __launch_bounds__(FA_THREADS)                                                       \
         flash_bwd_dq_##sfx##_d##D(T* dq, const T* q, const T* k, const T* v, const T* dout, const float* lse,     \
                                   const float* Dsum, const unsigned int* tiles, unsigned int hq, unsigned int hkv, \
-                                  float scale) {                                                                   \
-        flash_bwd_dq<T, D, DQ_BC, DQ_FM>(dq, q, k, v, dout, lse, Dsum, tiles, hq, hkv, scale);                        \
+                                  float scale, unsigned int window) {                                              \
+        flash_bwd_dq<T, D, DQ_BC, DQ_FM>(dq, q, k, v, dout, lse, Dsum, tiles, hq, hkv, scale, window);                \
     }
 
 #define FLASH_DIMS(sfx, T)                   \

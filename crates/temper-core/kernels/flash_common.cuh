@@ -9,6 +9,12 @@
 #define FA_THREADS 128
 #define FA_BK 64  // keys per dkv block
 
+// The sliding window as the kernels take it: query i sees key j iff i - w < j <= i. `window`
+// 0 means none (then w is larger than any sequence, and i - w never excludes a key).
+__device__ __forceinline__ int fa_window(unsigned int window) {
+    return window == 0 || window > (1u << 30) ? (1 << 30) : (int)window;
+}
+
 #if __CUDA_ARCH__ >= 800
 #define FA_STAGES 2  // tiles in shared memory at once: one in use, the next being copied
 #else

@@ -1,5 +1,5 @@
 // Flash attention on Hopper's warpgroup tensor cores (wgmma): the kernels of
-// flash_attention.cu, same algorithm, arguments and layouts, for head dims 64 and 128 on
+// flash_attention.cu, same algorithm, arguments (the sliding window included) and layouts, for head dims 64 and 128 on
 // sm_90 (H100, H200). Compiled for compute_90a only; the host (src/cuda/flash.rs) uses these
 // entry points in place of the mma.sync ones there, and falls back to those elsewhere.
 //
@@ -211,10 +211,10 @@ __device__ __forceinline__ void to_a(unsigned int (&pa)[KS][4], const float (&c)
 template <typename T, int D, int BC>
 __device__ __forceinline__ void softmax_tile(float (&s)[BC / 8][4], unsigned int (&pa)[BC / 16][4],
                                              float (&o)[D / 8][4], float (&m)[2], float (&l)[2], int k0, int row0,
-                                             int len, float sl2, int g, int t) {
+                                             int len, int w, float sl2, int g, int t) {
     // The max is taken over the raw scores (scaling by sl2 > 0 keeps the order), so each
     // probability is one fused multiply-add and one exp2.
-    const bool mask = k0 + BC - 1 > row0 || k0 + BC > len;
+    const bool mask = k0 + BC - 1 > row0 || k0 + BC > len || k0 <= row0 + 15 - w;
     float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int nt = 0; nt < BC / 8; ++nt) {
@@ -222,7 +222,7 @@ __device__ __forceinline__ void softmax_tile(float (&s)[BC / 8][4], unsigned int
         for (int e = 0; e < 4; ++e) {
             if (mask) {
                 const int key = k0 + nt * 8 + 2 * t + (e & 1), row = row0 + g + 8 * (e >> 1);
-                if (key > row || key >= len) s[nt][e] = -INFINITY;
+                if (key > row || key >= len || key <= row - w) s[nt][e] = -INFINITY;
             }
             mx[e >> 1] = fmaxf(mx[e >> 1], s[nt][e]);
         }
@@ -262,7 +262,7 @@ __device__ __forceinline__ void softmax_tile(float (&s)[BC / 8][4], unsigned int
 // grid (tiles, hq), block FA_THREADS; shared (64 + 4 BC) D values: Q, then two stages of K and V.
 template <typename T, int D, int BC>
 __device__ void flash_forward_wg(T* out, float* lse, const T* q, const T* k, const T* v, const unsigned int* tiles,
-                                 unsigned int hq, unsigned int hkv, float scale) {
+                                 unsigned int hq, unsigned int hkv, float scale, unsigned int window) {
     constexpr int NB = BC / 8, NO = D / 8, SD = D + FA_PAD;
     extern __shared__ __align__(1024) unsigned char fa_smem[];
     T* Qs = reinterpret_cast<T*>(fa_smem);  // (64, D)
@@ -274,14 +274,16 @@ __device__ void flash_forward_wg(T* out, float* lse, const T* q, const T* k, con
     const unsigned long long qstride = (unsigned long long)hq * D, kstride = (unsigned long long)hkv * D;
     const T* kb = k + (unsigned long long)a * kstride + hk * D;
     const T* vb = v + (unsigned long long)a * kstride + hk * D;
+    const int w = fa_window(window);
     const int kend = min(len, q0 + 64);
     const int ntiles = (kend + BC - 1) / BC;
+    const int jstart = max(0, q0 - w + 1) / BC;  // the first key tile inside the first row's window
     const int row0 = q0 + warp * 16;  // the warp's first query
     const float sl2 = scale * FA_LOG2E;
 
     load_tile<T, D, 64>(Qs, q + (unsigned long long)a * qstride + h * D, qstride, q0, len);
-    load_tile<T, D, BC>(Ks, kb, kstride, 0, len);
-    load_tile<T, D, BC>(Vs, vb, kstride, 0, len);
+    load_tile<T, D, BC>(Ks + (jstart & 1) * BC * D, kb, kstride, jstart * BC, len);
+    load_tile<T, D, BC>(Vs + (jstart & 1) * BC * D, vb, kstride, jstart * BC, len);
     copies_commit();
 
     float o[NO][4];
@@ -289,7 +291,7 @@ __device__ void flash_forward_wg(T* out, float* lse, const T* q, const T* k, con
     for (int i = 0; i < NO; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
 
-    for (int j = 0; j < ntiles; ++j) {
+    for (int j = jstart; j < ntiles; ++j) {
         const int stage = j & 1;
         next_kv_tile<T, D, BC>(Ks, Vs, kb, vb, kstride, j, ntiles, len);
         const T* Kt = Ks + stage * BC * D;
@@ -302,7 +304,7 @@ __device__ void flash_forward_wg(T* out, float* lse, const T* q, const T* k, con
         wg_wait<0>();
         pin(s);
         unsigned int pa[BC / 16][4];
-        softmax_tile<T, D, BC>(s, pa, o, m, l, k0, row0, len, sl2, g, t);
+        softmax_tile<T, D, BC>(s, pa, o, m, l, k0, row0, len, w, sl2, g, t);
         wg_fence();
         product_pv<T, BC / 16, BC>(o, pa, Vt);
         wg_commit();
@@ -333,7 +335,7 @@ __device__ void flash_forward_wg(T* out, float* lse, const T* q, const T* k, con
 template <typename T, int D, int BQ>
 __device__ void flash_bwd_dkv_wg(T* dk, T* dv, const T* q, const T* k, const T* v, const T* dout, const float* lse,
                                  const float* Dsum, const unsigned int* tiles, unsigned int hq, unsigned int hkv,
-                                 float scale) {
+                                 float scale, unsigned int window) {
     constexpr int NQ = BQ / 8, NC = D / 8, SD = D + FA_PAD;
     extern __shared__ __align__(1024) unsigned char fa_smem[];
     T* Ks = reinterpret_cast<T*>(fa_smem);  // (BK, D)
@@ -348,8 +350,10 @@ __device__ void flash_bwd_dkv_wg(T* dk, T* dv, const T* q, const T* k, const T* 
     const unsigned long long qstride = (unsigned long long)hq * D, kstride = (unsigned long long)hkv * D;
     const int key0 = k0 + warp * 16;  // the warp's first key
     const float sl2 = scale * FA_LOG2E;
+    const int w = fa_window(window);
     const int first_q = (k0 / BQ) * BQ;  // queries before the block's first key see none of its keys
-    const int nq = (len - first_q + BQ - 1) / BQ;
+    const int qend = min(len, k0 + FA_BK - 1 + w);  // nor do queries from qend on (the window)
+    const int nq = max(0, (qend - first_q + BQ - 1) / BQ);
     const int iters = (int)group * nq;
 
     auto load_iter = [&](int it, int st) {
@@ -403,7 +407,7 @@ __device__ void flash_bwd_dkv_wg(T* dk, T* dv, const T* q, const T* k, const T* 
         wg_wait<0>();
         pin(p);
         pin(ds);
-        const bool mask = qi < key0 + 15 || qi + BQ > len;
+        const bool mask = qi < key0 + 15 || qi + BQ > len || qi + BQ - 1 >= key0 + w;
 #pragma unroll
         for (int nt = 0; nt < NQ; ++nt) {
 #pragma unroll
@@ -412,7 +416,7 @@ __device__ void flash_bwd_dkv_wg(T* dk, T* dv, const T* q, const T* k, const T* 
                 float pv = fast_exp2(p[nt][e] * sl2 - Lt[col] * FA_LOG2E);
                 if (mask) {
                     const int query = qi + col, key = key0 + g + 8 * (e >> 1);
-                    if (query < key || query >= len) pv = 0.0f;
+                    if (query < key || query >= len || query >= key + w) pv = 0.0f;
                 }
                 p[nt][e] = pv;
                 ds[nt][e] = pv * (ds[nt][e] - Dt[col]);
@@ -443,7 +447,7 @@ __device__ void flash_bwd_dkv_wg(T* dk, T* dv, const T* q, const T* k, const T* 
 template <typename T, int D, int BC>
 __device__ void flash_bwd_dq_wg(T* dq, const T* q, const T* k, const T* v, const T* dout, const float* lse,
                                 const float* Dsum, const unsigned int* tiles, unsigned int hq, unsigned int hkv,
-                                float scale) {
+                                float scale, unsigned int window) {
     constexpr int NB = BC / 8, NO = D / 8, SD = D + FA_PAD;
     extern __shared__ __align__(1024) unsigned char fa_smem[];
     T* Qs = reinterpret_cast<T*>(fa_smem);  // (64, D)
@@ -457,8 +461,10 @@ __device__ void flash_bwd_dq_wg(T* dq, const T* q, const T* k, const T* v, const
     const unsigned long long qoff = (unsigned long long)a * qstride + h * D;
     const T* kb = k + (unsigned long long)a * kstride + hk * D;
     const T* vb = v + (unsigned long long)a * kstride + hk * D;
+    const int w = fa_window(window);
     const int kend = min(len, q0 + 64);
     const int ntiles = (kend + BC - 1) / BC;
+    const int jstart = max(0, q0 - w + 1) / BC;
     const int row0 = q0 + warp * 16;
     const float sl2 = scale * FA_LOG2E;
     float lrow[2], drow[2];
@@ -472,15 +478,15 @@ __device__ void flash_bwd_dq_wg(T* dq, const T* q, const T* k, const T* v, const
 
     load_tile<T, D, 64>(Qs, q + qoff, qstride, q0, len);
     load_tile<T, D, 64>(Os, dout + qoff, qstride, q0, len);
-    load_tile<T, D, BC>(Ks, kb, kstride, 0, len);
-    load_tile<T, D, BC>(Vs, vb, kstride, 0, len);
+    load_tile<T, D, BC>(Ks + (jstart & 1) * BC * D, kb, kstride, jstart * BC, len);
+    load_tile<T, D, BC>(Vs + (jstart & 1) * BC * D, vb, kstride, jstart * BC, len);
     copies_commit();
 
     float dqa[NO][4];
 #pragma unroll
     for (int i = 0; i < NO; ++i) dqa[i][0] = dqa[i][1] = dqa[i][2] = dqa[i][3] = 0.0f;
 
-    for (int j = 0; j < ntiles; ++j) {
+    for (int j = jstart; j < ntiles; ++j) {
         const int stage = j & 1;
         next_kv_tile<T, D, BC>(Ks, Vs, kb, vb, kstride, j, ntiles, len);
         const int k0 = j * BC;
@@ -494,7 +500,7 @@ __device__ void flash_bwd_dq_wg(T* dq, const T* q, const T* k, const T* v, const
         wg_wait<0>();
         pin(p);
         pin(ds);
-        const bool mask = k0 + BC - 1 > row0 || k0 + BC > len || row0 + 16 > len;
+        const bool mask = k0 + BC - 1 > row0 || k0 + BC > len || row0 + 16 > len || k0 <= row0 + 15 - w;
 #pragma unroll
         for (int nt = 0; nt < NB; ++nt) {
 #pragma unroll
@@ -503,7 +509,7 @@ __device__ void flash_bwd_dq_wg(T* dq, const T* q, const T* k, const T* v, const
                 float pv = fast_exp2(p[nt][e] * sl2 - lrow[i]);
                 if (mask) {
                     const int key = k0 + nt * 8 + 2 * t + (e & 1), row = row0 + g + 8 * i;
-                    if (key > row || key >= len || row >= len) pv = 0.0f;
+                    if (key > row || key >= len || row >= len || key <= row - w) pv = 0.0f;
                 }
                 ds[nt][e] = pv * (ds[nt][e] - drow[i]);
             }
@@ -533,20 +539,21 @@ __device__ void flash_bwd_dq_wg(T* dq, const T* q, const T* k, const T* v, const
 #define FLASH_WG(sfx, T, D, FWD_BC, DKV_BQ, DQ_BC)                                                                  \
     extern "C" __global__ void __launch_bounds__(FA_THREADS)                                                       \
         flash_fwd_wg_##sfx##_d##D(T* out, float* lse, const T* q, const T* k, const T* v,                         \
-                                  const unsigned int* tiles, unsigned int hq, unsigned int hkv, float scale) {     \
-        WG_BODY((flash_forward_wg<T, D, FWD_BC>(out, lse, q, k, v, tiles, hq, hkv, scale)));                       \
+                                  const unsigned int* tiles, unsigned int hq, unsigned int hkv, float scale,       \
+                                  unsigned int window) {                                                           \
+        WG_BODY((flash_forward_wg<T, D, FWD_BC>(out, lse, q, k, v, tiles, hq, hkv, scale, window)));               \
     }                                                                                                              \
     extern "C" __global__ void __launch_bounds__(FA_THREADS)                                                       \
         flash_bwd_dkv_wg_##sfx##_d##D(T* dk, T* dv, const T* q, const T* k, const T* v, const T* dout,            \
                                       const float* lse, const float* Dsum, const unsigned int* tiles,              \
-                                      unsigned int hq, unsigned int hkv, float scale) {                            \
-        WG_BODY((flash_bwd_dkv_wg<T, D, DKV_BQ>(dk, dv, q, k, v, dout, lse, Dsum, tiles, hq, hkv, scale)));        \
+                                      unsigned int hq, unsigned int hkv, float scale, unsigned int window) {       \
+        WG_BODY((flash_bwd_dkv_wg<T, D, DKV_BQ>(dk, dv, q, k, v, dout, lse, Dsum, tiles, hq, hkv, scale, window))); \
     }                                                                                                              \
     extern "C" __global__ void __launch_bounds__(FA_THREADS)                                                       \
         flash_bwd_dq_wg_##sfx##_d##D(T* dq, const T* q, const T* k, const T* v, const T* dout, const float* lse,  \
                                      const float* Dsum, const unsigned int* tiles, unsigned int hq,                \
-                                     unsigned int hkv, float scale) {                                              \
-        WG_BODY((flash_bwd_dq_wg<T, D, DQ_BC>(dq, q, k, v, dout, lse, Dsum, tiles, hq, hkv, scale)));              \
+                                     unsigned int hkv, float scale, unsigned int window) {                         \
+        WG_BODY((flash_bwd_dq_wg<T, D, DQ_BC>(dq, q, k, v, dout, lse, Dsum, tiles, hq, hkv, scale, window)));      \
     }
 
 #define FLASH_WG_DIMS(sfx, T)          \

@@ -92,16 +92,18 @@ __device__ void rmsnorm_backward(T* dx, const T* dy, const T* x, const T* w, con
 }
 
 // x (n, h, d) rotated in place, rotate_half layout; cos/sin (P, d/2); sign -1 applies the inverse.
-// Each thread rotates eight pairs when d/2 is a multiple of eight, one pair otherwise.
+// Each thread rotates eight pairs when rot/2 is a multiple of eight, one pair otherwise.
 __device__ __forceinline__ void rotate(float* x1, float* x2, float c, float s) {
     const float a = *x1, b = *x2;
     *x1 = a * c - b * s;
     *x2 = b * c + a * s;
 }
+// RoPE over the first `rot` values of each head of d (cos, sin tables (P, rot/2)); the
+// other d - rot values pass through (a partial rotary factor; rot == d rotates all).
 template <typename T>
 __device__ void rope(T* x, const unsigned int* pos, const float* cos_t, const float* sin_t, unsigned int n,
-                     unsigned int h, unsigned int d, float sign) {
-    const unsigned int half = d / 2;
+                     unsigned int h, unsigned int d, unsigned int rot, float sign) {
+    const unsigned int half = rot / 2;
     if (half % 8 == 0) {
         const unsigned int groups = half / 8;
         const unsigned long long total = (unsigned long long)n * h * groups;
@@ -151,7 +153,8 @@ __device__ void rope(T* x, const unsigned int* pos, const float* cos_t, const fl
         rmsnorm_backward<T>(dx, dy, x, w, rstd, c);                                                              \
     }                                                                                                            \
     extern "C" __global__ void rope_##sfx(T* x, const unsigned int* pos, const float* cos_t, const float* sin_t,   \
-                                          unsigned int n, unsigned int h, unsigned int d, float sign) {          \
-        rope<T>(x, pos, cos_t, sin_t, n, h, d, sign);                                                            \
+                                          unsigned int n, unsigned int h, unsigned int d, unsigned int rot,      \
+                                          float sign) {                                                          \
+        rope<T>(x, pos, cos_t, sin_t, n, h, d, rot, sign);                                                       \
     }
 STORAGE_TYPES(LAYERS)

@@ -278,6 +278,66 @@ pub fn rope(
     Ok(())
 }
 
+/// Checks a partial rotation: `rot` even, positive and at most d; the tables are (P, rot/2).
+#[allow(clippy::too_many_arguments)]
+pub fn rope_partial(
+    op: &'static str,
+    x_len: usize,
+    pos: &[u32],
+    cos_len: usize,
+    sin_len: usize,
+    h: usize,
+    d: usize,
+    rot: usize,
+) -> Result<()> {
+    if rot == 0 || !rot.is_multiple_of(2) || rot > d {
+        return Err(CoreError::Invalid {
+            op,
+            msg: format!("rotated dims {rot} must be even, positive and at most head_dim {d}"),
+        });
+    }
+    check_len(op, "x", x_len, pos.len() * h * d)?;
+    // The tables and positions are checked as for a head of `rot` values.
+    rope(op, pos.len() * h * rot, pos, cos_len, sin_len, h, rot)
+}
+
+/// Column blocks (`Backend::copy_columns`): both blocks inside their rows, and dst and src
+/// whole rows of their widths.
+#[allow(clippy::too_many_arguments)]
+pub fn copy_columns(
+    dst_len: usize,
+    dst_cols: usize,
+    dst_off: usize,
+    src_len: usize,
+    src_cols: usize,
+    src_off: usize,
+    width: usize,
+    rows: usize,
+) -> Result<()> {
+    let op = "copy_columns";
+    if dst_off.saturating_add(width) > dst_cols || src_off.saturating_add(width) > src_cols {
+        return Err(invalid(
+            op,
+            format!(
+                "columns {dst_off}..{} of {dst_cols} (dst) or {src_off}..{} of {src_cols} (src) \
+                 are out of range",
+                dst_off.saturating_add(width),
+                src_off.saturating_add(width)
+            ),
+        ));
+    }
+    if Some(dst_len) != rows.checked_mul(dst_cols) || Some(src_len) != rows.checked_mul(src_cols) {
+        return Err(invalid(
+            op,
+            format!(
+                "dst holds {dst_len} and src {src_len} elements, expected {rows} rows of \
+                 {dst_cols} and {src_cols}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// An optimizer step counts from 1 (bias correction divides by 1 - beta^step).
 pub fn step_from_one(op: &'static str, step: u64) -> Result<()> {
     if step == 0 {

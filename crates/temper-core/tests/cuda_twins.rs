@@ -225,6 +225,60 @@ fn elementwise_ops_in(dt: DType) {
         1e-6,
         1e-5,
     );
+    let (mut hc, mut hg) = p.up(&vec![0.0; n]);
+    p.cpu.geglu_forward(&mut hc, &gc, &uc).expect("cpu");
+    p.gpu.geglu_forward(&mut hg, &gg, &ug).expect("gpu");
+    p.twins(
+        "geglu_forward",
+        &p.gpu.download(&hg).expect("dl"),
+        &hc,
+        1e-6,
+        1e-5,
+    );
+    p.cpu
+        .geglu_backward(&mut dgc, &mut duc, &dhc, &gc, &uc)
+        .expect("cpu");
+    p.gpu
+        .geglu_backward(&mut dgg, &mut dug, &dhg, &gg, &ug)
+        .expect("gpu");
+    p.twins(
+        "geglu_backward dgate",
+        &p.gpu.download(&dgg).expect("dl"),
+        &dgc,
+        1e-6,
+        1e-5,
+    );
+    p.twins(
+        "geglu_backward dup",
+        &p.gpu.download(&dug).expect("dl"),
+        &duc,
+        1e-6,
+        1e-5,
+    );
+    // A column block of one matrix into another (a fused projection's split), the rest of
+    // dst untouched: bit for bit.
+    let (rows, src_cols, dst_cols) = (37, 29, 50);
+    let block = p.random(rows * src_cols, 1.0);
+    let (sc, sg) = p.up(&block);
+    let before = p.random(rows * dst_cols, 1.0);
+    let (mut dc, mut dg) = p.up(&before);
+    p.cpu
+        .copy_columns(&mut dc, dst_cols, 13, &sc, src_cols, 7, 11, rows)
+        .expect("cpu");
+    p.gpu
+        .copy_columns(&mut dg, dst_cols, 13, &sg, src_cols, 7, 11, rows)
+        .expect("gpu");
+    assert_twins(
+        "copy_columns",
+        &p.gpu.download(&dg).expect("dl"),
+        &p.cpu.download(&dc).expect("dl"),
+        0.0,
+        0.0,
+    );
+    assert!(p
+        .gpu
+        .copy_columns(&mut dg, dst_cols, 45, &sg, src_cols, 7, 11, rows)
+        .is_err());
     let mut fill = p.gpu.zeros(n).expect("gpu");
     p.gpu.fill(&mut fill, 2.5).expect("fill");
     assert!(p.gpu.download(&fill).expect("dl").iter().all(|&v| v == 2.5));
@@ -300,39 +354,43 @@ fn embedding_rmsnorm_rope_in(dt: DType) {
         1e-4,
     );
 
-    let (h, d, positions) = (5, 22, 300);
-    let inv = temper_core::rope::inv_freq(d, 10000.0, None, positions);
-    let (cos, sin) = temper_core::rope::tables(&inv, positions);
-    let ((cc, cg), (sc, sg)) = (p.up32(&cos), p.up32(&sin));
+    // Full rotations (d/2 odd: one pair per thread; d/2 a multiple of 8: eight) and partial
+    // ones (Phi-3-style rotary factors), whose last d - rot values pass through.
+    let (h, positions) = (5, 300);
     let pos: Vec<u32> = (0..n).map(|i| (i * 7 % positions) as u32).collect();
-    let q = p.random(n * h * d, 1.0);
-    let (mut qc, mut qg) = p.up(&q);
-    p.cpu
-        .rope_forward(&mut qc, &pos, &cc, &sc, h, d)
-        .expect("cpu");
-    p.gpu
-        .rope_forward(&mut qg, &pos, &cg, &sg, h, d)
-        .expect("gpu");
-    p.twins(
-        "rope_forward",
-        &p.gpu.download(&qg).expect("dl"),
-        &qc,
-        1e-6,
-        1e-5,
-    );
-    p.cpu
-        .rope_backward(&mut qc, &pos, &cc, &sc, h, d)
-        .expect("cpu");
-    p.gpu
-        .rope_backward(&mut qg, &pos, &cg, &sg, h, d)
-        .expect("gpu");
-    p.twins(
-        "rope_backward",
-        &p.gpu.download(&qg).expect("dl"),
-        &qc,
-        1e-6,
-        1e-5,
-    );
+    for (d, rot) in [(22, 22), (64, 64), (22, 10), (64, 32), (128, 96)] {
+        let inv = temper_core::rope::inv_freq(rot, 10000.0, None, positions);
+        let (cos, sin) = temper_core::rope::tables(&inv, positions);
+        let ((cc, cg), (sc, sg)) = (p.up32(&cos), p.up32(&sin));
+        let q = p.random(n * h * d, 1.0);
+        let (mut qc, mut qg) = p.up(&q);
+        p.cpu
+            .rope_partial_forward(&mut qc, &pos, &cc, &sc, h, d, rot)
+            .expect("cpu");
+        p.gpu
+            .rope_partial_forward(&mut qg, &pos, &cg, &sg, h, d, rot)
+            .expect("gpu");
+        p.twins(
+            &format!("rope forward d {d} rot {rot}"),
+            &p.gpu.download(&qg).expect("dl"),
+            &qc,
+            1e-6,
+            1e-5,
+        );
+        p.cpu
+            .rope_partial_backward(&mut qc, &pos, &cc, &sc, h, d, rot)
+            .expect("cpu");
+        p.gpu
+            .rope_partial_backward(&mut qg, &pos, &cg, &sg, h, d, rot)
+            .expect("gpu");
+        p.twins(
+            &format!("rope backward d {d} rot {rot}"),
+            &p.gpu.download(&qg).expect("dl"),
+            &qc,
+            1e-6,
+            1e-5,
+        );
+    }
 }
 
 #[test]
@@ -888,16 +946,30 @@ fn flash_attention_every_head_dim() {
         for d in [64, 80, 96, 128, 256] {
             // Lengths 1, 7, 63, 65 and 130 in one varlen batch (tiles of 64 and 32 split
             // them unevenly), GQA 4/2, and the same with one kv head per query head.
-            flash_attention_case(dt, d, &[0, 1, 8, 71, 136, 266], 4, 2);
-            flash_attention_case(dt, d, &[0, 65, 72], 3, 3);
+            flash_attention_case(dt, d, &[0, 1, 8, 71, 136, 266], 4, 2, None);
+            flash_attention_case(dt, d, &[0, 65, 72], 3, 3, None);
+            // Sliding windows: of one token, shorter than a row of 16, not a multiple of any
+            // tile, and one tile.
+            for w in [1, 5, 100, 64] {
+                flash_attention_case(dt, d, &[0, 1, 8, 71, 136, 266], 4, 2, Some(w));
+            }
         }
     }
-    // One long sequence that is no multiple of any tile.
-    flash_attention_case(DType::BF16, 128, &[0, 4097], 4, 1);
-    flash_attention_case(DType::F16, 64, &[0, 3, 4100], 2, 2);
+    // One long sequence that is no multiple of any tile, with and without a window.
+    flash_attention_case(DType::BF16, 128, &[0, 4097], 4, 1, None);
+    flash_attention_case(DType::F16, 64, &[0, 3, 4100], 2, 2, None);
+    flash_attention_case(DType::BF16, 128, &[0, 4097], 4, 1, Some(1000));
+    flash_attention_case(DType::F16, 64, &[0, 3, 4100], 2, 2, Some(333));
 }
 
-fn flash_attention_case(dt: DType, d: usize, cu: &[u32], hq: usize, hkv: usize) {
+fn flash_attention_case(
+    dt: DType,
+    d: usize,
+    cu: &[u32],
+    hq: usize,
+    hkv: usize,
+    window: Option<usize>,
+) {
     let mut p = Pair::new(40 + d as u64, dt);
     p.gpu.set_flash_attention(true);
     assert!(
@@ -906,7 +978,8 @@ fn flash_attention_case(dt: DType, d: usize, cu: &[u32], hq: usize, hkv: usize) 
         p.gpu.device_name()
     );
     let n = *cu.last().expect("cu") as usize;
-    let what = |name: &str| format!("flash {name} d {d} hq {hq} hkv {hkv} cu {cu:?}");
+    let what =
+        |name: &str| format!("flash {name} d {d} hq {hq} hkv {hkv} cu {cu:?} window {window:?}");
     let q = p.random(n * hq * d, 1.0);
     let k = p.random(n * hkv * d, 1.0);
     let v = p.random(n * hkv * d, 1.0);
@@ -928,7 +1001,7 @@ fn flash_attention_case(dt: DType, d: usize, cu: &[u32], hq: usize, hkv: usize) 
             &vc,
             cu,
             AttnShape::new(hq, hkv, d),
-            None,
+            window,
         )
         .expect("cpu");
     p.gpu
@@ -940,7 +1013,7 @@ fn flash_attention_case(dt: DType, d: usize, cu: &[u32], hq: usize, hkv: usize) 
             &vg,
             cu,
             AttnShape::new(hq, hkv, d),
-            None,
+            window,
         )
         .expect("gpu");
     p.twins(
@@ -975,7 +1048,7 @@ fn flash_attention_case(dt: DType, d: usize, cu: &[u32], hq: usize, hkv: usize) 
             &lc,
             cu,
             AttnShape::new(hq, hkv, d),
-            None,
+            window,
         )
         .expect("cpu");
     p.gpu
@@ -991,7 +1064,7 @@ fn flash_attention_case(dt: DType, d: usize, cu: &[u32], hq: usize, hkv: usize) 
             &lg,
             cu,
             AttnShape::new(hq, hkv, d),
-            None,
+            window,
         )
         .expect("gpu");
     let (dq1, dk1, dv1) = (
@@ -1016,7 +1089,7 @@ fn flash_attention_case(dt: DType, d: usize, cu: &[u32], hq: usize, hkv: usize) 
             &lg,
             cu,
             AttnShape::new(hq, hkv, d),
-            None,
+            window,
         )
         .expect("gpu");
     assert!(

@@ -393,8 +393,10 @@ fn cuda_qwen3_matches_transformers_and_peft() {
     check_cuda("qwen3");
 }
 
-/// The CUDA attention has no sliding-window mask: a window shorter than a sequence is refused
-/// with the fix in the message, not computed as plain causal attention.
+/// The CUDA attention outside the flash kernels (float32 here, and head dims they lack) has no
+/// sliding-window mask: a window shorter than a sequence is refused with the fix in the
+/// message, not computed as plain causal attention. (The flash kernels' window is checked
+/// against the CPU's in temper-core's `cuda_twins`.)
 #[test]
 #[ignore = "needs an NVIDIA GPU: cargo test -- --ignored"]
 fn cuda_refuses_a_sliding_window_shorter_than_the_sequence() {
@@ -429,8 +431,8 @@ fn cuda_refuses_a_sliding_window_shorter_than_the_sequence() {
         .expect("windows as long as the sequences run");
 }
 
-/// Phi-3 and Gemma on the GPU: the column split, partial RoPE and GeGLU run through host
-/// memory there (no CUDA kernels for them yet), so the results are the CPU's.
+/// Phi-3 and Gemma on the GPU: partial RoPE and GeGLU on their CUDA kernels, the column split
+/// of the fused projections through host memory.
 #[test]
 #[ignore = "needs an NVIDIA GPU: cargo test -- --ignored"]
 fn cuda_phi3_and_gemma_match_transformers_and_peft() {

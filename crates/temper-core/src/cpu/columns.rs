@@ -2,7 +2,7 @@
 //! `qkv_proj`, `gate_up_proj`) into its parts, and joining the parts' gradients back.
 use rayon::prelude::*;
 
-use crate::{CoreError, Result};
+use crate::Result;
 
 /// For every row r < rows: dst[r, dst_off..dst_off + width] = src[r, src_off..src_off + width],
 /// with dst (rows, dst_cols) and src (rows, src_cols). Other columns of dst are left as they are.
@@ -17,24 +17,16 @@ pub fn copy_columns<T: Copy + Send + Sync>(
     width: usize,
     rows: usize,
 ) -> Result<()> {
-    let bad = |msg: String| CoreError::Invalid {
-        op: "copy_columns",
-        msg,
-    };
-    if dst_off + width > dst_cols || src_off + width > src_cols {
-        return Err(bad(format!(
-            "columns {dst_off}..{} of {dst_cols} (dst) or {src_off}..{} of {src_cols} (src) are out of range",
-            dst_off + width,
-            src_off + width
-        )));
-    }
-    if dst.len() != rows * dst_cols || src.len() != rows * src_cols {
-        return Err(bad(format!(
-            "dst holds {} and src {} elements, expected {rows} rows of {dst_cols} and {src_cols}",
-            dst.len(),
-            src.len()
-        )));
-    }
+    crate::checks::copy_columns(
+        dst.len(),
+        dst_cols,
+        dst_off,
+        src.len(),
+        src_cols,
+        src_off,
+        width,
+        rows,
+    )?;
     if width == 0 || rows == 0 {
         return Ok(());
     }

@@ -72,29 +72,6 @@ pub fn rope_backward<T: Float>(
     Ok(())
 }
 
-/// Checks a partial rotation: `rot` even, positive and at most d; the tables are (P, rot/2).
-#[allow(clippy::too_many_arguments)]
-fn check_partial(
-    op: &'static str,
-    x_len: usize,
-    pos: &[u32],
-    cos_len: usize,
-    sin_len: usize,
-    h: usize,
-    d: usize,
-    rot: usize,
-) -> Result<()> {
-    if rot == 0 || !rot.is_multiple_of(2) || rot > d {
-        return Err(crate::CoreError::Invalid {
-            op,
-            msg: format!("rotated dims {rot} must be even, positive and at most head_dim {d}"),
-        });
-    }
-    crate::error::check_len(op, "x", x_len, pos.len() * h * d)?;
-    // The tables and positions are checked as for a head of `rot` values.
-    crate::checks::rope(op, pos.len() * h * rot, pos, cos_len, sin_len, h, rot)
-}
-
 /// [`rope_forward`] over the first `rot` of each head's d values (cos/sin are (P, rot/2));
 /// the other d - rot values pass through, as transformers' partial rotary embedding.
 #[allow(clippy::too_many_arguments)]
@@ -107,7 +84,7 @@ pub fn rope_partial_forward<T: Float>(
     d: usize,
     rot: usize,
 ) -> Result<()> {
-    check_partial(
+    crate::checks::rope_partial(
         "rope_partial_forward",
         x.len(),
         pos,
@@ -132,7 +109,7 @@ pub fn rope_partial_backward<T: Float>(
     d: usize,
     rot: usize,
 ) -> Result<()> {
-    check_partial(
+    crate::checks::rope_partial(
         "rope_partial_backward",
         dx.len(),
         pos,

@@ -17,6 +17,25 @@ use super::gemm::{Operand, Shape};
 use super::{check_f32, launch, CudaBackend, CudaBuf, ROW_THREADS};
 use crate::{AttnShape, CoreError, DType, Result};
 
+// The entry points of kernels/attention.cu.
+pub(super) const ATTENTION_FORWARD: &str = "attention_forward";
+pub(super) const ATTENTION_DECODE: &str = "attention_decode";
+pub(super) const ATTENTION_BACKWARD_DOT: &str = "attention_backward_dot";
+pub(super) const ATTENTION_BACKWARD_DQ: &str = "attention_backward_dq";
+pub(super) const ATTENTION_BACKWARD_DKV: &str = "attention_backward_dkv";
+pub(super) const ATTENTION_PROBS: &str = "attention_probs";
+pub(super) const ATTENTION_DSCORES: &str = "attention_dscores";
+/// Its entry points compiled per storage type (suffixes _f32, _bf16, _f16).
+pub(super) const KERNELS: &[&str] = &[
+    ATTENTION_FORWARD,
+    ATTENTION_DECODE,
+    ATTENTION_BACKWARD_DOT,
+    ATTENTION_BACKWARD_DQ,
+    ATTENTION_BACKWARD_DKV,
+    ATTENTION_PROBS,
+    ATTENTION_DSCORES,
+];
+
 /// Sequences at least this long take the GEMM path.
 const GEMM_MIN_LEN: usize = 128;
 /// Bytes of scores and probabilities held at once by the GEMM path.
@@ -105,6 +124,11 @@ struct GemmWork {
     p: CudaBuf,
     chunks: Vec<Chunk>,
 }
+
+/// The CUDA attention outside the flash kernels (float32, or a head dim they lack) has no
+/// sliding-window mask; how its refusal names it.
+const WINDOWLESS: &str = "CUDA attention for float32 or this head dim (only the bf16/f16 flash \
+                          kernels have one)";
 
 impl CudaBackend {
     fn chunk_heads(&self, len: usize, hkv: usize, dt: DType) -> usize {
@@ -232,9 +256,9 @@ impl CudaBackend {
         let cfg = c.score_rows();
         launch!(
             self,
-            self.kernel("attention_probs", p.dtype)?,
+            self.kernel(ATTENTION_PROBS, p.dtype)?,
             cfg,
-            "attention_probs",
+            ATTENTION_PROBS,
             &mut p.data,
             &lse_ptr,
             &s.data,
@@ -257,6 +281,7 @@ impl CudaBackend {
         v: &CudaBuf,
         cu_seqlens: &[u32],
         shape: AttnShape,
+        window: Option<usize>,
     ) -> Result<()> {
         let AttnShape {
             q_heads: hq,
@@ -277,8 +302,9 @@ impl CudaBackend {
             self.converted(v, dt)?,
         );
         if self.flash_applies(dt, d) {
-            return self.flash_forward(out, lse, &q, &k, &v, cu_seqlens, shape);
+            return self.flash_forward(out, lse, &q, &k, &v, cu_seqlens, shape, window);
         }
+        crate::checks::window_unsupported(op, WINDOWLESS, cu_seqlens, window)?;
         let work = plan(cu_seqlens, d);
         let scale = 1.0 / (d as f32).sqrt();
         let (hq32, hkv32, d32) = (hq as u32, hkv as u32, d as u32);
@@ -290,7 +316,7 @@ impl CudaBackend {
                 let cfg = per_token(b - a, hq32, d as u32 + ATTN_THREADS + 32);
                 launch!(
                     self,
-                    self.kernel("attention_forward", dt)?,
+                    self.kernel(ATTENTION_FORWARD, dt)?,
                     cfg,
                     op,
                     &mut out.data,
@@ -350,6 +376,7 @@ impl CudaBackend {
         lse: &CudaBuf,
         cu_seqlens: &[u32],
         shape: AttnShape,
+        window: Option<usize>,
     ) -> Result<()> {
         let AttnShape {
             q_heads: hq,
@@ -395,9 +422,9 @@ impl CudaBackend {
         };
         launch!(
             self,
-            self.kernel("attention_backward_dot", dt)?,
+            self.kernel(ATTENTION_BACKWARD_DOT, dt)?,
             cfg,
-            "attention_backward_dot",
+            ATTENTION_BACKWARD_DOT,
             &mut dsum.data,
             &dout.data,
             &out.data,
@@ -405,9 +432,11 @@ impl CudaBackend {
             &d32
         )?;
         if self.flash_applies(dt, d) {
-            return self
-                .flash_backward(dq, dk, dv, &dout, &q, &k, &v, lse, &dsum, cu_seqlens, shape);
+            return self.flash_backward(
+                dq, dk, dv, &dout, &q, &k, &v, lse, &dsum, cu_seqlens, shape, window,
+            );
         }
+        crate::checks::window_unsupported(op, WINDOWLESS, cu_seqlens, window)?;
         let work = plan(cu_seqlens, d);
         if !work.direct.is_empty() {
             let (starts, ends) = token_bounds(cu_seqlens, n);
@@ -418,9 +447,9 @@ impl CudaBackend {
                 let cfg = per_token(b - a, hq32, 2 * d as u32 + ATTN_THREADS);
                 launch!(
                     self,
-                    self.kernel("attention_backward_dq", dt)?,
+                    self.kernel(ATTENTION_BACKWARD_DQ, dt)?,
                     cfg,
-                    "attention_backward_dq",
+                    ATTENTION_BACKWARD_DQ,
                     &mut dq.data,
                     &dout.data,
                     &q.data,
@@ -438,9 +467,9 @@ impl CudaBackend {
                 let cfg = per_token(b - a, hkv32, 2 * d as u32 + 2 * ATTN_THREADS);
                 launch!(
                     self,
-                    self.kernel("attention_backward_dkv", dt)?,
+                    self.kernel(ATTENTION_BACKWARD_DKV, dt)?,
                     cfg,
-                    "attention_backward_dkv",
+                    ATTENTION_BACKWARD_DKV,
                     &mut dk.data,
                     &mut dv.data,
                     &dout.data,
@@ -498,9 +527,9 @@ impl CudaBackend {
             let cfg = c.score_rows();
             launch!(
                 self,
-                self.kernel("attention_dscores", dt)?,
+                self.kernel(ATTENTION_DSCORES, dt)?,
                 cfg,
-                "attention_dscores",
+                ATTENTION_DSCORES,
                 &mut p.data,
                 &s.data,
                 &dsum.data,
@@ -569,9 +598,9 @@ impl CudaBackend {
         let cfg = per_token(n, hq32, d as u32 + ATTN_THREADS + 32);
         launch!(
             self,
-            self.kernel("attention_decode", dt)?,
+            self.kernel(ATTENTION_DECODE, dt)?,
             cfg,
-            "attention_decode",
+            ATTENTION_DECODE,
             &mut out.data,
             &q.data,
             &k_cache.data,

@@ -322,6 +322,11 @@ fn tiles(cu: &[u32], tile: usize, work: impl Fn(usize, usize) -> usize) -> Vec<u
     list.into_iter().flat_map(|(_, t)| t).collect()
 }
 
+/// The sliding window as the kernels take it: tokens, 0 for none (a window past u32 is none).
+fn kernel_window(window: Option<usize>) -> u32 {
+    window.map_or(0, |w| u32::try_from(w).unwrap_or(0))
+}
+
 fn grid(tiles: &[u32], y: usize, z: usize, smem: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: ((tiles.len() / 3) as u32, y as u32, z as u32),
@@ -354,6 +359,7 @@ impl CudaBackend {
         v: &CudaBuf,
         cu: &[u32],
         shape: AttnShape,
+        window: Option<usize>,
     ) -> Result<()> {
         let AttnShape {
             q_heads: hq,
@@ -362,12 +368,14 @@ impl CudaBackend {
         } = shape;
         let e = self.flash_entry(out.dtype, d)?;
         let br = e.dim.fwd_br();
-        let list = tiles(cu, br, |len, r| len.min(r + br));
+        let w = window.unwrap_or(usize::MAX);
+        let list = tiles(cu, br, |len, r| len.min(r + br) - (r + 1).saturating_sub(w));
         if list.is_empty() {
             return Ok(());
         }
         let tiles_d = self.upload_u32(&list)?;
         let (hq32, hkv32, scale) = (hq as u32, hkv as u32, 1.0 / (d as f32).sqrt());
+        let win = kernel_window(window);
         let cfg = grid(&list, hq, 1, e.dim.fwd_smem(self.flash.stages));
         launch!(
             self,
@@ -382,7 +390,8 @@ impl CudaBackend {
             &*tiles_d,
             &hq32,
             &hkv32,
-            &scale
+            &scale,
+            &win
         )
     }
 
@@ -402,6 +411,7 @@ impl CudaBackend {
         dsum: &CudaBuf,
         cu: &[u32],
         shape: AttnShape,
+        window: Option<usize>,
     ) -> Result<()> {
         let AttnShape {
             q_heads: hq,
@@ -410,7 +420,9 @@ impl CudaBackend {
         } = shape;
         let e = self.flash_entry(dq.dtype, d)?;
         let (hq32, hkv32, scale) = (hq as u32, hkv as u32, 1.0 / (d as f32).sqrt());
-        let key_tiles = tiles(cu, BK, |len, r| len - r);
+        let win = kernel_window(window);
+        let w = window.unwrap_or(usize::MAX);
+        let key_tiles = tiles(cu, BK, |len, r| (len - r).min(w.saturating_add(BK)));
         if key_tiles.is_empty() {
             return Ok(());
         }
@@ -433,10 +445,11 @@ impl CudaBackend {
             &*key_tiles_d,
             &hq32,
             &hkv32,
-            &scale
+            &scale,
+            &win
         )?;
         let br = e.dim.dq_br();
-        let query_tiles = tiles(cu, br, |len, r| len.min(r + br));
+        let query_tiles = tiles(cu, br, |len, r| len.min(r + br) - (r + 1).saturating_sub(w));
         let query_tiles_d = self.upload_u32(&query_tiles)?;
         let cfg = grid(&query_tiles, hq, 1, e.dim.dq_smem(self.flash.stages));
         launch!(
@@ -454,7 +467,8 @@ impl CudaBackend {
             &*query_tiles_d,
             &hq32,
             &hkv32,
-            &scale
+            &scale,
+            &win
         )
     }
 

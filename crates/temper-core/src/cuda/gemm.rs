@@ -8,7 +8,8 @@ use std::ffi::c_void;
 use cudarc::cublas::result::{gemm_ex, gemm_strided_batched_ex};
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
 
-use super::{blas_err, CudaBackend};
+use super::{blas_err, elementwise, CudaBackend, CudaBuf};
+use crate::backend::Gemm;
 use crate::{DType, Result};
 
 /// One operand of a (batched) GEMM: a device address, its storage type, the row stride
@@ -118,5 +119,102 @@ impl CudaBackend {
             }
         }
         .map_err(blas_err)
+    }
+}
+
+impl CudaBackend {
+    /// A packed row-major operand of `buf` from element `offset`.
+    fn operand(&self, buf: &CudaBuf, offset: usize, ld: usize) -> Operand {
+        Operand {
+            ptr: self.ptr(buf, offset),
+            dtype: buf.dtype,
+            ld,
+            stride: 0,
+        }
+    }
+
+    /// [`Backend::matmul`] on element ranges: a from `a_off`, b from `b_off`, c from `c_off`,
+    /// with any mix of storage types. C is written through its device address, so a shared
+    /// reference suffices (the callers hold the only use of it while the stream runs).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn matmul_at(
+        &self,
+        c: &CudaBuf,
+        c_off: usize,
+        a: &CudaBuf,
+        a_off: usize,
+        b: &CudaBuf,
+        b_off: usize,
+        g: Gemm,
+    ) -> Result<()> {
+        if g.m == 0 || g.n == 0 {
+            return Ok(());
+        }
+        // The operands meet in one type: the 16-bit one when there is one.
+        let input_dt = match (a.dtype, b.dtype) {
+            (x, y) if x == y => x,
+            (DType::F32, y) => y,
+            (x, DType::F32) => x,
+            _ => c.dtype,
+        };
+        let a_conv;
+        let b_conv;
+        let (a, a_off) = if a.dtype == input_dt {
+            (a, a_off)
+        } else {
+            a_conv = self.converted_range(a, a_off, g.m * g.k, input_dt)?;
+            (&a_conv, 0)
+        };
+        let (b, b_off) = if b.dtype == input_dt {
+            (b, b_off)
+        } else {
+            b_conv = self.converted_range(b, b_off, g.k * g.n, input_dt)?;
+            (&b_conv, 0)
+        };
+        let shape = Shape {
+            m: g.m,
+            n: g.n,
+            k: g.k,
+            ta: g.ta,
+            tb: g.tb,
+            alpha: g.alpha,
+            beta: g.beta,
+            batch: 1,
+        };
+        let lda = if g.ta { g.m } else { g.k };
+        let ldb = if g.tb { g.k } else { g.n };
+        let (oa, ob) = (self.operand(a, a_off, lda), self.operand(b, b_off, ldb));
+        if c.dtype == input_dt || c.dtype == DType::F32 {
+            return self.gemm_raw(shape, oa, ob, self.operand(c, c_off, g.n));
+        }
+        // cuBLAS has no f32 x f32 -> 16-bit GEMM: go through an f32 copy of C.
+        let tmp = self.alloc_uninit(g.m * g.n, DType::F32)?;
+        if g.beta != 0.0 {
+            elementwise::cast(
+                self,
+                self.ptr(&tmp, 0),
+                DType::F32,
+                self.ptr(c, c_off),
+                c.dtype,
+                g.m * g.n,
+            )?;
+        }
+        self.gemm_raw(shape, oa, ob, self.operand(&tmp, 0, g.n))?;
+        let tmp_ptr = self.ptr(&tmp, 0);
+        elementwise::cast(
+            self,
+            self.ptr(c, c_off),
+            c.dtype,
+            tmp_ptr,
+            DType::F32,
+            g.m * g.n,
+        )
+    }
+
+    /// Elements off..off+n of `b` converted to `dt`, in a new buffer.
+    fn converted_range(&self, b: &CudaBuf, off: usize, n: usize, dt: DType) -> Result<CudaBuf> {
+        let out = self.alloc_uninit(n, dt)?;
+        elementwise::cast(self, self.ptr(&out, 0), dt, self.ptr(b, off), b.dtype, n)?;
+        Ok(out)
     }
 }

@@ -12,6 +12,10 @@ use crate::error::check_len;
 use crate::memory::Accounting;
 use crate::{CoreError, Result};
 
+// Entry points: dequant_int8 (kernels/dequant.cu), quantize_int8_rows (kernels/quant.cu).
+pub(super) const DEQUANT_INT8: &str = "dequant_int8";
+pub(super) const QUANTIZE_INT8_ROWS: &str = "quantize_int8_rows";
+
 /// An [`Int8Rows`] in device memory, counted until dropped.
 pub struct CudaInt8 {
     /// (rows, cols)
@@ -60,7 +64,7 @@ impl CudaBackend {
             return Ok(());
         }
         let (cols, n) = (q.cols as u64, q.numel as u64);
-        let f = self.kernel("dequant_int8", out.dtype)?;
+        let f = self.kernel(DEQUANT_INT8, out.dtype)?;
         launch!(
             self,
             f,
@@ -102,7 +106,7 @@ impl CudaBackend {
             };
             launch!(
                 self,
-                self.kernel("quantize_int8_rows", values.dtype)?,
+                self.kernel(QUANTIZE_INT8_ROWS, values.dtype)?,
                 cfg,
                 OP,
                 &values.data,

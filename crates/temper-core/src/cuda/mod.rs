@@ -7,10 +7,13 @@
 mod attention;
 mod buffer;
 pub mod compile;
+mod cross_entropy;
+mod elementwise;
 mod flash;
 mod gemm;
 mod host;
 mod int8;
+mod layers;
 mod ops;
 mod optim8;
 mod profile;
@@ -42,53 +45,26 @@ const INDEX_CACHE: usize = 16;
 /// An index array as the host passed it, and its copy on the device.
 type IndexUpload = (Vec<u32>, Arc<CudaSlice<u32>>);
 
-/// Entry points instantiated once per storage type, by source file.
+/// Entry points instantiated once per storage type, by source file (each module lists the
+/// kernels of its file).
 const PER_TYPE: &[(&str, &[&str])] = &[
+    ("elementwise.cu", elementwise::KERNELS),
+    ("layers.cu", layers::KERNELS),
+    ("attention.cu", attention::KERNELS),
+    ("cross_entropy.cu", cross_entropy::KERNELS),
+    ("dequant.cu", &[quant::DEQUANT4, int8::DEQUANT_INT8]),
     (
-        "elementwise.cu",
-        &[
-            "fill",
-            "axpy",
-            "scale",
-            "add_bias",
-            "sum_squares",
-            "dropout",
-            "swiglu_forward",
-            "swiglu_backward",
-        ],
+        "quant.cu",
+        &[quant::QUANTIZE_4BIT, int8::QUANTIZE_INT8_ROWS],
     ),
-    (
-        "layers.cu",
-        &[
-            "embedding_forward",
-            "rmsnorm_forward",
-            "rmsnorm_backward",
-            "rope",
-        ],
-    ),
-    (
-        "attention.cu",
-        &[
-            "attention_forward",
-            "attention_decode",
-            "attention_backward_dot",
-            "attention_backward_dq",
-            "attention_backward_dkv",
-            "attention_probs",
-            "attention_dscores",
-        ],
-    ),
-    ("cross_entropy.cu", &["cross_entropy_rows"]),
-    ("dequant.cu", &["dequant4", "dequant_int8"]),
-    ("quant.cu", &["quantize_4bit", "quantize_int8_rows"]),
 ];
 
 /// Entry points compiled for f32 only (optimizer state and parameters are always f32), by
 /// source file.
 const F32_ONLY: &[(&str, &[&str])] = &[
-    ("elementwise.cu", &["adamw_f32"]),
-    ("optim8.cu", &["adamw8bit_f32"]),
-    ("quant.cu", &["quantize_blockwise_f32"]),
+    ("elementwise.cu", elementwise::F32_KERNELS),
+    ("optim8.cu", &[optim8::ADAMW8BIT]),
+    ("quant.cu", &[quant::QUANTIZE_BLOCKWISE]),
 ];
 
 const DTYPES: [DType; 3] = [DType::F32, DType::BF16, DType::F16];
@@ -287,12 +263,16 @@ impl CudaBackend {
                 }
             }
             if let Some((_, f32_only)) = F32_ONLY.iter().find(|(f, _)| f == file) {
-                names.extend(f32_only.iter().map(|n| n.to_string()));
+                names.extend(
+                    f32_only
+                        .iter()
+                        .map(|n| format!("{n}_{}", DType::F32.suffix())),
+                );
             }
             if *file == "elementwise.cu" {
                 for from in DTYPES {
                     for to in DTYPES {
-                        names.push(format!("cast_{}_to_{}", from.suffix(), to.suffix()));
+                        names.push(elementwise::cast_name(from, to));
                     }
                 }
             }
@@ -370,9 +350,13 @@ impl CudaBackend {
     }
 
     fn kernel(&self, base: &str, dt: DType) -> Result<&CudaFunction> {
-        let name = format!("{base}_{}", dt.suffix());
+        self.kernel_named(&format!("{base}_{}", dt.suffix()))
+    }
+
+    /// A loaded entry point by its full name.
+    fn kernel_named(&self, name: &str) -> Result<&CudaFunction> {
         self.kernels
-            .get(&name)
+            .get(name)
             .ok_or_else(|| CoreError::Device(format!("kernel {name} was not loaded")))
     }
 
@@ -433,27 +417,13 @@ impl CudaBackend {
         p + (offset * b.dtype.size()) as u64
     }
 
-    /// Converts n elements at src (of type `from`) into dst (of type `to`).
-    fn cast_raw(&self, dst: u64, to: DType, src: u64, from: DType, n: usize) -> Result<()> {
-        if n == 0 {
-            return Ok(());
-        }
-        let name = format!("cast_{}_to_{}", from.suffix(), to.suffix());
-        let f = self
-            .kernels
-            .get(&name)
-            .ok_or_else(|| CoreError::Device(format!("kernel {name} was not loaded")))?;
-        let n64 = n as u64;
-        launch!(self, f, grid_stride(n), "cast", &dst, &src, &n64)
-    }
-
     /// `b` stored as `dt`: itself, or a converted copy.
     fn converted<'a>(&self, b: &'a CudaBuf, dt: DType) -> Result<Converted<'a>> {
         if b.dtype == dt {
             return Ok(Converted::Same(b));
         }
         let out = self.alloc_uninit(b.len, dt)?;
-        self.cast_raw(self.ptr(&out, 0), dt, self.ptr(b, 0), b.dtype, b.len)?;
+        elementwise::cast(self, self.ptr(&out, 0), dt, self.ptr(b, 0), b.dtype, b.len)?;
         Ok(Converted::Owned(out))
     }
 }

@@ -1,144 +1,17 @@
-//! [`Backend`] for [`CudaBackend`]: size checks, storage-type dispatch and kernel launches.
-//! Attention lives in `attention.rs`. An op whose inputs are stored in different types
-//! converts the odd one out to the output's type first (in practice only small buffers,
-//! e.g. an f32 LoRA matrix meeting bf16 activations).
+//! [`Backend`] for [`CudaBackend`]: each method names its profiler phase and calls the
+//! launcher of its kernel, in the module that mirrors the kernel's file: `elementwise.rs`,
+//! `layers.rs`, `cross_entropy.rs`, `attention.rs` and `flash.rs` (attention.cu,
+//! flash_attention.cu, flash_hopper.cu), `quant.rs` and `int8.rs` (the 4- and 8-bit formats'
+//! kernels in quant.cu and dequant.cu), `optim8.rs`; GEMMs in `gemm.rs`, host memory in
+//! `host.rs`. An op whose inputs are stored in different types converts the odd one out to the
+//! output's type first (in practice only small buffers, e.g. an f32 LoRA matrix meeting bf16
+//! activations).
 
-use cudarc::driver::LaunchConfig;
-
-use super::gemm::{Operand, Shape};
-use super::{check_f32, dev_err, grid_stride, launch, per_row, CudaBackend, CudaBuf};
+use super::{check_f32, dev_err, CudaBackend, CudaBuf};
+use super::{cross_entropy, elementwise, layers};
 use crate::backend::{AdamWStep, AttnShape, Backend, Gemm};
 use crate::error::check_len;
-use crate::{CoreError, DType, Result};
-
-impl CudaBackend {
-    /// A packed row-major operand of `buf` from element `offset`.
-    fn operand(&self, buf: &CudaBuf, offset: usize, ld: usize) -> Operand {
-        Operand {
-            ptr: self.ptr(buf, offset),
-            dtype: buf.dtype,
-            ld,
-            stride: 0,
-        }
-    }
-
-    /// [`Backend::matmul`] on element ranges: a from `a_off`, b from `b_off`, c from `c_off`,
-    /// with any mix of storage types. C is written through its device address, so a shared
-    /// reference suffices (the callers hold the only use of it while the stream runs).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn matmul_at(
-        &self,
-        c: &CudaBuf,
-        c_off: usize,
-        a: &CudaBuf,
-        a_off: usize,
-        b: &CudaBuf,
-        b_off: usize,
-        g: Gemm,
-    ) -> Result<()> {
-        if g.m == 0 || g.n == 0 {
-            return Ok(());
-        }
-        // The operands meet in one type: the 16-bit one when there is one.
-        let input_dt = match (a.dtype, b.dtype) {
-            (x, y) if x == y => x,
-            (DType::F32, y) => y,
-            (x, DType::F32) => x,
-            _ => c.dtype,
-        };
-        let a_conv;
-        let b_conv;
-        let (a, a_off) = if a.dtype == input_dt {
-            (a, a_off)
-        } else {
-            a_conv = self.converted_range(a, a_off, g.m * g.k, input_dt)?;
-            (&a_conv, 0)
-        };
-        let (b, b_off) = if b.dtype == input_dt {
-            (b, b_off)
-        } else {
-            b_conv = self.converted_range(b, b_off, g.k * g.n, input_dt)?;
-            (&b_conv, 0)
-        };
-        let shape = Shape {
-            m: g.m,
-            n: g.n,
-            k: g.k,
-            ta: g.ta,
-            tb: g.tb,
-            alpha: g.alpha,
-            beta: g.beta,
-            batch: 1,
-        };
-        let lda = if g.ta { g.m } else { g.k };
-        let ldb = if g.tb { g.k } else { g.n };
-        let (oa, ob) = (self.operand(a, a_off, lda), self.operand(b, b_off, ldb));
-        if c.dtype == input_dt || c.dtype == DType::F32 {
-            return self.gemm_raw(shape, oa, ob, self.operand(c, c_off, g.n));
-        }
-        // cuBLAS has no f32 x f32 -> 16-bit GEMM: go through an f32 copy of C.
-        let tmp = self.alloc_uninit(g.m * g.n, DType::F32)?;
-        if g.beta != 0.0 {
-            self.cast_raw(
-                self.ptr(&tmp, 0),
-                DType::F32,
-                self.ptr(c, c_off),
-                c.dtype,
-                g.m * g.n,
-            )?;
-        }
-        self.gemm_raw(shape, oa, ob, self.operand(&tmp, 0, g.n))?;
-        let tmp_ptr = self.ptr(&tmp, 0);
-        self.cast_raw(self.ptr(c, c_off), c.dtype, tmp_ptr, DType::F32, g.m * g.n)
-    }
-
-    /// Elements off..off+n of `b` converted to `dt`, in a new buffer.
-    fn converted_range(&self, b: &CudaBuf, off: usize, n: usize, dt: DType) -> Result<CudaBuf> {
-        let out = self.alloc_uninit(n, dt)?;
-        self.cast_raw(self.ptr(&out, 0), dt, self.ptr(b, off), b.dtype, n)?;
-        Ok(out)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn rope(
-        &self,
-        x: &mut CudaBuf,
-        pos: &[u32],
-        cos: &CudaBuf,
-        sin: &CudaBuf,
-        h: usize,
-        d: usize,
-        sign: f32,
-    ) -> Result<()> {
-        let op = if sign > 0.0 {
-            "rope_forward"
-        } else {
-            "rope_backward"
-        };
-        crate::checks::rope(op, x.len, pos, cos.len, sin.len, h, d)?;
-        check_f32(op, "cos", cos)?;
-        check_f32(op, "sin", sin)?;
-        if pos.is_empty() {
-            return Ok(());
-        }
-        let pos_d = self.upload_u32(pos)?;
-        let (n, h32, d32) = (pos.len() as u32, h as u32, d as u32);
-        launch!(
-            self,
-            self.kernel("rope", x.dtype)?,
-            grid_stride(pos.len() * h * d / 2),
-            op,
-            &mut x.data,
-            &*pos_d,
-            &cos.data,
-            &sin.data,
-            &n,
-            &h32,
-            &d32,
-            &sign
-        )
-    }
-}
+use crate::{DType, Result};
 
 impl Backend for CudaBackend {
     type Buf = CudaBuf;
@@ -173,30 +46,8 @@ impl Backend for CudaBackend {
         let _span = self.span("optimizer");
         let (m_len, v_len) = (self.mapped_len(m), self.mapped_len(v));
         crate::checks::optimizer_step("adamw", param.len, grad.len, m_len, v_len, s.step)?;
-        check_f32("adamw", "param", param)?;
-        check_f32("adamw", "grad", grad)?;
-        let c = crate::optim::Scalars::new(s);
-        let n = param.len as u64;
         let (mp, vp) = (self.mapped_device_ptr(m), self.mapped_device_ptr(v));
-        launch!(
-            self,
-            self.kernel("adamw", DType::F32)?,
-            grid_stride(param.len),
-            "adamw",
-            &mut param.data,
-            &grad.data,
-            &mp,
-            &vp,
-            &c.decay,
-            &c.w1,
-            &c.b2,
-            &c.one_minus_b2,
-            &c.neg_step_size,
-            &c.bc2_sqrt,
-            &c.eps,
-            &c.apply_decay,
-            &n
-        )
+        elementwise::adamw(self, param, grad, mp, vp, s)
     }
 
     fn state8_zeros(&self, n: usize, map: &[f32; 256], on_host: bool) -> Result<super::CudaState8> {
@@ -337,16 +188,7 @@ impl Backend for CudaBackend {
 
     fn fill(&self, buf: &mut CudaBuf, value: f32) -> Result<()> {
         let _span = self.span("elementwise");
-        let n = buf.len as u64;
-        launch!(
-            self,
-            self.kernel("fill", buf.dtype)?,
-            grid_stride(buf.len),
-            "fill",
-            &mut buf.data,
-            &value,
-            &n
-        )
+        elementwise::fill(self, buf, value)
     }
 
     fn copy(&self, dst: &mut CudaBuf, src: &CudaBuf) -> Result<()> {
@@ -354,7 +196,7 @@ impl Backend for CudaBackend {
         check_len("copy", "dst", dst.len, src.len)?;
         if dst.dtype != src.dtype {
             let to = self.ptr(dst, 0);
-            return self.cast_raw(to, dst.dtype, self.ptr(src, 0), src.dtype, src.len);
+            return elementwise::cast(self, to, dst.dtype, self.ptr(src, 0), src.dtype, src.len);
         }
         self.stream
             .memcpy_dtod(&src.data, &mut dst.data)
@@ -377,50 +219,17 @@ impl Backend for CudaBackend {
 
     fn axpy(&self, y: &mut CudaBuf, alpha: f32, x: &CudaBuf) -> Result<()> {
         let _span = self.span("elementwise");
-        check_len("axpy", "x", x.len, y.len)?;
-        let x = self.converted(x, y.dtype)?;
-        let n = y.len as u64;
-        launch!(
-            self,
-            self.kernel("axpy", y.dtype)?,
-            grid_stride(y.len),
-            "axpy",
-            &mut y.data,
-            &alpha,
-            &x.data,
-            &n
-        )
+        elementwise::axpy(self, y, alpha, x)
     }
 
     fn scale(&self, y: &mut CudaBuf, alpha: f32) -> Result<()> {
         let _span = self.span("elementwise");
-        let n = y.len as u64;
-        launch!(
-            self,
-            self.kernel("scale", y.dtype)?,
-            grid_stride(y.len),
-            "scale",
-            &mut y.data,
-            &alpha,
-            &n
-        )
+        elementwise::scale(self, y, alpha)
     }
 
     fn add_bias(&self, y: &mut CudaBuf, bias: &CudaBuf, c: usize) -> Result<()> {
         let _span = self.span("elementwise");
-        crate::checks::add_bias(y.len, bias.len, c)?;
-        let bias = self.converted(bias, y.dtype)?;
-        let (n, c32) = (y.len as u64, c as u32);
-        launch!(
-            self,
-            self.kernel("add_bias", y.dtype)?,
-            grid_stride(y.len),
-            "add_bias",
-            &mut y.data,
-            &bias.data,
-            &n,
-            &c32
-        )
+        elementwise::add_bias(self, y, bias, c)
     }
 
     fn sum_squares(&self, x: &CudaBuf) -> Result<f64> {
@@ -429,48 +238,12 @@ impl Backend for CudaBackend {
 
     fn sum_squares_all(&self, xs: &[&CudaBuf]) -> Result<f64> {
         let _span = self.span("elementwise");
-        let mut out = self
-            .stream
-            .alloc_zeros::<f64>(1)
-            .map_err(dev_err("alloc"))?;
-        for x in xs {
-            let n = x.len as u64;
-            launch!(
-                self,
-                self.kernel("sum_squares", x.dtype)?,
-                grid_stride(x.len),
-                "sum_squares",
-                &mut out,
-                &x.data,
-                &n
-            )?;
-        }
-        let host = self.stream.clone_dtoh(&out).map_err(dev_err("download"))?;
-        Ok(host[0])
+        elementwise::sum_squares_all(self, xs)
     }
 
     fn dropout(&self, y: &mut CudaBuf, x: &CudaBuf, p: f32, seed: u64) -> Result<()> {
         let _span = self.span("elementwise");
-        crate::checks::dropout(y.len, x.len, p)?;
-        if p == 0.0 {
-            return self.copy(y, x);
-        }
-        if p >= 1.0 {
-            return self.fill(y, 0.0);
-        }
-        let x = self.converted(x, y.dtype)?;
-        let n = y.len as u64;
-        launch!(
-            self,
-            self.kernel("dropout", y.dtype)?,
-            grid_stride(y.len),
-            "dropout",
-            &mut y.data,
-            &x.data,
-            &p,
-            &seed,
-            &n
-        )
+        elementwise::dropout(self, y, x, p, seed)
     }
 
     fn embedding_forward(
@@ -481,29 +254,7 @@ impl Backend for CudaBackend {
         c: usize,
     ) -> Result<()> {
         let _span = self.span("embedding");
-        crate::checks::embedding("embedding_forward", out.len, ids, table.len, c)?;
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let table = self.converted(table, out.dtype)?;
-        let ids_d = self.upload_u32(ids)?;
-        let (n, c32) = (ids.len() as u32, c as u32);
-        let cfg = LaunchConfig {
-            grid_dim: (n, 1, 1),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        launch!(
-            self,
-            self.kernel("embedding_forward", out.dtype)?,
-            cfg,
-            "embedding_forward",
-            &mut out.data,
-            &*ids_d,
-            &table.data,
-            &n,
-            &c32
-        )
+        layers::embedding_forward(self, out, ids, table, c)
     }
 
     fn rmsnorm_forward(
@@ -516,26 +267,7 @@ impl Backend for CudaBackend {
         eps: f32,
     ) -> Result<()> {
         let _span = self.span("rmsnorm");
-        crate::checks::rmsnorm_forward(x.len, w.len, y.len, rstd.len, c)?;
-        check_f32("rmsnorm_forward", "rstd", rstd)?;
-        let rows = (x.len / c.max(1)) as u32;
-        if rows == 0 {
-            return Ok(());
-        }
-        let (x, w) = (self.converted(x, y.dtype)?, self.converted(w, y.dtype)?);
-        let c32 = c as u32;
-        launch!(
-            self,
-            self.kernel("rmsnorm_forward", y.dtype)?,
-            per_row(rows),
-            "rmsnorm_forward",
-            &mut y.data,
-            &mut rstd.data,
-            &x.data,
-            &w.data,
-            &c32,
-            &eps
-        )
+        layers::rmsnorm_forward(self, y, rstd, x, w, c, eps)
     }
 
     fn rmsnorm_backward(
@@ -548,31 +280,7 @@ impl Backend for CudaBackend {
         c: usize,
     ) -> Result<()> {
         let _span = self.span("rmsnorm");
-        crate::checks::rmsnorm_backward(x.len, w.len, rstd.len, dy.len, dx.len, c)?;
-        check_f32("rmsnorm_backward", "rstd", rstd)?;
-        let rows = (x.len / c.max(1)) as u32;
-        if rows == 0 {
-            return Ok(());
-        }
-        let dt = dx.dtype;
-        let (dy, x, w) = (
-            self.converted(dy, dt)?,
-            self.converted(x, dt)?,
-            self.converted(w, dt)?,
-        );
-        let c32 = c as u32;
-        launch!(
-            self,
-            self.kernel("rmsnorm_backward", dt)?,
-            per_row(rows),
-            "rmsnorm_backward",
-            &mut dx.data,
-            &dy.data,
-            &x.data,
-            &w.data,
-            &rstd.data,
-            &c32
-        )
+        layers::rmsnorm_backward(self, dx, dy, x, w, rstd, c)
     }
 
     fn rope_forward(
@@ -585,7 +293,35 @@ impl Backend for CudaBackend {
         d: usize,
     ) -> Result<()> {
         let _span = self.span("rope");
-        self.rope(x, pos, cos, sin, h, d, 1.0)
+        layers::rope(self, x, pos, cos, sin, h, d, d, 1.0)
+    }
+
+    fn rope_partial_forward(
+        &self,
+        x: &mut CudaBuf,
+        pos: &[u32],
+        cos: &CudaBuf,
+        sin: &CudaBuf,
+        h: usize,
+        d: usize,
+        rot: usize,
+    ) -> Result<()> {
+        let _span = self.span("rope");
+        layers::rope(self, x, pos, cos, sin, h, d, rot, 1.0)
+    }
+
+    fn rope_partial_backward(
+        &self,
+        dx: &mut CudaBuf,
+        pos: &[u32],
+        cos: &CudaBuf,
+        sin: &CudaBuf,
+        h: usize,
+        d: usize,
+        rot: usize,
+    ) -> Result<()> {
+        let _span = self.span("rope");
+        layers::rope(self, dx, pos, cos, sin, h, d, rot, -1.0)
     }
 
     fn rope_backward(
@@ -598,7 +334,7 @@ impl Backend for CudaBackend {
         d: usize,
     ) -> Result<()> {
         let _span = self.span("rope");
-        self.rope(dx, pos, cos, sin, h, d, -1.0)
+        layers::rope(self, dx, pos, cos, sin, h, d, d, -1.0)
     }
 
     fn attention_forward(
@@ -612,9 +348,9 @@ impl Backend for CudaBackend {
         shape: AttnShape,
         window: Option<usize>,
     ) -> Result<()> {
-        crate::checks::window_unsupported("attention_forward", "CUDA", cu_seqlens, window)?;
+        let window = crate::checks::attention_window("attention_forward", cu_seqlens, window)?;
         let _span = self.span("attention");
-        self.attention_forward_impl(out, lse, q, k, v, cu_seqlens, shape)
+        self.attention_forward_impl(out, lse, q, k, v, cu_seqlens, shape, window)
     }
 
     fn attention_backward(
@@ -632,9 +368,11 @@ impl Backend for CudaBackend {
         shape: AttnShape,
         window: Option<usize>,
     ) -> Result<()> {
-        crate::checks::window_unsupported("attention_backward", "CUDA", cu_seqlens, window)?;
+        let window = crate::checks::attention_window("attention_backward", cu_seqlens, window)?;
         let _span = self.span("attention");
-        self.attention_backward_impl(dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, shape)
+        self.attention_backward_impl(
+            dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, shape, window,
+        )
     }
 
     fn attention_decode(
@@ -665,7 +403,7 @@ impl Backend for CudaBackend {
         }
         if dst.dtype != src.dtype {
             let to = self.ptr(dst, dst_off);
-            return self.cast_raw(to, dst.dtype, self.ptr(src, src_off), src.dtype, len);
+            return elementwise::cast(self, to, dst.dtype, self.ptr(src, src_off), src.dtype, len);
         }
         let sz = src.dtype.size();
         let from = src.data.slice(src_off * sz..(src_off + len) * sz);
@@ -677,19 +415,7 @@ impl Backend for CudaBackend {
 
     fn swiglu_forward(&self, h: &mut CudaBuf, gate: &CudaBuf, up: &CudaBuf) -> Result<()> {
         let _span = self.span("swiglu");
-        crate::checks::same_len("swiglu_forward", gate.len, &[("up", up.len), ("h", h.len)])?;
-        let (gate, up) = (self.converted(gate, h.dtype)?, self.converted(up, h.dtype)?);
-        let n = h.len as u64;
-        launch!(
-            self,
-            self.kernel("swiglu_forward", h.dtype)?,
-            grid_stride(h.len),
-            "swiglu_forward",
-            &mut h.data,
-            &gate.data,
-            &up.data,
-            &n
-        )
+        elementwise::swiglu_forward(self, h, gate, up)
     }
 
     fn swiglu_backward(
@@ -701,46 +427,46 @@ impl Backend for CudaBackend {
         up: &CudaBuf,
     ) -> Result<()> {
         let _span = self.span("swiglu");
-        crate::checks::same_len(
-            "swiglu_backward",
-            gate.len,
-            &[
-                ("dh", dh.len),
-                ("up", up.len),
-                ("dgate", dgate.len),
-                ("dup", dup.len),
-            ],
-        )?;
-        let dt = dgate.dtype;
-        if dup.dtype != dt {
-            return Err(CoreError::Invalid {
-                op: "swiglu_backward",
-                msg: format!("dgate is {dt} but dup is {}", dup.dtype),
-            });
-        }
-        let (dh, gate, up) = (
-            self.converted(dh, dt)?,
-            self.converted(gate, dt)?,
-            self.converted(up, dt)?,
-        );
-        let n = gate.len as u64;
-        launch!(
-            self,
-            self.kernel("swiglu_backward", dt)?,
-            grid_stride(gate.len),
-            "swiglu_backward",
-            &mut dgate.data,
-            &mut dup.data,
-            &dh.data,
-            &gate.data,
-            &up.data,
-            &n
+        elementwise::swiglu_backward(self, dgate, dup, dh, gate, up)
+    }
+
+    fn copy_columns(
+        &self,
+        dst: &mut CudaBuf,
+        dst_cols: usize,
+        dst_off: usize,
+        src: &CudaBuf,
+        src_cols: usize,
+        src_off: usize,
+        width: usize,
+        rows: usize,
+    ) -> Result<()> {
+        let _span = self.span("elementwise");
+        elementwise::copy_columns(
+            self, dst, dst_cols, dst_off, src, src_cols, src_off, width, rows,
         )
+    }
+
+    fn geglu_forward(&self, h: &mut CudaBuf, gate: &CudaBuf, up: &CudaBuf) -> Result<()> {
+        let _span = self.span("swiglu");
+        elementwise::geglu_forward(self, h, gate, up)
+    }
+
+    fn geglu_backward(
+        &self,
+        dgate: &mut CudaBuf,
+        dup: &mut CudaBuf,
+        dh: &CudaBuf,
+        gate: &CudaBuf,
+        up: &CudaBuf,
+    ) -> Result<()> {
+        let _span = self.span("swiglu");
+        elementwise::geglu_backward(self, dgate, dup, dh, gate, up)
     }
 
     fn linear_cross_entropy(
         &self,
-        mut dx: Option<&mut CudaBuf>,
+        dx: Option<&mut CudaBuf>,
         x: &CudaBuf,
         w: &CudaBuf,
         targets: &[i32],
@@ -750,68 +476,7 @@ impl Backend for CudaBackend {
         chunk: usize,
     ) -> Result<Vec<f32>> {
         let _span = self.span("loss");
-        let n = targets.len();
-        let dx_len = dx.as_deref().map(|dx| dx.len);
-        crate::checks::linear_cross_entropy(x.len, w.len, dx_len, targets, c, v)?;
-        if n == 0 {
-            return Ok(vec![]);
-        }
-        let x = self.converted(x, w.dtype)?;
-        // Any negative target is ignored, as on the CPU.
-        let clean: Vec<i32> = targets
-            .iter()
-            .map(|&t| if t < 0 { -1 } else { t })
-            .collect();
-        let targets_d = self
-            .stream
-            .clone_htod(&clean)
-            .map_err(dev_err("upload targets"))?;
-        let chunk = chunk.clamp(1, n);
-        // Logits are f32; dlogits take the type of W for the dx GEMM (over the logits when f32).
-        let logits = self.alloc(chunk * v, DType::F32)?;
-        let separate_grad = dx.is_some() && w.dtype != DType::F32;
-        let dlogits = if separate_grad {
-            Some(self.alloc(chunk * v, w.dtype)?)
-        } else {
-            None
-        };
-        let grad_buf = dlogits.as_ref().unwrap_or(&logits);
-        let mut loss = self
-            .stream
-            .alloc_zeros::<f32>(n)
-            .map_err(dev_err("alloc loss"))?;
-        let (v32, write) = (v as u32, i32::from(dx.is_some()));
-        let ce = self.kernel("cross_entropy_rows", grad_buf.dtype)?;
-        for a in (0..n).step_by(chunk) {
-            let b = (a + chunk).min(n);
-            let rows = b - a;
-            // logits (rows, V) = x[a..b] (rows, c) W^T
-            self.matmul_at(&logits, 0, &x, a * c, w, 0, Gemm::nt(rows, v, c))?;
-            let logits_ptr = self.ptr(&logits, 0);
-            let grad_ptr = self.ptr(grad_buf, 0);
-            let mut loss_view = loss.slice_mut(a..b);
-            let target_view = targets_d.slice(a..b);
-            launch!(
-                self,
-                ce,
-                per_row(rows as u32),
-                "cross_entropy_rows",
-                &logits_ptr,
-                &grad_ptr,
-                &mut loss_view,
-                &target_view,
-                &v32,
-                &grad_scale,
-                &write
-            )?;
-            if let Some(dx) = dx.as_deref_mut() {
-                // dx[a..b] (rows, c) = dlogits (rows, V) W (V, c)
-                self.matmul_at(dx, a * c, grad_buf, 0, w, 0, Gemm::nn(rows, c, v))?;
-            }
-        }
-        self.stream
-            .clone_dtoh(&loss)
-            .map_err(dev_err("download losses"))
+        cross_entropy::linear_cross_entropy(self, dx, x, w, targets, c, v, grad_scale, chunk)
     }
 
     fn adamw(
@@ -824,30 +489,10 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         let _span = self.span("optimizer");
         crate::checks::optimizer_step("adamw", param.len, grad.len, m.len, v.len, s.step)?;
-        for (name, b) in [("param", &*param), ("grad", grad), ("m", &*m), ("v", &*v)] {
-            check_f32("adamw", name, b)?;
-        }
-        let c = crate::optim::Scalars::new(s);
-        let n = param.len as u64;
-        launch!(
-            self,
-            self.kernel("adamw", DType::F32)?,
-            grid_stride(param.len),
-            "adamw",
-            &mut param.data,
-            &grad.data,
-            &mut m.data,
-            &mut v.data,
-            &c.decay,
-            &c.w1,
-            &c.b2,
-            &c.one_minus_b2,
-            &c.neg_step_size,
-            &c.bc2_sqrt,
-            &c.eps,
-            &c.apply_decay,
-            &n
-        )
+        check_f32("adamw", "m", m)?;
+        check_f32("adamw", "v", v)?;
+        let (mp, vp) = (self.ptr(m, 0), self.ptr(v, 0));
+        elementwise::adamw(self, param, grad, mp, vp, s)
     }
 
     fn profile_enable(&self, on: bool) {

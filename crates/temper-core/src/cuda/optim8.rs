@@ -13,6 +13,9 @@ use crate::memory::Accounting;
 use crate::optim::Scalars8;
 use crate::{DType, Result};
 
+// The entry point of kernels/optim8.cu (f32 only).
+pub(super) const ADAMW8BIT: &str = "adamw8bit";
+
 enum Storage {
     Device {
         codes: CudaSlice<u8>,
@@ -195,7 +198,7 @@ impl CudaBackend {
         };
         launch!(
             self,
-            self.kernel("adamw8bit", DType::F32)?,
+            self.kernel(ADAMW8BIT, DType::F32)?,
             cfg,
             OP,
             &mut param.data,

@@ -12,6 +12,12 @@ use crate::error::check_len;
 use crate::memory::Accounting;
 use crate::{CoreError, DType, Result};
 
+// Entry points: dequant4 (kernels/dequant.cu), quantize_4bit and quantize_blockwise (f32
+// only) (kernels/quant.cu).
+pub(super) const DEQUANT4: &str = "dequant4";
+pub(super) const QUANTIZE_4BIT: &str = "quantize_4bit";
+pub(super) const QUANTIZE_BLOCKWISE: &str = "quantize_blockwise";
+
 /// Block scales on the device.
 enum Scales {
     Plain(CudaSlice<f32>),
@@ -88,7 +94,7 @@ impl CudaBackend {
             return Ok(());
         }
         let n = q.numel as u64;
-        let f = self.kernel("dequant4", out.dtype)?;
+        let f = self.kernel(DEQUANT4, out.dtype)?;
         let cfg = grid_stride(q.numel.div_ceil(2));
         // The kernel reads either the plain scales or the nested parts (null pointers for
         // the others); the guards order the reads after earlier writes on the stream.
@@ -192,7 +198,7 @@ impl CudaBackend {
             let (n64, bs32) = (n as u64, bs as u32);
             launch!(
                 self,
-                self.kernel("quantize_4bit", values.dtype)?,
+                self.kernel(QUANTIZE_4BIT, values.dtype)?,
                 per_block(blocks, bs),
                 OP,
                 &values.data,
@@ -243,7 +249,7 @@ impl CudaBackend {
             let (b64, nbs32) = (blocks as u64, nbs as u32);
             launch!(
                 self,
-                self.kernel("quantize_blockwise", DType::F32)?,
+                self.kernel(QUANTIZE_BLOCKWISE, DType::F32)?,
                 per_block(nested_blocks, 2 * nbs),
                 OP,
                 &*absmax,
