@@ -7,7 +7,6 @@ use crate::batch::StepCtx;
 use crate::error::Result;
 use crate::layer::columns::join_columns;
 use crate::layer::{DecoderLayer, LayerActs, Rows};
-use crate::linear::{linear_backward, LoraMut};
 use crate::lora::{LoraParams, Target};
 
 impl<B: Backend> DecoderLayer<'_, B> {
@@ -52,29 +51,23 @@ impl<B: Backend> DecoderLayer<'_, B> {
         };
         drop(x2);
 
-        let scale = lora.config.scale();
-        let dropout = self.dropout(lora, ctx);
         let mut lin_bwd = |t: Target,
                            dxin: Option<&mut B::Buf>,
                            accumulate: bool,
                            dy: &B::Buf,
                            input: &B::Buf|
          -> Result<()> {
-            let kept = saved[t.index()].take();
-            let adapter = match (lora.get_mut(l, t), kept.as_ref()) {
-                (Some((a, b)), Some(kept)) => Some((
-                    LoraMut {
-                        a,
-                        b,
-                        scale,
-                        dropout,
-                        seed: self.dropout_seed(ctx, t, 0),
-                    },
-                    kept,
-                )),
-                _ => None,
-            };
-            linear_backward(be, dxin, accumulate, dy, input, w.linear(t)?, n, adapter)
+            self.linear_backward(
+                t,
+                &mut saved,
+                lora,
+                ctx,
+                Rows::all(n),
+                dxin,
+                accumulate,
+                dy,
+                input,
+            )
         };
 
         // x2 = x + a, a = o(att) (Gemma 2/3: a = rmsnorm(o(att)))

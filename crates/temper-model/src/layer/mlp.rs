@@ -17,7 +17,7 @@ use crate::config::MlpAct;
 use crate::error::Result;
 use crate::layer::columns::{join_columns, split_columns};
 use crate::layer::DecoderLayer;
-use crate::linear::{linear_backward, linear_forward_opt, LoraMut, LoraSaved};
+use crate::linear::{linear_forward_opt, LoraSaved};
 use crate::lora::{LoraParams, Target};
 
 /// Tokens per MLP tile: sequences longer than this run their MLP in tiles when the layer is
@@ -177,7 +177,7 @@ impl<B: Backend> DecoderLayer<'_, B> {
         ctx: &StepCtx,
     ) -> Result<B::Buf> {
         let (be, cfg, w) = (self.be, self.cfg, self.weights);
-        let (l, n) = (self.index, rows.len);
+        let n = rows.len;
         let (c, f) = (cfg.hidden, cfg.intermediate);
         let MlpActs {
             xn2,
@@ -188,29 +188,13 @@ impl<B: Backend> DecoderLayer<'_, B> {
             mlp_out,
             lora: mut saved,
         } = acts;
-        let scale = lora.config.scale();
-        let dropout = self.dropout(lora, ctx);
         let mut lin_bwd = |t: Target,
                            dxin: Option<&mut B::Buf>,
                            accumulate: bool,
                            dy: &B::Buf,
                            input: &B::Buf|
          -> Result<()> {
-            let kept = saved[t.index()].take();
-            let adapter = match (lora.get_mut(l, t), kept.as_ref()) {
-                (Some((a, b)), Some(kept)) => Some((
-                    LoraMut {
-                        a,
-                        b,
-                        scale,
-                        dropout,
-                        seed: self.dropout_seed(ctx, t, rows.tile),
-                    },
-                    kept,
-                )),
-                _ => None,
-            };
-            linear_backward(be, dxin, accumulate, dy, input, w.linear(t)?, n, adapter)
+            self.linear_backward(t, &mut saved, lora, ctx, rows, dxin, accumulate, dy, input)
         };
 
         // out = x2 + m, m = down(h) (Gemma 2/3: m = rmsnorm(down(h)))

@@ -39,7 +39,8 @@ pub use mlp::{tiles, MlpActs, Rows, MLP_TILE_TOKENS};
 
 use crate::batch::StepCtx;
 use crate::config::ModelConfig;
-use crate::linear::LoraRef;
+use crate::error::Result;
+use crate::linear::{LoraMut, LoraRef, LoraSaved};
 use crate::lora::{LoraParams, Target};
 use crate::rope_tables::RopeTables;
 use crate::weights::LayerWeights;
@@ -106,6 +107,42 @@ impl<B: Backend> DecoderLayer<'_, B> {
         } else {
             StepCtx { seed, ..*ctx }.dropout_seed(tile, t)
         }
+    }
+
+    /// The backward of linear `t` over the block of rows `rows`: dx (R, in) written, or
+    /// accumulated into when `accumulate`, and the target's LoRA gradients added into `lora`,
+    /// its values kept by the forward taken out of `saved`.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_backward(
+        &self,
+        t: Target,
+        saved: &mut [Option<LoraSaved<B>>],
+        lora: &mut LoraParams<B>,
+        ctx: &StepCtx,
+        rows: Rows,
+        dx: Option<&mut B::Buf>,
+        accumulate: bool,
+        dy: &B::Buf,    // (R, out)
+        input: &B::Buf, // (R, in)
+    ) -> Result<()> {
+        let kept = saved[t.index()].take();
+        let (scale, dropout) = (lora.config.scale(), self.dropout(lora, ctx));
+        let seed = self.dropout_seed(ctx, t, rows.tile);
+        let adapter = match (lora.get_mut(self.index, t), kept.as_ref()) {
+            (Some((a, b)), Some(kept)) => Some((
+                LoraMut {
+                    a,
+                    b,
+                    scale,
+                    dropout,
+                    seed,
+                },
+                kept,
+            )),
+            _ => None,
+        };
+        let w = self.weights.linear(t)?;
+        crate::linear::linear_backward(self.be, dx, accumulate, dy, input, w, rows.len, adapter)
     }
 
     /// The factor q is multiplied by after RoPE so that the attention ops' 1/sqrt(D) gives
