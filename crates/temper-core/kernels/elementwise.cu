@@ -69,90 +69,59 @@ __device__ void dropout(T* y, const T* x, float p, unsigned long long seed, unsi
     }
 }
 
-// h = silu(g) * u
-__device__ __forceinline__ float swiglu(float g, float u) {
-    const float s = 1.0f / (1.0f + expf(-g));
-    return g * s * u;
-}
-template <typename T>
-__device__ void swiglu_forward(T* h, const T* g, const T* u, unsigned long long n) {
-    GRID_STRIDE8(i, n) {
-        float gv[8], uv[8];
-        load8(g + i, gv);
-        load8(u + i, uv);
-        for (int k = 0; k < 8; ++k) gv[k] = swiglu(gv[k], uv[k]);
-        store8(h + i, gv);
+// The gated activations h = act(g) * u: SwiGLU (act = silu; twin of src/cpu/swiglu.rs) and
+// GeGLU (act = gelu_tanh, g/2 (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3))); twin of
+// src/cpu/geglu.rs). Each act gives its value and its slope.
+struct Silu {
+    static __device__ __forceinline__ float value(float g, float* slope) {
+        const float s = 1.0f / (1.0f + expf(-g));
+        *slope = s * (1.0f + g * (1.0f - s));
+        return g * s;
     }
-    TAIL8(i, n) h[i] = from_f32<T>(swiglu(to_f32(g[i]), to_f32(u[i])));
-}
+};
+struct GeluTanh {
+    static __device__ __forceinline__ float value(float g, float* slope) {
+        const float k = 0.7978845608028654f, c = 0.044715f;
+        const float t = tanhf(k * (g + c * g * g * g));
+        *slope = 0.5f * (1.0f + t) + 0.5f * g * (1.0f - t * t) * k * (1.0f + 3.0f * c * g * g);
+        return 0.5f * g * (1.0f + t);
+    }
+};
 
-// dgate = dh * u * s * (1 + g (1 - s)), dup = dh * g * s
-__device__ __forceinline__ void swiglu_grad(float g, float u, float dh, float* dg, float* du) {
-    const float s = 1.0f / (1.0f + expf(-g));
-    *dg = dh * u * s * (1.0f + g * (1.0f - s));
-    *du = dh * g * s;
-}
-template <typename T>
-__device__ void swiglu_backward(T* dg, T* du, const T* dh, const T* g, const T* u, unsigned long long n) {
-    GRID_STRIDE8(i, n) {
-        float gv[8], uv[8], dhv[8], dgv[8], duv[8];
-        load8(g + i, gv);
-        load8(u + i, uv);
-        load8(dh + i, dhv);
-        for (int k = 0; k < 8; ++k) swiglu_grad(gv[k], uv[k], dhv[k], &dgv[k], &duv[k]);
-        store8(dg + i, dgv);
-        store8(du + i, duv);
-    }
-    TAIL8(i, n) {
-        float a, b;
-        swiglu_grad(to_f32(g[i]), to_f32(u[i]), to_f32(dh[i]), &a, &b);
-        dg[i] = from_f32<T>(a);
-        du[i] = from_f32<T>(b);
-    }
-}
-
-// h = gelu_tanh(g) * u, gelu_tanh(g) = g/2 (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3)));
-// twin of src/cpu/geglu.rs. Returns gelu_tanh(g) and writes its slope.
-__device__ __forceinline__ float gelu_tanh(float g, float* slope) {
-    const float k = 0.7978845608028654f, c = 0.044715f;
-    const float t = tanhf(k * (g + c * g * g * g));
-    *slope = 0.5f * (1.0f + t) + 0.5f * g * (1.0f - t * t) * k * (1.0f + 3.0f * c * g * g);
-    return 0.5f * g * (1.0f + t);
-}
-template <typename T>
-__device__ void geglu_forward(T* h, const T* g, const T* u, unsigned long long n) {
+// dgate = dh * u * act'(g), dup = dh * act(g)
+template <typename Act>
+__device__ __forceinline__ void gated_grad(float g, float u, float dh, float* dg, float* du) {
     float slope;
-    GRID_STRIDE8(i, n) {
-        float gv[8], uv[8];
-        load8(g + i, gv);
-        load8(u + i, uv);
-        for (int k = 0; k < 8; ++k) gv[k] = gelu_tanh(gv[k], &slope) * uv[k];
-        store8(h + i, gv);
-    }
-    TAIL8(i, n) h[i] = from_f32<T>(gelu_tanh(to_f32(g[i]), &slope) * to_f32(u[i]));
-}
-
-// dgate = dh * u * gelu_tanh'(g), dup = dh * gelu_tanh(g)
-__device__ __forceinline__ void geglu_grad(float g, float u, float dh, float* dg, float* du) {
-    float slope;
-    const float a = gelu_tanh(g, &slope);
+    const float a = Act::value(g, &slope);
     *dg = dh * u * slope;
     *du = dh * a;
 }
-template <typename T>
-__device__ void geglu_backward(T* dg, T* du, const T* dh, const T* g, const T* u, unsigned long long n) {
+template <typename T, typename Act>
+__device__ void gated_forward(T* h, const T* g, const T* u, unsigned long long n) {
+    float slope;
+    GRID_STRIDE8(i, n) {
+        float gv[8], uv[8];
+        load8(g + i, gv);
+        load8(u + i, uv);
+        for (int k = 0; k < 8; ++k) gv[k] = Act::value(gv[k], &slope) * uv[k];
+        store8(h + i, gv);
+    }
+    TAIL8(i, n) h[i] = from_f32<T>(Act::value(to_f32(g[i]), &slope) * to_f32(u[i]));
+}
+template <typename T, typename Act>
+__device__ void gated_backward(T* dg, T* du, const T* dh, const T* g, const T* u, unsigned long long n) {
     GRID_STRIDE8(i, n) {
         float gv[8], uv[8], dhv[8], dgv[8], duv[8];
         load8(g + i, gv);
         load8(u + i, uv);
         load8(dh + i, dhv);
-        for (int k = 0; k < 8; ++k) geglu_grad(gv[k], uv[k], dhv[k], &dgv[k], &duv[k]);
+        for (int k = 0; k < 8; ++k) gated_grad<Act>(gv[k], uv[k], dhv[k], &dgv[k], &duv[k]);
         store8(dg + i, dgv);
         store8(du + i, duv);
     }
     TAIL8(i, n) {
         float a, b;
-        geglu_grad(to_f32(g[i]), to_f32(u[i]), to_f32(dh[i]), &a, &b);
+        gated_grad<Act>(to_f32(g[i]), to_f32(u[i]), to_f32(dh[i]), &a, &b);
         dg[i] = from_f32<T>(a);
         du[i] = from_f32<T>(b);
     }
@@ -186,18 +155,18 @@ __device__ void copy_columns(T* dst, unsigned int dst_cols, unsigned int dst_off
         dropout<T>(y, x, p, seed, n);                                                                        \
     }                                                                                                        \
     extern "C" __global__ void swiglu_forward_##sfx(T* h, const T* g, const T* u, unsigned long long n) {     \
-        swiglu_forward<T>(h, g, u, n);                                                                       \
+        gated_forward<T, Silu>(h, g, u, n);                                                                  \
     }                                                                                                        \
     extern "C" __global__ void swiglu_backward_##sfx(T* dg, T* du, const T* dh, const T* g, const T* u,      \
                                                      unsigned long long n) {                                 \
-        swiglu_backward<T>(dg, du, dh, g, u, n);                                                             \
+        gated_backward<T, Silu>(dg, du, dh, g, u, n);                                                        \
     }                                                                                                        \
     extern "C" __global__ void geglu_forward_##sfx(T* h, const T* g, const T* u, unsigned long long n) {      \
-        geglu_forward<T>(h, g, u, n);                                                                        \
+        gated_forward<T, GeluTanh>(h, g, u, n);                                                              \
     }                                                                                                        \
     extern "C" __global__ void geglu_backward_##sfx(T* dg, T* du, const T* dh, const T* g, const T* u,       \
                                                     unsigned long long n) {                                  \
-        geglu_backward<T>(dg, du, dh, g, u, n);                                                              \
+        gated_backward<T, GeluTanh>(dg, du, dh, g, u, n);                                                    \
     }                                                                                                        \
     extern "C" __global__ void copy_columns_##sfx(T* dst, unsigned int dst_cols, unsigned int dst_off,         \
                                                   const T* src, unsigned int src_cols, unsigned int src_off, \

@@ -338,6 +338,18 @@ pub fn copy_columns(
     Ok(())
 }
 
+/// A soft cap `cap` on attention scores: s -> cap * tanh(s / cap) (Gemma 2's
+/// `attn_logit_softcapping`), applied to the scaled scores before the softmax.
+pub fn softcap(op: &'static str, softcap: Option<f32>) -> Result<Option<f32>> {
+    match softcap {
+        Some(c) if !(c.is_finite() && c > 0.0) => Err(CoreError::Invalid {
+            op,
+            msg: format!("the soft cap must be a positive number, got {c}"),
+        }),
+        other => Ok(other),
+    }
+}
+
 /// An optimizer step counts from 1 (bias correction divides by 1 - beta^step).
 pub fn step_from_one(op: &'static str, step: u64) -> Result<()> {
     if step == 0 {

@@ -555,6 +555,49 @@ fn fused_linear_cross_entropy_in(dt: DType) {
         .linear_cross_entropy(None, &xg, &wg, &targets, c, v, 1.0, 7)
         .expect("gpu");
     p.twins("cross-entropy chunk 7 vs 16", &lg2, &lg, 1e-6, 1e-6);
+    // Gemma 2's final logit soft cap (logits of the 0.5-scaled weights reach about 3, so a
+    // cap of 2 bends them hard).
+    let (mut dc, mut dg) = p.up(&vec![f32::NAN; n * c]);
+    let lc = p
+        .cpu
+        .linear_cross_entropy_capped(
+            Some(&mut dc),
+            &xc,
+            &wc,
+            &targets,
+            c,
+            v,
+            0.125,
+            16,
+            Some(2.0),
+        )
+        .expect("cpu");
+    let lg = p
+        .gpu
+        .linear_cross_entropy_capped(
+            Some(&mut dg),
+            &xg,
+            &wg,
+            &targets,
+            c,
+            v,
+            0.125,
+            16,
+            Some(2.0),
+        )
+        .expect("gpu");
+    p.twins("capped cross-entropy loss", &lg, &lc, 1e-5, 1e-5);
+    p.twins(
+        "capped cross-entropy dx",
+        &p.gpu.download(&dg).expect("dl"),
+        &dc,
+        1e-6,
+        1e-4,
+    );
+    assert!(p
+        .gpu
+        .linear_cross_entropy_capped(None, &xg, &wg, &targets, c, v, 1.0, 16, Some(-1.0))
+        .is_err());
 }
 
 #[test]

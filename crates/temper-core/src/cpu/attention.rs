@@ -99,18 +99,6 @@ pub fn attention_forward<T: Float>(
     attention_forward_capped(out, lse, q, k, v, cu_seqlens, shape, window, None)
 }
 
-/// A soft cap `cap` on attention scores: s -> cap * tanh(s / cap) (Gemma 2's
-/// `attn_logit_softcapping`), applied to the scaled scores before the softmax.
-pub fn softcap_checked(op: &'static str, softcap: Option<f32>) -> Result<Option<f32>> {
-    match softcap {
-        Some(c) if !(c.is_finite() && c > 0.0) => Err(crate::CoreError::Invalid {
-            op,
-            msg: format!("the soft cap must be a positive number, got {c}"),
-        }),
-        other => Ok(other),
-    }
-}
-
 /// [`attention_forward`] with the scaled scores soft-capped first when `softcap` is given:
 /// s -> cap * tanh(s / cap); the lse is of the capped scores.
 #[allow(clippy::too_many_arguments)]
@@ -134,7 +122,7 @@ pub fn attention_forward_capped<T: Float>(
     let (group, n) = crate::checks::attention(OP, q.len(), k.len(), v.len(), cu_seqlens, shape)?;
     crate::checks::attention_buffers(OP, n, shape, &[("out", out.len())], &[], lse.len())?;
     let window = crate::checks::attention_window(OP, cu_seqlens, window)?;
-    let cap = softcap_checked(OP, softcap)?.map(|c| lit::<T>(c as f64));
+    let cap = crate::checks::softcap(OP, softcap)?.map(|c| lit::<T>(c as f64));
     let scale = T::one() / lit::<T>(d as f64).sqrt();
     let tiles = tiles(cu_seqlens);
     let outs = split_tiles(out, &tiles, hq * d);
@@ -268,7 +256,7 @@ pub fn attention_backward_capped<T: Float>(
         lse.len(),
     )?;
     let window = crate::checks::attention_window(OP, cu_seqlens, window)?;
-    let cap = softcap_checked(OP, softcap)?.map(|c| lit::<T>(c as f64));
+    let cap = crate::checks::softcap(OP, softcap)?.map(|c| lit::<T>(c as f64));
     let scale = T::one() / lit::<T>(d as f64).sqrt();
     let tiles = tiles(cu_seqlens);
 

@@ -44,7 +44,7 @@ pub fn attention_decode_capped<T: Float>(
         kv_heads: hkv,
         head_dim: d,
     } = shape;
-    let cap = super::attention::softcap_checked(OP, softcap)?.map(|c| lit::<T>(c as f64));
+    let cap = crate::checks::softcap(OP, softcap)?.map(|c| lit::<T>(c as f64));
     crate::checks::attention_decode(
         q.len(),
         out.len(),

@@ -76,7 +76,7 @@ pub fn linear_cross_entropy_capped_t<T: Float>(
     softcap: Option<f32>,
 ) -> Result<Vec<T>> {
     const OP: &str = "linear_cross_entropy";
-    let cap = crate::cpu::attention::softcap_checked(OP, softcap)?.map(|c| lit::<T>(c as f64));
+    let cap = crate::checks::softcap(OP, softcap)?.map(|c| lit::<T>(c as f64));
     let n = targets.len();
     let dx_len = dx.as_deref().map(|dx| dx.len());
     crate::checks::linear_cross_entropy(x.len(), w.len(), dx_len, targets, c, v)?;

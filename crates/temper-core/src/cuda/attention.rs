@@ -270,348 +270,347 @@ impl CudaBackend {
             &flag
         )
     }
+}
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn attention_forward_impl(
-        &self,
-        out: &mut CudaBuf,
-        lse: &mut CudaBuf,
-        q: &CudaBuf,
-        k: &CudaBuf,
-        v: &CudaBuf,
-        cu_seqlens: &[u32],
-        shape: AttnShape,
-        window: Option<usize>,
-    ) -> Result<()> {
-        let AttnShape {
-            q_heads: hq,
-            kv_heads: hkv,
-            head_dim: d,
-        } = shape;
-        let op = "attention_forward";
-        let (_, n) = crate::checks::attention(op, q.len, k.len, v.len, cu_seqlens, shape)?;
-        crate::checks::attention_buffers(op, n, shape, &[("out", out.len)], &[], lse.len)?;
-        check_f32(op, "lse", lse)?;
-        if n == 0 {
-            return Ok(());
-        }
-        let dt = out.dtype;
-        let (q, k, v) = (
-            self.converted(q, dt)?,
-            self.converted(k, dt)?,
-            self.converted(v, dt)?,
-        );
-        if self.flash_applies(dt, d) {
-            return self.flash_forward(out, lse, &q, &k, &v, cu_seqlens, shape, window);
-        }
-        crate::checks::window_unsupported(op, WINDOWLESS, cu_seqlens, window)?;
-        let work = plan(cu_seqlens, d);
-        let scale = 1.0 / (d as f32).sqrt();
-        let (hq32, hkv32, d32) = (hq as u32, hkv as u32, d as u32);
-        if !work.direct.is_empty() {
-            let (starts, _) = token_bounds(cu_seqlens, n);
-            let starts_d = self.upload_u32(&starts)?;
-            for &(a, b) in &work.direct {
-                let tok0 = a as u32;
-                let cfg = per_token(b - a, hq32, d as u32 + ATTN_THREADS + 32);
-                launch!(
-                    self,
-                    self.kernel(ATTENTION_FORWARD, dt)?,
-                    cfg,
-                    op,
-                    &mut out.data,
-                    &mut lse.data,
-                    &q.data,
-                    &k.data,
-                    &v.data,
-                    &*starts_d,
-                    &tok0,
-                    &hq32,
-                    &hkv32,
-                    &d32,
-                    &scale
-                )?;
-            }
-        }
-        let Some(GemmWork { s, mut p, chunks }) = self.gemm_work(&work.gemm, hq, hkv, dt)? else {
-            return Ok(());
-        };
-        let group = hq / hkv;
-        for c in &chunks {
-            let (a, len, kv0, g) = (c.a, c.len, c.kv0, c.g);
-            self.scores(&s, &q, &k, c, shape)?;
-
-            self.probs(&mut p, lse, &s, c, shape, false)?;
-            // O[h] (L, d) = P (L, L) V[kv] (L, d)
-            self.gemm_raw(
-                Shape {
-                    m: len,
-                    n: d,
-                    k: len,
-                    ta: false,
-                    tb: false,
-                    alpha: 1.0,
-                    beta: 0.0,
-                    batch: c.heads,
-                },
-                self.scores_operand(&p, len),
-                self.heads_operand(&v, a, hkv, kv0, 1, d),
-                self.heads_operand(out, a, hq, kv0 * group + g, group, d),
-            )?;
-        }
-        Ok(())
+#[allow(clippy::too_many_arguments)]
+pub(super) fn forward(
+    be: &CudaBackend,
+    out: &mut CudaBuf,
+    lse: &mut CudaBuf,
+    q: &CudaBuf,
+    k: &CudaBuf,
+    v: &CudaBuf,
+    cu_seqlens: &[u32],
+    shape: AttnShape,
+    window: Option<usize>,
+) -> Result<()> {
+    let AttnShape {
+        q_heads: hq,
+        kv_heads: hkv,
+        head_dim: d,
+    } = shape;
+    let op = "attention_forward";
+    let (_, n) = crate::checks::attention(op, q.len, k.len, v.len, cu_seqlens, shape)?;
+    crate::checks::attention_buffers(op, n, shape, &[("out", out.len)], &[], lse.len)?;
+    check_f32(op, "lse", lse)?;
+    if n == 0 {
+        return Ok(());
     }
-
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn attention_backward_impl(
-        &self,
-        dq: &mut CudaBuf,
-        dk: &mut CudaBuf,
-        dv: &mut CudaBuf,
-        dout: &CudaBuf,
-        q: &CudaBuf,
-        k: &CudaBuf,
-        v: &CudaBuf,
-        out: &CudaBuf,
-        lse: &CudaBuf,
-        cu_seqlens: &[u32],
-        shape: AttnShape,
-        window: Option<usize>,
-    ) -> Result<()> {
-        let AttnShape {
-            q_heads: hq,
-            kv_heads: hkv,
-            head_dim: d,
-        } = shape;
-        let op = "attention_backward";
-        let (_, n) = crate::checks::attention(op, q.len, k.len, v.len, cu_seqlens, shape)?;
-        crate::checks::attention_buffers(
-            op,
-            n,
-            shape,
-            &[("dq", dq.len), ("dout", dout.len), ("out", out.len)],
-            &[("dk", dk.len), ("dv", dv.len)],
-            lse.len,
-        )?;
-        check_f32(op, "lse", lse)?;
-        if n == 0 {
-            return Ok(());
-        }
-        let dt = dq.dtype;
-        if dk.dtype != dt || dv.dtype != dt {
-            return Err(CoreError::Invalid {
-                op,
-                msg: format!("dq is {dt} but dk is {} and dv {}", dk.dtype, dv.dtype),
-            });
-        }
-        let (dout, q, k, v, out) = (
-            self.converted(dout, dt)?,
-            self.converted(q, dt)?,
-            self.converted(k, dt)?,
-            self.converted(v, dt)?,
-            self.converted(out, dt)?,
-        );
-        let scale = 1.0 / (d as f32).sqrt();
-        let (hq32, hkv32, d32) = (hq as u32, hkv as u32, d as u32);
-        // D (N, hq) = rowsum(dO * O)
-        let mut dsum = self.alloc(n * hq, DType::F32)?;
-        let cfg = LaunchConfig {
-            grid_dim: (n as u32, hq32, 1),
-            block_dim: (32, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        launch!(
-            self,
-            self.kernel(ATTENTION_BACKWARD_DOT, dt)?,
-            cfg,
-            ATTENTION_BACKWARD_DOT,
-            &mut dsum.data,
-            &dout.data,
-            &out.data,
-            &hq32,
-            &d32
-        )?;
-        if self.flash_applies(dt, d) {
-            return self.flash_backward(
-                dq, dk, dv, &dout, &q, &k, &v, lse, &dsum, cu_seqlens, shape, window,
-            );
-        }
-        crate::checks::window_unsupported(op, WINDOWLESS, cu_seqlens, window)?;
-        let work = plan(cu_seqlens, d);
-        if !work.direct.is_empty() {
-            let (starts, ends) = token_bounds(cu_seqlens, n);
-            let starts_d = self.upload_u32(&starts)?;
-            let ends_d = self.upload_u32(&ends)?;
-            for &(a, b) in &work.direct {
-                let tok0 = a as u32;
-                let cfg = per_token(b - a, hq32, 2 * d as u32 + ATTN_THREADS);
-                launch!(
-                    self,
-                    self.kernel(ATTENTION_BACKWARD_DQ, dt)?,
-                    cfg,
-                    ATTENTION_BACKWARD_DQ,
-                    &mut dq.data,
-                    &dout.data,
-                    &q.data,
-                    &k.data,
-                    &v.data,
-                    &lse.data,
-                    &dsum.data,
-                    &*starts_d,
-                    &tok0,
-                    &hq32,
-                    &hkv32,
-                    &d32,
-                    &scale
-                )?;
-                let cfg = per_token(b - a, hkv32, 2 * d as u32 + 2 * ATTN_THREADS);
-                launch!(
-                    self,
-                    self.kernel(ATTENTION_BACKWARD_DKV, dt)?,
-                    cfg,
-                    ATTENTION_BACKWARD_DKV,
-                    &mut dk.data,
-                    &mut dv.data,
-                    &dout.data,
-                    &q.data,
-                    &k.data,
-                    &v.data,
-                    &lse.data,
-                    &dsum.data,
-                    &*ends_d,
-                    &tok0,
-                    &hq32,
-                    &hkv32,
-                    &d32,
-                    &scale
-                )?;
-            }
-        }
-        let Some(GemmWork { s, mut p, chunks }) = self.gemm_work(&work.gemm, hq, hkv, dt)? else {
-            return Ok(());
-        };
-        let group = hq / hkv;
-        for c in &chunks {
-            let (a, len, kv0, g) = (c.a, c.len, c.kv0, c.g);
-            // The group's query heads add into the same dK and dV.
-            let beta = if g == 0 { 0.0 } else { 1.0 };
-            let h0 = kv0 * group + g;
-            let gemm_shape = |m, n, k, ta, tb, beta| Shape {
-                m,
-                n,
-                k,
-                ta,
-                tb,
-                alpha: 1.0,
-                beta,
-                batch: c.heads,
-            };
-            self.scores(&s, &q, &k, c, shape)?;
-            self.probs(&mut p, lse, &s, c, shape, true)?;
-            // dV[kv] (L, d) (+)= P^T (L, L) dO[h] (L, d)
-            self.gemm_raw(
-                gemm_shape(len, d, len, true, false, beta),
-                self.scores_operand(&p, len),
-                self.heads_operand(&dout, a, hq, h0, group, d),
-                self.heads_operand(dv, a, hkv, kv0, 1, d),
-            )?;
-            // dP (L, L) = dO[h] V[kv]^T, over S
-            self.gemm_raw(
-                gemm_shape(len, len, d, false, true, 0.0),
-                self.heads_operand(&dout, a, hq, h0, group, d),
-                self.heads_operand(&v, a, hkv, kv0, 1, d),
-                self.scores_operand(&s, len),
-            )?;
-            // dS = P (dP - D) scale, over P
-            let (len32, tok0, h032, hstep) = (len as u32, a as u32, h0 as u32, group as u32);
-            let cfg = c.score_rows();
+    let dt = out.dtype;
+    let (q, k, v) = (
+        be.converted(q, dt)?,
+        be.converted(k, dt)?,
+        be.converted(v, dt)?,
+    );
+    if be.flash_applies(dt, d) {
+        return be.flash_forward(out, lse, &q, &k, &v, cu_seqlens, shape, window);
+    }
+    crate::checks::window_unsupported(op, WINDOWLESS, cu_seqlens, window)?;
+    let work = plan(cu_seqlens, d);
+    let scale = 1.0 / (d as f32).sqrt();
+    let (hq32, hkv32, d32) = (hq as u32, hkv as u32, d as u32);
+    if !work.direct.is_empty() {
+        let (starts, _) = token_bounds(cu_seqlens, n);
+        let starts_d = be.upload_u32(&starts)?;
+        for &(a, b) in &work.direct {
+            let tok0 = a as u32;
+            let cfg = per_token(b - a, hq32, d as u32 + ATTN_THREADS + 32);
             launch!(
-                self,
-                self.kernel(ATTENTION_DSCORES, dt)?,
+                be,
+                be.kernel(ATTENTION_FORWARD, dt)?,
                 cfg,
-                ATTENTION_DSCORES,
-                &mut p.data,
-                &s.data,
-                &dsum.data,
-                &len32,
+                op,
+                &mut out.data,
+                &mut lse.data,
+                &q.data,
+                &k.data,
+                &v.data,
+                &*starts_d,
                 &tok0,
                 &hq32,
-                &h032,
-                &hstep,
+                &hkv32,
+                &d32,
                 &scale
             )?;
-            // dQ[h] (L, d) = dS (L, L) K[kv] (L, d)
-            self.gemm_raw(
-                gemm_shape(len, d, len, false, false, 0.0),
-                self.scores_operand(&p, len),
-                self.heads_operand(&k, a, hkv, kv0, 1, d),
-                self.heads_operand(dq, a, hq, h0, group, d),
-            )?;
-            // dK[kv] (L, d) (+)= dS^T (L, L) Q[h] (L, d)
-            self.gemm_raw(
-                gemm_shape(len, d, len, true, false, beta),
-                self.scores_operand(&p, len),
-                self.heads_operand(&q, a, hq, h0, group, d),
-                self.heads_operand(dk, a, hkv, kv0, 1, d),
-            )?;
         }
-        Ok(())
     }
+    let Some(GemmWork { s, mut p, chunks }) = be.gemm_work(&work.gemm, hq, hkv, dt)? else {
+        return Ok(());
+    };
+    let group = hq / hkv;
+    for c in &chunks {
+        let (a, len, kv0, g) = (c.a, c.len, c.kv0, c.g);
+        be.scores(&s, &q, &k, c, shape)?;
 
-    pub(super) fn attention_decode_impl(
-        &self,
-        out: &mut CudaBuf,
-        q: &CudaBuf,
-        k_cache: &CudaBuf,
-        v_cache: &CudaBuf,
-        past: usize,
-        shape: AttnShape,
-    ) -> Result<()> {
-        let AttnShape {
-            q_heads: hq,
-            kv_heads: hkv,
-            head_dim: d,
-        } = shape;
-        let bad = |msg: String| CoreError::Invalid {
-            op: "attention_decode",
-            msg,
-        };
-        let n =
-            crate::checks::attention_decode(q.len, out.len, k_cache.len, v_cache.len, past, shape)?;
-        if d > 4 * ATTN_THREADS as usize {
-            return Err(bad(format!(
-                "head dim {d} is more than the decode kernel's {}",
-                4 * ATTN_THREADS
-            )));
-        }
-        if n == 0 {
-            return Ok(());
-        }
-        let dt = out.dtype;
-        let (q, k_cache, v_cache) = (
-            self.converted(q, dt)?,
-            self.converted(k_cache, dt)?,
-            self.converted(v_cache, dt)?,
-        );
-        let scale = 1.0 / (d as f32).sqrt();
-        let (past32, hq32, hkv32, d32) = (past as u32, hq as u32, hkv as u32, d as u32);
-        let cfg = per_token(n, hq32, d as u32 + ATTN_THREADS + 32);
-        launch!(
-            self,
-            self.kernel(ATTENTION_DECODE, dt)?,
-            cfg,
-            ATTENTION_DECODE,
-            &mut out.data,
-            &q.data,
-            &k_cache.data,
-            &v_cache.data,
-            &past32,
-            &hq32,
-            &hkv32,
-            &d32,
-            &scale
-        )
+        be.probs(&mut p, lse, &s, c, shape, false)?;
+        // O[h] (L, d) = P (L, L) V[kv] (L, d)
+        be.gemm_raw(
+            Shape {
+                m: len,
+                n: d,
+                k: len,
+                ta: false,
+                tb: false,
+                alpha: 1.0,
+                beta: 0.0,
+                batch: c.heads,
+            },
+            be.scores_operand(&p, len),
+            be.heads_operand(&v, a, hkv, kv0, 1, d),
+            be.heads_operand(out, a, hq, kv0 * group + g, group, d),
+        )?;
     }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward(
+    be: &CudaBackend,
+    dq: &mut CudaBuf,
+    dk: &mut CudaBuf,
+    dv: &mut CudaBuf,
+    dout: &CudaBuf,
+    q: &CudaBuf,
+    k: &CudaBuf,
+    v: &CudaBuf,
+    out: &CudaBuf,
+    lse: &CudaBuf,
+    cu_seqlens: &[u32],
+    shape: AttnShape,
+    window: Option<usize>,
+) -> Result<()> {
+    let AttnShape {
+        q_heads: hq,
+        kv_heads: hkv,
+        head_dim: d,
+    } = shape;
+    let op = "attention_backward";
+    let (_, n) = crate::checks::attention(op, q.len, k.len, v.len, cu_seqlens, shape)?;
+    crate::checks::attention_buffers(
+        op,
+        n,
+        shape,
+        &[("dq", dq.len), ("dout", dout.len), ("out", out.len)],
+        &[("dk", dk.len), ("dv", dv.len)],
+        lse.len,
+    )?;
+    check_f32(op, "lse", lse)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let dt = dq.dtype;
+    if dk.dtype != dt || dv.dtype != dt {
+        return Err(CoreError::Invalid {
+            op,
+            msg: format!("dq is {dt} but dk is {} and dv {}", dk.dtype, dv.dtype),
+        });
+    }
+    let (dout, q, k, v, out) = (
+        be.converted(dout, dt)?,
+        be.converted(q, dt)?,
+        be.converted(k, dt)?,
+        be.converted(v, dt)?,
+        be.converted(out, dt)?,
+    );
+    let scale = 1.0 / (d as f32).sqrt();
+    let (hq32, hkv32, d32) = (hq as u32, hkv as u32, d as u32);
+    // D (N, hq) = rowsum(dO * O)
+    let mut dsum = be.alloc(n * hq, DType::F32)?;
+    let cfg = LaunchConfig {
+        grid_dim: (n as u32, hq32, 1),
+        block_dim: (32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    launch!(
+        be,
+        be.kernel(ATTENTION_BACKWARD_DOT, dt)?,
+        cfg,
+        ATTENTION_BACKWARD_DOT,
+        &mut dsum.data,
+        &dout.data,
+        &out.data,
+        &hq32,
+        &d32
+    )?;
+    if be.flash_applies(dt, d) {
+        return be.flash_backward(
+            dq, dk, dv, &dout, &q, &k, &v, lse, &dsum, cu_seqlens, shape, window,
+        );
+    }
+    crate::checks::window_unsupported(op, WINDOWLESS, cu_seqlens, window)?;
+    let work = plan(cu_seqlens, d);
+    if !work.direct.is_empty() {
+        let (starts, ends) = token_bounds(cu_seqlens, n);
+        let starts_d = be.upload_u32(&starts)?;
+        let ends_d = be.upload_u32(&ends)?;
+        for &(a, b) in &work.direct {
+            let tok0 = a as u32;
+            let cfg = per_token(b - a, hq32, 2 * d as u32 + ATTN_THREADS);
+            launch!(
+                be,
+                be.kernel(ATTENTION_BACKWARD_DQ, dt)?,
+                cfg,
+                ATTENTION_BACKWARD_DQ,
+                &mut dq.data,
+                &dout.data,
+                &q.data,
+                &k.data,
+                &v.data,
+                &lse.data,
+                &dsum.data,
+                &*starts_d,
+                &tok0,
+                &hq32,
+                &hkv32,
+                &d32,
+                &scale
+            )?;
+            let cfg = per_token(b - a, hkv32, 2 * d as u32 + 2 * ATTN_THREADS);
+            launch!(
+                be,
+                be.kernel(ATTENTION_BACKWARD_DKV, dt)?,
+                cfg,
+                ATTENTION_BACKWARD_DKV,
+                &mut dk.data,
+                &mut dv.data,
+                &dout.data,
+                &q.data,
+                &k.data,
+                &v.data,
+                &lse.data,
+                &dsum.data,
+                &*ends_d,
+                &tok0,
+                &hq32,
+                &hkv32,
+                &d32,
+                &scale
+            )?;
+        }
+    }
+    let Some(GemmWork { s, mut p, chunks }) = be.gemm_work(&work.gemm, hq, hkv, dt)? else {
+        return Ok(());
+    };
+    let group = hq / hkv;
+    for c in &chunks {
+        let (a, len, kv0, g) = (c.a, c.len, c.kv0, c.g);
+        // The group's query heads add into the same dK and dV.
+        let beta = if g == 0 { 0.0 } else { 1.0 };
+        let h0 = kv0 * group + g;
+        let gemm_shape = |m, n, k, ta, tb, beta| Shape {
+            m,
+            n,
+            k,
+            ta,
+            tb,
+            alpha: 1.0,
+            beta,
+            batch: c.heads,
+        };
+        be.scores(&s, &q, &k, c, shape)?;
+        be.probs(&mut p, lse, &s, c, shape, true)?;
+        // dV[kv] (L, d) (+)= P^T (L, L) dO[h] (L, d)
+        be.gemm_raw(
+            gemm_shape(len, d, len, true, false, beta),
+            be.scores_operand(&p, len),
+            be.heads_operand(&dout, a, hq, h0, group, d),
+            be.heads_operand(dv, a, hkv, kv0, 1, d),
+        )?;
+        // dP (L, L) = dO[h] V[kv]^T, over S
+        be.gemm_raw(
+            gemm_shape(len, len, d, false, true, 0.0),
+            be.heads_operand(&dout, a, hq, h0, group, d),
+            be.heads_operand(&v, a, hkv, kv0, 1, d),
+            be.scores_operand(&s, len),
+        )?;
+        // dS = P (dP - D) scale, over P
+        let (len32, tok0, h032, hstep) = (len as u32, a as u32, h0 as u32, group as u32);
+        let cfg = c.score_rows();
+        launch!(
+            be,
+            be.kernel(ATTENTION_DSCORES, dt)?,
+            cfg,
+            ATTENTION_DSCORES,
+            &mut p.data,
+            &s.data,
+            &dsum.data,
+            &len32,
+            &tok0,
+            &hq32,
+            &h032,
+            &hstep,
+            &scale
+        )?;
+        // dQ[h] (L, d) = dS (L, L) K[kv] (L, d)
+        be.gemm_raw(
+            gemm_shape(len, d, len, false, false, 0.0),
+            be.scores_operand(&p, len),
+            be.heads_operand(&k, a, hkv, kv0, 1, d),
+            be.heads_operand(dq, a, hq, h0, group, d),
+        )?;
+        // dK[kv] (L, d) (+)= dS^T (L, L) Q[h] (L, d)
+        be.gemm_raw(
+            gemm_shape(len, d, len, true, false, beta),
+            be.scores_operand(&p, len),
+            be.heads_operand(&q, a, hq, h0, group, d),
+            be.heads_operand(dk, a, hkv, kv0, 1, d),
+        )?;
+    }
+    Ok(())
+}
+
+pub(super) fn decode(
+    be: &CudaBackend,
+    out: &mut CudaBuf,
+    q: &CudaBuf,
+    k_cache: &CudaBuf,
+    v_cache: &CudaBuf,
+    past: usize,
+    shape: AttnShape,
+) -> Result<()> {
+    let AttnShape {
+        q_heads: hq,
+        kv_heads: hkv,
+        head_dim: d,
+    } = shape;
+    let bad = |msg: String| CoreError::Invalid {
+        op: "attention_decode",
+        msg,
+    };
+    let n = crate::checks::attention_decode(q.len, out.len, k_cache.len, v_cache.len, past, shape)?;
+    if d > 4 * ATTN_THREADS as usize {
+        return Err(bad(format!(
+            "head dim {d} is more than the decode kernel's {}",
+            4 * ATTN_THREADS
+        )));
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    let dt = out.dtype;
+    let (q, k_cache, v_cache) = (
+        be.converted(q, dt)?,
+        be.converted(k_cache, dt)?,
+        be.converted(v_cache, dt)?,
+    );
+    let scale = 1.0 / (d as f32).sqrt();
+    let (past32, hq32, hkv32, d32) = (past as u32, hq as u32, hkv as u32, d as u32);
+    let cfg = per_token(n, hq32, d as u32 + ATTN_THREADS + 32);
+    launch!(
+        be,
+        be.kernel(ATTENTION_DECODE, dt)?,
+        cfg,
+        ATTENTION_DECODE,
+        &mut out.data,
+        &q.data,
+        &k_cache.data,
+        &v_cache.data,
+        &past32,
+        &hq32,
+        &hkv32,
+        &d32,
+        &scale
+    )
 }
 
 #[cfg(test)]

@@ -12,7 +12,8 @@ const CROSS_ENTROPY_ROWS: &str = "cross_entropy_rows";
 pub(super) const KERNELS: &[&str] = &[CROSS_ENTROPY_ROWS];
 
 /// Per-row losses of logits = x W^T against targets (negative: ignored), in chunks of rows,
-/// writing dx (the loss gradient through the head, times grad_scale) when given.
+/// writing dx (the loss gradient through the head, times grad_scale) when given; with
+/// `softcap` the logits are soft-capped first (checked by the caller).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn linear_cross_entropy(
     be: &CudaBackend,
@@ -24,6 +25,7 @@ pub(super) fn linear_cross_entropy(
     v: usize,
     grad_scale: f32,
     chunk: usize,
+    softcap: Option<f32>,
 ) -> Result<Vec<f32>> {
     let n = targets.len();
     let dx_len = dx.as_deref().map(|dx| dx.len);
@@ -56,6 +58,7 @@ pub(super) fn linear_cross_entropy(
         .alloc_zeros::<f32>(n)
         .map_err(dev_err("alloc loss"))?;
     let (v32, write) = (v as u32, i32::from(dx.is_some()));
+    let cap = softcap.unwrap_or(0.0);
     let ce = be.kernel(CROSS_ENTROPY_ROWS, grad_buf.dtype)?;
     for a in (0..n).step_by(chunk) {
         let b = (a + chunk).min(n);
@@ -77,7 +80,8 @@ pub(super) fn linear_cross_entropy(
             &target_view,
             &v32,
             &grad_scale,
-            &write
+            &write,
+            &cap
         )?;
         if let Some(dx) = dx.as_deref_mut() {
             // dx[a..b] (rows, c) = dlogits (rows, V) W (V, c)

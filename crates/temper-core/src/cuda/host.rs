@@ -5,7 +5,7 @@
 //! layer input travels. Ordering is by events: a copy to the host starts once the compute
 //! stream has written the buffer, and the device buffer is freed (in compute-stream order)
 //! only after the compute stream has waited for that copy, one park later. A copy back is
-//! queued early by [`CudaBackend::prefetch_from_host_impl`] into memory allocated in
+//! queued early by [`prefetch`] into memory allocated in
 //! compute-stream order, and the compute stream waits for it where the buffer is taken.
 //! Copies to and from the same pinned memory are ordered by the copy stream itself.
 
@@ -85,97 +85,6 @@ impl CudaBackend {
         *in_flight = still;
         Ok(())
     }
-
-    pub(super) fn park_on_host_impl(&self, buf: CudaBuf) -> Result<CudaHost> {
-        self.release_parked(2)?;
-        let (bytes, len, dtype) = (buf.bytes(), buf.len, buf.dtype);
-        let reused = self
-            .host_pool
-            .free
-            .lock()
-            .ok()
-            .and_then(|mut p| p.get_mut(&bytes).and_then(Vec::pop));
-        let mut data = match reused {
-            Some(d) => d,
-            // SAFETY: the bytes are written by the copy below before anything reads them.
-            None => unsafe { self.ctx.alloc_pinned::<u8>(bytes) }
-                .map_err(dev_err("alloc pinned host memory"))?,
-        };
-        if bytes > 0 {
-            let written = self
-                .stream
-                .record_event(None)
-                .map_err(dev_err("record event"))?;
-            self.copy_stream
-                .wait(&written)
-                .map_err(dev_err("order a copy to host"))?;
-            self.copy_stream
-                .memcpy_dtoh(&buf.data, &mut data)
-                .map_err(dev_err("copy to host"))?;
-            let copied = self
-                .copy_stream
-                .record_event(None)
-                .map_err(dev_err("record event"))?;
-            self.host_pool
-                .in_flight
-                .lock()
-                .map_err(|_| lock_err("parked buffers"))?
-                .push((buf, copied));
-        }
-        Ok(CudaHost {
-            data: Some(data),
-            len,
-            dtype,
-            pool: self.host_pool.free.clone(),
-            ahead: Mutex::new(None),
-            compute: self.stream.clone(),
-        })
-    }
-
-    /// Queues the copy of `host` back to the device on the copy stream; the buffer is taken
-    /// by [`CudaBackend::restore_from_host_impl`]. Does nothing when already queued.
-    pub(super) fn prefetch_from_host_impl(&self, host: &CudaHost) -> Result<()> {
-        self.release_parked(0)?;
-        let mut ahead = host.ahead.lock().map_err(|_| lock_err("prefetch"))?;
-        if ahead.is_some() {
-            return Ok(());
-        }
-        let mut out = self.alloc_uninit(host.len, host.dtype)?;
-        let allocated = self
-            .stream
-            .record_event(None)
-            .map_err(dev_err("record event"))?;
-        self.copy_stream
-            .wait(&allocated)
-            .map_err(dev_err("order a copy from host"))?;
-        if let Some(data) = &host.data {
-            if out.bytes() > 0 {
-                self.copy_stream
-                    .memcpy_htod(data, &mut out.data)
-                    .map_err(dev_err("copy from host"))?;
-            }
-        }
-        let copied = self
-            .copy_stream
-            .record_event(None)
-            .map_err(dev_err("record event"))?;
-        *ahead = Some((out, copied));
-        Ok(())
-    }
-
-    pub(super) fn restore_from_host_impl(&self, host: &CudaHost) -> Result<CudaBuf> {
-        self.prefetch_from_host_impl(host)?;
-        let (out, copied) = host
-            .ahead
-            .lock()
-            .map_err(|_| lock_err("prefetch"))?
-            .take()
-            .ok_or_else(|| CoreError::Device("internal: prefetched buffer missing".into()))?;
-        self.stream
-            .wait(&copied)
-            .map_err(dev_err("wait for a copy from host"))?;
-        Ok(out)
-    }
 }
 
 /// f32 values in pinned host memory mapped into the device's address space: kernels read
@@ -188,15 +97,6 @@ pub struct CudaMapped {
 }
 
 impl CudaBackend {
-    pub(super) fn mapped_zeros_impl(&self, n: usize) -> Result<CudaMapped> {
-        let (data, device_ptr) = self.mapped_alloc_zeroed::<f32>(n)?;
-        Ok(CudaMapped {
-            data,
-            len: n,
-            device_ptr,
-        })
-    }
-
     /// `n.max(1)` zeroed values of `T` in pinned host memory mapped into the device's address
     /// space, and their device address.
     pub(super) fn mapped_alloc_zeroed<T: DeviceRepr + ValidAsZeroBits>(
@@ -220,26 +120,6 @@ impl CudaBackend {
         Ok((data, device_ptr))
     }
 
-    pub(super) fn mapped_read_impl(&self, m: &CudaMapped) -> Result<Vec<f32>> {
-        self.synchronize()?;
-        Ok(m.data
-            .as_slice()
-            .map_err(dev_err("read mapped memory"))?
-            .to_vec())
-    }
-
-    pub(super) fn mapped_write_impl(&self, m: &mut CudaMapped, values: &[f32]) -> Result<()> {
-        self.synchronize()?;
-        let len = m.len;
-        crate::error::check_len("mapped_write", "values", values.len(), len)?;
-        let dst = m
-            .data
-            .as_mut_slice()
-            .map_err(dev_err("write mapped memory"))?;
-        dst[..len].copy_from_slice(values);
-        Ok(())
-    }
-
     pub(super) fn mapped_device_ptr(&self, m: &CudaMapped) -> u64 {
         m.device_ptr
     }
@@ -247,4 +127,124 @@ impl CudaBackend {
     pub(super) fn mapped_len(&self, m: &CudaMapped) -> usize {
         m.len
     }
+}
+
+pub(super) fn park(be: &CudaBackend, buf: CudaBuf) -> Result<CudaHost> {
+    be.release_parked(2)?;
+    let (bytes, len, dtype) = (buf.bytes(), buf.len, buf.dtype);
+    let reused = be
+        .host_pool
+        .free
+        .lock()
+        .ok()
+        .and_then(|mut p| p.get_mut(&bytes).and_then(Vec::pop));
+    let mut data = match reused {
+        Some(d) => d,
+        // SAFETY: the bytes are written by the copy below before anything reads them.
+        None => unsafe { be.ctx.alloc_pinned::<u8>(bytes) }
+            .map_err(dev_err("alloc pinned host memory"))?,
+    };
+    if bytes > 0 {
+        let written = be
+            .stream
+            .record_event(None)
+            .map_err(dev_err("record event"))?;
+        be.copy_stream
+            .wait(&written)
+            .map_err(dev_err("order a copy to host"))?;
+        be.copy_stream
+            .memcpy_dtoh(&buf.data, &mut data)
+            .map_err(dev_err("copy to host"))?;
+        let copied = be
+            .copy_stream
+            .record_event(None)
+            .map_err(dev_err("record event"))?;
+        be.host_pool
+            .in_flight
+            .lock()
+            .map_err(|_| lock_err("parked buffers"))?
+            .push((buf, copied));
+    }
+    Ok(CudaHost {
+        data: Some(data),
+        len,
+        dtype,
+        pool: be.host_pool.free.clone(),
+        ahead: Mutex::new(None),
+        compute: be.stream.clone(),
+    })
+}
+
+/// Queues the copy of `host` back to the device on the copy stream; the buffer is taken
+/// by [`restore`]. Does nothing when already queued.
+pub(super) fn prefetch(be: &CudaBackend, host: &CudaHost) -> Result<()> {
+    be.release_parked(0)?;
+    let mut ahead = host.ahead.lock().map_err(|_| lock_err("prefetch"))?;
+    if ahead.is_some() {
+        return Ok(());
+    }
+    let mut out = be.alloc_uninit(host.len, host.dtype)?;
+    let allocated = be
+        .stream
+        .record_event(None)
+        .map_err(dev_err("record event"))?;
+    be.copy_stream
+        .wait(&allocated)
+        .map_err(dev_err("order a copy from host"))?;
+    if let Some(data) = &host.data {
+        if out.bytes() > 0 {
+            be.copy_stream
+                .memcpy_htod(data, &mut out.data)
+                .map_err(dev_err("copy from host"))?;
+        }
+    }
+    let copied = be
+        .copy_stream
+        .record_event(None)
+        .map_err(dev_err("record event"))?;
+    *ahead = Some((out, copied));
+    Ok(())
+}
+
+pub(super) fn restore(be: &CudaBackend, host: &CudaHost) -> Result<CudaBuf> {
+    prefetch(be, host)?;
+    let (out, copied) = host
+        .ahead
+        .lock()
+        .map_err(|_| lock_err("prefetch"))?
+        .take()
+        .ok_or_else(|| CoreError::Device("internal: prefetched buffer missing".into()))?;
+    be.stream
+        .wait(&copied)
+        .map_err(dev_err("wait for a copy from host"))?;
+    Ok(out)
+}
+
+pub(super) fn mapped_zeros(be: &CudaBackend, n: usize) -> Result<CudaMapped> {
+    let (data, device_ptr) = be.mapped_alloc_zeroed::<f32>(n)?;
+    Ok(CudaMapped {
+        data,
+        len: n,
+        device_ptr,
+    })
+}
+
+pub(super) fn mapped_read(be: &CudaBackend, m: &CudaMapped) -> Result<Vec<f32>> {
+    be.synchronize()?;
+    Ok(m.data
+        .as_slice()
+        .map_err(dev_err("read mapped memory"))?
+        .to_vec())
+}
+
+pub(super) fn mapped_write(be: &CudaBackend, m: &mut CudaMapped, values: &[f32]) -> Result<()> {
+    be.synchronize()?;
+    let len = m.len;
+    crate::error::check_len("mapped_write", "values", values.len(), len)?;
+    let dst = m
+        .data
+        .as_mut_slice()
+        .map_err(dev_err("write mapped memory"))?;
+    dst[..len].copy_from_slice(values);
+    Ok(())
 }

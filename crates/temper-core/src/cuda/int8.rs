@@ -40,108 +40,9 @@ impl Drop for CudaInt8 {
     }
 }
 
-impl CudaBackend {
-    pub(super) fn upload_int8_impl(&self, q: &Int8Rows) -> Result<CudaInt8> {
-        q.validate()?;
-        let up = |e| dev_err("upload 8-bit weight")(e);
-        let codes = self.stream.clone_htod(&q.codes).map_err(up)?;
-        let scales = self.stream.clone_htod(&q.scales).map_err(up)?;
-        let bytes = q.device_bytes();
-        self.accounting.add(bytes);
-        Ok(CudaInt8 {
-            codes,
-            scales,
-            cols: q.cols,
-            numel: q.numel(),
-            bytes,
-            accounting: self.accounting.clone(),
-        })
-    }
-
-    pub(super) fn dequantize_int8_impl(&self, out: &mut CudaBuf, q: &CudaInt8) -> Result<()> {
-        check_len("dequantize_int8", "out", out.len, q.numel)?;
-        if q.numel == 0 {
-            return Ok(());
-        }
-        let (cols, n) = (q.cols as u64, q.numel as u64);
-        let f = self.kernel(DEQUANT_INT8, out.dtype)?;
-        launch!(
-            self,
-            f,
-            grid_stride(q.numel.div_ceil(8)),
-            "dequantize_int8",
-            &mut out.data,
-            &q.codes,
-            &q.scales,
-            &INV_127,
-            &cols,
-            &n
-        )
-    }
-}
+impl CudaBackend {}
 
 impl CudaBackend {
-    /// `values` (rows, cols) quantised row-wise on the GPU.
-    pub(super) fn quantize_int8_impl(
-        &self,
-        values: &CudaBuf,
-        rows: usize,
-        cols: usize,
-        name: &str,
-    ) -> Result<CudaInt8> {
-        const OP: &str = "quantize_int8";
-        check_len(OP, "values", values.len, rows * cols)?;
-        let alloc = dev_err("allocate an 8-bit weight");
-        let mut codes = self
-            .stream
-            .alloc_zeros::<i8>((rows * cols).max(1))
-            .map_err(&alloc)?;
-        let mut scales = self.stream.alloc_zeros::<f32>(rows.max(1)).map_err(alloc)?;
-        if rows * cols > 0 {
-            let (rows64, cols32) = (rows as u64, cols as u32);
-            let cfg = LaunchConfig {
-                grid_dim: (rows.min(65535) as u32, 1, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            launch!(
-                self,
-                self.kernel(QUANTIZE_INT8_ROWS, values.dtype)?,
-                cfg,
-                OP,
-                &values.data,
-                &mut codes,
-                &mut scales,
-                &rows64,
-                &cols32
-            )?;
-        }
-        let host = self
-            .stream
-            .clone_dtoh(&scales)
-            .map_err(dev_err("download row scales"))?;
-        if let Some(r) = host[..rows].iter().position(|s| !s.is_finite()) {
-            return Err(CoreError::Invalid {
-                op: OP,
-                msg: format!(
-                    "{name}: row {r} holds a value that is not finite in float16 (8-bit weights \
-                     are quantised from float16, as bitsandbytes does; float16 holds magnitudes \
-                     up to 65504)"
-                ),
-            });
-        }
-        let bytes = rows * cols + 4 * rows;
-        self.accounting.add(bytes);
-        Ok(CudaInt8 {
-            codes,
-            scales,
-            cols,
-            numel: rows * cols,
-            bytes,
-            accounting: self.accounting.clone(),
-        })
-    }
-
     /// A copy of an 8-bit matrix in host memory, as [`Backend::upload_int8`] takes it.
     ///
     /// [`Backend::upload_int8`]: crate::Backend::upload_int8
@@ -159,4 +60,103 @@ impl CudaBackend {
             scales,
         })
     }
+}
+
+pub(super) fn upload(be: &CudaBackend, q: &Int8Rows) -> Result<CudaInt8> {
+    q.validate()?;
+    let up = |e| dev_err("upload 8-bit weight")(e);
+    let codes = be.stream.clone_htod(&q.codes).map_err(up)?;
+    let scales = be.stream.clone_htod(&q.scales).map_err(up)?;
+    let bytes = q.device_bytes();
+    be.accounting.add(bytes);
+    Ok(CudaInt8 {
+        codes,
+        scales,
+        cols: q.cols,
+        numel: q.numel(),
+        bytes,
+        accounting: be.accounting.clone(),
+    })
+}
+
+pub(super) fn dequantize(be: &CudaBackend, out: &mut CudaBuf, q: &CudaInt8) -> Result<()> {
+    check_len("dequantize_int8", "out", out.len, q.numel)?;
+    if q.numel == 0 {
+        return Ok(());
+    }
+    let (cols, n) = (q.cols as u64, q.numel as u64);
+    let f = be.kernel(DEQUANT_INT8, out.dtype)?;
+    launch!(
+        be,
+        f,
+        grid_stride(q.numel.div_ceil(8)),
+        "dequantize_int8",
+        &mut out.data,
+        &q.codes,
+        &q.scales,
+        &INV_127,
+        &cols,
+        &n
+    )
+}
+
+/// `values` (rows, cols) quantised row-wise on the GPU.
+pub(super) fn quantize(
+    be: &CudaBackend,
+    values: &CudaBuf,
+    rows: usize,
+    cols: usize,
+    name: &str,
+) -> Result<CudaInt8> {
+    const OP: &str = "quantize_int8";
+    check_len(OP, "values", values.len, rows * cols)?;
+    let alloc = dev_err("allocate an 8-bit weight");
+    let mut codes = be
+        .stream
+        .alloc_zeros::<i8>((rows * cols).max(1))
+        .map_err(&alloc)?;
+    let mut scales = be.stream.alloc_zeros::<f32>(rows.max(1)).map_err(alloc)?;
+    if rows * cols > 0 {
+        let (rows64, cols32) = (rows as u64, cols as u32);
+        let cfg = LaunchConfig {
+            grid_dim: (rows.min(65535) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        launch!(
+            be,
+            be.kernel(QUANTIZE_INT8_ROWS, values.dtype)?,
+            cfg,
+            OP,
+            &values.data,
+            &mut codes,
+            &mut scales,
+            &rows64,
+            &cols32
+        )?;
+    }
+    let host = be
+        .stream
+        .clone_dtoh(&scales)
+        .map_err(dev_err("download row scales"))?;
+    if let Some(r) = host[..rows].iter().position(|s| !s.is_finite()) {
+        return Err(CoreError::Invalid {
+            op: OP,
+            msg: format!(
+                "{name}: row {r} holds a value that is not finite in float16 (8-bit weights \
+                 are quantised from float16, as bitsandbytes does; float16 holds magnitudes \
+                 up to 65504)"
+            ),
+        });
+    }
+    let bytes = rows * cols + 4 * rows;
+    be.accounting.add(bytes);
+    Ok(CudaInt8 {
+        codes,
+        scales,
+        cols,
+        numel: rows * cols,
+        bytes,
+        accounting: be.accounting.clone(),
+    })
 }

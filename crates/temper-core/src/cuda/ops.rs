@@ -7,8 +7,8 @@
 //! output's type first (in practice only small buffers, e.g. an f32 LoRA matrix meeting bf16
 //! activations).
 
+use super::{attention, cross_entropy, elementwise, host, int8, layers, optim8, profile, quant};
 use super::{check_f32, dev_err, CudaBackend, CudaBuf};
-use super::{cross_entropy, elementwise, layers};
 use crate::backend::{AdamWStep, AttnShape, Backend, Gemm};
 use crate::error::check_len;
 use crate::{DType, Result};
@@ -22,17 +22,17 @@ impl Backend for CudaBackend {
     type State8 = super::CudaState8;
 
     fn mapped_zeros(&self, n: usize) -> Result<super::CudaMapped> {
-        self.mapped_zeros_impl(n)
+        host::mapped_zeros(self, n)
     }
 
     fn mapped_read(&self, m: &super::CudaMapped) -> Result<Vec<f32>> {
-        let mut v = self.mapped_read_impl(m)?;
+        let mut v = host::mapped_read(self, m)?;
         v.truncate(self.mapped_len(m));
         Ok(v)
     }
 
     fn mapped_write(&self, m: &mut super::CudaMapped, values: &[f32]) -> Result<()> {
-        self.mapped_write_impl(m, values)
+        host::mapped_write(self, m, values)
     }
 
     fn adamw_mapped(
@@ -51,15 +51,15 @@ impl Backend for CudaBackend {
     }
 
     fn state8_zeros(&self, n: usize, map: &[f32; 256], on_host: bool) -> Result<super::CudaState8> {
-        self.state8_zeros_impl(n, map, on_host)
+        optim8::zeros(self, n, map, on_host)
     }
 
     fn state8_read(&self, s: &super::CudaState8) -> Result<(Vec<u8>, Vec<f32>)> {
-        self.state8_read_impl(s)
+        optim8::read(self, s)
     }
 
     fn state8_write(&self, s: &mut super::CudaState8, codes: &[u8], absmax: &[f32]) -> Result<()> {
-        self.state8_write_impl(s, codes, absmax)
+        optim8::write(self, s, codes, absmax)
     }
 
     fn adamw8bit(
@@ -71,31 +71,31 @@ impl Backend for CudaBackend {
         s: AdamWStep,
     ) -> Result<()> {
         let _span = self.span("optimizer");
-        self.adamw8bit_impl(param, grad, m, v, s)
+        optim8::adamw8bit(self, param, grad, m, v, s)
     }
 
     fn park_on_host(&self, buf: CudaBuf) -> Result<super::CudaHost> {
         let _span = self.span("offload_copy");
-        self.park_on_host_impl(buf)
+        host::park(self, buf)
     }
 
     fn prefetch_from_host(&self, host: &super::CudaHost) -> Result<()> {
         let _span = self.span("offload_copy");
-        self.prefetch_from_host_impl(host)
+        host::prefetch(self, host)
     }
 
     fn restore_from_host(&self, host: &super::CudaHost) -> Result<CudaBuf> {
         let _span = self.span("offload_copy");
-        self.restore_from_host_impl(host)
+        host::restore(self, host)
     }
 
     fn upload_quant4(&self, q: &temper_quant::Quant4) -> Result<super::CudaQuant> {
-        self.upload_quant4_impl(q)
+        quant::upload(self, q)
     }
 
     fn dequantize4(&self, out: &mut CudaBuf, q: &super::CudaQuant) -> Result<()> {
         let _span = self.span("dequant");
-        self.dequantize4_impl(out, q)
+        quant::dequantize(self, out, q)
     }
 
     fn quantize4(
@@ -106,7 +106,7 @@ impl Backend for CudaBackend {
         name: &str,
     ) -> Result<Option<super::CudaQuant>> {
         let values = self.upload_staged(bytes, stored, stored)?;
-        self.quantize4_impl(&values, spec, name).map(Some)
+        quant::quantize(self, &values, spec, name).map(Some)
     }
 
     fn quantize_int8(
@@ -118,7 +118,7 @@ impl Backend for CudaBackend {
         name: &str,
     ) -> Result<Option<super::CudaInt8>> {
         let values = self.upload_staged(bytes, stored, stored)?;
-        self.quantize_int8_impl(&values, rows, cols, name).map(Some)
+        int8::quantize(self, &values, rows, cols, name).map(Some)
     }
 
     fn upload_stored(&self, bytes: &[u8], stored: DType) -> Result<CudaBuf> {
@@ -126,12 +126,12 @@ impl Backend for CudaBackend {
     }
 
     fn upload_int8(&self, q: &temper_quant::Int8Rows) -> Result<super::CudaInt8> {
-        self.upload_int8_impl(q)
+        int8::upload(self, q)
     }
 
     fn dequantize_int8(&self, out: &mut CudaBuf, q: &super::CudaInt8) -> Result<()> {
         let _span = self.span("dequant");
-        self.dequantize_int8_impl(out, q)
+        int8::dequantize(self, out, q)
     }
 
     fn name(&self) -> &'static str {
@@ -350,7 +350,7 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         let window = crate::checks::attention_window("attention_forward", cu_seqlens, window)?;
         let _span = self.span("attention");
-        self.attention_forward_impl(out, lse, q, k, v, cu_seqlens, shape, window)
+        attention::forward(self, out, lse, q, k, v, cu_seqlens, shape, window)
     }
 
     fn attention_backward(
@@ -370,8 +370,8 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         let window = crate::checks::attention_window("attention_backward", cu_seqlens, window)?;
         let _span = self.span("attention");
-        self.attention_backward_impl(
-            dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, shape, window,
+        attention::backward(
+            self, dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, shape, window,
         )
     }
 
@@ -385,7 +385,7 @@ impl Backend for CudaBackend {
         shape: AttnShape,
     ) -> Result<()> {
         let _span = self.span("attention");
-        self.attention_decode_impl(out, q, k_cache, v_cache, past, shape)
+        attention::decode(self, out, q, k_cache, v_cache, past, shape)
     }
 
     fn copy_range(
@@ -476,7 +476,26 @@ impl Backend for CudaBackend {
         chunk: usize,
     ) -> Result<Vec<f32>> {
         let _span = self.span("loss");
-        cross_entropy::linear_cross_entropy(self, dx, x, w, targets, c, v, grad_scale, chunk)
+        cross_entropy::linear_cross_entropy(self, dx, x, w, targets, c, v, grad_scale, chunk, None)
+    }
+
+    fn linear_cross_entropy_capped(
+        &self,
+        dx: Option<&mut CudaBuf>,
+        x: &CudaBuf,
+        w: &CudaBuf,
+        targets: &[i32],
+        c: usize,
+        v: usize,
+        grad_scale: f32,
+        chunk: usize,
+        softcap: Option<f32>,
+    ) -> Result<Vec<f32>> {
+        let _span = self.span("loss");
+        let softcap = crate::checks::softcap("linear_cross_entropy", softcap)?;
+        cross_entropy::linear_cross_entropy(
+            self, dx, x, w, targets, c, v, grad_scale, chunk, softcap,
+        )
     }
 
     fn adamw(
@@ -496,18 +515,18 @@ impl Backend for CudaBackend {
     }
 
     fn profile_enable(&self, on: bool) {
-        self.profile_enable_impl(on)
+        profile::enable(self, on)
     }
 
     fn profile_stage(&self, stage: &'static str) {
-        self.profile_stage_impl(stage)
+        profile::stage(self, stage)
     }
 
     fn profile_detail(&self, detail: Option<&'static str>) {
-        self.profile_detail_impl(detail)
+        profile::detail(self, detail)
     }
 
     fn profile_take(&self) -> Result<Vec<(String, f64)>> {
-        self.profile_take_impl()
+        profile::take(self)
     }
 }

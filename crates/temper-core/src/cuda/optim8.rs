@@ -53,105 +53,6 @@ impl CudaState8 {
 }
 
 impl CudaBackend {
-    pub(super) fn state8_zeros_impl(
-        &self,
-        n: usize,
-        map: &[f32; 256],
-        on_host: bool,
-    ) -> Result<CudaState8> {
-        // Refuses an unsorted map as the CPU does.
-        temper_quant::state8::bounds(map)?;
-        let blocks = n.div_ceil(BLOCKSIZE);
-        let map_dev = self
-            .stream
-            .clone_htod(&map[..])
-            .map_err(dev_err("upload 8-bit state map"))?;
-        let mut device_bytes = 256 * 4;
-        let storage = if on_host {
-            let (codes, codes_ptr) = self.mapped_alloc_zeroed::<u8>(n)?;
-            let (absmax, absmax_ptr) = self.mapped_alloc_zeroed::<f32>(blocks)?;
-            Storage::Mapped {
-                codes,
-                absmax,
-                codes_ptr,
-                absmax_ptr,
-            }
-        } else {
-            let alloc = dev_err("alloc 8-bit state");
-            device_bytes += n + 4 * blocks;
-            Storage::Device {
-                codes: self.stream.alloc_zeros::<u8>(n.max(1)).map_err(&alloc)?,
-                absmax: self
-                    .stream
-                    .alloc_zeros::<f32>(blocks.max(1))
-                    .map_err(alloc)?,
-            }
-        };
-        self.accounting.add(device_bytes);
-        Ok(CudaState8 {
-            storage,
-            map: map_dev,
-            len: n,
-            device_bytes,
-            accounting: self.accounting.clone(),
-        })
-    }
-
-    pub(super) fn state8_read_impl(&self, s: &CudaState8) -> Result<(Vec<u8>, Vec<f32>)> {
-        let (n, blocks) = (s.len, s.blocks());
-        match &s.storage {
-            Storage::Device { codes, absmax } => {
-                let dl = dev_err("download 8-bit state");
-                let mut c = self.stream.clone_dtoh(codes).map_err(&dl)?;
-                let mut a = self.stream.clone_dtoh(absmax).map_err(dl)?;
-                c.truncate(n);
-                a.truncate(blocks);
-                Ok((c, a))
-            }
-            Storage::Mapped { codes, absmax, .. } => {
-                self.synchronize()?;
-                let rd = dev_err("read mapped 8-bit state");
-                Ok((
-                    codes.as_slice().map_err(&rd)?[..n].to_vec(),
-                    absmax.as_slice().map_err(rd)?[..blocks].to_vec(),
-                ))
-            }
-        }
-    }
-
-    pub(super) fn state8_write_impl(
-        &self,
-        s: &mut CudaState8,
-        codes: &[u8],
-        absmax: &[f32],
-    ) -> Result<()> {
-        check_state8("state8_write", s.len, codes.len(), absmax.len())?;
-        if s.len == 0 {
-            return Ok(());
-        }
-        match &mut s.storage {
-            Storage::Device {
-                codes: dc,
-                absmax: da,
-            } => {
-                let up = dev_err("upload 8-bit state");
-                self.stream.memcpy_htod(codes, dc).map_err(&up)?;
-                self.stream.memcpy_htod(absmax, da).map_err(up)
-            }
-            Storage::Mapped {
-                codes: hc,
-                absmax: ha,
-                ..
-            } => {
-                self.synchronize()?;
-                let wr = dev_err("write mapped 8-bit state");
-                hc.as_mut_slice().map_err(&wr)?[..codes.len()].copy_from_slice(codes);
-                ha.as_mut_slice().map_err(wr)?[..absmax.len()].copy_from_slice(absmax);
-                Ok(())
-            }
-        }
-    }
-
     /// Device addresses of a state's codes and absmax, with the guards that record the write
     /// on the stream when dropped (after the launch that uses them).
     fn state8_ptrs<'a>(&'a self, s: &'a mut Storage) -> (u64, u64, Vec<SyncOnDrop<'a>>) {
@@ -168,57 +69,153 @@ impl CudaBackend {
             } => (*codes_ptr, *absmax_ptr, vec![]),
         }
     }
+}
 
-    pub(super) fn adamw8bit_impl(
-        &self,
-        param: &mut CudaBuf,
-        grad: &CudaBuf,
-        m: &mut CudaState8,
-        v: &mut CudaState8,
-        s: AdamWStep,
-    ) -> Result<()> {
-        const OP: &str = "adamw8bit";
-        let n = param.len;
-        crate::checks::optimizer_step(OP, n, grad.len, m.len, v.len, s.step)?;
-        check_f32(OP, "param", param)?;
-        check_f32(OP, "grad", grad)?;
-        if n == 0 {
-            return Ok(());
+pub(super) fn zeros(
+    be: &CudaBackend,
+    n: usize,
+    map: &[f32; 256],
+    on_host: bool,
+) -> Result<CudaState8> {
+    // Refuses an unsorted map as the CPU does.
+    temper_quant::state8::bounds(map)?;
+    let blocks = n.div_ceil(BLOCKSIZE);
+    let map_dev = be
+        .stream
+        .clone_htod(&map[..])
+        .map_err(dev_err("upload 8-bit state map"))?;
+    let mut device_bytes = 256 * 4;
+    let storage = if on_host {
+        let (codes, codes_ptr) = be.mapped_alloc_zeroed::<u8>(n)?;
+        let (absmax, absmax_ptr) = be.mapped_alloc_zeroed::<f32>(blocks)?;
+        Storage::Mapped {
+            codes,
+            absmax,
+            codes_ptr,
+            absmax_ptr,
         }
-        let c = Scalars8::new(s);
-        let a = c.adamw;
-        let (mc, ma, _m_guards) = self.state8_ptrs(&mut m.storage);
-        let (vc, va, _v_guards) = self.state8_ptrs(&mut v.storage);
-        let (m_map, v_map) = (&m.map, &v.map);
-        let n64 = n as u64;
-        let cfg = LaunchConfig {
-            grid_dim: (n.div_ceil(BLOCKSIZE) as u32, 1, 1),
-            block_dim: (BLOCKSIZE as u32, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        launch!(
-            self,
-            self.kernel(ADAMW8BIT, DType::F32)?,
-            cfg,
-            OP,
-            &mut param.data,
-            &grad.data,
-            &mc,
-            &ma,
-            m_map,
-            &vc,
-            &va,
-            v_map,
-            &c.b1,
-            &a.w1,
-            &a.b2,
-            &a.one_minus_b2,
-            &a.neg_step_size,
-            &a.bc2_sqrt,
-            &a.eps,
-            &a.decay,
-            &a.apply_decay,
-            &n64
-        )
+    } else {
+        let alloc = dev_err("alloc 8-bit state");
+        device_bytes += n + 4 * blocks;
+        Storage::Device {
+            codes: be.stream.alloc_zeros::<u8>(n.max(1)).map_err(&alloc)?,
+            absmax: be.stream.alloc_zeros::<f32>(blocks.max(1)).map_err(alloc)?,
+        }
+    };
+    be.accounting.add(device_bytes);
+    Ok(CudaState8 {
+        storage,
+        map: map_dev,
+        len: n,
+        device_bytes,
+        accounting: be.accounting.clone(),
+    })
+}
+
+pub(super) fn read(be: &CudaBackend, s: &CudaState8) -> Result<(Vec<u8>, Vec<f32>)> {
+    let (n, blocks) = (s.len, s.blocks());
+    match &s.storage {
+        Storage::Device { codes, absmax } => {
+            let dl = dev_err("download 8-bit state");
+            let mut c = be.stream.clone_dtoh(codes).map_err(&dl)?;
+            let mut a = be.stream.clone_dtoh(absmax).map_err(dl)?;
+            c.truncate(n);
+            a.truncate(blocks);
+            Ok((c, a))
+        }
+        Storage::Mapped { codes, absmax, .. } => {
+            be.synchronize()?;
+            let rd = dev_err("read mapped 8-bit state");
+            Ok((
+                codes.as_slice().map_err(&rd)?[..n].to_vec(),
+                absmax.as_slice().map_err(rd)?[..blocks].to_vec(),
+            ))
+        }
     }
+}
+
+pub(super) fn write(
+    be: &CudaBackend,
+    s: &mut CudaState8,
+    codes: &[u8],
+    absmax: &[f32],
+) -> Result<()> {
+    check_state8("state8_write", s.len, codes.len(), absmax.len())?;
+    if s.len == 0 {
+        return Ok(());
+    }
+    match &mut s.storage {
+        Storage::Device {
+            codes: dc,
+            absmax: da,
+        } => {
+            let up = dev_err("upload 8-bit state");
+            be.stream.memcpy_htod(codes, dc).map_err(&up)?;
+            be.stream.memcpy_htod(absmax, da).map_err(up)
+        }
+        Storage::Mapped {
+            codes: hc,
+            absmax: ha,
+            ..
+        } => {
+            be.synchronize()?;
+            let wr = dev_err("write mapped 8-bit state");
+            hc.as_mut_slice().map_err(&wr)?[..codes.len()].copy_from_slice(codes);
+            ha.as_mut_slice().map_err(wr)?[..absmax.len()].copy_from_slice(absmax);
+            Ok(())
+        }
+    }
+}
+
+pub(super) fn adamw8bit(
+    be: &CudaBackend,
+    param: &mut CudaBuf,
+    grad: &CudaBuf,
+    m: &mut CudaState8,
+    v: &mut CudaState8,
+    s: AdamWStep,
+) -> Result<()> {
+    const OP: &str = "adamw8bit";
+    let n = param.len;
+    crate::checks::optimizer_step(OP, n, grad.len, m.len, v.len, s.step)?;
+    check_f32(OP, "param", param)?;
+    check_f32(OP, "grad", grad)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let c = Scalars8::new(s);
+    let a = c.adamw;
+    let (mc, ma, _m_guards) = be.state8_ptrs(&mut m.storage);
+    let (vc, va, _v_guards) = be.state8_ptrs(&mut v.storage);
+    let (m_map, v_map) = (&m.map, &v.map);
+    let n64 = n as u64;
+    let cfg = LaunchConfig {
+        grid_dim: (n.div_ceil(BLOCKSIZE) as u32, 1, 1),
+        block_dim: (BLOCKSIZE as u32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    launch!(
+        be,
+        be.kernel(ADAMW8BIT, DType::F32)?,
+        cfg,
+        OP,
+        &mut param.data,
+        &grad.data,
+        &mc,
+        &ma,
+        m_map,
+        &vc,
+        &va,
+        v_map,
+        &c.b1,
+        &a.w1,
+        &a.b2,
+        &a.one_minus_b2,
+        &a.neg_step_size,
+        &a.bc2_sqrt,
+        &a.eps,
+        &a.decay,
+        &a.apply_decay,
+        &n64
+    )
 }

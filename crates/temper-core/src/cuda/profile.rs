@@ -91,48 +91,48 @@ impl CudaBackend {
             counted: true,
         }
     }
+}
 
-    pub(super) fn profile_enable_impl(&self, on: bool) {
-        if let Ok(mut st) = self.profiler.state.lock() {
-            st.on = on;
-            st.done.clear();
-            st.depth = 0;
-        }
+pub(super) fn enable(be: &CudaBackend, on: bool) {
+    if let Ok(mut st) = be.profiler.state.lock() {
+        st.on = on;
+        st.done.clear();
+        st.depth = 0;
     }
+}
 
-    pub(super) fn profile_stage_impl(&self, stage: &'static str) {
-        if let Ok(mut st) = self.profiler.state.lock() {
-            st.stage = stage;
-        }
+pub(super) fn stage(be: &CudaBackend, stage: &'static str) {
+    if let Ok(mut st) = be.profiler.state.lock() {
+        st.stage = stage;
     }
+}
 
-    pub(super) fn profile_detail_impl(&self, detail: Option<&'static str>) {
-        if let Ok(mut st) = self.profiler.state.lock() {
-            st.detail = detail;
-        }
+pub(super) fn detail(be: &CudaBackend, detail: Option<&'static str>) {
+    if let Ok(mut st) = be.profiler.state.lock() {
+        st.detail = detail;
     }
+}
 
-    pub(super) fn profile_take_impl(&self) -> Result<Vec<(String, f64)>> {
-        let done = match self.profiler.state.lock() {
-            Ok(mut st) => std::mem::take(&mut st.done),
-            Err(_) => return Ok(vec![]),
-        };
-        self.synchronize()?;
-        let mut sums: BTreeMap<String, f64> = BTreeMap::new();
-        let mut prev_end: Option<&CudaEvent> = None;
-        for (label, start, end) in &done {
-            let ms = start.elapsed_ms(end).map_err(dev_err("profile event"))? as f64;
-            *sums.entry(label.clone()).or_default() += ms;
-            if let Some(p) = prev_end {
-                let gap = p.elapsed_ms(start).map_err(dev_err("profile event"))? as f64;
-                if gap > 0.0 {
-                    *sums.entry("idle".into()).or_default() += gap;
-                }
+pub(super) fn take(be: &CudaBackend) -> Result<Vec<(String, f64)>> {
+    let done = match be.profiler.state.lock() {
+        Ok(mut st) => std::mem::take(&mut st.done),
+        Err(_) => return Ok(vec![]),
+    };
+    be.synchronize()?;
+    let mut sums: BTreeMap<String, f64> = BTreeMap::new();
+    let mut prev_end: Option<&CudaEvent> = None;
+    for (label, start, end) in &done {
+        let ms = start.elapsed_ms(end).map_err(dev_err("profile event"))? as f64;
+        *sums.entry(label.clone()).or_default() += ms;
+        if let Some(p) = prev_end {
+            let gap = p.elapsed_ms(start).map_err(dev_err("profile event"))? as f64;
+            if gap > 0.0 {
+                *sums.entry("idle".into()).or_default() += gap;
             }
-            prev_end = Some(end);
         }
-        let mut out: Vec<(String, f64)> = sums.into_iter().collect();
-        out.sort_by(|a, b| b.1.total_cmp(&a.1));
-        Ok(out)
+        prev_end = Some(end);
     }
+    let mut out: Vec<(String, f64)> = sums.into_iter().collect();
+    out.sort_by(|a, b| b.1.total_cmp(&a.1));
+    Ok(out)
 }

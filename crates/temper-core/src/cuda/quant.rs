@@ -54,87 +54,6 @@ impl Drop for CudaQuant {
 }
 
 impl CudaBackend {
-    pub(super) fn upload_quant4_impl(&self, q: &Quant4) -> Result<CudaQuant> {
-        q.validate()?;
-        let up = |e| dev_err("upload 4-bit weight")(e);
-        let packed = self.stream.clone_htod(&q.bytes).map_err(up)?;
-        let code = self.stream.clone_htod(&q.code[..]).map_err(up)?;
-        let scales = match &q.absmax {
-            Absmax4::Plain(a) => Scales::Plain(self.stream.clone_htod(a).map_err(up)?),
-            Absmax4::Nested {
-                codes,
-                map,
-                nested_absmax,
-                nested_blocksize,
-                offset,
-            } => Scales::Nested {
-                codes: self.stream.clone_htod(codes).map_err(up)?,
-                map: self.stream.clone_htod(&map[..]).map_err(up)?,
-                nested: self.stream.clone_htod(nested_absmax).map_err(up)?,
-                nested_blocksize: *nested_blocksize as u32,
-                offset: *offset,
-            },
-        };
-        let bytes = q.device_bytes();
-        self.accounting.add(bytes);
-        Ok(CudaQuant {
-            packed,
-            code,
-            scales,
-            blocksize: q.blocksize as u32,
-            numel: q.numel,
-            bytes,
-            accounting: self.accounting.clone(),
-        })
-    }
-
-    pub(super) fn dequantize4_impl(&self, out: &mut CudaBuf, q: &CudaQuant) -> Result<()> {
-        check_len("dequantize4", "out", out.len, q.numel)?;
-        if q.numel == 0 {
-            return Ok(());
-        }
-        let n = q.numel as u64;
-        let f = self.kernel(DEQUANT4, out.dtype)?;
-        let cfg = grid_stride(q.numel.div_ceil(2));
-        // The kernel reads either the plain scales or the nested parts (null pointers for
-        // the others); the guards order the reads after earlier writes on the stream.
-        let mut guards = Vec::with_capacity(3);
-        let (absmax, codes, map, nested, nested_blocksize, offset) = match &q.scales {
-            Scales::Plain(a) => (self.read_ptr(a, &mut guards), 0, 0, 0, 1u32, 0.0f32),
-            Scales::Nested {
-                codes,
-                map,
-                nested,
-                nested_blocksize,
-                offset,
-            } => (
-                0,
-                self.read_ptr(codes, &mut guards),
-                self.read_ptr(map, &mut guards),
-                self.read_ptr(nested, &mut guards),
-                *nested_blocksize,
-                *offset,
-            ),
-        };
-        launch!(
-            self,
-            f,
-            cfg,
-            "dequantize4",
-            &mut out.data,
-            &q.packed,
-            &q.code,
-            &absmax,
-            &codes,
-            &map,
-            &nested,
-            &nested_blocksize,
-            &offset,
-            &q.blocksize,
-            &n
-        )
-    }
-
     /// The device address of `s` for a kernel that reads it; `guards` keeps the stream's
     /// ordering until after the launch.
     fn read_ptr<'a, T>(&'a self, s: &'a CudaSlice<T>, guards: &mut Vec<SyncOnDrop<'a>>) -> u64 {
@@ -155,124 +74,6 @@ fn per_block(blocks: usize, blocksize: usize) -> LaunchConfig {
 }
 
 impl CudaBackend {
-    /// `values` quantised on the GPU (`quantize_4bit_*`, then `quantize_blockwise_f32` over
-    /// the block scales for double quantisation). Device memory beyond the result: the f32
-    /// block scales while they are double-quantised (1/16 of the values' bf16 bytes).
-    pub(super) fn quantize4_impl(
-        &self,
-        values: &CudaBuf,
-        spec: &Quantize4Spec,
-        name: &str,
-    ) -> Result<CudaQuant> {
-        const OP: &str = "quantize4";
-        spec.validate()?;
-        let n = values.len;
-        let bs = spec.blocksize;
-        let blocks = n.div_ceil(bs);
-        let alloc = dev_err("allocate a 4-bit weight");
-        let code = self.stream.clone_htod(&spec.code[..]).map_err(&alloc)?;
-        let packed = self
-            .stream
-            .alloc_zeros::<u8>(n.div_ceil(2).max(1))
-            .map_err(&alloc)?;
-        let absmax = self
-            .stream
-            .alloc_zeros::<f32>(blocks.max(1))
-            .map_err(&alloc)?;
-        // Counted from here: an error below drops `q`, which gives its bytes back.
-        let bytes = n.div_ceil(2) + 16 * 4 + 4 * blocks;
-        self.accounting.add(bytes);
-        let mut q = CudaQuant {
-            packed,
-            code,
-            scales: Scales::Plain(absmax),
-            blocksize: bs as u32,
-            numel: n,
-            bytes,
-            accounting: self.accounting.clone(),
-        };
-        let Scales::Plain(absmax) = &mut q.scales else {
-            unreachable!("made plain above")
-        };
-        if n > 0 {
-            let (n64, bs32) = (n as u64, bs as u32);
-            launch!(
-                self,
-                self.kernel(QUANTIZE_4BIT, values.dtype)?,
-                per_block(blocks, bs),
-                OP,
-                &values.data,
-                &q.code,
-                &mut *absmax,
-                &mut q.packed,
-                &n64,
-                &bs32
-            )?;
-        }
-        let host = self
-            .stream
-            .clone_dtoh(absmax)
-            .map_err(dev_err("download block scales"))?;
-        let host = &host[..blocks];
-        if let Some(b) = host.iter().position(|a| !a.is_finite()) {
-            return Err(CoreError::Invalid {
-                op: OP,
-                msg: format!(
-                    "{name}: block {b} (values {} to {}) holds a NaN or an infinity; 4-bit \
-                     quantisation needs finite weights (check the checkpoint)",
-                    b * bs,
-                    ((b + 1) * bs).min(n) - 1
-                ),
-            });
-        }
-        let Some(nested) = &spec.nested else {
-            return Ok(q);
-        };
-        // Double quantisation: the f32 block scales give way to 8-bit codes of
-        // (scale - offset) and one f32 scale per nested block.
-        let nbs = nested.blocksize;
-        let nested_blocks = blocks.div_ceil(nbs);
-        let offset = temper_quant::torch_mean(host);
-        let map = self.stream.clone_htod(&nested.map[..]).map_err(&alloc)?;
-        let mut codes = self
-            .stream
-            .alloc_zeros::<u8>(blocks.max(1))
-            .map_err(&alloc)?;
-        let mut nested_absmax = self
-            .stream
-            .alloc_zeros::<f32>(nested_blocks.max(1))
-            .map_err(&alloc)?;
-        let nested_bytes = blocks + 4 * nested_blocks + 4 * 256;
-        self.accounting.add(nested_bytes);
-        q.bytes += nested_bytes;
-        if blocks > 0 {
-            let (b64, nbs32) = (blocks as u64, nbs as u32);
-            launch!(
-                self,
-                self.kernel(QUANTIZE_BLOCKWISE, DType::F32)?,
-                per_block(nested_blocks, 2 * nbs),
-                OP,
-                &*absmax,
-                &offset,
-                &map,
-                &mut nested_absmax,
-                &mut codes,
-                &b64,
-                &nbs32
-            )?;
-        }
-        q.scales = Scales::Nested {
-            codes,
-            map,
-            nested: nested_absmax,
-            nested_blocksize: nbs as u32,
-            offset,
-        };
-        self.accounting.sub(4 * blocks);
-        q.bytes -= 4 * blocks;
-        Ok(q)
-    }
-
     /// A copy of a 4-bit matrix in host memory, as [`Backend::upload_quant4`] takes it.
     ///
     /// [`Backend::upload_quant4`]: crate::Backend::upload_quant4
@@ -321,4 +122,200 @@ impl CudaBackend {
             absmax,
         })
     }
+}
+
+pub(super) fn upload(be: &CudaBackend, q: &Quant4) -> Result<CudaQuant> {
+    q.validate()?;
+    let up = |e| dev_err("upload 4-bit weight")(e);
+    let packed = be.stream.clone_htod(&q.bytes).map_err(up)?;
+    let code = be.stream.clone_htod(&q.code[..]).map_err(up)?;
+    let scales = match &q.absmax {
+        Absmax4::Plain(a) => Scales::Plain(be.stream.clone_htod(a).map_err(up)?),
+        Absmax4::Nested {
+            codes,
+            map,
+            nested_absmax,
+            nested_blocksize,
+            offset,
+        } => Scales::Nested {
+            codes: be.stream.clone_htod(codes).map_err(up)?,
+            map: be.stream.clone_htod(&map[..]).map_err(up)?,
+            nested: be.stream.clone_htod(nested_absmax).map_err(up)?,
+            nested_blocksize: *nested_blocksize as u32,
+            offset: *offset,
+        },
+    };
+    let bytes = q.device_bytes();
+    be.accounting.add(bytes);
+    Ok(CudaQuant {
+        packed,
+        code,
+        scales,
+        blocksize: q.blocksize as u32,
+        numel: q.numel,
+        bytes,
+        accounting: be.accounting.clone(),
+    })
+}
+
+pub(super) fn dequantize(be: &CudaBackend, out: &mut CudaBuf, q: &CudaQuant) -> Result<()> {
+    check_len("dequantize4", "out", out.len, q.numel)?;
+    if q.numel == 0 {
+        return Ok(());
+    }
+    let n = q.numel as u64;
+    let f = be.kernel(DEQUANT4, out.dtype)?;
+    let cfg = grid_stride(q.numel.div_ceil(2));
+    // The kernel reads either the plain scales or the nested parts (null pointers for
+    // the others); the guards order the reads after earlier writes on the stream.
+    let mut guards = Vec::with_capacity(3);
+    let (absmax, codes, map, nested, nested_blocksize, offset) = match &q.scales {
+        Scales::Plain(a) => (be.read_ptr(a, &mut guards), 0, 0, 0, 1u32, 0.0f32),
+        Scales::Nested {
+            codes,
+            map,
+            nested,
+            nested_blocksize,
+            offset,
+        } => (
+            0,
+            be.read_ptr(codes, &mut guards),
+            be.read_ptr(map, &mut guards),
+            be.read_ptr(nested, &mut guards),
+            *nested_blocksize,
+            *offset,
+        ),
+    };
+    launch!(
+        be,
+        f,
+        cfg,
+        "dequantize4",
+        &mut out.data,
+        &q.packed,
+        &q.code,
+        &absmax,
+        &codes,
+        &map,
+        &nested,
+        &nested_blocksize,
+        &offset,
+        &q.blocksize,
+        &n
+    )
+}
+
+/// `values` quantised on the GPU (`quantize_4bit_*`, then `quantize_blockwise_f32` over
+/// the block scales for double quantisation). Device memory beyond the result: the f32
+/// block scales while they are double-quantised (1/16 of the values' bf16 bytes).
+pub(super) fn quantize(
+    be: &CudaBackend,
+    values: &CudaBuf,
+    spec: &Quantize4Spec,
+    name: &str,
+) -> Result<CudaQuant> {
+    const OP: &str = "quantize4";
+    spec.validate()?;
+    let n = values.len;
+    let bs = spec.blocksize;
+    let blocks = n.div_ceil(bs);
+    let alloc = dev_err("allocate a 4-bit weight");
+    let code = be.stream.clone_htod(&spec.code[..]).map_err(&alloc)?;
+    let packed = be
+        .stream
+        .alloc_zeros::<u8>(n.div_ceil(2).max(1))
+        .map_err(&alloc)?;
+    let absmax = be
+        .stream
+        .alloc_zeros::<f32>(blocks.max(1))
+        .map_err(&alloc)?;
+    // Counted from here: an error below drops `q`, which gives its bytes back.
+    let bytes = n.div_ceil(2) + 16 * 4 + 4 * blocks;
+    be.accounting.add(bytes);
+    let mut q = CudaQuant {
+        packed,
+        code,
+        scales: Scales::Plain(absmax),
+        blocksize: bs as u32,
+        numel: n,
+        bytes,
+        accounting: be.accounting.clone(),
+    };
+    let Scales::Plain(absmax) = &mut q.scales else {
+        unreachable!("made plain above")
+    };
+    if n > 0 {
+        let (n64, bs32) = (n as u64, bs as u32);
+        launch!(
+            be,
+            be.kernel(QUANTIZE_4BIT, values.dtype)?,
+            per_block(blocks, bs),
+            OP,
+            &values.data,
+            &q.code,
+            &mut *absmax,
+            &mut q.packed,
+            &n64,
+            &bs32
+        )?;
+    }
+    let host = be
+        .stream
+        .clone_dtoh(absmax)
+        .map_err(dev_err("download block scales"))?;
+    let host = &host[..blocks];
+    if let Some(b) = host.iter().position(|a| !a.is_finite()) {
+        return Err(CoreError::Invalid {
+            op: OP,
+            msg: format!(
+                "{name}: block {b} (values {} to {}) holds a NaN or an infinity; 4-bit \
+                 quantisation needs finite weights (check the checkpoint)",
+                b * bs,
+                ((b + 1) * bs).min(n) - 1
+            ),
+        });
+    }
+    let Some(nested) = &spec.nested else {
+        return Ok(q);
+    };
+    // Double quantisation: the f32 block scales give way to 8-bit codes of
+    // (scale - offset) and one f32 scale per nested block.
+    let nbs = nested.blocksize;
+    let nested_blocks = blocks.div_ceil(nbs);
+    let offset = temper_quant::torch_mean(host);
+    let map = be.stream.clone_htod(&nested.map[..]).map_err(&alloc)?;
+    let mut codes = be.stream.alloc_zeros::<u8>(blocks.max(1)).map_err(&alloc)?;
+    let mut nested_absmax = be
+        .stream
+        .alloc_zeros::<f32>(nested_blocks.max(1))
+        .map_err(&alloc)?;
+    let nested_bytes = blocks + 4 * nested_blocks + 4 * 256;
+    be.accounting.add(nested_bytes);
+    q.bytes += nested_bytes;
+    if blocks > 0 {
+        let (b64, nbs32) = (blocks as u64, nbs as u32);
+        launch!(
+            be,
+            be.kernel(QUANTIZE_BLOCKWISE, DType::F32)?,
+            per_block(nested_blocks, 2 * nbs),
+            OP,
+            &*absmax,
+            &offset,
+            &map,
+            &mut nested_absmax,
+            &mut codes,
+            &b64,
+            &nbs32
+        )?;
+    }
+    q.scales = Scales::Nested {
+        codes,
+        map,
+        nested: nested_absmax,
+        nested_blocksize: nbs as u32,
+        offset,
+    };
+    be.accounting.sub(4 * blocks);
+    q.bytes -= 4 * blocks;
+    Ok(q)
 }
