@@ -110,12 +110,16 @@ fn kubeflow_pods_without_local_rank_train_as_ranks() {
 fn ctrl_c_says_it_finishes_the_step_and_saves() {
     let out = tempfile::tempdir().expect("tempdir");
     let cfg = repo().join("examples/tiny/train.yaml");
+    // Steps of 16 micro-batches: the second Ctrl-C lands inside the step the first one let
+    // finish, however late this test gets to send it.
     let mut child = Command::new(env!("CARGO_BIN_EXE_temper"))
         .args([
             "train",
             cfg.to_str().expect("utf8"),
             "--max_steps",
             "100000",
+            "--gradient_accumulation_steps",
+            "16",
         ])
         .args([
             "--output_dir",
