@@ -5,6 +5,7 @@ pub mod adapter;
 pub mod batch;
 pub mod config;
 pub mod error;
+pub mod flops;
 pub mod generate;
 pub mod init;
 pub mod layer;

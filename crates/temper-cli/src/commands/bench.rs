@@ -37,14 +37,16 @@ pub struct BenchArgs {
 pub fn run(mut args: BenchArgs) -> Result<()> {
     args.model = crate::model_source::resolve(&args.model)?;
     match device::resolve(&args.device, &args.dtype)? {
-        DeviceChoice::Cpu => run_on(Arc::new(CpuBackend::new()), &args, None),
+        DeviceChoice::Cpu => run_on(Arc::new(CpuBackend::new()), &args, None, None),
         DeviceChoice::Cuda(be) => {
             let sync = be.clone();
             let driver = be.clone();
+            let peak = temper_model::flops::bf16_peak_flops(&be.device_name());
             let r = run_on(
                 be,
                 &args,
                 Some(Box::new(move || sync.synchronize().map_err(Into::into))),
+                peak,
             );
             if let Ok((free, total)) = driver.driver_memory() {
                 eprintln!(
@@ -77,7 +79,13 @@ fn bench_tokens(seq: usize, batch: usize, max_positions: usize) -> Result<usize>
         })
 }
 
-fn run_on<B: Backend>(be: Arc<B>, args: &BenchArgs, sync: Option<Sync>) -> Result<()> {
+/// `peak_flops`: the device's dense bf16 peak when known, for the MFU.
+fn run_on<B: Backend>(
+    be: Arc<B>,
+    args: &BenchArgs,
+    sync: Option<Sync>,
+    peak_flops: Option<f64>,
+) -> Result<()> {
     let t0 = Instant::now();
     let model = Model::load_with(be.clone(), &args.model, &args.load)
         .with_context(|| format!("loading {}", args.model.display()))?;
@@ -183,6 +191,10 @@ fn run_on<B: Backend>(be: Arc<B>, args: &BenchArgs, sync: Option<Sync>) -> Resul
     if args.profile {
         print_profile(&per_step, median * 1e3, n, &model.cfg);
     }
+    // Model FLOPs (what the step needs, without checkpointing's recompute) per second, and
+    // their share of the device's peak.
+    let flops_per_token = temper_model::flops::model_flops_per_token(&model.cfg, &lora_cfg, seq);
+    let model_flops = flops_per_token * n as f64 / median;
     let report = serde_json::json!({
         "case": format!(
             "temper-{}-{}{}",
@@ -202,6 +214,9 @@ fn run_on<B: Backend>(be: Arc<B>, args: &BenchArgs, sync: Option<Sync>) -> Resul
         "trainable": lora.numel(),
         "step_s_median": median,
         "tokens_per_s": n as f64 / median,
+        "model_gflop_per_token": flops_per_token / 1e9,
+        "model_tflops_per_s": model_flops / 1e12,
+        "mfu": peak_flops.map(|p| model_flops / p),
         "peak_gib": be.peak_bytes() as f64 / (1u64 << 30) as f64,
         "load_s": load_s,
         "load_peak_rss_gib": load_peak_rss_gib,
