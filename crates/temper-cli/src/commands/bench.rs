@@ -41,7 +41,7 @@ pub fn run(mut args: BenchArgs) -> Result<()> {
         DeviceChoice::Cuda(be) => {
             let sync = be.clone();
             let driver = be.clone();
-            let peak = temper_model::flops::bf16_peak_flops(&be.device_name());
+            let peak = temper_model::flops::bf16_peak_flops(be.device_name());
             let r = run_on(
                 be,
                 &args,
