@@ -74,16 +74,22 @@ import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 def by(prefix):
     return {(r["seq"], r["batch"]): r for r in rows if r.get("case", "").startswith(prefix) and "tokens_per_s" in r}
-hf, us, prof = by("hf-"), by("unsloth-"), by("profiled-")
+hf, us, prof, tm = by("hf-"), by("unsloth-"), by("profiled-"), by("temper-")
+def mfu(r):
+    # The peers' MFU from temper's model FLOPs of the same case (same model, seq, LoRA).
+    t = r if "mfu" in r else tm.get((r["seq"], r["batch"]))
+    if not t or t.get("mfu") is None:
+        return "-"
+    return f"{100 * t['mfu'] * r['tokens_per_s'] / t['tokens_per_s']:.1f}%"
 def ratio(r, peers):
     p = peers.get((r["seq"], r["batch"]))
     return f"{r['tokens_per_s'] / p['tokens_per_s']:.2f}x" if p else "-"
-print(f"{'system':<28}{'seq':>7}{'batch':>6}{'tokens/s':>11}{'peak GiB':>10}{'attn':>7}{'vs HF':>8}{'vs Unsloth':>11}")
+print(f"{'system':<28}{'seq':>7}{'batch':>6}{'tokens/s':>11}{'peak GiB':>10}{'MFU':>7}{'attn':>7}{'vs HF':>8}{'vs Unsloth':>11}")
 for r in rows:
     if "tokens_per_s" not in r or r["case"].startswith("profiled-"):
         continue
     peak = r.get("peak_gib", r.get("peak_alloc_gib"))
     share = (prof.get((r["seq"], r["batch"])) or {}).get("attention_share") if r["case"].startswith("temper") else None
     attn = f"{100 * share:.0f}%" if share is not None else "-"
-    print(f"{r['case']:<28}{r['seq']:>7}{r['batch']:>6}{r['tokens_per_s']:>11.0f}{peak:>10.2f}{attn:>7}{ratio(r, hf):>8}{ratio(r, us):>11}")
+    print(f"{r['case']:<28}{r['seq']:>7}{r['batch']:>6}{r['tokens_per_s']:>11.0f}{peak:>10.2f}{mfu(r):>7}{attn:>7}{ratio(r, hf):>8}{ratio(r, us):>11}")
 PY
