@@ -9,8 +9,9 @@
 //! when they are not already), the merges, llama.cpp's pre-tokenizer for `tokenizer.ggml.pre`
 //! (see `pretokenizer`; a name llama.cpp does not know is an error), control and unknown tokens
 //! (types 3 and 2) as special added tokens and user-defined ones (type 4) as plain added tokens,
-//! after llama.cpp's overrides by text (end-of-generation texts such as `</s>` become control
-//! tokens), all matched in the raw text before pre-tokenizing as llama.cpp's
+//! after llama.cpp's overrides by text (end-of-generation texts such as `</s>`, and the
+//! fill-in-the-middle markers of a kind the file names no id for, become control tokens), all
+//! matched in the raw text before pre-tokenizing as llama.cpp's
 //! `tokenizer_st_partition` does (swallowing the whitespace after them where llama.cpp gives
 //! them `RSTRIP`: Phi-3's), and a BOS/EOS post-processor from `tokenizer.ggml.add_bos_token` / `add_eos_token`
 //! (absent: llama.cpp's default for the pre-tokenizer).
@@ -25,6 +26,7 @@ use crate::reader::GgufFile;
 use crate::spm::spm_parts;
 
 /// llama.cpp token types (`enum llama_token_type`).
+const TOKEN_NORMAL: u64 = 1;
 const TOKEN_UNKNOWN: u64 = 2;
 const TOKEN_CONTROL: u64 = 3;
 const TOKEN_USER_DEFINED: u64 = 4;
@@ -84,6 +86,7 @@ pub fn tokenizer_files(file: &GgufFile) -> Result<(Json, Json)> {
     let types = file
         .opt_ints("tokenizer.ggml.token_type")?
         .unwrap_or_default();
+    let types = types_after_overrides(file, &tokens, &types)?;
 
     let token_of = |key: &str| -> Result<Option<(u64, String)>> {
         match file.opt_u64(key)? {
@@ -127,7 +130,7 @@ pub fn tokenizer_files(file: &GgufFile) -> Result<(Json, Json)> {
     let rstrip = rstrip_tokens(file, &tokens, &types)?;
     let mut added = Vec::new();
     for (id, key) in keys.iter().enumerate() {
-        let Some(special) = added_kind(&tokens, &types, id) else {
+        let Some(special) = added_kind(&types, id) else {
             continue;
         };
         added.push(json!({
@@ -225,17 +228,115 @@ const EOG_TEXTS: &[&str] = &[
 /// function, "quick hack for gpt-oss, always render these tokens").
 const ALWAYS_USER_DEFINED: &[&str] = &["<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"];
 
-/// Some(special) for a token matched in the raw text: control and unknown tokens (special:
-/// `parse_special` decides) and user-defined ones (always matched), after llama.cpp's
-/// overrides by text.
-fn added_kind(tokens: &[&str], types: &[u64], id: usize) -> Option<bool> {
-    let text = tokens.get(id).copied().unwrap_or_default();
-    if ALWAYS_USER_DEFINED.contains(&text) {
-        return Some(false);
+/// Fill-in-the-middle and repository markers by kind: the metadata keys that name the kind's
+/// token (current and deprecated), and the texts llama.cpp recognises when none does
+/// (`llama_vocab::impl::load`, "auto-detect special tokens by text").
+const FIM_KINDS: &[(&[&str], &[&str])] = &[
+    (
+        &[
+            "tokenizer.ggml.fim_pre_token_id",
+            "tokenizer.ggml.prefix_token_id",
+        ],
+        &[
+            "<|fim_prefix|>",
+            "<fim-prefix>",
+            "<fim_prefix>",
+            "<\u{ff5c}fim\u{2581}begin\u{ff5c}>",
+            "<PRE>",
+            "\u{2581}<PRE>",
+            "<|code_prefix|>",
+            "<|prefix|>",
+        ],
+    ),
+    (
+        &[
+            "tokenizer.ggml.fim_suf_token_id",
+            "tokenizer.ggml.suffix_token_id",
+        ],
+        &[
+            "<|fim_suffix|>",
+            "<fim-suffix>",
+            "<fim_suffix>",
+            "<\u{ff5c}fim\u{2581}hole\u{ff5c}>",
+            "<SUF>",
+            "\u{2581}<SUF>",
+            "<|code_suffix|>",
+            "<|suffix|>",
+        ],
+    ),
+    (
+        &[
+            "tokenizer.ggml.fim_mid_token_id",
+            "tokenizer.ggml.middle_token_id",
+        ],
+        &[
+            "<|fim_middle|>",
+            "<fim-middle>",
+            "<fim_middle>",
+            "<\u{ff5c}fim\u{2581}end\u{ff5c}>",
+            "<MID>",
+            "\u{2581}<MID>",
+            "<|code_middle|>",
+            "<|middle|>",
+        ],
+    ),
+    (
+        &["tokenizer.ggml.fim_pad_token_id"],
+        &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"],
+    ),
+    (
+        &["tokenizer.ggml.fim_rep_token_id"],
+        &[
+            "<|fim_repo|>",
+            "<|repo_name|>",
+            "<fim-repo>",
+            "<REPO>",
+            "<reponame>",
+        ],
+    ),
+    (&["tokenizer.ggml.fim_sep_token_id"], &["<|file_sep|>"]),
+];
+
+/// The token types as llama.cpp uses them after its overrides by text, in its order: for each
+/// fill-in-the-middle kind the file names no (valid) id for, the token with one of the kind's
+/// texts becomes control (llama.cpp takes the first its hash map yields; this takes the lowest
+/// id, the same token wherever a vocabulary has one); every end-of-generation text becomes
+/// control; gpt-oss's channel markers become user-defined. Control is added to a token's
+/// attributes there, which makes a user-defined one match only with parse_special, as a
+/// control token.
+fn types_after_overrides(file: &GgufFile, tokens: &[&str], types: &[u64]) -> Result<Vec<u64>> {
+    let mut out: Vec<u64> = (0..tokens.len())
+        .map(|id| types.get(id).copied().unwrap_or(TOKEN_NORMAL))
+        .collect();
+    for (keys, texts) in FIM_KINDS {
+        let mut named = false;
+        for key in *keys {
+            named |= file
+                .opt_u64(key)?
+                .is_some_and(|id| (id as usize) < tokens.len());
+        }
+        if named {
+            continue;
+        }
+        if let Some(id) = tokens.iter().position(|t| texts.contains(t)) {
+            out[id] = TOKEN_CONTROL;
+        }
     }
-    if EOG_TEXTS.contains(&text) {
-        return Some(true);
+    for (id, t) in tokens.iter().enumerate() {
+        if EOG_TEXTS.contains(t) {
+            out[id] = TOKEN_CONTROL;
+        }
+        if ALWAYS_USER_DEFINED.contains(t) {
+            out[id] = TOKEN_USER_DEFINED;
+        }
     }
+    Ok(out)
+}
+
+/// Some(special) for a token matched in the raw text, from its type after llama.cpp's
+/// overrides ([`types_after_overrides`]): control and unknown tokens (special: `parse_special`
+/// decides) and user-defined ones (always matched).
+fn added_kind(types: &[u64], id: usize) -> Option<bool> {
     match types.get(id) {
         Some(&(TOKEN_CONTROL | TOKEN_UNKNOWN)) => Some(true),
         Some(&TOKEN_USER_DEFINED) => Some(false),
@@ -267,7 +368,7 @@ fn rstrip_tokens(
         return Ok(out);
     }
     for (id, t) in tokens.iter().enumerate() {
-        let matched = added_kind(tokens, types, id).is_some();
+        let matched = added_kind(types, id).is_some();
         let rstrip = match *t {
             "<unk>" | "<s>" | "<|endoftext|>" => false,
             "</s>" => true,
@@ -334,7 +435,7 @@ fn byte_level_parts(
         .iter()
         .enumerate()
         .map(|(id, t)| {
-            if in_alphabet(t) || added_kind(tokens, types, id).is_some() {
+            if in_alphabet(t) || added_kind(types, id).is_some() {
                 t.to_string()
             } else {
                 t.bytes().map(|b| spelling[b as usize]).collect()

@@ -141,3 +141,46 @@ fn every_accepted_llama_cpp_vocab_matches_its_reference_tokenisations() {
         assert!(*n >= 40, "{name}: only {n} cases");
     }
 }
+
+/// Fill-in-the-middle and repository markers in text (`tests/fixtures/gguf/fim_tokens.json`,
+/// made by llama.cpp with scripts/make_fim_token_fixtures.py), parse_special off and on:
+/// llama.cpp makes such a token control when the file names no id for its kind, so
+/// deepseek-coder's user-defined `<｜fim▁begin｜>` is plain text with parse_special off.
+#[test]
+fn fim_markers_in_text_match_llama_cpp() {
+    let Some(dir) = common::llama_cpp_vocabs() else {
+        return;
+    };
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gguf/fim_tokens.json");
+    let text = std::fs::read_to_string(&fixture).expect("fixture");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let cases = json["cases"].as_array().expect("cases");
+    let mut tokenizers: std::collections::HashMap<String, Tokenizer> = Default::default();
+    let mut failures = Vec::new();
+    for case in cases {
+        let vocab = case["vocab"].as_str().expect("vocab");
+        let parse_special = case["parse_special"].as_bool().expect("parse_special");
+        let input = case["text"].as_str().expect("text");
+        let want: Vec<u32> = case["ids"]
+            .as_array()
+            .expect("ids")
+            .iter()
+            .map(|v| v.as_u64().expect("id") as u32)
+            .collect();
+        let tok = tokenizers.entry(vocab.to_string()).or_insert_with(|| {
+            let file = GgufFile::open(&dir.join(format!("ggml-vocab-{vocab}.gguf"))).unwrap();
+            let (json, _) = tokenizer_files(&file).unwrap();
+            Tokenizer::from_str(&json.to_string()).unwrap()
+        });
+        tok.set_encode_special_tokens(!parse_special);
+        let got = tok.encode(input, false).unwrap().get_ids().to_vec();
+        if got != want {
+            failures.push(format!(
+                "{vocab} parse_special {parse_special}: {input:?}\n  llama.cpp {want:?}\n  temper    {got:?}"
+            ));
+        }
+    }
+    assert!(cases.len() >= 30, "{} cases", cases.len());
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
