@@ -29,9 +29,13 @@ pub struct MemoryPlan {
     pub weights: usize,
     pub lora_and_optimizer: usize,
     pub activations: usize,
+    /// Pinned host memory beside the device's: with the layer inputs on the host (GPU), every
+    /// layer's input, and its attention output when that goes there too. Not in `total`.
+    pub host: usize,
 }
 
 impl MemoryPlan {
+    /// The device's predicted peak.
     pub fn total(&self) -> usize {
         self.weights + self.lora_and_optimizer + self.activations
     }
@@ -409,18 +413,23 @@ pub fn plan(
     // fetched back ahead of use (from before the loss on).
     // Without the attention outputs on the host (they would take more than half of its
     // available memory), only the inputs travel and nothing waits on the device.
-    let (kept_lse, ahead) = match ckpt {
-        Checkpointing::EveryLayerOnHost
-            if crate::model::attention_on_host(cfg, n, bytes, host_available) =>
-        {
-            (
-                n * cfg.heads * F32,
-                match device {
-                    PlanDevice::Cuda => n * (c + cfg.q_dim()) * bytes,
-                    PlanDevice::Cpu => 0,
-                },
-            )
+    let attention_parked = ckpt == Checkpointing::EveryLayerOnHost
+        && crate::model::attention_on_host(cfg, n, bytes, host_available);
+    let host = match (ckpt, device) {
+        (Checkpointing::EveryLayerOnHost, PlanDevice::Cuda) => {
+            let per_layer = n * (c + if attention_parked { cfg.q_dim() } else { 0 });
+            cfg.layers * per_layer * bytes
         }
+        _ => 0,
+    };
+    let (kept_lse, ahead) = match ckpt {
+        Checkpointing::EveryLayerOnHost if attention_parked => (
+            n * cfg.heads * F32,
+            match device {
+                PlanDevice::Cuda => n * (c + cfg.q_dim()) * bytes,
+                PlanDevice::Cpu => 0,
+            },
+        ),
         Checkpointing::EveryLayerOnHost => (
             0,
             match device {
@@ -462,6 +471,7 @@ pub fn plan(
         weights: weight_values(cfg) * bytes + rope_table_bytes(cfg),
         lora_and_optimizer,
         activations: at_loss.max(in_backward) + workspace,
+        host,
     }
 }
 
@@ -537,6 +547,42 @@ mod tests {
                 "{name}: planned {planned:.3} GiB against {measured} measured ({ratio:.3}x)"
             );
         }
+    }
+
+    /// Llama-3-8B, 32 layers of 4096 + 4096 values per token in bf16: inputs and attention
+    /// outputs in pinned memory at 16k (8 GiB, under half of 124 GiB); at 128k only the
+    /// inputs (32 GiB: both would be 64 GiB, over half).
+    #[test]
+    fn host_memory_of_the_offloaded_layer_inputs() {
+        let mut cfg = shape_config("llama3-8b");
+        cfg.max_positions = 131072;
+        let lora = LoraConfig {
+            r: 16,
+            alpha: 32.0,
+            dropout: 0.0,
+            use_rslora: false,
+            targets: Target::ALL.to_vec(),
+        };
+        let host = |seq: usize, device: PlanDevice, ckpt: Checkpointing| {
+            let available = Some(H100_HOST_AVAILABLE);
+            plan(
+                &cfg,
+                &lora,
+                seq,
+                seq,
+                ckpt,
+                1024,
+                DType::BF16,
+                device,
+                available,
+            )
+            .host
+        };
+        let on_host = Checkpointing::EveryLayerOnHost;
+        assert_eq!(host(16384, PlanDevice::Cuda, on_host), 8 << 30);
+        assert_eq!(host(131072, PlanDevice::Cuda, on_host), 32 << 30);
+        assert_eq!(host(16384, PlanDevice::Cuda, Checkpointing::EveryLayer), 0);
+        assert_eq!(host(16384, PlanDevice::Cpu, on_host), 0);
     }
 
     #[test]

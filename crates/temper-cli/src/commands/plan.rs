@@ -58,6 +58,7 @@ pub fn predict(
         let moments = temper_model::plan::adamw_moment_bytes(&cfg, &p.settings.lora);
         MemoryPlan {
             lora_and_optimizer: m.lora_and_optimizer.saturating_sub(moments),
+            host: m.host + moments,
             ..m
         }
     } else {
@@ -99,16 +100,23 @@ fn size(bytes: usize) -> String {
 
 pub fn describe(m: &MemoryPlan) -> String {
     format!(
-        "predicted peak {} = weights {} + LoRA and AdamW {} + activations {}",
+        "predicted peak {} = weights {} + LoRA and AdamW {} + activations {}{}",
         size(m.total()),
         size(m.weights),
         size(m.lora_and_optimizer),
-        size(m.activations)
+        size(m.activations),
+        if m.host > 0 {
+            format!("; pinned host memory {}", size(m.host))
+        } else {
+            String::new()
+        }
     )
 }
 
-/// Refuses a plan above `max_memory`, saying what would shrink it.
+/// Refuses a plan above `max_memory`, or one whose pinned host memory is more than the host
+/// has available, saying what would shrink it.
 pub fn check(p: &TrainPlan, m: &MemoryPlan) -> Result<()> {
+    check_host(m, temper_core::memory::host_available_bytes())?;
     if let Some(limit) = p.max_memory {
         if m.total() as u64 > limit {
             bail!(
@@ -125,6 +133,21 @@ pub fn check(p: &TrainPlan, m: &MemoryPlan) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Refuses pinned host memory beyond `available` (bytes; unknown: no check): pinning fails
+/// there, mid-step, after the model has loaded.
+fn check_host(m: &MemoryPlan, available: Option<u64>) -> Result<()> {
+    match available {
+        Some(avail) if m.host as u64 > avail => bail!(
+            "{}, and the host has {} available: lower max_seq_len or \
+             per_device_train_batch_size, or set checkpoint_offload: false (the layer inputs \
+             then stay in device memory)",
+            describe(m),
+            size(avail as usize)
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// The line `temper train` prints before it starts and `temper plan` prints: one function,
@@ -164,4 +187,25 @@ pub fn run(args: PlanArgs) -> Result<()> {
     );
     println!("{}", memory_line(&m));
     check(&p, &m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pinned_host_memory_beyond_what_is_available_is_refused_with_the_fix() {
+        let m = MemoryPlan {
+            weights: 5 << 30,
+            lora_and_optimizer: 400 << 20,
+            activations: 3 << 30,
+            host: 40 << 30,
+        };
+        assert!(check_host(&m, None).is_ok());
+        assert!(check_host(&m, Some(64 << 30)).is_ok());
+        let err = check_host(&m, Some(24 << 30)).unwrap_err().to_string();
+        assert!(err.contains("pinned host memory 40.00 GiB"), "{err}");
+        assert!(err.contains("24.00 GiB available"), "{err}");
+        assert!(err.contains("checkpoint_offload: false"), "{err}");
+    }
 }
