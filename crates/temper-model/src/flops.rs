@@ -71,13 +71,8 @@ pub fn bf16_peak_flops(device_name: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::init::shape_config as config;
     use crate::lora::Target;
-
-    fn config(name: &str) -> ModelConfig {
-        let shape = crate::init::shape(name).expect("shape");
-        let text = shape.config_json().to_string();
-        ModelConfig::from_json(&text, std::path::Path::new("config.json")).expect("config")
-    }
 
     /// Llama-2-7B, r = 16 on all seven kinds, 1024-token sequences, by hand: linears 32 x
     /// 202,375,168 weights and a 32000 x 4096 head, times 4; LoRA 32 x 96 x (4 x 8192 + 3 x

@@ -263,6 +263,15 @@ pub const SHAPES: &[Shape] = &[
     },
 ];
 
+/// The resolved config.json of a built-in shape (tests of sizes and counts).
+#[cfg(test)]
+pub(crate) fn shape_config(name: &str) -> crate::config::ModelConfig {
+    let shape = shape(name).expect("shape");
+    let text = shape.config_json().to_string();
+    crate::config::ModelConfig::from_json(&text, std::path::Path::new("config.json"))
+        .expect("config")
+}
+
 pub fn shape(name: &str) -> Option<&'static Shape> {
     SHAPES.iter().find(|s| s.name == name)
 }

@@ -478,12 +478,7 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn shape_config(name: &str) -> ModelConfig {
-        let shape = crate::init::shape(name).expect("shape");
-        let text = shape.config_json().to_string();
-        ModelConfig::from_json(&text, std::path::Path::new("config.json")).expect("config")
-    }
+    use crate::init::shape_config;
 
     /// Host memory available on the machine of the measurements below (`free`: 124 GiB).
     const H100_HOST_AVAILABLE: u64 = 124 << 30;
