@@ -272,6 +272,7 @@ pub(crate) fn shape_config(name: &str) -> crate::config::ModelConfig {
         .expect("config")
 }
 
+/// The built-in shape of this name (`temper init-model --shape NAME`).
 pub fn shape(name: &str) -> Option<&'static Shape> {
     SHAPES.iter().find(|s| s.name == name)
 }
