@@ -11,7 +11,9 @@
 # sequence length: it raises max_position_embeddings in the random folder's config.json.
 # --profile runs each temper case once more with `temper bench --profile` for the share of step
 # time spent in attention. Each case prints one JSON line per system; the last lines are a table
-# with tokens/s, peak GiB, the attention share and the ratio to the peers.
+# with tokens/s, peak GiB, MFU (model FLOPs per second over the GPU's dense bf16 peak; the
+# peers' from temper's model FLOPs of the same case), the attention share and the ratio to the
+# peers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 temper=${TEMPER:-target/release/temper}
