@@ -171,3 +171,27 @@ fn tiled_mlp_with_dropout_returns_the_gradient_of_its_loss() {
         println!("tiles of {tile}: slope {slope:.6e}, gradient length {norm:.6e}");
     }
 }
+
+/// Evaluation and generation run the MLP in tiles too (nothing is kept for a backward there):
+/// the logits equal the whole MLP's.
+#[test]
+fn tiled_mlp_gives_the_whole_mlps_logits() {
+    for name in ["tiny", "gemma2-tiny"] {
+        let (_dir, be, mut model) = load(name);
+        let lora = adapter(&be, &model, 0.0);
+        let rows = rows();
+        model.mlp_tile_tokens = usize::MAX;
+        let whole = model.logits(Some(&lora), &rows.batch()).expect("logits");
+        model.mlp_tile_tokens = 16;
+        let tiled = model.logits(Some(&lora), &rows.batch()).expect("logits");
+        let scale = whole.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let diff = whole
+            .iter()
+            .zip(&tiled)
+            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            diff <= 1e-5 * scale,
+            "{name}: logits differ by {diff} (largest {scale})"
+        );
+    }
+}
