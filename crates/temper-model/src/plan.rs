@@ -4,7 +4,9 @@
 //! dtype, RoPE tables, norm statistics and the attention's log-sum-exp in f32, LoRA values,
 //! gradients and AdamW moments in f32, the GPU's cuBLAS workspace, and the largest set of
 //! activations alive at once: at the loss (the logits chunk) or at one of the points of the
-//! last layer's backward (see [`layer_backward_peak`]), whichever holds more.
+//! last layer's backward (see [`layer_backward_peak`]; with the MLP in tiles for long
+//! sequences, one tile's), whichever holds more. Beside it, the pinned host memory of layer
+//! inputs kept off the device ([`MemoryPlan::host`]).
 
 use temper_core::DType;
 
