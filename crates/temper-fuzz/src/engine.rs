@@ -12,8 +12,26 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-/// One input taking longer than this is a finding.
+/// One input taking more CPU time than this is a finding.
 pub const SLOW: Duration = Duration::from_secs(1);
+/// One input taking longer than this on the wall clock is a finding too (a wait that burns no
+/// CPU); the margin keeps a run at low priority, preempted for seconds by other work on the
+/// machine, from reporting inputs that are not slow.
+pub const SLOW_WALL: Duration = Duration::from_secs(10);
+
+/// CPU time this thread has used.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer for the calling thread's CPU clock.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
 /// One allocation larger than this is a finding.
 pub const BIG_ALLOC: usize = 1 << 30;
 /// The corpus stops growing here.
@@ -202,17 +220,21 @@ pub fn fuzz(target: &Target, budget: Budget, seed: u64) -> Report {
             }
         };
         executions += 1;
-        let t0 = Instant::now();
+        let (t0, cpu0) = (Instant::now(), thread_cpu_time());
         set_current(&input);
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| (target.run)(&input)));
         clear_current();
-        let took = t0.elapsed();
+        let (took, cpu) = (t0.elapsed(), thread_cpu_time().saturating_sub(cpu0));
         match outcome {
             Ok(class) => {
-                if took > SLOW {
+                if cpu > SLOW || took > SLOW_WALL {
                     findings.push(Finding {
                         kind: "slow",
-                        message: format!("took {:.1}s", took.as_secs_f64()),
+                        message: format!(
+                            "took {:.1}s ({:.1}s of CPU)",
+                            took.as_secs_f64(),
+                            cpu.as_secs_f64()
+                        ),
                         input: input.clone(),
                     });
                 }
@@ -362,5 +384,54 @@ unsafe impl GlobalAlloc for Guard {
         }
         // SAFETY: forwarded as given.
         unsafe { System.realloc(p, l, new) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Spins until this thread has used `d` more CPU time.
+    fn spin_cpu(d: Duration) {
+        let start = thread_cpu_time();
+        while thread_cpu_time().saturating_sub(start) < d {
+            std::hint::spin_loop();
+        }
+    }
+
+    fn one_input() -> Vec<Vec<u8>> {
+        vec![b"x".to_vec()]
+    }
+
+    /// An input is slow by the CPU time it takes, not by the wall clock: a run preempted (or
+    /// waiting) for a while reports nothing, one computing for longer than SLOW does.
+    #[test]
+    fn slow_means_cpu_time() {
+        let budget = Budget {
+            executions: 1,
+            time: Duration::from_secs(60),
+        };
+        let spins = Target {
+            name: "spins",
+            seeds: one_input,
+            run: |_| {
+                spin_cpu(SLOW + Duration::from_millis(200));
+                "ok".into()
+            },
+            dictionary: &[],
+        };
+        let report = fuzz(&spins, budget, 1);
+        assert_eq!(report.findings.len(), 1);
+        assert_eq!(report.findings[0].kind, "slow");
+        let waits = Target {
+            name: "waits",
+            seeds: one_input,
+            run: |_| {
+                std::thread::sleep(SLOW + Duration::from_millis(500));
+                "ok".into()
+            },
+            dictionary: &[],
+        };
+        assert!(fuzz(&waits, budget, 1).findings.is_empty());
     }
 }
