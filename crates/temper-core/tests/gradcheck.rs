@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use rand_chacha::ChaCha8Rng;
 use temper_core::cpu::{
     attention, cross_entropy, elementwise, geglu, matmul::matmul, rmsnorm, rope, swiglu,
 };
@@ -156,150 +157,88 @@ fn matmul_gradients_through_transpose_flags() {
     }
 }
 
-#[test]
-fn attention_backward_matches_finite_differences() {
-    let mut rng = rng(6);
-    // GQA 6 query heads over 2 kv heads; sequences of length 1 and lengths not multiples of
-    // 8; d = 12 exercises both the 8-wide and the remainder part of the dot products.
-    let (hq, hkv, d) = (6, 2, 12);
-    let cu = cu_seqlens(&[1, 5, 11, 1, 3]);
+/// The attention's gradients (within `window`, scores soft-capped by `cap`) over sequences of
+/// `lens` against finite differences: q and k drawn in (-qk, qk), v and the output weights in
+/// (-1, 1); outputs start as NaN so that an unwritten element fails.
+#[allow(clippy::too_many_arguments)]
+fn check_attention(
+    name: &str,
+    rng: &mut ChaCha8Rng,
+    lens: &[usize],
+    (hq, hkv, d): (usize, usize, usize),
+    qk: f64,
+    window: Option<usize>,
+    cap: Option<f32>,
+) {
+    let cu = cu_seqlens(lens);
     let n = *cu.last().unwrap() as usize;
-    let q = uniform(&mut rng, n * hq * d, 1.0);
-    let k = uniform(&mut rng, n * hkv * d, 1.0);
-    let v = uniform(&mut rng, n * hkv * d, 1.0);
-    let r = uniform(&mut rng, n * hq * d, 1.0);
+    let q = uniform(rng, n * hq * d, qk);
+    let k = uniform(rng, n * hkv * d, qk);
+    let v = uniform(rng, n * hkv * d, 1.0);
+    let r = uniform(rng, n * hq * d, 1.0);
+    let shape = AttnShape::new(hq, hkv, d);
     let forward = |q: &[f64], k: &[f64], v: &[f64]| {
         let (mut out, mut lse) = (vec![f64::NAN; n * hq * d], vec![f64::NAN; n * hq]);
-        attention::attention_forward(
-            &mut out,
-            &mut lse,
-            q,
-            k,
-            v,
-            &cu,
-            AttnShape::new(hq, hkv, d),
-            None,
-        )
-        .unwrap();
+        attention::attention_forward_capped(&mut out, &mut lse, q, k, v, &cu, shape, window, cap)
+            .unwrap();
         (out, lse)
     };
     let (out, lse) = forward(&q, &k, &v);
     let mut dq = vec![f64::NAN; q.len()];
     let mut dk = vec![f64::NAN; k.len()];
     let mut dv = vec![f64::NAN; v.len()];
-    attention::attention_backward(
-        &mut dq,
-        &mut dk,
-        &mut dv,
-        &r,
-        &q,
-        &k,
-        &v,
-        &out,
-        &lse,
-        &cu,
-        AttnShape::new(hq, hkv, d),
-        None,
+    attention::attention_backward_capped(
+        &mut dq, &mut dk, &mut dv, &r, &q, &k, &v, &out, &lse, &cu, shape, window, cap,
     )
     .unwrap();
-    grad_check("attention dq", &q, &dq, &r, |q| forward(q, &k, &v).0);
-    grad_check("attention dk", &k, &dk, &r, |k| forward(&q, k, &v).0);
-    grad_check("attention dv", &v, &dv, &r, |v| forward(&q, &k, v).0);
+    grad_check(&format!("{name} dq"), &q, &dq, &r, |q| forward(q, &k, &v).0);
+    grad_check(&format!("{name} dk"), &k, &dk, &r, |k| forward(&q, k, &v).0);
+    grad_check(&format!("{name} dv"), &v, &dv, &r, |v| forward(&q, &k, v).0);
+}
+
+#[test]
+fn attention_backward_matches_finite_differences() {
+    // GQA 6 query heads over 2 kv heads; sequences of length 1 and lengths not multiples of
+    // 8; d = 12 exercises both the 8-wide and the remainder part of the dot products.
+    let mut rng = rng(6);
+    check_attention(
+        "attention",
+        &mut rng,
+        &[1, 5, 11, 1, 3],
+        (6, 2, 12),
+        1.0,
+        None,
+        None,
+    );
 }
 
 #[test]
 fn attention_backward_without_gqa_and_odd_head_dim() {
     let mut rng = rng(7);
-    let (hq, hkv, d) = (2, 2, 5);
-    let cu = cu_seqlens(&[9, 1, 2]);
-    let n = *cu.last().unwrap() as usize;
-    let q = uniform(&mut rng, n * hq * d, 1.5);
-    let k = uniform(&mut rng, n * hkv * d, 1.5);
-    let v = uniform(&mut rng, n * hkv * d, 1.0);
-    let r = uniform(&mut rng, n * hq * d, 1.0);
-    let forward = |q: &[f64], k: &[f64], v: &[f64]| {
-        let (mut out, mut lse) = (vec![0.0; n * hq * d], vec![0.0; n * hq]);
-        attention::attention_forward(
-            &mut out,
-            &mut lse,
-            q,
-            k,
-            v,
-            &cu,
-            AttnShape::new(hq, hkv, d),
-            None,
-        )
-        .unwrap();
-        (out, lse)
-    };
-    let (out, lse) = forward(&q, &k, &v);
-    let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
-    attention::attention_backward(
-        &mut dq,
-        &mut dk,
-        &mut dv,
-        &r,
-        &q,
-        &k,
-        &v,
-        &out,
-        &lse,
-        &cu,
-        AttnShape::new(hq, hkv, d),
+    check_attention(
+        "attention(mha)",
+        &mut rng,
+        &[9, 1, 2],
+        (2, 2, 5),
+        1.5,
         None,
-    )
-    .unwrap();
-    grad_check("attention(mha) dq", &q, &dq, &r, |q| forward(q, &k, &v).0);
-    grad_check("attention(mha) dk", &k, &dk, &r, |k| forward(&q, k, &v).0);
-    grad_check("attention(mha) dv", &v, &dv, &r, |v| forward(&q, &k, v).0);
+        None,
+    );
 }
 
 #[test]
 fn attention_backward_long_sequence() {
     // 70 and 130 tokens span two and three 64-token tiles.
     let mut rng = rng(9);
-    let (hq, hkv, d) = (2, 1, 3);
-    let cu = cu_seqlens(&[70, 2, 130]);
-    let n = *cu.last().unwrap() as usize;
-    let q = uniform(&mut rng, n * hq * d, 1.5);
-    let k = uniform(&mut rng, n * hkv * d, 1.5);
-    let v = uniform(&mut rng, n * hkv * d, 1.0);
-    let r = uniform(&mut rng, n * hq * d, 1.0);
-    let forward = |q: &[f64], k: &[f64], v: &[f64]| {
-        let (mut out, mut lse) = (vec![0.0; n * hq * d], vec![0.0; n * hq]);
-        attention::attention_forward(
-            &mut out,
-            &mut lse,
-            q,
-            k,
-            v,
-            &cu,
-            AttnShape::new(hq, hkv, d),
-            None,
-        )
-        .unwrap();
-        (out, lse)
-    };
-    let (out, lse) = forward(&q, &k, &v);
-    let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
-    attention::attention_backward(
-        &mut dq,
-        &mut dk,
-        &mut dv,
-        &r,
-        &q,
-        &k,
-        &v,
-        &out,
-        &lse,
-        &cu,
-        AttnShape::new(hq, hkv, d),
+    check_attention(
+        "attention(long)",
+        &mut rng,
+        &[70, 2, 130],
+        (2, 1, 3),
+        1.5,
         None,
-    )
-    .unwrap();
-    grad_check("attention(long) dq", &q, &dq, &r, |q| forward(q, &k, &v).0);
-    grad_check("attention(long) dk", &k, &dk, &r, |k| forward(&q, k, &v).0);
-    grad_check("attention(long) dv", &v, &dv, &r, |v| forward(&q, &k, v).0);
+        None,
+    );
 }
 
 #[test]
@@ -307,55 +246,12 @@ fn sliding_window_attention_backward_matches_finite_differences() {
     // Window 3 inside short sequences; window 66 on 70- and 130-token sequences, so that
     // query and key tiles of 64 are cut by the window on both sides.
     let mut rng = rng(10);
-    for (lens, window, hq, hkv, d) in [
-        (vec![9usize, 1, 20], 3usize, 4usize, 2usize, 6usize),
-        (vec![70, 130], 66, 2, 1, 3),
+    for (lens, window, shape) in [
+        (vec![9usize, 1, 20], 3usize, (4usize, 2usize, 6usize)),
+        (vec![70, 130], 66, (2, 1, 3)),
     ] {
-        let cu = cu_seqlens(&lens);
-        let n = *cu.last().unwrap() as usize;
-        let q = uniform(&mut rng, n * hq * d, 1.5);
-        let k = uniform(&mut rng, n * hkv * d, 1.5);
-        let v = uniform(&mut rng, n * hkv * d, 1.0);
-        let r = uniform(&mut rng, n * hq * d, 1.0);
-        let w = Some(window);
-        let forward = |q: &[f64], k: &[f64], v: &[f64]| {
-            let (mut out, mut lse) = (vec![f64::NAN; n * hq * d], vec![f64::NAN; n * hq]);
-            attention::attention_forward(
-                &mut out,
-                &mut lse,
-                q,
-                k,
-                v,
-                &cu,
-                AttnShape::new(hq, hkv, d),
-                w,
-            )
-            .unwrap();
-            (out, lse)
-        };
-        let (out, lse) = forward(&q, &k, &v);
-        let mut dq = vec![f64::NAN; q.len()];
-        let mut dk = vec![f64::NAN; k.len()];
-        let mut dv = vec![f64::NAN; v.len()];
-        attention::attention_backward(
-            &mut dq,
-            &mut dk,
-            &mut dv,
-            &r,
-            &q,
-            &k,
-            &v,
-            &out,
-            &lse,
-            &cu,
-            AttnShape::new(hq, hkv, d),
-            w,
-        )
-        .unwrap();
         let name = format!("attention(window {window})");
-        grad_check(&format!("{name} dq"), &q, &dq, &r, |q| forward(q, &k, &v).0);
-        grad_check(&format!("{name} dk"), &k, &dk, &r, |k| forward(&q, k, &v).0);
-        grad_check(&format!("{name} dv"), &v, &dv, &r, |v| forward(&q, &k, v).0);
+        check_attention(&name, &mut rng, &lens, shape, 1.5, Some(window), None);
     }
 }
 
@@ -431,57 +327,12 @@ fn soft_capped_attention_backward_matches_finite_differences() {
     // A cap of 0.8 on scores of O(1): tanh bends most of them. With and without a window,
     // across a 64-token tile boundary in the second case.
     let mut rng = rng(13);
-    for (lens, window, hq, hkv, d) in [
-        (vec![9usize, 1, 20], None, 4usize, 2usize, 6usize),
-        (vec![70, 5], Some(66usize), 2, 1, 3),
+    for (lens, window, shape) in [
+        (vec![9usize, 1, 20], None, (4usize, 2usize, 6usize)),
+        (vec![70, 5], Some(66usize), (2, 1, 3)),
     ] {
-        let cu = cu_seqlens(&lens);
-        let n = *cu.last().unwrap() as usize;
-        let q = uniform(&mut rng, n * hq * d, 2.0);
-        let k = uniform(&mut rng, n * hkv * d, 2.0);
-        let v = uniform(&mut rng, n * hkv * d, 1.0);
-        let r = uniform(&mut rng, n * hq * d, 1.0);
-        let cap = Some(0.8f32);
-        let forward = |q: &[f64], k: &[f64], v: &[f64]| {
-            let (mut out, mut lse) = (vec![f64::NAN; n * hq * d], vec![f64::NAN; n * hq]);
-            attention::attention_forward_capped(
-                &mut out,
-                &mut lse,
-                q,
-                k,
-                v,
-                &cu,
-                AttnShape::new(hq, hkv, d),
-                window,
-                cap,
-            )
-            .unwrap();
-            (out, lse)
-        };
-        let (out, lse) = forward(&q, &k, &v);
-        let mut dq = vec![f64::NAN; q.len()];
-        let mut dk = vec![f64::NAN; k.len()];
-        let mut dv = vec![f64::NAN; v.len()];
-        attention::attention_backward_capped(
-            &mut dq,
-            &mut dk,
-            &mut dv,
-            &r,
-            &q,
-            &k,
-            &v,
-            &out,
-            &lse,
-            &cu,
-            AttnShape::new(hq, hkv, d),
-            window,
-            cap,
-        )
-        .unwrap();
         let name = format!("capped attention (window {window:?})");
-        grad_check(&format!("{name} dq"), &q, &dq, &r, |q| forward(q, &k, &v).0);
-        grad_check(&format!("{name} dk"), &k, &dk, &r, |k| forward(&q, k, &v).0);
-        grad_check(&format!("{name} dv"), &v, &dv, &r, |v| forward(&q, &k, v).0);
+        check_attention(&name, &mut rng, &lens, shape, 2.0, window, Some(0.8));
     }
 }
 
