@@ -1021,6 +1021,7 @@ fn flash_attention_case(
         p.gpu.device_name()
     );
     let n = *cu.last().expect("cu") as usize;
+    let shape = AttnShape::new(hq, hkv, d);
     let what =
         |name: &str| format!("flash {name} d {d} hq {hq} hkv {hkv} cu {cu:?} window {window:?}");
     let q = p.random(n * hq * d, 1.0);
@@ -1036,28 +1037,10 @@ fn flash_attention_case(
         .expect("gpu");
     let (mut lc, mut lg) = p.up32(&vec![f32::NAN; n * hq]);
     p.cpu
-        .attention_forward(
-            &mut oc,
-            &mut lc,
-            &qc,
-            &kc,
-            &vc,
-            cu,
-            AttnShape::new(hq, hkv, d),
-            window,
-        )
+        .attention_forward(&mut oc, &mut lc, &qc, &kc, &vc, cu, shape, window)
         .expect("cpu");
     p.gpu
-        .attention_forward(
-            &mut og,
-            &mut lg,
-            &qg,
-            &kg,
-            &vg,
-            cu,
-            AttnShape::new(hq, hkv, d),
-            window,
-        )
+        .attention_forward(&mut og, &mut lg, &qg, &kg, &vg, cu, shape, window)
         .expect("gpu");
     p.twins(
         &what("out"),
@@ -1080,36 +1063,17 @@ fn flash_attention_case(
     let (mut dqg, mut dkg, mut dvg) = (nan(n * hq * d), nan(n * hkv * d), nan(n * hkv * d));
     p.cpu
         .attention_backward(
-            &mut dqc,
-            &mut dkc,
-            &mut dvc,
-            &doc,
-            &qc,
-            &kc,
-            &vc,
-            &oc,
-            &lc,
-            cu,
-            AttnShape::new(hq, hkv, d),
-            window,
+            &mut dqc, &mut dkc, &mut dvc, &doc, &qc, &kc, &vc, &oc, &lc, cu, shape, window,
         )
         .expect("cpu");
-    p.gpu
-        .attention_backward(
-            &mut dqg,
-            &mut dkg,
-            &mut dvg,
-            &dog,
-            &qg,
-            &kg,
-            &vg,
-            &og,
-            &lg,
-            cu,
-            AttnShape::new(hq, hkv, d),
-            window,
-        )
-        .expect("gpu");
+    let backward = |dq: &mut temper_core::cuda::CudaBuf,
+                    dk: &mut temper_core::cuda::CudaBuf,
+                    dv: &mut temper_core::cuda::CudaBuf| {
+        p.gpu
+            .attention_backward(dq, dk, dv, &dog, &qg, &kg, &vg, &og, &lg, cu, shape, window)
+            .expect("gpu")
+    };
+    backward(&mut dqg, &mut dkg, &mut dvg);
     let (dq1, dk1, dv1) = (
         p.gpu.download(&dqg).expect("dl"),
         p.gpu.download(&dkg).expect("dl"),
@@ -1119,22 +1083,7 @@ fn flash_attention_case(
     p.twins(&what("dk"), &dk1, &dkc, 1e-5, 1e-3);
     p.twins(&what("dv"), &dv1, &dvc, 1e-5, 1e-3);
     // No atomics: a second backward gives the same bits.
-    p.gpu
-        .attention_backward(
-            &mut dqg,
-            &mut dkg,
-            &mut dvg,
-            &dog,
-            &qg,
-            &kg,
-            &vg,
-            &og,
-            &lg,
-            cu,
-            AttnShape::new(hq, hkv, d),
-            window,
-        )
-        .expect("gpu");
+    backward(&mut dqg, &mut dkg, &mut dvg);
     assert!(
         p.gpu.download(&dqg).expect("dl") == dq1
             && p.gpu.download(&dkg).expect("dl") == dk1
