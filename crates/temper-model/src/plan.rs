@@ -11,7 +11,7 @@
 use temper_core::DType;
 
 use crate::config::ModelConfig;
-use crate::layer::{tiles, MLP_TILE_TOKENS};
+use crate::layer::{tile_rows, MLP_TILE_TOKENS};
 use crate::lora::{LoraConfig, Target};
 use crate::model::Checkpointing;
 
@@ -400,8 +400,7 @@ pub fn plan(
     let lora_and_optimizer = 4 * lora_values * F32 + compute_copies;
     let acts = layer_acts(cfg, lora, n, bytes, true);
     // With checkpointing, sequences longer than a tile run the MLP in tiles of R rows.
-    let mlp_tile = (ckpt.recomputes() && n > MLP_TILE_TOKENS)
-        .then(|| tiles(n, MLP_TILE_TOKENS).first().map_or(n, |r| r.len));
+    let mlp_tile = tile_rows(n, MLP_TILE_TOKENS).filter(|_| ckpt.recomputes());
     // Layer inputs (n, c) on the device at the loss and in backward, and the activations
     // kept for every layer.
     let (inputs_at_loss, inputs, every_layer_acts) = match ckpt {

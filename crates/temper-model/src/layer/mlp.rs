@@ -44,11 +44,16 @@ impl Rows {
     }
 }
 
+/// The rows of a tile (the last may have fewer) when n tokens run their MLP in tiles of at
+/// most `tile_tokens`; None when they run it whole (n <= tile_tokens).
+pub fn tile_rows(n: usize, tile_tokens: usize) -> Option<usize> {
+    (n > tile_tokens).then(|| n.div_ceil(n.div_ceil(tile_tokens.max(1))))
+}
+
 /// n tokens cut into tiles of at most `tile_tokens`, of equal length but the last.
 pub fn tiles(n: usize, tile_tokens: usize) -> Vec<Rows> {
-    let count = n.div_ceil(tile_tokens.max(1)).max(1);
-    let len = n.div_ceil(count);
-    (0..count)
+    let len = tile_rows(n, tile_tokens).unwrap_or(n).max(1);
+    (0..n.div_ceil(len).max(1))
         .map(|tile| Rows {
             start: tile * len,
             len: len.min(n - (tile * len).min(n)),
@@ -74,7 +79,7 @@ pub struct MlpActs<B: Backend> {
 impl<B: Backend> DecoderLayer<'_, B> {
     /// Whether this layer runs its MLP in tiles (see the module comment).
     pub fn mlp_tiled(&self) -> bool {
-        self.tokens() > self.mlp_tile_tokens
+        tile_rows(self.tokens(), self.mlp_tile_tokens).is_some()
     }
 
     /// The MLP over the rows `rows` of the layer: from x2 (R, C) writes out = x2 + m (R, C)

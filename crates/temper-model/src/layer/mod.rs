@@ -35,7 +35,7 @@ use temper_core::Backend;
 pub use acts::{LayerActs, QkNormActs};
 pub use attention::Attention;
 pub use forward::Keep;
-pub use mlp::{tiles, MlpActs, Rows, MLP_TILE_TOKENS};
+pub use mlp::{tile_rows, tiles, MlpActs, Rows, MLP_TILE_TOKENS};
 
 use crate::batch::StepCtx;
 use crate::config::ModelConfig;
