@@ -15,10 +15,15 @@ use crate::lora::{resolve_targets, LoraConfig};
 
 /// Model FLOPs per token of one training step over sequences of `seq` tokens.
 pub fn model_flops_per_token(cfg: &ModelConfig, lora: &LoraConfig, seq: usize) -> f64 {
-    let (c, f) = (cfg.hidden as f64, cfg.intermediate as f64);
-    let (qd, kvd) = (cfg.q_dim() as f64, cfg.kv_dim() as f64);
-    let per_layer_linear = c * (qd + 2.0 * kvd) + qd * c + 3.0 * c * f;
-    let head = cfg.vocab as f64 * c;
+    let per_layer_linear: f64 = cfg
+        .linears()
+        .iter()
+        .map(|t| {
+            let (i, o) = t.dims(cfg);
+            (i * o) as f64
+        })
+        .sum();
+    let head = (cfg.vocab * cfg.hidden) as f64;
     let frozen = 4.0 * (cfg.layers as f64 * per_layer_linear + head);
 
     let targets = resolve_targets(cfg, &lora.targets).unwrap_or_else(|_| lora.targets.clone());
