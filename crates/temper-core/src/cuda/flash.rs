@@ -322,6 +322,12 @@ fn tiles(cu: &[u32], tile: usize, work: impl Fn(usize, usize) -> usize) -> Vec<u
     list.into_iter().flat_map(|(_, t)| t).collect()
 }
 
+/// The keys a tile of `rows` queries from row r of a sequence of `len` tokens attends to, at
+/// most: those up to its last row, from its first row's window on (the tiles' order of work).
+fn keys_seen(len: usize, r: usize, rows: usize, window: Option<usize>) -> usize {
+    len.min(r + rows) - (r + 1).saturating_sub(window.unwrap_or(usize::MAX))
+}
+
 /// The sliding window as the kernels take it: tokens, 0 for none (a window past u32 is none).
 fn kernel_window(window: Option<usize>) -> u32 {
     window.map_or(0, |w| u32::try_from(w).unwrap_or(0))
@@ -368,8 +374,7 @@ impl CudaBackend {
         } = shape;
         let e = self.flash_entry(out.dtype, d)?;
         let br = e.dim.fwd_br();
-        let w = window.unwrap_or(usize::MAX);
-        let list = tiles(cu, br, |len, r| len.min(r + br) - (r + 1).saturating_sub(w));
+        let list = tiles(cu, br, |len, r| keys_seen(len, r, br, window));
         if list.is_empty() {
             return Ok(());
         }
@@ -449,7 +454,7 @@ impl CudaBackend {
             &win
         )?;
         let br = e.dim.dq_br();
-        let query_tiles = tiles(cu, br, |len, r| len.min(r + br) - (r + 1).saturating_sub(w));
+        let query_tiles = tiles(cu, br, |len, r| keys_seen(len, r, br, window));
         let query_tiles_d = self.upload_u32(&query_tiles)?;
         let cfg = grid(&query_tiles, hq, 1, e.dim.dq_smem(self.flash.stages));
         launch!(
