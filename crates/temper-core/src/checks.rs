@@ -350,6 +350,27 @@ pub fn softcap(op: &'static str, softcap: Option<f32>) -> Result<Option<f32>> {
     }
 }
 
+/// A gated activation's forward (SwiGLU, GeGLU): gate, up and h of one length.
+pub fn gated_forward(op: &'static str, gate: usize, up: usize, h: usize) -> Result<()> {
+    same_len(op, gate, &[("up", up), ("h", h)])
+}
+
+/// A gated activation's backward: dh, up, dgate and dup of gate's length.
+pub fn gated_backward(
+    op: &'static str,
+    gate: usize,
+    up: usize,
+    dh: usize,
+    dgate: usize,
+    dup: usize,
+) -> Result<()> {
+    same_len(
+        op,
+        gate,
+        &[("dh", dh), ("up", up), ("dgate", dgate), ("dup", dup)],
+    )
+}
+
 /// An optimizer step counts from 1 (bias correction divides by 1 - beta^step).
 pub fn step_from_one(op: &'static str, step: u64) -> Result<()> {
     if step == 0 {

@@ -409,11 +409,7 @@ impl Backend for CpuBackend {
     }
 
     fn swiglu_forward(&self, h: &mut CpuBuf, gate: &CpuBuf, up: &CpuBuf) -> Result<()> {
-        crate::checks::same_len(
-            "swiglu_forward",
-            gate.len(),
-            &[("up", up.len()), ("h", h.len())],
-        )?;
+        crate::checks::gated_forward("swiglu_forward", gate.len(), up.len(), h.len())?;
         swiglu::swiglu_forward(h, gate, up);
         Ok(())
     }
@@ -426,26 +422,20 @@ impl Backend for CpuBackend {
         gate: &CpuBuf,
         up: &CpuBuf,
     ) -> Result<()> {
-        crate::checks::same_len(
+        crate::checks::gated_backward(
             "swiglu_backward",
             gate.len(),
-            &[
-                ("dh", dh.len()),
-                ("up", up.len()),
-                ("dgate", dgate.len()),
-                ("dup", dup.len()),
-            ],
+            up.len(),
+            dh.len(),
+            dgate.len(),
+            dup.len(),
         )?;
         swiglu::swiglu_backward(dgate, dup, dh, gate, up);
         Ok(())
     }
 
     fn geglu_forward(&self, h: &mut CpuBuf, gate: &CpuBuf, up: &CpuBuf) -> Result<()> {
-        crate::checks::same_len(
-            "geglu_forward",
-            gate.len(),
-            &[("up", up.len()), ("h", h.len())],
-        )?;
+        crate::checks::gated_forward("geglu_forward", gate.len(), up.len(), h.len())?;
         geglu::geglu_forward(h, gate, up);
         Ok(())
     }
@@ -458,15 +448,13 @@ impl Backend for CpuBackend {
         gate: &CpuBuf,
         up: &CpuBuf,
     ) -> Result<()> {
-        crate::checks::same_len(
+        crate::checks::gated_backward(
             "geglu_backward",
             gate.len(),
-            &[
-                ("dh", dh.len()),
-                ("up", up.len()),
-                ("dgate", dgate.len()),
-                ("dup", dup.len()),
-            ],
+            up.len(),
+            dh.len(),
+            dgate.len(),
+            dup.len(),
         )?;
         geglu::geglu_backward(dgate, dup, dh, gate, up);
         Ok(())

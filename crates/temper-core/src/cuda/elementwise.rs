@@ -158,7 +158,7 @@ fn gated_forward(
     gate: &CudaBuf,
     up: &CudaBuf,
 ) -> Result<()> {
-    crate::checks::same_len(op, gate.len, &[("up", up.len), ("h", h.len)])?;
+    crate::checks::gated_forward(op, gate.len, up.len, h.len)?;
     let (gate, up) = (be.converted(gate, h.dtype)?, be.converted(up, h.dtype)?);
     let n = h.len as u64;
     launch!(
@@ -183,16 +183,7 @@ fn gated_backward(
     gate: &CudaBuf,
     up: &CudaBuf,
 ) -> Result<()> {
-    crate::checks::same_len(
-        op,
-        gate.len,
-        &[
-            ("dh", dh.len),
-            ("up", up.len),
-            ("dgate", dgate.len),
-            ("dup", dup.len),
-        ],
-    )?;
+    crate::checks::gated_backward(op, gate.len, up.len, dh.len, dgate.len, dup.len)?;
     let dt = dgate.dtype;
     if dup.dtype != dt {
         return Err(CoreError::Invalid {
