@@ -122,6 +122,10 @@ pub fn smollm2_gguf() -> Option<PathBuf> {
 /// llama-cpp-python sdist (77 MB, fetched once). None (after printing why) only when the
 /// registry cannot be reached; any other failure panics.
 pub fn llama_cpp_vocabs() -> Option<PathBuf> {
+    // Tests of one binary run on threads of one process: one fetches and unpacks while the
+    // others wait (the partial folder below is named by the process).
+    static FETCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = FETCH.lock().unwrap_or_else(|e| e.into_inner());
     let dir = cache_dir().join("llama-cpp-vocabs-0.3.36");
     if dir.is_dir() {
         return Some(dir);
