@@ -29,14 +29,25 @@
 #include "common.cuh"
 #include "flash_common.cuh"
 
+// Soft-capped scores (Gemma 2's attn_logit_softcapping): the scaled score x becomes
+// cap * tanh(x / cap) before the softmax. `FaCap` holds the constants of one launch: cs =
+// scale / cap and cl2 = cap * log2(e), so the capped score in the exp2 domain is cl2 * tanh(cs s)
+// for the raw product s; its slope with respect to the scaled score is 1 - tanh^2.
+struct FaCap {
+    float cs, cl2;
+};
+__device__ __forceinline__ FaCap fa_cap(float scale, float cap) {
+    return FaCap{scale / cap, cap * FA_LOG2E};
+}
+
 // ---- forward ----
 
 // grid (tiles, hq), block FA_THREADS; shared (64 FM + 2 FA_STAGES BC) (D + FA_PAD) values. Each
 // warp owns 16 FM queries (FM blocks of 16 rows), so every K and V fragment it reads from
 // shared memory feeds FM products.
-template <typename T, int D, int BC, int FM>
+template <typename T, int D, int BC, int FM, bool CAP>
 __device__ void flash_forward(T* out, float* lse, const T* q, const T* k, const T* v, const unsigned int* tiles,
-                              unsigned int hq, unsigned int hkv, float scale, unsigned int window) {
+                              unsigned int hq, unsigned int hkv, float scale, unsigned int window, float cap) {
     constexpr int SD = D + FA_PAD, KT = D / 16, NB = BC / 8, NO = D / 8, WR = 16 * FM, BRF = 4 * WR;
     extern __shared__ __align__(16) unsigned char fa_smem[];
     T* Qs = reinterpret_cast<T*>(fa_smem);  // (BRF, SD)
@@ -56,6 +67,7 @@ __device__ void flash_forward(T* out, float* lse, const T* q, const T* k, const 
     const int row0 = q0 + warp * WR;  // the warp's first query
     const bool warp_live = row0 < len;
     const float sl2 = scale * FA_LOG2E;
+    const FaCap fc = CAP ? fa_cap(scale, cap) : FaCap{0.0f, 0.0f};
 
     load_rows<T, D, SD, BRF>(Qs, qb, qstride, q0, len);
     {
@@ -113,7 +125,7 @@ __device__ void flash_forward(T* out, float* lse, const T* q, const T* k, const 
                 for (int nt = 0; nt < NB; ++nt) {
 #pragma unroll
                     for (int e = 0; e < 4; ++e) {
-                        float x = s[f][nt][e] * sl2;
+                        float x = CAP ? fc.cl2 * tanhf(s[f][nt][e] * fc.cs) : s[f][nt][e] * sl2;
                         if (mask) {
                             const int key = k0 + nt * 8 + 2 * t + (e & 1), row = frow0 + g + 8 * (e >> 1);
                             if (key > row || key >= len || key <= row - w) x = -INFINITY;
@@ -179,10 +191,10 @@ __device__ void flash_forward(T* out, float* lse, const T* q, const T* k, const 
 // dK and dV of FA_BK keys of kv head blockIdx.y, columns blockIdx.z * DC... grid (tiles, hkv,
 // D / DC), block FA_THREADS; shared 2 FA_BK + 2 FA_STAGES BQ rows of (D + FA_PAD) values,
 // then 2 FA_STAGES BQ floats.
-template <typename T, int D, int BQ, int DC>
+template <typename T, int D, int BQ, int DC, bool CAP>
 __device__ void flash_bwd_dkv(T* dk, T* dv, const T* q, const T* k, const T* v, const T* dout, const float* lse,
                               const float* Dsum, const unsigned int* tiles, unsigned int hq, unsigned int hkv,
-                              float scale, unsigned int window) {
+                              float scale, unsigned int window, float cap) {
     constexpr int SD = D + FA_PAD, KT = D / 16, NQ = BQ / 8, NC = DC / 8;
     extern __shared__ __align__(16) unsigned char fa_smem[];
     T* Ks = reinterpret_cast<T*>(fa_smem);   // (BK, SD)
@@ -199,6 +211,7 @@ __device__ void flash_bwd_dkv(T* dk, T* dv, const T* q, const T* k, const T* v, 
     const int key0 = k0 + warp * 16;  // the warp's first key
     const bool warp_live = key0 < len;
     const float sl2 = scale * FA_LOG2E;
+    const FaCap fc = CAP ? fa_cap(scale, cap) : FaCap{0.0f, 0.0f};
     const int w = fa_window(window);
     const int first_q = (k0 / BQ) * BQ;  // queries before the block's first key see none of its keys
     const int qend = min(len, k0 + FA_BK - 1 + w);  // nor do queries from qend on (the window)
@@ -268,13 +281,15 @@ __device__ void flash_bwd_dkv(T* dk, T* dv, const T* q, const T* k, const T* v, 
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                     const int col = nt * 8 + 2 * t + (e & 1);
-                    float pv = fast_exp2(p[nt][e] * sl2 - Lt[col] * FA_LOG2E);
+                    const float th = CAP ? tanhf(p[nt][e] * fc.cs) : 0.0f;
+                    float pv = fast_exp2((CAP ? fc.cl2 * th : p[nt][e] * sl2) - Lt[col] * FA_LOG2E);
                     if (mask) {
                         const int query = qi + col, key = key0 + g + 8 * (e >> 1);
                         if (query < key || query >= len || query >= key + w) pv = 0.0f;
                     }
                     p[nt][e] = pv;
                     ds[nt][e] = pv * (ds[nt][e] - Dt[col]);
+                    if (CAP) ds[nt][e] *= 1.0f - th * th;
                 }
             }
             mma_frags_kn<T, SD, BQ / 16, NC>(dva, p, Ot, c0, lane);   // dV += P^T dO
@@ -292,10 +307,10 @@ __device__ void flash_bwd_dkv(T* dk, T* dv, const T* q, const T* k, const T* v, 
 
 // dQ of 64 FM queries of head blockIdx.y (16 FM per warp). grid (tiles, hq), block FA_THREADS;
 // shared 2 (64 FM) + 2 FA_STAGES BC rows of (D + FA_PAD) values.
-template <typename T, int D, int BC, int FM>
+template <typename T, int D, int BC, int FM, bool CAP>
 __device__ void flash_bwd_dq(T* dq, const T* q, const T* k, const T* v, const T* dout, const float* lse,
                              const float* Dsum, const unsigned int* tiles, unsigned int hq, unsigned int hkv,
-                             float scale, unsigned int window) {
+                             float scale, unsigned int window, float cap) {
     constexpr int SD = D + FA_PAD, KT = D / 16, NB = BC / 8, NO = D / 8, WR = 16 * FM, BRF = 4 * WR;
     extern __shared__ __align__(16) unsigned char fa_smem[];
     T* Qs = reinterpret_cast<T*>(fa_smem);  // (BRF, SD)
@@ -316,6 +331,7 @@ __device__ void flash_bwd_dq(T* dq, const T* q, const T* k, const T* v, const T*
     const int row0 = q0 + warp * WR;
     const bool warp_live = row0 < len;
     const float sl2 = scale * FA_LOG2E;
+    const FaCap fc = CAP ? fa_cap(scale, cap) : FaCap{0.0f, 0.0f};
     float lrow[FM][2], drow[FM][2];
 #pragma unroll
     for (int f = 0; f < FM; ++f)
@@ -384,12 +400,14 @@ __device__ void flash_bwd_dq(T* dq, const T* q, const T* k, const T* v, const T*
 #pragma unroll
                     for (int e = 0; e < 4; ++e) {
                         const int i = e >> 1;
-                        float pv = fast_exp2(p[f][nt][e] * sl2 - lrow[f][i]);
+                        const float th = CAP ? tanhf(p[f][nt][e] * fc.cs) : 0.0f;
+                        float pv = fast_exp2((CAP ? fc.cl2 * th : p[f][nt][e] * sl2) - lrow[f][i]);
                         if (mask) {
                             const int key = k0 + nt * 8 + 2 * t + (e & 1), row = frow0 + g + 8 * i;
                             if (key > row || key >= len || row >= len || key <= row - w) pv = 0.0f;
                         }
                         ds[f][nt][e] = pv * (ds[f][nt][e] - drow[f][i]);
+                        if (CAP) ds[f][nt][e] *= 1.0f - th * th;
                     }
                 }
             }
@@ -406,26 +424,37 @@ __device__ void flash_bwd_dq(T* dq, const T* q, const T* k, const T* v, const T*
 
 // Entry points per storage type and head dim, with the tile sizes each head dim uses: forward
 // key tile and blocks of 16 queries per warp, dkv query tile and column chunk, dq key tile and
-// blocks of 16 queries per warp. The host (src/cuda/flash.rs) reads the FLASH_DIMS lines below
-// for the same numbers (grids and shared memory), so they are written only here.
-#define FLASH(sfx, T, D, FWD_BC, FWD_FM, DKV_BQ, DKV_DC, DQ_BC, DQ_FM)                                                              \
+// blocks of 16 queries per warp. The host (src/cuda/flash.rs) reads the FLASH_DIMS and
+// FLASH_CAP_DIMS lines below for the same numbers (grids and shared memory), so they are
+// written only here. The soft-capped entry points (infix cap_, one more argument: the cap) are
+// separate instantiations, so the uncapped kernels carry none of the cap's work or registers;
+// they exist for the head dims of the models that cap their scores (Gemma 2: 256 and 128; 64 for small test models).
+#define FLASH_ENTRIES(name, T, D, FWD_BC, FWD_FM, DKV_BQ, DKV_DC, DQ_BC, DQ_FM, CAP, CAP_PARAM, CAP_ARG)              \
     extern "C" __global__ void __launch_bounds__(FA_THREADS)                                                       \
-        flash_fwd_##sfx##_d##D(T* out, float* lse, const T* q, const T* k, const T* v, const unsigned int* tiles, \
-                               unsigned int hq, unsigned int hkv, float scale, unsigned int window) {              \
-        flash_forward<T, D, FWD_BC, FWD_FM>(out, lse, q, k, v, tiles, hq, hkv, scale, window);                        \
+        flash_fwd_##name##_d##D(T* out, float* lse, const T* q, const T* k, const T* v, const unsigned int* tiles, \
+                                unsigned int hq, unsigned int hkv, float scale, unsigned int window CAP_PARAM) {   \
+        flash_forward<T, D, FWD_BC, FWD_FM, CAP>(out, lse, q, k, v, tiles, hq, hkv, scale, window, CAP_ARG);         \
     }                                                                                                              \
     extern "C" __global__ void __launch_bounds__(FA_THREADS)                                                       \
-        flash_bwd_dkv_##sfx##_d##D(T* dk, T* dv, const T* q, const T* k, const T* v, const T* dout,               \
-                                   const float* lse, const float* Dsum, const unsigned int* tiles,                 \
-                                   unsigned int hq, unsigned int hkv, float scale, unsigned int window) {          \
-        flash_bwd_dkv<T, D, DKV_BQ, DKV_DC>(dk, dv, q, k, v, dout, lse, Dsum, tiles, hq, hkv, scale, window);      \
+        flash_bwd_dkv_##name##_d##D(T* dk, T* dv, const T* q, const T* k, const T* v, const T* dout,              \
+                                    const float* lse, const float* Dsum, const unsigned int* tiles,                \
+                                    unsigned int hq, unsigned int hkv, float scale, unsigned int window CAP_PARAM) { \
+        flash_bwd_dkv<T, D, DKV_BQ, DKV_DC, CAP>(dk, dv, q, k, v, dout, lse, Dsum, tiles, hq, hkv, scale, window,  \
+                                                 CAP_ARG);                                                          \
     }                                                                                                              \
     extern "C" __global__ void __launch_bounds__(FA_THREADS)                                                       \
-        flash_bwd_dq_##sfx##_d##D(T* dq, const T* q, const T* k, const T* v, const T* dout, const float* lse,     \
-                                  const float* Dsum, const unsigned int* tiles, unsigned int hq, unsigned int hkv, \
-                                  float scale, unsigned int window) {                                              \
-        flash_bwd_dq<T, D, DQ_BC, DQ_FM>(dq, q, k, v, dout, lse, Dsum, tiles, hq, hkv, scale, window);                \
+        flash_bwd_dq_##name##_d##D(T* dq, const T* q, const T* k, const T* v, const T* dout, const float* lse,    \
+                                   const float* Dsum, const unsigned int* tiles, unsigned int hq, unsigned int hkv, \
+                                   float scale, unsigned int window CAP_PARAM) {                                   \
+        flash_bwd_dq<T, D, DQ_BC, DQ_FM, CAP>(dq, q, k, v, dout, lse, Dsum, tiles, hq, hkv, scale, window, CAP_ARG);  \
     }
+
+#define FA_NO_PARAM
+#define FA_CAP_PARAM , float cap
+#define FLASH(sfx, T, D, FWD_BC, FWD_FM, DKV_BQ, DKV_DC, DQ_BC, DQ_FM) \
+    FLASH_ENTRIES(sfx, T, D, FWD_BC, FWD_FM, DKV_BQ, DKV_DC, DQ_BC, DQ_FM, false, FA_NO_PARAM, 0.0f)
+#define FLASH_CAP(sfx, T, D, FWD_BC, FWD_FM, DKV_BQ, DKV_DC, DQ_BC, DQ_FM) \
+    FLASH_ENTRIES(cap_##sfx, T, D, FWD_BC, FWD_FM, DKV_BQ, DKV_DC, DQ_BC, DQ_FM, true, FA_CAP_PARAM, cap)
 
 #define FLASH_DIMS(sfx, T)                   \
     FLASH(sfx, T, 64, 64, 2, 64, 64, 32, 2)   \
@@ -434,5 +463,12 @@ __device__ void flash_bwd_dq(T* dq, const T* q, const T* k, const T* v, const T*
     FLASH(sfx, T, 128, 64, 2, 64, 128, 32, 2) \
     FLASH(sfx, T, 256, 32, 1, 32, 128, 32, 1)
 
+#define FLASH_CAP_DIMS(sfx, T)                   \
+    FLASH_CAP(sfx, T, 64, 64, 2, 64, 64, 32, 2)   \
+    FLASH_CAP(sfx, T, 128, 64, 1, 64, 128, 32, 1) \
+    FLASH_CAP(sfx, T, 256, 32, 1, 32, 128, 32, 1)
+
 FLASH_DIMS(bf16, bf16)
 FLASH_DIMS(f16, f16)
+FLASH_CAP_DIMS(bf16, bf16)
+FLASH_CAP_DIMS(f16, f16)

@@ -989,20 +989,69 @@ fn flash_attention_every_head_dim() {
         for d in [64, 80, 96, 128, 256] {
             // Lengths 1, 7, 63, 65 and 130 in one varlen batch (tiles of 64 and 32 split
             // them unevenly), GQA 4/2, and the same with one kv head per query head.
-            flash_attention_case(dt, d, &[0, 1, 8, 71, 136, 266], 4, 2, None);
-            flash_attention_case(dt, d, &[0, 65, 72], 3, 3, None);
+            flash_attention_case(dt, d, &[0, 1, 8, 71, 136, 266], 4, 2, None, None);
+            flash_attention_case(dt, d, &[0, 65, 72], 3, 3, None, None);
             // Sliding windows: of one token, shorter than a row of 16, not a multiple of any
             // tile, and one tile.
             for w in [1, 5, 100, 64] {
-                flash_attention_case(dt, d, &[0, 1, 8, 71, 136, 266], 4, 2, Some(w));
+                flash_attention_case(dt, d, &[0, 1, 8, 71, 136, 266], 4, 2, Some(w), None);
             }
         }
     }
     // One long sequence that is no multiple of any tile, with and without a window.
-    flash_attention_case(DType::BF16, 128, &[0, 4097], 4, 1, None);
-    flash_attention_case(DType::F16, 64, &[0, 3, 4100], 2, 2, None);
-    flash_attention_case(DType::BF16, 128, &[0, 4097], 4, 1, Some(1000));
-    flash_attention_case(DType::F16, 64, &[0, 3, 4100], 2, 2, Some(333));
+    flash_attention_case(DType::BF16, 128, &[0, 4097], 4, 1, None, None);
+    flash_attention_case(DType::F16, 64, &[0, 3, 4100], 2, 2, None, None);
+    flash_attention_case(DType::BF16, 128, &[0, 4097], 4, 1, Some(1000), None);
+    flash_attention_case(DType::F16, 64, &[0, 3, 4100], 2, 2, Some(333), None);
+}
+
+/// Gemma 2's soft-capped scores (cap * tanh(s / cap)) in the capped flash kernels, against the
+/// CPU's capped attention. A cap of 1.5 over scores of unit spread bends most of them, so a
+/// kernel that skipped the cap or its slope in the backward would fail.
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test -- --ignored"]
+fn flash_attention_soft_capped() {
+    for dt in [DType::BF16, DType::F16] {
+        for d in [128, 256] {
+            for window in [None, Some(5), Some(64)] {
+                let cu = [0, 1, 8, 71, 136, 266];
+                flash_attention_case(dt, d, &cu, 4, 2, window, Some(1.5));
+            }
+            flash_attention_case(dt, d, &[0, 65, 72], 2, 2, None, Some(30.0));
+        }
+    }
+    flash_attention_case(DType::BF16, 256, &[0, 4097], 8, 4, Some(4096), Some(1.5));
+    // A head dim without capped kernels is refused with the dims that have them.
+    let p = Pair::new(7, DType::BF16);
+    let (n, shape) = (8, AttnShape::new(2, 2, 64));
+    let q = p
+        .gpu
+        .upload_as(&vec![0.5; n * 2 * 64], DType::BF16)
+        .expect("gpu");
+    let mut out = p
+        .gpu
+        .upload_as(&vec![0.0; n * 2 * 64], DType::BF16)
+        .expect("gpu");
+    let mut lse = p.gpu.upload_as(&vec![0.0; n * 2], DType::F32).expect("gpu");
+    let err = p
+        .gpu
+        .attention_forward_capped(
+            &mut out,
+            &mut lse,
+            &q,
+            &q,
+            &q,
+            &[0, 8],
+            shape,
+            None,
+            Some(50.0),
+        )
+        .expect_err("head dim 64 has no capped kernel")
+        .to_string();
+    assert!(
+        err.contains("head dims [128, 256]") && err.contains("head dim 64"),
+        "{err}"
+    );
 }
 
 fn flash_attention_case(
@@ -1012,18 +1061,24 @@ fn flash_attention_case(
     hq: usize,
     hkv: usize,
     window: Option<usize>,
+    softcap: Option<f32>,
 ) {
     let mut p = Pair::new(40 + d as u64, dt);
     p.gpu.set_flash_attention(true);
+    let applies = match softcap {
+        Some(_) => p.gpu.flash_applies_capped(dt, d),
+        None => p.gpu.flash_applies(dt, d),
+    };
     assert!(
-        p.gpu.flash_applies(dt, d),
+        applies,
         "no flash kernel for {dt} d {d} on {}",
         p.gpu.device_name()
     );
     let n = *cu.last().expect("cu") as usize;
     let shape = AttnShape::new(hq, hkv, d);
-    let what =
-        |name: &str| format!("flash {name} d {d} hq {hq} hkv {hkv} cu {cu:?} window {window:?}");
+    let what = |name: &str| {
+        format!("flash {name} d {d} hq {hq} hkv {hkv} cu {cu:?} window {window:?} cap {softcap:?}")
+    };
     let q = p.random(n * hq * d, 1.0);
     let k = p.random(n * hkv * d, 1.0);
     let v = p.random(n * hkv * d, 1.0);
@@ -1037,10 +1092,10 @@ fn flash_attention_case(
         .expect("gpu");
     let (mut lc, mut lg) = p.up32(&vec![f32::NAN; n * hq]);
     p.cpu
-        .attention_forward(&mut oc, &mut lc, &qc, &kc, &vc, cu, shape, window)
+        .attention_forward_capped(&mut oc, &mut lc, &qc, &kc, &vc, cu, shape, window, softcap)
         .expect("cpu");
     p.gpu
-        .attention_forward(&mut og, &mut lg, &qg, &kg, &vg, cu, shape, window)
+        .attention_forward_capped(&mut og, &mut lg, &qg, &kg, &vg, cu, shape, window, softcap)
         .expect("gpu");
     p.twins(
         &what("out"),
@@ -1062,15 +1117,17 @@ fn flash_attention_case(
     let (mut dvc, _) = p.up(&vec![0.0; n * hkv * d]);
     let (mut dqg, mut dkg, mut dvg) = (nan(n * hq * d), nan(n * hkv * d), nan(n * hkv * d));
     p.cpu
-        .attention_backward(
-            &mut dqc, &mut dkc, &mut dvc, &doc, &qc, &kc, &vc, &oc, &lc, cu, shape, window,
+        .attention_backward_capped(
+            &mut dqc, &mut dkc, &mut dvc, &doc, &qc, &kc, &vc, &oc, &lc, cu, shape, window, softcap,
         )
         .expect("cpu");
     let backward = |dq: &mut temper_core::cuda::CudaBuf,
                     dk: &mut temper_core::cuda::CudaBuf,
                     dv: &mut temper_core::cuda::CudaBuf| {
         p.gpu
-            .attention_backward(dq, dk, dv, &dog, &qg, &kg, &vg, &og, &lg, cu, shape, window)
+            .attention_backward_capped(
+                dq, dk, dv, &dog, &qg, &kg, &vg, &og, &lg, cu, shape, window, softcap,
+            )
             .expect("gpu")
     };
     backward(&mut dqg, &mut dkg, &mut dvg);

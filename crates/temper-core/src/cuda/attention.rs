@@ -272,6 +272,34 @@ impl CudaBackend {
     }
 }
 
+/// Whether the flash kernels serve this attention; soft-capped scores have no other path on
+/// CUDA, so a cap without a capped kernel for `dt` and head dim `d` is an error naming those
+/// that exist.
+fn flash_serves(
+    be: &CudaBackend,
+    op: &'static str,
+    dt: DType,
+    d: usize,
+    softcap: Option<f32>,
+) -> Result<bool> {
+    if softcap.is_none() {
+        return Ok(be.flash_applies(dt, d));
+    }
+    if be.flash_applies_capped(dt, d) {
+        return Ok(true);
+    }
+    let dims = be.flash_capped_dims(dt);
+    Err(CoreError::Invalid {
+        op,
+        msg: format!(
+            "soft-capped attention (attn_logit_softcapping) runs on CUDA in the flash kernels, \
+             which exist for bf16 and f16 activations with head dims {dims:?} on this GPU; this \
+             model has head dim {d} with {dt} activations: train with --dtype bfloat16 (or \
+             float16), or use --device cpu"
+        ),
+    })
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(super) fn forward(
     be: &CudaBackend,
@@ -283,6 +311,7 @@ pub(super) fn forward(
     cu_seqlens: &[u32],
     shape: AttnShape,
     window: Option<usize>,
+    softcap: Option<f32>,
 ) -> Result<()> {
     let AttnShape {
         q_heads: hq,
@@ -302,8 +331,8 @@ pub(super) fn forward(
         be.converted(k, dt)?,
         be.converted(v, dt)?,
     );
-    if be.flash_applies(dt, d) {
-        return be.flash_forward(out, lse, &q, &k, &v, cu_seqlens, shape, window);
+    if flash_serves(be, op, dt, d, softcap)? {
+        return be.flash_forward(out, lse, &q, &k, &v, cu_seqlens, shape, window, softcap);
     }
     crate::checks::window_unsupported(op, WINDOWLESS, cu_seqlens, window)?;
     let work = plan(cu_seqlens, d);
@@ -378,6 +407,7 @@ pub(super) fn backward(
     cu_seqlens: &[u32],
     shape: AttnShape,
     window: Option<usize>,
+    softcap: Option<f32>,
 ) -> Result<()> {
     let AttnShape {
         q_heads: hq,
@@ -432,9 +462,9 @@ pub(super) fn backward(
         &hq32,
         &d32
     )?;
-    if be.flash_applies(dt, d) {
+    if flash_serves(be, op, dt, d, softcap)? {
         return be.flash_backward(
-            dq, dk, dv, &dout, &q, &k, &v, lse, &dsum, cu_seqlens, shape, window,
+            dq, dk, dv, &dout, &q, &k, &v, lse, &dsum, cu_seqlens, shape, window, softcap,
         );
     }
     crate::checks::window_unsupported(op, WINDOWLESS, cu_seqlens, window)?;

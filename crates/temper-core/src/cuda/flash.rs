@@ -17,7 +17,7 @@ use std::sync::Arc;
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, LaunchConfig};
 
-use super::{dev_err, launch, CudaBackend, CudaBuf};
+use super::{dev_err, CudaBackend, CudaBuf};
 use crate::{AttnShape, CoreError, DType, Result};
 
 /// Keys per dK/dV block (FA_BK); query blocks: FlashDim::fwd_br and FlashDim::dq_br.
@@ -124,6 +124,29 @@ fn dims_in_source(source: &str) -> Result<Vec<FlashDim>> {
         .collect())
 }
 
+/// The soft-capped instantiations in a flash kernel source: each `FLASH_CAP(sfx, T, ...)` line
+/// of its FLASH_CAP_DIMS macro, with the numbers of a FLASH line (entry points `flash_*_cap_*`).
+fn capped_dims_in_source(source: &str) -> Result<Vec<FlashDim>> {
+    let names = [
+        "D", "FWD_BC", "FWD_FM", "DKV_BQ", "DKV_DC", "DQ_BC", "DQ_FM",
+    ];
+    let lines = tile_lines(source, "flash_attention.cu", "FLASH_CAP", &names)?;
+    Ok(lines
+        .into_iter()
+        .map(|n| FlashDim {
+            d: n[0],
+            fwd_bc: n[1],
+            fwd_fm: n[2],
+            dkv_bq: n[3],
+            dkv_dc: n[4],
+            dq_bc: n[5],
+            dq_fm: n[6],
+            pad: PAD,
+            infix: "cap_",
+        })
+        .collect())
+}
+
 /// The instantiations in the wgmma kernel source: each `FLASH_WG(sfx, T, D, FWD_BC, DKV_BQ,
 /// DQ_BC)` line (64 rows per block, one warpgroup, no row padding, no column chunks).
 fn hopper_dims_in_source(source: &str) -> Result<Vec<FlashDim>> {
@@ -182,6 +205,8 @@ struct Entry {
 /// The flash kernels usable on this GPU.
 pub(super) struct FlashKernels {
     entries: Vec<Entry>,
+    /// The soft-capped kernels (one more argument, the cap), for the head dims that have them.
+    capped: Vec<Entry>,
     stages: usize,
     enabled: bool,
     /// The wgmma kernels where they load (sm_90), unless `TEMPER_ATTENTION=flash-mma`.
@@ -206,17 +231,16 @@ impl FlashKernels {
         };
         let mut kernels = FlashKernels {
             entries: vec![],
+            capped: vec![],
             stages,
             enabled,
             wgmma: mode != "flash-mma",
         };
-        kernels.add(
-            ctx,
-            module,
-            &dims_in_source(source)?,
-            major,
-            "flash_attention.cu",
-        )?;
+        let file = "flash_attention.cu";
+        let entries = kernels.load_entries(ctx, module, &dims_in_source(source)?, major, file)?;
+        kernels.replace(entries);
+        kernels.capped =
+            kernels.load_entries(ctx, module, &capped_dims_in_source(source)?, major, file)?;
         Ok(kernels)
     }
 
@@ -228,13 +252,19 @@ impl FlashKernels {
         module: &Arc<CudaModule>,
         source: &str,
     ) -> Result<()> {
-        self.add(
-            ctx,
-            module,
-            &hopper_dims_in_source(source)?,
-            9,
-            "flash_hopper.cu",
-        )
+        let dims = hopper_dims_in_source(source)?;
+        let entries = self.load_entries(ctx, module, &dims, 9, "flash_hopper.cu")?;
+        self.replace(entries);
+        Ok(())
+    }
+
+    /// Puts `entries` in place of the uncapped ones of the same storage type and head dim.
+    fn replace(&mut self, entries: Vec<Entry>) {
+        for entry in entries {
+            self.entries
+                .retain(|e| !(e.dtype == entry.dtype && e.dim.d == entry.dim.d));
+            self.entries.push(entry);
+        }
     }
 
     /// Whether the wgmma kernels may serve (not `TEMPER_ATTENTION=flash-mma`).
@@ -242,14 +272,17 @@ impl FlashKernels {
         self.wgmma
     }
 
-    fn add(
-        &mut self,
+    /// The entry points of `dims` in `module` whose shared memory fits the device, each with
+    /// its dynamic shared-memory limit raised to its need.
+    fn load_entries(
+        &self,
         ctx: &Arc<CudaContext>,
         module: &Arc<CudaModule>,
         dims: &[FlashDim],
         major: i32,
         file: &str,
-    ) -> Result<()> {
+    ) -> Result<Vec<Entry>> {
+        let mut entries = vec![];
         let max_smem = ctx
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
             .map_err(dev_err("shared memory per block"))? as usize;
@@ -283,9 +316,7 @@ impl FlashKernels {
                 let dkv = funcs.pop();
                 let fwd = funcs.pop();
                 if let (Some(fwd), Some(dkv), Some(dq)) = (fwd, dkv, dq) {
-                    self.entries
-                        .retain(|e| !(e.dtype == dtype && e.dim.d == dim.d));
-                    self.entries.push(Entry {
+                    entries.push(Entry {
                         dtype,
                         dim,
                         fwd,
@@ -295,16 +326,16 @@ impl FlashKernels {
                 }
             }
         }
-        Ok(())
+        Ok(entries)
     }
 
-    fn entry(&self, dtype: DType, d: usize) -> Option<&Entry> {
+    /// The kernels for `dtype` and head dim `d`, soft-capped ones when `capped`.
+    fn entry(&self, dtype: DType, d: usize, capped: bool) -> Option<&Entry> {
         if !self.enabled {
             return None;
         }
-        self.entries
-            .iter()
-            .find(|e| e.dtype == dtype && e.dim.d == d)
+        let list = if capped { &self.capped } else { &self.entries };
+        list.iter().find(|e| e.dtype == dtype && e.dim.d == d)
     }
 }
 
@@ -341,10 +372,42 @@ fn grid(tiles: &[u32], y: usize, z: usize, smem: usize) -> LaunchConfig {
     }
 }
 
+/// [`launch!`] for a flash kernel: the soft-capped entry points take the cap as one more
+/// argument after the others.
+macro_rules! launch_flash {
+    ($self:ident, $f:expr, $cfg:expr, $op:expr, $cap:expr, $($arg:expr),* $(,)?) => {{
+        use cudarc::driver::PushKernelArg as _;
+        let cap: Option<f32> = $cap;
+        let cap_arg = cap.unwrap_or(0.0);
+        let mut builder = $self.stream.launch_builder($f);
+        $( builder.arg($arg); )*
+        if cap.is_some() {
+            builder.arg(&cap_arg);
+        }
+        // SAFETY: the arguments match the entry point's signature in flash_attention.cu or
+        // flash_hopper.cu (the capped ones end with the cap), and the buffer sizes were
+        // checked by the caller.
+        unsafe { builder.launch($cfg) }
+            .map(|_| ())
+            .map_err(|e| CoreError::Device(format!("{}: {e:?}", $op)))
+    }};
+}
+
 impl CudaBackend {
     /// Whether flash attention serves activations of `dtype` with head dim `d` here.
     pub fn flash_applies(&self, dtype: DType, d: usize) -> bool {
-        self.flash.entry(dtype, d).is_some()
+        self.flash.entry(dtype, d, false).is_some()
+    }
+
+    /// Whether soft-capped flash attention serves activations of `dtype` with head dim `d`.
+    pub fn flash_applies_capped(&self, dtype: DType, d: usize) -> bool {
+        self.flash.entry(dtype, d, true).is_some()
+    }
+
+    /// The head dims with soft-capped flash kernels for `dtype` on this GPU (for errors).
+    pub(super) fn flash_capped_dims(&self, dtype: DType) -> Vec<usize> {
+        let list = self.flash.capped.iter().filter(|e| e.dtype == dtype);
+        list.map(|e| e.dim.d).collect()
     }
 
     /// Turns flash attention on or off for this backend (off: attention.rs's GEMM and direct
@@ -366,13 +429,14 @@ impl CudaBackend {
         cu: &[u32],
         shape: AttnShape,
         window: Option<usize>,
+        softcap: Option<f32>,
     ) -> Result<()> {
         let AttnShape {
             q_heads: hq,
             kv_heads: hkv,
             head_dim: d,
         } = shape;
-        let e = self.flash_entry(out.dtype, d)?;
+        let e = self.flash_entry(out.dtype, d, softcap.is_some())?;
         let br = e.dim.fwd_br();
         let list = tiles(cu, br, |len, r| keys_seen(len, r, br, window));
         if list.is_empty() {
@@ -382,11 +446,12 @@ impl CudaBackend {
         let (hq32, hkv32, scale) = (hq as u32, hkv as u32, 1.0 / (d as f32).sqrt());
         let win = kernel_window(window);
         let cfg = grid(&list, hq, 1, e.dim.fwd_smem(self.flash.stages));
-        launch!(
+        launch_flash!(
             self,
             &e.fwd,
             cfg,
             "flash attention forward",
+            softcap,
             &mut out.data,
             &mut lse.data,
             &q.data,
@@ -417,13 +482,14 @@ impl CudaBackend {
         cu: &[u32],
         shape: AttnShape,
         window: Option<usize>,
+        softcap: Option<f32>,
     ) -> Result<()> {
         let AttnShape {
             q_heads: hq,
             kv_heads: hkv,
             head_dim: d,
         } = shape;
-        let e = self.flash_entry(dq.dtype, d)?;
+        let e = self.flash_entry(dq.dtype, d, softcap.is_some())?;
         let (hq32, hkv32, scale) = (hq as u32, hkv as u32, 1.0 / (d as f32).sqrt());
         let win = kernel_window(window);
         let w = window.unwrap_or(usize::MAX);
@@ -434,11 +500,12 @@ impl CudaBackend {
         let key_tiles_d = self.upload_u32(&key_tiles)?;
         let chunks = d.div_ceil(e.dim.dkv_dc);
         let cfg = grid(&key_tiles, hkv, chunks, e.dim.dkv_smem(self.flash.stages));
-        launch!(
+        launch_flash!(
             self,
             &e.dkv,
             cfg,
             "flash attention backward (dk, dv)",
+            softcap,
             &mut dk.data,
             &mut dv.data,
             &q.data,
@@ -457,11 +524,12 @@ impl CudaBackend {
         let query_tiles = tiles(cu, br, |len, r| keys_seen(len, r, br, window));
         let query_tiles_d = self.upload_u32(&query_tiles)?;
         let cfg = grid(&query_tiles, hq, 1, e.dim.dq_smem(self.flash.stages));
-        launch!(
+        launch_flash!(
             self,
             &e.dq,
             cfg,
             "flash attention backward (dq)",
+            softcap,
             &mut dq.data,
             &q.data,
             &k.data,
@@ -477,10 +545,11 @@ impl CudaBackend {
         )
     }
 
-    fn flash_entry(&self, dtype: DType, d: usize) -> Result<&Entry> {
-        self.flash.entry(dtype, d).ok_or_else(|| {
+    fn flash_entry(&self, dtype: DType, d: usize, capped: bool) -> Result<&Entry> {
+        self.flash.entry(dtype, d, capped).ok_or_else(|| {
+            let kind = if capped { "soft-capped " } else { "" };
             CoreError::Device(format!(
-                "no flash attention kernel for {dtype} with head dim {d} on this GPU"
+                "no {kind}flash attention kernel for {dtype} with head dim {d} on this GPU"
             ))
         })
     }
@@ -556,7 +625,13 @@ mod tests {
         let dims = builtin_dims().unwrap();
         let ds: Vec<usize> = dims.iter().map(|d| d.d).collect();
         assert_eq!(ds, [64, 80, 96, 128, 256]);
-        for dim in dims {
+        // The soft-capped entry points: Gemma 2's head dims (and the tiny test shapes').
+        let source = include_str!("../../kernels/flash_attention.cu");
+        let capped = capped_dims_in_source(source).unwrap();
+        let ds: Vec<usize> = capped.iter().map(|d| d.d).collect();
+        assert_eq!(ds, [64, 128, 256]);
+        assert!(capped.iter().all(|d| d.infix == "cap_"));
+        for dim in dims.into_iter().chain(capped) {
             for need in [dim.fwd_smem(2), dim.dkv_smem(2), dim.dq_smem(2)] {
                 assert!(need <= 163 * 1024, "{dim:?} needs {need} bytes");
             }

@@ -348,9 +348,26 @@ impl Backend for CudaBackend {
         shape: AttnShape,
         window: Option<usize>,
     ) -> Result<()> {
-        let window = crate::checks::attention_window("attention_forward", cu_seqlens, window)?;
+        self.attention_forward_capped(out, lse, q, k, v, cu_seqlens, shape, window, None)
+    }
+
+    fn attention_forward_capped(
+        &self,
+        out: &mut CudaBuf,
+        lse: &mut CudaBuf,
+        q: &CudaBuf,
+        k: &CudaBuf,
+        v: &CudaBuf,
+        cu_seqlens: &[u32],
+        shape: AttnShape,
+        window: Option<usize>,
+        softcap: Option<f32>,
+    ) -> Result<()> {
+        let op = "attention_forward";
+        let window = crate::checks::attention_window(op, cu_seqlens, window)?;
+        let softcap = crate::checks::softcap(op, softcap)?;
         let _span = self.span("attention");
-        attention::forward(self, out, lse, q, k, v, cu_seqlens, shape, window)
+        attention::forward(self, out, lse, q, k, v, cu_seqlens, shape, window, softcap)
     }
 
     fn attention_backward(
@@ -368,10 +385,33 @@ impl Backend for CudaBackend {
         shape: AttnShape,
         window: Option<usize>,
     ) -> Result<()> {
-        let window = crate::checks::attention_window("attention_backward", cu_seqlens, window)?;
+        self.attention_backward_capped(
+            dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, shape, window, None,
+        )
+    }
+
+    fn attention_backward_capped(
+        &self,
+        dq: &mut CudaBuf,
+        dk: &mut CudaBuf,
+        dv: &mut CudaBuf,
+        dout: &CudaBuf,
+        q: &CudaBuf,
+        k: &CudaBuf,
+        v: &CudaBuf,
+        out: &CudaBuf,
+        lse: &CudaBuf,
+        cu_seqlens: &[u32],
+        shape: AttnShape,
+        window: Option<usize>,
+        softcap: Option<f32>,
+    ) -> Result<()> {
+        let op = "attention_backward";
+        let window = crate::checks::attention_window(op, cu_seqlens, window)?;
+        let softcap = crate::checks::softcap(op, softcap)?;
         let _span = self.span("attention");
         attention::backward(
-            self, dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, shape, window,
+            self, dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, shape, window, softcap,
         )
     }
 
