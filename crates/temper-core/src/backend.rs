@@ -416,6 +416,12 @@ pub trait Backend: Send + Sync + 'static {
     fn copy(&self, dst: &mut Self::Buf, src: &Self::Buf) -> Result<()>;
     /// Peak bytes this backend has held at once.
     fn peak_bytes(&self) -> usize;
+    /// Bytes of paged optimizer state in managed memory, which the driver keeps on the device
+    /// while it has room, outside [`Backend::peak_bytes`]'s pool (CUDA with
+    /// `TEMPER_PAGED_MEMORY=managed`; 0 elsewhere).
+    fn paged_managed_bytes(&self) -> usize {
+        0
+    }
     /// Bytes this backend holds now.
     fn live_bytes(&self) -> usize {
         0

@@ -7,6 +7,7 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use temper_core::cuda::PagedMemory;
 use temper_core::{AdamWStep, AttnShape, Backend, CpuBackend, CudaBackend, DType, Gemm};
 use temper_quant::{Absmax4, Int8Rows, Quant4};
 
@@ -607,29 +608,23 @@ fn adamw_steps() {
     let mut p = Pair::new(6, DType::F32);
     let n = 5003;
     let param = p.random(n, 1.0);
+    let grads: Vec<Vec<f32>> = (0..3).map(|_| p.random(n, 0.1)).collect();
+    let step_of = |step: u64| AdamWStep {
+        lr: 1e-2,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.01,
+        step,
+    };
     let (mut pc, mut pg) = p.up(&param);
     let (mut mc, mut mg) = p.up(&vec![0.0; n]);
     let (mut vc, mut vg) = p.up(&vec![0.0; n]);
-    // The same steps with the moments in mapped host memory (paged_adamw_32bit).
-    let mut pm = p.gpu.upload(&param).expect("gpu");
-    let mut mm = p.gpu.mapped_zeros(n).expect("mapped");
-    let mut vm = p.gpu.mapped_zeros(n).expect("mapped");
-    for step in 1..=3 {
-        let grad = p.random(n, 0.1);
-        let (gc, gg) = p.up(&grad);
-        let s = AdamWStep {
-            lr: 1e-2,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.01,
-            step,
-        };
+    for (step, grad) in (1..).zip(&grads) {
+        let (gc, gg) = p.up(grad);
+        let s = step_of(step);
         p.cpu.adamw(&mut pc, &gc, &mut mc, &mut vc, s).expect("cpu");
         p.gpu.adamw(&mut pg, &gg, &mut mg, &mut vg, s).expect("gpu");
-        p.gpu
-            .adamw_mapped(&mut pm, &gg, &mut mm, &mut vm, s)
-            .expect("gpu mapped");
     }
     p.twins(
         "adamw param",
@@ -652,20 +647,49 @@ fn adamw_steps() {
         1e-10,
         1e-5,
     );
-    p.twins(
-        "adamw param, moments in mapped host memory",
-        &p.gpu.download(&pm).expect("dl"),
-        &pc,
-        1e-7,
-        1e-5,
-    );
-    p.twins(
-        "adamw v in mapped host memory",
-        &p.gpu.mapped_read(&vm).expect("read"),
-        &vc,
-        1e-10,
-        1e-5,
-    );
+    // The same steps with paged moments (paged_adamw_32bit): in mapped host memory, and in
+    // managed memory (counted apart from the pool while they live).
+    for memory in [PagedMemory::Pinned, PagedMemory::Managed] {
+        p.gpu.set_paged_memory(memory);
+        let what = format!("adamw with the moments in {memory:?} memory");
+        let mut pm = p.gpu.upload(&param).expect("gpu");
+        let mut mm = p.gpu.mapped_zeros(n).expect("paged");
+        let mut vm = p.gpu.mapped_zeros(n).expect("paged");
+        let managed = if memory == PagedMemory::Managed {
+            2 * n * 4
+        } else {
+            0
+        };
+        assert_eq!(p.gpu.paged_managed_bytes(), managed, "{what}");
+        for (step, grad) in (1..).zip(&grads) {
+            let gg = p.gpu.upload(grad).expect("gpu");
+            p.gpu
+                .adamw_mapped(&mut pm, &gg, &mut mm, &mut vm, step_of(step))
+                .expect("gpu paged");
+        }
+        p.twins(
+            &format!("{what}: param"),
+            &p.gpu.download(&pm).expect("dl"),
+            &pc,
+            1e-7,
+            1e-5,
+        );
+        p.twins(
+            &format!("{what}: v"),
+            &p.gpu.mapped_read(&vm).expect("read"),
+            &vc,
+            1e-10,
+            1e-5,
+        );
+        // A write from the host (a checkpoint's moments coming back) is what the next read
+        // and the next step see.
+        let back: Vec<f32> = (0..n).map(|i| i as f32 * 1e-3).collect();
+        p.gpu.mapped_write(&mut mm, &back).expect("write");
+        assert_eq!(p.gpu.mapped_read(&mm).expect("read"), back, "{what}");
+        drop((mm, vm));
+        assert_eq!(p.gpu.paged_managed_bytes(), 0, "{what}: freed");
+    }
+    p.gpu.set_paged_memory(PagedMemory::Pinned);
 }
 
 /// bitsandbytes' two dynamic maps (signed for the first moment, unsigned for the second), as
@@ -698,8 +722,20 @@ fn adamw8bit_steps() {
     let (map1, map2) = bnb_maps();
     let mut p = Pair::new(8, DType::F32);
     for n in [5003, 4096, 300, 100] {
-        for on_host in [false, true] {
-            let what = format!("adamw8bit n={n}{}", if on_host { " paged" } else { "" });
+        for (on_host, memory) in [
+            (false, PagedMemory::Pinned),
+            (true, PagedMemory::Pinned),
+            (true, PagedMemory::Managed),
+        ] {
+            p.gpu.set_paged_memory(memory);
+            let what = format!(
+                "adamw8bit n={n}{}",
+                if on_host {
+                    format!(" paged in {memory:?} memory")
+                } else {
+                    String::new()
+                }
+            );
             let param = p.random(n, 1.0);
             let (mut pc, mut pg) = p.up32(&param);
             let mut mc = p.cpu.state8_zeros(n, &map1, on_host).expect("cpu m");

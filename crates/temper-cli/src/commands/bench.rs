@@ -218,6 +218,9 @@ fn run_on<B: Backend>(
         "model_tflops_per_s": model_flops / 1e12,
         "mfu": peak_flops.map(|p| model_flops / p),
         "peak_gib": be.peak_bytes() as f64 / (1u64 << 30) as f64,
+        // Paged AdamW moments in managed memory (TEMPER_PAGED_MEMORY=managed): on the GPU while
+        // it has room, outside peak_gib as bitsandbytes' pages are outside PyTorch's peak.
+        "paged_managed_gib": be.paged_managed_bytes() as f64 / (1u64 << 30) as f64,
         "load_s": load_s,
         "load_peak_rss_gib": load_peak_rss_gib,
         "load_device_peak_gib": load_device_peak_gib,

@@ -254,11 +254,20 @@ fn run_on<B: Backend + 'static>(
         final_eval = Some(loss);
     }
     crate::run_files::write_all(&plan, &tok, &summary, final_eval);
+    let managed = be.paged_managed_bytes();
     eprintln!(
-        "peak memory: {:.1} MiB resident; {} backend peak {:.1} MiB",
+        "peak memory: {:.1} MiB resident; {} backend peak {:.1} MiB{}",
         device::peak_rss_bytes().map(mib).unwrap_or(f64::NAN),
         be.name(),
-        mib(be.peak_bytes() as u64)
+        mib(be.peak_bytes() as u64),
+        if managed > 0 {
+            format!(
+                " + {:.1} MiB of paged optimizer state in managed memory",
+                mib(managed as u64)
+            )
+        } else {
+            String::new()
+        }
     );
     Ok(())
 }

@@ -14,6 +14,8 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{CudaEvent, CudaStream, DeviceRepr, PinnedHostSlice, ValidAsZeroBits};
 
+use super::paged::PagedSlice;
+
 use super::{dev_err, CudaBackend, CudaBuf};
 use crate::{CoreError, DType, Result};
 
@@ -87,10 +89,11 @@ impl CudaBackend {
     }
 }
 
-/// f32 values in pinned host memory mapped into the device's address space: kernels read
-/// and write them over the bus, so they take no device memory (optimizer moments).
+/// f32 optimizer moments outside the device pool (paged AdamW): pinned host memory mapped
+/// into the device's address space, which kernels read and write over the bus, or managed
+/// memory the driver pages (`paged.rs`).
 pub struct CudaMapped {
-    data: PinnedHostSlice<f32>,
+    data: PagedSlice<f32>,
     len: usize,
     /// The device's address of the same memory.
     device_ptr: u64,
@@ -221,7 +224,7 @@ pub(super) fn restore(be: &CudaBackend, host: &CudaHost) -> Result<CudaBuf> {
 }
 
 pub(super) fn mapped_zeros(be: &CudaBackend, n: usize) -> Result<CudaMapped> {
-    let (data, device_ptr) = be.mapped_alloc_zeroed::<f32>(n)?;
+    let (data, device_ptr) = be.paged_alloc_zeroed::<f32>(n)?;
     Ok(CudaMapped {
         data,
         len: n,
@@ -231,20 +234,19 @@ pub(super) fn mapped_zeros(be: &CudaBackend, n: usize) -> Result<CudaMapped> {
 
 pub(super) fn mapped_read(be: &CudaBackend, m: &CudaMapped) -> Result<Vec<f32>> {
     be.synchronize()?;
-    Ok(m.data
-        .as_slice()
-        .map_err(dev_err("read mapped memory"))?
-        .to_vec())
+    Ok(m.data.as_slice()?.to_vec())
+}
+
+/// Managed moments moved to the device before the step that uses them (see `paged.rs`).
+pub(super) fn page_in(be: &CudaBackend, m: &CudaMapped) -> Result<()> {
+    be.page_in_paged(&m.data)
 }
 
 pub(super) fn mapped_write(be: &CudaBackend, m: &mut CudaMapped, values: &[f32]) -> Result<()> {
     be.synchronize()?;
     let len = m.len;
     crate::error::check_len("mapped_write", "values", values.len(), len)?;
-    let dst = m
-        .data
-        .as_mut_slice()
-        .map_err(dev_err("write mapped memory"))?;
+    let dst = m.data.as_mut_slice()?;
     dst[..len].copy_from_slice(values);
     Ok(())
 }

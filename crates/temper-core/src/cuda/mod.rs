@@ -16,6 +16,7 @@ mod int8;
 mod layers;
 mod ops;
 mod optim8;
+mod paged;
 mod profile;
 mod quant;
 mod staging;
@@ -32,6 +33,7 @@ pub use flash::flash_head_dims;
 pub use host::{CudaHost, CudaMapped};
 pub use int8::CudaInt8;
 pub use optim8::CudaState8;
+pub use paged::PagedMemory;
 pub use quant::CudaQuant;
 
 use crate::memory::Accounting;
@@ -83,6 +85,9 @@ pub struct CudaBackend {
     staging: staging::StagingCell,
     flash: flash::FlashKernels,
     profiler: profile::Profiler,
+    /// Where paged optimizer state lives (`TEMPER_PAGED_MEMORY`), and the managed bytes held.
+    paged_memory: paged::PagedMemory,
+    managed: Arc<std::sync::atomic::AtomicUsize>,
     /// Recently uploaded index arrays, newest first.
     index_cache: std::sync::Mutex<Vec<IndexUpload>>,
     /// Held for cuBLAS for the backend's lifetime (counted in the accounting).
@@ -324,6 +329,8 @@ impl CudaBackend {
             staging: staging::StagingCell::default(),
             flash,
             profiler: profile::Profiler::default(),
+            paged_memory: paged::PagedMemory::from_env()?,
+            managed: Default::default(),
             index_cache: Default::default(),
             _workspace: workspace,
         })

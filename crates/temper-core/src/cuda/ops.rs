@@ -46,6 +46,8 @@ impl Backend for CudaBackend {
         let _span = self.span("optimizer");
         let (m_len, v_len) = (self.mapped_len(m), self.mapped_len(v));
         crate::checks::optimizer_step("adamw", param.len, grad.len, m_len, v_len, s.step)?;
+        host::page_in(self, m)?;
+        host::page_in(self, v)?;
         let (mp, vp) = (self.mapped_device_ptr(m), self.mapped_device_ptr(v));
         elementwise::adamw(self, param, grad, mp, vp, s)
     }
@@ -205,6 +207,10 @@ impl Backend for CudaBackend {
 
     fn peak_bytes(&self) -> usize {
         self.accounting.peak()
+    }
+
+    fn paged_managed_bytes(&self) -> usize {
+        self.managed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn live_bytes(&self) -> usize {

@@ -4,9 +4,10 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, DevicePtrMut, LaunchConfig, PinnedHostSlice, SyncOnDrop};
+use cudarc::driver::{CudaSlice, DevicePtrMut, LaunchConfig, SyncOnDrop};
 use temper_quant::state8::{check_state8, BLOCKSIZE};
 
+use super::paged::PagedSlice;
 use super::{check_f32, dev_err, launch, CudaBackend, CudaBuf};
 use crate::backend::AdamWStep;
 use crate::memory::Accounting;
@@ -21,10 +22,11 @@ enum Storage {
         codes: CudaSlice<u8>,
         absmax: CudaSlice<f32>,
     },
-    /// Pinned host memory; `*_ptr` is the device's address of the same bytes.
+    /// Paged memory (mapped pinned host memory or managed, `paged.rs`); `*_ptr` is the
+    /// device's address of the same bytes.
     Mapped {
-        codes: PinnedHostSlice<u8>,
-        absmax: PinnedHostSlice<f32>,
+        codes: PagedSlice<u8>,
+        absmax: PagedSlice<f32>,
         codes_ptr: u64,
         absmax_ptr: u64,
     },
@@ -69,6 +71,17 @@ impl CudaBackend {
             } => (*codes_ptr, *absmax_ptr, vec![]),
         }
     }
+
+    /// Managed state moved to the device before the step that uses it.
+    fn state8_page_in(&self, s: &Storage) -> Result<()> {
+        match s {
+            Storage::Device { .. } => Ok(()),
+            Storage::Mapped { codes, absmax, .. } => {
+                self.page_in_paged(codes)?;
+                self.page_in_paged(absmax)
+            }
+        }
+    }
 }
 
 pub(super) fn zeros(
@@ -86,8 +99,8 @@ pub(super) fn zeros(
         .map_err(dev_err("upload 8-bit state map"))?;
     let mut device_bytes = 256 * 4;
     let storage = if on_host {
-        let (codes, codes_ptr) = be.mapped_alloc_zeroed::<u8>(n)?;
-        let (absmax, absmax_ptr) = be.mapped_alloc_zeroed::<f32>(blocks)?;
+        let (codes, codes_ptr) = be.paged_alloc_zeroed::<u8>(n)?;
+        let (absmax, absmax_ptr) = be.paged_alloc_zeroed::<f32>(blocks)?;
         Storage::Mapped {
             codes,
             absmax,
@@ -125,10 +138,9 @@ pub(super) fn read(be: &CudaBackend, s: &CudaState8) -> Result<(Vec<u8>, Vec<f32
         }
         Storage::Mapped { codes, absmax, .. } => {
             be.synchronize()?;
-            let rd = dev_err("read mapped 8-bit state");
             Ok((
-                codes.as_slice().map_err(&rd)?[..n].to_vec(),
-                absmax.as_slice().map_err(rd)?[..blocks].to_vec(),
+                codes.as_slice()?[..n].to_vec(),
+                absmax.as_slice()?[..blocks].to_vec(),
             ))
         }
     }
@@ -159,9 +171,8 @@ pub(super) fn write(
             ..
         } => {
             be.synchronize()?;
-            let wr = dev_err("write mapped 8-bit state");
-            hc.as_mut_slice().map_err(&wr)?[..codes.len()].copy_from_slice(codes);
-            ha.as_mut_slice().map_err(wr)?[..absmax.len()].copy_from_slice(absmax);
+            hc.as_mut_slice()?[..codes.len()].copy_from_slice(codes);
+            ha.as_mut_slice()?[..absmax.len()].copy_from_slice(absmax);
             Ok(())
         }
     }
@@ -185,6 +196,8 @@ pub(super) fn adamw8bit(
     }
     let c = Scalars8::new(s);
     let a = c.adamw;
+    be.state8_page_in(&m.storage)?;
+    be.state8_page_in(&v.storage)?;
     let (mc, ma, _m_guards) = be.state8_ptrs(&mut m.storage);
     let (vc, va, _v_guards) = be.state8_ptrs(&mut v.storage);
     let (m_map, v_map) = (&m.map, &v.map);
