@@ -43,10 +43,13 @@ impl Checkpointing {
 enum Kept<B: Backend> {
     Device(B::Buf),
     /// The layer's input in host memory, with its attention output (host) and log-sum-exp
-    /// (device) when kept, so the recompute before its backward skips the attention forward.
+    /// (device) when kept, so the recompute before its backward skips the attention forward;
+    /// and with [`Model::park_residual`], the sum after the attention (host), so it skips
+    /// o_proj too.
     Host {
         x: B::Host,
         attention: Option<(B::Host, B::Buf)>,
+        residual: Option<B::Host>,
     },
 }
 
@@ -67,6 +70,11 @@ pub struct Model<B: Backend> {
     /// Tokens per MLP tile of a sequence whose layers are not kept for the backward
     /// (recomputed with checkpointing, or evaluated): see `layer/mlp.rs`.
     pub mlp_tile_tokens: usize,
+    /// With the layer inputs and attention outputs in host memory, park each layer's
+    /// x + o_proj(att) there too, so the recompute skips o_proj (layers without sandwich
+    /// norms). More host memory and bus traffic for one GEMM fewer per layer: off unless
+    /// `TEMPER_PARK_RESIDUAL=1`, until measured.
+    pub park_residual: bool,
 }
 
 /// Whether a step over n tokens with the layer inputs in host memory parks each layer's
@@ -147,6 +155,7 @@ impl<B: Backend> Model<B> {
             weights,
             loss_chunk: 1024,
             mlp_tile_tokens: crate::layer::MLP_TILE_TOKENS,
+            park_residual: std::env::var("TEMPER_PARK_RESIDUAL").is_ok_and(|v| v == "1"),
         })
     }
 
@@ -240,6 +249,7 @@ impl<B: Backend> Model<B> {
             let attention = Attention::Varlen {
                 cu_seqlens: batch.cu_seqlens,
                 kept: None,
+                residual: None,
             };
             self.layer(l, batch.positions).forward(
                 &x,
@@ -371,6 +381,7 @@ impl<B: Backend> Model<B> {
                 be.compute_dtype().size(),
                 temper_core::memory::host_available_bytes(),
             );
+        let keep_residual = keep_attention && self.park_residual && !self.cfg.sandwich_norms;
         let mut inputs: Vec<Kept<B>> = Vec::with_capacity(layers);
         let mut kept: Vec<LayerActs<B>> = Vec::new();
         // Without checkpointing every layer keeps its whole MLP; with it, long sequences run
@@ -391,6 +402,7 @@ impl<B: Backend> Model<B> {
                 Some(&mut out),
                 batch.cu_seqlens,
                 None,
+                None,
                 Some(lora),
                 ctx,
             )?;
@@ -403,6 +415,11 @@ impl<B: Backend> Model<B> {
                 Checkpointing::EveryLayer => inputs.push(Kept::Device(input)),
                 Checkpointing::EveryLayerOnHost => inputs.push(Kept::Host {
                     x: be.park_on_host(input)?,
+                    residual: if keep_residual {
+                        Some(be.park_on_host(acts.x2)?)
+                    } else {
+                        None
+                    },
                     attention: if keep_attention {
                         Some((be.park_on_host(acts.att)?, acts.lse))
                     } else {
@@ -413,11 +430,8 @@ impl<B: Backend> Model<B> {
         }
 
         // The last layer's input starts back while the head runs.
-        if let Some(Kept::Host { x, attention }) = inputs.last() {
-            be.prefetch_from_host(x)?;
-            if let Some((att, _)) = attention {
-                be.prefetch_from_host(att)?;
-            }
+        if let Some(kept) = inputs.last() {
+            prefetch(be, kept)?;
         }
 
         // Final norm, then the LM head fused with the loss and its first backward step.
@@ -442,12 +456,20 @@ impl<B: Backend> Model<B> {
 
         // Backward, layer by layer in reverse.
         for l in (0..layers).rev() {
-            let (x_in, attention) = match inputs.pop() {
-                Some(Kept::Device(b)) => (b, None),
-                Some(Kept::Host { x, attention }) => (
+            let (x_in, attention, residual) = match inputs.pop() {
+                Some(Kept::Device(b)) => (b, None, None),
+                Some(Kept::Host {
+                    x,
+                    attention,
+                    residual,
+                }) => (
                     be.restore_from_host(&x)?,
                     match attention {
                         Some((att, lse)) => Some((be.restore_from_host(&att)?, lse)),
+                        None => None,
+                    },
+                    match residual {
+                        Some(r) => Some(be.restore_from_host(&r)?),
                         None => None,
                     },
                 ),
@@ -458,11 +480,8 @@ impl<B: Backend> Model<B> {
                 }
             };
             // The next layer's input travels while this one recomputes and walks back.
-            if let Some(Kept::Host { x, attention }) = inputs.last() {
-                be.prefetch_from_host(x)?;
-                if let Some((att, _)) = attention {
-                    be.prefetch_from_host(att)?;
-                }
+            if let Some(kept) = inputs.last() {
+                prefetch(be, kept)?;
             }
             let layer = layer(l);
             let acts = match kept.pop() {
@@ -470,7 +489,15 @@ impl<B: Backend> Model<B> {
                 None => {
                     be.profile_stage("recompute");
                     let cu = batch.cu_seqlens;
-                    layer.forward_for_backward(&x_in, None, cu, attention, Some(lora), ctx)?
+                    layer.forward_for_backward(
+                        &x_in,
+                        None,
+                        cu,
+                        attention,
+                        residual,
+                        Some(lora),
+                        ctx,
+                    )?
                 }
             };
             be.profile_stage("backward");
@@ -486,4 +513,23 @@ impl<B: Backend> Model<B> {
         }
         Ok(losses)
     }
+}
+
+/// Starts the copies of what a layer kept in host memory back to the device.
+fn prefetch<B: Backend>(be: &B, kept: &Kept<B>) -> Result<()> {
+    if let Kept::Host {
+        x,
+        attention,
+        residual,
+    } = kept
+    {
+        be.prefetch_from_host(x)?;
+        if let Some((att, _)) = attention {
+            be.prefetch_from_host(att)?;
+        }
+        if let Some(r) = residual {
+            be.prefetch_from_host(r)?;
+        }
+    }
+    Ok(())
 }

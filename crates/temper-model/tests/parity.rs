@@ -112,14 +112,20 @@ struct CaseResult {
     worst_seq_loss: f64,
 }
 
-fn run_case<B: Backend>(be: Arc<B>, case: &str, ckpt: Checkpointing) -> CaseResult {
+fn run_case<B: Backend>(
+    be: Arc<B>,
+    case: &str,
+    ckpt: Checkpointing,
+    park_residual: bool,
+) -> CaseResult {
     let dir = fixture_dir(case);
     let info: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).expect("case.json"))
             .expect("json");
     let n_seqs = info["seq_lens"].as_array().expect("seq_lens").len();
     let exp = Expected::open(&dir);
-    let model = Model::load(be.clone(), &dir.join("model")).expect("model loads");
+    let mut model = Model::load(be.clone(), &dir.join("model")).expect("model loads");
+    model.park_residual = park_residual;
     let mut lora = adapter::load(&*be, &model.cfg, &dir.join("adapter")).expect("adapter loads");
     let p = packed_batch(&exp, n_seqs);
     let batch = TokenBatch {
@@ -247,14 +253,16 @@ fn check(case: &str) {
 }
 
 fn check_on<B: Backend>(be: Arc<B>, case: &str, tol: Tol) {
-    for ckpt in [
-        Checkpointing::Off,
-        Checkpointing::EveryLayer,
-        Checkpointing::EveryLayerOnHost,
+    // The last: the recompute also skips o_proj, its input sum kept on the host.
+    for (ckpt, park_residual) in [
+        (Checkpointing::Off, false),
+        (Checkpointing::EveryLayer, false),
+        (Checkpointing::EveryLayerOnHost, false),
+        (Checkpointing::EveryLayerOnHost, true),
     ] {
-        let r = run_case(be.clone(), case, ckpt);
+        let r = run_case(be.clone(), case, ckpt, park_residual);
         println!(
-            "{case} on {} in {} ({ckpt:?}): logits {:.2e}, loss {:.2e}, per-sequence loss {:.2e}, grads {:.2e}, after AdamW {:.2e}",
+            "{case} on {} in {} ({ckpt:?}, residual parked: {park_residual}): logits {:.2e}, loss {:.2e}, per-sequence loss {:.2e}, grads {:.2e}, after AdamW {:.2e}",
             be.name(), be.compute_dtype(), r.worst_logits, r.loss_err, r.worst_seq_loss, r.worst_grad, r.worst_step
         );
         let (tol, gtol, tol_step) = (tol.outputs, tol.grads, tol.step);

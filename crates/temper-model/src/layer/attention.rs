@@ -21,6 +21,9 @@ pub enum Attention<'a, B: Backend> {
         /// att (N, Hq*D) and lse (N, Hq) of an earlier forward over the same tokens: a
         /// recompute before the backward then skips the attention forward.
         kept: Option<(B::Buf, B::Buf)>,
+        /// x + o_proj(att) (N, C) of that same forward (layers without sandwich norms): the
+        /// recompute then skips o_proj's base product and the residual add too.
+        residual: Option<B::Buf>,
     },
     /// Generation: the N new tokens follow `past` cached positions of one sequence. Their
     /// keys and values are written to rows past..past+N of the layer's cache, and attention
@@ -58,6 +61,7 @@ impl<B: Backend> DecoderLayer<'_, B> {
             Attention::Varlen {
                 cu_seqlens,
                 kept: None,
+                ..
             } => {
                 let window = self.cfg.window(self.index);
                 let (att, lse) = self.attend_varlen(q, k, v, cu_seqlens, window)?;

@@ -100,22 +100,45 @@ impl<B: Backend> DecoderLayer<'_, B> {
         if q_mult != 1.0 {
             be.scale(&mut q, q_mult)?;
         }
+        // A residual kept by an earlier forward is the sum below; only o_proj's LoRA values
+        // for the backward are rebuilt.
+        let (attention, kept_residual) = match attention {
+            Attention::Varlen {
+                cu_seqlens,
+                kept,
+                residual,
+            } if w.sandwich.is_none() => (
+                Attention::Varlen {
+                    cu_seqlens,
+                    kept,
+                    residual: None,
+                },
+                residual,
+            ),
+            other => (other, None),
+        };
         let (att, lse) = self.attend(attention, &q, &k, &v)?; // (N, Hq*D), (N, Hq)
-        let mut x2 = be.act_uninit(n * c)?; // (N, C)
-        let attn_out = match &w.sandwich {
-            Some(norms) => {
+        let (x2, attn_out) = match (&w.sandwich, kept_residual) {
+            (None, Some(x2)) => {
+                lin(Target::O, None, &att)?;
+                (x2, None)
+            }
+            (Some(norms), _) => {
                 let mut a = be.act_uninit(n * c)?; // (N, C)
                 lin(Target::O, Some(&mut a), &att)?;
                 let mut rstd = be.uninit_as(n, DType::F32)?; // (N)
+                let mut x2 = be.act_uninit(n * c)?; // (N, C)
                 be.rmsnorm_forward(&mut x2, &mut rstd, &a, &norms.attn_out, c, cfg.rms_eps)?;
-                Some((a, rstd))
+                be.axpy(&mut x2, 1.0, x)?;
+                (x2, Some((a, rstd)))
             }
-            None => {
+            (None, None) => {
+                let mut x2 = be.act_uninit(n * c)?; // (N, C)
                 lin(Target::O, Some(&mut x2), &att)?;
-                None
+                be.axpy(&mut x2, 1.0, x)?;
+                (x2, None)
             }
         };
-        be.axpy(&mut x2, 1.0, x)?;
 
         // The MLP: whole, keeping what its backward reads, or tile by tile keeping nothing
         // (the backward rebuilds it).
@@ -157,17 +180,24 @@ impl<B: Backend> DecoderLayer<'_, B> {
 
     /// [`DecoderLayer::forward`] over a packed batch, keeping the activations for the
     /// backward. `kept`: att (N, Hq*D) and lse (N, Hq) of an earlier forward, to skip the
-    /// attention forward in a recompute.
+    /// attention forward in a recompute; `residual`: that forward's x + o_proj(att) (N, C), to
+    /// skip o_proj as well (ignored by layers with sandwich norms).
+    #[allow(clippy::too_many_arguments)]
     pub fn forward_for_backward(
         &self,
         x: &B::Buf,
         out: Option<&mut B::Buf>,
         cu_seqlens: &[u32],
         kept: Option<(B::Buf, B::Buf)>,
+        residual: Option<B::Buf>,
         lora: Option<&LoraParams<B>>,
         ctx: &StepCtx,
     ) -> Result<LayerActs<B>> {
-        let attention = Attention::Varlen { cu_seqlens, kept };
+        let attention = Attention::Varlen {
+            cu_seqlens,
+            kept,
+            residual,
+        };
         self.forward(x, out, attention, Keep::Activations, lora, ctx)?
             .ok_or_else(|| {
                 ModelError::Core(CoreError::Invalid {
