@@ -22,8 +22,7 @@ use serde_json::Value;
 use temper_core::CpuBackend;
 use temper_data::{Message, Tokenizer};
 use temper_gguf::{import, GgufFile, OutDtype};
-use temper_model::generate::{generate, GenerateOptions, Sampler, Sampling, StopReason};
-use temper_model::{Model, ModelError, TokenBatch};
+use temper_model::{Model, TokenBatch};
 
 #[test]
 fn gemma3_270m_tokens_losses_and_generation_equal_the_references() {
@@ -145,32 +144,11 @@ fn check(name: &str, model_type: &str) {
     // Greedy generation from the prompts, token for token.
     for case in fx["generate"]["cases"].as_array().expect("cases") {
         let prompt = &want_ids[case["prompt_index"].as_u64().expect("prompt_index") as usize];
-        let want = ids(&case["generated_ids"]);
-        let opts = GenerateOptions {
-            max_new_tokens: case["max_new_tokens"].as_u64().expect("max_new_tokens") as usize,
-            stop_ids: ids(&case["eos_token_ids"]),
-        };
-        let mut sampler = Sampler::new(Sampling::greedy(), 0).expect("sampler");
-        let got = generate(&model, None, prompt, &opts, &mut sampler, |_| {
-            Ok::<_, ModelError>(())
-        })
-        .expect("generate");
-        assert_eq!(
-            got.tokens,
-            want,
-            "{name}: greedy tokens differ from transformers'\n temper: {:?}\n transformers: {:?}",
-            tok.decode(&got.tokens, false).unwrap_or_default(),
-            tok.decode(&want, false).unwrap_or_default()
-        );
-        let reason = match want.last() {
-            Some(&t) if opts.stop_ids.contains(&t) => StopReason::StopToken(t),
-            _ => StopReason::MaxNewTokens,
-        };
-        assert_eq!(got.stop, reason, "{name}");
+        let tokens = common::assert_greedy_equals(&model, &tok, name, prompt, case);
         println!(
             "{name}: {} new tokens equal transformers': {:?}",
-            got.tokens.len(),
-            tok.decode(&got.tokens, true).unwrap_or_default()
+            tokens.len(),
+            tok.decode(&tokens, true).unwrap_or_default()
         );
     }
 }

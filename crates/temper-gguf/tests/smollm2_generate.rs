@@ -11,20 +11,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use common::ids;
 use serde_json::Value;
 use temper_core::CpuBackend;
 use temper_data::{Message, Tokenizer};
 use temper_gguf::{import, GgufFile, OutDtype};
-use temper_model::generate::{generate, GenerateOptions, Sampler, Sampling, StopReason};
-use temper_model::{Model, ModelError};
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .expect("an id list")
-        .iter()
-        .map(|x| x.as_u64().expect("an id") as u32)
-        .collect()
-}
+use temper_model::Model;
 
 #[test]
 fn smollm2_greedy_generation_equals_transformers() {
@@ -55,7 +47,6 @@ fn smollm2_greedy_generation_equals_transformers() {
     for case in cases {
         let name = case["name"].as_str().expect("name");
         let prompt = ids(&case["prompt_ids"]);
-        let want = ids(&case["generated_ids"]);
 
         // The prompt as temper renders and encodes the chat (the CLI's --chat path).
         let messages: Vec<Message> = case["messages"]
@@ -76,35 +67,15 @@ fn smollm2_greedy_generation_equals_transformers() {
             "{name}: temper's chat prompt ids differ from transformers'"
         );
 
-        let opts = GenerateOptions {
-            max_new_tokens: case["max_new_tokens"].as_u64().expect("max_new_tokens") as usize,
-            stop_ids: ids(&case["eos_token_ids"]),
-        };
-        let mut sampler = Sampler::new(Sampling::greedy(), 0).expect("sampler");
         let t0 = Instant::now();
-        let got = generate(&model, None, &prompt, &opts, &mut sampler, |_| {
-            Ok::<_, ModelError>(())
-        })
-        .expect("generate");
-        assert_eq!(
-            got.tokens,
-            want,
-            "{name}: temper's greedy tokens differ from transformers'\n temper: {:?}\n transformers: {:?}",
-            tok.decode(&got.tokens, false).unwrap_or_default(),
-            tok.decode(&want, false).unwrap_or_default()
-        );
-        let reason = match want.last() {
-            Some(&t) if opts.stop_ids.contains(&t) => StopReason::StopToken(t),
-            _ => StopReason::MaxNewTokens,
-        };
-        assert_eq!(got.stop, reason, "{name}");
+        let tokens = common::assert_greedy_equals(&model, &tok, name, &prompt, case);
         matched += 1;
         println!(
             "{name}: {} prompt + {} new tokens equal transformers' ({:.1}s): {:?}",
             prompt.len(),
-            got.tokens.len(),
+            tokens.len(),
             t0.elapsed().as_secs_f64(),
-            tok.decode(&got.tokens, true).unwrap_or_default()
+            tok.decode(&tokens, true).unwrap_or_default()
         );
     }
     println!(

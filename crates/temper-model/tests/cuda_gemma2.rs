@@ -3,14 +3,13 @@
 //! model on the CPU in f32. The kernels alone are twins in temper-core's `cuda_twins`; this
 //! checks that the model reaches them with its cap, window and scale.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use temper_core::{Backend, CpuBackend, CudaBackend, DType};
 use temper_model::init::{shape, write_random_model};
-use temper_model::lora::{LoraConfig, LoraParams, Target};
 use temper_model::{Checkpointing, LmRows, Model, StepCtx};
 
 /// 96 tokens in two sequences of 48: longer than the sliding window the test sets (16).
@@ -31,27 +30,10 @@ fn write_model(dir: &Path) {
     std::fs::write(&path, cfg.to_string()).expect("config written");
 }
 
-fn adapter<B: Backend>(be: &B, model: &Model<B>) -> LoraParams<B> {
-    let cfg = LoraConfig {
-        r: 4,
-        alpha: 8.0,
-        dropout: 0.0,
-        use_rslora: false,
-        targets: Target::ALL.to_vec(),
-    };
-    let mut rng = ChaCha8Rng::seed_from_u64(9);
-    LoraParams::build(be, &model.cfg, &cfg, |_, shape, _| {
-        Ok((0..shape[0] * shape[1])
-            .map(|_| rng.random_range(-0.2f32..0.2))
-            .collect())
-    })
-    .expect("adapter")
-}
-
 /// The mean loss and every LoRA gradient (concatenated) of one forward and backward.
 fn step<B: Backend>(be: Arc<B>, dir: &Path) -> (f64, Vec<f32>) {
     let model = Model::load(be.clone(), dir).expect("loads");
-    let mut lora = adapter(&*be, &model);
+    let mut lora = common::random_adapter(&*be, &model, 0.0);
     let rows = rows();
     let scale = 1.0 / rows.loss_tokens() as f32;
     let ctx = StepCtx {

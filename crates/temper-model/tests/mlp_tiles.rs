@@ -3,13 +3,13 @@
 //! sandwich-normed (Gemma 2) layer; with dropout, the gradients it returns are those of the
 //! losses it reports (the tiles' forward and their rebuild draw the same masks).
 
+mod common;
+
 use std::sync::Arc;
 
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use temper_core::{Backend, CpuBackend};
 use temper_model::init::{shape, write_random_model};
-use temper_model::lora::{LoraConfig, LoraParams, Target};
+use temper_model::lora::LoraParams;
 use temper_model::{Checkpointing, LmRows, Model, StepCtx};
 
 /// 48 tokens in two sequences of 24.
@@ -24,25 +24,6 @@ fn load(name: &str) -> (tempfile::TempDir, Arc<CpuBackend>, Model<CpuBackend>) {
     let be = Arc::new(CpuBackend::new());
     let model = Model::load(be.clone(), dir.path()).expect("loads");
     (dir, be, model)
-}
-
-/// An adapter on every linear layer with A and B both random (B is zero in a fresh one, which
-/// would leave A's gradients zero).
-fn adapter(be: &CpuBackend, model: &Model<CpuBackend>, dropout: f32) -> LoraParams<CpuBackend> {
-    let cfg = LoraConfig {
-        r: 4,
-        alpha: 8.0,
-        dropout,
-        use_rslora: false,
-        targets: Target::ALL.to_vec(),
-    };
-    let mut rng = ChaCha8Rng::seed_from_u64(9);
-    LoraParams::build(be, &model.cfg, &cfg, |_, shape, _| {
-        Ok((0..shape[0] * shape[1])
-            .map(|_| rng.random_range(-0.2f32..0.2))
-            .collect())
-    })
-    .expect("adapter")
 }
 
 /// The mean loss and every LoRA gradient of one forward and backward.
@@ -76,7 +57,7 @@ fn max_abs(grads: &[Vec<f32>]) -> f32 {
 fn tiled_mlp_gives_the_whole_mlps_losses_and_gradients() {
     for name in ["tiny", "phi3-tiny", "gemma2-tiny"] {
         let (_dir, be, mut model) = load(name);
-        let mut lora = adapter(&be, &model, 0.0);
+        let mut lora = common::random_adapter(&*be, &model, 0.0);
         model.mlp_tile_tokens = usize::MAX;
         let (loss_whole, grads_whole) = step(
             &be,
@@ -129,7 +110,7 @@ fn tiled_mlp_gives_the_whole_mlps_losses_and_gradients() {
 #[test]
 fn tiled_mlp_with_dropout_returns_the_gradient_of_its_loss() {
     let (_dir, be, mut model) = load("tiny");
-    let mut lora = adapter(&be, &model, 0.2);
+    let mut lora = common::random_adapter(&*be, &model, 0.2);
     let ctx = StepCtx {
         training: true,
         seed: 7,
@@ -178,7 +159,7 @@ fn tiled_mlp_with_dropout_returns_the_gradient_of_its_loss() {
 fn tiled_mlp_gives_the_whole_mlps_logits() {
     for name in ["tiny", "gemma2-tiny"] {
         let (_dir, be, mut model) = load(name);
-        let lora = adapter(&be, &model, 0.0);
+        let lora = common::random_adapter(&*be, &model, 0.0);
         let rows = rows();
         model.mlp_tile_tokens = usize::MAX;
         let whole = model.logits(Some(&lora), &rows.batch()).expect("logits");

@@ -104,33 +104,22 @@ fn tile_lines(source: &str, file: &str, prefix: &str, names: &[&str]) -> Result<
 /// The instantiations in a flash kernel source: each `FLASH(sfx, T, D, FWD_BC, FWD_FM, DKV_BQ,
 /// DKV_DC, DQ_BC, DQ_FM)` line of its FLASH_DIMS macro.
 fn dims_in_source(source: &str) -> Result<Vec<FlashDim>> {
-    let names = [
-        "D", "FWD_BC", "FWD_FM", "DKV_BQ", "DKV_DC", "DQ_BC", "DQ_FM",
-    ];
-    let lines = tile_lines(source, "flash_attention.cu", "FLASH", &names)?;
-    Ok(lines
-        .into_iter()
-        .map(|n| FlashDim {
-            d: n[0],
-            fwd_bc: n[1],
-            fwd_fm: n[2],
-            dkv_bq: n[3],
-            dkv_dc: n[4],
-            dq_bc: n[5],
-            dq_fm: n[6],
-            pad: PAD,
-            infix: "",
-        })
-        .collect())
+    mma_dims_in_source(source, "FLASH", "")
 }
 
 /// The soft-capped instantiations in a flash kernel source: each `FLASH_CAP(sfx, T, ...)` line
 /// of its FLASH_CAP_DIMS macro, with the numbers of a FLASH line (entry points `flash_*_cap_*`).
 fn capped_dims_in_source(source: &str) -> Result<Vec<FlashDim>> {
+    mma_dims_in_source(source, "FLASH_CAP", "cap_")
+}
+
+/// The `PREFIX(sfx, T, D, FWD_BC, FWD_FM, DKV_BQ, DKV_DC, DQ_BC, DQ_FM)` lines of the mma.sync
+/// kernel source, as head dims whose entry points carry `infix`.
+fn mma_dims_in_source(source: &str, prefix: &str, infix: &'static str) -> Result<Vec<FlashDim>> {
     let names = [
         "D", "FWD_BC", "FWD_FM", "DKV_BQ", "DKV_DC", "DQ_BC", "DQ_FM",
     ];
-    let lines = tile_lines(source, "flash_attention.cu", "FLASH_CAP", &names)?;
+    let lines = tile_lines(source, "flash_attention.cu", prefix, &names)?;
     Ok(lines
         .into_iter()
         .map(|n| FlashDim {
@@ -142,7 +131,7 @@ fn capped_dims_in_source(source: &str) -> Result<Vec<FlashDim>> {
             dq_bc: n[5],
             dq_fm: n[6],
             pad: PAD,
-            infix: "cap_",
+            infix,
         })
         .collect())
 }

@@ -256,3 +256,39 @@ pub fn ids(v: &serde_json::Value) -> Vec<u32> {
         .map(|x| x.as_u64().expect("an id") as u32)
         .collect()
 }
+
+/// Greedy generation from `prompt` equals a fixture case's `generated_ids` token for token
+/// (`max_new_tokens` and `eos_token_ids` from the case), stopping for the same reason.
+/// Returns temper's new tokens.
+pub fn assert_greedy_equals(
+    model: &temper_model::Model<temper_core::CpuBackend>,
+    tok: &temper_data::Tokenizer,
+    name: &str,
+    prompt: &[u32],
+    case: &serde_json::Value,
+) -> Vec<u32> {
+    use temper_model::generate::{generate, GenerateOptions, Sampler, Sampling, StopReason};
+    let want = ids(&case["generated_ids"]);
+    let opts = GenerateOptions {
+        max_new_tokens: case["max_new_tokens"].as_u64().expect("max_new_tokens") as usize,
+        stop_ids: ids(&case["eos_token_ids"]),
+    };
+    let mut sampler = Sampler::new(Sampling::greedy(), 0).expect("sampler");
+    let got = generate(model, None, prompt, &opts, &mut sampler, |_| {
+        Ok::<_, temper_model::ModelError>(())
+    })
+    .expect("generate");
+    assert_eq!(
+        got.tokens,
+        want,
+        "{name}: temper's greedy tokens differ from transformers'\n temper: {:?}\n transformers: {:?}",
+        tok.decode(&got.tokens, false).unwrap_or_default(),
+        tok.decode(&want, false).unwrap_or_default()
+    );
+    let reason = match want.last() {
+        Some(&t) if opts.stop_ids.contains(&t) => StopReason::StopToken(t),
+        _ => StopReason::MaxNewTokens,
+    };
+    assert_eq!(got.stop, reason, "{name}");
+    got.tokens
+}

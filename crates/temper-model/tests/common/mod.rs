@@ -1,10 +1,15 @@
 //! Helpers shared by the tests that compare quantised folders with bitsandbytes' numbers
-//! (prequantized.rs, int8.rs): the fixture files, per-row losses and error measures.
+//! (prequantized.rs, int8.rs): the fixture files, per-row losses and error measures; and the
+//! random adapter of the model tests that need nonzero LoRA gradients (mlp_tiles.rs,
+//! cuda_gemma2.rs).
 #![allow(dead_code)] // each test file uses its own subset
 
 use std::path::{Path, PathBuf};
 
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use temper_core::Backend;
+use temper_model::lora::{LoraConfig, LoraParams};
 use temper_model::weights::{Linear, Weights};
 use temper_model::{LmRows, Model, Target};
 
@@ -115,4 +120,24 @@ pub fn dequantised<B: Backend>(
         }
     }
     out
+}
+
+/// An adapter of rank 4 (alpha 8) on every linear layer with A and B both uniform in
+/// [-0.2, 0.2) from one seed (B is zero in a fresh adapter, which would leave A's gradients
+/// zero): the same values on every backend.
+pub fn random_adapter<B: Backend>(be: &B, model: &Model<B>, dropout: f32) -> LoraParams<B> {
+    let cfg = LoraConfig {
+        r: 4,
+        alpha: 8.0,
+        dropout,
+        use_rslora: false,
+        targets: Target::ALL.to_vec(),
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    LoraParams::build(be, &model.cfg, &cfg, |_, shape, _| {
+        Ok((0..shape[0] * shape[1])
+            .map(|_| rng.random_range(-0.2f32..0.2))
+            .collect())
+    })
+    .expect("adapter")
 }
