@@ -511,6 +511,41 @@ pub trait Backend: Send + Sync + 'static {
     /// `window`: a sliding window (Mistral's `sliding_window`): query i sees only keys j with
     /// j > i - window. None, or a window at least as long as every sequence, is plain causal.
     /// A backend without a windowed kernel refuses a window shorter than a sequence.
+    /// `softcap`: the scaled scores soft-capped first (s -> cap * tanh(s / cap), Gemma 2's
+    /// `attn_logit_softcapping`); lse is then that of the capped scores. A backend without a
+    /// capped kernel for the case refuses a cap, saying which it has.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_forward_capped(
+        &self,
+        out: &mut Self::Buf,
+        lse: &mut Self::Buf,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        cu_seqlens: &[u32],
+        shape: AttnShape,
+        window: Option<usize>,
+        softcap: Option<f32>,
+    ) -> Result<()>;
+    /// Writes dq (N, hq, d), dk and dv (N, hkv, d); `window` and `softcap` as in the forward.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward_capped(
+        &self,
+        dq: &mut Self::Buf,
+        dk: &mut Self::Buf,
+        dv: &mut Self::Buf,
+        dout: &Self::Buf,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        out: &Self::Buf,
+        lse: &Self::Buf,
+        cu_seqlens: &[u32],
+        shape: AttnShape,
+        window: Option<usize>,
+        softcap: Option<f32>,
+    ) -> Result<()>;
+    /// [`Backend::attention_forward_capped`] without a cap.
     #[allow(clippy::too_many_arguments)]
     fn attention_forward(
         &self,
@@ -522,8 +557,10 @@ pub trait Backend: Send + Sync + 'static {
         cu_seqlens: &[u32],
         shape: AttnShape,
         window: Option<usize>,
-    ) -> Result<()>;
-    /// Writes dq (N, hq, d), dk and dv (N, hkv, d); `window` as in the forward.
+    ) -> Result<()> {
+        self.attention_forward_capped(out, lse, q, k, v, cu_seqlens, shape, window, None)
+    }
+    /// [`Backend::attention_backward_capped`] without a cap.
     #[allow(clippy::too_many_arguments)]
     fn attention_backward(
         &self,
@@ -539,7 +576,11 @@ pub trait Backend: Send + Sync + 'static {
         cu_seqlens: &[u32],
         shape: AttnShape,
         window: Option<usize>,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        self.attention_backward_capped(
+            dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, shape, window, None,
+        )
+    }
     /// Attention of n new queries of one sequence against its KV cache (generation).
     /// q (n, hq, d) at positions past..past+n; k_cache and v_cache (cap, hkv, d) hold the
     /// keys and values of positions 0..past+n in their first rows (the new ones included);
@@ -656,60 +697,6 @@ pub trait Backend: Send + Sync + 'static {
         } else {
             rope_partial_via_host(self, dx, pos, cos, sin, h, d, rot, true)
         }
-    }
-    /// [`Backend::attention_forward`] with the scaled scores soft-capped (s -> cap * tanh(s /
-    /// cap), Gemma 2's `attn_logit_softcapping`) when `softcap` is given. A backend without
-    /// the capped kernel refuses a cap.
-    #[allow(clippy::too_many_arguments)]
-    fn attention_forward_capped(
-        &self,
-        out: &mut Self::Buf,
-        lse: &mut Self::Buf,
-        q: &Self::Buf,
-        k: &Self::Buf,
-        v: &Self::Buf,
-        cu_seqlens: &[u32],
-        shape: AttnShape,
-        window: Option<usize>,
-        softcap: Option<f32>,
-    ) -> Result<()> {
-        if softcap.is_some() {
-            return Err(not_on_backend(
-                "attention_forward",
-                self.name(),
-                "attention logit soft-capping (attn_logit_softcapping)",
-            ));
-        }
-        self.attention_forward(out, lse, q, k, v, cu_seqlens, shape, window)
-    }
-    /// The backward of [`Backend::attention_forward_capped`].
-    #[allow(clippy::too_many_arguments)]
-    fn attention_backward_capped(
-        &self,
-        dq: &mut Self::Buf,
-        dk: &mut Self::Buf,
-        dv: &mut Self::Buf,
-        dout: &Self::Buf,
-        q: &Self::Buf,
-        k: &Self::Buf,
-        v: &Self::Buf,
-        out: &Self::Buf,
-        lse: &Self::Buf,
-        cu_seqlens: &[u32],
-        shape: AttnShape,
-        window: Option<usize>,
-        softcap: Option<f32>,
-    ) -> Result<()> {
-        if softcap.is_some() {
-            return Err(not_on_backend(
-                "attention_backward",
-                self.name(),
-                "attention logit soft-capping (attn_logit_softcapping)",
-            ));
-        }
-        self.attention_backward(
-            dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, shape, window,
-        )
     }
     /// [`Backend::attention_decode`] with soft-capped scores when `softcap` is given. The
     /// default runs a cap through the host with the CPU kernel.

@@ -20,7 +20,7 @@ use std::time::Instant;
 use common::{gguf_fixture as fixture, ids};
 use serde_json::Value;
 use temper_core::CpuBackend;
-use temper_data::{Message, Tokenizer};
+use temper_data::Tokenizer;
 use temper_gguf::{import, GgufFile, OutDtype};
 use temper_model::{Model, TokenBatch};
 
@@ -81,17 +81,7 @@ fn check(name: &str, model_type: &str) {
     let chats = fx["chats"].as_array().expect("chats");
     for chat in chats {
         let template = tok.chat_template().expect("the GGUF's chat template");
-        let messages: Vec<Message> = chat["messages"]
-            .as_array()
-            .expect("messages")
-            .iter()
-            .map(|m| {
-                Message::new(
-                    m["role"].as_str().expect("role"),
-                    m["content"].as_str().expect("content"),
-                )
-            })
-            .collect();
+        let messages = common::messages(&chat["messages"]);
         let add_prompt = chat["add_generation_prompt"].as_bool().expect("flag");
         let index = chat["index"].as_u64().expect("index") as usize;
         let text = template.render(&messages, add_prompt).expect("render");

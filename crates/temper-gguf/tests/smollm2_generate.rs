@@ -14,7 +14,7 @@ use std::time::Instant;
 use common::ids;
 use serde_json::Value;
 use temper_core::CpuBackend;
-use temper_data::{Message, Tokenizer};
+use temper_data::Tokenizer;
 use temper_gguf::{import, GgufFile, OutDtype};
 use temper_model::Model;
 
@@ -49,17 +49,7 @@ fn smollm2_greedy_generation_equals_transformers() {
         let prompt = ids(&case["prompt_ids"]);
 
         // The prompt as temper renders and encodes the chat (the CLI's --chat path).
-        let messages: Vec<Message> = case["messages"]
-            .as_array()
-            .expect("messages")
-            .iter()
-            .map(|m| {
-                Message::new(
-                    m["role"].as_str().expect("role"),
-                    m["content"].as_str().expect("content"),
-                )
-            })
-            .collect();
+        let messages = common::messages(&case["messages"]);
         let text = template.render(&messages, true).expect("render");
         assert_eq!(
             tok.encode(&text, false).expect("encode"),

@@ -351,40 +351,6 @@ impl Backend for CpuBackend {
         rope::rope_backward(dx, pos, cos, sin, h, d)
     }
 
-    fn attention_forward(
-        &self,
-        out: &mut CpuBuf,
-        lse: &mut CpuBuf,
-        q: &CpuBuf,
-        k: &CpuBuf,
-        v: &CpuBuf,
-        cu_seqlens: &[u32],
-        shape: AttnShape,
-        window: Option<usize>,
-    ) -> Result<()> {
-        attention::attention_forward(out, lse, q, k, v, cu_seqlens, shape, window)
-    }
-
-    fn attention_backward(
-        &self,
-        dq: &mut CpuBuf,
-        dk: &mut CpuBuf,
-        dv: &mut CpuBuf,
-        dout: &CpuBuf,
-        q: &CpuBuf,
-        k: &CpuBuf,
-        v: &CpuBuf,
-        out: &CpuBuf,
-        lse: &CpuBuf,
-        cu_seqlens: &[u32],
-        shape: AttnShape,
-        window: Option<usize>,
-    ) -> Result<()> {
-        attention::attention_backward(
-            dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, shape, window,
-        )
-    }
-
     fn attention_decode(
         &self,
         out: &mut CpuBuf,

@@ -343,20 +343,6 @@ impl Backend for CudaBackend {
         layers::rope(self, dx, pos, cos, sin, h, d, d, -1.0)
     }
 
-    fn attention_forward(
-        &self,
-        out: &mut CudaBuf,
-        lse: &mut CudaBuf,
-        q: &CudaBuf,
-        k: &CudaBuf,
-        v: &CudaBuf,
-        cu_seqlens: &[u32],
-        shape: AttnShape,
-        window: Option<usize>,
-    ) -> Result<()> {
-        self.attention_forward_capped(out, lse, q, k, v, cu_seqlens, shape, window, None)
-    }
-
     fn attention_forward_capped(
         &self,
         out: &mut CudaBuf,
@@ -374,26 +360,6 @@ impl Backend for CudaBackend {
         let softcap = crate::checks::softcap(op, softcap)?;
         let _span = self.span("attention");
         attention::forward(self, out, lse, q, k, v, cu_seqlens, shape, window, softcap)
-    }
-
-    fn attention_backward(
-        &self,
-        dq: &mut CudaBuf,
-        dk: &mut CudaBuf,
-        dv: &mut CudaBuf,
-        dout: &CudaBuf,
-        q: &CudaBuf,
-        k: &CudaBuf,
-        v: &CudaBuf,
-        out: &CudaBuf,
-        lse: &CudaBuf,
-        cu_seqlens: &[u32],
-        shape: AttnShape,
-        window: Option<usize>,
-    ) -> Result<()> {
-        self.attention_backward_capped(
-            dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, shape, window, None,
-        )
     }
 
     fn attention_backward_capped(

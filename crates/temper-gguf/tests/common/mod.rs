@@ -292,3 +292,17 @@ pub fn assert_greedy_equals(
     assert_eq!(got.stop, reason, "{name}");
     got.tokens
 }
+
+/// A fixture's chat, `[{"role", "content"}, ...]`, as temper's messages.
+pub fn messages(v: &serde_json::Value) -> Vec<temper_data::Message> {
+    v.as_array()
+        .expect("a list of messages")
+        .iter()
+        .map(|m| {
+            temper_data::Message::new(
+                m["role"].as_str().expect("role"),
+                m["content"].as_str().expect("content"),
+            )
+        })
+        .collect()
+}
