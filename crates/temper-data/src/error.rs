@@ -28,7 +28,9 @@ pub enum DataError {
     /// The model folder has no chat template but a conversation needs one.
     #[error(
         "rows with \"messages\" need a chat template, but {} has no \"chat_template\" \
-         (and there is no chat_template.jinja / chat_template.json beside it)",
+         (and there is no chat_template.jinja / chat_template.json beside it): a base model; \
+         set `chat_template:` in the config to a template file, the template's text or \
+         `chatml` (when the vocabulary has its tokens), or train on \"text\" or \"prompt\"/\"completion\" rows",
         dir.join("tokenizer_config.json").display()
     )]
     NoChatTemplate { dir: PathBuf },
