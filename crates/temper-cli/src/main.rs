@@ -135,6 +135,10 @@ enum Command {
     },
     /// Predicted peak memory of a training run, from config.json and the settings alone.
     Plan {
+        /// Print the longest max_seq_len that fits (device memory: max_memory, or the GPU's
+        /// free memory; host memory for offloaded layer inputs) instead of the configured one.
+        #[arg(long)]
+        longest: bool,
         /// YAML file of config keys (as for `temper train`).
         config: PathBuf,
         /// Any config key as `--key value`.
@@ -326,10 +330,18 @@ fn error_report(e: &anyhow::Error) -> String {
 fn run() -> Result<()> {
     let cli = Cli::parse_from(config_before_resume(std::env::args_os().collect()));
     match cli.command {
-        Command::Plan { config, overrides } => {
+        Command::Plan {
+            longest,
+            config,
+            overrides,
+        } => {
             let mut resume = None;
             let overrides = parse_overrides(&overrides, &mut resume)?;
-            commands::plan::run(commands::plan::PlanArgs { config, overrides })
+            commands::plan::run(commands::plan::PlanArgs {
+                config,
+                overrides,
+                longest,
+            })
         }
         Command::InitModel {
             shape,

@@ -307,6 +307,62 @@ fn an_eval_split_is_scored_after_training() {
     );
 }
 
+/// `plan --longest` finds the length L whose plan fits max_memory while L + 1's does not
+/// (the bisection against the plan itself), and says what binds.
+#[test]
+fn plan_longest_finds_the_last_length_that_fits() {
+    let cfg = repo().join("examples/tiny/train.yaml");
+    let cfg = cfg.to_str().expect("utf8");
+    let peak_mib = |seq: usize| -> f64 {
+        let o = temper(&[
+            "plan",
+            cfg,
+            "--max_seq_len",
+            &seq.to_string(),
+            "--max_memory",
+            "1GiB",
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        let out = text(&o);
+        let at = out.find("predicted peak ").expect("a prediction") + "predicted peak ".len();
+        let mut words = out[at..].split_whitespace();
+        let value: f64 = words.next().expect("a number").parse().expect("a number");
+        match words.next() {
+            Some("GiB") => value * 1024.0,
+            _ => value,
+        }
+    };
+    let limit_mib = 30.0;
+    let o = temper(&["plan", "--longest", cfg, "--max_memory", "30MiB"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    let at = out.find("longest max_seq_len: ").expect("the answer") + "longest max_seq_len: ".len();
+    let longest: usize = out[at..]
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("a length");
+    assert!(
+        out.contains("one token more needs more device memory"),
+        "{out}"
+    );
+    assert!(peak_mib(longest) <= limit_mib, "{out}");
+    assert!(peak_mib(longest + 1) > limit_mib - 0.05, "{out}");
+    // With room to spare, the model's context is the bound, and said to be.
+    let o = temper(&["plan", "--longest", cfg, "--max_memory", "1GiB"]);
+    assert!(
+        text(&o).contains("longest max_seq_len: 512 tokens")
+            && text(&o).contains("max_position_embeddings (512) comes first"),
+        "{}",
+        text(&o)
+    );
+    // Without max_memory and without a GPU, it asks for the memory to fit in.
+    let o = temper(&["plan", "--longest", cfg, "--device", "cuda"]);
+    if !text(&o).contains("longest max_seq_len") {
+        assert!(text(&o).contains("set max_memory"), "{}", text(&o));
+    }
+}
+
 #[test]
 fn plan_predicts_memory_and_max_memory_refuses_what_does_not_fit() {
     let cfg = repo().join("examples/tiny/train.yaml");

@@ -15,6 +15,8 @@ use crate::device::DeviceChoice;
 pub struct PlanArgs {
     pub config: PathBuf,
     pub overrides: Vec<(String, String)>,
+    /// Search the longest max_seq_len that fits instead of planning the one configured.
+    pub longest: bool,
 }
 
 /// Tokens per fused LM-head chunk (the model's default).
@@ -162,9 +164,14 @@ pub fn run(args: PlanArgs) -> Result<()> {
     p.model_dir = crate::model_source::resolve(&p.model_dir)?;
     // The device `train` would run on, opened as `train` opens it, so the prediction is the
     // one `train` makes. `device: cuda` on a machine without a GPU is planned as that GPU.
+    // With a GPU here, the device memory free now is what --longest fits into by default.
+    let mut device_choice: Option<u64> = None;
     let (dtype, device) = match crate::device::resolve(&p.device, &p.dtype) {
         Ok(DeviceChoice::Cpu) => (DType::F32, PlanDevice::Cpu),
-        Ok(DeviceChoice::Cuda(be)) => (be.compute_dtype(), PlanDevice::Cuda),
+        Ok(DeviceChoice::Cuda(be)) => {
+            device_choice = be.driver_memory().ok().map(|(free, _)| free as u64);
+            (be.compute_dtype(), PlanDevice::Cuda)
+        }
         Err(e) if p.device == "cuda" => {
             let d = match p.dtype.as_str() {
                 "auto" => DType::BF16,
@@ -175,6 +182,18 @@ pub fn run(args: PlanArgs) -> Result<()> {
         }
         Err(e) => return Err(e),
     };
+    if args.longest {
+        let limit = match (p.max_memory, &device_choice) {
+            (Some(limit), _) => limit,
+            (None, Some(free)) => *free,
+            (None, None) => bail!(
+                "--longest needs the device memory to fit in: set max_memory to the GPU's \
+                 (e.g. --max_memory 24GiB for an RTX 4090, 80GiB for an H100), or run it on \
+                 the machine with the GPU"
+            ),
+        };
+        return print_longest(&mut p, dtype, device, limit);
+    }
     let (cfg, m) = predict(&p, dtype, device)?;
     println!(
         "model: {} layers, hidden {}, vocab {}; micro-batch {} x {} tokens; checkpointing {:?}; {dtype}",
@@ -187,6 +206,63 @@ pub fn run(args: PlanArgs) -> Result<()> {
     );
     println!("{}", memory_line(&m));
     check(&p, &m)
+}
+
+/// The longest max_seq_len (micro-batches of the configured size) whose predicted peak fits
+/// `limit` bytes of device memory and whose pinned host memory fits what the host has
+/// available, within the model's max_position_embeddings; printed with its plan.
+fn print_longest(p: &mut TrainPlan, dtype: DType, device: PlanDevice, limit: u64) -> Result<()> {
+    let host = temper_core::memory::host_available_bytes();
+    let cfg = ModelConfig::from_dir(&p.model_dir)?;
+    let batch = p.settings.micro_batch_size.max(1);
+    let context = cfg.max_positions;
+    let upper = context.min(MAX_STEP_TOKENS / batch);
+    let mut fits = |seq: usize| -> Result<Option<MemoryPlan>> {
+        p.max_seq_len = seq;
+        let (_, m) = predict(p, dtype, device)?;
+        let host_ok = host.is_none_or(|avail| m.host as u64 <= avail);
+        Ok((m.total() as u64 <= limit && host_ok).then_some(m))
+    };
+    let Some(first) = fits(1)? else {
+        bail!(
+            "even 1 token per row does not fit in {} of device memory: {}",
+            size(limit as usize),
+            describe(&predict(p, dtype, device)?.1)
+        );
+    };
+    // Device memory grows with the length; pinned host memory too (the attention outputs
+    // go to the host only while they fit in half of it), so the lengths that fit are 1..=L.
+    let (mut lo, mut hi, mut best) = (1, upper + 1, first);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        match fits(mid)? {
+            Some(m) => (lo, best) = (mid, m),
+            None => hi = mid,
+        }
+    }
+    let host_text = host.map_or("unknown".to_string(), |h| size(h as usize));
+    let bound = if lo == upper && upper == context {
+        format!("the model's max_position_embeddings ({context}) comes first: set rope_scaling to go further")
+    } else if lo == upper {
+        format!("{MAX_STEP_TOKENS} tokens per micro-batch is temper's most")
+    } else {
+        p.max_seq_len = lo + 1;
+        let next = predict(p, dtype, device)?.1;
+        if next.total() as u64 > limit {
+            "one token more needs more device memory".to_string()
+        } else {
+            "one token more needs more pinned host memory than is available: \
+             checkpoint_offload: false keeps the layer inputs on the device instead"
+                .to_string()
+        }
+    };
+    println!(
+        "longest max_seq_len: {lo} tokens x {batch} per micro-batch, within {} of device memory \
+         and {host_text} of host memory available ({bound})",
+        size(limit as usize),
+    );
+    println!("{}", memory_line(&best));
+    Ok(())
 }
 
 #[cfg(test)]
