@@ -1059,14 +1059,14 @@ fn flash_attention_soft_capped() {
     flash_attention_case(DType::BF16, 256, &[0, 4097], 8, 4, Some(4096), Some(1.5));
     // A head dim without capped kernels is refused with the dims that have them.
     let p = Pair::new(7, DType::BF16);
-    let (n, shape) = (8, AttnShape::new(2, 2, 64));
+    let (n, shape) = (8, AttnShape::new(2, 2, 80));
     let q = p
         .gpu
-        .upload_as(&vec![0.5; n * 2 * 64], DType::BF16)
+        .upload_as(&vec![0.5; n * 2 * 80], DType::BF16)
         .expect("gpu");
     let mut out = p
         .gpu
-        .upload_as(&vec![0.0; n * 2 * 64], DType::BF16)
+        .upload_as(&vec![0.0; n * 2 * 80], DType::BF16)
         .expect("gpu");
     let mut lse = p.gpu.upload_as(&vec![0.0; n * 2], DType::F32).expect("gpu");
     let err = p
@@ -1082,10 +1082,10 @@ fn flash_attention_soft_capped() {
             None,
             Some(50.0),
         )
-        .expect_err("head dim 64 has no capped kernel")
+        .expect_err("head dim 80 has no capped kernel")
         .to_string();
     assert!(
-        err.contains("head dims [128, 256]") && err.contains("head dim 64"),
+        err.contains("head dims [64, 128, 256]") && err.contains("head dim 80"),
         "{err}"
     );
 }
