@@ -77,17 +77,37 @@ pub struct Model<B: Backend> {
     pub park_residual: bool,
 }
 
+/// Whether `TEMPER_PARK_RESIDUAL=1` asks for [`Model::park_residual`] (read by the loader
+/// and by the plan, so the two agree).
+pub fn park_residual_from_env() -> bool {
+    std::env::var("TEMPER_PARK_RESIDUAL").is_ok_and(|v| v == "1")
+}
+
+/// Values per token each layer parks in host memory beside its input when its attention is
+/// parked: the attention output, and with `park_residual` (layers without sandwich norms)
+/// the sum after the attention.
+pub fn parked_attention_values(cfg: &ModelConfig, park_residual: bool) -> usize {
+    cfg.q_dim()
+        + if park_residual && !cfg.sandwich_norms {
+            cfg.hidden
+        } else {
+            0
+        }
+}
+
 /// Whether a step over n tokens with the layer inputs in host memory parks each layer's
 /// attention output there too (its backward then skips the attention's recompute): when the
-/// inputs and outputs of every layer fit in half of the host memory available (`available`,
-/// bytes; unknown: no).
+/// inputs and what [`parked_attention_values`] adds, for every layer, fit in half of the host
+/// memory available (`available`, bytes; unknown: no).
 pub fn attention_on_host(
     cfg: &ModelConfig,
     n: usize,
     esize: usize,
     available: Option<u64>,
+    park_residual: bool,
 ) -> bool {
-    let per_layer = (n * (cfg.hidden + cfg.q_dim())) as u64 * esize as u64;
+    let per_token = cfg.hidden + parked_attention_values(cfg, park_residual);
+    let per_layer = (n * per_token) as u64 * esize as u64;
     let need = per_layer.saturating_mul(cfg.layers as u64);
     available.is_some_and(|avail| need <= avail / 2)
 }
@@ -155,7 +175,7 @@ impl<B: Backend> Model<B> {
             weights,
             loss_chunk: 1024,
             mlp_tile_tokens: crate::layer::MLP_TILE_TOKENS,
-            park_residual: std::env::var("TEMPER_PARK_RESIDUAL").is_ok_and(|v| v == "1"),
+            park_residual: park_residual_from_env(),
         })
     }
 
@@ -380,6 +400,7 @@ impl<B: Backend> Model<B> {
                 n,
                 be.compute_dtype().size(),
                 temper_core::memory::host_available_bytes(),
+                self.park_residual,
             );
         let keep_residual = keep_attention && self.park_residual && !self.cfg.sandwich_norms;
         let mut inputs: Vec<Kept<B>> = Vec::with_capacity(layers);

@@ -414,12 +414,18 @@ pub fn plan(
     // fetched back ahead of use (from before the loss on).
     // Without the attention outputs on the host (they would take more than half of its
     // available memory), only the inputs travel and nothing waits on the device.
+    // With TEMPER_PARK_RESIDUAL=1 the sum after the attention is parked beside them.
+    let park_residual = crate::model::park_residual_from_env();
     let attention_parked = ckpt == Checkpointing::EveryLayerOnHost
-        && crate::model::attention_on_host(cfg, n, bytes, host_available);
+        && crate::model::attention_on_host(cfg, n, bytes, host_available, park_residual);
+    let parked = if attention_parked {
+        crate::model::parked_attention_values(cfg, park_residual)
+    } else {
+        0
+    };
     let host = match (ckpt, device) {
         (Checkpointing::EveryLayerOnHost, PlanDevice::Cuda) => {
-            let per_layer = n * (c + if attention_parked { cfg.q_dim() } else { 0 });
-            cfg.layers * per_layer * bytes
+            cfg.layers * n * (c + parked) * bytes
         }
         _ => 0,
     };
@@ -427,7 +433,7 @@ pub fn plan(
         Checkpointing::EveryLayerOnHost if attention_parked => (
             n * cfg.heads * F32,
             match device {
-                PlanDevice::Cuda => n * (c + cfg.q_dim()) * bytes,
+                PlanDevice::Cuda => n * (c + parked) * bytes,
                 PlanDevice::Cpu => 0,
             },
         ),
@@ -548,6 +554,34 @@ mod tests {
     /// Llama-3-8B, 32 layers of 4096 + 4096 values per token in bf16: inputs and attention
     /// outputs in pinned memory at 16k (8 GiB, under half of 124 GiB); at 128k only the
     /// inputs (32 GiB: both would be 64 GiB, over half).
+    /// The parked residual (TEMPER_PARK_RESIDUAL=1) adds the hidden width to what each layer
+    /// parks, except where sandwich norms keep o_proj's output apart; and it counts in the
+    /// rule that decides whether the attention outputs go to the host at all.
+    #[test]
+    fn the_parked_residual_counts_in_the_host_rule() {
+        let llama3 = shape_config("llama3-8b");
+        let gemma2 = shape_config("gemma2-tiny");
+        assert_eq!(crate::model::parked_attention_values(&llama3, false), 4096);
+        assert_eq!(crate::model::parked_attention_values(&llama3, true), 8192);
+        let g = gemma2.q_dim();
+        assert_eq!(crate::model::parked_attention_values(&gemma2, true), g);
+        // 16k tokens: inputs + outputs take 8 GiB in bf16, + residual 12 GiB.
+        let avail = Some(20u64 << 30);
+        assert!(crate::model::attention_on_host(
+            &llama3, 16384, 2, avail, false
+        ));
+        assert!(!crate::model::attention_on_host(
+            &llama3, 16384, 2, avail, true
+        ));
+        assert!(crate::model::attention_on_host(
+            &llama3,
+            16384,
+            2,
+            Some(24 << 30),
+            true
+        ));
+    }
+
     #[test]
     fn host_memory_of_the_offloaded_layer_inputs() {
         let mut cfg = shape_config("llama3-8b");
