@@ -288,14 +288,22 @@ fn flash_serves(
     if be.flash_applies_capped(dt, d) {
         return Ok(true);
     }
-    let dims = be.flash_capped_dims(dt);
+    // The head dims with capped kernels in a 16-bit type here (bf16 from sm_80, f16 on all).
+    let mut dims = be.flash_capped_dims(DType::BF16);
+    dims.extend(be.flash_capped_dims(DType::F16));
+    dims.sort_unstable();
+    dims.dedup();
+    let fix = if dims.contains(&d) {
+        "train with --dtype bfloat16 (or float16), or use --device cpu"
+    } else {
+        "use --device cpu"
+    };
     Err(CoreError::Invalid {
         op,
         msg: format!(
             "soft-capped attention (attn_logit_softcapping) runs on CUDA in the flash kernels, \
-             which exist for bf16 and f16 activations with head dims {dims:?} on this GPU; this \
-             model has head dim {d} with {dt} activations: train with --dtype bfloat16 (or \
-             float16), or use --device cpu"
+             which exist for 16-bit activations with head dims {dims:?} on this GPU; this model \
+             has head dim {d} with {dt} activations: {fix}"
         ),
     })
 }
