@@ -14,15 +14,11 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use common::{gguf_fixture as fixture, ids};
 use serde_json::Value;
-use temper_core::CpuBackend;
-use temper_data::Tokenizer;
-use temper_gguf::{import, GgufFile, OutDtype};
-use temper_model::{Model, TokenBatch};
+use temper_model::TokenBatch;
 
 #[test]
 fn gemma3_270m_tokens_losses_and_generation_equal_the_references() {
@@ -39,21 +35,13 @@ fn check(name: &str, model_type: &str) {
     let Some(gguf) = common::real_gguf(name, &fx["file"]) else {
         return;
     };
-    let dir = tempfile::tempdir().expect("tempdir");
     let t0 = Instant::now();
-    import(
-        &GgufFile::open(&gguf).expect("GGUF opens"),
-        dir.path(),
-        OutDtype::F32,
-    )
-    .expect("import");
+    let (dir, model, tok) = common::import_f32(&gguf);
     let config: Value = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("config.json")).expect("config.json"),
     )
     .expect("config JSON");
     assert_eq!(config["model_type"], model_type, "{name}");
-    let model = Model::load(Arc::new(CpuBackend::new()), dir.path()).expect("loads");
-    let tok = Tokenizer::from_dir(dir.path()).expect("tokenizer");
     println!(
         "{name}: imported and loaded in {:.1}s",
         t0.elapsed().as_secs_f64()

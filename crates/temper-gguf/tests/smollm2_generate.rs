@@ -8,15 +8,10 @@
 mod common;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
 use common::ids;
 use serde_json::Value;
-use temper_core::CpuBackend;
-use temper_data::Tokenizer;
-use temper_gguf::{import, GgufFile, OutDtype};
-use temper_model::Model;
 
 #[test]
 fn smollm2_greedy_generation_equals_transformers() {
@@ -30,16 +25,8 @@ fn smollm2_greedy_generation_equals_transformers() {
     let cases = fixture["cases"].as_array().expect("cases");
     assert!(!cases.is_empty(), "no cases in {}", path.display());
 
-    let dir = tempfile::tempdir().expect("tempdir");
     let t0 = Instant::now();
-    import(
-        &GgufFile::open(&gguf).expect("GGUF opens"),
-        dir.path(),
-        OutDtype::F32,
-    )
-    .expect("import");
-    let model = Model::load(Arc::new(CpuBackend::new()), dir.path()).expect("SmolLM2 loads");
-    let tok = Tokenizer::from_dir(dir.path()).expect("tokenizer");
+    let (_dir, model, tok) = common::import_f32(&gguf);
     let template = tok.chat_template().expect("the GGUF's chat template");
     println!("imported and loaded in {:.1}s", t0.elapsed().as_secs_f64());
 

@@ -306,3 +306,21 @@ pub fn messages(v: &serde_json::Value) -> Vec<temper_data::Message> {
         })
         .collect()
 }
+
+/// A GGUF imported in float32 into a temporary folder (kept alive by the returned guard),
+/// with the model loaded on the CPU and its tokenizer.
+pub fn import_f32(
+    gguf: &Path,
+) -> (
+    tempfile::TempDir,
+    temper_model::Model<temper_core::CpuBackend>,
+    temper_data::Tokenizer,
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = temper_gguf::GgufFile::open(gguf).expect("GGUF opens");
+    temper_gguf::import(&file, dir.path(), temper_gguf::OutDtype::F32).expect("import");
+    let be = std::sync::Arc::new(temper_core::CpuBackend::new());
+    let model = temper_model::Model::load(be, dir.path()).expect("the model loads");
+    let tok = temper_data::Tokenizer::from_dir(dir.path()).expect("tokenizer");
+    (dir, model, tok)
+}
