@@ -2,7 +2,7 @@
 # LoRA training throughput on one NVIDIA GPU, temper beside transformers + PEFT on the same
 # random-weight Llama folder (made once with `temper init-model`).
 #
-# usage: scripts/bench_gpu.sh [--shape llama2-7b|llama3-8b] [--model-dir DIR] [--cases bf16:1024:4,...]
+# usage: scripts/bench_gpu.sh [--shape llama2-7b|llama3-8b|qwen3-8b|gemma2-9b|phi3-mini|...] [--model-dir DIR] [--cases bf16:1024:4,...]
 #                             [--steps N] [--peer PATH/anchor_hf.py] [--peer2 PATH/anchor_unsloth.py]
 #                             [--max-positions N] [--profile]
 # --peer names the transformers + PEFT benchmark script (it needs python3 with torch,
@@ -32,7 +32,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 dir=${dir:-/tmp/temper-bench-$shape}
-case "$shape" in llama2-7b) peer_shape=7b ;; llama3-8b) peer_shape=8b ;; *) peer_shape=$shape ;; esac
+case "$shape" in llama2-7b) peer_shape=7b ;; llama3-8b) peer_shape=8b ;; *) peer_shape="" ;; esac
 results=$(mktemp)
 
 if [ ! -e "$dir/config.json" ]; then
@@ -64,8 +64,11 @@ for c in ${cases//,/ }; do
     else
         echo "{\"case\": \"temper-$quant\", \"seq\": $seq, \"batch\": $batch, \"error\": \"not supported\"}" | tee -a "$results"
     fi
-    if [ -n "$peer" ]; then
+    if [ -n "$peer" ] && [ -n "$peer_shape" ]; then
         python3 "$peer" --shape "$peer_shape" --model-dir "$dir" --cases "$quant:$seq:$batch:all" --steps "$steps" | grep '^{' | tee -a "$results"
+    elif [ -n "$peer" ]; then
+        # Other families: the same measurement with the family's own module names.
+        python3 scripts/peer_family_hf.py --anchor "$peer" --model-dir "$dir" --cases "$quant:$seq:$batch" --steps "$steps" | grep '^{' | tee -a "$results"
     fi
     if [ -n "$peer2" ]; then
         python3 "$peer2" --model-dir "$dir" --cases "$quant:$seq:$batch:all" --steps "$steps" | grep '^{' | tee -a "$results"
