@@ -13,6 +13,7 @@ pub mod linear;
 pub mod lora;
 pub mod merge;
 pub mod model;
+pub mod parking;
 pub mod plan;
 pub mod quantized;
 pub mod rope_tables;

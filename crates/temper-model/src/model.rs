@@ -12,6 +12,7 @@ use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::layer::{Attention, DecoderLayer, Keep, LayerActs};
 use crate::lora::LoraParams;
+use crate::parking::HostParking;
 use crate::quantized::LoadOptions;
 use crate::rope_tables::RopeTables;
 use crate::weights::Weights;
@@ -71,45 +72,9 @@ pub struct Model<B: Backend> {
     /// (recomputed with checkpointing, or evaluated): see `layer/mlp.rs`.
     pub mlp_tile_tokens: usize,
     /// With the layer inputs and attention outputs in host memory, park each layer's
-    /// x + o_proj(att) there too, so the recompute skips o_proj (layers without sandwich
-    /// norms). More host memory and bus traffic for one GEMM fewer per layer: off unless
-    /// `TEMPER_PARK_RESIDUAL=1`, until measured.
+    /// x + o_proj(att) there too where host memory allows, so the recompute skips o_proj
+    /// (layers without sandwich norms; see `parking.rs`). On unless `TEMPER_PARK_RESIDUAL=0`.
     pub park_residual: bool,
-}
-
-/// Whether `TEMPER_PARK_RESIDUAL=1` asks for [`Model::park_residual`] (read by the loader
-/// and by the plan, so the two agree).
-pub fn park_residual_from_env() -> bool {
-    std::env::var("TEMPER_PARK_RESIDUAL").is_ok_and(|v| v == "1")
-}
-
-/// Values per token each layer parks in host memory beside its input when its attention is
-/// parked: the attention output, and with `park_residual` (layers without sandwich norms)
-/// the sum after the attention.
-pub fn parked_attention_values(cfg: &ModelConfig, park_residual: bool) -> usize {
-    cfg.q_dim()
-        + if park_residual && !cfg.sandwich_norms {
-            cfg.hidden
-        } else {
-            0
-        }
-}
-
-/// Whether a step over n tokens with the layer inputs in host memory parks each layer's
-/// attention output there too (its backward then skips the attention's recompute): when the
-/// inputs and what [`parked_attention_values`] adds, for every layer, fit in half of the host
-/// memory available (`available`, bytes; unknown: no).
-pub fn attention_on_host(
-    cfg: &ModelConfig,
-    n: usize,
-    esize: usize,
-    available: Option<u64>,
-    park_residual: bool,
-) -> bool {
-    let per_token = cfg.hidden + parked_attention_values(cfg, park_residual);
-    let per_layer = (n * per_token) as u64 * esize as u64;
-    let need = per_layer.saturating_mul(cfg.layers as u64);
-    available.is_some_and(|avail| need <= avail / 2)
 }
 
 impl<B: Backend> Model<B> {
@@ -175,7 +140,7 @@ impl<B: Backend> Model<B> {
             weights,
             loss_chunk: 1024,
             mlp_tile_tokens: crate::layer::MLP_TILE_TOKENS,
-            park_residual: park_residual_from_env(),
+            park_residual: crate::parking::park_residual_from_env(),
         })
     }
 
@@ -394,15 +359,18 @@ impl<B: Backend> Model<B> {
         // With the inputs on the host, each layer's attention output goes there too (the
         // recompute then skips attention) while host memory allows: at most half of what the
         // system has available for both together.
-        let keep_attention = ckpt == Checkpointing::EveryLayerOnHost
-            && attention_on_host(
+        let parking = if ckpt == Checkpointing::EveryLayerOnHost {
+            HostParking::decide(
                 &self.cfg,
                 n,
                 be.compute_dtype().size(),
                 temper_core::memory::host_available_bytes(),
                 self.park_residual,
-            );
-        let keep_residual = keep_attention && self.park_residual && !self.cfg.sandwich_norms;
+            )
+        } else {
+            HostParking::NOTHING
+        };
+        let (keep_attention, keep_residual) = (parking.attention, parking.residual);
         let mut inputs: Vec<Kept<B>> = Vec::with_capacity(layers);
         let mut kept: Vec<LayerActs<B>> = Vec::new();
         // Without checkpointing every layer keeps its whole MLP; with it, long sequences run
