@@ -1048,11 +1048,13 @@ fn flash_attention_every_head_dim() {
 #[ignore = "needs an NVIDIA GPU: cargo test -- --ignored"]
 fn flash_attention_soft_capped() {
     for dt in [DType::BF16, DType::F16] {
-        for d in [128, 256] {
-            for window in [None, Some(5), Some(64)] {
+        // 64: small Gemma 2 shapes (gemma2-tiny), with two query blocks per warp.
+        for d in [64, 128, 256] {
+            for window in [None, Some(5), Some(16), Some(64)] {
                 let cu = [0, 1, 8, 71, 136, 266];
                 flash_attention_case(dt, d, &cu, 4, 2, window, Some(1.5));
             }
+            flash_attention_case(dt, d, &[0, 48, 96], 4, 1, Some(16), Some(0.5));
             flash_attention_case(dt, d, &[0, 65, 72], 2, 2, None, Some(30.0));
         }
     }
