@@ -13,7 +13,7 @@
 # time spent in attention. Each case prints one JSON line per system; the last lines are a table
 # with tokens/s, peak GiB, MFU (model FLOPs per second over the GPU's dense bf16 peak; the
 # peers' from temper's model FLOPs of the same case), the attention share and the ratio to the
-# peers.
+# peers, and each system's first-step loss.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 temper=${TEMPER:-target/release/temper}
@@ -89,12 +89,12 @@ def mfu(r):
 def ratio(r, peers):
     p = peers.get((r["seq"], r["batch"]))
     return f"{r['tokens_per_s'] / p['tokens_per_s']:.2f}x" if p else "-"
-print(f"{'system':<28}{'seq':>7}{'batch':>6}{'tokens/s':>11}{'peak GiB':>10}{'MFU':>7}{'attn':>7}{'vs HF':>8}{'vs Unsloth':>11}")
+print(f"{'system':<28}{'seq':>7}{'batch':>6}{'tokens/s':>11}{'peak GiB':>10}{'MFU':>7}{'attn':>7}{'vs HF':>8}{'vs Unsloth':>11}{'loss 1':>9}")
 for r in rows:
     if "tokens_per_s" not in r or r["case"].startswith("profiled-"):
         continue
     peak = r.get("peak_gib", r.get("peak_alloc_gib"))
     share = (prof.get((r["seq"], r["batch"])) or {}).get("attention_share") if r["case"].startswith("temper") else None
     attn = f"{100 * share:.0f}%" if share is not None else "-"
-    print(f"{r['case']:<28}{r['seq']:>7}{r['batch']:>6}{r['tokens_per_s']:>11.0f}{peak:>10.2f}{mfu(r):>7}{attn:>7}{ratio(r, hf):>8}{ratio(r, us):>11}")
+    print(f"{r['case']:<28}{r['seq']:>7}{r['batch']:>6}{r['tokens_per_s']:>11.0f}{peak:>10.2f}{mfu(r):>7}{attn:>7}{ratio(r, hf):>8}{ratio(r, us):>11}{r.get('loss_first', float('nan')):>9.4f}")
 PY
