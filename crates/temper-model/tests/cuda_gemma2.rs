@@ -122,15 +122,18 @@ fn gemma2_soft_capped_step_on_cuda_matches_the_cpu() {
         "cap 50: loss off by {gemma_loss_err:.2e}"
     );
     assert!(loss_err < 2e-2, "cap 0.5: loss off by {loss_err:.2e}");
+    // This model's gradients move by 2-6e-2 in f32 when its weights are rounded once (the
+    // CPU probe in docs/gpu-notes.md, 2026-12-08), so bf16 alone moves them by several times
+    // that: the bound is the error of the same model without the attention cap (the plain
+    // flash kernels, which the parity fixtures check), measured in this run. A kernel that
+    // skipped the cap or its slope would be off by about `moved`.
+    let bound = 2.0 * free_err + 1e-2;
     assert!(
-        gemma_err < 5e-2,
-        "cap 50: LoRA gradients off by {gemma_err:.2e}"
+        gemma_err < bound,
+        "cap 50: LoRA gradients off by {gemma_err:.2e} (bf16 without the cap: {free_err:.2e})"
     );
-    // A hard cap makes the scores' slope (1 - tanh^2) small and sensitive, so bf16 moves the
-    // gradients more than without it; they stay far closer to the capped reference than the
-    // uncapped gradients are.
     assert!(
-        grad_err < 5.0 * free_err.max(1e-2) && grad_err < moved / 5.0,
+        grad_err < 3.0 * free_err + 1e-2 && grad_err < moved / 5.0,
         "cap 0.5: LoRA gradients off by {grad_err:.2e} (bf16 without the cap: {free_err:.2e}; the cap moves them by {moved:.2e})"
     );
 }
