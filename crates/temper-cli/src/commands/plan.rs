@@ -165,11 +165,11 @@ pub fn run(args: PlanArgs) -> Result<()> {
     // The device `train` would run on, opened as `train` opens it, so the prediction is the
     // one `train` makes. `device: cuda` on a machine without a GPU is planned as that GPU.
     // With a GPU here, the device memory free now is what --longest fits into by default.
-    let mut device_choice: Option<u64> = None;
+    let mut device_free: Option<u64> = None;
     let (dtype, device) = match crate::device::resolve(&p.device, &p.dtype) {
         Ok(DeviceChoice::Cpu) => (DType::F32, PlanDevice::Cpu),
         Ok(DeviceChoice::Cuda(be)) => {
-            device_choice = be.driver_memory().ok().map(|(free, _)| free as u64);
+            device_free = be.driver_memory().ok().map(|(free, _)| free as u64);
             (be.compute_dtype(), PlanDevice::Cuda)
         }
         Err(e) if p.device == "cuda" => {
@@ -183,7 +183,7 @@ pub fn run(args: PlanArgs) -> Result<()> {
         Err(e) => return Err(e),
     };
     if args.longest {
-        let limit = match (p.max_memory, &device_choice) {
+        let limit = match (p.max_memory, &device_free) {
             (Some(limit), _) => limit,
             (None, Some(free)) => *free,
             (None, None) => bail!(
@@ -230,8 +230,11 @@ fn print_longest(p: &mut TrainPlan, dtype: DType, device: PlanDevice, limit: u64
             describe(&predict(p, dtype, device)?.1)
         );
     };
-    // Device memory grows with the length; pinned host memory too (the attention outputs
-    // go to the host only while they fit in half of it), so the lengths that fit are 1..=L.
+    // Bisection keeps a length that fits and one that does not, so L fits and L + 1 does not.
+    // Memory grows with the length except where a longer step parks less on the host (the
+    // residual, then the attention outputs, dropped when half of its memory no longer holds
+    // them), which also shrinks the device's copy buffer: past such a step a longer length
+    // can fit again, and L is the longest below it.
     let (mut lo, mut hi, mut best) = (1, upper + 1, first);
     while hi - lo > 1 {
         let mid = lo + (hi - lo) / 2;
