@@ -649,13 +649,17 @@ fn adamw_steps() {
     );
     // The same steps with paged moments (paged_adamw_32bit): in mapped host memory, and in
     // managed memory (counted apart from the pool while they live).
-    for memory in [PagedMemory::Pinned, PagedMemory::Managed] {
+    for memory in [
+        PagedMemory::Pinned,
+        PagedMemory::Managed { each_step: true },
+        PagedMemory::Managed { each_step: false },
+    ] {
         p.gpu.set_paged_memory(memory);
         let what = format!("adamw with the moments in {memory:?} memory");
         let mut pm = p.gpu.upload(&param).expect("gpu");
         let mut mm = p.gpu.mapped_zeros(n).expect("paged");
         let mut vm = p.gpu.mapped_zeros(n).expect("paged");
-        let managed = if memory == PagedMemory::Managed {
+        let managed = if matches!(memory, PagedMemory::Managed { .. }) {
             2 * n * 4
         } else {
             0
@@ -725,7 +729,8 @@ fn adamw8bit_steps() {
         for (on_host, memory) in [
             (false, PagedMemory::Pinned),
             (true, PagedMemory::Pinned),
-            (true, PagedMemory::Managed),
+            (true, PagedMemory::Managed { each_step: true }),
+            (true, PagedMemory::Managed { each_step: false }),
         ] {
             p.gpu.set_paged_memory(memory);
             let what = format!(

@@ -9,6 +9,10 @@
 //!   runs at device speed when memory allows. Those bytes are not in the device pool's peak
 //!   (as PyTorch's allocator does not count bitsandbytes' pages); the backend counts them apart
 //!   (`Backend::paged_managed_bytes`).
+//! - `managed-once`: managed memory as above, prefetched to the device once, when allocated,
+//!   and not before every step: a prefetch is a driver call even when nothing moves, and a
+//!   step makes one per moment of every adapter tensor. Pages the driver moved to the host
+//!   under memory pressure come back when a kernel touches them.
 
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,21 +27,27 @@ use crate::{CoreError, Result};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PagedMemory {
     Pinned,
-    Managed,
+    /// Managed memory, prefetched to the device before each step when `each_step`, else once.
+    Managed {
+        each_step: bool,
+    },
 }
 
 impl PagedMemory {
-    /// From `TEMPER_PAGED_MEMORY` (`pinned` | `managed`; unset or empty: pinned).
+    /// From `TEMPER_PAGED_MEMORY` (`pinned` | `managed` | `managed-once`; unset or empty:
+    /// pinned).
     pub fn from_env() -> Result<Self> {
         match std::env::var("TEMPER_PAGED_MEMORY")
             .unwrap_or_default()
             .as_str()
         {
             "" | "pinned" => Ok(PagedMemory::Pinned),
-            "managed" => Ok(PagedMemory::Managed),
+            "managed" => Ok(PagedMemory::Managed { each_step: true }),
+            "managed-once" => Ok(PagedMemory::Managed { each_step: false }),
             other => Err(CoreError::Device(format!(
-                "TEMPER_PAGED_MEMORY={other:?}: use pinned (host memory mapped into the GPU) or \
-                 managed (CUDA managed memory, kept on the GPU while it has room)"
+                "TEMPER_PAGED_MEMORY={other:?}: use pinned (host memory mapped into the GPU), \
+                 managed (CUDA managed memory, kept on the GPU while it has room, prefetched \
+                 before each step) or managed-once (the same, prefetched once)"
             ))),
         }
     }
@@ -116,7 +126,7 @@ impl CudaBackend {
                 let (data, ptr) = self.mapped_alloc_zeroed::<T>(n)?;
                 Ok((PagedSlice::Pinned(data), ptr))
             }
-            PagedMemory::Managed => {
+            PagedMemory::Managed { .. } => {
                 let m = self.managed_alloc_zeroed::<T>(n.max(1))?;
                 let ptr = m.ptr;
                 Ok((PagedSlice::Managed(m), ptr))
@@ -165,11 +175,12 @@ impl CudaBackend {
     }
 
     /// Moves managed values to the device ahead of the kernel that uses them (on the compute
-    /// stream; nothing moves when they are resident). Pinned values stay where they are.
+    /// stream; nothing moves when they are resident), unless they are prefetched only once.
+    /// Pinned values stay where they are.
     pub(super) fn page_in_paged<T>(&self, s: &PagedSlice<T>) -> Result<()> {
-        match s {
-            PagedSlice::Pinned(_) => Ok(()),
-            PagedSlice::Managed(m) => self.page_in(m),
+        match (s, self.paged_memory) {
+            (PagedSlice::Managed(m), PagedMemory::Managed { each_step: true }) => self.page_in(m),
+            _ => Ok(()),
         }
     }
 
