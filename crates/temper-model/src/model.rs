@@ -12,7 +12,7 @@ use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::layer::{Attention, DecoderLayer, Keep, LayerActs};
 use crate::lora::LoraParams;
-use crate::parking::HostParking;
+use crate::parking::{HostParking, ParkingWanted};
 use crate::quantized::LoadOptions;
 use crate::rope_tables::RopeTables;
 use crate::weights::Weights;
@@ -45,12 +45,13 @@ enum Kept<B: Backend> {
     Device(B::Buf),
     /// The layer's input in host memory, with its attention output (host) and log-sum-exp
     /// (device) when kept, so the recompute before its backward skips the attention forward;
-    /// and with [`Model::park_residual`], the sum after the attention (host), so it skips
-    /// o_proj too.
+    /// and as [`Model::parking`] wants, the sum after the attention (host), so it skips o_proj
+    /// too, and q, k, v after RoPE (host), so it skips their projections' base GEMMs.
     Host {
         x: B::Host,
         attention: Option<(B::Host, B::Buf)>,
         residual: Option<B::Host>,
+        qkv: Option<[B::Host; 3]>,
     },
 }
 
@@ -71,10 +72,11 @@ pub struct Model<B: Backend> {
     /// Tokens per MLP tile of a sequence whose layers are not kept for the backward
     /// (recomputed with checkpointing, or evaluated): see `layer/mlp.rs`.
     pub mlp_tile_tokens: usize,
-    /// With the layer inputs and attention outputs in host memory, park each layer's
-    /// x + o_proj(att) there too where host memory allows, so the recompute skips o_proj
-    /// (layers without sandwich norms; see `parking.rs`). On unless `TEMPER_PARK_RESIDUAL=0`.
-    pub park_residual: bool,
+    /// With the layer inputs and attention outputs in host memory, what else each layer parks
+    /// there where host memory allows (see `parking.rs`): x + o_proj(att), so the recompute
+    /// skips o_proj (on unless `TEMPER_PARK_RESIDUAL=0`), and q, k, v after RoPE, so it skips
+    /// their projections (only with `TEMPER_PARK_QKV=1`).
+    pub parking: ParkingWanted,
 }
 
 impl<B: Backend> Model<B> {
@@ -140,7 +142,7 @@ impl<B: Backend> Model<B> {
             weights,
             loss_chunk: 1024,
             mlp_tile_tokens: crate::layer::MLP_TILE_TOKENS,
-            park_residual: crate::parking::park_residual_from_env(),
+            parking: ParkingWanted::from_env(),
         })
     }
 
@@ -235,6 +237,7 @@ impl<B: Backend> Model<B> {
                 cu_seqlens: batch.cu_seqlens,
                 kept: None,
                 residual: None,
+                qkv: None,
             };
             self.layer(l, batch.positions).forward(
                 &x,
@@ -365,12 +368,13 @@ impl<B: Backend> Model<B> {
                 n,
                 be.compute_dtype().size(),
                 temper_core::memory::host_available_bytes(),
-                self.park_residual,
+                self.parking,
             )
         } else {
             HostParking::NOTHING
         };
-        let (keep_attention, keep_residual) = (parking.attention, parking.residual);
+        let (keep_attention, keep_residual, keep_qkv) =
+            (parking.attention, parking.residual, parking.qkv);
         let mut inputs: Vec<Kept<B>> = Vec::with_capacity(layers);
         let mut kept: Vec<LayerActs<B>> = Vec::new();
         // Without checkpointing every layer keeps its whole MLP; with it, long sequences run
@@ -392,6 +396,7 @@ impl<B: Backend> Model<B> {
                 batch.cu_seqlens,
                 None,
                 None,
+                None,
                 Some(lora),
                 ctx,
             )?;
@@ -411,6 +416,15 @@ impl<B: Backend> Model<B> {
                     },
                     attention: if keep_attention {
                         Some((be.park_on_host(acts.att)?, acts.lse))
+                    } else {
+                        None
+                    },
+                    qkv: if keep_qkv {
+                        Some([
+                            be.park_on_host(acts.q)?,
+                            be.park_on_host(acts.k)?,
+                            be.park_on_host(acts.v)?,
+                        ])
                     } else {
                         None
                     },
@@ -445,12 +459,13 @@ impl<B: Backend> Model<B> {
 
         // Backward, layer by layer in reverse.
         for l in (0..layers).rev() {
-            let (x_in, attention, residual) = match inputs.pop() {
-                Some(Kept::Device(b)) => (b, None, None),
+            let (x_in, attention, residual, qkv) = match inputs.pop() {
+                Some(Kept::Device(b)) => (b, None, None, None),
                 Some(Kept::Host {
                     x,
                     attention,
                     residual,
+                    qkv,
                 }) => (
                     be.restore_from_host(&x)?,
                     match attention {
@@ -459,6 +474,14 @@ impl<B: Backend> Model<B> {
                     },
                     match residual {
                         Some(r) => Some(be.restore_from_host(&r)?),
+                        None => None,
+                    },
+                    match qkv {
+                        Some([q, k, v]) => Some([
+                            be.restore_from_host(&q)?,
+                            be.restore_from_host(&k)?,
+                            be.restore_from_host(&v)?,
+                        ]),
                         None => None,
                     },
                 ),
@@ -484,6 +507,7 @@ impl<B: Backend> Model<B> {
                         cu,
                         attention,
                         residual,
+                        qkv,
                         Some(lora),
                         ctx,
                     )?
@@ -510,6 +534,7 @@ fn prefetch<B: Backend>(be: &B, kept: &Kept<B>) -> Result<()> {
         x,
         attention,
         residual,
+        qkv,
     } = kept
     {
         be.prefetch_from_host(x)?;
@@ -518,6 +543,9 @@ fn prefetch<B: Backend>(be: &B, kept: &Kept<B>) -> Result<()> {
         }
         if let Some(r) = residual {
             be.prefetch_from_host(r)?;
+        }
+        for h in qkv.iter().flatten() {
+            be.prefetch_from_host(h)?;
         }
     }
     Ok(())

@@ -1,8 +1,9 @@
 //! What a layer parks in host memory beside its input when checkpointing keeps the inputs on
 //! the host: its attention output (the recompute before its backward then skips the attention
-//! forward) and the sum after the attention, x + o_proj(att) (the recompute then skips o_proj
-//! too). The model and the memory plan decide with the same rule, so the plan's figures are
-//! the step's.
+//! forward), the sum after the attention, x + o_proj(att) (the recompute then skips o_proj
+//! too), and its queries, keys and values after RoPE (the recompute then skips the q, k and v
+//! projections' base GEMMs and RoPE). The model and the memory plan decide with the same rule,
+//! so the plan's figures are the step's.
 
 use crate::config::ModelConfig;
 
@@ -12,6 +13,13 @@ pub fn park_residual_from_env() -> bool {
     std::env::var("TEMPER_PARK_RESIDUAL").map_or(true, |v| v != "0")
 }
 
+/// Whether parked queries, keys and values are wanted: only with `TEMPER_PARK_QKV=1`. They
+/// double what a layer sends over the bus in its forward, which pays only where the bus is
+/// faster than the projections they replace (read by the loader and by the plan).
+pub fn park_qkv_from_env() -> bool {
+    std::env::var("TEMPER_PARK_QKV").is_ok_and(|v| v == "1")
+}
+
 /// What each layer parks beside its input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HostParking {
@@ -19,32 +27,59 @@ pub struct HostParking {
     pub attention: bool,
     /// The sum after the attention (host); only with `attention`.
     pub residual: bool,
+    /// q, k and v after RoPE and the query scale (host); only with `attention`.
+    pub qkv: bool,
+}
+
+/// Which of the optional parks a run wants (the attention output is always wanted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParkingWanted {
+    pub residual: bool,
+    pub qkv: bool,
+}
+
+impl ParkingWanted {
+    /// From `TEMPER_PARK_RESIDUAL` and `TEMPER_PARK_QKV`.
+    pub fn from_env() -> Self {
+        ParkingWanted {
+            residual: park_residual_from_env(),
+            qkv: park_qkv_from_env(),
+        }
+    }
 }
 
 impl HostParking {
     pub const NOTHING: HostParking = HostParking {
         attention: false,
         residual: false,
+        qkv: false,
     };
 
     /// Values per token each layer parks beside its input.
     pub fn values_per_token(self, cfg: &ModelConfig) -> usize {
         let attention = if self.attention { cfg.q_dim() } else { 0 };
         let residual = if self.residual { cfg.hidden } else { 0 };
-        attention + residual
+        let qkv = if self.qkv {
+            cfg.q_dim() + 2 * cfg.kv_dim()
+        } else {
+            0
+        };
+        attention + residual + qkv
     }
 
     /// For a step over `n` tokens in `esize`-byte values: the most that fits, with the layer
     /// inputs, for every layer, in half of the host memory available (`available`, bytes;
-    /// unknown: nothing parked). The residual is parked only when `residual_wanted`, only in
-    /// layers whose o_proj output goes straight into the residual (no sandwich norm), and is
-    /// the first thing dropped when memory is short.
+    /// unknown: nothing parked). The residual is parked only when wanted and only in layers
+    /// whose o_proj output goes straight into the residual (no sandwich norm); q, k and v only
+    /// when wanted and only in layers without per-head q/k norms (whose backward reads the
+    /// values before the norm). When memory is short, q, k and v are dropped first, then the
+    /// residual, then the attention output.
     pub fn decide(
         cfg: &ModelConfig,
         n: usize,
         esize: usize,
         available: Option<u64>,
-        residual_wanted: bool,
+        wanted: ParkingWanted,
     ) -> HostParking {
         let fits = |p: HostParking| {
             let per_token = (cfg.hidden + p.values_per_token(cfg)) as u64;
@@ -53,18 +88,19 @@ impl HostParking {
                 .saturating_mul(cfg.layers as u64);
             available.is_some_and(|avail| need <= avail / 2)
         };
-        let both = HostParking {
+        let mut p = HostParking {
             attention: true,
-            residual: true,
+            residual: wanted.residual && !cfg.sandwich_norms,
+            qkv: wanted.qkv && !cfg.qk_norm,
         };
-        let attention = HostParking {
-            attention: true,
-            residual: false,
-        };
-        if residual_wanted && !cfg.sandwich_norms && fits(both) {
-            both
-        } else if fits(attention) {
-            attention
+        if !fits(p) {
+            p.qkv = false;
+        }
+        if !fits(p) {
+            p.residual = false;
+        }
+        if fits(p) {
+            p
         } else {
             HostParking::NOTHING
         }

@@ -14,7 +14,7 @@ use crate::config::ModelConfig;
 use crate::layer::{tile_rows, MLP_TILE_TOKENS};
 use crate::lora::{LoraConfig, Target};
 use crate::model::Checkpointing;
-use crate::parking::HostParking;
+use crate::parking::{HostParking, ParkingWanted};
 
 /// Bytes per f32 value (LoRA, gradients, moments, logits).
 const F32: usize = 4;
@@ -418,13 +418,7 @@ pub fn plan(
     // The sum after the attention is parked beside them where host memory allows (unless
     // TEMPER_PARK_RESIDUAL=0): the rule of `parking.rs`, as the step applies it.
     let parking = if ckpt == Checkpointing::EveryLayerOnHost {
-        HostParking::decide(
-            cfg,
-            n,
-            bytes,
-            host_available,
-            crate::parking::park_residual_from_env(),
-        )
+        HostParking::decide(cfg, n, bytes, host_available, ParkingWanted::from_env())
     } else {
         HostParking::NOTHING
     };
@@ -560,40 +554,47 @@ mod tests {
     }
 
     /// The parked residual adds the hidden width to what each layer parks, except where
-    /// sandwich norms keep o_proj's output apart; it is dropped first when host memory is
-    /// short, then the attention outputs.
+    /// sandwich norms keep o_proj's output apart; parked q, k and v add the query width and
+    /// twice the key width, except where per-head q/k norms need the values before them. When
+    /// host memory is short, q, k and v are dropped first, then the residual, then the
+    /// attention outputs.
     #[test]
-    fn the_parked_residual_goes_first_when_host_memory_is_short() {
+    fn parks_are_dropped_in_order_when_host_memory_is_short() {
         let llama3 = shape_config("llama3-8b");
         let gemma2 = shape_config("gemma2-tiny");
-        let (both, attention) = (
-            HostParking {
-                attention: true,
-                residual: true,
-            },
-            HostParking {
-                attention: true,
-                residual: false,
-            },
-        );
+        let qwen3 = shape_config("qwen3-tiny");
+        let park = |residual, qkv| HostParking {
+            attention: true,
+            residual,
+            qkv,
+        };
+        let (all, both, attention) = (park(true, true), park(true, false), park(false, false));
         assert_eq!(attention.values_per_token(&llama3), 4096);
         assert_eq!(both.values_per_token(&llama3), 8192);
+        assert_eq!(all.values_per_token(&llama3), 8192 + 4096 + 2 * 1024);
+        let wanted = |residual, qkv| ParkingWanted { residual, qkv };
         // 16k tokens over 32 layers: inputs + attention outputs take 8 GiB in bf16, with the
-        // residual 12 GiB; half the available memory decides.
-        let decide =
-            |gib: u64, wanted| HostParking::decide(&llama3, 16384, 2, Some(gib << 30), wanted);
-        assert_eq!(decide(24, true), both);
-        assert_eq!(decide(24, false), attention);
-        assert_eq!(decide(20, true), attention);
-        assert_eq!(decide(15, true), HostParking::NOTHING);
+        // residual 12 GiB, with q, k and v too 18 GiB; half the available memory decides.
+        let decide = |gib: u64, w| HostParking::decide(&llama3, 16384, 2, Some(gib << 30), w);
+        assert_eq!(decide(36, wanted(true, true)), all);
+        assert_eq!(decide(35, wanted(true, true)), both);
+        assert_eq!(decide(36, wanted(false, true)), park(false, true));
+        assert_eq!(decide(24, wanted(true, false)), both);
+        assert_eq!(decide(24, wanted(false, false)), attention);
+        assert_eq!(decide(20, wanted(true, true)), attention);
+        assert_eq!(decide(15, wanted(true, true)), HostParking::NOTHING);
         assert_eq!(
-            HostParking::decide(&llama3, 16384, 2, None, true),
+            HostParking::decide(&llama3, 16384, 2, None, wanted(true, true)),
             HostParking::NOTHING
         );
-        // Sandwich norms: never the residual.
+        // Sandwich norms: never the residual; q/k norms: never q, k and v.
         assert_eq!(
-            HostParking::decide(&gemma2, 16, 2, Some(1 << 40), true),
-            attention
+            HostParking::decide(&gemma2, 16, 2, Some(1 << 40), wanted(true, true)),
+            park(false, true)
+        );
+        assert_eq!(
+            HostParking::decide(&qwen3, 16, 2, Some(1 << 40), wanted(true, true)),
+            both
         );
     }
 

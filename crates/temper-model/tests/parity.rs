@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use safetensors::{Dtype, SafeTensors};
 use temper_core::{AdamWStep, Backend, CpuBackend, CudaBackend, DType};
+use temper_model::parking::ParkingWanted;
 use temper_model::{adapter, Checkpointing, Model, StepCtx, TokenBatch};
 
 /// Relative error used throughout: max |got - want| / max |want| over a tensor.
@@ -116,7 +117,7 @@ fn run_case<B: Backend>(
     be: Arc<B>,
     case: &str,
     ckpt: Checkpointing,
-    park_residual: bool,
+    parking: ParkingWanted,
 ) -> CaseResult {
     let dir = fixture_dir(case);
     let info: serde_json::Value =
@@ -125,7 +126,7 @@ fn run_case<B: Backend>(
     let n_seqs = info["seq_lens"].as_array().expect("seq_lens").len();
     let exp = Expected::open(&dir);
     let mut model = Model::load(be.clone(), &dir.join("model")).expect("model loads");
-    model.park_residual = park_residual;
+    model.parking = parking;
     let mut lora = adapter::load(&*be, &model.cfg, &dir.join("adapter")).expect("adapter loads");
     let p = packed_batch(&exp, n_seqs);
     let batch = TokenBatch {
@@ -253,16 +254,19 @@ fn check(case: &str) {
 }
 
 fn check_on<B: Backend>(be: Arc<B>, case: &str, tol: Tol) {
-    // The last: the recompute also skips o_proj, its input sum kept on the host.
-    for (ckpt, park_residual) in [
-        (Checkpointing::Off, false),
-        (Checkpointing::EveryLayer, false),
-        (Checkpointing::EveryLayerOnHost, false),
-        (Checkpointing::EveryLayerOnHost, true),
+    // The last two: the recompute also skips o_proj, its input sum kept on the host; and the
+    // q, k and v projections, their outputs kept there too.
+    let wanted = |residual, qkv| ParkingWanted { residual, qkv };
+    for (ckpt, parking) in [
+        (Checkpointing::Off, wanted(false, false)),
+        (Checkpointing::EveryLayer, wanted(false, false)),
+        (Checkpointing::EveryLayerOnHost, wanted(false, false)),
+        (Checkpointing::EveryLayerOnHost, wanted(true, false)),
+        (Checkpointing::EveryLayerOnHost, wanted(true, true)),
     ] {
-        let r = run_case(be.clone(), case, ckpt, park_residual);
+        let r = run_case(be.clone(), case, ckpt, parking);
         println!(
-            "{case} on {} in {} ({ckpt:?}, residual parked: {park_residual}): logits {:.2e}, loss {:.2e}, per-sequence loss {:.2e}, grads {:.2e}, after AdamW {:.2e}",
+            "{case} on {} in {} ({ckpt:?}, {parking:?}): logits {:.2e}, loss {:.2e}, per-sequence loss {:.2e}, grads {:.2e}, after AdamW {:.2e}",
             be.name(), be.compute_dtype(), r.worst_logits, r.loss_err, r.worst_seq_loss, r.worst_grad, r.worst_step
         );
         let (tol, gtol, tol_step) = (tol.outputs, tol.grads, tol.step);

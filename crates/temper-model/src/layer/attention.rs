@@ -24,6 +24,10 @@ pub enum Attention<'a, B: Backend> {
         /// x + o_proj(att) (N, C) of that same forward (layers without sandwich norms): the
         /// recompute then skips o_proj's base product and the residual add too.
         residual: Option<B::Buf>,
+        /// q (N, Hq*D), k and v (N, Hkv*D) of that same forward, after RoPE and the query
+        /// scale (layers without per-head q/k norms): the recompute then skips the q, k and
+        /// v projections' base products and RoPE.
+        qkv: Option<[B::Buf; 3]>,
     },
     /// Generation: the N new tokens follow `past` cached positions of one sequence. Their
     /// keys and values are written to rows past..past+N of the layer's cache, and attention
