@@ -186,21 +186,93 @@ STORAGE_TYPES(CAST_TO)
 // One AdamW step with the scalars computed on the host exactly as cpu::adamw does:
 // p *= decay; m = lerp(m, g, w1); v = v b2 + (1 - b2) g^2; p += neg_step * m / (sqrt(v)/bc2_sqrt + eps)
 // Parameters, gradients and moments are always f32.
+struct AdamWScalars {
+    float decay, w1, b2, one_minus_b2, neg_step, bc2_sqrt, eps;
+    int apply_decay;
+};
+
+__device__ __forceinline__ void adamw_element(float* p, const float* g, float* m, float* v, unsigned long long i,
+                                              const AdamWScalars& c) {
+    float pi = p[i];
+    const float gi = g[i];
+    if (c.apply_decay) pi *= c.decay;
+    float mi = m[i];
+    mi = fabsf(c.w1) < 0.5f ? mi + c.w1 * (gi - mi) : gi - (gi - mi) * (1.0f - c.w1);
+    float vi = v[i] * c.b2;
+    vi += c.one_minus_b2 * gi * gi;
+    const float denom = sqrtf(vi) / c.bc2_sqrt + c.eps;
+    pi += c.neg_step * mi / denom;
+    p[i] = pi;
+    m[i] = mi;
+    v[i] = vi;
+}
+
 extern "C" __global__ void adamw_f32(float* p, const float* g, float* m, float* v, float decay, float w1, float b2,
                                      float one_minus_b2, float neg_step, float bc2_sqrt, float eps, int apply_decay,
                                      unsigned long long n) {
-    GRID_STRIDE(i, n) {
-        float pi = p[i];
-        const float gi = g[i];
-        if (apply_decay) pi *= decay;
-        float mi = m[i];
-        mi = fabsf(w1) < 0.5f ? mi + w1 * (gi - mi) : gi - (gi - mi) * (1.0f - w1);
-        float vi = v[i] * b2;
-        vi += one_minus_b2 * gi * gi;
-        const float denom = sqrtf(vi) / bc2_sqrt + eps;
-        pi += neg_step * mi / denom;
-        p[i] = pi;
-        m[i] = mi;
-        v[i] = vi;
+    const AdamWScalars c{decay, w1, b2, one_minus_b2, neg_step, bc2_sqrt, eps, apply_decay};
+    GRID_STRIDE(i, n) adamw_element(p, g, m, v, i, c);
+}
+
+// ---- many tensors in one launch ----
+// The optimizer's ops run over every adapter tensor of the model (hundreds of small ones): one
+// launch covers them all instead of one launch each. A table on the device describes them,
+// for T tensors of K pointers each:
+//   table[t*K + j]            pointer j of tensor t (f32 values)
+//   table[T*K + t]            length of tensor t
+//   table[T*(K+1) + 2b], +1   block b's chunk: its tensor and first element
+// Block b covers elements [start, start + chunk) of its tensor (less at the tensor's end).
+struct TensorChunk {
+    unsigned long long tensor, start, end;
+};
+
+__device__ __forceinline__ TensorChunk chunk_of_block(const unsigned long long* table, unsigned int tensors,
+                                                    unsigned int k, unsigned long long chunk) {
+    const unsigned long long* c = table + (unsigned long long)tensors * (k + 1) + 2ull * blockIdx.x;
+    const unsigned long long t = c[0], start = c[1];
+    const unsigned long long len = table[(unsigned long long)tensors * k + t];
+    return {t, start, min(start + chunk, len)};
+}
+
+__device__ __forceinline__ float* tensor_ptr(const unsigned long long* table, unsigned int k, unsigned long long t,
+                                             unsigned int j) {
+    return reinterpret_cast<float*>(table[t * k + j]);
+}
+
+// adamw_f32 over every (param, grad, m, v) of the table (K = 4).
+extern "C" __global__ void adamw_multi_f32(const unsigned long long* table, unsigned int tensors,
+                                           unsigned long long chunk, float decay, float w1, float b2,
+                                           float one_minus_b2, float neg_step, float bc2_sqrt, float eps,
+                                           int apply_decay) {
+    const AdamWScalars c{decay, w1, b2, one_minus_b2, neg_step, bc2_sqrt, eps, apply_decay};
+    const TensorChunk ch = chunk_of_block(table, tensors, 4, chunk);
+    float* p = tensor_ptr(table, 4, ch.tensor, 0);
+    const float* g = tensor_ptr(table, 4, ch.tensor, 1);
+    float* m = tensor_ptr(table, 4, ch.tensor, 2);
+    float* v = tensor_ptr(table, 4, ch.tensor, 3);
+    for (unsigned long long i = ch.start + threadIdx.x; i < ch.end; i += blockDim.x) adamw_element(p, g, m, v, i, c);
+}
+
+// y *= alpha over every tensor of the table (K = 1), as scale_f32 does each.
+extern "C" __global__ void scale_multi_f32(const unsigned long long* table, unsigned int tensors,
+                                           unsigned long long chunk, float alpha) {
+    const TensorChunk ch = chunk_of_block(table, tensors, 1, chunk);
+    float* y = tensor_ptr(table, 1, ch.tensor, 0);
+    for (unsigned long long i = ch.start + threadIdx.x; i < ch.end; i += blockDim.x) y[i] = y[i] * alpha;
+}
+
+// out[0] += the sum of squares of every tensor of the table (K = 1), each block's partial
+// sum added in double, as sum_squares_f32 does for one.
+extern "C" __global__ void sum_squares_multi_f32(double* out, const unsigned long long* table, unsigned int tensors,
+                                                 unsigned long long chunk) {
+    __shared__ float scratch[32];
+    const TensorChunk ch = chunk_of_block(table, tensors, 1, chunk);
+    const float* x = tensor_ptr(table, 1, ch.tensor, 0);
+    float acc = 0.0f;
+    for (unsigned long long i = ch.start + threadIdx.x; i < ch.end; i += blockDim.x) {
+        const float v = x[i];
+        acc += v * v;
     }
+    acc = block_sum(acc, scratch);
+    if (threadIdx.x == 0) atomicAdd(out, (double)acc);
 }

@@ -75,6 +75,23 @@ impl Gemm {
     }
 }
 
+/// One parameter of [`Backend::adamw_all`]: its value, gradient and two moments.
+pub type DeviceAdamW<'a, B> = (
+    &'a mut <B as Backend>::Buf,
+    &'a <B as Backend>::Buf,
+    &'a mut <B as Backend>::Buf,
+    &'a mut <B as Backend>::Buf,
+);
+
+/// One parameter of [`Backend::adamw_mapped_all`]: its value and gradient, and its two
+/// moments in mapped host memory.
+pub type MappedAdamW<'a, B> = (
+    &'a mut <B as Backend>::Buf,
+    &'a <B as Backend>::Buf,
+    &'a mut <B as Backend>::Mapped,
+    &'a mut <B as Backend>::Mapped,
+);
+
 /// One AdamW update (decoupled weight decay, bias-corrected), as `torch.optim.AdamW` does it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamWStep {
@@ -348,6 +365,14 @@ pub trait Backend: Send + Sync + 'static {
         v: &mut Self::Mapped,
         s: AdamWStep,
     ) -> Result<()>;
+    /// [`Backend::adamw_mapped`] of every (param, grad, m, v) of `params`: one launch where
+    /// the backend can, with the same result as one call each.
+    fn adamw_mapped_all(&self, params: &mut [MappedAdamW<'_, Self>], s: AdamWStep) -> Result<()> {
+        for (p, g, m, v) in params.iter_mut() {
+            self.adamw_mapped(p, g, m, v, s)?;
+        }
+        Ok(())
+    }
     /// A zero 8-bit state of `n` values coded with `map` (256 values, ascending), in mapped
     /// host memory when `on_host`.
     fn state8_zeros(&self, n: usize, map: &[f32; 256], on_host: bool) -> Result<Self::State8>;
@@ -435,6 +460,14 @@ pub trait Backend: Send + Sync + 'static {
     fn axpy(&self, y: &mut Self::Buf, alpha: f32, x: &Self::Buf) -> Result<()>;
     /// y *= alpha
     fn scale(&self, y: &mut Self::Buf, alpha: f32) -> Result<()>;
+    /// [`Backend::scale`] of every buffer of `ys` (gradient clipping): one launch where the
+    /// backend can.
+    fn scale_all(&self, ys: &mut [&mut Self::Buf], alpha: f32) -> Result<()> {
+        for y in ys.iter_mut() {
+            self.scale(y, alpha)?;
+        }
+        Ok(())
+    }
     /// y (rows, c) += bias (c), broadcast over rows.
     fn add_bias(&self, y: &mut Self::Buf, bias: &Self::Buf, c: usize) -> Result<()>;
     /// Sum of squares, accumulated in f64 (for gradient-norm clipping).
@@ -778,6 +811,15 @@ pub trait Backend: Send + Sync + 'static {
         v: &mut Self::Buf,
         s: AdamWStep,
     ) -> Result<()>;
+
+    /// [`Backend::adamw`] of every (param, grad, m, v) of `params`: one launch where the
+    /// backend can, with the same result as one call each.
+    fn adamw_all(&self, params: &mut [DeviceAdamW<'_, Self>], s: AdamWStep) -> Result<()> {
+        for (p, g, m, v) in params.iter_mut() {
+            self.adamw(p, g, m, v, s)?;
+        }
+        Ok(())
+    }
 
     // ---- profiling ----
     /// Starts (or stops) timing every op on the device, by the stage the model names and the

@@ -18,7 +18,7 @@ pub mod memory;
 pub mod optim;
 pub mod rope;
 
-pub use backend::{AdamWStep, AttnShape, Backend, Gemm};
+pub use backend::{AdamWStep, AttnShape, Backend, DeviceAdamW, Gemm, MappedAdamW};
 pub use cpu::CpuBackend;
 pub use cuda::CudaBackend;
 pub use dtype::DType;

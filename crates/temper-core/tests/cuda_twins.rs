@@ -696,6 +696,142 @@ fn adamw_steps() {
     p.gpu.set_paged_memory(PagedMemory::Pinned);
 }
 
+/// The optimizer's one-launch ops over many tensors against one launch per tensor, on the
+/// GPU: AdamW (moments on the device, in mapped host memory, in managed memory) and the
+/// gradient scale must give the same bits; the sum of squares differs only in the order its
+/// f32 partial sums are added, so it is held to the f64 sum on the host. Lengths around the
+/// kernels' chunk of 16,384 values, and a lone value.
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test -- --ignored"]
+fn multi_tensor_ops_equal_one_launch_per_tensor() {
+    let mut p = Pair::new(12, DType::F32);
+    let lens = [1usize, 7, 3000, 16384, 16385, 40000];
+    let step_of = |step: u64| AdamWStep {
+        lr: 1e-2,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: if step == 2 { 0.0 } else { 0.01 },
+        step,
+    };
+    let params: Vec<Vec<f32>> = lens.iter().map(|&n| p.random(n, 1.0)).collect();
+    let grads: Vec<Vec<Vec<f32>>> = (0..3)
+        .map(|_| lens.iter().map(|&n| p.random(n, 0.1)).collect())
+        .collect();
+    let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+
+    // Moments on the device.
+    {
+        let gpu = &p.gpu;
+        let up = |v: &Vec<f32>| gpu.upload(v).expect("gpu");
+        let dl = |b: &temper_core::cuda::CudaBuf| gpu.download(b).expect("dl");
+        let (mut one_p, mut all_p): (Vec<_>, Vec<_>) =
+            params.iter().map(|x| (up(x), up(x))).unzip();
+        let zeros = |n: usize| gpu.zeros(n).expect("gpu");
+        let mut one_m: Vec<_> = lens.iter().map(|&n| zeros(n)).collect();
+        let mut one_v: Vec<_> = lens.iter().map(|&n| zeros(n)).collect();
+        let mut all_m: Vec<_> = lens.iter().map(|&n| zeros(n)).collect();
+        let mut all_v: Vec<_> = lens.iter().map(|&n| zeros(n)).collect();
+        for (step, g) in (1..).zip(&grads) {
+            let g: Vec<_> = g.iter().map(up).collect();
+            let s = step_of(step);
+            for i in 0..lens.len() {
+                gpu.adamw(&mut one_p[i], &g[i], &mut one_m[i], &mut one_v[i], s)
+                    .expect("one");
+            }
+            let mut all: Vec<_> = (all_p.iter_mut().zip(&g).zip(&mut all_m).zip(&mut all_v))
+                .map(|(((p, g), m), v)| (p, g, m, v))
+                .collect();
+            gpu.adamw_all(&mut all, s).expect("all");
+        }
+        for i in 0..lens.len() {
+            for (what, one, all) in [
+                ("param", &one_p[i], &all_p[i]),
+                ("m", &one_m[i], &all_m[i]),
+                ("v", &one_v[i], &all_v[i]),
+            ] {
+                assert_eq!(
+                    bits(dl(all)),
+                    bits(dl(one)),
+                    "adamw_all {what} of tensor {i}"
+                );
+            }
+        }
+    }
+
+    // Moments in mapped host memory, pinned and managed.
+    for memory in [
+        PagedMemory::Pinned,
+        PagedMemory::Managed { each_step: false },
+    ] {
+        p.gpu.set_paged_memory(memory);
+        let gpu = &p.gpu;
+        let up = |v: &Vec<f32>| gpu.upload(v).expect("gpu");
+        let dl = |b: &temper_core::cuda::CudaBuf| gpu.download(b).expect("dl");
+        let mapped = |n: usize| gpu.mapped_zeros(n).expect("mapped");
+        let (mut one_p, mut all_p): (Vec<_>, Vec<_>) =
+            params.iter().map(|x| (up(x), up(x))).unzip();
+        let mut one_m: Vec<_> = lens.iter().map(|&n| mapped(n)).collect();
+        let mut one_v: Vec<_> = lens.iter().map(|&n| mapped(n)).collect();
+        let mut all_m: Vec<_> = lens.iter().map(|&n| mapped(n)).collect();
+        let mut all_v: Vec<_> = lens.iter().map(|&n| mapped(n)).collect();
+        for (step, g) in (1..).zip(&grads) {
+            let g: Vec<_> = g.iter().map(up).collect();
+            let s = step_of(step);
+            for i in 0..lens.len() {
+                gpu.adamw_mapped(&mut one_p[i], &g[i], &mut one_m[i], &mut one_v[i], s)
+                    .expect("one");
+            }
+            let mut all: Vec<_> = (all_p.iter_mut().zip(&g).zip(&mut all_m).zip(&mut all_v))
+                .map(|(((p, g), m), v)| (p, g, m, v))
+                .collect();
+            gpu.adamw_mapped_all(&mut all, s).expect("all");
+        }
+        for i in 0..lens.len() {
+            let what = format!("adamw_mapped_all in {memory:?} memory, tensor {i}");
+            assert_eq!(bits(dl(&all_p[i])), bits(dl(&one_p[i])), "{what}: param");
+            for (one, all) in [(&one_m[i], &all_m[i]), (&one_v[i], &all_v[i])] {
+                let (one, all) = (
+                    gpu.mapped_read(one).expect("read"),
+                    gpu.mapped_read(all).expect("read"),
+                );
+                assert_eq!(bits(all), bits(one), "{what}: moment");
+            }
+        }
+    }
+    p.gpu.set_paged_memory(PagedMemory::Pinned);
+
+    // The gradient scale, and the sum of squares against the host's f64 sum.
+    let gpu = &p.gpu;
+    let up = |v: &Vec<f32>| gpu.upload(v).expect("gpu");
+    let dl = |b: &temper_core::cuda::CudaBuf| gpu.download(b).expect("dl");
+    let (mut one, mut all): (Vec<_>, Vec<_>) = grads[0].iter().map(|x| (up(x), up(x))).unzip();
+    for b in &mut one {
+        gpu.scale(b, 0.37).expect("one");
+    }
+    let mut refs: Vec<_> = all.iter_mut().collect();
+    gpu.scale_all(&mut refs, 0.37).expect("all");
+    for i in 0..lens.len() {
+        assert_eq!(
+            bits(dl(&all[i])),
+            bits(dl(&one[i])),
+            "scale_all of tensor {i}"
+        );
+    }
+    let host: f64 = grads[0]
+        .iter()
+        .flatten()
+        .map(|&x| f64::from(x) * f64::from(x))
+        .sum();
+    let refs: Vec<_> = grads[0].iter().map(up).collect();
+    let refs: Vec<_> = refs.iter().collect();
+    let got = gpu.sum_squares_all(&refs).expect("sum");
+    assert!(
+        (got - host).abs() <= 1e-5 * host,
+        "sum_squares_all {got} against {host} on the host"
+    );
+}
+
 /// bitsandbytes' two dynamic maps (signed for the first moment, unsigned for the second), as
 /// saved beside the 8-bit AdamW fixture.
 fn bnb_maps() -> ([f32; 256], [f32; 256]) {

@@ -209,15 +209,18 @@ impl<B: Backend> AdamW<B> {
             step: self.step,
         };
         match &mut self.moments {
+            // Every parameter in one call: one launch on a GPU.
             Moments::Device { m, v } => {
-                for ((p, m), v) in lora.params.iter_mut().zip(m).zip(v) {
-                    be.adamw(&mut p.value, &p.grad, m, v, s)?;
-                }
+                let mut all: Vec<_> = (lora.params.iter_mut().zip(m).zip(v))
+                    .map(|((p, m), v)| (&mut p.value, &p.grad, m, v))
+                    .collect();
+                be.adamw_all(&mut all, s)?;
             }
             Moments::Host { m, v } => {
-                for ((p, m), v) in lora.params.iter_mut().zip(m).zip(v) {
-                    be.adamw_mapped(&mut p.value, &p.grad, m, v, s)?;
-                }
+                let mut all: Vec<_> = (lora.params.iter_mut().zip(m).zip(v))
+                    .map(|((p, m), v)| (&mut p.value, &p.grad, m, v))
+                    .collect();
+                be.adamw_mapped_all(&mut all, s)?;
             }
             Moments::Blockwise8(states) => {
                 for (p, state) in lora.params.iter_mut().zip(states) {
@@ -247,9 +250,7 @@ pub fn clip_grad_norm<B: Backend>(be: &B, lora: &mut LoraParams<B>, max_norm: f6
     if max_norm > 0.0 && norm.is_finite() {
         let factor = max_norm / (norm + 1e-6);
         if factor < 1.0 {
-            for p in &mut lora.params {
-                be.scale(&mut p.grad, factor as f32)?;
-            }
+            scale_grads(be, lora, factor as f32)?;
         }
     }
     Ok(norm)
@@ -275,8 +276,12 @@ pub fn unscale_and_clip<B: Backend>(
         1.0
     };
     let factor = (clip / scale as f64) as f32;
-    for p in &mut lora.params {
-        be.scale(&mut p.grad, factor)?;
-    }
+    scale_grads(be, lora, factor)?;
     Ok(Some(norm))
+}
+
+/// Every gradient *= factor, in one call (one launch on a GPU).
+fn scale_grads<B: Backend>(be: &B, lora: &mut LoraParams<B>, factor: f32) -> Result<()> {
+    let mut grads: Vec<&mut B::Buf> = lora.params.iter_mut().map(|p| &mut p.grad).collect();
+    Ok(be.scale_all(&mut grads, factor)?)
 }

@@ -36,7 +36,12 @@ pub(super) const KERNELS: &[&str] = &[
     COPY_COLUMNS,
 ];
 /// Its entry points compiled for f32 only (suffix _f32).
-pub(super) const F32_KERNELS: &[&str] = &[ADAMW];
+pub(super) const F32_KERNELS: &[&str] = &[
+    ADAMW,
+    super::multi_tensor::ADAMW_MULTI,
+    super::multi_tensor::SCALE_MULTI,
+    super::multi_tensor::SUM_SQUARES_MULTI,
+];
 
 /// Every element of buf = value.
 pub(super) fn fill(be: &CudaBackend, buf: &mut CudaBuf, value: f32) -> Result<()> {

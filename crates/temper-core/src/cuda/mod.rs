@@ -14,6 +14,7 @@ mod gemm;
 mod host;
 mod int8;
 mod layers;
+mod multi_tensor;
 mod ops;
 mod optim8;
 mod paged;
@@ -46,6 +47,9 @@ const INDEX_CACHE: usize = 16;
 
 /// An index array as the host passed it, and its copy on the device.
 type IndexUpload = (Vec<u32>, Arc<CudaSlice<u32>>);
+
+/// A tensor table as the host built it, and its copy on the device (`multi_tensor.rs`).
+type TableUpload = (Vec<u64>, Arc<CudaSlice<u64>>);
 
 /// Entry points instantiated once per storage type, by source file (each module lists the
 /// kernels of its file).
@@ -87,9 +91,14 @@ pub struct CudaBackend {
     profiler: profile::Profiler,
     /// Where paged optimizer state lives (`TEMPER_PAGED_MEMORY`), and the managed bytes held.
     paged_memory: paged::PagedMemory,
+    /// The optimizer's ops over all adapter tensors in one launch each (`multi_tensor.rs`);
+    /// `TEMPER_MULTI_TENSOR=0` launches once per tensor instead.
+    multi_tensor: bool,
     managed: Arc<std::sync::atomic::AtomicUsize>,
     /// Recently uploaded index arrays, newest first.
     index_cache: std::sync::Mutex<Vec<IndexUpload>>,
+    /// Tensor tables of the multi-tensor kernels, by content (`multi_tensor.rs`).
+    table_cache: std::sync::Mutex<Vec<TableUpload>>,
     /// Held for cuBLAS for the backend's lifetime (counted in the accounting).
     _workspace: CudaBuf,
 }
@@ -330,8 +339,10 @@ impl CudaBackend {
             flash,
             profiler: profile::Profiler::default(),
             paged_memory: paged::PagedMemory::from_env()?,
+            multi_tensor: std::env::var("TEMPER_MULTI_TENSOR").map_or(true, |v| v != "0"),
             managed: Default::default(),
             index_cache: Default::default(),
+            table_cache: Default::default(),
             _workspace: workspace,
         })
     }

@@ -7,7 +7,9 @@
 //! output's type first (in practice only small buffers, e.g. an f32 LoRA matrix meeting bf16
 //! activations).
 
-use super::{attention, cross_entropy, elementwise, host, int8, layers, optim8, profile, quant};
+use super::{
+    attention, cross_entropy, elementwise, host, int8, layers, multi_tensor, optim8, profile, quant,
+};
 use super::{check_f32, dev_err, CudaBackend, CudaBuf};
 use crate::backend::{AdamWStep, AttnShape, Backend, Gemm};
 use crate::error::check_len;
@@ -50,6 +52,38 @@ impl Backend for CudaBackend {
         host::page_in(self, v)?;
         let (mp, vp) = (self.mapped_device_ptr(m), self.mapped_device_ptr(v));
         elementwise::adamw(self, param, grad, mp, vp, s)
+    }
+
+    fn adamw_mapped_all(
+        &self,
+        params: &mut [crate::MappedAdamW<'_, Self>],
+        s: AdamWStep,
+    ) -> Result<()> {
+        if !self.multi_tensor {
+            for (p, g, m, v) in params.iter_mut() {
+                self.adamw_mapped(p, g, m, v, s)?;
+            }
+            return Ok(());
+        }
+        let _span = self.span("optimizer");
+        let mut rows = Vec::with_capacity(params.len());
+        let mut lens = Vec::with_capacity(params.len());
+        for (p, g, m, v) in params.iter() {
+            let (m_len, v_len) = (self.mapped_len(m), self.mapped_len(v));
+            crate::checks::optimizer_step("adamw", p.len, g.len, m_len, v_len, s.step)?;
+            check_f32("adamw", "param", p)?;
+            check_f32("adamw", "grad", g)?;
+            host::page_in(self, m)?;
+            host::page_in(self, v)?;
+            rows.push([
+                self.ptr(p, 0),
+                self.ptr(g, 0),
+                self.mapped_device_ptr(m),
+                self.mapped_device_ptr(v),
+            ]);
+            lens.push(p.len);
+        }
+        multi_tensor::adamw(self, &rows, &lens, s)
     }
 
     fn state8_zeros(&self, n: usize, map: &[f32; 256], on_host: bool) -> Result<super::CudaState8> {
@@ -233,6 +267,19 @@ impl Backend for CudaBackend {
         elementwise::scale(self, y, alpha)
     }
 
+    fn scale_all(&self, ys: &mut [&mut CudaBuf], alpha: f32) -> Result<()> {
+        let _span = self.span("elementwise");
+        if !self.multi_tensor || ys.iter().any(|y| y.dtype != DType::F32) {
+            for y in ys.iter_mut() {
+                elementwise::scale(self, y, alpha)?;
+            }
+            return Ok(());
+        }
+        let addresses: Vec<[u64; 1]> = ys.iter().map(|y| [self.ptr(y, 0)]).collect();
+        let lens: Vec<usize> = ys.iter().map(|y| y.len).collect();
+        multi_tensor::scale(self, &addresses, &lens, alpha)
+    }
+
     fn add_bias(&self, y: &mut CudaBuf, bias: &CudaBuf, c: usize) -> Result<()> {
         let _span = self.span("elementwise");
         elementwise::add_bias(self, y, bias, c)
@@ -244,7 +291,12 @@ impl Backend for CudaBackend {
 
     fn sum_squares_all(&self, xs: &[&CudaBuf]) -> Result<f64> {
         let _span = self.span("elementwise");
-        elementwise::sum_squares_all(self, xs)
+        if !self.multi_tensor || xs.iter().any(|x| x.dtype != DType::F32) {
+            return elementwise::sum_squares_all(self, xs);
+        }
+        let addresses: Vec<[u64; 1]> = xs.iter().map(|x| [self.ptr(x, 0)]).collect();
+        let lens: Vec<usize> = xs.iter().map(|x| x.len).collect();
+        multi_tensor::sum_squares(self, &addresses, &lens)
     }
 
     fn dropout(&self, y: &mut CudaBuf, x: &CudaBuf, p: f32, seed: u64) -> Result<()> {
@@ -524,6 +576,32 @@ impl Backend for CudaBackend {
         check_f32("adamw", "v", v)?;
         let (mp, vp) = (self.ptr(m, 0), self.ptr(v, 0));
         elementwise::adamw(self, param, grad, mp, vp, s)
+    }
+
+    fn adamw_all(&self, params: &mut [crate::DeviceAdamW<'_, Self>], s: AdamWStep) -> Result<()> {
+        if !self.multi_tensor {
+            for (p, g, m, v) in params.iter_mut() {
+                self.adamw(p, g, m, v, s)?;
+            }
+            return Ok(());
+        }
+        let _span = self.span("optimizer");
+        let mut rows = Vec::with_capacity(params.len());
+        let mut lens = Vec::with_capacity(params.len());
+        for (p, g, m, v) in params.iter() {
+            crate::checks::optimizer_step("adamw", p.len, g.len, m.len, v.len, s.step)?;
+            for (what, b) in [("param", &**p), ("grad", &**g), ("m", &**m), ("v", &**v)] {
+                check_f32("adamw", what, b)?;
+            }
+            rows.push([
+                self.ptr(p, 0),
+                self.ptr(g, 0),
+                self.ptr(m, 0),
+                self.ptr(v, 0),
+            ]);
+            lens.push(p.len);
+        }
+        multi_tensor::adamw(self, &rows, &lens, s)
     }
 
     fn profile_enable(&self, on: bool) {
