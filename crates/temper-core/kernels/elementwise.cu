@@ -253,6 +253,14 @@ extern "C" __global__ void adamw_multi_f32(const unsigned long long* table, unsi
     for (unsigned long long i = ch.start + threadIdx.x; i < ch.end; i += blockDim.x) adamw_element(p, g, m, v, i, c);
 }
 
+// y = value over every tensor of the table (K = 1).
+extern "C" __global__ void fill_multi_f32(const unsigned long long* table, unsigned int tensors,
+                                          unsigned long long chunk, float value) {
+    const TensorChunk ch = chunk_of_block(table, tensors, 1, chunk);
+    float* y = tensor_ptr(table, 1, ch.tensor, 0);
+    for (unsigned long long i = ch.start + threadIdx.x; i < ch.end; i += blockDim.x) y[i] = value;
+}
+
 // y *= alpha over every tensor of the table (K = 1), as scale_f32 does each.
 extern "C" __global__ void scale_multi_f32(const unsigned long long* table, unsigned int tensors,
                                            unsigned long long chunk, float alpha) {

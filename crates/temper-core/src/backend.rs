@@ -437,6 +437,14 @@ pub trait Backend: Send + Sync + 'static {
     fn len(&self, buf: &Self::Buf) -> usize;
     /// Sets every element to `value`.
     fn fill(&self, buf: &mut Self::Buf, value: f32) -> Result<()>;
+    /// [`Backend::fill`] of every buffer of `bufs` (the gradients before a step): one launch
+    /// where the backend can.
+    fn fill_all(&self, bufs: &mut [&mut Self::Buf], value: f32) -> Result<()> {
+        for b in bufs.iter_mut() {
+            self.fill(b, value)?;
+        }
+        Ok(())
+    }
     /// dst = src (same length).
     fn copy(&self, dst: &mut Self::Buf, src: &Self::Buf) -> Result<()>;
     /// Peak bytes this backend has held at once.

@@ -697,10 +697,10 @@ fn adamw_steps() {
 }
 
 /// The optimizer's one-launch ops over many tensors against one launch per tensor, on the
-/// GPU: AdamW (moments on the device, in mapped host memory, in managed memory) and the
-/// gradient scale must give the same bits; the sum of squares differs only in the order its
-/// f32 partial sums are added, so it is held to the f64 sum on the host. Lengths around the
-/// kernels' chunk of 16,384 values, and a lone value.
+/// GPU: AdamW (moments on the device, in mapped host memory, in managed memory), the
+/// gradient scale and the fill must give the same bits; the sum of squares differs only in
+/// the order its f32 partial sums are added, so it is held to the f64 sum on the host.
+/// Lengths around the kernels' chunk of 16,384 values, and a lone value.
 #[test]
 #[ignore = "needs an NVIDIA GPU: cargo test -- --ignored"]
 fn multi_tensor_ops_equal_one_launch_per_tensor() {
@@ -817,6 +817,11 @@ fn multi_tensor_ops_equal_one_launch_per_tensor() {
             bits(dl(&one[i])),
             "scale_all of tensor {i}"
         );
+    }
+    let mut refs: Vec<_> = all.iter_mut().collect();
+    gpu.fill_all(&mut refs, -2.5).expect("fill_all");
+    for (i, b) in all.iter().enumerate() {
+        assert!(dl(b).iter().all(|&x| x == -2.5), "fill_all of tensor {i}");
     }
     let host: f64 = grads[0]
         .iter()

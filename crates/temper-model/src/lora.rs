@@ -336,11 +336,10 @@ impl<B: Backend> LoraParams<B> {
         }
     }
 
-    /// Sets every gradient to zero.
+    /// Sets every gradient to zero (one launch on a GPU).
     pub fn zero_grads(&mut self, be: &B) -> Result<()> {
-        for p in &mut self.params {
-            be.fill(&mut p.grad, 0.0)?;
-        }
+        let mut grads: Vec<&mut B::Buf> = self.params.iter_mut().map(|p| &mut p.grad).collect();
+        be.fill_all(&mut grads, 0.0)?;
         Ok(())
     }
 

@@ -39,6 +39,7 @@ pub(super) const KERNELS: &[&str] = &[
 pub(super) const F32_KERNELS: &[&str] = &[
     ADAMW,
     super::multi_tensor::ADAMW_MULTI,
+    super::multi_tensor::FILL_MULTI,
     super::multi_tensor::SCALE_MULTI,
     super::multi_tensor::SUM_SQUARES_MULTI,
 ];

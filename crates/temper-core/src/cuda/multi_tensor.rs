@@ -93,6 +93,7 @@ impl CudaBackend {
 
 // Entry points (f32 only) in kernels/elementwise.cu.
 pub(super) const ADAMW_MULTI: &str = "adamw_multi";
+pub(super) const FILL_MULTI: &str = "fill_multi";
 pub(super) const SCALE_MULTI: &str = "scale_multi";
 pub(super) const SUM_SQUARES_MULTI: &str = "sum_squares_multi";
 
@@ -124,6 +125,28 @@ pub(super) fn adamw(
         &c.bc2_sqrt,
         &c.eps,
         &c.apply_decay
+    )
+}
+
+/// y = value for every f32 tensor at `addresses`, `lens` values long.
+pub(super) fn fill(
+    be: &CudaBackend,
+    addresses: &[[u64; 1]],
+    lens: &[usize],
+    value: f32,
+) -> Result<()> {
+    let Some(t) = be.tensor_table(addresses, lens)? else {
+        return Ok(());
+    };
+    launch!(
+        be,
+        be.kernel(FILL_MULTI, crate::DType::F32)?,
+        t.cfg,
+        FILL_MULTI,
+        &*t.table,
+        &t.tensors,
+        &t.chunk,
+        &value
     )
 }
 

@@ -227,6 +227,19 @@ impl Backend for CudaBackend {
         elementwise::fill(self, buf, value)
     }
 
+    fn fill_all(&self, bufs: &mut [&mut CudaBuf], value: f32) -> Result<()> {
+        let _span = self.span("elementwise");
+        if !self.multi_tensor || bufs.iter().any(|b| b.dtype != DType::F32) {
+            for b in bufs.iter_mut() {
+                elementwise::fill(self, b, value)?;
+            }
+            return Ok(());
+        }
+        let addresses: Vec<[u64; 1]> = bufs.iter().map(|b| [self.ptr(b, 0)]).collect();
+        let lens: Vec<usize> = bufs.iter().map(|b| b.len).collect();
+        multi_tensor::fill(self, &addresses, &lens, value)
+    }
+
     fn copy(&self, dst: &mut CudaBuf, src: &CudaBuf) -> Result<()> {
         let _span = self.span("elementwise");
         check_len("copy", "dst", dst.len, src.len)?;
