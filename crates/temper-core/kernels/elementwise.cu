@@ -253,6 +253,21 @@ extern "C" __global__ void adamw_multi_f32(const unsigned long long* table, unsi
     for (unsigned long long i = ch.start + threadIdx.x; i < ch.end; i += blockDim.x) adamw_element(p, g, m, v, i, c);
 }
 
+// dst = src over every (dst, src) pair of the table (K = 2), src f32, dst stored as T.
+template <typename T>
+__device__ void cast_multi(const unsigned long long* table, unsigned int tensors, unsigned long long chunk) {
+    const TensorChunk ch = chunk_of_block(table, tensors, 2, chunk);
+    T* dst = reinterpret_cast<T*>(table[ch.tensor * 2]);
+    const float* src = reinterpret_cast<const float*>(table[ch.tensor * 2 + 1]);
+    for (unsigned long long i = ch.start + threadIdx.x; i < ch.end; i += blockDim.x) dst[i] = from_f32<T>(src[i]);
+}
+#define CAST_MULTI(sfx, T)                                                                                    \
+    extern "C" __global__ void cast_multi_##sfx(const unsigned long long* table, unsigned int tensors,        \
+                                                unsigned long long chunk) {                                   \
+        cast_multi<T>(table, tensors, chunk);                                                                 \
+    }
+STORAGE_TYPES(CAST_MULTI)
+
 // y = value over every tensor of the table (K = 1).
 extern "C" __global__ void fill_multi_f32(const unsigned long long* table, unsigned int tensors,
                                           unsigned long long chunk, float value) {

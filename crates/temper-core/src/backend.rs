@@ -447,6 +447,15 @@ pub trait Backend: Send + Sync + 'static {
     }
     /// dst = src (same length).
     fn copy(&self, dst: &mut Self::Buf, src: &Self::Buf) -> Result<()>;
+    /// [`Backend::copy`] of every pair (the adapter's copies in the compute type before a
+    /// step): one launch where the backend can.
+    fn copy_all(&self, dsts: &mut [&mut Self::Buf], srcs: &[&Self::Buf]) -> Result<()> {
+        crate::error::check_len("copy_all", "srcs", srcs.len(), dsts.len())?;
+        for (d, s) in dsts.iter_mut().zip(srcs) {
+            self.copy(d, s)?;
+        }
+        Ok(())
+    }
     /// Peak bytes this backend has held at once.
     fn peak_bytes(&self) -> usize;
     /// Bytes of paged optimizer state in managed memory, which the driver keeps on the device

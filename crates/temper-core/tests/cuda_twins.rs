@@ -698,9 +698,9 @@ fn adamw_steps() {
 
 /// The optimizer's one-launch ops over many tensors against one launch per tensor, on the
 /// GPU: AdamW (moments on the device, in mapped host memory, in managed memory), the
-/// gradient scale and the fill must give the same bits; the sum of squares differs only in
-/// the order its f32 partial sums are added, so it is held to the f64 sum on the host.
-/// Lengths around the kernels' chunk of 16,384 values, and a lone value.
+/// gradient scale, the fill and the copies to 16 bits must give the same bits; the sum of
+/// squares differs only in the order its f32 partial sums are added, so it is held to the
+/// f64 sum on the host. Lengths around the kernels' chunk of 16,384 values, and a lone value.
 #[test]
 #[ignore = "needs an NVIDIA GPU: cargo test -- --ignored"]
 fn multi_tensor_ops_equal_one_launch_per_tensor() {
@@ -817,6 +817,29 @@ fn multi_tensor_ops_equal_one_launch_per_tensor() {
             bits(dl(&one[i])),
             "scale_all of tensor {i}"
         );
+    }
+    // The copies in a 16-bit compute type.
+    for dt in [DType::BF16, DType::F16] {
+        let srcs: Vec<_> = grads[1].iter().map(up).collect();
+        let mk = || -> Vec<_> {
+            lens.iter()
+                .map(|&n| gpu.zeros_as(n, dt).expect("gpu"))
+                .collect()
+        };
+        let (mut one, mut all) = (mk(), mk());
+        for (d, src) in one.iter_mut().zip(&srcs) {
+            gpu.copy(d, src).expect("one");
+        }
+        let mut dsts: Vec<_> = all.iter_mut().collect();
+        gpu.copy_all(&mut dsts, &srcs.iter().collect::<Vec<_>>())
+            .expect("all");
+        for i in 0..lens.len() {
+            assert_eq!(
+                bits(dl(&all[i])),
+                bits(dl(&one[i])),
+                "copy_all to {dt} of tensor {i}"
+            );
+        }
     }
     let mut refs: Vec<_> = all.iter_mut().collect();
     gpu.fill_all(&mut refs, -2.5).expect("fill_all");

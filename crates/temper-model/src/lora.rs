@@ -321,9 +321,17 @@ impl<B: Backend> LoraParams<B> {
         if dt == temper_core::DType::F32 {
             return Ok(());
         }
-        for p in &mut self.params {
-            let mut copy = be.uninit_as(be.len(&p.value), dt)?;
-            be.copy(&mut copy, &p.value)?;
+        let mut copies = self
+            .params
+            .iter()
+            .map(|p| be.uninit_as(be.len(&p.value), dt))
+            .collect::<temper_core::Result<Vec<_>>>()?;
+        {
+            let mut dsts: Vec<&mut B::Buf> = copies.iter_mut().collect();
+            let srcs: Vec<&B::Buf> = self.params.iter().map(|p| &p.value).collect();
+            be.copy_all(&mut dsts, &srcs)?;
+        }
+        for (p, copy) in self.params.iter_mut().zip(copies) {
             p.compute = Some(copy);
         }
         Ok(())

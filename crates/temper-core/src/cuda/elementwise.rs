@@ -34,6 +34,7 @@ pub(super) const KERNELS: &[&str] = &[
     GEGLU_FORWARD,
     GEGLU_BACKWARD,
     COPY_COLUMNS,
+    super::multi_tensor::CAST_MULTI,
 ];
 /// Its entry points compiled for f32 only (suffix _f32).
 pub(super) const F32_KERNELS: &[&str] = &[

@@ -94,6 +94,8 @@ impl CudaBackend {
 // Entry points (f32 only) in kernels/elementwise.cu.
 pub(super) const ADAMW_MULTI: &str = "adamw_multi";
 pub(super) const FILL_MULTI: &str = "fill_multi";
+/// Compiled per storage type (the type written).
+pub(super) const CAST_MULTI: &str = "cast_multi";
 pub(super) const SCALE_MULTI: &str = "scale_multi";
 pub(super) const SUM_SQUARES_MULTI: &str = "sum_squares_multi";
 
@@ -125,6 +127,28 @@ pub(super) fn adamw(
         &c.bc2_sqrt,
         &c.eps,
         &c.apply_decay
+    )
+}
+
+/// dst = src in `to` for every (dst, src) address pair of `rows`, src f32, `lens` values
+/// long.
+pub(super) fn cast_from_f32(
+    be: &CudaBackend,
+    rows: &[[u64; 2]],
+    lens: &[usize],
+    to: crate::DType,
+) -> Result<()> {
+    let Some(t) = be.tensor_table(rows, lens)? else {
+        return Ok(());
+    };
+    launch!(
+        be,
+        be.kernel(CAST_MULTI, to)?,
+        t.cfg,
+        CAST_MULTI,
+        &*t.table,
+        &t.tensors,
+        &t.chunk
     )
 }
 

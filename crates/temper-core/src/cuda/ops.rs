@@ -252,6 +252,29 @@ impl Backend for CudaBackend {
             .map_err(dev_err("copy"))
     }
 
+    fn copy_all(&self, dsts: &mut [&mut CudaBuf], srcs: &[&CudaBuf]) -> Result<()> {
+        check_len("copy_all", "srcs", srcs.len(), dsts.len())?;
+        let to = dsts.first().map_or(DType::F32, |d| d.dtype);
+        let one_launch = self.multi_tensor
+            && srcs.iter().all(|s| s.dtype == DType::F32)
+            && dsts.iter().all(|d| d.dtype == to);
+        if !one_launch {
+            for (d, s) in dsts.iter_mut().zip(srcs) {
+                self.copy(d, s)?;
+            }
+            return Ok(());
+        }
+        let _span = self.span("elementwise");
+        let mut rows = Vec::with_capacity(srcs.len());
+        let mut lens = Vec::with_capacity(srcs.len());
+        for (d, s) in dsts.iter().zip(srcs) {
+            check_len("copy_all", "dst", d.len, s.len)?;
+            rows.push([self.ptr(d, 0), self.ptr(s, 0)]);
+            lens.push(s.len);
+        }
+        multi_tensor::cast_from_f32(self, &rows, &lens, to)
+    }
+
     fn peak_bytes(&self) -> usize {
         self.accounting.peak()
     }
