@@ -58,7 +58,10 @@ const PER_TYPE: &[(&str, &[&str])] = &[
     ("layers.cu", layers::KERNELS),
     ("attention.cu", attention::KERNELS),
     ("cross_entropy.cu", cross_entropy::KERNELS),
-    ("dequant.cu", &[quant::DEQUANT4, int8::DEQUANT_INT8]),
+    (
+        "dequant.cu",
+        &[quant::DEQUANT4, quant::DEQUANT4_UNITS, int8::DEQUANT_INT8],
+    ),
     (
         "quant.cu",
         &[quant::QUANTIZE_4BIT, int8::QUANTIZE_INT8_ROWS],
@@ -94,6 +97,9 @@ pub struct CudaBackend {
     /// The optimizer's ops over all adapter tensors in one launch each (`multi_tensor.rs`);
     /// `TEMPER_MULTI_TENSOR=0` launches once per tensor instead.
     multi_tensor: bool,
+    /// 4-bit weights dequantised by `dequant4_units` (`TEMPER_DEQUANT=units`) instead of
+    /// `dequant4`: the same values, another memory layout of the work.
+    dequant_units: bool,
     managed: Arc<std::sync::atomic::AtomicUsize>,
     /// Recently uploaded index arrays, newest first.
     index_cache: std::sync::Mutex<Vec<IndexUpload>>,
@@ -340,6 +346,7 @@ impl CudaBackend {
             profiler: profile::Profiler::default(),
             paged_memory: paged::PagedMemory::from_env()?,
             multi_tensor: std::env::var("TEMPER_MULTI_TENSOR").map_or(true, |v| v != "0"),
+            dequant_units: std::env::var("TEMPER_DEQUANT").is_ok_and(|v| v == "units"),
             managed: Default::default(),
             index_cache: Default::default(),
             table_cache: Default::default(),

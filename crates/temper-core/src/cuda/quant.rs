@@ -15,6 +15,8 @@ use crate::{CoreError, DType, Result};
 // Entry points: dequant4 (kernels/dequant.cu), quantize_4bit and quantize_blockwise (f32
 // only) (kernels/quant.cu).
 pub(super) const DEQUANT4: &str = "dequant4";
+/// The same values in a layout for memory speed, chosen with `TEMPER_DEQUANT=units`.
+pub(super) const DEQUANT4_UNITS: &str = "dequant4_units";
 pub(super) const QUANTIZE_4BIT: &str = "quantize_4bit";
 pub(super) const QUANTIZE_BLOCKWISE: &str = "quantize_blockwise";
 
@@ -164,7 +166,14 @@ pub(super) fn dequantize(be: &CudaBackend, out: &mut CudaBuf, q: &CudaQuant) -> 
         return Ok(());
     }
     let n = q.numel as u64;
-    let f = be.kernel(DEQUANT4, out.dtype)?;
+    let f = be.kernel(
+        if be.dequant_units {
+            DEQUANT4_UNITS
+        } else {
+            DEQUANT4
+        },
+        out.dtype,
+    )?;
     let cfg = grid_stride(q.numel.div_ceil(2));
     // The kernel reads either the plain scales or the nested parts (null pointers for
     // the others); the guards order the reads after earlier writes on the stream.
