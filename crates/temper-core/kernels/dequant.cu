@@ -60,8 +60,8 @@ __device__ void dequant4(T* out, const unsigned char* packed, const float* code,
 #endif
 template <typename T>
 __device__ void dequant4_units(T* out, const unsigned char* packed, const float* code, const float* absmax,
-                         const unsigned char* codes, const float* map, const float* nested, unsigned int nested_bs,
-                         float offset, unsigned int blocksize, unsigned long long n) {
+                               const unsigned char* codes, const float* map, const float* nested,
+                               unsigned int nested_bs, float offset, unsigned int blocksize, unsigned long long n) {
     __shared__ float code_s[16];
     if (threadIdx.x < 16) code_s[threadIdx.x] = code[threadIdx.x];
     __syncthreads();
@@ -116,9 +116,9 @@ __device__ void dequant4_units(T* out, const unsigned char* packed, const float*
     }
 STORAGE_TYPES(DEQUANT)
 
-#define DEQUANT_UNITS(sfx, T)                                                                                     \
-    extern "C" __global__ void dequant4_units_##sfx(T* out, const unsigned char* packed, const float* code,          \
-                                                    const float* absmax, const unsigned char* codes,              \
+#define DEQUANT_UNITS(sfx, T)                                                                                      \
+    extern "C" __global__ void dequant4_units_##sfx(T* out, const unsigned char* packed, const float* code,        \
+                                                    const float* absmax, const unsigned char* codes,               \
                                                     const float* map, const float* nested, unsigned int nested_bs, \
                                                     float offset, unsigned int blocksize, unsigned long long n) {  \
         dequant4_units<T>(out, packed, code, absmax, codes, map, nested, nested_bs, offset, blocksize, n);         \

@@ -341,6 +341,12 @@ pub trait Backend: Send + Sync + 'static {
     /// returns, and the device memory is freed once it has run; [`Backend::restore_from_host`]
     /// is ordered after it).
     fn park_on_host(&self, buf: Self::Buf) -> Result<Self::Host>;
+    /// [`Backend::park_on_host`] of a group of buffers that are ready together (what one
+    /// layer parks), in order: on a GPU the group's copies queue back to back, and only the
+    /// copies of earlier groups are waited for before their device memory is freed.
+    fn park_all_on_host(&self, bufs: Vec<Self::Buf>) -> Result<Vec<Self::Host>> {
+        bufs.into_iter().map(|b| self.park_on_host(b)).collect()
+    }
     /// Starts copying `host` back to the device ahead of [`Backend::restore_from_host`], so
     /// the copy overlaps the work queued between the two (backends without a copy engine do
     /// nothing here).

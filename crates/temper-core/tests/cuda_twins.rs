@@ -705,6 +705,8 @@ fn adamw_steps() {
 #[ignore = "needs an NVIDIA GPU: cargo test -- --ignored"]
 fn multi_tensor_ops_equal_one_launch_per_tensor() {
     let mut p = Pair::new(12, DType::F32);
+    // Whatever TEMPER_MULTI_TENSOR says: the `_all` ops must take the one-launch path here.
+    p.gpu.set_multi_tensor(true);
     let lens = [1usize, 7, 3000, 16384, 16385, 40000];
     let step_of = |step: u64| AdamWStep {
         lr: 1e-2,
@@ -762,6 +764,7 @@ fn multi_tensor_ops_equal_one_launch_per_tensor() {
     // Moments in mapped host memory, pinned and managed.
     for memory in [
         PagedMemory::Pinned,
+        PagedMemory::Managed { each_step: true },
         PagedMemory::Managed { each_step: false },
     ] {
         p.gpu.set_paged_memory(memory);
@@ -1055,12 +1058,16 @@ fn random_quant4(p: &mut Pair, numel: usize, blocksize: usize, nested: bool) -> 
 #[test]
 #[ignore = "needs an NVIDIA GPU: cargo test -- --ignored"]
 fn dequantize4_plain_and_nested() {
-    for dt in DTYPES {
+    // Both kernels: dequant4 and dequant4_units (several units of 8 values per thread at the
+    // largest size).
+    for (dt, units) in DTYPES.iter().flat_map(|&dt| [(dt, false), (dt, true)]) {
         let mut p = Pair::new(8, dt);
+        p.gpu.set_dequant_units(units);
         for (numel, blocksize, nested) in [
             (64 * 513 + 37, 64, false),
             (64 * 700 + 5, 64, true),
             (4096 * 3 + 1, 4096, true),
+            (64 * 40000 + 13, 64, true),
         ] {
             let q = random_quant4(&mut p, numel, blocksize, nested);
             let qc = p.cpu.upload_quant4(&q).expect("cpu");
@@ -1073,7 +1080,8 @@ fn dequantize4_plain_and_nested() {
             let want: Vec<f32> = oc.iter().map(|&v| dt.round(v)).collect();
             assert_twins(
                 &format!(
-                    "dequantize4 {numel} values, blocks of {blocksize}, nested {nested} [{dt}]"
+                    "dequantize4 {numel} values, blocks of {blocksize}, nested {nested}, \
+                     units {units} [{dt}]"
                 ),
                 &p.gpu.download(&og).expect("dl"),
                 &want,

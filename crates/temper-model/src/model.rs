@@ -142,7 +142,7 @@ impl<B: Backend> Model<B> {
             weights,
             loss_chunk: 1024,
             mlp_tile_tokens: crate::layer::MLP_TILE_TOKENS,
-            parking: ParkingWanted::from_env(),
+            parking: ParkingWanted::from_env().map_err(ModelError::LoadOptions)?,
         })
     }
 
@@ -407,28 +407,44 @@ impl<B: Backend> Model<B> {
                     inputs.push(Kept::Device(input));
                 }
                 Checkpointing::EveryLayer => inputs.push(Kept::Device(input)),
-                Checkpointing::EveryLayerOnHost => inputs.push(Kept::Host {
-                    x: be.park_on_host(input)?,
-                    residual: if keep_residual {
-                        Some(be.park_on_host(acts.x2)?)
+                Checkpointing::EveryLayerOnHost => {
+                    // One group: the copies queue back to back, and none of them waits
+                    // for another of the same layer.
+                    let mut group = vec![input];
+                    if keep_residual {
+                        group.push(acts.x2);
+                    }
+                    if keep_attention {
+                        group.push(acts.att);
+                    }
+                    if keep_qkv {
+                        group.extend([acts.q, acts.k, acts.v]);
+                    }
+                    let mut parked = be.park_all_on_host(group)?.into_iter();
+                    let mut next = || {
+                        parked.next().ok_or_else(|| {
+                            ModelError::Adapter("internal: a parked buffer is missing".into())
+                        })
+                    };
+                    let x = next()?;
+                    let residual = if keep_residual { Some(next()?) } else { None };
+                    let attention = if keep_attention {
+                        Some((next()?, acts.lse))
                     } else {
                         None
-                    },
-                    attention: if keep_attention {
-                        Some((be.park_on_host(acts.att)?, acts.lse))
+                    };
+                    let qkv = if keep_qkv {
+                        Some([next()?, next()?, next()?])
                     } else {
                         None
-                    },
-                    qkv: if keep_qkv {
-                        Some([
-                            be.park_on_host(acts.q)?,
-                            be.park_on_host(acts.k)?,
-                            be.park_on_host(acts.v)?,
-                        ])
-                    } else {
-                        None
-                    },
-                }),
+                    };
+                    inputs.push(Kept::Host {
+                        x,
+                        attention,
+                        residual,
+                        qkv,
+                    });
+                }
             }
         }
 

@@ -7,17 +7,28 @@
 
 use crate::config::ModelConfig;
 
+/// A switch from the environment: unset or empty gives `default`, `1` on, `0` off, anything
+/// else an error naming the variable.
+fn switch_from_env(name: &str, default: bool) -> std::result::Result<bool, String> {
+    match std::env::var(name).unwrap_or_default().as_str() {
+        "" => Ok(default),
+        "1" => Ok(true),
+        "0" => Ok(false),
+        other => Err(format!("{name}={other:?}: use 1 (on) or 0 (off)")),
+    }
+}
+
 /// Whether the parked residual is wanted: on unless `TEMPER_PARK_RESIDUAL=0` (read by the
 /// loader and by the plan, so the two agree).
-pub fn park_residual_from_env() -> bool {
-    std::env::var("TEMPER_PARK_RESIDUAL").map_or(true, |v| v != "0")
+pub fn park_residual_from_env() -> std::result::Result<bool, String> {
+    switch_from_env("TEMPER_PARK_RESIDUAL", true)
 }
 
 /// Whether parked queries, keys and values are wanted: only with `TEMPER_PARK_QKV=1`. They
 /// double what a layer sends over the bus in its forward, which pays only where the bus is
 /// faster than the projections they replace (read by the loader and by the plan).
-pub fn park_qkv_from_env() -> bool {
-    std::env::var("TEMPER_PARK_QKV").is_ok_and(|v| v == "1")
+pub fn park_qkv_from_env() -> std::result::Result<bool, String> {
+    switch_from_env("TEMPER_PARK_QKV", false)
 }
 
 /// What each layer parks beside its input.
@@ -39,13 +50,20 @@ pub struct ParkingWanted {
 }
 
 impl ParkingWanted {
-    /// From `TEMPER_PARK_RESIDUAL` and `TEMPER_PARK_QKV`.
-    pub fn from_env() -> Self {
-        ParkingWanted {
-            residual: park_residual_from_env(),
-            qkv: park_qkv_from_env(),
-        }
+    /// From `TEMPER_PARK_RESIDUAL` and `TEMPER_PARK_QKV`; an error names a variable whose
+    /// value is neither 0 nor 1.
+    pub fn from_env() -> std::result::Result<Self, String> {
+        Ok(ParkingWanted {
+            residual: park_residual_from_env()?,
+            qkv: park_qkv_from_env()?,
+        })
     }
+
+    /// The defaults: the residual parked, q, k and v not.
+    pub const DEFAULT: ParkingWanted = ParkingWanted {
+        residual: true,
+        qkv: false,
+    };
 }
 
 impl HostParking {

@@ -371,11 +371,12 @@ pub enum PlanDevice {
 ///   temporaries at their highest point ([`layer_backward_peak`]).
 ///
 /// With the inputs on the host, every layer's log-sum-exp stays on the device until its
-/// backward, and on the GPU the next layer's input and attention output are fetched back
-/// ahead of use (from before the loss on). The forward never holds more than the backward:
-/// a layer's forward holds its activations, its input and output and the two parks in flight
-/// (C + Hq*D), where its backward holds the same activations beside dx, dx_in, the next
-/// layer's prefetch (C + Hq*D) and at least one more (N, F).
+/// backward, and on the GPU the next layer's parks (its input and what `parking.rs` adds) are
+/// fetched back ahead of use (from before the loss on). The forward never holds more than the
+/// backward: a layer's forward holds its activations, its input and output and the previous
+/// layer's parks while their copies run (C + the parked width), where its backward holds the
+/// same activations beside dx, dx_in, the next layer's prefetch (the same width) and at least
+/// one more (N, F).
 #[allow(clippy::too_many_arguments)]
 pub fn plan(
     cfg: &ModelConfig,
@@ -418,7 +419,9 @@ pub fn plan(
     // The sum after the attention is parked beside them where host memory allows (unless
     // TEMPER_PARK_RESIDUAL=0): the rule of `parking.rs`, as the step applies it.
     let parking = if ckpt == Checkpointing::EveryLayerOnHost {
-        HostParking::decide(cfg, n, bytes, host_available, ParkingWanted::from_env())
+        // A bad value is refused when the model loads; the plan takes the defaults then.
+        let wanted = ParkingWanted::from_env().unwrap_or(ParkingWanted::DEFAULT);
+        HostParking::decide(cfg, n, bytes, host_available, wanted)
     } else {
         HostParking::NOTHING
     };

@@ -159,6 +159,8 @@ pub fn memory_line(m: &MemoryPlan) -> String {
 }
 
 pub fn run(args: PlanArgs) -> Result<()> {
+    // The parking switches the step reads, refused here as `train` would refuse them.
+    temper_model::parking::ParkingWanted::from_env().map_err(anyhow::Error::msg)?;
     let (file, base) = config::load(Some(&args.config), &args.overrides)?;
     let mut p = file.resolve(&base, None)?;
     p.model_dir = crate::model_source::resolve(&p.model_dir)?;

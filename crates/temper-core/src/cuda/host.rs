@@ -134,6 +134,19 @@ impl CudaBackend {
 
 pub(super) fn park(be: &CudaBackend, buf: CudaBuf) -> Result<CudaHost> {
     be.release_parked(2)?;
+    park_queued(be, buf)
+}
+
+/// [`park`] of a group ready together: the earlier parks are released first (the compute
+/// stream waits for whichever copies still run), none of the group's own.
+pub(super) fn park_group(be: &CudaBackend, bufs: Vec<CudaBuf>) -> Result<Vec<CudaHost>> {
+    be.release_parked(0)?;
+    bufs.into_iter().map(|b| park_queued(be, b)).collect()
+}
+
+/// Queues the copy of `buf` to (reused or new) pinned host memory on the copy stream; the
+/// device buffer waits in the in-flight list until a later release.
+fn park_queued(be: &CudaBackend, buf: CudaBuf) -> Result<CudaHost> {
     let (bytes, len, dtype) = (buf.bytes(), buf.len, buf.dtype);
     let reused = be
         .host_pool
@@ -234,7 +247,9 @@ pub(super) fn mapped_zeros(be: &CudaBackend, n: usize) -> Result<CudaMapped> {
 
 pub(super) fn mapped_read(be: &CudaBackend, m: &CudaMapped) -> Result<Vec<f32>> {
     be.synchronize()?;
-    Ok(m.data.as_slice()?.to_vec())
+    let values = m.data.as_slice()?.to_vec();
+    be.page_in_after_host_access(&m.data)?;
+    Ok(values)
 }
 
 /// Managed moments moved to the device before the step that uses them (see `paged.rs`).
@@ -248,5 +263,5 @@ pub(super) fn mapped_write(be: &CudaBackend, m: &mut CudaMapped, values: &[f32])
     crate::error::check_len("mapped_write", "values", values.len(), len)?;
     let dst = m.data.as_mut_slice()?;
     dst[..len].copy_from_slice(values);
-    Ok(())
+    be.page_in_after_host_access(&m.data)
 }

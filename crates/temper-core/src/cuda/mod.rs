@@ -345,8 +345,12 @@ impl CudaBackend {
             flash,
             profiler: profile::Profiler::default(),
             paged_memory: paged::PagedMemory::from_env()?,
-            multi_tensor: std::env::var("TEMPER_MULTI_TENSOR").map_or(true, |v| v != "0"),
-            dequant_units: std::env::var("TEMPER_DEQUANT").is_ok_and(|v| v == "units"),
+            multi_tensor: env_choice("TEMPER_MULTI_TENSOR", &[("1", true), ("0", false)], true)?,
+            dequant_units: env_choice(
+                "TEMPER_DEQUANT",
+                &[("units", true), ("bytes", false)],
+                false,
+            )?,
             managed: Default::default(),
             index_cache: Default::default(),
             table_cache: Default::default(),
@@ -451,6 +455,26 @@ impl CudaBackend {
         elementwise::cast(self, self.ptr(&out, 0), dt, self.ptr(b, 0), b.dtype, b.len)?;
         Ok(Converted::Owned(out))
     }
+}
+
+/// The value of `name` among `choices` (unset or empty: `default`); any other value is an
+/// error that lists the choices.
+fn env_choice<T: Copy>(name: &str, choices: &[(&str, T)], default: T) -> Result<T> {
+    let value = std::env::var(name).unwrap_or_default();
+    if value.is_empty() {
+        return Ok(default);
+    }
+    choices
+        .iter()
+        .find(|(v, _)| *v == value)
+        .map(|&(_, t)| t)
+        .ok_or_else(|| {
+            let names: Vec<&str> = choices.iter().map(|(v, _)| *v).collect();
+            CoreError::Device(format!(
+                "{name}={value:?}: use one of {} (or leave it unset)",
+                names.join(", ")
+            ))
+        })
 }
 
 /// Freed device memory stays in the stream-ordered pool instead of going back to the driver

@@ -29,6 +29,12 @@ pub(super) struct TensorTable {
 }
 
 impl CudaBackend {
+    /// One launch over all tensors in the optimizer's ops when `on`, else one per tensor
+    /// (tests; runs take `TEMPER_MULTI_TENSOR`).
+    pub fn set_multi_tensor(&mut self, on: bool) {
+        self.multi_tensor = on;
+    }
+
     /// The table of tensors with `K` addresses each and the given lengths (see the kernels'
     /// comment for its layout); None when there is nothing to do.
     pub(super) fn tensor_table<const K: usize>(
@@ -36,6 +42,7 @@ impl CudaBackend {
         addresses: &[[u64; K]],
         lens: &[usize],
     ) -> Result<Option<TensorTable>> {
+        debug_assert_eq!(addresses.len(), lens.len(), "one length per tensor");
         let tensors = addresses.len();
         let mut host: Vec<u64> = Vec::with_capacity(tensors * (K + 1));
         host.extend(addresses.iter().flatten());

@@ -115,6 +115,11 @@ impl Backend for CudaBackend {
         host::park(self, buf)
     }
 
+    fn park_all_on_host(&self, bufs: Vec<CudaBuf>) -> Result<Vec<super::CudaHost>> {
+        let _span = self.span("offload_copy");
+        host::park_group(self, bufs)
+    }
+
     fn prefetch_from_host(&self, host: &super::CudaHost) -> Result<()> {
         let _span = self.span("offload_copy");
         host::prefetch(self, host)

@@ -138,10 +138,13 @@ pub(super) fn read(be: &CudaBackend, s: &CudaState8) -> Result<(Vec<u8>, Vec<f32
         }
         Storage::Mapped { codes, absmax, .. } => {
             be.synchronize()?;
-            Ok((
+            let read = (
                 codes.as_slice()?[..n].to_vec(),
                 absmax.as_slice()?[..blocks].to_vec(),
-            ))
+            );
+            be.page_in_after_host_access(codes)?;
+            be.page_in_after_host_access(absmax)?;
+            Ok(read)
         }
     }
 }
@@ -173,7 +176,8 @@ pub(super) fn write(
             be.synchronize()?;
             hc.as_mut_slice()?[..codes.len()].copy_from_slice(codes);
             ha.as_mut_slice()?[..absmax.len()].copy_from_slice(absmax);
-            Ok(())
+            be.page_in_after_host_access(hc)?;
+            be.page_in_after_host_access(ha)
         }
     }
 }

@@ -184,6 +184,17 @@ impl CudaBackend {
         }
     }
 
+    /// Moves managed values back to the device after the host read or wrote them (a
+    /// checkpoint saved or resumed), in either managed mode: touched from the host, the pages
+    /// moved there, and a mode that prefetches only once would otherwise fault them back one
+    /// by one in the next step. Pinned values stay where they are.
+    pub(super) fn page_in_after_host_access<T>(&self, s: &PagedSlice<T>) -> Result<()> {
+        match s {
+            PagedSlice::Managed(m) => self.page_in(m),
+            PagedSlice::Pinned(_) => Ok(()),
+        }
+    }
+
     fn page_in<T>(&self, m: &ManagedSlice<T>) -> Result<()> {
         let bytes = m.len * std::mem::size_of::<T>();
         // SAFETY: a prefetch of a range the slice owns, ordered on the compute stream.

@@ -160,21 +160,29 @@ pub(super) fn upload(be: &CudaBackend, q: &Quant4) -> Result<CudaQuant> {
     })
 }
 
+impl CudaBackend {
+    /// Dequantises 4-bit weights with `dequant4_units` when `units`, else `dequant4` (tests;
+    /// runs take `TEMPER_DEQUANT`).
+    pub fn set_dequant_units(&mut self, units: bool) {
+        self.dequant_units = units;
+    }
+}
+
 pub(super) fn dequantize(be: &CudaBackend, out: &mut CudaBuf, q: &CudaQuant) -> Result<()> {
     check_len("dequantize4", "out", out.len, q.numel)?;
     if q.numel == 0 {
         return Ok(());
     }
     let n = q.numel as u64;
-    let f = be.kernel(
-        if be.dequant_units {
-            DEQUANT4_UNITS
-        } else {
-            DEQUANT4
-        },
-        out.dtype,
-    )?;
-    let cfg = grid_stride(q.numel.div_ceil(2));
+    // dequant4: a thread per packed byte (up to the grid's cap); dequant4_units: a thread
+    // per four units of 8 values (its DEQ_UNROLL).
+    let (name, threads) = if be.dequant_units {
+        (DEQUANT4_UNITS, q.numel.div_ceil(32))
+    } else {
+        (DEQUANT4, q.numel.div_ceil(2))
+    };
+    let f = be.kernel(name, out.dtype)?;
+    let cfg = grid_stride(threads);
     // The kernel reads either the plain scales or the nested parts (null pointers for
     // the others); the guards order the reads after earlier writes on the stream.
     let mut guards = Vec::with_capacity(3);
