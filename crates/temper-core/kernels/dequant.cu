@@ -12,6 +12,22 @@ __device__ __forceinline__ float block_absmax(unsigned long long b, const float*
     return absmax ? absmax[b] : __fadd_rn(__fmul_rn(map[codes[b]], nested[b / nested_bs]), offset);
 }
 
+// Packed bytes from `first` on, two values per byte (the tail of either kernel below).
+template <typename T>
+__device__ void dequant4_pairs(T* out, const unsigned char* packed, const float* code_s, const float* absmax,
+                               const unsigned char* codes, const float* map, const float* nested,
+                               unsigned int nested_bs, float offset, unsigned int blocksize, unsigned long long n,
+                               unsigned long long first) {
+    const unsigned long long bytes = (n + 1) / 2;
+    GRID_STRIDE(t, bytes - first) {
+        const unsigned long long j = first + t, i = 2 * j;
+        const float a = block_absmax(i / blocksize, absmax, codes, map, nested, nested_bs, offset);
+        const unsigned char byte = packed[j];
+        out[i] = from_f32<T>(code_s[byte >> 4] * a);
+        if (i + 1 < n) out[i + 1] = from_f32<T>(code_s[byte & 15] * a);
+    }
+}
+
 // Each thread decodes 8 packed bytes (16 values, inside one block since blocksize is a
 // multiple of 16 on this path) and writes them with two vector stores; a tail shorter than 16
 // values, or a blocksize that is not a multiple of 16, goes value pair by value pair.
@@ -38,15 +54,7 @@ __device__ void dequant4(T* out, const unsigned char* packed, const float* code,
         store8(out + i, v);
         store8(out + i + 8, v + 8);
     }
-    // The rest, two values per packed byte.
-    const unsigned long long first = groups * 8, bytes = (n + 1) / 2;
-    GRID_STRIDE(t, bytes - first) {
-        const unsigned long long j = first + t, i = 2 * j;
-        const float a = block_absmax(i / blocksize, absmax, codes, map, nested, nested_bs, offset);
-        const unsigned char byte = packed[j];
-        out[i] = from_f32<T>(code_s[byte >> 4] * a);
-        if (i + 1 < n) out[i + 1] = from_f32<T>(code_s[byte & 15] * a);
-    }
+    dequant4_pairs(out, packed, code_s, absmax, codes, map, nested, nested_bs, offset, blocksize, n, groups * 8);
 }
 
 // The same values as dequant4 (the same products), laid out for memory speed: units of 8
@@ -96,15 +104,7 @@ __device__ void dequant4_units(T* out, const unsigned char* packed, const float*
             }
         }
     }
-    // The rest, two values per packed byte.
-    const unsigned long long first = units * 4, bytes = (n + 1) / 2;
-    GRID_STRIDE(t, bytes - first) {
-        const unsigned long long j = first + t, i = 2 * j;
-        const float a = block_absmax(i / blocksize, absmax, codes, map, nested, nested_bs, offset);
-        const unsigned char byte = packed[j];
-        out[i] = from_f32<T>(code_s[byte >> 4] * a);
-        if (i + 1 < n) out[i + 1] = from_f32<T>(code_s[byte & 15] * a);
-    }
+    dequant4_pairs(out, packed, code_s, absmax, codes, map, nested, nested_bs, offset, blocksize, n, units * 4);
 }
 
 #define DEQUANT(sfx, T)                                                                                          \

@@ -45,11 +45,8 @@ const CUBLAS_WORKSPACE: usize = 32 << 20;
 /// Index arrays kept on the device for reuse (see `upload_u32`).
 const INDEX_CACHE: usize = 16;
 
-/// An index array as the host passed it, and its copy on the device.
-type IndexUpload = (Vec<u32>, Arc<CudaSlice<u32>>);
-
-/// A tensor table as the host built it, and its copy on the device (`multi_tensor.rs`).
-type TableUpload = (Vec<u64>, Arc<CudaSlice<u64>>);
+/// Arrays as the host passed them, each with its copy on the device, most recent first.
+type UploadCache<T> = std::sync::Mutex<Vec<(Vec<T>, Arc<CudaSlice<T>>)>>;
 
 /// Entry points instantiated once per storage type, by source file (each module lists the
 /// kernels of its file).
@@ -102,9 +99,9 @@ pub struct CudaBackend {
     dequant_units: bool,
     managed: Arc<std::sync::atomic::AtomicUsize>,
     /// Recently uploaded index arrays, newest first.
-    index_cache: std::sync::Mutex<Vec<IndexUpload>>,
+    index_cache: UploadCache<u32>,
     /// Tensor tables of the multi-tensor kernels, by content (`multi_tensor.rs`).
-    table_cache: std::sync::Mutex<Vec<TableUpload>>,
+    table_cache: UploadCache<u64>,
     /// Held for cuBLAS for the backend's lifetime (counted in the accounting).
     _workspace: CudaBuf,
 }
@@ -420,10 +417,21 @@ impl CudaBackend {
     /// same few arrays to many ops (every layer's RoPE, every attention call), so the last
     /// [`INDEX_CACHE`] uploads are kept by content and reused instead of copied again.
     fn upload_u32(&self, host: &[u32]) -> Result<Arc<CudaSlice<u32>>> {
-        let mut cache = self
-            .index_cache
+        self.upload_cached(&self.index_cache, host, INDEX_CACHE, "indices")
+    }
+
+    /// `host` on the device, reused while one of the `keep` most recent uploads in `cache`
+    /// holds the same values (most recent first).
+    fn upload_cached<T: cudarc::driver::DeviceRepr + PartialEq + Clone>(
+        &self,
+        cache: &UploadCache<T>,
+        host: &[T],
+        keep: usize,
+        what: &'static str,
+    ) -> Result<Arc<CudaSlice<T>>> {
+        let mut cache = cache
             .lock()
-            .map_err(|_| CoreError::Device("index cache lock poisoned".into()))?;
+            .map_err(|_| CoreError::Device(format!("{what} cache lock poisoned")))?;
         if let Some(i) = cache.iter().position(|(h, _)| h.as_slice() == host) {
             let hit = cache.remove(i);
             let dev = hit.1.clone();
@@ -433,10 +441,10 @@ impl CudaBackend {
         let dev = Arc::new(
             self.stream
                 .clone_htod(host)
-                .map_err(dev_err("upload indices"))?,
+                .map_err(|e| CoreError::Device(format!("upload {what}: {e:?}")))?,
         );
         cache.insert(0, (host.to_vec(), dev.clone()));
-        cache.truncate(INDEX_CACHE);
+        cache.truncate(keep);
         Ok(dev)
     }
 

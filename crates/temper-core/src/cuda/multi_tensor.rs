@@ -77,24 +77,7 @@ impl CudaBackend {
 
     /// `host` on the device, reused while the last [`TABLE_CACHE`] tables hold the same values.
     fn upload_table(&self, host: &[u64]) -> Result<Arc<CudaSlice<u64>>> {
-        let mut cache = self
-            .table_cache
-            .lock()
-            .map_err(|_| CoreError::Device("tensor table cache lock poisoned".into()))?;
-        if let Some(i) = cache.iter().position(|(h, _)| h.as_slice() == host) {
-            let hit = cache.remove(i);
-            let dev = hit.1.clone();
-            cache.insert(0, hit);
-            return Ok(dev);
-        }
-        let dev = Arc::new(
-            self.stream
-                .clone_htod(host)
-                .map_err(dev_err("upload a tensor table"))?,
-        );
-        cache.insert(0, (host.to_vec(), dev.clone()));
-        cache.truncate(TABLE_CACHE);
-        Ok(dev)
+        self.upload_cached(&self.table_cache, host, TABLE_CACHE, "tensor tables")
     }
 }
 
