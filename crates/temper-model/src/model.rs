@@ -146,6 +146,19 @@ impl<B: Backend> Model<B> {
         })
     }
 
+    /// What each layer of a step over `tokens` tokens parks beside its input when the inputs
+    /// go to the host (`Checkpointing::EveryLayerOnHost`): [`Model::parking`] within half of
+    /// the host memory available now.
+    pub fn host_parking(&self, tokens: usize) -> HostParking {
+        HostParking::decide(
+            &self.cfg,
+            tokens,
+            self.be.compute_dtype().size(),
+            temper_core::memory::host_available_bytes(),
+            self.parking,
+        )
+    }
+
     fn check_batch(&self, batch: &TokenBatch<'_>) -> Result<()> {
         let n = batch.len();
         let bad =
@@ -363,13 +376,7 @@ impl<B: Backend> Model<B> {
         // recompute then skips attention) while host memory allows: at most half of what the
         // system has available for both together.
         let parking = if ckpt == Checkpointing::EveryLayerOnHost {
-            HostParking::decide(
-                &self.cfg,
-                n,
-                be.compute_dtype().size(),
-                temper_core::memory::host_available_bytes(),
-                self.parking,
-            )
+            self.host_parking(n)
         } else {
             HostParking::NOTHING
         };

@@ -129,6 +129,19 @@ fn run_case<B: Backend>(
     model.parking = parking;
     let mut lora = adapter::load(&*be, &model.cfg, &dir.join("adapter")).expect("adapter loads");
     let p = packed_batch(&exp, n_seqs);
+    // What the step parks is what was asked for, where the model allows it: a case that
+    // parks nothing would pass without testing the skips.
+    if ckpt == Checkpointing::EveryLayerOnHost {
+        let parked = model.host_parking(p.ids.len());
+        let cfg = &model.cfg;
+        assert!(parked.attention, "{case}: attention outputs not parked");
+        assert_eq!(
+            parked.residual,
+            parking.residual && !cfg.sandwich_norms,
+            "{case}"
+        );
+        assert_eq!(parked.qkv, parking.qkv && !cfg.qk_norm, "{case}");
+    }
     let batch = TokenBatch {
         ids: &p.ids,
         positions: &p.positions,
