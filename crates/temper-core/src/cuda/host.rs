@@ -62,29 +62,22 @@ fn lock_err(what: &str) -> CoreError {
 }
 
 impl CudaBackend {
-    /// Frees the device buffers of earlier parks, each after the compute stream has waited
-    /// for its copy: every one whose copy has finished, and the others except the `keep`
-    /// newest (a layer parks its input and its attention output back to back: the second
-    /// park must not stall the compute stream on the first one's copy).
-    fn release_parked(&self, keep: usize) -> Result<()> {
+    /// Frees the device buffers of every earlier park, each after the compute stream has
+    /// waited for its copy. A layer parks its buffers as one group ([`park_group`]), so the
+    /// parks waited for are those of earlier layers, whose copies have had a layer's work to
+    /// run beside.
+    fn release_parked(&self) -> Result<()> {
         let mut in_flight = self
             .host_pool
             .in_flight
             .lock()
             .map_err(|_| lock_err("parked buffers"))?;
-        let force = in_flight.len().saturating_sub(keep);
-        let mut still = Vec::new();
-        for (i, (buf, copied)) in std::mem::take(&mut *in_flight).into_iter().enumerate() {
-            if i < force || copied.is_complete() {
-                self.stream
-                    .wait(&copied)
-                    .map_err(dev_err("wait for a copy to host"))?;
-                drop(buf);
-            } else {
-                still.push((buf, copied));
-            }
+        for (buf, copied) in std::mem::take(&mut *in_flight) {
+            self.stream
+                .wait(&copied)
+                .map_err(dev_err("wait for a copy to host"))?;
+            drop(buf);
         }
-        *in_flight = still;
         Ok(())
     }
 }
@@ -132,15 +125,11 @@ impl CudaBackend {
     }
 }
 
-pub(super) fn park(be: &CudaBackend, buf: CudaBuf) -> Result<CudaHost> {
-    be.release_parked(2)?;
-    park_queued(be, buf)
-}
-
-/// [`park`] of a group ready together: the earlier parks are released first (the compute
-/// stream waits for whichever copies still run), none of the group's own.
+/// Parks a group of buffers ready together (one layer's, or a lone one): the earlier parks
+/// are released first (the compute stream waits for whichever copies still run), none of the
+/// group's own.
 pub(super) fn park_group(be: &CudaBackend, bufs: Vec<CudaBuf>) -> Result<Vec<CudaHost>> {
-    be.release_parked(0)?;
+    be.release_parked()?;
     bufs.into_iter().map(|b| park_queued(be, b)).collect()
 }
 
@@ -194,7 +183,7 @@ fn park_queued(be: &CudaBackend, buf: CudaBuf) -> Result<CudaHost> {
 /// Queues the copy of `host` back to the device on the copy stream; the buffer is taken
 /// by [`restore`]. Does nothing when already queued.
 pub(super) fn prefetch(be: &CudaBackend, host: &CudaHost) -> Result<()> {
-    be.release_parked(0)?;
+    be.release_parked()?;
     let mut ahead = host.ahead.lock().map_err(|_| lock_err("prefetch"))?;
     if ahead.is_some() {
         return Ok(());

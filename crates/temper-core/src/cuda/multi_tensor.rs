@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, LaunchConfig};
 
-use super::{dev_err, launch, CudaBackend};
-use crate::{CoreError, Result};
+use super::{dev_err, launch, CudaBackend, CudaBuf};
+use crate::{CoreError, DType, Result};
 
 /// Elements per block.
 const CHUNK: usize = 16384;
@@ -75,6 +75,26 @@ impl CudaBackend {
         }))
     }
 
+    /// The addresses and lengths of `bufs` for one launch over them all, or None where they
+    /// take one launch each: one-launch ops switched off, or a buffer that is not f32.
+    pub(super) fn one_launch_f32<'a>(
+        &self,
+        bufs: impl Iterator<Item = &'a CudaBuf>,
+    ) -> Option<(Vec<[u64; 1]>, Vec<usize>)> {
+        if !self.multi_tensor {
+            return None;
+        }
+        let (mut addresses, mut lens) = (Vec::new(), Vec::new());
+        for b in bufs {
+            if b.dtype != DType::F32 {
+                return None;
+            }
+            addresses.push([self.ptr(b, 0)]);
+            lens.push(b.len);
+        }
+        Some((addresses, lens))
+    }
+
     /// `host` on the device, reused while the last [`TABLE_CACHE`] tables hold the same values.
     fn upload_table(&self, host: &[u64]) -> Result<Arc<CudaSlice<u64>>> {
         self.upload_cached(&self.table_cache, host, TABLE_CACHE, "tensor tables")
@@ -103,7 +123,7 @@ pub(super) fn adamw(
     let c = crate::optim::Scalars::new(s);
     launch!(
         be,
-        be.kernel(ADAMW_MULTI, crate::DType::F32)?,
+        be.kernel(ADAMW_MULTI, DType::F32)?,
         t.cfg,
         ADAMW_MULTI,
         &*t.table,
@@ -126,7 +146,7 @@ pub(super) fn cast_from_f32(
     be: &CudaBackend,
     rows: &[[u64; 2]],
     lens: &[usize],
-    to: crate::DType,
+    to: DType,
 ) -> Result<()> {
     let Some(t) = be.tensor_table(rows, lens)? else {
         return Ok(());
@@ -142,47 +162,27 @@ pub(super) fn cast_from_f32(
     )
 }
 
-/// y = value for every f32 tensor at `addresses`, `lens` values long.
-pub(super) fn fill(
+/// `kernel` (FILL_MULTI: y = x, or SCALE_MULTI: y *= x) over every f32 tensor at
+/// `addresses`, `lens` values long.
+pub(super) fn each_f32(
     be: &CudaBackend,
+    kernel: &'static str,
     addresses: &[[u64; 1]],
     lens: &[usize],
-    value: f32,
+    x: f32,
 ) -> Result<()> {
     let Some(t) = be.tensor_table(addresses, lens)? else {
         return Ok(());
     };
     launch!(
         be,
-        be.kernel(FILL_MULTI, crate::DType::F32)?,
+        be.kernel(kernel, DType::F32)?,
         t.cfg,
-        FILL_MULTI,
+        kernel,
         &*t.table,
         &t.tensors,
         &t.chunk,
-        &value
-    )
-}
-
-/// y *= alpha for every f32 tensor at `addresses`, `lens` values long.
-pub(super) fn scale(
-    be: &CudaBackend,
-    addresses: &[[u64; 1]],
-    lens: &[usize],
-    alpha: f32,
-) -> Result<()> {
-    let Some(t) = be.tensor_table(addresses, lens)? else {
-        return Ok(());
-    };
-    launch!(
-        be,
-        be.kernel(SCALE_MULTI, crate::DType::F32)?,
-        t.cfg,
-        SCALE_MULTI,
-        &*t.table,
-        &t.tensors,
-        &t.chunk,
-        &alpha
+        &x
     )
 }
 
@@ -193,7 +193,7 @@ pub(super) fn sum_squares(be: &CudaBackend, addresses: &[[u64; 1]], lens: &[usiz
     if let Some(t) = be.tensor_table(addresses, lens)? {
         launch!(
             be,
-            be.kernel(SUM_SQUARES_MULTI, crate::DType::F32)?,
+            be.kernel(SUM_SQUARES_MULTI, DType::F32)?,
             t.cfg,
             SUM_SQUARES_MULTI,
             &mut out,

@@ -13,7 +13,7 @@ use super::{
 use super::{check_f32, dev_err, CudaBackend, CudaBuf};
 use crate::backend::{AdamWStep, AttnShape, Backend, Gemm};
 use crate::error::check_len;
-use crate::{DType, Result};
+use crate::{CoreError, DType, Result};
 
 impl Backend for CudaBackend {
     type Buf = CudaBuf;
@@ -112,7 +112,8 @@ impl Backend for CudaBackend {
 
     fn park_on_host(&self, buf: CudaBuf) -> Result<super::CudaHost> {
         let _span = self.span("offload_copy");
-        host::park(self, buf)
+        let parked = host::park_group(self, vec![buf])?.pop();
+        parked.ok_or_else(|| CoreError::Device("internal: a parked buffer is missing".into()))
     }
 
     fn park_all_on_host(&self, bufs: Vec<CudaBuf>) -> Result<Vec<super::CudaHost>> {
@@ -234,15 +235,13 @@ impl Backend for CudaBackend {
 
     fn fill_all(&self, bufs: &mut [&mut CudaBuf], value: f32) -> Result<()> {
         let _span = self.span("elementwise");
-        if !self.multi_tensor || bufs.iter().any(|b| b.dtype != DType::F32) {
+        let Some((addresses, lens)) = self.one_launch_f32(bufs.iter().map(|b| &**b)) else {
             for b in bufs.iter_mut() {
                 elementwise::fill(self, b, value)?;
             }
             return Ok(());
-        }
-        let addresses: Vec<[u64; 1]> = bufs.iter().map(|b| [self.ptr(b, 0)]).collect();
-        let lens: Vec<usize> = bufs.iter().map(|b| b.len).collect();
-        multi_tensor::fill(self, &addresses, &lens, value)
+        };
+        multi_tensor::each_f32(self, multi_tensor::FILL_MULTI, &addresses, &lens, value)
     }
 
     fn copy(&self, dst: &mut CudaBuf, src: &CudaBuf) -> Result<()> {
@@ -310,15 +309,13 @@ impl Backend for CudaBackend {
 
     fn scale_all(&self, ys: &mut [&mut CudaBuf], alpha: f32) -> Result<()> {
         let _span = self.span("elementwise");
-        if !self.multi_tensor || ys.iter().any(|y| y.dtype != DType::F32) {
+        let Some((addresses, lens)) = self.one_launch_f32(ys.iter().map(|y| &**y)) else {
             for y in ys.iter_mut() {
                 elementwise::scale(self, y, alpha)?;
             }
             return Ok(());
-        }
-        let addresses: Vec<[u64; 1]> = ys.iter().map(|y| [self.ptr(y, 0)]).collect();
-        let lens: Vec<usize> = ys.iter().map(|y| y.len).collect();
-        multi_tensor::scale(self, &addresses, &lens, alpha)
+        };
+        multi_tensor::each_f32(self, multi_tensor::SCALE_MULTI, &addresses, &lens, alpha)
     }
 
     fn add_bias(&self, y: &mut CudaBuf, bias: &CudaBuf, c: usize) -> Result<()> {
@@ -332,12 +329,10 @@ impl Backend for CudaBackend {
 
     fn sum_squares_all(&self, xs: &[&CudaBuf]) -> Result<f64> {
         let _span = self.span("elementwise");
-        if !self.multi_tensor || xs.iter().any(|x| x.dtype != DType::F32) {
-            return elementwise::sum_squares_all(self, xs);
+        match self.one_launch_f32(xs.iter().copied()) {
+            Some((addresses, lens)) => multi_tensor::sum_squares(self, &addresses, &lens),
+            None => elementwise::sum_squares_all(self, xs),
         }
-        let addresses: Vec<[u64; 1]> = xs.iter().map(|x| [self.ptr(x, 0)]).collect();
-        let lens: Vec<usize> = xs.iter().map(|x| x.len).collect();
-        multi_tensor::sum_squares(self, &addresses, &lens)
     }
 
     fn dropout(&self, y: &mut CudaBuf, x: &CudaBuf, p: f32, seed: u64) -> Result<()> {
